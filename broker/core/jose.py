@@ -1,0 +1,285 @@
+"""The only module that imports jwcrypto: typed, allowlisted JWS and JWE operations.
+
+Everything here fails closed with ``InvalidMessage`` and a reason code. Headers are checked
+against an explicit allowlist *before* any key is used: the only algorithms are ES256 for
+signatures and ECDH-ES+A256KW with A256GCM for encryption; ``zip``, ``crit``, ``jku``, ``x5u``,
+``jwk``, ``x5c`` and any member not listed are refused, so no key is ever taken or fetched
+from a message. Values parsed but not yet verified are named ``unverified_*``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from weakref import WeakKeyDictionary
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwcrypto import jwe as _jwe
+from jwcrypto import jwk as _jwk
+from jwcrypto import jws as _jws
+from jwcrypto.common import JWException
+
+from broker.core import canonical
+from broker.errors import InvalidMessage, Reason
+
+SIG_ALG: Final = "ES256"
+KEY_ALG: Final = "ECDH-ES+A256KW"
+ENC_ALG: Final = "A256GCM"
+JWS_HEADER_MEMBERS: Final = frozenset({"alg", "kid", "typ"})
+JWE_PROTECTED_MEMBERS: Final = frozenset({"enc", "typ"})
+JWE_RECIPIENT_MEMBERS: Final = frozenset({"alg", "kid", "epk"})
+JWE_TOP_MEMBERS: Final = frozenset({"protected", "recipients", "iv", "ciphertext", "tag"})
+# Named so the refusal says *why* (these make a JWS/JWE name its own key or change semantics).
+DANGEROUS_MEMBERS: Final = frozenset({"jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256", "crit", "zip"})
+
+_PUBLIC_JWK_CACHE: WeakKeyDictionary[ec.EllipticCurvePublicKey, _jwk.JWK] = WeakKeyDictionary()
+_PRIVATE_JWK_CACHE: WeakKeyDictionary[ec.EllipticCurvePrivateKey, _jwk.JWK] = WeakKeyDictionary()
+
+
+def b64url_encode(data: bytes) -> str:
+    """Base64url without padding (RFC 7515 section 2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str, *, what: str) -> bytes:
+    """Strict base64url (no padding, no other alphabet); MALFORMED otherwise."""
+    if not isinstance(text, str) or "=" in text or not text.isascii():
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is not base64url")
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is not base64url") from None
+    if b64url_encode(raw) != text:  # reject non-canonical trailing bits
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is not canonical base64url")
+    return raw
+
+
+def sha256_b64url(data: bytes) -> str:
+    """base64url(SHA-256(data)): the digest form used throughout the protocol."""
+    return b64url_encode(hashlib.sha256(data).digest())
+
+
+def _public_jwk(key: ec.EllipticCurvePublicKey) -> _jwk.JWK:
+    cached = _PUBLIC_JWK_CACHE.get(key)
+    if cached is None:
+        cached = _jwk.JWK.from_pyca(key)
+        _PUBLIC_JWK_CACHE[key] = cached
+    return cached
+
+
+def _private_jwk(key: ec.EllipticCurvePrivateKey) -> _jwk.JWK:
+    cached = _PRIVATE_JWK_CACHE.get(key)
+    if cached is None:
+        cached = _jwk.JWK.from_pyca(key)
+        _PRIVATE_JWK_CACHE[key] = cached
+    return cached
+
+
+def _check_p256(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> None:
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise InvalidMessage(Reason.ALG_NOT_ALLOWED, "only P-256 keys are allowed")
+
+
+# ---------------------------------------------------------------- JWS (compact) ---
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UnverifiedJWS:
+    """A compact JWS split and its header checked, signature NOT yet verified."""
+
+    token: str
+    header: Mapping[str, Any]
+    kid: str
+    unverified_payload: bytes
+
+
+def sign_compact(payload: bytes, key: ec.EllipticCurvePrivateKey, *, kid: str, typ: str) -> str:
+    """ES256 compact JWS over ``payload`` with protected header ``{alg, kid, typ}``."""
+    _check_p256(key)
+    token = _jws.JWS(payload)
+    header = canonical.dumps({"alg": SIG_ALG, "kid": kid, "typ": typ}).decode("utf-8")
+    token.add_signature(_private_jwk(key), alg=SIG_ALG, protected=header)
+    return str(token.serialize(compact=True))
+
+
+def parse_compact(token: str, *, typ: str, what: str) -> UnverifiedJWS:
+    """Split a compact JWS and check its protected header against the allowlist."""
+    if not isinstance(token, str) or not token.isascii():
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is not a compact JWS")
+    parts = token.split(".")
+    if len(parts) != 3:
+        # Five parts is a compact JWE where a JWS belongs.
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is not a compact JWS ({len(parts)} parts)")
+    header = canonical.loads_strict(
+        b64url_decode(parts[0], what=f"{what} header"), what=f"{what} header"
+    )
+    if not isinstance(header, dict):
+        raise InvalidMessage(Reason.MALFORMED, f"{what} header is not an object")
+    check_jws_header(header, typ=typ, what=what)
+    payload = b64url_decode(parts[1], what=f"{what} payload")
+    b64url_decode(parts[2], what=f"{what} signature")
+    return UnverifiedJWS(token=token, header=header, kid=header["kid"], unverified_payload=payload)
+
+
+def check_jws_header(header: Mapping[str, Any], *, typ: str, what: str) -> None:
+    """Refuse any JWS header that is not exactly ``{alg: ES256, kid, typ}``."""
+    dangerous = sorted(DANGEROUS_MEMBERS & set(header))
+    if dangerous:
+        raise InvalidMessage(Reason.FORBIDDEN_HEADER, f"{what} header has {dangerous}")
+    if "enc" in header:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is a JWE, a JWS was expected")
+    if header.get("alg") != SIG_ALG:
+        raise InvalidMessage(
+            Reason.ALG_NOT_ALLOWED, f"{what} alg {header.get('alg')!r} (only {SIG_ALG})"
+        )
+    extra = sorted(set(header) - JWS_HEADER_MEMBERS)
+    if extra:
+        raise InvalidMessage(Reason.FORBIDDEN_HEADER, f"{what} header has {extra}")
+    if not isinstance(header.get("kid"), str) or not header["kid"]:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} header has no kid")
+    if header.get("typ") != typ:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} typ must be {typ!r}")
+
+
+def verify_compact(unverified: UnverifiedJWS, key: ec.EllipticCurvePublicKey, *, what: str) -> bytes:
+    """Verify an ES256 compact JWS already header-checked by :func:`parse_compact`."""
+    _check_p256(key)
+    token = _jws.JWS()
+    token.allowed_algs = [SIG_ALG]
+    try:
+        token.deserialize(unverified.token)
+        token.verify(_public_jwk(key), alg=SIG_ALG)
+    except (JWException, ValueError, TypeError) as exc:
+        raise InvalidMessage(Reason.BAD_SIGNATURE, f"{what} signature does not verify") from exc
+    return unverified.unverified_payload
+
+
+# ---------------------------------------------------------- JWE (general JSON) ---
+
+
+def encrypt_general(
+    plaintext: bytes,
+    recipients: Sequence[tuple[str, ec.EllipticCurvePublicKey]],
+    *,
+    typ: str,
+) -> str:
+    """JWE (general JSON serialization) to each ``(kid, key)``: ECDH-ES+A256KW, A256GCM.
+
+    One content key and ciphertext, one key-wrap entry per recipient. Always the general form
+    with a ``recipients`` array, even for one recipient, so receivers parse a single shape.
+    """
+    if not recipients:
+        raise InvalidMessage(Reason.UNKNOWN_RECIPIENT, "no recipients")
+    protected = canonical.dumps({"enc": ENC_ALG, "typ": typ}).decode("utf-8")
+    token = _jwe.JWE(plaintext, protected=protected)
+    for kid, key in recipients:
+        _check_p256(key)
+        header = canonical.dumps({"alg": KEY_ALG, "kid": kid}).decode("utf-8")
+        token.add_recipient(_public_jwk(key), header=header)
+    out: dict[str, Any] = canonical.loads_strict(token.serialize(compact=False))
+    if "recipients" not in out:
+        out["recipients"] = [{"header": out.pop("header"), "encrypted_key": out.pop("encrypted_key")}]
+    return canonical.dumps(out).decode("utf-8")
+
+
+def _check_epk(epk: Any, *, what: str) -> None:
+    if not isinstance(epk, dict) or set(epk) != {"kty", "crv", "x", "y"}:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} epk must be an EC public JWK")
+    if epk["kty"] != "EC" or epk["crv"] != "P-256":
+        raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} epk must be on P-256")
+    x = b64url_decode(epk["x"], what=f"{what} epk.x")
+    y = b64url_decode(epk["y"], what=f"{what} epk.y")
+    if len(x) != 32 or len(y) != 32:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} epk coordinates must be 32 bytes")
+    try:
+        ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
+        ).public_key()
+    except ValueError:
+        raise InvalidMessage(Reason.DECRYPT_FAILED, f"{what} epk is not on P-256") from None
+
+
+def decrypt_general(
+    unverified_jwe: str,
+    *,
+    kid: str,
+    key: ec.EllipticCurvePrivateKey,
+    typ: str,
+    what: str = "JWE",
+) -> bytes:
+    """Decrypt the recipient entry whose ``kid`` is ours, after checking every header member."""
+    _check_p256(key)
+    if isinstance(unverified_jwe, str) and unverified_jwe.count(".") == 2:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is a compact JWS, a JWE was expected")
+    obj = canonical.loads_strict(unverified_jwe, what=what)
+    if not isinstance(obj, dict):
+        raise InvalidMessage(Reason.MALFORMED, f"{what} must be a JSON object")
+    if "payload" in obj or "signatures" in obj:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is a JWS, a JWE was expected")
+    if set(obj) != JWE_TOP_MEMBERS:
+        raise InvalidMessage(
+            Reason.FORBIDDEN_HEADER if set(obj) > JWE_TOP_MEMBERS else Reason.MALFORMED,
+            f"{what} members must be exactly {sorted(JWE_TOP_MEMBERS)}",
+        )
+    protected = canonical.loads_strict(
+        b64url_decode(obj["protected"], what=f"{what} protected"), what=f"{what} protected"
+    )
+    if not isinstance(protected, dict):
+        raise InvalidMessage(Reason.MALFORMED, f"{what} protected header must be an object")
+    dangerous = sorted(DANGEROUS_MEMBERS & set(protected))
+    if dangerous:
+        raise InvalidMessage(Reason.FORBIDDEN_HEADER, f"{what} protected header has {dangerous}")
+    if "alg" in protected and protected["alg"] != KEY_ALG:
+        raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} alg {protected['alg']!r}")
+    if protected.get("enc") != ENC_ALG:
+        raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} enc {protected.get('enc')!r}")
+    if set(protected) != JWE_PROTECTED_MEMBERS or protected["typ"] != typ:
+        raise InvalidMessage(Reason.FORBIDDEN_HEADER, f"{what} protected header must be {{enc, typ}}")
+    entries = obj["recipients"]
+    if not isinstance(entries, list) or not entries or len(entries) > 64:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} recipients must be a non-empty list")
+    mine: dict[str, Any] | None = None
+    for entry in entries:
+        if not isinstance(entry, dict) or set(entry) != {"header", "encrypted_key"}:
+            raise InvalidMessage(Reason.MALFORMED, f"{what} recipient entry malformed")
+        header = entry["header"]
+        if not isinstance(header, dict):
+            raise InvalidMessage(Reason.MALFORMED, f"{what} recipient header malformed")
+        dangerous = sorted(DANGEROUS_MEMBERS & set(header))
+        if dangerous:
+            raise InvalidMessage(Reason.FORBIDDEN_HEADER, f"{what} recipient header has {dangerous}")
+        if header.get("alg") != KEY_ALG:
+            raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} alg {header.get('alg')!r}")
+        if set(header) != JWE_RECIPIENT_MEMBERS:
+            raise InvalidMessage(
+                Reason.FORBIDDEN_HEADER, f"{what} recipient header must be {{alg, kid, epk}}"
+            )
+        _check_epk(header["epk"], what=what)
+        if header["kid"] == kid:
+            if mine is not None:
+                raise InvalidMessage(Reason.MALFORMED, f"{what} names recipient {kid!r} twice")
+            mine = entry
+    if mine is None:
+        raise InvalidMessage(Reason.NOT_ADDRESSED, f"{what} has no entry for {kid!r}")
+    flattened = {
+        "protected": obj["protected"],
+        "header": mine["header"],
+        "encrypted_key": mine["encrypted_key"],
+        "iv": obj["iv"],
+        "ciphertext": obj["ciphertext"],
+        "tag": obj["tag"],
+    }
+    token = _jwe.JWE()
+    token.allowed_algs = [KEY_ALG, ENC_ALG]
+    try:
+        token.deserialize(canonical.dumps(flattened).decode("utf-8"), _private_jwk(key))
+    except (JWException, ValueError, TypeError, KeyError) as exc:
+        raise InvalidMessage(Reason.DECRYPT_FAILED, f"{what} does not decrypt") from exc
+    payload = token.payload
+    if not isinstance(payload, bytes):
+        raise InvalidMessage(Reason.DECRYPT_FAILED, f"{what} produced no plaintext")
+    return payload
