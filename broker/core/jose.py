@@ -12,12 +12,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-from weakref import WeakKeyDictionary
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwcrypto import jwe as _jwe
 from jwcrypto import jwk as _jwk
 from jwcrypto import jws as _jws
@@ -36,8 +38,10 @@ JWE_TOP_MEMBERS: Final = frozenset({"protected", "recipients", "iv", "ciphertext
 # Named so the refusal says *why* (these make a JWS/JWE name its own key or change semantics).
 DANGEROUS_MEMBERS: Final = frozenset({"jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256", "crit", "zip"})
 
-_PUBLIC_JWK_CACHE: WeakKeyDictionary[ec.EllipticCurvePublicKey, _jwk.JWK] = WeakKeyDictionary()
-_PRIVATE_JWK_CACHE: WeakKeyDictionary[ec.EllipticCurvePrivateKey, _jwk.JWK] = WeakKeyDictionary()
+# jwcrypto JWKs built from pyca keys, keyed by the public point (pyca keys are not weak-
+# referenceable, and ``id()`` may be reused after garbage collection). Bounded LRU.
+_JWK_CACHE: OrderedDict[tuple[bool, bytes], _jwk.JWK] = OrderedDict()
+_JWK_CACHE_SIZE: Final = 4096
 
 
 def b64url_encode(data: bytes) -> str:
@@ -45,15 +49,21 @@ def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64URL_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# Unused low bits of the last character must be zero (RFC 4648 section 3.5, canonical form).
+_UNUSED_BITS_MASK: Final = {2: 0x0F, 3: 0x03}
+
+
 def b64url_decode(text: str, *, what: str) -> bytes:
-    """Strict base64url (no padding, no other alphabet); MALFORMED otherwise."""
-    if not isinstance(text, str) or "=" in text or not text.isascii():
+    """Strict base64url (no padding, no other alphabet, canonical); MALFORMED otherwise."""
+    if not isinstance(text, str) or "=" in text or not text.isascii() or len(text) % 4 == 1:
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not base64url")
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not base64url") from None
-    if b64url_encode(raw) != text:  # reject non-canonical trailing bits
+    mask = _UNUSED_BITS_MASK.get(len(text) % 4)
+    if mask is not None and _B64URL_ALPHABET.index(text[-1]) & mask:
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not canonical base64url")
     return raw
 
@@ -63,20 +73,28 @@ def sha256_b64url(data: bytes) -> str:
     return b64url_encode(hashlib.sha256(data).digest())
 
 
-def _public_jwk(key: ec.EllipticCurvePublicKey) -> _jwk.JWK:
-    cached = _PUBLIC_JWK_CACHE.get(key)
+def _cached_jwk(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> _jwk.JWK:
+    private = isinstance(key, ec.EllipticCurvePrivateKey)
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    point = public.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    cache_key = (private, point)
+    cached = _JWK_CACHE.get(cache_key)
     if cached is None:
         cached = _jwk.JWK.from_pyca(key)
-        _PUBLIC_JWK_CACHE[key] = cached
+        _JWK_CACHE[cache_key] = cached
+        if len(_JWK_CACHE) > _JWK_CACHE_SIZE:
+            _JWK_CACHE.popitem(last=False)
+    else:
+        _JWK_CACHE.move_to_end(cache_key)
     return cached
+
+
+def _public_jwk(key: ec.EllipticCurvePublicKey) -> _jwk.JWK:
+    return _cached_jwk(key)
 
 
 def _private_jwk(key: ec.EllipticCurvePrivateKey) -> _jwk.JWK:
-    cached = _PRIVATE_JWK_CACHE.get(key)
-    if cached is None:
-        cached = _jwk.JWK.from_pyca(key)
-        _PRIVATE_JWK_CACHE[key] = cached
-    return cached
+    return _cached_jwk(key)
 
 
 def _check_p256(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> None:
@@ -97,13 +115,26 @@ class UnverifiedJWS:
     unverified_payload: bytes
 
 
+# Order of the P-256 group. ECDSA signatures (r, s) and (r, n - s) are both valid; we emit and
+# accept only s <= n/2 so that a signed message has exactly one byte form (no malleability).
+P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _low_s(signature: bytes) -> bytes:
+    r, s = signature[:32], int.from_bytes(signature[32:], "big")
+    if s > P256_ORDER // 2:
+        s = P256_ORDER - s
+    return r + s.to_bytes(32, "big")
+
+
 def sign_compact(payload: bytes, key: ec.EllipticCurvePrivateKey, *, kid: str, typ: str) -> str:
-    """ES256 compact JWS over ``payload`` with protected header ``{alg, kid, typ}``."""
+    """ES256 compact JWS over ``payload`` with protected header ``{alg, kid, typ}``, low-s."""
     _check_p256(key)
     token = _jws.JWS(payload)
     header = canonical.dumps({"alg": SIG_ALG, "kid": kid, "typ": typ}).decode("utf-8")
     token.add_signature(_private_jwk(key), alg=SIG_ALG, protected=header)
-    return str(token.serialize(compact=True))
+    head, body, sig = str(token.serialize(compact=True)).split(".")
+    return f"{head}.{body}.{b64url_encode(_low_s(b64url_decode(sig, what='signature')))}"
 
 
 def parse_compact(token: str, *, typ: str, what: str) -> UnverifiedJWS:
@@ -115,13 +146,15 @@ def parse_compact(token: str, *, typ: str, what: str) -> UnverifiedJWS:
         # Five parts is a compact JWE where a JWS belongs.
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not a compact JWS ({len(parts)} parts)")
     header = canonical.loads_strict(
-        b64url_decode(parts[0], what=f"{what} header"), what=f"{what} header"
+        b64url_decode(parts[0], what=f"{what} header"), what=f"{what} header", max_depth=None
     )
     if not isinstance(header, dict):
         raise InvalidMessage(Reason.MALFORMED, f"{what} header is not an object")
     check_jws_header(header, typ=typ, what=what)
     payload = b64url_decode(parts[1], what=f"{what} payload")
-    b64url_decode(parts[2], what=f"{what} signature")
+    signature = b64url_decode(parts[2], what=f"{what} signature")
+    if len(signature) != 64 or int.from_bytes(signature[32:], "big") > P256_ORDER // 2:
+        raise InvalidMessage(Reason.BAD_SIGNATURE, f"{what} signature is not a low-s ES256 value")
     return UnverifiedJWS(token=token, header=header, kid=header["kid"], unverified_payload=payload)
 
 
@@ -145,7 +178,9 @@ def check_jws_header(header: Mapping[str, Any], *, typ: str, what: str) -> None:
         raise InvalidMessage(Reason.MALFORMED, f"{what} typ must be {typ!r}")
 
 
-def verify_compact(unverified: UnverifiedJWS, key: ec.EllipticCurvePublicKey, *, what: str) -> bytes:
+def verify_compact(
+    unverified: UnverifiedJWS, key: ec.EllipticCurvePublicKey, *, what: str
+) -> bytes:
     """Verify an ES256 compact JWS already header-checked by :func:`parse_compact`."""
     _check_p256(key)
     token = _jws.JWS()
@@ -180,17 +215,22 @@ def encrypt_general(
         _check_p256(key)
         header = canonical.dumps({"alg": KEY_ALG, "kid": kid}).decode("utf-8")
         token.add_recipient(_public_jwk(key), header=header)
-    out: dict[str, Any] = canonical.loads_strict(token.serialize(compact=False))
+    out: dict[str, Any] = json.loads(token.serialize(compact=False))  # our own output
     if "recipients" not in out:
-        out["recipients"] = [{"header": out.pop("header"), "encrypted_key": out.pop("encrypted_key")}]
+        out["recipients"] = [
+            {"header": out.pop("header"), "encrypted_key": out.pop("encrypted_key")}
+        ]
     return canonical.dumps(out).decode("utf-8")
 
 
-def _check_epk(epk: Any, *, what: str) -> None:
+def _check_epk_shape(epk: Any, *, what: str) -> None:
     if not isinstance(epk, dict) or set(epk) != {"kty", "crv", "x", "y"}:
         raise InvalidMessage(Reason.MALFORMED, f"{what} epk must be an EC public JWK")
     if epk["kty"] != "EC" or epk["crv"] != "P-256":
         raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} epk must be on P-256")
+
+
+def _check_epk_on_curve(epk: dict[str, Any], *, what: str) -> None:
     x = b64url_decode(epk["x"], what=f"{what} epk.x")
     y = b64url_decode(epk["y"], what=f"{what} epk.y")
     if len(x) != 32 or len(y) != 32:
@@ -213,9 +253,11 @@ def decrypt_general(
 ) -> bytes:
     """Decrypt the recipient entry whose ``kid`` is ours, after checking every header member."""
     _check_p256(key)
-    if isinstance(unverified_jwe, str) and unverified_jwe.count(".") == 2:
-        raise InvalidMessage(Reason.MALFORMED, f"{what} is a compact JWS, a JWE was expected")
-    obj = canonical.loads_strict(unverified_jwe, what=what)
+    if not isinstance(unverified_jwe, str) or not unverified_jwe.startswith("{"):
+        parts = len(unverified_jwe.split(".")) if isinstance(unverified_jwe, str) else 0
+        kind = {3: "a compact JWS", 5: "a compact JWE"}.get(parts, "not JSON")
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is {kind}, a JWE in JSON form was expected")
+    obj = canonical.loads_strict(unverified_jwe, what=what, max_depth=5)
     if not isinstance(obj, dict):
         raise InvalidMessage(Reason.MALFORMED, f"{what} must be a JSON object")
     if "payload" in obj or "signatures" in obj:
@@ -226,7 +268,9 @@ def decrypt_general(
             f"{what} members must be exactly {sorted(JWE_TOP_MEMBERS)}",
         )
     protected = canonical.loads_strict(
-        b64url_decode(obj["protected"], what=f"{what} protected"), what=f"{what} protected"
+        b64url_decode(obj["protected"], what=f"{what} protected"),
+        what=f"{what} protected",
+        max_depth=None,
     )
     if not isinstance(protected, dict):
         raise InvalidMessage(Reason.MALFORMED, f"{what} protected header must be an object")
@@ -238,7 +282,9 @@ def decrypt_general(
     if protected.get("enc") != ENC_ALG:
         raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} enc {protected.get('enc')!r}")
     if set(protected) != JWE_PROTECTED_MEMBERS or protected["typ"] != typ:
-        raise InvalidMessage(Reason.FORBIDDEN_HEADER, f"{what} protected header must be {{enc, typ}}")
+        raise InvalidMessage(
+            Reason.FORBIDDEN_HEADER, f"{what} protected header must be {{enc, typ}}"
+        )
     entries = obj["recipients"]
     if not isinstance(entries, list) or not entries or len(entries) > 64:
         raise InvalidMessage(Reason.MALFORMED, f"{what} recipients must be a non-empty list")
@@ -251,20 +297,24 @@ def decrypt_general(
             raise InvalidMessage(Reason.MALFORMED, f"{what} recipient header malformed")
         dangerous = sorted(DANGEROUS_MEMBERS & set(header))
         if dangerous:
-            raise InvalidMessage(Reason.FORBIDDEN_HEADER, f"{what} recipient header has {dangerous}")
+            raise InvalidMessage(
+                Reason.FORBIDDEN_HEADER, f"{what} recipient header has {dangerous}"
+            )
         if header.get("alg") != KEY_ALG:
             raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} alg {header.get('alg')!r}")
         if set(header) != JWE_RECIPIENT_MEMBERS:
             raise InvalidMessage(
                 Reason.FORBIDDEN_HEADER, f"{what} recipient header must be {{alg, kid, epk}}"
             )
-        _check_epk(header["epk"], what=what)
+        _check_epk_shape(header["epk"], what=what)
         if header["kid"] == kid:
             if mine is not None:
                 raise InvalidMessage(Reason.MALFORMED, f"{what} names recipient {kid!r} twice")
             mine = entry
     if mine is None:
         raise InvalidMessage(Reason.NOT_ADDRESSED, f"{what} has no entry for {kid!r}")
+    # Invalid-curve attacks target the receiver's own key: check the point we will use.
+    _check_epk_on_curve(mine["header"]["epk"], what=what)
     flattened = {
         "protected": obj["protected"],
         "header": mine["header"],

@@ -1,0 +1,177 @@
+"""Seal and open+validate throughput against the bare jwcrypto floor, measured in the same run.
+
+The floor is what the format cannot avoid: two ES256 signatures and one JWE encryption (to N
+recipients) to seal; one JWE decryption and two ES256 verifications to open. The ratio says what
+Casebridge adds on top (canonical JSON, header checks, allowlists, digests, commitment, schema
+validation). Run: ``.venv/bin/python bench/seal.py [--seconds S]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwcrypto import jwe, jwk, jws
+
+from broker.core.envelope import RecipientIdentity, SenderIdentity, open_message, seal
+from broker.core.header import Header
+from broker.core.replay import MemoryReplayStore
+from broker.core.schemas import SchemaRegistry
+from broker.core.trust import AgencyKeys, StaticResolver
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "schemas" / "examples" / "request.assistance.json"
+AGENCIES = ("de.lka-berlin", "nl.politie-nec", "ua.npu-ctd", "ro.diicot", "at.bk-wien", "nl.comensha")
+
+
+ROUNDS = 9
+
+
+def _batch_size(fn: Callable[[], object], target: float) -> int:
+    batch = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        if time.perf_counter() - start >= target or batch > 100_000:
+            return batch
+        batch *= 2
+
+
+def _timed(fn: Callable[[], object], batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(batch):
+        fn()
+    return batch / (time.perf_counter() - start)
+
+
+def _paired(ours: Callable[[], object], floor: Callable[[], object], seconds: float) -> tuple[float, float, float]:
+    """Median rates of ours and floor and the median per-round ratio, measured interleaved
+    (ours, floor, ours, floor...) so that load changes on the machine hit both alike."""
+    batch = _batch_size(floor, seconds / (2 * ROUNDS))
+    ours_rates, floor_rates, ratios = [], [], []
+    for _ in range(ROUNDS):
+        r_ours = _timed(ours, batch)
+        r_floor = _timed(floor, batch)
+        ours_rates.append(r_ours)
+        floor_rates.append(r_floor)
+        ratios.append(r_floor / r_ours)
+    return statistics.median(ours_rates), statistics.median(floor_rates), statistics.median(ratios)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=4.0, help="time per measurement (both sides)")
+    args = parser.parse_args()
+
+    registry = SchemaRegistry.load()
+    body: dict[str, Any] = json.loads(EXAMPLE.read_text())
+    keys = {a: (ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())) for a in AGENCIES}
+    resolver = StaticResolver(
+        "bench",
+        [
+            AgencyKeys(
+                agency_id=a,
+                country=a[:2].upper(),
+                kind="law_enforcement",
+                name=a,
+                signing_kid=f"{a}#sig",
+                signing_key=s.public_key(),
+                agreement_kid=f"{a}#ka",
+                agreement_key=k.public_key(),
+            )
+            for a, (s, k) in keys.items()
+        ],
+    )
+    now = datetime.now(UTC)
+    t = int(now.timestamp())
+    sender_id = AGENCIES[0]
+    sender = SenderIdentity(agency_id=sender_id, signing_kid=f"{sender_id}#sig", signing_key=keys[sender_id][0])
+    rows = []
+    for n in (1, 5):
+        recipients = tuple(sorted(AGENCIES[1 : 1 + n]))
+        header = Header(
+            fed="bench",
+            id=str(uuid.uuid4()),
+            type="request.assistance",
+            type_version=1,
+            conversation=str(uuid.uuid4()),
+            sender=sender_id,
+            recipients=recipients,
+            handling="H2",
+            tlp="AMBER",
+            purpose="investigation",
+            legal_basis="Directive (EU) 2016/680, Art. 8",
+            categories=tuple(sorted(registry.categories("request.assistance", 1, body))),
+            iat=t,
+            exp=t + 86400,
+        )
+        wire = seal(header=header, body=body, sender=sender, resolver=resolver, now=now, salt=secrets.token_bytes(16))
+        me = recipients[0]
+        recipient = RecipientIdentity(agency_id=me, agreement_kid=f"{me}#ka", agreement_key=keys[me][1])
+
+        def do_seal() -> None:
+            seal(header=header, body=body, sender=sender, resolver=resolver, now=now, salt=secrets.token_bytes(16))
+
+        def do_open() -> None:
+            open_message(wire, recipient=recipient, resolver=resolver, replay=MemoryReplayStore(), validator=registry, now=now)
+
+        # --- the floor: bare jwcrypto operations on payloads of the same size ---
+        sig_jwk = jwk.JWK.from_pyca(keys[sender_id][0])
+        sig_pub = jwk.JWK.from_pyca(keys[sender_id][0].public_key())
+        rcpt_pub = [jwk.JWK.from_pyca(keys[r][1].public_key()) for r in recipients]
+        my_priv = jwk.JWK.from_pyca(keys[me][1])
+        inner_payload = json.dumps({"header": header.to_json(), "body": body, "salt": "x" * 22}).encode()
+        outer_payload = json.dumps({"header": header.to_json(), "jwe_sha256": "y" * 43, "commitment": "z" * 43}).encode()
+
+        def floor_sign(payload: bytes) -> str:
+            token = jws.JWS(payload)
+            token.add_signature(sig_jwk, alg="ES256", protected=json.dumps({"alg": "ES256"}))
+            return str(token.serialize(compact=True))
+
+        def floor_encrypt(plaintext: bytes) -> str:
+            token = jwe.JWE(plaintext, protected=json.dumps({"enc": "A256GCM"}))
+            for pub in rcpt_pub:
+                token.add_recipient(pub, header=json.dumps({"alg": "ECDH-ES+A256KW"}))
+            return str(token.serialize(compact=False))
+
+        def floor_seal() -> None:
+            inner = floor_sign(inner_payload)
+            floor_encrypt(inner.encode())
+            floor_sign(outer_payload)
+
+        f_inner = floor_sign(inner_payload)
+        f_outer = floor_sign(outer_payload)
+        f_jwe = floor_encrypt(f_inner.encode())
+
+        def floor_verify(token_text: str) -> None:
+            token = jws.JWS()
+            token.deserialize(token_text)
+            token.verify(sig_pub, alg="ES256")
+
+        def floor_open() -> None:
+            floor_verify(f_outer)
+            token = jwe.JWE()
+            token.deserialize(f_jwe, my_priv)
+            floor_verify(f_inner)
+
+        for op, ours, floor in (("seal", do_seal, floor_seal), ("open+validate", do_open, floor_open)):
+            rows.append((n, op, *_paired(ours, floor, args.seconds)))
+
+    print(f"message: request.assistance, {len(wire)} bytes on the wire (5 recipients), body {len(json.dumps(body))} bytes")
+    print(f"{'recipients':>10}  {'operation':<14}{'casebridge msg/s':>17}{'jwcrypto floor msg/s':>22}{'ratio':>8}")
+    for n, op, r_ours, r_floor, ratio in rows:
+        print(f"{n:>10}  {op:<14}{r_ours:>17.0f}{r_floor:>22.0f}{ratio:>8.2f}")
+    print("ratio = floor rate / casebridge rate, median of interleaved rounds (1.00 = no overhead; target <= 1.30)")
+
+
+if __name__ == "__main__":
+    main()

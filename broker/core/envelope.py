@@ -1,0 +1,304 @@
+"""Sealing and opening Casebridge messages (the two-layer format of docs/protocol.md).
+
+    wire   = {"v": 1, "outer": <compact JWS>, "jwe": <JWE JSON text>}
+    inner  = JWS_ES256(sender, {"header", "body", "salt"})
+    jwe    = JWE(ECDH-ES+A256KW / A256GCM, inner) to every recipient agency
+    outer  = JWS_ES256(sender, {"header", "jwe_sha256": H(jwe), "commitment": H(inner)})
+
+A border gateway calls :func:`verify_routing` (outer layer only: it never holds a decryption
+key); a recipient calls :func:`open_message`, which performs every check of the protocol in the
+documented order and raises ``InvalidMessage`` with a reason code on the first failure. Nothing
+here reads the clock, the network or a file: time, keys, randomness and stores come in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from broker.core import canonical, jose
+from broker.core.header import Header, parse_header
+from broker.core.replay import ReplayStore
+from broker.core.trust import AgencyKeys, KeyResolver
+from broker.errors import InvalidMessage, Reason
+
+WIRE_VERSION: Final = 1
+OUTER_TYP: Final = "casebridge-outer+jws"
+INNER_TYP: Final = "casebridge-inner+jws"
+JWE_TYP: Final = "casebridge-inner+jwe"
+WIRE_MEMBERS: Final = frozenset({"v", "outer", "jwe"})
+OUTER_MEMBERS: Final = frozenset({"header", "jwe_sha256", "commitment"})
+INNER_MEMBERS: Final = frozenset({"header", "body", "salt"})
+MIN_SALT_BYTES: Final = 16
+MAX_SALT_BYTES: Final = 64
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """Receiver limits. Defaults are the protocol's; a deployment may tighten them."""
+
+    max_bytes: int = 1024 * 1024
+    clock_skew: timedelta = timedelta(seconds=120)
+    max_lifetime: timedelta = timedelta(days=90)
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SenderIdentity:
+    """An agency's own signing key and the key id of its signing certificate."""
+
+    agency_id: str
+    signing_kid: str
+    signing_key: ec.EllipticCurvePrivateKey
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecipientIdentity:
+    """An agency's own key-agreement (decryption) key and its certificate's key id."""
+
+    agency_id: str
+    agreement_kid: str
+    agreement_key: ec.EllipticCurvePrivateKey
+
+
+class BodyValidator(Protocol):
+    """Schema check of a body for its declared type (``broker.core.schemas.SchemaRegistry``)."""
+
+    def validate(self, message_type: str, version: int, body: object) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoutedMessage:
+    """What the outer layer proves: a header signed by a directory-trusted sender."""
+
+    header: Header
+    sender: AgencyKeys
+    digest: str  # base64url SHA-256 of the wire bytes: the id of this exact message in evidence
+    jwe_sha256: str
+    commitment: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OpenedMessage:
+    """A message that passed every check: decrypted, both signatures verified, body valid."""
+
+    header: Header
+    body: Mapping[str, Any]
+    routed: RoutedMessage
+
+
+def seal(
+    *,
+    header: Header,
+    body: Mapping[str, Any],
+    sender: SenderIdentity,
+    resolver: KeyResolver,
+    now: datetime,
+    salt: bytes,
+) -> bytes:
+    """Sign, encrypt to every recipient in ``header.recipients``, sign again; return wire bytes.
+
+    ``salt`` must be fresh randomness (``secrets.token_bytes(16)``); it is an argument so that
+    test vectors are reproducible up to the JWE's own randomness.
+    """
+    header.validate()
+    if header.sender != sender.agency_id:
+        raise InvalidMessage(Reason.SENDER_MISMATCH, "header.sender is not the sealing agency")
+    if header.fed != resolver.federation_id:
+        raise InvalidMessage(Reason.FOREIGN_FEDERATION, "header.fed is not this federation")
+    if header.exp <= int(now.timestamp()):
+        raise InvalidMessage(Reason.EXPIRED, "header.exp is already past")
+    if not MIN_SALT_BYTES <= len(salt) <= MAX_SALT_BYTES:
+        raise InvalidMessage(Reason.MALFORMED, f"salt must be {MIN_SALT_BYTES}-64 bytes")
+    if header.task_force is not None:
+        members = resolver.task_force(header.task_force, now=now)
+        expected = tuple(m for m in members if m != sender.agency_id)
+        if header.recipients != expected:
+            raise InvalidMessage(
+                Reason.HEADER_INVALID, "recipients must be exactly the task force's other members"
+            )
+    keys = [resolver.agency(agency_id, now=now) for agency_id in header.recipients]
+    header_json = header.to_json()
+    inner = jose.sign_compact(
+        canonical.dumps({"header": header_json, "body": body, "salt": jose.b64url_encode(salt)}),
+        sender.signing_key,
+        kid=sender.signing_kid,
+        typ=INNER_TYP,
+    ).encode("ascii")
+    jwe = jose.encrypt_general(
+        inner, [(k.agreement_kid, k.agreement_key) for k in keys], typ=JWE_TYP
+    )
+    outer = jose.sign_compact(
+        canonical.dumps(
+            {
+                "header": header_json,
+                "jwe_sha256": jose.sha256_b64url(jwe.encode("utf-8")),
+                "commitment": jose.sha256_b64url(inner),
+            }
+        ),
+        sender.signing_key,
+        kid=sender.signing_kid,
+        typ=OUTER_TYP,
+    )
+    return _canonical_wire(outer, jwe)
+
+
+def _canonical_wire(outer: str, jwe: str) -> bytes:
+    # Same bytes as canonical.dumps({"jwe", "outer", "v"}), without the generic encoder's cost.
+    return b"".join(
+        (
+            b'{"jwe":',
+            json.dumps(jwe, ensure_ascii=False).encode("utf-8"),
+            b',"outer":',
+            json.dumps(outer, ensure_ascii=False).encode("utf-8"),
+            b',"v":1}',
+        )
+    )
+
+
+def _unverified_wire(wire: bytes, limits: Limits) -> tuple[str, str]:
+    if len(wire) > limits.max_bytes:
+        raise InvalidMessage(Reason.TOO_LARGE, f"{len(wire)} bytes > {limits.max_bytes}")
+    obj = canonical.loads_strict(wire, what="message", max_depth=None)
+    if not isinstance(obj, dict) or set(obj) != WIRE_MEMBERS:
+        raise InvalidMessage(Reason.MALFORMED, "message must be an object {v, outer, jwe}")
+    if obj["v"] != WIRE_VERSION or isinstance(obj["v"], bool):
+        raise InvalidMessage(Reason.MALFORMED, f"unsupported wire version {obj['v']!r}")
+    if not isinstance(obj["outer"], str) or not isinstance(obj["jwe"], str):
+        raise InvalidMessage(Reason.MALFORMED, "outer and jwe must be strings")
+    # One byte string per message: whitespace or escaping variants are refused, so the wire
+    # digest identifies the message exactly (evidence refers to it).
+    if _canonical_wire(obj["outer"], obj["jwe"]) != wire:
+        raise InvalidMessage(Reason.MALFORMED, "message is not in canonical JSON form")
+    return obj["outer"], obj["jwe"]
+
+
+def _check_time(header: Header, now: datetime, limits: Limits) -> None:
+    t = now.timestamp()
+    skew = limits.clock_skew.total_seconds()
+    if header.iat > t + skew:
+        raise InvalidMessage(Reason.NOT_YET_VALID, "iat is in the future")
+    if header.exp <= t - skew:
+        raise InvalidMessage(Reason.EXPIRED, "exp has passed")
+    if header.exp - header.iat > limits.max_lifetime.total_seconds():
+        raise InvalidMessage(Reason.HEADER_INVALID, "exp - iat exceeds the maximum lifetime")
+
+
+def _digest_b64(data: bytes) -> str:
+    return jose.b64url_encode(hashlib.sha256(data).digest())
+
+
+def _routing(
+    wire: bytes, *, resolver: KeyResolver, now: datetime, limits: Limits
+) -> tuple[RoutedMessage, str, Any]:
+    unverified_outer, unverified_jwe = _unverified_wire(wire, limits)
+    parsed = jose.parse_compact(unverified_outer, typ=OUTER_TYP, what="outer JWS")
+    sender = resolver.signing_key(parsed.kid, now=now)
+    outer_payload = canonical.loads_strict(
+        jose.verify_compact(parsed, sender.signing_key, what="outer JWS"),
+        what="outer payload",
+        max_depth=4,  # {header: {sender|onward: {...: [..]}}}: deeper is malformed anyway
+    )
+    if not isinstance(outer_payload, dict) or set(outer_payload) != OUTER_MEMBERS:
+        raise InvalidMessage(
+            Reason.MALFORMED, "outer payload must be {header, jwe_sha256, commitment}"
+        )
+    header = parse_header(outer_payload["header"])
+    if header.fed != resolver.federation_id:
+        raise InvalidMessage(Reason.FOREIGN_FEDERATION, f"message is for federation {header.fed!r}")
+    if header.sender != sender.agency_id:
+        raise InvalidMessage(Reason.SENDER_MISMATCH, "outer signer is not header.sender")
+    _check_time(header, now, limits)
+    jwe_sha256 = outer_payload["jwe_sha256"]
+    commitment = outer_payload["commitment"]
+    for name, value in (("jwe_sha256", jwe_sha256), ("commitment", commitment)):
+        if not isinstance(value, str) or len(jose.b64url_decode(value, what=name)) != 32:
+            raise InvalidMessage(Reason.MALFORMED, f"{name} must be a base64url SHA-256")
+    if _digest_b64(unverified_jwe.encode("utf-8")) != jwe_sha256:
+        raise InvalidMessage(Reason.DIGEST_MISMATCH, "JWE does not match the signed digest")
+    routed = RoutedMessage(
+        header=header,
+        sender=sender,
+        digest=_digest_b64(wire),
+        jwe_sha256=jwe_sha256,
+        commitment=commitment,
+    )
+    return routed, unverified_jwe, outer_payload["header"]
+
+
+def verify_routing(
+    wire: bytes, *, resolver: KeyResolver, now: datetime, limits: Limits = DEFAULT_LIMITS
+) -> RoutedMessage:
+    """Gateway check of the outer layer: size, format, allowlists, sender trust, signature,
+    header, federation, time window, and that the JWE is the one the sender signed."""
+    routed, _, _ = _routing(wire, resolver=resolver, now=now, limits=limits)
+    return routed
+
+
+def open_message(
+    wire: bytes,
+    *,
+    recipient: RecipientIdentity,
+    resolver: KeyResolver,
+    replay: ReplayStore,
+    validator: BodyValidator,
+    now: datetime,
+    limits: Limits = DEFAULT_LIMITS,
+    admit: Callable[[OpenedMessage], None] | None = None,
+) -> OpenedMessage:
+    """Recipient side: every check of docs/protocol.md section 6, in that order.
+
+    ``admit`` is step 18 (recipient policy and honesty): it raises to refuse. It runs before the
+    id is recorded, so a refused message is never remembered as accepted.
+    """
+    routed, unverified_jwe, outer_header_json = _routing(
+        wire, resolver=resolver, now=now, limits=limits
+    )
+    header = routed.header
+    if recipient.agency_id not in header.recipients:
+        raise InvalidMessage(Reason.NOT_ADDRESSED, f"{recipient.agency_id} is not a recipient")
+    if replay.seen(header.id, now=now):
+        raise InvalidMessage(Reason.REPLAY, f"message {header.id} was already accepted")
+    inner = jose.decrypt_general(
+        unverified_jwe, kid=recipient.agreement_kid, key=recipient.agreement_key, typ=JWE_TYP
+    )
+    if _digest_b64(inner) != routed.commitment:
+        raise InvalidMessage(
+            Reason.COMMITMENT_MISMATCH, "decrypted content is not the committed one"
+        )
+    parsed_inner = jose.parse_compact(
+        inner.decode("ascii", errors="replace"), typ=INNER_TYP, what="inner JWS"
+    )
+    if parsed_inner.kid != routed.sender.signing_kid:
+        raise InvalidMessage(Reason.SENDER_MISMATCH, "inner and outer signers differ")
+    inner_payload = canonical.loads_strict(
+        jose.verify_compact(parsed_inner, routed.sender.signing_key, what="inner JWS"),
+        what="inner payload",
+    )
+    if not isinstance(inner_payload, dict) or set(inner_payload) != INNER_MEMBERS:
+        raise InvalidMessage(Reason.MALFORMED, "inner payload must be {header, body, salt}")
+    if canonical.dumps(inner_payload["header"]) != canonical.dumps(outer_header_json):
+        raise InvalidMessage(Reason.HEADER_MISMATCH, "inner header differs from outer header")
+    salt = jose.b64url_decode(inner_payload["salt"], what="salt")
+    if not MIN_SALT_BYTES <= len(salt) <= MAX_SALT_BYTES:
+        raise InvalidMessage(Reason.MALFORMED, "salt length out of range")
+    body = inner_payload["body"]
+    if not isinstance(body, dict):
+        raise InvalidMessage(Reason.MALFORMED, "body must be a JSON object")
+    validator.validate(header.type, header.type_version, body)
+    opened = OpenedMessage(header=header, body=body, routed=routed)
+    if admit is not None:
+        admit(opened)
+    if not replay.remember(
+        header.id, expires_at=header.exp + int(limits.clock_skew.total_seconds()), now=now
+    ):
+        raise InvalidMessage(Reason.REPLAY, f"message {header.id} was already accepted")
+    return opened
