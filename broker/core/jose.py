@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,13 +51,15 @@ def b64url_encode(data: bytes) -> str:
 
 
 _B64URL_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64URL_RE: Final = re.compile(r"[A-Za-z0-9_-]*")
 # Unused low bits of the last character must be zero (RFC 4648 section 3.5, canonical form).
 _UNUSED_BITS_MASK: Final = {2: 0x0F, 3: 0x03}
 
 
 def b64url_decode(text: str, *, what: str) -> bytes:
     """Strict base64url (no padding, no other alphabet, canonical); MALFORMED otherwise."""
-    if not isinstance(text, str) or "=" in text or not text.isascii() or len(text) % 4 == 1:
+    # b64decode(altchars=...) would also accept "+" and "/": check the alphabet first.
+    if not isinstance(text, str) or len(text) % 4 == 1 or not _B64URL_RE.fullmatch(text):
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not base64url")
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)

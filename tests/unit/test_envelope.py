@@ -453,3 +453,18 @@ class TestAddressingTimeTrust:
 def test_typ_constants_are_distinct():
     """Outer, inner and JWE typ values differ, so layers cannot be swapped for one another."""
     assert len({OUTER_TYP, INNER_TYP, JWE_TYP}) == 3
+
+
+class TestBase64url:
+    @pytest.mark.parametrize("text", ["ab+c", "ab/c", "abc=", "a", "ab c", "abé", "AB"])
+    def test_non_base64url_is_malformed(self, text):
+        """Padding, the standard alphabet, bad lengths and set unused bits are refused."""
+        with pytest.raises(InvalidMessage) as info:
+            jose.b64url_decode(text, what="t")
+        assert info.value.reason == Reason.MALFORMED
+
+    def test_round_trip(self):
+        """Every byte string survives encode/decode."""
+        for n in range(40):
+            data = bytes(range(n))
+            assert jose.b64url_decode(jose.b64url_encode(data), what="t") == data
