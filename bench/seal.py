@@ -29,7 +29,14 @@ from broker.core.schemas import SchemaRegistry
 from broker.core.trust import AgencyKeys, StaticResolver
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "schemas" / "examples" / "request.assistance.json"
-AGENCIES = ("de.lka-berlin", "nl.politie-nec", "ua.npu-ctd", "ro.diicot", "at.bk-wien", "nl.comensha")
+AGENCIES = (
+    "de.lka-berlin",
+    "nl.politie-nec",
+    "ua.npu-ctd",
+    "ro.diicot",
+    "at.bk-wien",
+    "nl.comensha",
+)
 
 
 ROUNDS = 9
@@ -53,7 +60,9 @@ def _timed(fn: Callable[[], object], batch: int) -> float:
     return batch / (time.perf_counter() - start)
 
 
-def _paired(ours: Callable[[], object], floor: Callable[[], object], seconds: float) -> tuple[float, float, float]:
+def _paired(
+    ours: Callable[[], object], floor: Callable[[], object], seconds: float
+) -> tuple[float, float, float]:
     """Median rates of ours and floor and the median per-round ratio, measured interleaved
     (ours, floor, ours, floor...) so that load changes on the machine hit both alike."""
     batch = _batch_size(floor, seconds / (2 * ROUNDS))
@@ -69,12 +78,17 @@ def _paired(ours: Callable[[], object], floor: Callable[[], object], seconds: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=4.0, help="time per measurement (both sides)")
+    parser.add_argument(
+        "--seconds", type=float, default=4.0, help="time per measurement (both sides)"
+    )
     args = parser.parse_args()
 
     registry = SchemaRegistry.load()
     body: dict[str, Any] = json.loads(EXAMPLE.read_text())
-    keys = {a: (ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())) for a in AGENCIES}
+    keys = {
+        a: (ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1()))
+        for a in AGENCIES
+    }
     resolver = StaticResolver(
         "bench",
         [
@@ -94,9 +108,13 @@ def main() -> None:
     now = datetime.now(UTC)
     t = int(now.timestamp())
     sender_id = AGENCIES[0]
-    sender = SenderIdentity(agency_id=sender_id, signing_kid=f"{sender_id}#sig", signing_key=keys[sender_id][0])
-    rows = []
-    for n in (1, 5):
+    sender = SenderIdentity(
+        agency_id=sender_id, signing_kid=f"{sender_id}#sig", signing_key=keys[sender_id][0]
+    )
+    rows: list[tuple[int, str, float, float, float]] = []
+    wire_size = 0
+
+    def run_for(n: int) -> int:
         recipients = tuple(sorted(AGENCIES[1 : 1 + n]))
         header = Header(
             fed="bench",
@@ -114,23 +132,50 @@ def main() -> None:
             iat=t,
             exp=t + 86400,
         )
-        wire = seal(header=header, body=body, sender=sender, resolver=resolver, now=now, salt=secrets.token_bytes(16))
+        wire = seal(
+            header=header,
+            body=body,
+            sender=sender,
+            resolver=resolver,
+            now=now,
+            salt=secrets.token_bytes(16),
+        )
         me = recipients[0]
-        recipient = RecipientIdentity(agency_id=me, agreement_kid=f"{me}#ka", agreement_key=keys[me][1])
+        recipient = RecipientIdentity(
+            agency_id=me, agreement_kid=f"{me}#ka", agreement_key=keys[me][1]
+        )
 
         def do_seal() -> None:
-            seal(header=header, body=body, sender=sender, resolver=resolver, now=now, salt=secrets.token_bytes(16))
+            seal(
+                header=header,
+                body=body,
+                sender=sender,
+                resolver=resolver,
+                now=now,
+                salt=secrets.token_bytes(16),
+            )
 
         def do_open() -> None:
-            open_message(wire, recipient=recipient, resolver=resolver, replay=MemoryReplayStore(), validator=registry, now=now)
+            open_message(
+                wire,
+                recipient=recipient,
+                resolver=resolver,
+                replay=MemoryReplayStore(),
+                validator=registry,
+                now=now,
+            )
 
         # --- the floor: bare jwcrypto operations on payloads of the same size ---
         sig_jwk = jwk.JWK.from_pyca(keys[sender_id][0])
         sig_pub = jwk.JWK.from_pyca(keys[sender_id][0].public_key())
         rcpt_pub = [jwk.JWK.from_pyca(keys[r][1].public_key()) for r in recipients]
         my_priv = jwk.JWK.from_pyca(keys[me][1])
-        inner_payload = json.dumps({"header": header.to_json(), "body": body, "salt": "x" * 22}).encode()
-        outer_payload = json.dumps({"header": header.to_json(), "jwe_sha256": "y" * 43, "commitment": "z" * 43}).encode()
+        inner_payload = json.dumps(
+            {"header": header.to_json(), "body": body, "salt": "x" * 22}
+        ).encode()
+        outer_payload = json.dumps(
+            {"header": header.to_json(), "jwe_sha256": "y" * 43, "commitment": "z" * 43}
+        ).encode()
 
         def floor_sign(payload: bytes) -> str:
             token = jws.JWS(payload)
@@ -163,14 +208,24 @@ def main() -> None:
             token.deserialize(f_jwe, my_priv)
             floor_verify(f_inner)
 
-        for op, ours, floor in (("seal", do_seal, floor_seal), ("open+validate", do_open, floor_open)):
+        for op, ours, floor in (
+            ("seal", do_seal, floor_seal),
+            ("open+validate", do_open, floor_open),
+        ):
             rows.append((n, op, *_paired(ours, floor, args.seconds)))
+        return len(wire)
 
-    print(f"message: request.assistance, {len(wire)} bytes on the wire (5 recipients), body {len(json.dumps(body))} bytes")
-    print(f"{'recipients':>10}  {'operation':<14}{'casebridge msg/s':>17}{'jwcrypto floor msg/s':>22}{'ratio':>8}")
+    for n in (1, 5):
+        wire_size = run_for(n)
+
+    body_size = len(json.dumps(body))
+    print(f"message: request.assistance, body {body_size} bytes, {wire_size} bytes sealed to 5")
+    titles = ("recipients", "operation", "casebridge msg/s", "jwcrypto floor msg/s", "ratio")
+    print(f"{titles[0]:>10}  {titles[1]:<14}{titles[2]:>17}{titles[3]:>22}{titles[4]:>8}")
     for n, op, r_ours, r_floor, ratio in rows:
         print(f"{n:>10}  {op:<14}{r_ours:>17.0f}{r_floor:>22.0f}{ratio:>8.2f}")
-    print("ratio = floor rate / casebridge rate, median of interleaved rounds (1.00 = no overhead; target <= 1.30)")
+    print("ratio = floor rate / casebridge rate, median of interleaved rounds")
+    print("(1.00 = no overhead; target <= 1.30)")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -47,18 +46,56 @@ class Sample:
 
 
 SAMPLES = (
-    Sample(example="request.assistance", sender="de.lka-berlin", recipients=("nl.politie",),
-           purpose="investigation", handling="H2", tlp="AMBER", due_days=14),
-    Sample(example="referral.victim", sender="nl.hulp-ngo", recipients=("ua.hotline-ngo",),
-           purpose="victim_support", handling="H3", tlp="RED"),
-    Sample(example="information.spontaneous", sender="ua.npu", recipients=("de.lka-berlin",),
-           purpose="investigation", handling="H2", tlp="AMBER"),
-    Sample(example="alert.person", sender="de.lka-berlin", recipients=("nl.politie", "ua.npu"),
-           purpose="search_for_person", handling="H1", tlp="AMBER", task_force="tf.eastern-route"),
-    Sample(example="bulletin", sender="nl.arbeidsinspectie", recipients=("de.lka-berlin", "ua.npu"),
-           purpose="prevention", handling="H0", tlp="GREEN"),
-    Sample(example="statistics.aggregate", sender="ua.pgo", recipients=("de.sta-berlin",),
-           purpose="statistics", handling="H0", tlp="CLEAR"),
+    Sample(
+        example="request.assistance",
+        sender="de.lka-berlin",
+        recipients=("nl.politie",),
+        purpose="investigation",
+        handling="H2",
+        tlp="AMBER",
+        due_days=14,
+    ),
+    Sample(
+        example="referral.victim",
+        sender="nl.hulp-ngo",
+        recipients=("ua.hotline-ngo",),
+        purpose="victim_support",
+        handling="H3",
+        tlp="RED",
+    ),
+    Sample(
+        example="information.spontaneous",
+        sender="ua.npu",
+        recipients=("de.lka-berlin",),
+        purpose="investigation",
+        handling="H2",
+        tlp="AMBER",
+    ),
+    Sample(
+        example="alert.person",
+        sender="de.lka-berlin",
+        recipients=("nl.politie", "ua.npu"),
+        purpose="search_for_person",
+        handling="H1",
+        tlp="AMBER",
+        task_force="tf.eastern-route",
+    ),
+    Sample(
+        example="bulletin",
+        sender="nl.arbeidsinspectie",
+        recipients=("de.lka-berlin", "ua.npu"),
+        purpose="prevention",
+        handling="H0",
+        tlp="GREEN",
+    ),
+    Sample(
+        example="statistics.aggregate",
+        sender="ua.pgo",
+        recipients=("de.sta-berlin",),
+        purpose="statistics",
+        handling="H0",
+        tlp="CLEAR",
+    ),
 )
 
 
@@ -74,13 +111,23 @@ class Row:
     outcome: str
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = fn()
-    return result, (time.perf_counter() - start) * 1000
+def _sender(dev: DevFederation, agency_id: str) -> SenderIdentity:
+    a = dev.agency(agency_id)
+    return SenderIdentity(
+        agency_id=a.agency_id, signing_kid=a.signing_kid, signing_key=a.signing.key
+    )
 
 
-def _header(dev: DevFederation, sample: Sample, body: Any, registry: SchemaRegistry, now: datetime) -> Header:
+def _recipient(dev: DevFederation, agency_id: str) -> RecipientIdentity:
+    a = dev.agency(agency_id)
+    return RecipientIdentity(
+        agency_id=a.agency_id, agreement_kid=a.agreement_kid, agreement_key=a.agreement.key
+    )
+
+
+def _header(
+    dev: DevFederation, sample: Sample, body: Any, registry: SchemaRegistry, now: datetime
+) -> Header:
     t = int(now.timestamp())
     return Header(
         fed=dev.federation_id,
@@ -110,26 +157,30 @@ def run(*, out_dir: Path | None, now: datetime) -> list[Row]:
     for sample in SAMPLES:
         body = json.loads((EXAMPLES / f"{sample.example}.json").read_text())
         header = _header(dev, sample, body, registry, now)
-        sender = dev.agency(sample.sender)
-        wire, seal_ms = _timed(
-            lambda h=header, b=body, s=sender: seal(
-                header=h, body=b,
-                sender=SenderIdentity(agency_id=s.agency_id, signing_kid=s.signing_kid, signing_key=s.signing.key),
-                resolver=dev.directory, now=now, salt=secrets.token_bytes(16),
-            )
+        started = time.perf_counter()
+        wire = seal(
+            header=header,
+            body=body,
+            sender=_sender(dev, sample.sender),
+            resolver=dev.directory,
+            now=now,
+            salt=secrets.token_bytes(16),
         )
+        seal_ms = (time.perf_counter() - started) * 1000
         verify_routing(wire, resolver=dev.directory, now=now)  # what each border gateway checks
         outcomes = []
         open_ms = 0.0
         for rcpt in header.recipients:
-            agency = dev.agency(rcpt)
-            opened, ms = _timed(
-                lambda w=wire, a=agency: open_message(
-                    w,
-                    recipient=RecipientIdentity(agency_id=a.agency_id, agreement_kid=a.agreement_kid, agreement_key=a.agreement.key),
-                    resolver=dev.directory, replay=MemoryReplayStore(), validator=registry, now=now,
-                )
+            started = time.perf_counter()
+            opened = open_message(
+                wire,
+                recipient=_recipient(dev, rcpt),
+                resolver=dev.directory,
+                replay=MemoryReplayStore(),
+                validator=registry,
+                now=now,
             )
+            ms = (time.perf_counter() - started) * 1000
             open_ms = max(open_ms, ms)
             outcomes.append("opened" if opened.body == body else "MISMATCH")
         rows.append(
@@ -151,42 +202,97 @@ def run(*, out_dir: Path | None, now: datetime) -> list[Row]:
 
 def _refusals(dev: DevFederation, registry: SchemaRegistry, now: datetime) -> list[Row]:
     """Two messages that must not open: read by a non-recipient, and altered in transit."""
-    sample = Sample(example="bulletin", sender="de.lka-berlin", recipients=("nl.politie",),
-                    purpose="prevention", handling="H0", tlp="GREEN")
+    sample = Sample(
+        example="bulletin",
+        sender="de.lka-berlin",
+        recipients=("nl.politie",),
+        purpose="prevention",
+        handling="H0",
+        tlp="GREEN",
+    )
     body = json.loads((EXAMPLES / "bulletin.json").read_text())
     sender = dev.agency("de.lka-berlin")
-    wire = seal(header=_header(dev, sample, body, registry, now), body=body,
-                sender=SenderIdentity(agency_id=sender.agency_id, signing_kid=sender.signing_kid,
-                                      signing_key=sender.signing.key),
-                resolver=dev.directory, now=now, salt=secrets.token_bytes(16))
+    wire = seal(
+        header=_header(dev, sample, body, registry, now),
+        body=body,
+        sender=SenderIdentity(
+            agency_id=sender.agency_id,
+            signing_kid=sender.signing_kid,
+            signing_key=sender.signing.key,
+        ),
+        resolver=dev.directory,
+        now=now,
+        salt=secrets.token_bytes(16),
+    )
     at = wire.index(b"ciphertext") + 20
-    altered = wire[:at] + (b"A" if wire[at:at + 1] != b"A" else b"B") + wire[at + 1:]
+    altered = wire[:at] + (b"A" if wire[at : at + 1] != b"A" else b"B") + wire[at + 1 :]
     rows = []
-    for label, data, reader in (("bulletin, read by a non-recipient", wire, "ua.npu"),
-                                ("bulletin, ciphertext altered in transit", altered, "nl.politie")):
+    for label, data, reader in (
+        ("bulletin, read by a non-recipient", wire, "ua.npu"),
+        ("bulletin, ciphertext altered in transit", altered, "nl.politie"),
+    ):
         agency = dev.agency(reader)
         try:
-            open_message(data, recipient=RecipientIdentity(agency_id=agency.agency_id,
-                                                           agreement_kid=agency.agreement_kid,
-                                                           agreement_key=agency.agreement.key),
-                         resolver=dev.directory, replay=MemoryReplayStore(), validator=registry, now=now)
+            open_message(
+                data,
+                recipient=RecipientIdentity(
+                    agency_id=agency.agency_id,
+                    agreement_kid=agency.agreement_kid,
+                    agreement_key=agency.agreement.key,
+                ),
+                resolver=dev.directory,
+                replay=MemoryReplayStore(),
+                validator=registry,
+                now=now,
+            )
             outcome = "ACCEPTED (bug)"
         except CasebridgeError as exc:
             outcome = f"refused: {exc.reason.value}"
-        rows.append(Row(example=label, route=f"de.lka-berlin -> nl.politie, opened by {reader}",
-                        markings="H0/TLP:GREEN", categories="-", size=len(data), seal_ms=0.0,
-                        open_ms=0.0, outcome=outcome))
+        rows.append(
+            Row(
+                example=label,
+                route=f"de.lka-berlin -> nl.politie, opened by {reader}",
+                markings="H0/TLP:GREEN",
+                categories="-",
+                size=len(data),
+                seal_ms=0.0,
+                open_ms=0.0,
+                outcome=outcome,
+            )
+        )
     return rows
 
 
 def _short(categories: str, limit: int = 44) -> str:
-    return categories if len(categories) <= limit else categories[: limit - 3].rsplit(",", 1)[0] + ", ..."
+    return (
+        categories
+        if len(categories) <= limit
+        else categories[: limit - 3].rsplit(",", 1)[0] + ", ..."
+    )
 
 
 def format_table(rows: list[Row]) -> str:
-    headers = ("message type", "route", "markings", "declared categories", "bytes", "seal ms", "open ms", "result")
+    headers = (
+        "message type",
+        "route",
+        "markings",
+        "declared categories",
+        "bytes",
+        "seal ms",
+        "open ms",
+        "result",
+    )
     cells = [
-        (r.example, r.route, r.markings, _short(r.categories), str(r.size), f"{r.seal_ms:.1f}", f"{r.open_ms:.1f}", r.outcome)
+        (
+            r.example,
+            r.route,
+            r.markings,
+            _short(r.categories),
+            str(r.size),
+            f"{r.seal_ms:.1f}",
+            f"{r.open_ms:.1f}",
+            r.outcome,
+        )
         for r in rows
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]

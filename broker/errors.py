@@ -7,6 +7,7 @@ and carries a stable, machine-readable ``reason`` (a :class:`Reason` value, docu
     CasebridgeError                     reason, http_status
     ├── LocalError                      our side is wrong: configuration, keys, files
     │   ├── ConfigError                 settings / files unusable
+    │   │   └── PolicyError             a policy file refused at load (carries line numbers)
     │   ├── PKIError                    certificate issuance or validation of our own material
     │   └── SchemaRegistryError         a schema file is missing or itself invalid
     └── RemoteError                     what a peer sent us is unacceptable
@@ -113,7 +114,7 @@ class InvalidMessage(RemoteError):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SchemaErrorDetail:
-    """One schema violation: where (JSON pointer into the body), what rule, and a readable message."""
+    """One schema violation: where (JSON pointer into the body), which rule, and why."""
 
     path: str
     validator: str
@@ -142,3 +143,26 @@ class PolicyDenied(RemoteError):
     def __init__(self, rule_id: str, detail: str) -> None:
         self.rule_id = rule_id
         super().__init__(Reason.POLICY_DENIED, f"[{rule_id}] {detail}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PolicyProblem:
+    """One reason a policy file was refused: the 1-based line in the YAML (if known) and why."""
+
+    line: int | None
+    message: str
+
+
+class PolicyError(ConfigError):
+    """A policy file is malformed, schema-invalid, unsigned or foreign-signed.
+
+    ``source`` names the file (or "<policy>"); ``problems`` lists every reason found, by line.
+    """
+
+    def __init__(self, source: str, problems: Sequence[PolicyProblem]) -> None:
+        self.source = source
+        self.problems = tuple(problems) or (PolicyProblem(line=None, message="invalid"),)
+        first = self.problems[0]
+        where = f"{source}:{first.line}" if first.line is not None else source
+        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"{where}: {first.message}{more}")

@@ -21,7 +21,7 @@ GROUPS = ("pki", "policy", "demo")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casebridge",
-        description="Casebridge: signed, encrypted, policy-checked case exchange between countries.",
+        description="Casebridge: signed, encrypted, policy-checked case exchange.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in GROUPS:

@@ -7,7 +7,6 @@ signed directory that was loaded and verified against the pinned federation root
 
 from __future__ import annotations
 
-
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,7 +68,7 @@ class KeyResolver(Protocol):
         ...
 
     def signing_key(self, kid: str, *, now: datetime) -> AgencyKeys:
-        """The agency whose signing certificate has key id ``kid`` (current or still-valid older)."""
+        """The agency whose signing certificate has key id ``kid``."""
         ...
 
     def task_force(self, task_force_id: str, *, now: datetime) -> tuple[str, ...]:

@@ -159,13 +159,19 @@ def compact(header_obj: dict[str, Any], payload: bytes, signature: bytes) -> str
 
 def hs256(header_obj: dict[str, Any], payload: bytes, secret: bytes) -> str:
     signing_input = f"{b64(canonical.dumps(header_obj))}.{b64(payload)}".encode()
-    return f"{signing_input.decode()}.{b64(hmac.new(secret, signing_input, hashlib.sha256).digest())}"
+    return (
+        f"{signing_input.decode()}.{b64(hmac.new(secret, signing_input, hashlib.sha256).digest())}"
+    )
 
 
 def inner_jws(agency: Agency, h: Header | dict[str, Any], body: dict[str, Any]) -> bytes:
     header_json = h.to_json() if isinstance(h, Header) else h
-    payload = canonical.dumps({"header": header_json, "body": body, "salt": b64(secrets.token_bytes(16))})
-    return jose.sign_compact(payload, agency.signing, kid=f"{agency.agency_id}#sig", typ=INNER_TYP).encode()
+    payload = canonical.dumps(
+        {"header": header_json, "body": body, "salt": b64(secrets.token_bytes(16))}
+    )
+    return jose.sign_compact(
+        payload, agency.signing, kid=f"{agency.agency_id}#sig", typ=INNER_TYP
+    ).encode()
 
 
 def encrypt_to(inner: bytes, *recipients: Agency) -> str:

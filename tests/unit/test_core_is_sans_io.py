@@ -28,13 +28,15 @@ def _offenders(loaded: list[str]) -> list[str]:
     return [m for m in loaded if m.split(".")[0] in FORBIDDEN]
 
 
-def test_importing_broker_core_loads_no_io_framework():
+def test_importing_broker_core_loads_no_io_framework() -> None:
     """`import broker.core` loads no asyncio, nats or aiohttp module."""
-    result = _probe("import sys, json, broker.core; print(json.dumps({'loaded': sorted(sys.modules)}))")
+    result = _probe(
+        "import sys, json, broker.core; print(json.dumps({'loaded': sorted(sys.modules)}))"
+    )
     assert _offenders(result["loaded"]) == []
 
 
-def test_every_core_module_is_sans_io():
+def test_every_core_module_is_sans_io() -> None:
     """Importing every module under broker.core loads no asyncio, nats or aiohttp module."""
     result = _probe(PROBE)
     assert "broker.core.envelope" in result["modules"]

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from broker.core.directory import Directory
+from broker.core.envelope import OpenedMessage
 from broker.core.envelope import RecipientIdentity, SenderIdentity, open_message, seal
 from broker.core.header import Header
 from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
+from broker.core.trust import KeyResolver
+from broker.devpki import DevFederation
 from broker.errors import InvalidMessage, Reason
 
 BODY = json.loads(
@@ -22,19 +25,25 @@ BODY = json.loads(
 )
 
 
-def _sender(dev, agency_id):
+def _sender(dev: DevFederation, agency_id: str) -> SenderIdentity:
     a = dev.agency(agency_id)
     return SenderIdentity(agency_id=agency_id, signing_kid=a.signing_kid, signing_key=a.signing.key)
 
 
-def _recipient(dev, agency_id):
+def _recipient(dev: DevFederation, agency_id: str) -> RecipientIdentity:
     a = dev.agency(agency_id)
     return RecipientIdentity(
         agency_id=agency_id, agreement_kid=a.agreement_kid, agreement_key=a.agreement.key
     )
 
 
-def _header(dev, now, sender, recipients, **kw):
+def _header(
+    dev: DevFederation,
+    now: datetime,
+    sender: str,
+    recipients: list[str],
+    task_force: str | None = None,
+) -> Header:
     t = int(now.timestamp())
     return Header(
         fed=dev.federation_id,
@@ -51,18 +60,25 @@ def _header(dev, now, sender, recipients, **kw):
         categories=(),
         iat=t,
         exp=t + 86400,
-        **kw,
+        task_force=task_force,
     )
 
 
 @pytest.fixture(scope="module")
-def registry():
+def registry() -> SchemaRegistry:
     return SchemaRegistry.load()
 
 
-def _seal(dev, now, sender, recipients, resolver=None, **kw):
+def _seal(
+    dev: DevFederation,
+    now: datetime,
+    sender: str,
+    recipients: list[str],
+    resolver: KeyResolver | None = None,
+    task_force: str | None = None,
+) -> bytes:
     return seal(
-        header=_header(dev, now, sender, recipients, **kw),
+        header=_header(dev, now, sender, recipients, task_force),
         body=BODY,
         sender=_sender(dev, sender),
         resolver=resolver or dev.directory,
@@ -71,7 +87,15 @@ def _seal(dev, now, sender, recipients, resolver=None, **kw):
     )
 
 
-def _open(dev, registry, wire, agency_id, now, resolver=None):
+def _open(
+    dev: DevFederation,
+    registry: SchemaRegistry,
+    wire: bytes,
+    agency_id: str,
+    now: datetime,
+    *,
+    resolver: KeyResolver | None = None,
+) -> OpenedMessage:
     return open_message(
         wire,
         recipient=_recipient(dev, agency_id),
@@ -83,20 +107,28 @@ def _open(dev, registry, wire, agency_id, now, resolver=None):
 
 
 class TestWithDirectory:
-    def test_cross_border_round_trip(self, dev_federation, registry, fixed_now):
+    def test_cross_border_round_trip(
+        self, dev_federation: DevFederation, registry: SchemaRegistry, fixed_now: datetime
+    ) -> None:
         """A DE police message opens at the UA police with keys from the signed directory."""
         wire = _seal(dev_federation, fixed_now, "de.lka-berlin", ["ua.npu"])
         assert _open(dev_federation, registry, wire, "ua.npu", fixed_now).body == BODY
 
-    def test_task_force_via_directory(self, dev_federation, registry, fixed_now):
+    def test_task_force_via_directory(
+        self, dev_federation: DevFederation, registry: SchemaRegistry, fixed_now: datetime
+    ) -> None:
         """A task-force message to the directory's task force opens at every other member."""
         members = dev_federation.directory.task_force("tf.eastern-route", now=fixed_now)
         others = [m for m in members if m != "de.lka-berlin"]
-        wire = _seal(dev_federation, fixed_now, "de.lka-berlin", others, task_force="tf.eastern-route")
+        wire = _seal(
+            dev_federation, fixed_now, "de.lka-berlin", others, task_force="tf.eastern-route"
+        )
         for member in others:
             assert _open(dev_federation, registry, wire, member, fixed_now).body == BODY
 
-    def test_revoked_sender_refused(self, dev_federation, registry, fixed_now):
+    def test_revoked_sender_refused(
+        self, dev_federation: DevFederation, registry: SchemaRegistry, fixed_now: datetime
+    ) -> None:
         """After the sender's revocation is published, its messages are refused."""
         wire = _seal(dev_federation, fixed_now, "nl.politie", ["de.lka-berlin"])
         later = fixed_now + timedelta(minutes=5)
@@ -109,7 +141,9 @@ class TestWithDirectory:
             _open(dev_federation, registry, wire, "de.lka-berlin", later, resolver=revoked)
         assert info.value.reason == Reason.SENDER_REVOKED
 
-    def test_stale_directory_fails_closed(self, dev_federation, registry, fixed_now):
+    def test_stale_directory_fails_closed(
+        self, dev_federation: DevFederation, registry: SchemaRegistry, fixed_now: datetime
+    ) -> None:
         """Past the directory's next update, nothing opens."""
         wire = _seal(dev_federation, fixed_now, "de.lka-berlin", ["ua.npu"])
         stale = dev_federation.directory.next_update + timedelta(seconds=1)
@@ -117,7 +151,9 @@ class TestWithDirectory:
             _open(dev_federation, registry, wire, "ua.npu", stale)
         assert info.value.reason == Reason.DIRECTORY_STALE
 
-    def test_foreign_federation_directory(self, dev_federation, registry, fixed_now):
+    def test_foreign_federation_directory(
+        self, dev_federation: DevFederation, registry: SchemaRegistry, fixed_now: datetime
+    ) -> None:
         """A message from another federation (other root) does not open: its signer is unknown."""
         from broker.devpki import DEMO_SPEC, build_dev_federation
 

@@ -39,12 +39,13 @@ def must_refuse(wire: bytes) -> None:
             now=NOW,
         )
     except CasebridgeError as exc:
-        assert exc.reason.value
+        reason = exc.reason.value
     else:
         raise AssertionError("mutated message was accepted")
+    assert reason
 
 
-def test_unmutated_message_opens():
+def test_unmutated_message_opens() -> None:
     """The message the mutations start from is itself valid (so refusals mean something)."""
     opened = open_message(
         WIRE,
@@ -59,7 +60,7 @@ def test_unmutated_message_opens():
 
 @SETTINGS
 @given(st.data())
-def test_byte_flips_are_refused(data):
+def test_byte_flips_are_refused(data: st.DataObject) -> None:
     """Flipping any bits of any byte of the wire is refused."""
     pos = data.draw(st.integers(0, len(WIRE) - 1))
     mask = data.draw(st.integers(1, 255))
@@ -70,7 +71,7 @@ def test_byte_flips_are_refused(data):
 
 @SETTINGS
 @given(st.data())
-def test_insertions_and_deletions_are_refused(data):
+def test_insertions_and_deletions_are_refused(data: st.DataObject) -> None:
     """Inserting or deleting bytes anywhere is refused."""
     pos = data.draw(st.integers(0, len(WIRE)))
     if data.draw(st.booleans()):
@@ -84,7 +85,7 @@ def test_insertions_and_deletions_are_refused(data):
 
 @SETTINGS
 @given(st.data())
-def test_character_edits_inside_the_layers_are_refused(data):
+def test_character_edits_inside_the_layers_are_refused(data: st.DataObject) -> None:
     """Replacing a character of the outer JWS or of the JWE text is refused."""
     which = data.draw(st.sampled_from(["outer", "jwe"]))
     text = OUTER if which == "outer" else JWE_TEXT
@@ -99,7 +100,7 @@ def test_character_edits_inside_the_layers_are_refused(data):
 
 @SETTINGS
 @given(st.binary(max_size=512))
-def test_arbitrary_bytes_never_crash_the_gateway(raw):
+def test_arbitrary_bytes_never_crash_the_gateway(raw: bytes) -> None:
     """verify_routing on arbitrary bytes raises only errors from the Casebridge tree."""
     try:
         verify_routing(raw, resolver=WORLD.resolver, now=NOW)

@@ -38,7 +38,7 @@ def _open(doc: dict[str, Any]) -> Any:
     )
 
 
-def test_vector_set_is_complete():
+def test_vector_set_is_complete() -> None:
     """The repository ships both valid and invalid vectors, and their key file says test-only."""
     assert len(VALID) >= 3
     assert len(INVALID) >= 10
@@ -46,7 +46,7 @@ def test_vector_set_is_complete():
 
 
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
-def test_valid_vector_opens(path):
+def test_valid_vector_opens(path: Path) -> None:
     """Each valid vector opens to exactly the expected header, body and digest."""
     doc = json.loads(path.read_text())
     opened = _open(doc)
@@ -56,7 +56,7 @@ def test_valid_vector_opens(path):
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
-def test_invalid_vector_is_refused_with_its_reason(path):
+def test_invalid_vector_is_refused_with_its_reason(path: Path) -> None:
     """Each invalid vector is refused with the reason code it names."""
     doc = json.loads(path.read_text())
     with pytest.raises(CasebridgeError) as info:

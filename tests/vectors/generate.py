@@ -63,7 +63,9 @@ def load_keys() -> dict[str, dict[str, Any]]:
     return loaded
 
 
-def private_keys(entry: dict[str, Any]) -> tuple[ec.EllipticCurvePrivateKey, ec.EllipticCurvePrivateKey]:
+def private_keys(
+    entry: dict[str, Any],
+) -> tuple[ec.EllipticCurvePrivateKey, ec.EllipticCurvePrivateKey]:
     return _key_from_jwk(entry["signing_jwk"]), _key_from_jwk(entry["agreement_jwk"])
 
 
@@ -113,7 +115,7 @@ def _body(name: str) -> dict[str, Any]:
     return loaded
 
 
-def main() -> None:  # noqa: PLR0915 - one block per vector reads best
+def main() -> None:
     from broker.core.schemas import SchemaRegistry
 
     registry = SchemaRegistry.load()
@@ -122,7 +124,9 @@ def main() -> None:  # noqa: PLR0915 - one block per vector reads best
     sign_key = {a: private_keys(keys[a])[0] for a in AGENCIES}
     ka_pub = {a: private_keys(keys[a])[1].public_key() for a in AGENCIES}
     sender = SenderIdentity(
-        agency_id="de.lka-berlin", signing_kid=keys["de.lka-berlin"]["signing_kid"], signing_key=sign_key["de.lka-berlin"]
+        agency_id="de.lka-berlin",
+        signing_kid=keys["de.lka-berlin"]["signing_kid"],
+        signing_key=sign_key["de.lka-berlin"],
     )
 
     def categories(message_type: str, body: dict[str, Any]) -> tuple[str, ...]:
@@ -130,7 +134,14 @@ def main() -> None:  # noqa: PLR0915 - one block per vector reads best
 
     def sealed(h: Header, body: dict[str, Any]) -> bytes:
         h = replace(h, categories=categories(h.type, body))
-        return seal(header=h, body=body, sender=sender, resolver=resolver, now=NOW, salt=secrets.token_bytes(16))
+        return seal(
+            header=h,
+            body=body,
+            sender=sender,
+            resolver=resolver,
+            now=NOW,
+            salt=secrets.token_bytes(16),
+        )
 
     def parts(
         h: Header,
@@ -144,21 +155,41 @@ def main() -> None:  # noqa: PLR0915 - one block per vector reads best
         h = replace(h, categories=categories(h.type, body))
         kid = keys["de.lka-berlin"]["signing_kid"]
         inner = jose.sign_compact(
-            canonical.dumps({"header": inner_header or h.to_json(), "body": body, "salt": jose.b64url_encode(secrets.token_bytes(16))}),
-            sign_key["de.lka-berlin"], kid=kid, typ=INNER_TYP,
+            canonical.dumps(
+                {
+                    "header": inner_header or h.to_json(),
+                    "body": body,
+                    "salt": jose.b64url_encode(secrets.token_bytes(16)),
+                }
+            ),
+            sign_key["de.lka-berlin"],
+            kid=kid,
+            typ=INNER_TYP,
         ).encode()
-        jwe_text = jose.encrypt_general(inner, [(keys[r]["agreement_kid"], ka_pub[r]) for r in h.recipients], typ=JWE_TYP)
+        jwe_text = jose.encrypt_general(
+            inner, [(keys[r]["agreement_kid"], ka_pub[r]) for r in h.recipients], typ=JWE_TYP
+        )
         if jwe_edit is not None:
             obj = json.loads(jwe_text)
             jwe_edit(obj)
             jwe_text = canonical.dumps(obj).decode()
         payload = canonical.dumps(
-            {"header": outer_header or h.to_json(), "jwe_sha256": jose.sha256_b64url(jwe_text.encode()), "commitment": jose.sha256_b64url(inner)}
+            {
+                "header": outer_header or h.to_json(),
+                "jwe_sha256": jose.sha256_b64url(jwe_text.encode()),
+                "commitment": jose.sha256_b64url(inner),
+            }
         )
         if jws_header is None:
             outer = jose.sign_compact(payload, sign_key["de.lka-berlin"], kid=kid, typ=OUTER_TYP)
         else:
-            outer = ".".join([jose.b64url_encode(canonical.dumps(jws_header)), jose.b64url_encode(payload), jose.b64url_encode(b"\x00" * 64)])
+            outer = ".".join(
+                [
+                    jose.b64url_encode(canonical.dumps(jws_header)),
+                    jose.b64url_encode(payload),
+                    jose.b64url_encode(b"\x00" * 64),
+                ]
+            )
         return canonical.dumps({"v": 1, "outer": outer, "jwe": jwe_text})
 
     for old in HERE.glob("valid-*.json"):
@@ -167,15 +198,27 @@ def main() -> None:  # noqa: PLR0915 - one block per vector reads best
         old.unlink()
 
     def write(name: str, wire: bytes, recipient: str, **expect: Any) -> None:
-        doc = {"now": NOW.isoformat().replace("+00:00", "Z"), "recipient": recipient, "wire": wire.decode(), **expect}
-        (HERE / f"{name}.json").write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        doc = {
+            "now": NOW.isoformat().replace("+00:00", "Z"),
+            "recipient": recipient,
+            "wire": wire.decode(),
+            **expect,
+        }
+        (HERE / f"{name}.json").write_text(
+            json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        )
 
     one = ("nl.politie-nec",)
     two = ("nl.politie-nec", "ua.npu-ctd")
     for n, (label, mtype, rcpts, extra) in enumerate(
         [
             ("request-one-recipient", "request.assistance", one, {"due": "2026-12-12"}),
-            ("bulletin-two-recipients", "bulletin", two, {"handling": "H0", "tlp": "GREEN", "purpose": "prevention"}),
+            (
+                "bulletin-two-recipients",
+                "bulletin",
+                two,
+                {"handling": "H0", "tlp": "GREEN", "purpose": "prevention"},
+            ),
         ],
         start=1,
     ):
@@ -184,7 +227,14 @@ def main() -> None:  # noqa: PLR0915 - one block per vector reads best
         wire = sealed(h, body)
         expected_header = replace(h, categories=categories(mtype, body)).to_json()
         for r in rcpts:
-            write(f"valid-{n}-{label}-{r}", wire, r, header=expected_header, body=body, digest=jose.sha256_b64url(wire))
+            write(
+                f"valid-{n}-{label}-{r}",
+                wire,
+                r,
+                header=expected_header,
+                body=body,
+                digest=jose.sha256_b64url(wire),
+            )
 
     h = _header(10, "bulletin", one, handling="H0", tlp="GREEN", purpose="prevention")
     body = _body("bulletin")
@@ -197,28 +247,117 @@ def main() -> None:  # noqa: PLR0915 - one block per vector reads best
 
     flipped = bytearray(jose.b64url_decode(outer_parts[2], what="s"))
     flipped[0] ^= 1
-    other = json.loads(sealed(_header(11, "bulletin", one, handling="H0", tlp="GREEN", purpose="prevention"), body))
+    other = json.loads(
+        sealed(_header(11, "bulletin", one, handling="H0", tlp="GREEN", purpose="prevention"), body)
+    )
     cases: list[tuple[str, bytes, str, str]] = [
-        ("bad-signature", with_outer(f"{outer_parts[0]}.{outer_parts[1]}.{jose.b64url_encode(bytes(flipped))}"), "nl.politie-nec", "bad_signature"),
-        ("alg-none", with_outer(".".join([jose.b64url_encode(b'{"alg":"none","kid":"de.lka-berlin#vector-sig","typ":"casebridge-outer+jws"}'), outer_parts[1], ""])), "nl.politie-nec", "alg_not_allowed"),
-        ("jku-header", parts(h, body, jws_header={"alg": "ES256", "jku": "https://keys.invalid/jwks.json", "kid": "de.lka-berlin#vector-sig", "typ": OUTER_TYP}), "nl.politie-nec", "forbidden_header"),
-        ("jwe-swapped", with_outer(good_obj["outer"], other["jwe"]), "nl.politie-nec", "digest_mismatch"),
+        (
+            "bad-signature",
+            with_outer(f"{outer_parts[0]}.{outer_parts[1]}.{jose.b64url_encode(bytes(flipped))}"),
+            "nl.politie-nec",
+            "bad_signature",
+        ),
+        (
+            "alg-none",
+            with_outer(
+                ".".join(
+                    [
+                        jose.b64url_encode(
+                            b'{"alg":"none","kid":"de.lka-berlin#vector-sig","typ":"casebridge-outer+jws"}'
+                        ),
+                        outer_parts[1],
+                        "",
+                    ]
+                )
+            ),
+            "nl.politie-nec",
+            "alg_not_allowed",
+        ),
+        (
+            "jku-header",
+            parts(
+                h,
+                body,
+                jws_header={
+                    "alg": "ES256",
+                    "jku": "https://keys.invalid/jwks.json",
+                    "kid": "de.lka-berlin#vector-sig",
+                    "typ": OUTER_TYP,
+                },
+            ),
+            "nl.politie-nec",
+            "forbidden_header",
+        ),
+        (
+            "jwe-swapped",
+            with_outer(good_obj["outer"], other["jwe"]),
+            "nl.politie-nec",
+            "digest_mismatch",
+        ),
         ("not-addressed", good, "ua.npu-ctd", "not_addressed"),
-        ("header-mismatch", parts(h, body, inner_header=replace(h, handling="H3", categories=categories("bulletin", body)).to_json()), "nl.politie-nec", "header_mismatch"),
-        ("foreign-federation", parts(replace(h, fed="other-fed"), body), "nl.politie-nec", "foreign_federation"),
-        ("zip", parts(h, body, jwe_edit=lambda o: o.__setitem__("protected", jose.b64url_encode(canonical.dumps({"enc": "A256GCM", "typ": JWE_TYP, "zip": "DEF"})))), "nl.politie-nec", "forbidden_header"),
-        ("pbes2", parts(h, body, jwe_edit=lambda o: o["recipients"][0]["header"].__setitem__("alg", "PBES2-HS256+A128KW")), "nl.politie-nec", "alg_not_allowed"),
+        (
+            "header-mismatch",
+            parts(
+                h,
+                body,
+                inner_header=replace(
+                    h, handling="H3", categories=categories("bulletin", body)
+                ).to_json(),
+            ),
+            "nl.politie-nec",
+            "header_mismatch",
+        ),
+        (
+            "foreign-federation",
+            parts(replace(h, fed="other-fed"), body),
+            "nl.politie-nec",
+            "foreign_federation",
+        ),
+        (
+            "zip",
+            parts(
+                h,
+                body,
+                jwe_edit=lambda o: o.__setitem__(
+                    "protected",
+                    jose.b64url_encode(
+                        canonical.dumps({"enc": "A256GCM", "typ": JWE_TYP, "zip": "DEF"})
+                    ),
+                ),
+            ),
+            "nl.politie-nec",
+            "forbidden_header",
+        ),
+        (
+            "pbes2",
+            parts(
+                h,
+                body,
+                jwe_edit=lambda o: o["recipients"][0]["header"].__setitem__(
+                    "alg", "PBES2-HS256+A128KW"
+                ),
+            ),
+            "nl.politie-nec",
+            "alg_not_allowed",
+        ),
         ("non-canonical", json.dumps(good_obj, indent=1).encode(), "nl.politie-nec", "malformed"),
     ]
     # An expired message cannot be sealed at NOW (seal refuses it), so seal it at issue time.
     t0 = NOW - timedelta(days=20)
-    hx = replace(h, id="00000000-0000-4000-8000-000000000012", iat=int(t0.timestamp()), exp=int((t0 + timedelta(days=14)).timestamp()))
+    hx = replace(
+        h,
+        id="00000000-0000-4000-8000-000000000012",
+        iat=int(t0.timestamp()),
+        exp=int((t0 + timedelta(days=14)).timestamp()),
+    )
     hx = replace(hx, categories=categories("bulletin", body))
-    expired = seal(header=hx, body=body, sender=sender, resolver=resolver, now=t0, salt=secrets.token_bytes(16))
+    expired = seal(
+        header=hx, body=body, sender=sender, resolver=resolver, now=t0, salt=secrets.token_bytes(16)
+    )
     cases.append(("expired", expired, "nl.politie-nec", "expired"))
     for name, wire, recipient, reason in cases:
         write(f"invalid-{name}", wire, recipient, reason=reason)
-    print(f"wrote {len(list(HERE.glob('valid-*.json')))} valid and {len(cases)} invalid vectors to {HERE}")
+    print(f"wrote {len(list(HERE.glob('valid-*.json')))} valid and {len(cases)} invalid vectors")
 
 
 if __name__ == "__main__":
