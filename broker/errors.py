@@ -140,9 +140,9 @@ class PolicyDenied(RemoteError):
 
     http_status = 403
 
-    def __init__(self, rule_id: str, detail: str) -> None:
+    def __init__(self, rule_id: str, detail: str, reason: Reason = Reason.POLICY_DENIED) -> None:
         self.rule_id = rule_id
-        super().__init__(Reason.POLICY_DENIED, f"[{rule_id}] {detail}")
+        super().__init__(reason, f"[{rule_id}] {detail}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from broker.core.directory import Directory
-from broker.core.envelope import OpenedMessage
-from broker.core.envelope import RecipientIdentity, SenderIdentity, open_message, seal
+from broker.core.envelope import (
+    OpenedMessage,
+    RecipientIdentity,
+    SenderIdentity,
+    open_message,
+    seal,
+)
 from broker.core.header import Header
 from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
@@ -74,6 +79,7 @@ def _seal(
     now: datetime,
     sender: str,
     recipients: list[str],
+    *,
     resolver: KeyResolver | None = None,
     task_force: str | None = None,
 ) -> bytes:

@@ -1,0 +1,112 @@
+"""Evidence (receipts) about a message: what they say and how they are addressed.
+
+Evidence is an ordinary sealed message of type ``evidence.<kind>`` from the actor (a border
+gateway ``<cc>.gateway`` or a recipient agency) to the subject message's sender, carrying the
+subject's id and wire digest, the time, and for refusals the reason code and deciding rule.
+Evidence about evidence is never produced (no cascades): :func:`wants_evidence` says so.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+
+from broker.core.header import Header
+
+EVIDENCE_PREFIX: Final = "evidence."
+EVIDENCE_LIFETIME: Final = timedelta(days=30)
+MAX_DETAIL: Final = 1000
+
+
+class EvidenceKind(StrEnum):
+    RELAY_ACCEPTED = "relay_accepted"
+    RELAY_REJECTED = "relay_rejected"
+    DELIVERED = "delivered"
+    REJECTED = "rejected"
+    READ = "read"
+
+    @property
+    def message_type(self) -> str:
+        return f"{EVIDENCE_PREFIX}{self.value}"
+
+    @property
+    def is_refusal(self) -> bool:
+        return self in (EvidenceKind.RELAY_REJECTED, EvidenceKind.REJECTED)
+
+
+def is_evidence(message_type: str) -> bool:
+    """True for the evidence types (they never produce evidence of their own)."""
+    return message_type.startswith(EVIDENCE_PREFIX)
+
+
+def wants_evidence(header: Header) -> bool:
+    """Whether a decision about this message should be reported back to its sender."""
+    return not is_evidence(header.type)
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvidenceFacts:
+    """What one piece of evidence states."""
+
+    kind: EvidenceKind
+    subject_id: str
+    subject_digest: str
+    actor: str
+    at: datetime
+    reason: str | None = None
+    rule_id: str | None = None
+    detail: str = ""
+
+    def body(self) -> dict[str, Any]:
+        """The evidence body, valid against ``schemas/evidence.<kind>.v1.json``."""
+        body: dict[str, Any] = {
+            "subject_message_id": self.subject_id,
+            "subject_digest": self.subject_digest,
+            "actor": self.actor,
+            "at": _rfc3339(self.at),
+        }
+        if self.kind.is_refusal:
+            body["reason"] = self.reason or "unspecified"
+            body["rule_id"] = self.rule_id
+            if self.detail:
+                body["detail"] = self.detail[:MAX_DETAIL]
+        return body
+
+
+def evidence_header(
+    *,
+    federation_id: str,
+    actor: str,
+    to: str,
+    kind: EvidenceKind,
+    subject_id: str,
+    conversation: str,
+    now: datetime,
+    message_id: str | None = None,
+) -> Header:
+    """Header of an evidence message from ``actor`` to ``to`` about message ``subject_id``."""
+    t = int(now.timestamp())
+    return Header(
+        fed=federation_id,
+        id=message_id or str(uuid.uuid4()),
+        type=kind.message_type,
+        type_version=1,
+        conversation=conversation,
+        in_reply_to=subject_id,
+        sender=actor,
+        recipients=(to,),
+        handling="H0",
+        tlp="GREEN",
+        purpose="system",
+        legal_basis="Casebridge protocol evidence (docs/protocol.md section 10)",
+        categories=(),
+        iat=t,
+        exp=t + int(EVIDENCE_LIFETIME.total_seconds()),
+    )
