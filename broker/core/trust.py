@@ -30,6 +30,7 @@ AGENCY_KINDS = (
     "social_services",
     "national_rapporteur",
     "international_organisation",
+    "gateway",  # a country's border gateway: signs evidence, connects with its own TLS cert
 )
 
 
