@@ -24,11 +24,13 @@ def dumps(value: Any) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, val in pairs:
-        if key in result:
-            raise InvalidMessage(Reason.MALFORMED, f"duplicate JSON member {key!r}")
-        result[key] = val
+    result = dict(pairs)
+    if len(result) != len(pairs):  # C-speed check; find the name only on the error path
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidMessage(Reason.MALFORMED, f"duplicate JSON member {key!r}")
+            seen.add(key)
     return result
 
 

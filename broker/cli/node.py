@@ -1,0 +1,53 @@
+"""``casebridge node --settings FILE``: run one agency's adapter node (API + NATS loops).
+
+Settings format: ``docs/node-api.md``. The node runs until SIGINT/SIGTERM, then stops its
+loops and closes its store cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from broker.node.api import create_app
+from broker.node.runtime import TransportFactory, nats_transport, running_node
+from broker.node.settings import Settings, load_settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "node",
+        help="run an agency's adapter node (HTTP API on loopback, NATS delivery loop)",
+        description="Run the adapter node described by a settings file (docs/node-api.md).",
+    )
+    parser.add_argument("--settings", type=Path, required=True, help="settings JSON file")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.settings)
+    asyncio.run(serve(settings))
+    return 0
+
+
+async def serve(settings: Settings, transport_factory: TransportFactory = nats_transport) -> None:
+    """Serve the API and run the node until SIGINT or SIGTERM."""
+    app = create_app(lambda: running_node(settings, transport_factory), token=settings.api.token)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, settings.api.host, settings.api.port).start()
+        print(
+            f"casebridge node {settings.agency} on http://{settings.api.host}:{settings.api.port}"
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,318 @@
+"""The node's local HTTP API (aiohttp): submit, inbox, outbox, messages, evidence, threads.
+
+What it is for
+    Case workers' tools (the ``casebridge`` focal-point CLI, scripts, a case system) talk to
+    their own node over loopback. Every route except ``/healthz`` and ``/readyz`` needs the
+    node's API token (``Authorization: Bearer <token>``). Errors are JSON
+    ``{"error": {"reason", "detail", "rule_id"?, "errors"?}}`` with the status of the error
+    tree. The routes are described in ``docs/openapi.yaml`` and ``docs/node-api.md``.
+
+What it must never do
+    Hold state outside the app (no globals: the node comes from a ``cleanup_ctx`` and lives
+    under :data:`NODE_KEY`), show a received message's content without a justification (that
+    opening is logged and produces ``read`` evidence), or put message content in logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final
+
+from aiohttp import web
+
+from broker.core import canonical
+from broker.errors import CasebridgeError, InvalidMessage, PolicyDenied, SchemaInvalid
+from broker.node.errors import BadRequest, NodeError, NotFound, Unauthorized
+from broker.node.model import Draft, OutboxState
+from broker.node.service import Node
+
+NODE_KEY: Final = web.AppKey("node", Node)
+TOKEN_KEY: Final = web.AppKey("token", str)
+PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
+MAX_LIMIT: Final = 1000
+DEFAULT_ACTOR: Final = "api"
+_DRAFT_FIELDS: Final = frozenset(
+    {
+        "to",
+        "type",
+        "type_version",
+        "purpose",
+        "handling",
+        "tlp",
+        "legal_basis",
+        "body",
+        "due",
+        "in_reply_to",
+        "task_force",
+        "categories",
+        "onward_allowed",
+    }
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NodeContext = Callable[[], AbstractAsyncContextManager[Node]]
+
+
+def error_json(exc: CasebridgeError | NodeError) -> dict[str, Any]:
+    """The API's error document for any Casebridge or node error."""
+    error: dict[str, Any] = {"reason": exc.reason.value, "detail": exc.detail}
+    if isinstance(exc, PolicyDenied):
+        error["rule_id"] = exc.rule_id
+    if isinstance(exc, SchemaInvalid):
+        error["errors"] = [
+            {"path": e.path, "validator": e.validator, "message": e.message} for e in exc.errors
+        ]
+    return {"error": error}
+
+
+def _error_response(exc: CasebridgeError | NodeError) -> web.Response:
+    return web.json_response(error_json(exc), status=exc.http_status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except (CasebridgeError, NodeError) as exc:
+        return _error_response(exc)
+    except web.HTTPNotFound:
+        return _error_response(NotFound(f"no route {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        return _error_response(BadRequest(f"{request.method} is not allowed on {request.path}"))
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in PUBLIC_PATHS:
+        expected = request.app[TOKEN_KEY]
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("utf-8"), expected.encode("utf-8")
+        ):
+            raise Unauthorized("send Authorization: Bearer <node API token>")
+    return await handler(request)
+
+
+def create_app(node_context: NodeContext, *, token: str) -> web.Application:
+    """The API application. ``node_context`` builds the node (and its background tasks) on
+    start-up and tears it down on clean-up; ``token`` is the node's API bearer token."""
+    if len(token) < 16:
+        raise BadRequest("the API token must be at least 16 characters")
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=2 * 1024 * 1024)
+    app[TOKEN_KEY] = token
+
+    async def node_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with node_context() as node:
+            app[NODE_KEY] = node
+            yield
+
+    app.cleanup_ctx.append(node_lifecycle)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_post("/v1/messages", _submit)
+    app.router.add_post("/v1/explain", _explain)
+    app.router.add_get("/v1/inbox", _inbox)
+    app.router.add_get("/v1/outbox", _outbox)
+    app.router.add_get("/v1/rejections", _rejections)
+    app.router.add_get("/v1/messages/{id}", _message)
+    app.router.add_get("/v1/messages/{id}/evidence", _evidence)
+    app.router.add_get("/v1/threads/{conversation}", _thread)
+    return app
+
+
+# ------------------------------------------------------------------ parsing ---
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        value = canonical.loads_strict(raw, what="request")
+    except InvalidMessage as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.detail}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object")
+    return value
+
+
+def _str(raw: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def _str_list(raw: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = raw.get(name, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{name} must be a string or a list of strings")
+    return tuple(value)
+
+
+def parse_draft(raw: Mapping[str, Any]) -> Draft:
+    """A :class:`Draft` from the JSON of ``POST /v1/messages`` (unknown members refused)."""
+    unknown = sorted(set(raw) - _DRAFT_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown members {unknown}")
+    body = raw.get("body")
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    type_version = raw.get("type_version", 1)
+    if not isinstance(type_version, int) or isinstance(type_version, bool):
+        raise BadRequest("type_version must be an integer")
+    onward = raw.get("onward_allowed", False)
+    if not isinstance(onward, bool):
+        raise BadRequest("onward_allowed must be a boolean")
+    return Draft(
+        type=_str(raw, "type", required=True) or "",
+        body=body,
+        purpose=_str(raw, "purpose", required=True) or "",
+        handling=_str(raw, "handling", required=True) or "",
+        tlp=_str(raw, "tlp") or "AMBER",
+        legal_basis=_str(raw, "legal_basis"),
+        to=_str_list(raw, "to"),
+        task_force=_str(raw, "task_force"),
+        type_version=type_version,
+        due=_str(raw, "due"),
+        in_reply_to=_str(raw, "in_reply_to"),
+        categories=_str_list(raw, "categories"),
+        onward_allowed=onward,
+    )
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit", "100")
+    if not text.isdigit() or not 0 < int(text) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return int(text)
+
+
+def _id(request: web.Request, name: str = "id") -> str:
+    value = request.match_info[name]
+    if len(value) != 36:
+        raise NotFound(f"no message {value[:64]}")
+    return value
+
+
+# ------------------------------------------------------------------- routes ---
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ready, why = request.app[NODE_KEY].ready()
+    return web.json_response(
+        {"status": "ready" if ready else "not_ready", "detail": why}, status=200 if ready else 503
+    )
+
+
+async def _submit(request: web.Request) -> web.Response:
+    raw = await _json_body(request)
+    draft = parse_draft(raw)
+    key = request.headers.get("Idempotency-Key")
+    idempotency = None
+    if key is not None:
+        if not 0 < len(key) <= 255:
+            raise BadRequest("Idempotency-Key must be 1-255 characters")
+        digest = hashlib.sha256(canonical.dumps(raw)).hexdigest()
+        idempotency = (key, digest)
+    result = await request.app[NODE_KEY].send(draft, idempotency=idempotency)
+    status = 201 if result.state is OutboxState.ACKNOWLEDGED else 202
+    return web.json_response(result.to_json(), status=status)
+
+
+async def _explain(request: web.Request) -> web.Response:
+    draft = parse_draft(await _json_body(request))
+    return web.json_response(request.app[NODE_KEY].explain(draft))
+
+
+async def _inbox(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    today = node.today()
+    messages = node.store.list_inbox(
+        unread=_flag(request, "unread"),
+        overdue_before=today if _flag(request, "overdue") else None,
+        conversation=request.query.get("conversation"),
+        limit=_limit(request),
+    )
+    return web.json_response(
+        {"messages": [m.to_json(today=today, with_body=False) for m in messages]}
+    )
+
+
+async def _outbox(request: web.Request) -> web.Response:
+    messages = request.app[NODE_KEY].store.list_outbox(
+        include_evidence=_flag(request, "evidence"),
+        pending_only=_flag(request, "pending"),
+        limit=_limit(request),
+    )
+    return web.json_response({"messages": [m.to_json(with_body=False) for m in messages]})
+
+
+async def _rejections(request: web.Request) -> web.Response:
+    found = request.app[NODE_KEY].store.list_rejections(limit=_limit(request))
+    return web.json_response({"rejections": [r.to_json() for r in found]})
+
+
+async def _message(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    message_id = _id(request)
+    sent = node.store.outbox_message(message_id)
+    if sent is not None:
+        return web.json_response({"direction": "sent", **sent.to_json()})
+    if node.store.inbox_message(message_id) is None:
+        raise NotFound(f"no message {message_id}")
+    justification = request.headers.get("X-Justification") or request.query.get("justification", "")
+    actor = request.headers.get("X-Actor") or DEFAULT_ACTOR
+    received = await node.read(message_id, actor=actor, justification=justification)
+    return web.json_response(
+        {"direction": "received", **received.to_json(today=node.today(), with_body=True)}
+    )
+
+
+async def _evidence(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    message_id = _id(request)
+    sent = node.store.outbox_message(message_id)
+    received = node.store.inbox_message(message_id)
+    if sent is None and received is None:
+        raise NotFound(f"no message {message_id}")
+    trail = node.store.evidence_for(message_id)
+    return web.json_response(
+        {
+            "message_id": message_id,
+            "direction": "sent" if sent is not None else "received",
+            "state": sent.state.value if sent is not None else None,
+            "evidence": [e.to_json() for e in trail],
+        }
+    )
+
+
+async def _thread(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    conversation = _id(request, "conversation")
+    received, sent = node.store.thread(conversation)
+    if not received and not sent:
+        raise NotFound(f"no conversation {conversation}")
+    today = node.today()
+    items = [
+        {"direction": "received", "at": m.received_at, **m.to_json(today=today, with_body=False)}
+        for m in received
+    ] + [{"direction": "sent", "at": m.created_at, **m.to_json(with_body=False)} for m in sent]
+    items.sort(key=lambda item: (str(item["at"]), str(item["message_id"])))
+    return web.json_response({"conversation": conversation, "messages": items})

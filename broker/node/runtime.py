@@ -1,0 +1,163 @@
+"""Assembling a node from :class:`~broker.node.settings.Settings` and running it.
+
+Reads the key, certificate, directory and policy files named in the settings (and only
+those), builds the :class:`~broker.node.service.Node`, and runs its receiver and outbox loops
+next to the HTTP API. The NATS transport is injected (``transport_factory``); the default
+imports ``broker.transport_nats.NatsTransport`` lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import CollectorRegistry
+
+from broker.core.directory import Directory
+from broker.core.envelope import RecipientIdentity, SenderIdentity
+from broker.core.header import Onward, agency_country, parse_header
+from broker.core.policy import Federation
+from broker.core.schemas import SchemaRegistry
+from broker.core.trust import cert_kid
+from broker.errors import CasebridgeError, ConfigError
+from broker.node.policy import Preflight, RecipientCheck
+from broker.node.policy_engine import EnginePolicy
+from broker.node.service import Node
+from broker.node.settings import Settings
+from broker.node.store import Store
+from broker.node.transport import Transport
+from broker.policy_store import PolicyStore
+
+KEY_PASSPHRASE_ENV = "CASEBRIDGE_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
+TransportFactory = Callable[[Settings], Transport]
+
+
+def nats_transport(settings: Settings) -> Transport:
+    """The real transport (``broker.transport_nats.NatsTransport``), imported on first use."""
+    try:
+        module = importlib.import_module("broker.transport_nats")
+    except ModuleNotFoundError as exc:
+        if exc.name != "broker.transport_nats":
+            raise
+        raise ConfigError("the NATS transport (broker.transport_nats) is not available") from None
+    transport: Transport = module.NatsTransport(settings)
+    return transport
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+
+
+def _key(path: Path) -> ec.EllipticCurvePrivateKey:
+    secret = os.environ.get(KEY_PASSPHRASE_ENV, "")
+    try:
+        key = serialization.load_pem_private_key(
+            _read(path), password=secret.encode("utf-8") if secret else None
+        )
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: cannot load the private key (passphrase?)") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path}: not an EC private key")
+    return key
+
+
+def _cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificates(_read(path))[0]
+    except (ValueError, IndexError):
+        raise ConfigError(f"{path}: not a PEM certificate") from None
+
+
+def _onward_lookup(store: Store) -> Callable[[str], Onward | None]:
+    def lookup(message_id: str) -> Onward | None:
+        found = store.inbox_message(message_id)
+        return parse_header(found.header).onward if found is not None else None
+
+    return lookup
+
+
+def build_node(settings: Settings, *, transport: Transport, now: datetime, store: Store) -> Node:
+    """The node described by ``settings`` (files read here), on ``transport`` and ``store``."""
+    root = _cert(settings.root_cert)
+    directory = Directory.load(_read(settings.directory_file), root_cert=root, now=now)
+    schemas = SchemaRegistry.load()
+    agency = settings.agency
+    preflight: Preflight | None = None
+    recipient_check: RecipientCheck | None = None
+    if settings.policy_file is not None and settings.policy_ca_cert is not None:
+        policies = PolicyStore(
+            country=agency_country(agency), root_cert=root, registry=CollectorRegistry()
+        )
+        if not policies.load_file(
+            settings.policy_file, ca_cert=_cert(settings.policy_ca_cert), now=now
+        ):
+            raise ConfigError(f"{settings.policy_file}: policy refused (see the log)")
+        engine = EnginePolicy(
+            policy=lambda: policies.current,
+            federation=lambda: Federation.from_directory(directory),
+            schemas=schemas,
+            original_onward=_onward_lookup(store),
+        )
+        preflight, recipient_check = engine.preflight, engine.recipient_check
+    signing_cert = _cert(settings.keys.signing_cert)
+    agreement_cert = _cert(settings.keys.agreement_cert)
+    return Node(
+        sender=SenderIdentity(
+            agency_id=agency,
+            signing_kid=cert_kid(agency, signing_cert),
+            signing_key=_key(settings.keys.signing_key),
+        ),
+        recipient=RecipientIdentity(
+            agency_id=agency,
+            agreement_kid=cert_kid(agency, agreement_cert),
+            agreement_key=_key(settings.keys.agreement_key),
+        ),
+        resolver=directory,
+        schemas=schemas,
+        store=store,
+        transport=transport,
+        preflight=preflight,
+        recipient_check=recipient_check,
+        lifetime=timedelta(days=settings.message_lifetime_days),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_node(
+    settings: Settings, transport_factory: TransportFactory = nats_transport
+) -> AsyncIterator[Node]:
+    """A node with its receiver and outbox loops running; stopped and closed on exit."""
+    transport = transport_factory(settings)
+    store = Store(settings.store_path)
+    try:
+        node = build_node(settings, transport=transport, now=datetime.now(UTC), store=store)
+        tasks = [
+            asyncio.create_task(node.run_receiver(), name="receiver"),
+            asyncio.create_task(node.run_outbox(), name="outbox"),
+        ]
+        try:
+            yield node
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, CasebridgeError):
+                    await task
+    finally:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+        store.close()

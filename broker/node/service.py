@@ -1,0 +1,635 @@
+"""The node: sending, receiving, evidence and reading, with NATS and HTTP kept outside.
+
+What it is for
+    :class:`Node` turns a case worker's :class:`~broker.node.model.Draft` into a sealed,
+    policy-cleared message in the outbox and submits it until JetStream acknowledges it; and
+    turns each :class:`~broker.node.transport.Delivery` into exactly one stored message (or one
+    recorded refusal), with evidence back to the sender, acknowledging only after the commit.
+
+Receiving, per delivery
+    1. Same bytes and same stream sequence already settled (a crash between commit and ack)?
+       ack, nothing else.
+    2. :func:`~broker.core.envelope.open_message` with the SQLite replay store (through a
+       pending wrapper: the id is written in the commit, not before) and the recipient policy
+       seam as ``admit`` (not applied to evidence, which carries no case data).
+    3. Application message: store + remember id + receipt + ``delivered`` evidence (sealed into
+       the outbox) in one transaction. Evidence message: update the subject's trail.
+    4. ``CasebridgeError`` from a peer's message: record the refusal and ``rejected`` evidence
+       (reason code, and rule id when a policy decided) to the claimed sender, unless the
+       message is itself evidence (no cascades) or that sender cannot be addressed (unknown,
+       revoked: the record stays local). Our own faults (stale directory, local errors) and
+       anything unexpected: nak with a delay, never lose the message.
+    5. ack; then submit the evidence (the outbox loop retries it if that fails).
+
+What it must never do
+    Acknowledge before the commit; deliver a message twice to the application; answer
+    evidence with evidence; read the clock or make ids except through the injected sources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Final, Protocol
+
+import structlog
+
+from broker.core import jose
+from broker.core.envelope import (
+    DEFAULT_LIMITS,
+    Limits,
+    OpenedMessage,
+    RecipientIdentity,
+    SenderIdentity,
+    open_message,
+    seal,
+)
+from broker.core.header import Header, Onward, agency_country
+from broker.core.trust import KeyResolver
+from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
+from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
+from broker.node.errors import (
+    BadRequest,
+    IdempotencyConflict,
+    JustificationRequired,
+    NotFound,
+    TransportUnavailable,
+)
+from broker.node.evidence import Subject, evidence_body, evidence_header
+from broker.node.model import (
+    Draft,
+    EvidenceKind,
+    EvidenceRecord,
+    InboxMessage,
+    OutboxMessage,
+    OutboxState,
+    Rejection,
+    SendResult,
+    is_evidence_type,
+)
+from broker.node.peek import unverified_header
+from broker.node.policy import (
+    Clearance,
+    HonestyCheck,
+    Preflight,
+    RecipientCheck,
+    SchemaOnlyPreflight,
+)
+from broker.node.store import Receipt, SealedRecord, Store, iso
+from broker.node.transport import Delivery, Transport, submit_subject
+
+# Refusals that say our side is not ready (not that the peer's message is bad): retry later.
+TRANSIENT_REASONS: Final = frozenset({Reason.DIRECTORY_STALE})
+GATEWAY_KIND: Final = "gateway"
+
+
+class Schemas(Protocol):
+    """What the node needs from ``broker.core.schemas.SchemaRegistry``."""
+
+    def validate(self, message_type: str, version: int, body: object) -> None: ...
+
+    def categories(self, message_type: str, version: int, body: object) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryPolicy:
+    """Submission retries (exponential backoff) and the redelivery delay after a local fault."""
+
+    inline_attempts: int = 3  # tried before send() returns (then the outbox loop keeps going)
+    initial_delay: float = 0.2
+    factor: float = 2.0
+    max_delay: float = 30.0
+    nak_delay: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.max_delay, self.initial_delay * self.factor ** (attempt - 1)))
+
+
+class _PendingReplay:
+    """The replay store as :func:`open_message` sees it: ``remember`` only notes the id; the
+    store writes it inside the delivery's commit, so a crash never leaves an id remembered for
+    a message that was not stored."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.expires_at: int | None = None
+
+    def seen(self, message_id: str, *, now: datetime) -> bool:
+        return self._store.seen(message_id, now=now)
+
+    def remember(self, message_id: str, *, expires_at: int, now: datetime) -> bool:
+        if self._store.seen(message_id, now=now):
+            return False
+        self.expires_at = expires_at
+        return True
+
+
+def wire_digest(data: bytes) -> str:
+    """Digest of wire bytes as evidence names them (base64url SHA-256)."""
+    return jose.sha256_b64url(data)
+
+
+class Node:
+    """One agency's node logic. Every collaborator is injected; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        sender: SenderIdentity,
+        recipient: RecipientIdentity,
+        resolver: KeyResolver,
+        schemas: Schemas,
+        store: Store,
+        transport: Transport,
+        preflight: Preflight | None = None,
+        recipient_check: RecipientCheck | None = None,
+        clock: Clock = system_clock,
+        new_id: IdSource = random_id,
+        salt: SaltSource = random_salt,
+        lifetime: timedelta = timedelta(days=30),
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        limits: Limits = DEFAULT_LIMITS,
+        logger: Any = None,
+    ) -> None:
+        if sender.agency_id != recipient.agency_id:
+            raise BadRequest("signing and decryption identities belong to different agencies")
+        self.agency_id = sender.agency_id
+        self._sender = sender
+        self._recipient = recipient
+        self.resolver = resolver
+        self._schemas = schemas
+        self.store = store
+        self.transport = transport
+        self._preflight = preflight or SchemaOnlyPreflight(schemas)
+        self._recipient_check = recipient_check or HonestyCheck(schemas)
+        self._clock = clock
+        self._new_id = new_id
+        self._salt = salt
+        self._lifetime = lifetime
+        self._retry = retry
+        self._sleep = sleep
+        self._limits = limits
+        self._idempotency = asyncio.Lock()
+        self._log = (logger or structlog.get_logger("casebridge.node")).bind(agency=self.agency_id)
+
+    # --------------------------------------------------------------- readiness
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when the transport is connected and the directory vouches for us now."""
+        if not self.transport.connected:
+            return False, "transport not connected"
+        try:
+            self.resolver.agency(self.agency_id, now=self._clock())
+        except CasebridgeError as exc:
+            return False, f"directory: {exc.reason.value}"
+        return True, "ready"
+
+    # -------------------------------------------------------------------- send
+
+    def _draft_header(self, draft: Draft, now: datetime) -> Header:
+        if is_evidence_type(draft.type):
+            raise BadRequest("evidence is produced by the node, never submitted")
+        conversation = self._new_id()
+        recipients = tuple(draft.to)
+        legal_basis = draft.legal_basis
+        if draft.in_reply_to is not None:
+            original: Mapping[str, Any]
+            received = self.store.inbox_message(draft.in_reply_to)
+            if received is not None:
+                original = received.header
+                default_to: tuple[str, ...] = (received.sender,)
+            else:
+                sent = self.store.outbox_message(draft.in_reply_to)
+                if sent is None or is_evidence_type(sent.type):
+                    raise NotFound(f"no message {draft.in_reply_to} to reply to")
+                original = sent.header
+                default_to = tuple(sent.header["recipients"])
+            conversation = str(original["conversation"])
+            recipients = recipients or default_to
+            legal_basis = legal_basis or str(original["legal_basis"])
+        if draft.task_force is not None:
+            members = self.resolver.task_force(draft.task_force, now=now)
+            recipients = tuple(m for m in members if m != self.agency_id)
+        if not recipients:
+            raise BadRequest("a message needs recipients (to, task_force, or in_reply_to)")
+        if not legal_basis:
+            raise BadRequest("legal_basis is required")
+        iat = int(now.timestamp())
+        return Header(
+            fed=self.resolver.federation_id,
+            id=self._new_id(),
+            type=draft.type,
+            type_version=draft.type_version,
+            conversation=conversation,
+            in_reply_to=draft.in_reply_to,
+            sender=self.agency_id,
+            recipients=tuple(sorted(set(recipients))),
+            task_force=draft.task_force,
+            handling=draft.handling,
+            tlp=draft.tlp,
+            purpose=draft.purpose,
+            legal_basis=legal_basis,
+            categories=tuple(sorted(set(draft.categories))),
+            onward=Onward(allowed=draft.onward_allowed),
+            iat=iat,
+            exp=iat + int(self._lifetime.total_seconds()),
+            due=draft.due,
+        ).validate()
+
+    def _seal(self, header: Header, body: Mapping[str, Any], now: datetime) -> SealedRecord:
+        wire = seal(
+            header=header,
+            body=body,
+            sender=self._sender,
+            resolver=self.resolver,
+            now=now,
+            salt=self._salt(),
+        )
+        return SealedRecord(header=header.to_json(), body=body, wire=wire, digest=wire_digest(wire))
+
+    def clear(self, draft: Draft) -> tuple[Header, Clearance]:
+        """Build the header of a draft and run pre-flight on it (raises ``PolicyDenied``)."""
+        now = self._clock()
+        header = self._draft_header(draft, now)
+        clearance = self._preflight(header, draft.body)
+        return replace(header, categories=clearance.categories), clearance
+
+    def explain(self, draft: Draft) -> dict[str, Any]:
+        """What pre-flight would decide about ``draft``, without sealing or storing anything."""
+        try:
+            header, clearance = self.clear(draft)
+        except PolicyDenied as exc:
+            return {"allowed": False, "rule_id": exc.rule_id, "reason": exc.detail}
+        return {
+            "allowed": True,
+            "rule_id": clearance.rule_id,
+            "reason": clearance.reason,
+            "categories": list(header.categories),
+            "redactions": list(clearance.redactions),
+            "decisions": [dict(d) for d in clearance.details],
+            "recipients": list(header.recipients),
+        }
+
+    async def send(self, draft: Draft, *, idempotency: tuple[str, str] | None = None) -> SendResult:
+        """Validate, pre-flight, seal, store and submit ``draft``.
+
+        ``idempotency`` is ``(key, request_hash)``: the same key and hash return the first
+        result without sending again; the same key with another hash is a conflict. Raises
+        ``PolicyDenied``/``SchemaInvalid``/``InvalidMessage`` before anything is stored.
+        """
+        if idempotency is None:
+            return await self._send(draft, None)
+        async with self._idempotency:
+            found = await asyncio.to_thread(self.store.idempotent, idempotency[0])
+            if found is not None:
+                request_hash, message_id = found
+                if request_hash != idempotency[1]:
+                    raise IdempotencyConflict("this Idempotency-Key was used for another request")
+                stored = await asyncio.to_thread(self.store.outbox_message, message_id)
+                if stored is None:  # pragma: no cover - the key and the message share a commit
+                    raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
+                return _result(stored, rule_id="", redactions=())
+            return await self._send(draft, idempotency)
+
+    async def _send(self, draft: Draft, idempotency: tuple[str, str] | None) -> SendResult:
+        header, clearance = await asyncio.to_thread(self.clear, draft)
+        now = self._clock()
+        sealed = await asyncio.to_thread(self._seal, header, clearance.body, now)
+        await asyncio.to_thread(self.store.add_outbox, sealed, now=now, idempotency=idempotency)
+        self._log.info("message_queued", message_id=header.id, type=header.type)
+        state = await self.submit(sealed.message_id, attempts=self._retry.inline_attempts)
+        return SendResult(
+            message_id=header.id,
+            conversation=header.conversation,
+            state=state,
+            digest=sealed.digest,
+            categories=header.categories,
+            rule_id=clearance.rule_id,
+            redactions=clearance.redactions,
+        )
+
+    async def submit(self, message_id: str, *, attempts: int | None) -> OutboxState:
+        """Submit an outbox message until acknowledged, at most ``attempts`` times (None:
+        forever), backing off between attempts. Every attempt sends the same bytes and id."""
+        message = await asyncio.to_thread(self.store.outbox_message, message_id)
+        if message is None:
+            raise NotFound(f"no outbox message {message_id}")
+        if message.state is OutboxState.ACKNOWLEDGED:
+            return OutboxState.ACKNOWLEDGED
+        attempt = 0
+        while True:
+            attempt += 1
+            await asyncio.to_thread(
+                self.store.mark_outbox,
+                message_id,
+                OutboxState.SUBMITTED,
+                now=self._clock(),
+                attempted=True,
+            )
+            try:
+                await self.transport.submit(
+                    submit_subject(self.agency_id), message.wire, message_id
+                )
+            except TransportUnavailable as exc:
+                await asyncio.to_thread(
+                    self.store.mark_outbox,
+                    message_id,
+                    OutboxState.QUEUED,
+                    now=self._clock(),
+                    error=exc.detail,
+                )
+                self._log.warning("submit_failed", message_id=message_id, attempt=attempt)
+                if attempts is not None and attempt >= attempts:
+                    return OutboxState.QUEUED
+                await self._sleep(self._retry.delay(attempt))
+                continue
+            await asyncio.to_thread(
+                self.store.mark_outbox, message_id, OutboxState.ACKNOWLEDGED, now=self._clock()
+            )
+            self._log.info("message_acknowledged", message_id=message_id, attempt=attempt)
+            return OutboxState.ACKNOWLEDGED
+
+    async def flush_outbox(self) -> int:
+        """One attempt for every unacknowledged outbox message (oldest first). Returns how
+        many are still pending. Run at start-up (resubmits what a crash left) and periodically."""
+        pending = await asyncio.to_thread(
+            self.store.list_outbox, include_evidence=True, pending_only=True, limit=1000
+        )
+        left = 0
+        for message in pending:
+            state = await self.submit(message.message_id, attempts=1)
+            left += state is not OutboxState.ACKNOWLEDGED
+        return left
+
+    async def run_outbox(self, *, interval: float = 5.0) -> None:
+        """Flush the outbox forever, backing off while the federation is unreachable."""
+        failures = 0
+        while True:
+            left = await self.flush_outbox()
+            failures = failures + 1 if left else 0
+            await self._sleep(self._retry.delay(failures) if failures else interval)
+
+    # ----------------------------------------------------------------- receive
+
+    async def run_receiver(self) -> None:
+        """Handle every delivery of the transport, in order, until it closes."""
+        async for delivery in self.transport.deliveries():
+            await self.handle(delivery)
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Settle one delivery (see the module docstring)."""
+        receipt = Receipt(digest=wire_digest(delivery.data), sequence=delivery.sequence)
+        try:
+            if await asyncio.to_thread(self.store.processed, receipt):
+                self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
+                await delivery.ack()
+                return
+            evidence_id = await asyncio.to_thread(self._receive, delivery.data, receipt)
+        # Never lose a message: whatever went wrong on our side, let JetStream redeliver it.
+        except Exception:  # noqa: BLE001 - logged with traceback, then nak
+            self._log.exception("delivery_failed", sequence=receipt.sequence)
+            await delivery.nak(self._retry.nak_delay)
+            return
+        await delivery.ack()
+        if evidence_id is not None:
+            await self.submit(evidence_id, attempts=1)
+
+    def _receive(self, data: bytes, receipt: Receipt) -> str | None:
+        now = self._clock()
+        pending = _PendingReplay(self.store)
+        try:
+            opened = open_message(
+                data,
+                recipient=self._recipient,
+                resolver=self.resolver,
+                replay=pending,
+                validator=self._schemas,
+                now=now,
+                limits=self._limits,
+                admit=self._admit,
+            )
+            if pending.expires_at is None:  # pragma: no cover - open_message always remembers
+                raise InvalidMessage(Reason.REPLAY, "replay store was not consulted")
+            if is_evidence_type(opened.header.type):
+                self._accept_evidence(opened, receipt, pending.expires_at, now)
+                return None
+            return self._accept(opened, receipt, pending.expires_at, now)
+        except CasebridgeError as exc:
+            if isinstance(exc, LocalError) or exc.reason in TRANSIENT_REASONS:
+                raise
+            return self._reject(data, receipt, exc, now)
+
+    def _admit(self, opened: OpenedMessage) -> None:
+        if not is_evidence_type(opened.header.type):
+            self._recipient_check(opened)
+
+    def _accept(
+        self, opened: OpenedMessage, receipt: Receipt, expires_at: int, now: datetime
+    ) -> str | None:
+        header = opened.header
+        subject = Subject.of(header, opened.routed.digest)
+        record, sealed = self._evidence(EvidenceKind.DELIVERED, subject, now)
+        self.store.commit_delivery(
+            header=header.to_json(),
+            body=opened.body,
+            receipt=receipt,
+            replay_expires_at=expires_at,
+            now=now,
+            evidence=record,
+            sealed=sealed,
+        )
+        self._log.info(
+            "message_delivered", message_id=header.id, sender=header.sender, type=header.type
+        )
+        return sealed.message_id if sealed is not None else None
+
+    def _evidence(
+        self,
+        kind: EvidenceKind,
+        subject: Subject,
+        now: datetime,
+        *,
+        reason: str | None = None,
+        rule_id: str | None = None,
+        detail: str | None = None,
+    ) -> tuple[EvidenceRecord, SealedRecord | None]:
+        """The local record of evidence we produce, and the sealed message carrying it (None
+        when the subject's sender cannot be addressed: the record says why)."""
+        record = EvidenceRecord(
+            subject_id=subject.message_id,
+            kind=kind,
+            actor=self.agency_id,
+            at=iso(now),
+            reason=reason,
+            rule_id=rule_id,
+            detail=detail,
+        )
+        body = evidence_body(
+            kind=kind,
+            subject=subject,
+            actor=self.agency_id,
+            at=now,
+            reason=reason,
+            rule_id=rule_id,
+            detail=detail,
+        )
+        iat = int(now.timestamp())
+        try:
+            header = evidence_header(
+                fed=self.resolver.federation_id,
+                message_id=self._new_id(),
+                kind=kind,
+                producer=self.agency_id,
+                subject=subject,
+                iat=iat,
+                exp=iat + int(self._lifetime.total_seconds()),
+            )
+            self._schemas.validate(header.type, header.type_version, body)
+            sealed = self._seal(header, body, now)
+        except CasebridgeError as exc:
+            self._log.warning(
+                "evidence_not_sealed", subject=subject.message_id, reason=exc.reason.value
+            )
+            note = f"evidence not sent to {subject.sender}: {exc.reason.value}"
+            return replace(record, detail=f"{detail}; {note}" if detail else note), None
+        return replace(record, evidence_id=sealed.message_id), sealed
+
+    def _reject(
+        self, data: bytes, receipt: Receipt, exc: CasebridgeError, now: datetime
+    ) -> str | None:
+        claimed = unverified_header(data)
+        rule_id = exc.rule_id if isinstance(exc, PolicyDenied) else None
+        rejection = Rejection(
+            digest=receipt.digest,
+            sequence=receipt.sequence,
+            message_id=claimed.id if claimed is not None else None,
+            sender=claimed.sender if claimed is not None else None,
+            type=claimed.type if claimed is not None else None,
+            reason=exc.reason.value,
+            rule_id=rule_id,
+            detail=exc.detail,
+            at=iso(now),
+        )
+        record: EvidenceRecord | None = None
+        sealed: SealedRecord | None = None
+        if claimed is not None and not is_evidence_type(claimed.type):
+            record, sealed = self._evidence(
+                EvidenceKind.REJECTED,
+                Subject.of(claimed, receipt.digest),
+                now,
+                reason=exc.reason.value,
+                rule_id=rule_id,
+                detail=exc.detail,
+            )
+        self.store.commit_rejection(rejection, now=now, evidence=record, sealed=sealed)
+        self._log.warning(
+            "message_rejected",
+            claimed_message_id=rejection.message_id,
+            claimed_sender=rejection.sender,
+            reason=rejection.reason,
+            rule_id=rule_id,
+        )
+        return sealed.message_id if sealed is not None else None
+
+    def _accept_evidence(
+        self, opened: OpenedMessage, receipt: Receipt, expires_at: int, now: datetime
+    ) -> None:
+        header, body = opened.header, opened.body
+        kind = EvidenceKind(header.type.removeprefix("evidence."))
+        subject_id = str(body["subject_message_id"])
+        subject = self.store.outbox_message(subject_id)
+        record: EvidenceRecord | None = None
+        if subject is None or is_evidence_type(subject.type):
+            self._log.warning("evidence_dropped", subject=subject_id, why="not a message we sent")
+        elif not self._may_attest(opened, subject):
+            self._log.warning("evidence_dropped", subject=subject_id, why="sender not involved")
+        else:
+            record = EvidenceRecord(
+                subject_id=subject_id,
+                kind=kind,
+                actor=str(body["actor"]),
+                at=str(body["at"]),
+                reason=body.get("reason"),
+                rule_id=body.get("rule_id"),
+                detail=body.get("detail"),
+                evidence_id=header.id,
+                direction="received",
+                digest_matches=body["subject_digest"] == subject.digest,
+            )
+        self.store.commit_evidence_received(
+            message_id=header.id,
+            receipt=receipt,
+            replay_expires_at=expires_at,
+            now=now,
+            evidence=record,
+        )
+
+    @staticmethod
+    def _may_attest(opened: OpenedMessage, subject: OutboxMessage) -> bool:
+        """Evidence about our message comes from one of its recipients, or from a border
+        gateway of a country it passes through."""
+        producer = opened.header.sender
+        if producer in subject.header["recipients"]:
+            return True
+        countries = {agency_country(subject.header["sender"]["agency"])}
+        countries.update(subject.header["countries"])
+        return opened.routed.sender.kind == GATEWAY_KIND and agency_country(producer) in countries
+
+    # -------------------------------------------------------------------- read
+
+    async def read(self, message_id: str, *, actor: str, justification: str) -> InboxMessage:
+        """Open a received message for a person: logs the consultation (actor, justification,
+        time); the first opening marks it read and sends ``read`` evidence."""
+        if not justification.strip():
+            raise JustificationRequired("state why you open this message (justification)")
+        message = await asyncio.to_thread(self.store.inbox_message, message_id)
+        if message is None:
+            raise NotFound(f"no received message {message_id}")
+        now = self._clock()
+        record: EvidenceRecord | None = None
+        sealed: SealedRecord | None = None
+        if message.read_at is None:
+            subject = Subject(
+                message_id=message.message_id,
+                conversation=message.conversation,
+                sender=message.sender,
+                digest=message.digest,
+            )
+            record, sealed = await asyncio.to_thread(
+                self._evidence, EvidenceKind.READ, subject, now
+            )
+        first = await asyncio.to_thread(
+            self.store.mark_read,
+            message_id,
+            actor=actor,
+            justification=justification,
+            now=now,
+            evidence=record,
+            sealed=sealed,
+        )
+        self._log.info("message_consulted", message_id=message_id, first=first)
+        if first and sealed is not None:
+            await self.submit(sealed.message_id, attempts=1)
+        opened = await asyncio.to_thread(self.store.inbox_message, message_id)
+        assert opened is not None  # noqa: S101 - inbox rows are never deleted here
+        return opened
+
+    def today(self) -> str:
+        """Today's date (``YYYY-MM-DD``, UTC) by the node's clock: the overdue cut-off."""
+        return self._clock().date().isoformat()
+
+
+def _result(stored: OutboxMessage, *, rule_id: str, redactions: tuple[str, ...]) -> SendResult:
+    return SendResult(
+        message_id=stored.message_id,
+        conversation=str(stored.header["conversation"]),
+        state=stored.state,
+        digest=stored.digest,
+        categories=tuple(stored.header["categories"]),
+        rule_id=rule_id,
+        redactions=redactions,
+    )

@@ -1,0 +1,680 @@
+"""The node's SQLite store: outbox, inbox, evidence trails, threads, replay store, idempotency.
+
+What it is for
+    Durable state of one agency node in one SQLite file (WAL, ``synchronous=FULL``), opened by
+    one process. Every method is short and synchronous; the async node calls them through
+    ``asyncio.to_thread``, and a lock serialises them on the one connection (one writer).
+
+The transactions that matter
+    * :meth:`Store.commit_delivery`: the delivered message, its replay-store entry, its receipt
+      (stream sequence + digest) and the ``delivered`` evidence (record and sealed message in
+      the outbox) are ONE transaction. The node acknowledges to NATS only after it returns, so
+      a crash at any point either loses nothing or leaves exactly one copy.
+    * :meth:`Store.commit_rejection`: the same for a refusal (receipt + ``rejected`` evidence).
+    * :meth:`Store.add_outbox` stores a sealed message before the first submit attempt, so a
+      message acknowledged to a case worker survives a crash and is resubmitted on restart.
+
+What it must never do
+    Decide anything about a message (that is ``broker.core`` and the node service), hold key
+    material, or log bodies. Schema changes go through :data:`MIGRATIONS` (``PRAGMA
+    user_version``); a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from broker.errors import ConfigError, InvalidMessage, Reason
+from broker.node.model import (
+    EVIDENCE_PREFIX,
+    EvidenceKind,
+    EvidenceRecord,
+    InboxMessage,
+    OutboxMessage,
+    OutboxState,
+    Rejection,
+)
+
+T = TypeVar("T")
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: initial schema
+    """
+    CREATE TABLE outbox (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        in_reply_to TEXT,
+        header TEXT NOT NULL,
+        body TEXT NOT NULL,
+        wire BLOB NOT NULL,
+        digest TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'submitted', 'acknowledged')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_conversation ON outbox (conversation);
+    CREATE INDEX outbox_in_reply_to ON outbox (in_reply_to);
+    CREATE INDEX outbox_pending ON outbox (state) WHERE state != 'acknowledged';
+    CREATE TABLE inbox (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        in_reply_to TEXT,
+        due TEXT,
+        header TEXT NOT NULL,
+        body TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        read_at TEXT,
+        read_by TEXT
+    );
+    CREATE INDEX inbox_conversation ON inbox (conversation);
+    CREATE INDEX inbox_due ON inbox (due) WHERE due IS NOT NULL;
+    CREATE TABLE receipts (
+        digest TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        message_id TEXT,
+        outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'evidence', 'rejected')),
+        at TEXT NOT NULL,
+        PRIMARY KEY (digest, sequence)
+    );
+    CREATE TABLE rejections (
+        digest TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        message_id TEXT,
+        sender TEXT,
+        type TEXT,
+        reason TEXT NOT NULL,
+        rule_id TEXT,
+        detail TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (digest, sequence)
+    );
+    CREATE TABLE evidence (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        subject_id TEXT,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        at TEXT NOT NULL,
+        reason TEXT,
+        rule_id TEXT,
+        detail TEXT,
+        evidence_id TEXT UNIQUE,
+        direction TEXT NOT NULL CHECK (direction IN ('sent', 'received')),
+        digest_matches INTEGER
+    );
+    CREATE INDEX evidence_subject ON evidence (subject_id);
+    CREATE TABLE consultations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        justification TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE TABLE replay (
+        id TEXT PRIMARY KEY,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX replay_expiry ON replay (expires_at);
+    CREATE TABLE idempotency (
+        key TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
+)
+
+
+def iso(when: datetime) -> str:
+    """The store's (and the API's) time format: RFC 3339 UTC with a ``Z``, whole seconds."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SealedRecord:
+    """A sealed message ready for the outbox: its header (JSON form), body, bytes, digest."""
+
+    header: Mapping[str, Any]
+    body: Mapping[str, Any]
+    wire: bytes
+    digest: str
+
+    @property
+    def message_id(self) -> str:
+        return str(self.header["id"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Receipt:
+    """Where a delivery came from: its stream sequence and the digest of its bytes."""
+
+    digest: str
+    sequence: int
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+class Store:
+    """One node's SQLite database. Also a :class:`broker.core.replay.ReplayStore`."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implicit.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # FULL: an acknowledged delivery must survive power loss, not only a process kill.
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- plumbing
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(MIGRATIONS):
+            raise ConfigError(
+                f"{self.path}: database schema v{version} is newer than this node "
+                f"(v{len(MIGRATIONS)})"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript commits first; the user_version bump is inside the script so a
+            # crash never leaves a half-applied migration marked as done.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return fn(self._db)
+
+    # ------------------------------------------------------------ replay store
+
+    def seen(self, message_id: str, *, now: datetime) -> bool:
+        """True if ``message_id`` was accepted and has not expired from the replay store."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT 1 FROM replay WHERE id = ? AND expires_at >= ?",
+                (message_id, int(now.timestamp())),
+            ).fetchone()
+        )
+        return row is not None
+
+    def remember(self, message_id: str, *, expires_at: int, now: datetime) -> bool:
+        """Record ``message_id`` on its own (atomic check-and-insert); False if already there."""
+        with self._write() as db:
+            return _remember(db, message_id, expires_at, now)
+
+    def purge_replay(self, *, now: datetime) -> int:
+        """Forget ids whose messages expired; returns how many were forgotten."""
+        with self._write() as db:
+            return db.execute(
+                "DELETE FROM replay WHERE expires_at < ?", (int(now.timestamp()),)
+            ).rowcount
+
+    # ------------------------------------------------------------------ outbox
+
+    def add_outbox(
+        self,
+        sealed: SealedRecord,
+        *,
+        now: datetime,
+        idempotency: tuple[str, str] | None = None,
+    ) -> None:
+        """Store a sealed message as ``queued`` (with its API idempotency key, if any)."""
+        with self._write() as db:
+            _insert_outbox(db, sealed, now)
+            if idempotency is not None:
+                key, request_hash = idempotency
+                db.execute(
+                    "INSERT INTO idempotency (key, request_hash, message_id, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (key, request_hash, sealed.message_id, iso(now)),
+                )
+
+    def mark_outbox(
+        self,
+        message_id: str,
+        state: OutboxState,
+        *,
+        now: datetime,
+        error: str | None = None,
+        attempted: bool = False,
+    ) -> None:
+        """Move an outbox message to ``state``; count an attempt; keep the last error."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE outbox SET state = ?, updated_at = ?, last_error = ?, "
+                "attempts = attempts + ? WHERE id = ?",
+                (state.value, iso(now), error, 1 if attempted else 0, message_id),
+            )
+
+    def outbox_message(self, message_id: str) -> OutboxMessage | None:
+        row = self._read(
+            lambda db: db.execute("SELECT * FROM outbox WHERE id = ?", (message_id,)).fetchone()
+        )
+        return _outbox(row) if row is not None else None
+
+    def list_outbox(
+        self, *, include_evidence: bool = False, pending_only: bool = False, limit: int = 100
+    ) -> list[OutboxMessage]:
+        """Newest first. ``pending_only``: not yet acknowledged (what a restart resubmits)."""
+        clauses = []
+        if not include_evidence:
+            clauses.append("type NOT LIKE 'evidence.%'")
+        if pending_only:
+            clauses.append("state != 'acknowledged'")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "ASC" if pending_only else "DESC"
+        rows = self._read(
+            lambda db: db.execute(
+                f"SELECT * FROM outbox {where} ORDER BY created_at {order}, rowid {order} "  # noqa: S608 - fixed fragments only
+                "LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [_outbox(r) for r in rows]
+
+    def idempotent(self, key: str) -> tuple[str, str] | None:
+        """``(request_hash, message_id)`` stored under an Idempotency-Key, if any."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT request_hash, message_id FROM idempotency WHERE key = ?", (key,)
+            ).fetchone()
+        )
+        return (str(row[0]), str(row[1])) if row is not None else None
+
+    # --------------------------------------------------------------- receiving
+
+    def processed(self, receipt: Receipt) -> bool:
+        """True if this exact delivery (same bytes, same stream sequence) was already settled:
+        a redelivery after a crash between commit and ack."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT 1 FROM receipts WHERE digest = ? AND sequence = ?",
+                (receipt.digest, receipt.sequence),
+            ).fetchone()
+        )
+        return row is not None
+
+    def commit_delivery(
+        self,
+        *,
+        header: Mapping[str, Any],
+        body: Mapping[str, Any],
+        receipt: Receipt,
+        replay_expires_at: int,
+        now: datetime,
+        evidence: EvidenceRecord | None,
+        sealed: SealedRecord | None,
+    ) -> None:
+        """Store a delivered message, remember its id, record its receipt and the ``delivered``
+        evidence, in one transaction. Raises ``InvalidMessage(REPLAY)`` (nothing stored) if
+        the id was accepted before."""
+        message_id = str(header["id"])
+        with self._write() as db:
+            if not _remember(db, message_id, replay_expires_at, now):
+                raise InvalidMessage(Reason.REPLAY, f"message {message_id} was already accepted")
+            db.execute(
+                "INSERT INTO inbox (id, type, sender, conversation, in_reply_to, due, header, "
+                "body, digest, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    header["type"],
+                    header["sender"]["agency"],
+                    header["conversation"],
+                    header["in_reply_to"],
+                    header["due"],
+                    _json(header),
+                    _json(body),
+                    receipt.digest,
+                    iso(now),
+                ),
+            )
+            _insert_receipt(db, receipt, message_id, "delivered", now)
+            if evidence is not None:
+                _insert_evidence(db, evidence)
+            if sealed is not None:
+                _insert_outbox(db, sealed, now)
+
+    def commit_evidence_received(
+        self,
+        *,
+        message_id: str,
+        receipt: Receipt,
+        replay_expires_at: int,
+        now: datetime,
+        evidence: EvidenceRecord | None,
+    ) -> None:
+        """Record a verified incoming evidence message (``evidence`` None: logged and dropped,
+        e.g. about a message we never sent), remembering its id, in one transaction."""
+        with self._write() as db:
+            if not _remember(db, message_id, replay_expires_at, now):
+                raise InvalidMessage(Reason.REPLAY, f"message {message_id} was already accepted")
+            _insert_receipt(db, receipt, message_id, "evidence", now)
+            if evidence is not None:
+                _insert_evidence(db, evidence)
+
+    def commit_rejection(
+        self,
+        rejection: Rejection,
+        *,
+        now: datetime,
+        evidence: EvidenceRecord | None,
+        sealed: SealedRecord | None,
+    ) -> None:
+        """Record a refused delivery, its receipt and ``rejected`` evidence in one transaction."""
+        receipt = Receipt(digest=rejection.digest, sequence=rejection.sequence)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO rejections (digest, sequence, message_id, sender, type, reason, "
+                "rule_id, detail, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rejection.digest,
+                    rejection.sequence,
+                    rejection.message_id,
+                    rejection.sender,
+                    rejection.type,
+                    rejection.reason,
+                    rejection.rule_id,
+                    rejection.detail,
+                    rejection.at,
+                ),
+            )
+            _insert_receipt(db, receipt, rejection.message_id, "rejected", now)
+            if evidence is not None:
+                _insert_evidence(db, evidence)
+            if sealed is not None:
+                _insert_outbox(db, sealed, now)
+
+    def list_rejections(self, *, limit: int = 100) -> list[Rejection]:
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT * FROM rejections ORDER BY at DESC, rowid DESC LIMIT ?", (limit,)
+            ).fetchall()
+        )
+        return [
+            Rejection(
+                digest=r["digest"],
+                sequence=r["sequence"],
+                message_id=r["message_id"],
+                sender=r["sender"],
+                type=r["type"],
+                reason=r["reason"],
+                rule_id=r["rule_id"],
+                detail=r["detail"],
+                at=r["at"],
+            )
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------- inbox
+
+    def inbox_message(self, message_id: str) -> InboxMessage | None:
+        row = self._read(
+            lambda db: db.execute(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE id = ?",  # noqa: S608 - constant
+                (message_id,),
+            ).fetchone()
+        )
+        return _inbox(row) if row is not None else None
+
+    def list_inbox(
+        self,
+        *,
+        unread: bool = False,
+        overdue_before: str | None = None,
+        conversation: str | None = None,
+        limit: int = 100,
+    ) -> list[InboxMessage]:
+        """Newest first. ``overdue_before`` (``YYYY-MM-DD``): only unanswered messages due
+        before that date."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if unread:
+            clauses.append("read_at IS NULL")
+        if overdue_before is not None:
+            clauses.append(f"due IS NOT NULL AND due < ? AND NOT {_ANSWERED}")
+            params.append(overdue_before)
+        if conversation is not None:
+            clauses.append("conversation = ?")
+            params.append(conversation)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit)
+        rows = self._read(
+            lambda db: db.execute(
+                f"SELECT {_INBOX_COLUMNS} FROM inbox {where} "  # noqa: S608 - fixed fragments only
+                "ORDER BY received_at DESC, rowid DESC LIMIT ?",
+                params,
+            ).fetchall()
+        )
+        return [_inbox(r) for r in rows]
+
+    def mark_read(
+        self,
+        message_id: str,
+        *,
+        actor: str,
+        justification: str,
+        now: datetime,
+        evidence: EvidenceRecord | None,
+        sealed: SealedRecord | None,
+    ) -> bool:
+        """Log a consultation; on the first one mark the message read and store the ``read``
+        evidence. True if this was the first read (evidence stored)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO consultations (message_id, actor, justification, at) "
+                "VALUES (?, ?, ?, ?)",
+                (message_id, actor, justification, iso(now)),
+            )
+            first = (
+                db.execute(
+                    "UPDATE inbox SET read_at = ?, read_by = ? WHERE id = ? AND read_at IS NULL",
+                    (iso(now), actor, message_id),
+                ).rowcount
+                == 1
+            )
+            if first:
+                if evidence is not None:
+                    _insert_evidence(db, evidence)
+                if sealed is not None:
+                    _insert_outbox(db, sealed, now)
+            return first
+
+    def consultations(self, message_id: str) -> list[tuple[str, str, str]]:
+        """``(actor, justification, at)`` of every opening of a message, oldest first."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT actor, justification, at FROM consultations WHERE message_id = ? "
+                "ORDER BY seq",
+                (message_id,),
+            ).fetchall()
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # ---------------------------------------------------------------- evidence
+
+    def evidence_for(self, subject_id: str) -> list[EvidenceRecord]:
+        """The evidence trail of a message (sent or received), oldest first."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT * FROM evidence WHERE subject_id = ? ORDER BY seq", (subject_id,)
+            ).fetchall()
+        )
+        return [
+            EvidenceRecord(
+                subject_id=r["subject_id"],
+                kind=EvidenceKind(r["kind"]),
+                actor=r["actor"],
+                at=r["at"],
+                reason=r["reason"],
+                rule_id=r["rule_id"],
+                detail=r["detail"],
+                evidence_id=r["evidence_id"],
+                direction=r["direction"],
+                digest_matches=None if r["digest_matches"] is None else bool(r["digest_matches"]),
+            )
+            for r in rows
+        ]
+
+    # ----------------------------------------------------------------- threads
+
+    def thread(self, conversation: str) -> tuple[list[InboxMessage], list[OutboxMessage]]:
+        """Every application message of a conversation: received and sent."""
+        received = self.list_inbox(conversation=conversation, limit=10_000)
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT * FROM outbox WHERE conversation = ? AND type NOT LIKE ? "
+                "ORDER BY created_at, rowid",
+                (conversation, f"{EVIDENCE_PREFIX}%"),
+            ).fetchall()
+        )
+        return received, [_outbox(r) for r in rows]
+
+
+# A received message counts as answered once we sent a (non-evidence) reply to it.
+_ANSWERED: Final = (
+    "EXISTS (SELECT 1 FROM outbox o WHERE o.in_reply_to = inbox.id "
+    "AND o.type NOT LIKE 'evidence.%')"
+)
+_INBOX_COLUMNS: Final = f"*, {_ANSWERED} AS answered"
+
+
+def _remember(db: sqlite3.Connection, message_id: str, expires_at: int, now: datetime) -> bool:
+    db.execute(
+        "DELETE FROM replay WHERE id = ? AND expires_at < ?", (message_id, int(now.timestamp()))
+    )
+    inserted = db.execute(
+        "INSERT INTO replay (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+        (message_id, expires_at),
+    ).rowcount
+    return inserted == 1
+
+
+def _insert_receipt(
+    db: sqlite3.Connection, receipt: Receipt, message_id: str | None, outcome: str, now: datetime
+) -> None:
+    db.execute(
+        "INSERT INTO receipts (digest, sequence, message_id, outcome, at) VALUES (?, ?, ?, ?, ?)",
+        (receipt.digest, receipt.sequence, message_id, outcome, iso(now)),
+    )
+
+
+def _insert_evidence(db: sqlite3.Connection, record: EvidenceRecord) -> None:
+    db.execute(
+        "INSERT INTO evidence (subject_id, kind, actor, at, reason, rule_id, detail, "
+        "evidence_id, direction, digest_matches) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.subject_id,
+            record.kind.value,
+            record.actor,
+            record.at,
+            record.reason,
+            record.rule_id,
+            record.detail,
+            record.evidence_id,
+            record.direction,
+            None if record.digest_matches is None else int(record.digest_matches),
+        ),
+    )
+
+
+def _insert_outbox(db: sqlite3.Connection, sealed: SealedRecord, now: datetime) -> None:
+    header = sealed.header
+    db.execute(
+        "INSERT INTO outbox (id, type, conversation, in_reply_to, header, body, wire, digest, "
+        "state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            sealed.message_id,
+            header["type"],
+            header["conversation"],
+            header["in_reply_to"],
+            _json(header),
+            _json(sealed.body),
+            sealed.wire,
+            sealed.digest,
+            OutboxState.QUEUED.value,
+            iso(now),
+            iso(now),
+        ),
+    )
+
+
+def _outbox(row: sqlite3.Row) -> OutboxMessage:
+    return OutboxMessage(
+        message_id=row["id"],
+        header=json.loads(row["header"]),
+        body=json.loads(row["body"]),
+        wire=bytes(row["wire"]),
+        digest=row["digest"],
+        state=OutboxState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_error=row["last_error"],
+    )
+
+
+def _inbox(row: sqlite3.Row) -> InboxMessage:
+    return InboxMessage(
+        message_id=row["id"],
+        header=json.loads(row["header"]),
+        body=json.loads(row["body"]),
+        sender=row["sender"],
+        type=row["type"],
+        conversation=row["conversation"],
+        in_reply_to=row["in_reply_to"],
+        due=row["due"],
+        digest=row["digest"],
+        received_at=row["received_at"],
+        read_at=row["read_at"],
+        read_by=row["read_by"],
+        answered=bool(row["answered"]),
+    )

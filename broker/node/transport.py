@@ -1,0 +1,240 @@
+"""The node's seam to the NATS federation, and the in-memory double shipped with it.
+
+A node needs exactly two things from the federation (docs/federation.md): publish its own
+sealed messages on ``cb.submit.<agency>`` with ``Nats-Msg-Id`` = message id and learn whether
+JetStream acknowledged them, and consume its own durable delivery subject
+``cb.deliver.<agency>``, acknowledging each message only once it is safely stored.
+:class:`Transport` and :class:`Delivery` say precisely that; the real implementation lives in
+``broker.transport_nats``.
+
+:class:`MemoryBus` / :class:`MemoryTransport` are a **test double**: an in-process bus that hands
+every message submitted on ``cb.submit.<a>`` to the delivery queue of each recipient named in
+its (unverified) header. It stands in for the border gateways but applies **no policy and no
+verification**; it exists for unit tests and for two in-memory nodes talking. It must never be
+used in a deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from broker.node.errors import TransportUnavailable
+from broker.node.peek import unverified_header
+
+SUBMIT_PREFIX: Final = "cb.submit."
+DELIVER_PREFIX: Final = "cb.deliver."
+MSG_ID_HEADER: Final = "Nats-Msg-Id"
+
+
+def submit_subject(agency_id: str) -> str:
+    """The subject an agency publishes its sealed messages on."""
+    return f"{SUBMIT_PREFIX}{agency_id}"
+
+
+def deliver_subject(agency_id: str) -> str:
+    """The subject messages for an agency are delivered on."""
+    return f"{DELIVER_PREFIX}{agency_id}"
+
+
+class Delivery(Protocol):
+    """One message taken from the node's durable consumer; settle it exactly once."""
+
+    @property
+    def data(self) -> bytes:
+        """The wire bytes exactly as the gateway forwarded them."""
+        ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """NATS message headers (``Nats-Msg-Id``, ``traceparent``...). Informational only."""
+        ...
+
+    @property
+    def sequence(self) -> int:
+        """The stream sequence: the same on every redelivery of this stored message, different
+        for a new publication of the same bytes. Tells a crash redelivery from a replay."""
+        ...
+
+    async def ack(self) -> None:
+        """Done: the message is stored (or refused and recorded). It will not come again."""
+        ...
+
+    async def nak(self, delay: float) -> None:
+        """Not processed: redeliver after ``delay`` seconds."""
+        ...
+
+    async def term(self) -> None:
+        """Never redeliver (used only for bytes that can never be processed)."""
+        ...
+
+
+class Transport(Protocol):
+    """What a node needs from NATS: submit with acknowledgement, and its own deliveries."""
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection to the country server is up (readiness)."""
+        ...
+
+    async def submit(self, subject: str, data: bytes, msg_id: str) -> None:
+        """Publish ``data`` on ``subject`` with ``Nats-Msg-Id: msg_id``; return once JetStream
+        acknowledged it. Raises :class:`~broker.node.errors.TransportUnavailable` otherwise
+        (the caller retries with the same bytes and id: the stream de-duplicates)."""
+        ...
+
+    def deliveries(self) -> AsyncIterator[Delivery]:
+        """The node's deliveries, in order, until the transport is closed."""
+        ...
+
+
+# ------------------------------------------------------------------ in-memory double ---
+
+
+@dataclass(slots=True)
+class MemoryDelivery:
+    """A delivery from the :class:`MemoryBus`; records how it was settled."""
+
+    data: bytes
+    sequence: int
+    headers: Mapping[str, str]
+    _transport: MemoryTransport
+    settled: str | None = None  # "ack", "nak" or "term"
+    nak_delays: list[float] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        if self._transport.die_before_ack > 0:  # the process "died" before the ack went out
+            self._transport.die_before_ack -= 1
+            return
+        self.settled = "ack"
+        self._transport._unacked.pop(self.sequence, None)
+
+    async def nak(self, delay: float) -> None:
+        self.settled = "nak"
+        self.nak_delays.append(delay)
+        self._transport._unacked.pop(self.sequence, None)
+        self._transport._enqueue(self.data, self.sequence, self.headers)
+
+    async def term(self) -> None:
+        self.settled = "term"
+        self._transport._unacked.pop(self.sequence, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One submit attempt seen by the bus (accepted or not)."""
+
+    subject: str
+    msg_id: str
+    data: bytes
+    accepted: bool
+
+
+class MemoryBus:
+    """The shared in-process "federation": submit subjects in, delivery queues out.
+
+    JetStream's duplicate window is modelled as unlimited (a resubmitted ``msg_id`` is
+    acknowledged and not delivered again). ``fail_submits`` / ``lose_acks`` inject faults.
+    """
+
+    def __init__(self) -> None:
+        self._transports: dict[str, MemoryTransport] = {}
+        self._sequence = itertools.count(1)
+        self._msg_ids: set[str] = set()
+        self.submissions: list[Submission] = []
+        self.fail_submits = 0  # next N submits are refused (no ack, nothing stored)
+        self.lose_acks = 0  # next N submits are stored but the ack is lost
+
+    def attach(self, agency_id: str) -> MemoryTransport:
+        """The transport of ``agency_id`` (created on first use, then the same one)."""
+        found = self._transports.get(agency_id)
+        if found is None:
+            found = MemoryTransport(agency_id, self)
+            self._transports[agency_id] = found
+        return found
+
+    def deliver(self, agency_id: str, data: bytes, *, msg_id: str = "") -> int:
+        """Put ``data`` on ``cb.deliver.<agency_id>`` as a gateway would; return its sequence."""
+        sequence = next(self._sequence)
+        headers = {MSG_ID_HEADER: msg_id} if msg_id else {}
+        self.attach(agency_id)._enqueue(data, sequence, headers)
+        return sequence
+
+    def _submit(self, sender: str, subject: str, data: bytes, msg_id: str) -> None:
+        if subject != submit_subject(sender):
+            self.submissions.append(Submission(subject, msg_id, data, accepted=False))
+            raise TransportUnavailable(f"{sender} may publish only on {submit_subject(sender)}")
+        if self.fail_submits > 0:
+            self.fail_submits -= 1
+            self.submissions.append(Submission(subject, msg_id, data, accepted=False))
+            raise TransportUnavailable("no acknowledgement (injected)")
+        self.submissions.append(Submission(subject, msg_id, data, accepted=True))
+        if msg_id not in self._msg_ids:
+            self._msg_ids.add(msg_id)
+            header = unverified_header(data)
+            for recipient in header.recipients if header is not None else ():
+                self.deliver(recipient, data, msg_id=f"{msg_id}:{recipient}")
+        if self.lose_acks > 0:
+            self.lose_acks -= 1
+            raise TransportUnavailable("acknowledgement lost (injected)")
+
+
+class MemoryTransport:
+    """One agency's :class:`Transport` on a :class:`MemoryBus`."""
+
+    def __init__(self, agency_id: str, bus: MemoryBus) -> None:
+        self.agency_id = agency_id
+        self._bus = bus
+        self._queue: deque[MemoryDelivery] = deque()
+        self._unacked: dict[int, MemoryDelivery] = {}
+        self._wakeup: asyncio.Event | None = None
+        self._closed = False
+        self.connected = True
+        self.die_before_ack = 0  # next N acks are never sent (see crash())
+
+    def _enqueue(self, data: bytes, sequence: int, headers: Mapping[str, str]) -> None:
+        self._queue.append(MemoryDelivery(data, sequence, dict(headers), self))
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def submit(self, subject: str, data: bytes, msg_id: str) -> None:
+        if not self.connected:
+            raise TransportUnavailable("not connected")
+        self._bus._submit(self.agency_id, subject, data, msg_id)
+
+    def take(self) -> list[MemoryDelivery]:
+        """Every delivery ready now (each becomes unacknowledged until settled)."""
+        taken = list(self._queue)
+        self._queue.clear()
+        for delivery in taken:
+            self._unacked[delivery.sequence] = delivery
+        return taken
+
+    def crash(self) -> int:
+        """Simulate the consumer dying: every unacknowledged delivery is queued again (same
+        sequence, as JetStream redelivers after the ack wait). Returns how many."""
+        lost = sorted(self._unacked.values(), key=lambda d: d.sequence)
+        self._unacked.clear()
+        for delivery in lost:
+            self._enqueue(delivery.data, delivery.sequence, delivery.headers)
+        return len(lost)
+
+    def close(self) -> None:
+        """End :meth:`deliveries`."""
+        self._closed = True
+        self.connected = False
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def deliveries(self) -> AsyncIterator[MemoryDelivery]:
+        self._wakeup = asyncio.Event()
+        while not self._closed:
+            for delivery in self.take():
+                yield delivery
+            if not self._queue and not self._closed:
+                self._wakeup.clear()
+                await self._wakeup.wait()
