@@ -11,14 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 
 from broker.core.directory import Directory
@@ -28,6 +23,7 @@ from broker.core.policy import Federation
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
+from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.node.policy import Preflight, RecipientCheck
 from broker.node.policy_engine import EnginePolicy
 from broker.node.service import Node
@@ -36,7 +32,6 @@ from broker.node.store import Store
 from broker.node.transport import Transport
 from broker.policy_store import PolicyStore
 
-KEY_PASSPHRASE_ENV = "CASEBRIDGE_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 TransportFactory = Callable[[Settings], Transport]
 
 
@@ -52,33 +47,6 @@ def nats_transport(settings: Settings) -> Transport:
     return transport
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-
-
-def _key(path: Path) -> ec.EllipticCurvePrivateKey:
-    secret = os.environ.get(KEY_PASSPHRASE_ENV, "")
-    try:
-        key = serialization.load_pem_private_key(
-            _read(path), password=secret.encode("utf-8") if secret else None
-        )
-    except (TypeError, ValueError):
-        raise ConfigError(f"{path}: cannot load the private key (passphrase?)") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"{path}: not an EC private key")
-    return key
-
-
-def _cert(path: Path) -> x509.Certificate:
-    try:
-        return x509.load_pem_x509_certificates(_read(path))[0]
-    except (ValueError, IndexError):
-        raise ConfigError(f"{path}: not a PEM certificate") from None
-
-
 def _onward_lookup(store: Store) -> Callable[[str], Onward | None]:
     def lookup(message_id: str) -> Onward | None:
         found = store.inbox_message(message_id)
@@ -89,8 +57,8 @@ def _onward_lookup(store: Store) -> Callable[[str], Onward | None]:
 
 def build_node(settings: Settings, *, transport: Transport, now: datetime, store: Store) -> Node:
     """The node described by ``settings`` (files read here), on ``transport`` and ``store``."""
-    root = _cert(settings.root_cert)
-    directory = Directory.load(_read(settings.directory_file), root_cert=root, now=now)
+    root = read_certificate(settings.root_cert)
+    directory = Directory.load(read_bytes(settings.directory_file), root_cert=root, now=now)
     schemas = SchemaRegistry.load()
     agency = settings.agency
     preflight: Preflight | None = None
@@ -100,7 +68,7 @@ def build_node(settings: Settings, *, transport: Transport, now: datetime, store
             country=agency_country(agency), root_cert=root, registry=CollectorRegistry()
         )
         if not policies.load_file(
-            settings.policy_file, ca_cert=_cert(settings.policy_ca_cert), now=now
+            settings.policy_file, ca_cert=read_certificate(settings.policy_ca_cert), now=now
         ):
             raise ConfigError(f"{settings.policy_file}: policy refused (see the log)")
         engine = EnginePolicy(
@@ -110,18 +78,18 @@ def build_node(settings: Settings, *, transport: Transport, now: datetime, store
             original_onward=_onward_lookup(store),
         )
         preflight, recipient_check = engine.preflight, engine.recipient_check
-    signing_cert = _cert(settings.keys.signing_cert)
-    agreement_cert = _cert(settings.keys.agreement_cert)
+    signing_cert = read_certificate(settings.keys.signing_cert)
+    agreement_cert = read_certificate(settings.keys.agreement_cert)
     return Node(
         sender=SenderIdentity(
             agency_id=agency,
             signing_kid=cert_kid(agency, signing_cert),
-            signing_key=_key(settings.keys.signing_key),
+            signing_key=read_private_key(settings.keys.signing_key),
         ),
         recipient=RecipientIdentity(
             agency_id=agency,
             agreement_kid=cert_kid(agency, agreement_cert),
-            agreement_key=_key(settings.keys.agreement_key),
+            agreement_key=read_private_key(settings.keys.agreement_key),
         ),
         resolver=directory,
         schemas=schemas,

@@ -1,0 +1,260 @@
+"""The border gateway process: two pull loops over NATS feeding :class:`Border`.
+
+Loop 1 takes submissions from the country's ``SUBMIT`` stream (durable ``gateway``), loop 2
+takes messages from abroad from ``INBOX`` (durable ``gateway-in``). For each message: decide
+(``Border``), publish every output with its ``Nats-Msg-Id`` and wait for the JetStream acks,
+then ack the input. A failed publish naks the input for redelivery, so nothing is dropped; the
+deterministic ids make the redelivery's outputs duplicates that JetStream removes. Stateless
+apart from NATS: several gateways of one country can run side by side on the same durables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
+from nats.js.errors import Error as JetStreamError
+from prometheus_client import CollectorRegistry
+
+from broker.core.directory import Directory
+from broker.core.envelope import SenderIdentity
+from broker.core.header import agency_country
+from broker.core.policy import Policy
+from broker.core.schemas import SchemaRegistry
+from broker.core.trust import cert_kid
+from broker.errors import CasebridgeError
+from broker.federation import subjects
+from broker.gateway.border import Border, Outcome, Publish
+from broker.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.node.settings import Settings
+from broker.policy_store import PolicyStore
+from broker.transport_nats import PUBLISH_TIMEOUT, connect, tls_context
+
+FETCH_BATCH: Final = 32
+FETCH_TIMEOUT: Final = 1.0
+NAK_DELAY: Final = 1.0
+DIRECTORY_CHECK_SECONDS: Final = 30.0
+
+log = structlog.get_logger("casebridge.gateway")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class _Holder:
+    """The directory in force, reloaded when its file changes (a new signed directory)."""
+
+    path: Path
+    root_pem: Path
+    directory: Directory
+    mtime: float
+
+    def refresh(self, now: datetime) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self.mtime:
+            return
+        try:
+            self.directory = Directory.load(
+                read_bytes(self.path), root_cert=read_certificate(self.root_pem), now=now
+            )
+            self.mtime = mtime
+            log.info("directory_reloaded", serial=self.directory.serial)
+        except CasebridgeError as exc:
+            log.warning("directory_refused", reason=exc.reason.value, detail=exc.detail)
+
+
+def build_border(settings: Settings, *, now: datetime) -> tuple[Border, _Holder, PolicyStore]:
+    """The gateway's decision logic from its settings (files are read here)."""
+    agency = settings.agency
+    country = agency_country(agency)
+    root = read_certificate(settings.root_cert)
+    holder = _Holder(
+        path=settings.directory_file,
+        root_pem=settings.root_cert,
+        directory=Directory.load(read_bytes(settings.directory_file), root_cert=root, now=now),
+        mtime=settings.directory_file.stat().st_mtime,
+    )
+    SchemaRegistry.load()  # fail at start, not at the first message, if schemas are broken
+    policies = PolicyStore(country=country, root_cert=root, registry=CollectorRegistry())
+    if settings.policy_file is not None:
+        ca_cert = (
+            read_certificate(settings.policy_ca_cert)
+            if settings.policy_ca_cert is not None
+            else holder.directory.country_ca(country)
+        )
+        policies.load_file(settings.policy_file, ca_cert=ca_cert, now=now)
+
+    def policy() -> Policy | None:
+        return policies.current
+
+    signing_cert = read_certificate(settings.keys.signing_cert)
+    border = Border(
+        country=country,
+        identity=SenderIdentity(
+            agency_id=agency,
+            signing_kid=cert_kid(agency, signing_cert),
+            signing_key=read_private_key(settings.keys.signing_key),
+        ),
+        directory=lambda: holder.directory,
+        policy=policy,
+    )
+    return border, holder, policies
+
+
+def _log_outcome(direction: str, outcome: Outcome) -> None:
+    fields: dict[str, Any] = {
+        "direction": direction,
+        "message_id": outcome.message_id,
+        "type": outcome.message_type,
+        "sender": outcome.sender,
+    }
+    if outcome.refused:
+        log.warning("message_refused", reason=outcome.refused, detail=outcome.detail, **fields)
+        return
+    for decision in outcome.decisions:
+        log.info(
+            "border_decision",
+            verdict=decision.verdict.value,
+            rule_id=decision.rule_id,
+            reason=decision.reason,
+            peer=decision.peer,
+            recipient=decision.recipient,
+            **fields,
+        )
+    log.info(
+        "message_routed",
+        relayed_to=list(outcome.relayed_to),
+        rejected_for=list(outcome.rejected_for),
+        **fields,
+    )
+
+
+async def _publish_all(js: JetStreamContext, publishes: tuple[Publish, ...]) -> None:
+    await asyncio.gather(
+        *(
+            js.publish(
+                p.subject, p.data, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": p.msg_id}
+            )
+            for p in publishes
+        )
+    )
+
+
+async def _pull_loop(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    durable: str,
+    decide: Callable[[bytes, str], Outcome],
+    direction: str,
+    stop: asyncio.Event,
+) -> None:
+    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    while not stop.is_set():
+        try:
+            batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
+        except TimeoutError:
+            continue
+        except (NatsError, JetStreamError):
+            await asyncio.sleep(0.5)
+            continue
+        for msg in batch:
+            outcome = decide(msg.data, msg.subject)
+            _log_outcome(direction, outcome)
+            try:
+                await _publish_all(js, outcome.publishes)
+            except (NatsError, JetStreamError, TimeoutError) as exc:
+                log.warning("publish_failed", message_id=outcome.message_id, error=str(exc))
+                with contextlib.suppress(NatsError, JetStreamError):
+                    await msg.nak(delay=NAK_DELAY)
+                continue
+            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                await msg.ack_sync(timeout=PUBLISH_TIMEOUT)
+
+
+async def run_gateway(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    ready: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run one border gateway until ``stop`` is set (or forever)."""
+    stop = stop or asyncio.Event()
+    border, holder, _policies = build_border(settings, now=clock())
+    nc = await connect(
+        settings.nats.url,
+        tls=tls_context(
+            ca_file=settings.nats.ca_file,
+            cert_file=settings.nats.cert_file,
+            key_file=settings.nats.key_file,
+        ),
+        inbox_prefix=subjects.inbox_prefix(settings.agency),
+        name=f"gateway {settings.agency}",
+    )
+    js = nc.jetstream()
+    prefix = "cb.submit."
+
+    def egress(data: bytes, subject: str) -> Outcome:
+        agency = subject[len(prefix) :] if subject.startswith(prefix) else ""
+        return border.submission(data, subject_agency=agency, now=clock())
+
+    def ingress(data: bytes, _subject: str) -> Outcome:
+        return border.inbound(data, now=clock())
+
+    async def refresh() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=DIRECTORY_CHECK_SECONDS)
+            holder.refresh(clock())
+
+    log.info("gateway_started", agency=settings.agency, nats=settings.nats.url)
+    tasks = [
+        asyncio.create_task(
+            _pull_loop(
+                js,
+                stream=subjects.SUBMIT_STREAM,
+                durable=subjects.GATEWAY_SUBMIT_DURABLE,
+                decide=egress,
+                direction="egress",
+                stop=stop,
+            )
+        ),
+        asyncio.create_task(
+            _pull_loop(
+                js,
+                stream=subjects.INBOX_STREAM,
+                durable=subjects.GATEWAY_INBOX_DURABLE,
+                decide=ingress,
+                direction="ingress",
+                stop=stop,
+            )
+        ),
+        asyncio.create_task(refresh()),
+    ]
+    if ready is not None:
+        await ready()
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(NatsError, JetStreamError):
+            await nc.drain()
+        log.info("gateway_stopped", agency=settings.agency)

@@ -1,0 +1,182 @@
+"""The real NATS edge: mTLS connections, JetStream publish with de-duplication, pull consumers.
+
+:class:`NatsTransport` implements the node's :class:`broker.node.transport.Transport` seam
+against a country server (docs/federation.md): submit on ``cb.submit.<agency>`` with
+``Nats-Msg-Id``, consume the agency's durable ``node-<agency>`` on ``DELIVER``. Every NATS
+failure is translated into ``TransportUnavailable`` here; nothing else in the node sees nats-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
+from nats.js.errors import Error as JetStreamError
+
+from broker.federation import subjects
+from broker.node.errors import TransportUnavailable
+from broker.node.settings import Settings
+
+FETCH_BATCH: Final = 64
+FETCH_TIMEOUT: Final = 1.0
+PUBLISH_TIMEOUT: Final = 5.0
+MSG_ID: Final = "Nats-Msg-Id"
+
+
+def tls_context(
+    *, ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext:
+    """Client mTLS context trusting ``ca_file`` (the country CA) as the anchor."""
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The country CA is the trust anchor even though it chains to the root (see certs/README).
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if cert_file is not None and key_file is not None:
+        context.load_cert_chain(str(cert_file), str(key_file))
+    return context
+
+
+async def connect(
+    url: str,
+    *,
+    tls: ssl.SSLContext,
+    inbox_prefix: str,
+    name: str,
+    **options: Any,
+) -> NatsClient:
+    """Connect with reconnects forever (a country server restart must not end the process)."""
+
+    async def _quiet(_exc: Exception) -> None:
+        # Connection errors are visible through ``is_connected`` / readiness; no log spam.
+        return None
+
+    try:
+        return await nats.connect(
+            servers=[url],
+            tls=tls,
+            inbox_prefix=inbox_prefix,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=_quiet,
+            allow_reconnect=True,
+            **options,
+        )
+    except (NatsError, OSError, TimeoutError) as exc:
+        raise TransportUnavailable(f"cannot connect to {url}: {exc}") from exc
+
+
+@dataclass(slots=True)
+class NatsDelivery:
+    """One JetStream message from a pull consumer (implements ``Delivery``)."""
+
+    msg: Msg
+
+    @property
+    def data(self) -> bytes:
+        return self.msg.data
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return dict(self.msg.headers or {})
+
+    @property
+    def sequence(self) -> int:
+        return int(self.msg.metadata.sequence.stream)
+
+    async def ack(self) -> None:
+        try:
+            await self.msg.ack_sync(timeout=PUBLISH_TIMEOUT)
+        except (NatsError, JetStreamError, TimeoutError) as exc:
+            raise TransportUnavailable(f"ack failed: {exc}") from exc
+
+    async def nak(self, delay: float) -> None:
+        with contextlib.suppress(NatsError, JetStreamError):
+            await self.msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        with contextlib.suppress(NatsError, JetStreamError):
+            await self.msg.term()
+
+
+class NatsTransport:
+    """An agency node's connection to its country server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def _client(self) -> JetStreamContext:
+        async with self._lock:
+            if self._js is None:
+                s = self._settings
+                self._nc = await connect(
+                    s.nats.url,
+                    tls=tls_context(
+                        ca_file=s.nats.ca_file, cert_file=s.nats.cert_file, key_file=s.nats.key_file
+                    ),
+                    inbox_prefix=subjects.inbox_prefix(s.agency),
+                    name=f"node {s.agency}",
+                )
+                self._js = self._nc.jetstream()
+            return self._js
+
+    async def submit(self, subject: str, data: bytes, msg_id: str) -> None:
+        js = await self._client()
+        try:
+            await js.publish(subject, data, timeout=PUBLISH_TIMEOUT, headers={MSG_ID: msg_id})
+        except (NatsError, JetStreamError, TimeoutError) as exc:
+            raise TransportUnavailable(f"publish on {subject} not acknowledged: {exc}") from exc
+
+    async def deliveries(self) -> AsyncIterator[NatsDelivery]:
+        js = await self._client()
+        agency = self._settings.agency
+        try:
+            sub = await js.pull_subscribe_bind(
+                durable=subjects.node_durable(agency), stream=subjects.DELIVER_STREAM
+            )
+        except (NatsError, JetStreamError, TimeoutError) as exc:
+            raise TransportUnavailable(
+                f"cannot bind to {subjects.node_durable(agency)}: {exc}"
+            ) from exc
+        while not self._closed:
+            try:
+                batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
+            except TimeoutError:
+                continue  # empty fetch raises TimeoutError (DESIGN.md pitfall)
+            except (NatsError, JetStreamError) as exc:
+                if self._closed:
+                    return
+                await asyncio.sleep(0.5)
+                del exc
+                continue
+            for msg in batch:
+                yield NatsDelivery(msg)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._nc is not None:
+            with contextlib.suppress(NatsError, JetStreamError):
+                await self._nc.drain()
+            self._nc = None
+            self._js = None
