@@ -1,0 +1,125 @@
+"""``casebridge federation``: generate a dev federation from its YAML file and run it locally.
+
+``init FILE DIR`` (PKI, signed directory, nats-server configs, ``federation.json``), ``up DIR``
+(servers, streams, extra processes), ``down DIR``, ``status DIR``. The work is done by
+:mod:`broker.federation.launcher`; this module parses arguments, reads the clock and prints.
+Also runnable as ``python -m broker.cli.federation``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from broker.errors import CasebridgeError
+
+if TYPE_CHECKING:
+    from broker.federation.launcher import Federation
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "federation",
+        help="generate and run a dev federation (hub + country nats-servers) on this machine",
+        description="Generate a whole dev federation from a YAML description and run it on "
+        "loopback. Example: casebridge federation init docs/federation.example.yaml run/fed",
+    )
+    commands = parser.add_subparsers(dest="federation_command", metavar="COMMAND", required=True)
+
+    init = commands.add_parser(
+        "init", help="generate PKI, directory, nats-server configs and federation.json"
+    )
+    init.add_argument("file", type=Path, help="federation description (YAML)")
+    init.add_argument("dir", type=Path, help="directory to generate the federation in")
+    init.add_argument("--force", action="store_true", help="replace an existing federation")
+    init.set_defaults(func=_init)
+
+    only_help = "only these (hub and/or country codes); default: all"
+    up = commands.add_parser("up", help="start servers, create streams, start processes")
+    up.add_argument("dir", type=Path)
+    up.add_argument("--only", nargs="+", metavar="NAME", help=only_help)
+    up.set_defaults(func=_up)
+
+    down = commands.add_parser("down", help="stop processes and servers (SIGTERM, then SIGKILL)")
+    down.add_argument("dir", type=Path)
+    down.add_argument("--only", nargs="+", metavar="NAME", help=only_help)
+    down.set_defaults(func=_down)
+
+    status = commands.add_parser("status", help="table of processes: pid, alive, port, URL")
+    status.add_argument("dir", type=Path)
+    status.set_defaults(func=_status)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from broker.federation.launcher import Federation  # noqa: PLC0415 - lazy: fast CLI start
+    from broker.federation.spec import load_description  # noqa: PLC0415
+
+    description = load_description(args.file)
+    fed = Federation.init(description, args.dir, now=datetime.now(UTC), force=args.force)
+    settings = fed.settings
+    print(f"federation {settings.federation_id!r} generated in {fed.base}")
+    print(f"  settings   {fed.base / 'federation.json'}")
+    print(f"  root       {settings.root_cert}")
+    print(f"  directory  {settings.directory}")
+    print(f"  hub        {settings.hub.url} (leaf nodes {settings.hub.leaf_url})")
+    for code, server in settings.countries.items():
+        print(f"  {code:<10} {server.url} (monitoring {server.monitor_url})")
+    print(f"  {len(settings.nodes)} agency nodes, {len(settings.gateways)} gateways")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from broker.federation.launcher import Federation  # noqa: PLC0415
+
+    fed = Federation.open(args.dir)
+    fed.up(args.only)
+    _print_status(fed)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from broker.federation.launcher import Federation  # noqa: PLC0415
+
+    fed = Federation.open(args.dir)
+    fed.down(args.only)
+    _print_status(fed)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from broker.federation.launcher import Federation  # noqa: PLC0415
+
+    _print_status(Federation.open(args.dir))
+    return 0
+
+
+def _print_status(fed: Federation) -> None:
+    rows = [
+        (r.name, r.pid or "-", "yes" if r.alive else "no", r.port or "-", r.url or "-")
+        for r in fed.status()
+    ]
+    headers = ("process", "pid", "alive", "port", "url")
+    widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    for line in (headers, *rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m broker.cli.federation ...`` (same as ``casebridge federation ...``)."""
+    parser = argparse.ArgumentParser(prog="casebridge")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(["federation", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        code: int = args.func(args)
+    except CasebridgeError as exc:
+        print(f"error [{exc.reason.value}]: {exc.detail}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

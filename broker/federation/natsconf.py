@@ -1,0 +1,314 @@
+"""nats-server configuration text for the federation hub and each country server.
+
+Pure functions: values in (:class:`HubConf`, :class:`CountryConf`), configuration text out. The
+layout and the permissions are the ones of ``docs/federation.md``; every permission list is
+built by a small function of its own so that tests and the docs can check them.
+
+- Hub: relay only (no JetStream). Leaf-node listener with mTLS against the secretariat CA and
+  ``verify_and_map``: each country's leaf certificate DN is a user of account ``CB`` whose
+  publish/subscribe permissions let through only that country's cross-border traffic.
+- Country: JetStream domain ``<cc>``, client port with mTLS against the country CA only and
+  ``verify_and_map`` (agencies and the gateway are users named by their certificate DN), one
+  leaf remote to the hub bound to account ``CB`` with deny rules as a second line of defence.
+- Every server has an HTTP monitoring port (``/healthz``, ``/varz``, ``/leafz``...).
+
+This module never reads files or starts anything; strings are quoted with ``json.dumps`` (the
+nats-server configuration format accepts JSON strings).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from broker.federation import subjects as s
+
+TLS_TIMEOUT_SECONDS: Final = 2
+# Reply subjects nats-server uses for JetStream API requests across domains (stream sourcing).
+CROSS_DOMAIN_REPLIES: Final = "$JSC.R.>"
+# Flow-control replies of the push consumers that stream sourcing creates in the peer domain.
+FLOW_CONTROL: Final = "$JS.FC.>"
+# Local streams whose consumers must never be created from outside the country.
+LOCAL_STREAMS: Final = (s.SUBMIT_STREAM, s.INBOX_STREAM, s.DELIVER_STREAM)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TlsFiles:
+    """Certificate (chain) presented, its key, and the CA file peers are verified against."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CertUser:
+    """A user mapped from a TLS certificate: who it is and the certificate subject DN."""
+
+    name: str
+    dn: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Listen:
+    """Host and ports of one server."""
+
+    host: str
+    client_port: int
+    http_port: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HubConf:
+    """Everything the hub configuration is made of. ``leaf_users``: one per country code."""
+
+    federation_id: str
+    listen: Listen
+    leaf_port: int
+    tls: TlsFiles
+    leaf_users: Sequence[CertUser]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CountryConf:
+    """Everything a country server configuration is made of."""
+
+    federation_id: str
+    code: str
+    listen: Listen
+    store_dir: Path
+    tls: TlsFiles
+    leaf_tls: TlsFiles
+    hub_leaf_url: str
+    peers: Sequence[str]
+    agencies: Sequence[CertUser]
+    gateway: CertUser
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Permissions:
+    """Allow lists of one user (anything not listed is refused)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+# ------------------------------------------------------------ permission lists ---
+
+
+def agency_permissions(agency_id: str) -> Permissions:
+    """An agency may submit on its own subject and read its own pre-created DELIVER consumer.
+
+    No consumer create/delete, no stream API: the consumer ``node-<agency>`` is created by the
+    federation setup (:mod:`broker.federation.streams`), so an agency cannot point a push
+    consumer's deliver subject at ``cb.out.*`` or read anyone else's messages. Replies (JetStream
+    acks, pulled messages) arrive under its own inbox prefix only.
+    """
+    durable = s.node_durable(agency_id)
+    api = f"$JS.API.CONSUMER.%s.{s.DELIVER_STREAM}.{durable}"
+    return Permissions(
+        publish=(
+            s.submit_subject(agency_id),
+            api % "INFO",
+            api % "MSG.NEXT",
+            f"$JS.ACK.{s.DELIVER_STREAM}.{durable}.>",
+        ),
+        subscribe=(f"{s.inbox_prefix(agency_id)}.>",),
+    )
+
+
+def hub_leaf_permissions(code: str, peers: Sequence[str]) -> Permissions:
+    """What country ``code``'s leaf connection may send to and receive from the hub.
+
+    publish: create the sourcing consumer on each peer's ``OUT_<CODE>`` (both the plain and the
+    filtered create subject), deliver from its own outboxes (``cb.xd.<code>.>``), cross-domain
+    API replies and flow control. subscribe: consumer creates on its own outboxes towards each
+    peer, deliveries addressed to it (``cb.xd.*.<code>.>``), replies and flow control.
+    """
+    me = code.upper()
+    publish: list[str] = []
+    subscribe: list[str] = []
+    for peer in peers:
+        theirs = f"{s.domain_api(peer)}.CONSUMER.CREATE.{s.out_stream(me)}"
+        mine = f"{s.domain_api(me)}.CONSUMER.CREATE.{s.out_stream(peer)}"
+        publish += [theirs, f"{theirs}.>"]
+        subscribe += [mine, f"{mine}.>"]
+    publish += [f"cb.xd.{s.domain(me)}.>", CROSS_DOMAIN_REPLIES, FLOW_CONTROL]
+    subscribe += [f"cb.xd.*.{s.domain(me)}.>", CROSS_DOMAIN_REPLIES, FLOW_CONTROL]
+    return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
+
+
+def leaf_deny_imports(code: str) -> tuple[str, ...]:
+    """What a country server refuses to take from the hub, whatever the hub lets through.
+
+    Of its own domain API only consumer creation on ``OUT_*`` is let in; local application
+    subjects, the local (non-domain) API, acks and inboxes never come from abroad.
+    """
+    api = s.domain_api(code)
+    own_api = [
+        f"{api}.INFO",
+        f"{api}.STREAM.>",
+        f"{api}.ACCOUNT.>",
+        f"{api}.META.>",
+        f"{api}.SERVER.>",
+        f"{api}.DIRECT.>",
+        f"{api}.CONSUMER.DURABLE.>",
+        f"{api}.CONSUMER.DELETE.>",
+        f"{api}.CONSUMER.INFO.>",
+        f"{api}.CONSUMER.LIST.>",
+        f"{api}.CONSUMER.NAMES.>",
+        f"{api}.CONSUMER.MSG.>",
+        f"{api}.CONSUMER.PAUSE.>",
+        f"{api}.CONSUMER.UNPIN.>",
+        f"{api}.CONSUMER.LEADER.>",
+    ]
+    for stream in LOCAL_STREAMS:
+        own_api += [f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>"]
+    return (
+        *own_api,
+        "$JS.API.>",
+        "$JS.ACK.>",
+        s.SUBMIT_SUBJECTS,
+        s.DELIVER_SUBJECTS,
+        s.OUT_SUBJECTS,
+        f"{s.INBOX_ROOT}.>",
+    )
+
+
+def leaf_deny_exports() -> tuple[str, ...]:
+    """What a country server never sends to the hub (submissions, deliveries, raw outboxes)."""
+    return (
+        s.SUBMIT_SUBJECTS,
+        s.DELIVER_SUBJECTS,
+        s.OUT_SUBJECTS,
+        f"{s.INBOX_ROOT}.>",
+        "$JS.API.>",
+        "$JS.ACK.>",
+    )
+
+
+# ------------------------------------------------------------------ rendering ---
+
+
+def _q(value: str | Path) -> str:
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _strings(values: Sequence[str], indent: str) -> str:
+    inner = "".join(f"{indent}  {_q(v)}\n" for v in values)
+    return f"[\n{inner}{indent}]"
+
+
+def _tls_block(tls: TlsFiles, indent: str, *, verify_and_map: bool) -> str:
+    lines = [
+        f"cert_file: {_q(tls.cert_file)}",
+        f"key_file: {_q(tls.key_file)}",
+        f"ca_file: {_q(tls.ca_file)}",
+        f"timeout: {TLS_TIMEOUT_SECONDS}",
+    ]
+    if verify_and_map:
+        # Client certificate required and verified; its subject DN is the user name.
+        lines.append("verify_and_map: true")
+    body = "".join(f"{indent}  {line}\n" for line in lines)
+    return f"{{\n{body}{indent}}}"
+
+
+def _user(user: CertUser, perms: Permissions | None, indent: str) -> str:
+    head = f"{indent}# {user.name}\n{indent}{{ user: {_q(user.dn)}"
+    if perms is None:
+        return head + " }\n"
+    inner = indent + "    "
+    return (
+        f"{head}, permissions: {{\n"
+        f"{inner}publish: {{ allow: {_strings(perms.publish, inner)} }}\n"
+        f"{inner}subscribe: {{ allow: {_strings(perms.subscribe, inner)} }}\n"
+        f"{indent}}} }}\n"
+    )
+
+
+def _header(what: str, federation_id: str) -> str:
+    return (
+        f"# Casebridge federation {federation_id!r}: {what}.\n"
+        "# Generated by `casebridge federation init/up` from the federation file and the PKI;\n"
+        "# regenerated at every `up`, so do not edit. Layout: docs/federation.md.\n"
+    )
+
+
+def render_hub(conf: HubConf) -> str:
+    """The hub's configuration: relay only, per-country leaf users mapped from certificates."""
+    listen = conf.listen
+    codes = [u.name for u in conf.leaf_users]
+    users = "".join(
+        _user(u, hub_leaf_permissions(u.name, [c for c in codes if c != u.name]), "      ")
+        for u in conf.leaf_users
+    )
+    return (
+        _header("hub (relay only, no JetStream)", conf.federation_id)
+        + f"server_name: {_q('cb-hub')}\n"
+        f"listen: {_q(f'{listen.host}:{listen.client_port}')}\n"
+        f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
+        "# Clients too must present a secretariat-issued certificate that maps to a user.\n"
+        f"tls {_tls_block(conf.tls, '', verify_and_map=True)}\n"
+        "accounts {\n"
+        f"  {s.SYSTEM_ACCOUNT} {{ }}\n"
+        f"  {s.ACCOUNT} {{\n"
+        "    # One user per country: its leaf-node certificate DN. The permissions are the\n"
+        "    # border: what the country may send into the hub and receive from it.\n"
+        "    users: [\n"
+        f"{users}"
+        "    ]\n"
+        "  }\n"
+        "}\n"
+        f"system_account: {s.SYSTEM_ACCOUNT}\n"
+        "leafnodes {\n"
+        f"  listen: {_q(f'{listen.host}:{conf.leaf_port}')}\n"
+        "  # Only the secretariat CA vouches for a country's leaf connection (certs/README.md).\n"
+        f"  tls {_tls_block(conf.tls, '  ', verify_and_map=True)}\n"
+        "}\n"
+    )
+
+
+def render_country(conf: CountryConf) -> str:
+    """A country server's configuration: its JetStream domain, agencies, gateway, leaf remote."""
+    listen = conf.listen
+    dom = s.domain(conf.code)
+    users = "".join(_user(a, agency_permissions(a.name), "      ") for a in conf.agencies) + _user(
+        conf.gateway, None, "      "
+    )
+    remote_tls = _tls_block(conf.leaf_tls, "      ", verify_and_map=False)
+    return (
+        _header(f"country server {conf.code} (JetStream domain {dom!r})", conf.federation_id)
+        + f"server_name: {_q(f'cb-{dom}')}\n"
+        f"listen: {_q(f'{listen.host}:{listen.client_port}')}\n"
+        f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
+        "# Agencies and the gateway: mTLS against this country's CA only (certs/README.md).\n"
+        f"tls {_tls_block(conf.tls, '', verify_and_map=True)}\n"
+        f"jetstream {{\n  store_dir: {_q(conf.store_dir)}\n  domain: {_q(dom)}\n}}\n"
+        "accounts {\n"
+        f"  {s.SYSTEM_ACCOUNT} {{ }}\n"
+        f"  {s.ACCOUNT} {{\n"
+        "    jetstream: enabled\n"
+        "    # Agencies: own submit subject, own DELIVER consumer, own reply inbox. The\n"
+        "    # gateway (last) has the whole account.\n"
+        "    users: [\n"
+        f"{users}"
+        "    ]\n"
+        "  }\n"
+        "}\n"
+        f"system_account: {s.SYSTEM_ACCOUNT}\n"
+        "leafnodes {\n"
+        "  remotes: [\n"
+        "    {\n"
+        f"      url: {_q(conf.hub_leaf_url)}\n"
+        f"      account: {s.ACCOUNT}\n"
+        f"      tls {remote_tls}\n"
+        "      # Second line of defence, enforced here whatever the hub lets through.\n"
+        f"      deny_imports: {_strings(leaf_deny_imports(conf.code), '      ')}\n"
+        f"      deny_exports: {_strings(leaf_deny_exports(), '      ')}\n"
+        "    }\n"
+        "  ]\n"
+        "}\n"
+    )

@@ -1,0 +1,191 @@
+"""Create or update a country's JetStream streams and pre-created consumers (idempotent).
+
+Per country (account ``CB``, docs/federation.md):
+
+- ``SUBMIT``   ``cb.submit.>``, work queue, read by the gateway (durable ``gateway``);
+- ``OUT_<P>``  ``cb.out.<cc>.<p>`` per peer ``P``: the outbox, kept while ``P`` is away;
+- ``INBOX``    sources every peer's ``OUT_<CC>`` through ``$JS.<p>.API`` with deliver prefix
+  ``cb.xd.<p>.<cc>``; read by the gateway (durable ``gateway-in``);
+- ``DELIVER``  ``cb.deliver.>``, work queue, one pull consumer ``node-<agency>`` per agency
+  filtered on its own subject (created here: agencies may not create consumers).
+
+Safe to run at every ``up``: streams are added or updated to the wanted configuration,
+consumers are created only when missing (an existing consumer is left as its user set it up).
+Run as the country's gateway identity, which has the whole account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    ExternalStream,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+)
+from nats.js.errors import APIError, NotFoundError
+
+from broker.errors import ConfigError
+from broker.federation import subjects as s
+
+DAY: Final = 24 * 3600.0
+# No message lives longer than 90 days (protocol: maximum lifetime), so no stream keeps one longer.
+MAX_AGE_SECONDS: Final = 90 * DAY
+# A node or gateway retries a publish with the same Nats-Msg-Id until it is acked; a day covers
+# any outage we expect to ride out without the receiving node's replay store.
+DUPLICATE_WINDOW_SECONDS: Final = 1 * DAY
+ACK_WAIT_SECONDS: Final = 30.0
+MAX_ACK_PENDING: Final = 1000
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CountryStreams:
+    """What to set up in one country: its code, its peers and its agencies (gateway excluded)."""
+
+    code: str
+    peers: Sequence[str]
+    agencies: Sequence[str]
+
+
+def submit_config() -> StreamConfig:
+    return StreamConfig(
+        name=s.SUBMIT_STREAM,
+        description="agency submissions, read by the border gateway",
+        subjects=[s.SUBMIT_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_age=MAX_AGE_SECONDS,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+def out_config(code: str, peer: str) -> StreamConfig:
+    return StreamConfig(
+        name=s.out_stream(peer),
+        description=f"outbox {code.upper()} -> {peer.upper()}, sourced by {peer.upper()}'s INBOX",
+        subjects=[s.out_subject(code, peer)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_age=MAX_AGE_SECONDS,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+def inbox_config(code: str, peers: Sequence[str]) -> StreamConfig:
+    sources = [
+        StreamSource(
+            name=s.out_stream(code),
+            external=ExternalStream(
+                api=s.domain_api(peer), deliver=s.cross_delivery_prefix(peer, code)
+            ),
+        )
+        for peer in sorted(peers)
+    ]
+    return StreamConfig(
+        name=s.INBOX_STREAM,
+        description=f"messages from abroad for {code.upper()}, read by the border gateway",
+        sources=sources,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=MAX_AGE_SECONDS,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+def deliver_config() -> StreamConfig:
+    return StreamConfig(
+        name=s.DELIVER_STREAM,
+        description="messages for local agencies, one subject and one consumer per agency",
+        subjects=[s.DELIVER_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_age=MAX_AGE_SECONDS,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+def _pull(durable: str, filter_subject: str | None, description: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        description=description,
+        filter_subject=filter_subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_SECONDS,
+        max_deliver=-1,
+        max_ack_pending=MAX_ACK_PENDING,
+    )
+
+
+def consumer_configs(country: CountryStreams) -> list[tuple[str, ConsumerConfig]]:
+    """(stream, consumer) pairs that must exist: gateway consumers and one per agency node."""
+    wanted = [
+        (s.SUBMIT_STREAM, _pull(s.GATEWAY_SUBMIT_DURABLE, None, "border gateway: submissions")),
+        (s.INBOX_STREAM, _pull(s.GATEWAY_INBOX_DURABLE, None, "border gateway: from abroad")),
+    ]
+    wanted += [
+        (
+            s.DELIVER_STREAM,
+            _pull(s.node_durable(a), s.deliver_subject(a), f"adapter node of {a}"),
+        )
+        for a in sorted(country.agencies)
+    ]
+    return wanted
+
+
+def stream_configs(country: CountryStreams) -> list[StreamConfig]:
+    """Every stream a country needs, in creation order."""
+    peers = sorted(p.upper() for p in country.peers)
+    return [
+        submit_config(),
+        *(out_config(country.code, p) for p in peers),
+        inbox_config(country.code, peers),
+        deliver_config(),
+    ]
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    name = config.name or ""
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        await js.add_stream(config)
+        return
+    try:
+        await js.update_stream(config)
+    except APIError as exc:
+        raise ConfigError(f"stream {name} cannot be updated in place: {exc.description}") from None
+
+
+async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    durable = config.durable_name or ""
+    try:
+        await js.consumer_info(stream, durable)
+    except NotFoundError:
+        await js.add_consumer(stream, config)
+
+
+async def ensure_country_streams(js: JetStreamContext, country: CountryStreams) -> None:
+    """Create or update every stream of ``country`` and create its missing consumers."""
+    for config in stream_configs(country):
+        await _ensure_stream(js, config)
+    for stream, consumer in consumer_configs(country):
+        await _ensure_consumer(js, stream, consumer)

@@ -1,0 +1,73 @@
+"""Names of the federation's NATS subjects, streams, durable consumers and inbox prefixes.
+
+One place for the layout of ``docs/federation.md`` so that the server configuration
+(:mod:`broker.federation.natsconf`), the stream setup (:mod:`broker.federation.streams`), the
+border gateway and the adapter node agree on every name. Pure string functions, no I/O.
+
+Country codes are accepted in either case; subjects and domains use lower case, stream names
+upper case (``OUT_UA``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ACCOUNT: Final = "CB"
+SYSTEM_ACCOUNT: Final = "SYS"
+
+SUBMIT_STREAM: Final = "SUBMIT"
+INBOX_STREAM: Final = "INBOX"
+DELIVER_STREAM: Final = "DELIVER"
+# Durable consumers of the border gateway (shared by all gateway instances of a country).
+GATEWAY_SUBMIT_DURABLE: Final = "gateway"
+GATEWAY_INBOX_DURABLE: Final = "gateway-in"
+
+SUBMIT_SUBJECTS: Final = "cb.submit.>"
+DELIVER_SUBJECTS: Final = "cb.deliver.>"
+OUT_SUBJECTS: Final = "cb.out.>"
+INBOX_ROOT: Final = "_INBOX"
+
+
+def domain(code: str) -> str:
+    """JetStream domain of a country: its lower-case ISO code."""
+    return code.lower()
+
+
+def submit_subject(agency_id: str) -> str:
+    """Where agency ``agency_id`` submits its sealed messages: ``cb.submit.<agency>``."""
+    return f"cb.submit.{agency_id}"
+
+
+def deliver_subject(agency_id: str) -> str:
+    """Where the gateway delivers messages for ``agency_id``: ``cb.deliver.<agency>``."""
+    return f"cb.deliver.{agency_id}"
+
+
+def out_stream(peer: str) -> str:
+    """Outbox stream towards country ``peer`` (in the sending country): ``OUT_<PEER>``."""
+    return f"OUT_{peer.upper()}"
+
+
+def out_subject(code: str, peer: str) -> str:
+    """Subject of the outbox from ``code`` to ``peer``: ``cb.out.<cc>.<peer>``."""
+    return f"cb.out.{code.lower()}.{peer.lower()}"
+
+
+def cross_delivery_prefix(source: str, destination: str) -> str:
+    """Deliver prefix of the sourcing consumer from ``source``'s outbox to ``destination``."""
+    return f"cb.xd.{source.lower()}.{destination.lower()}"
+
+
+def domain_api(code: str) -> str:
+    """Prefix of a country's JetStream API as seen from other domains: ``$JS.<cc>.API``."""
+    return f"$JS.{domain(code)}.API"
+
+
+def node_durable(agency_id: str) -> str:
+    """Durable consumer of an agency's node on DELIVER: ``node-<agency with . as _>``."""
+    return f"node-{agency_id.replace('.', '_')}"
+
+
+def inbox_prefix(agency_id: str) -> str:
+    """The reply-inbox prefix an agency must use (``inbox_prefix=`` in nats-py)."""
+    return f"{INBOX_ROOT}.{agency_id}"
