@@ -36,6 +36,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init.add_argument("file", type=Path, help="federation description (YAML)")
     init.add_argument("dir", type=Path, help="directory to generate the federation in")
     init.add_argument("--force", action="store_true", help="replace an existing federation")
+    init.add_argument(
+        "--policies",
+        type=Path,
+        default=DEFAULT_POLICIES,
+        help="directory with one policy per country, <cc>.yaml, signed at init with each "
+        "country's CA key (default: the example policies in docs/policies)",
+    )
     init.set_defaults(func=_init)
 
     only_help = "only these (hub and/or country codes); default: all"
@@ -54,12 +61,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.set_defaults(func=_status)
 
 
+DEFAULT_POLICIES = Path(__file__).resolve().parents[2] / "docs" / "policies"
+
+
 def _init(args: argparse.Namespace) -> int:
     from broker.federation.launcher import Federation  # noqa: PLC0415 - lazy: fast CLI start
+    from broker.federation.processes import prepare  # noqa: PLC0415
     from broker.federation.spec import load_description  # noqa: PLC0415
 
     description = load_description(args.file)
     fed = Federation.init(description, args.dir, now=datetime.now(UTC), force=args.force)
+    endpoints = prepare(fed, policy_dir=args.policies)
     settings = fed.settings
     print(f"federation {settings.federation_id!r} generated in {fed.base}")
     print(f"  settings   {fed.base / 'federation.json'}")
@@ -69,6 +81,9 @@ def _init(args: argparse.Namespace) -> int:
     for code, server in settings.countries.items():
         print(f"  {code:<10} {server.url} (monitoring {server.monitor_url})")
     print(f"  {len(settings.nodes)} agency nodes, {len(settings.gateways)} gateways")
+    for endpoint in endpoints:
+        token = f"settings/{endpoint.settings.stem}.token"
+        print(f"  node {endpoint.agency_id:<22} {endpoint.url} (API token in {token})")
     return 0
 
 

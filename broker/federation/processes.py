@@ -1,0 +1,186 @@
+"""Gateways and nodes of a local federation: their settings files, signed policies, tokens.
+
+``prepare(fed, policy_dir=...)`` runs after ``Federation.init``: it signs each country's policy
+file with that country's CA key (``DIR/policies/<cc>.policy.jws``), writes one settings file per
+border gateway and per agency node (``DIR/settings/<id>.json``, the node settings format of
+docs/node-api.md), an API token per node (``DIR/settings/<id>.token``, mode 0600), and registers
+the processes that ``federation up`` starts after the NATS servers and streams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from broker.core.policy import sign_policy
+from broker.errors import ConfigError
+from broker.federation.launcher import ClientSettings, Federation, ProcessSpec
+from broker.pki_store import PkiStore, country_stem
+
+SETTINGS_DIR: Final = "settings"
+POLICY_DIR: Final = "policies"
+STORE_DIR: Final = "store"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NodeEndpoint:
+    """Where a node's HTTP API listens and the token that opens it (for the demo and tests)."""
+
+    agency_id: str
+    url: str
+    token: str
+    settings: Path
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _settings_json(
+    client: ClientSettings,
+    *,
+    base: Path,
+    fed: Federation,
+    policy: Path | None,
+    policy_ca: Path | None,
+    token_file: Path,
+) -> dict[str, Any]:
+    here = base / SETTINGS_DIR
+
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, here)
+
+    doc: dict[str, Any] = {
+        "agency": client.agency_id,
+        "nats": {
+            "url": client.nats_url,
+            "ca_file": rel(client.ca_file),
+            "cert_file": rel(client.tls_cert),
+            "key_file": rel(client.tls_key),
+        },
+        "keys": {
+            "signing_key": rel(client.signing_key),
+            "signing_cert": rel(client.signing_cert),
+            "agreement_key": rel(client.agreement_key),
+            "agreement_cert": rel(client.agreement_cert),
+        },
+        "directory": {
+            "file": rel(fed.settings.directory),
+            "root_cert": rel(fed.settings.root_cert),
+        },
+        "store": rel(base / STORE_DIR / f"{client.agency_id}.sqlite"),
+        "api": {"host": "127.0.0.1", "port": client.http_port, "token_file": rel(token_file)},
+    }
+    if policy is not None and policy_ca is not None:
+        doc["policy"] = {"file": rel(policy), "ca_cert": rel(policy_ca)}
+    return doc
+
+
+def sign_policies(fed: Federation, policy_dir: Path) -> dict[str, Path]:
+    """Sign ``<policy_dir>/<cc>.yaml`` for every country with that country's CA key."""
+    base = fed.settings.base
+    pki = PkiStore(fed.settings.pki_dir)
+    signed: dict[str, Path] = {}
+    for code in fed.settings.countries:
+        source = policy_dir / f"{code.lower()}.yaml"
+        if not source.exists():
+            continue
+        ca = pki.read_certified(country_stem(code, "ca"))
+        token = sign_policy(source.read_bytes(), ca_key=ca.key, ca_cert=ca.cert, source=str(source))
+        out = base / POLICY_DIR / f"{code.lower()}.policy.jws"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(token + "\n", encoding="utf-8")
+        signed[code] = out
+    return signed
+
+
+def prepare(fed: Federation, *, policy_dir: Path | None) -> list[NodeEndpoint]:
+    """Write gateway and node settings and register their processes with ``fed``."""
+    base = fed.settings.base
+    signed = sign_policies(fed, policy_dir) if policy_dir is not None else {}
+    pki_dir = fed.settings.pki_dir
+    processes: list[ProcessSpec] = []
+    endpoints: list[NodeEndpoint] = []
+    for code, gateway in sorted(fed.settings.gateways.items()):
+        if code not in signed:
+            raise ConfigError(f"no policy for {code} in {policy_dir}: its gateway would deny all")
+        ca_cert = pki_dir / f"{country_stem(code, 'ca')}.pem"
+        token_file = base / SETTINGS_DIR / f"{gateway.agency_id}.token"
+        _write_private(token_file, secrets.token_urlsafe(24))
+        path = base / SETTINGS_DIR / f"{gateway.agency_id}.json"
+        doc = _settings_json(
+            gateway,
+            base=base,
+            fed=fed,
+            policy=signed[code],
+            policy_ca=ca_cert,
+            token_file=token_file,
+        )
+        _write_private(path, json.dumps(doc, indent=2) + "\n")
+        processes.append(
+            ProcessSpec(
+                name=f"gateway-{code.lower()}",
+                argv=("{python}", "-m", "broker.cli", "gateway", "--settings", str(path)),
+                country=code,
+            )
+        )
+    for agency_id, node in sorted(fed.settings.nodes.items()):
+        code = node.country
+        ca_cert = pki_dir / f"{country_stem(code, 'ca')}.pem"
+        token = secrets.token_urlsafe(24)
+        token_file = base / SETTINGS_DIR / f"{agency_id}.token"
+        _write_private(token_file, token)
+        path = base / SETTINGS_DIR / f"{agency_id}.json"
+        doc = _settings_json(
+            node,
+            base=base,
+            fed=fed,
+            policy=signed.get(code),
+            policy_ca=ca_cert if code in signed else None,
+            token_file=token_file,
+        )
+        _write_private(path, json.dumps(doc, indent=2) + "\n")
+        processes.append(
+            ProcessSpec(
+                name=f"node-{agency_id}",
+                argv=("{python}", "-m", "broker.cli", "node", "--settings", str(path)),
+                country=code,
+            )
+        )
+        endpoints.append(
+            NodeEndpoint(
+                agency_id=agency_id,
+                url=f"http://127.0.0.1:{node.http_port}",
+                token=token,
+                settings=path,
+            )
+        )
+    (base / STORE_DIR).mkdir(parents=True, exist_ok=True)
+    fed.set_processes(processes)
+    return endpoints
+
+
+def endpoints(fed: Federation) -> list[NodeEndpoint]:
+    """The node API endpoints of an initialised federation (tokens read from their files)."""
+    base = fed.settings.base
+    out = []
+    for agency_id, node in sorted(fed.settings.nodes.items()):
+        token_file = base / SETTINGS_DIR / f"{agency_id}.token"
+        if not token_file.exists():
+            continue
+        out.append(
+            NodeEndpoint(
+                agency_id=agency_id,
+                url=f"http://127.0.0.1:{node.http_port}",
+                token=token_file.read_text(encoding="utf-8").strip(),
+                settings=base / SETTINGS_DIR / f"{agency_id}.json",
+            )
+        )
+    return out
