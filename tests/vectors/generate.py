@@ -151,6 +151,7 @@ def main() -> None:
         outer_header: dict[str, Any] | None = None,
         jwe_edit: Callable[[dict[str, Any]], None] | None = None,
         jws_header: dict[str, Any] | None = None,
+        commit_other: bool = False,
     ) -> bytes:
         h = replace(h, categories=categories(h.type, body))
         kid = keys["de.lka-berlin"]["signing_kid"]
@@ -177,7 +178,7 @@ def main() -> None:
             {
                 "header": outer_header or h.to_json(),
                 "jwe_sha256": jose.sha256_b64url(jwe_text.encode()),
-                "commitment": jose.sha256_b64url(inner),
+                "commitment": jose.sha256_b64url(inner + b"." if commit_other else inner),
             }
         )
         if jws_header is None:
@@ -355,9 +356,41 @@ def main() -> None:
         header=hx, body=body, sender=sender, resolver=resolver, now=t0, salt=secrets.token_bytes(16)
     )
     cases.append(("expired", expired, "nl.politie-nec", "expired"))
+    cases.extend(_more_cases(good_obj, h, body, parts, with_outer))
     for name, wire, recipient, reason in cases:
         write(f"invalid-{name}", wire, recipient, reason=reason)
     print(f"wrote {len(list(HERE.glob('valid-*.json')))} valid and {len(cases)} invalid vectors")
+
+
+def _more_cases(
+    good_obj: dict[str, Any],
+    h: Header,
+    body: dict[str, Any],
+    parts: Callable[..., bytes],
+    with_outer: Callable[[str], bytes],
+) -> list[tuple[str, bytes, str, str]]:
+    """High-S twin signature, off-curve ephemeral key, inner content not the committed one."""
+    head, payload, sig = good_obj["outer"].split(".")
+    raw = jose.b64url_decode(sig, what="s")
+    high_s = (jose.P256_ORDER - int.from_bytes(raw[32:], "big")).to_bytes(32, "big")
+    twin = f"{head}.{payload}.{jose.b64url_encode(raw[:32] + high_s)}"
+
+    def off_curve(obj: dict[str, Any]) -> None:
+        epk = obj["recipients"][0]["header"]["epk"]
+        y = bytearray(jose.b64url_decode(epk["y"], what="y"))
+        y[-1] ^= 1
+        epk["y"] = jose.b64url_encode(bytes(y))
+
+    return [
+        ("high-s-signature", with_outer(twin), "nl.politie-nec", "bad_signature"),
+        ("off-curve-epk", parts(h, body, jwe_edit=off_curve), "nl.politie-nec", "decrypt_failed"),
+        (
+            "commitment-mismatch",
+            parts(h, body, commit_other=True),
+            "nl.politie-nec",
+            "commitment_mismatch",
+        ),
+    ]
 
 
 if __name__ == "__main__":
