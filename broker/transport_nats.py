@@ -176,7 +176,10 @@ class NatsTransport:
     async def close(self) -> None:
         self._closed = True
         if self._nc is not None:
+            # close, not drain: drain waits for the pull subscription's pending queue, which
+            # nobody reads once the receiver is cancelled (it hung for drain_timeout, 30 s).
+            # An unacked delivery is redelivered and recognised by its receipt.
             with contextlib.suppress(NatsError, JetStreamError):
-                await self._nc.drain()
+                await self._nc.close()
             self._nc = None
             self._js = None

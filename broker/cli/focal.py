@@ -4,7 +4,8 @@ explain.
 The node is ``--node URL`` (or ``$CASEBRIDGE_NODE``, default ``http://127.0.0.1:8470``) and the
 token ``--token`` (or ``$CASEBRIDGE_TOKEN``). Output is a readable table by default and the
 node's JSON with ``--json``. Node errors print as ``error [reason]: detail`` (exit status 2).
-This module never reads keys or the node's database: everything goes through the API.
+HTTP goes through :class:`broker.sdk.NodeClient`; this module never reads keys or the node's
+database: everything goes through the API.
 """
 
 from __future__ import annotations
@@ -14,68 +15,17 @@ import getpass
 import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from broker.core.header import HANDLING_CODES, PURPOSES, TLP_MARKINGS
+from broker.sdk import NodeClient
+from broker.sdk import NodeError as NodeCallError
 
 DEFAULT_NODE: Final = "http://127.0.0.1:8470"
-TIMEOUT: Final = 30.0
 
-
-class NodeCallError(Exception):
-    """The node answered with an error document (or could not be reached)."""
-
-    def __init__(self, reason: str, detail: str, rule_id: str | None = None) -> None:
-        self.reason, self.detail, self.rule_id = reason, detail, rule_id
-        super().__init__(f"{reason}: {detail}")
-
-
-class NodeClient:
-    """A minimal JSON client of the node API (stdlib only)."""
-
-    def __init__(self, base: str, token: str) -> None:
-        parsed = urllib.parse.urlsplit(base)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise NodeCallError("bad_request", f"--node must be an http(s) URL, not {base!r}")
-        self.base = base.rstrip("/")
-        self.token = token
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: object = None,
-        headers: dict[str, str] | None = None,
-        query: dict[str, str] | None = None,
-    ) -> Any:
-        url = self.base + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        data = json.dumps(body).encode("utf-8") if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked in __init__
-        request.add_header("Authorization", f"Bearer {self.token}")
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310 - scheme checked in __init__
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            try:
-                error = json.loads(exc.read())["error"]
-            except (ValueError, KeyError, TypeError):
-                raise NodeCallError("http_error", f"HTTP {exc.code} from the node") from None
-            raise NodeCallError(
-                str(error.get("reason")), str(error.get("detail")), error.get("rule_id")
-            ) from None
-        except urllib.error.URLError as exc:
-            raise NodeCallError("node_unreachable", f"{self.base}: {exc.reason}") from None
+__all__ = ["DEFAULT_NODE", "NodeCallError", "NodeClient", "register", "table"]
 
 
 # ------------------------------------------------------------------ output ---
@@ -111,7 +61,11 @@ def _client(args: argparse.Namespace) -> NodeClient:
     token = args.token or os.environ.get("CASEBRIDGE_TOKEN", "")
     if not token:
         raise NodeCallError("unauthorized", "give --token or set CASEBRIDGE_TOKEN")
-    return NodeClient(args.node or os.environ.get("CASEBRIDGE_NODE", DEFAULT_NODE), token)
+    base = args.node or os.environ.get("CASEBRIDGE_NODE", DEFAULT_NODE)
+    try:
+        return NodeClient(base, token)
+    except NodeCallError:
+        raise NodeCallError("bad_request", f"--node must be an http(s) URL, not {base!r}") from None
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,34 +113,32 @@ def _send_result(args: argparse.Namespace, result: dict[str, Any]) -> int:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
-    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    result = _client(args).call("POST", "/v1/messages", body=_draft(args), headers=headers)
-    return _send_result(args, result)
+    result = _client(args).send(_draft(args), idempotency_key=args.idempotency_key)
+    return _send_result(args, dict(result))
 
 
 def _cmd_reply(args: argparse.Namespace) -> int:
     draft = _draft(args, in_reply_to=args.id)
-    return _send_result(args, _client(args).call("POST", "/v1/messages", body=draft))
+    return _send_result(args, dict(_client(args).send(draft)))
 
 
 def _cmd_inbox(args: argparse.Namespace) -> int:
-    query = {"limit": str(args.limit)}
-    for flag in ("unread", "overdue"):
-        if getattr(args, flag):
-            query[flag] = "1"
-    if args.conversation:
-        query["conversation"] = args.conversation
-    document = _client(args).call("GET", "/v1/inbox", query=query)
+    messages = _client(args).inbox(
+        unread=args.unread,
+        overdue=args.overdue,
+        conversation=args.conversation or None,
+        limit=args.limit,
+    )
     columns = ("message_id", "type", "sender", "received_at", "due", "overdue", "read_at")
-    _emit(args, document, table(document["messages"], columns))
+    rows: list[dict[str, Any]] = [dict(m) for m in messages]
+    _emit(args, {"messages": rows}, table(rows, columns))
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    headers = {"X-Actor": args.actor or getpass.getuser()}
-    if args.why:
-        headers["X-Justification"] = args.why
-    document = _client(args).call("GET", f"/v1/messages/{args.id}", headers=headers)
+    document = _client(args).show(
+        args.id, justification=args.why, actor=args.actor or getpass.getuser()
+    )
     fields = ("message_id", "direction", "type", "sender", "conversation", "in_reply_to", "due")
     summary = "\n".join(f"{f}: {_cell(document.get(f))}" for f in fields)
     body = json.dumps(document.get("body"), indent=2, ensure_ascii=False)
@@ -195,7 +147,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    document = _client(args).call("GET", f"/v1/messages/{args.id}/evidence")
+    document: dict[str, Any] = dict(_client(args).evidence(args.id))
     columns = ("at", "kind", "actor", "reason", "rule_id", "detail")
     head = f"{document['message_id']} ({document['direction']}, {_cell(document['state'])})"
     _emit(args, document, f"{head}\n{table(document['evidence'], columns)}")
@@ -203,7 +155,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    document = _client(args).call("POST", "/v1/explain", body=_draft(args))
+    document: dict[str, Any] = dict(_client(args).explain(_draft(args)))
     verdict = "ALLOWED" if document["allowed"] else "DENIED"
     lines = [f"{verdict} by {document['rule_id']}: {document['reason']}"]
     if document.get("categories") is not None:

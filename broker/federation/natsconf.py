@@ -32,7 +32,7 @@ CROSS_DOMAIN_REPLIES: Final = "$JSC.R.>"
 # Flow-control replies of the push consumers that stream sourcing creates in the peer domain.
 FLOW_CONTROL: Final = "$JS.FC.>"
 # Local streams whose consumers must never be created from outside the country.
-LOCAL_STREAMS: Final = (s.SUBMIT_STREAM, s.INBOX_STREAM, s.DELIVER_STREAM)
+LOCAL_STREAMS: Final = (s.SUBMIT_STREAM, s.INBOX_STREAM, s.DELIVER_STREAM, s.AUDIT_STREAM)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -112,6 +112,7 @@ def agency_permissions(agency_id: str) -> Permissions:
     return Permissions(
         publish=(
             s.submit_subject(agency_id),
+            s.audit_subject(agency_id),  # signed audit checkpoints for the gateway
             api % "INFO",
             api % "MSG.NEXT",
             f"$JS.ACK.{s.DELIVER_STREAM}.{durable}.>",
@@ -174,6 +175,7 @@ def leaf_deny_imports(code: str) -> tuple[str, ...]:
         s.SUBMIT_SUBJECTS,
         s.DELIVER_SUBJECTS,
         s.OUT_SUBJECTS,
+        s.AUDIT_SUBJECTS,
         f"{s.INBOX_ROOT}.>",
     )
 
@@ -184,6 +186,7 @@ def leaf_deny_exports() -> tuple[str, ...]:
         s.SUBMIT_SUBJECTS,
         s.DELIVER_SUBJECTS,
         s.OUT_SUBJECTS,
+        s.AUDIT_SUBJECTS,
         f"{s.INBOX_ROOT}.>",
         "$JS.API.>",
         "$JS.ACK.>",

@@ -8,6 +8,8 @@ Per country (account ``CB``, docs/federation.md):
   ``cb.xd.<p>.<cc>``; read by the gateway (durable ``gateway-in``);
 - ``DELIVER``  ``cb.deliver.>``, work queue, one pull consumer ``node-<agency>`` per agency
   filtered on its own subject (created here: agencies may not create consumers).
+- ``AUDIT``    ``cb.audit.>``, signed audit checkpoints of the nodes, read by the gateway
+  (durable ``gateway-audit``), kept without age limit (small; docs/data-protection.md).
 
 Safe to run at every ``up``: streams are added or updated to the wanted configuration,
 consumers are created only when missing (an existing consumer is left as its user set it up).
@@ -123,6 +125,23 @@ def deliver_config() -> StreamConfig:
     )
 
 
+def audit_config() -> StreamConfig:
+    return StreamConfig(
+        name=s.AUDIT_STREAM,
+        description="signed audit checkpoints of the country's nodes, kept by the gateway",
+        subjects=[s.AUDIT_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        # No age limit: a checkpoint is the proof a node cannot rewrite its log; it must
+        # outlive the node's audit retention, and it holds no personal data.
+        max_age=0,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
 def _pull(durable: str, filter_subject: str | None, description: str) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=durable,
@@ -140,6 +159,7 @@ def consumer_configs(country: CountryStreams) -> list[tuple[str, ConsumerConfig]
     wanted = [
         (s.SUBMIT_STREAM, _pull(s.GATEWAY_SUBMIT_DURABLE, None, "border gateway: submissions")),
         (s.INBOX_STREAM, _pull(s.GATEWAY_INBOX_DURABLE, None, "border gateway: from abroad")),
+        (s.AUDIT_STREAM, _pull(s.GATEWAY_AUDIT_DURABLE, None, "border gateway: audit roots")),
     ]
     wanted += [
         (
@@ -159,6 +179,7 @@ def stream_configs(country: CountryStreams) -> list[StreamConfig]:
         *(out_config(country.code, p) for p in peers),
         inbox_config(country.code, peers),
         deliver_config(),
+        audit_config(),
     ]
 
 

@@ -18,13 +18,17 @@ SYSTEM_ACCOUNT: Final = "SYS"
 SUBMIT_STREAM: Final = "SUBMIT"
 INBOX_STREAM: Final = "INBOX"
 DELIVER_STREAM: Final = "DELIVER"
+# Signed audit checkpoints of the country's nodes, kept by the gateway (docs/data-protection.md).
+AUDIT_STREAM: Final = "AUDIT"
 # Durable consumers of the border gateway (shared by all gateway instances of a country).
 GATEWAY_SUBMIT_DURABLE: Final = "gateway"
 GATEWAY_INBOX_DURABLE: Final = "gateway-in"
+GATEWAY_AUDIT_DURABLE: Final = "gateway-audit"
 
 SUBMIT_SUBJECTS: Final = "cb.submit.>"
 DELIVER_SUBJECTS: Final = "cb.deliver.>"
 OUT_SUBJECTS: Final = "cb.out.>"
+AUDIT_SUBJECTS: Final = "cb.audit.>"
 INBOX_ROOT: Final = "_INBOX"
 
 
@@ -41,6 +45,11 @@ def submit_subject(agency_id: str) -> str:
 def deliver_subject(agency_id: str) -> str:
     """Where the gateway delivers messages for ``agency_id``: ``cb.deliver.<agency>``."""
     return f"cb.deliver.{agency_id}"
+
+
+def audit_subject(agency_id: str) -> str:
+    """Where agency ``agency_id`` publishes its signed audit checkpoints: ``cb.audit.<agency>``."""
+    return f"cb.audit.{agency_id}"
 
 
 def out_stream(peer: str) -> str:

@@ -32,6 +32,7 @@ from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError
 from broker.federation import subjects
+from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, Outcome, Publish
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.node.settings import Settings
@@ -161,6 +162,7 @@ async def _pull_loop(
     decide: Callable[[bytes, str], Outcome],
     direction: str,
     stop: asyncio.Event,
+    record: Callable[[str, Outcome], None] | None = None,
 ) -> None:
     sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
     while not stop.is_set():
@@ -174,6 +176,15 @@ async def _pull_loop(
         for msg in batch:
             outcome = decide(msg.data, msg.subject)
             _log_outcome(direction, outcome)
+            if record is not None:
+                # Logged before anything is published: no border crossing without its record.
+                try:
+                    record(direction, outcome)
+                except Exception:
+                    log.exception("audit_failed", message_id=outcome.message_id)
+                    with contextlib.suppress(NatsError, JetStreamError):
+                        await msg.nak(delay=NAK_DELAY)
+                    continue
             try:
                 await _publish_all(js, outcome.publishes)
             except (NatsError, JetStreamError, TimeoutError) as exc:
@@ -181,6 +192,52 @@ async def _pull_loop(
                 with contextlib.suppress(NatsError, JetStreamError):
                     await msg.nak(delay=NAK_DELAY)
                 continue
+            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+                await msg.ack_sync(timeout=PUBLISH_TIMEOUT)
+
+
+async def run_audit_roots(
+    js: JetStreamContext,
+    ledger: GatewayLedger,
+    *,
+    directory: Callable[[], Directory],
+    clock: Callable[[], datetime],
+    stop: asyncio.Event,
+) -> None:
+    """Keep every verified audit checkpoint the country's nodes publish on ``cb.audit.*``;
+    a checkpoint that does not verify is logged and dropped (term), never kept."""
+    sub = await js.pull_subscribe_bind(
+        durable=subjects.GATEWAY_AUDIT_DURABLE, stream=subjects.AUDIT_STREAM
+    )
+    prefix = subjects.audit_subject("")
+    while not stop.is_set():
+        try:
+            batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
+        except TimeoutError:
+            continue
+        except (NatsError, JetStreamError):
+            await asyncio.sleep(0.5)
+            continue
+        for msg in batch:
+            agency = msg.subject.removeprefix(prefix)
+            try:
+                checkpoint = ledger.accept_checkpoint(
+                    msg.data.decode("ascii", "replace"),
+                    subject_agency=agency,
+                    directory=directory(),
+                    now=clock(),
+                )
+            except CasebridgeError as exc:
+                log.warning("audit_checkpoint_refused", node=agency, reason=exc.reason.value)
+                with contextlib.suppress(NatsError, JetStreamError):
+                    await msg.term()
+                continue
+            log.info(
+                "audit_checkpoint_kept",
+                node=agency,
+                first_seq=checkpoint.first_seq,
+                last_seq=checkpoint.last_seq,
+            )
             with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
                 await msg.ack_sync(timeout=PUBLISH_TIMEOUT)
 
@@ -195,6 +252,11 @@ async def run_gateway(
     """Run one border gateway until ``stop`` is set (or forever)."""
     stop = stop or asyncio.Event()
     border, holder, _policies = build_border(settings, now=clock())
+    ledger = GatewayLedger(settings.store_path, agency=settings.agency)
+
+    def record(direction: str, outcome: Outcome) -> None:
+        ledger.record(direction, outcome, now=clock())
+
     nc = await connect(
         settings.nats.url,
         tls=tls_context(
@@ -231,6 +293,7 @@ async def run_gateway(
                 decide=egress,
                 direction="egress",
                 stop=stop,
+                record=record,
             )
         ),
         asyncio.create_task(
@@ -241,7 +304,11 @@ async def run_gateway(
                 decide=ingress,
                 direction="ingress",
                 stop=stop,
+                record=record,
             )
+        ),
+        asyncio.create_task(
+            run_audit_roots(js, ledger, directory=lambda: holder.directory, clock=clock, stop=stop)
         ),
         asyncio.create_task(refresh()),
     ]
@@ -255,6 +322,10 @@ async def run_gateway(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # close, not drain: nats-py's drain waits for the pull subscriptions' pending queues,
+        # which nobody reads once the loops are cancelled, so it hung for drain_timeout (30 s).
+        # Unacked inputs are redelivered after the ack wait; the outputs are deduplicated.
         with contextlib.suppress(NatsError, JetStreamError):
-            await nc.drain()
+            await nc.close()
+        ledger.close()
         log.info("gateway_stopped", agency=settings.agency)

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from broker.core import canonical
 from broker.errors import CasebridgeError, InvalidMessage, PolicyDenied, SchemaInvalid
+from broker.node import corrections
 from broker.node.errors import BadRequest, NodeError, NotFound, Unauthorized
 from broker.node.model import Draft, OutboxState
 from broker.node.service import Node
@@ -121,6 +122,8 @@ def create_app(node_context: NodeContext, *, token: str) -> web.Application:
     app.router.add_get("/v1/messages/{id}", _message)
     app.router.add_get("/v1/messages/{id}/evidence", _evidence)
     app.router.add_get("/v1/threads/{conversation}", _thread)
+    app.router.add_post("/v1/messages/{id}/correction", _notice)
+    app.router.add_post("/v1/messages/{id}/withdrawal", _notice)
     return app
 
 
@@ -231,7 +234,9 @@ async def _submit(request: web.Request) -> web.Response:
             raise BadRequest("Idempotency-Key must be 1-255 characters")
         digest = hashlib.sha256(canonical.dumps(raw)).hexdigest()
         idempotency = (key, digest)
-    result = await request.app[NODE_KEY].send(draft, idempotency=idempotency)
+    result = await request.app[NODE_KEY].send(
+        draft, idempotency=idempotency, actor=request.headers.get("X-Actor")
+    )
     status = 201 if result.state is OutboxState.ACKNOWLEDGED else 202
     return web.json_response(result.to_json(), status=status)
 
@@ -273,15 +278,20 @@ async def _message(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     message_id = _id(request)
     sent = node.store.outbox_message(message_id)
+    lawful = node.store.query(lambda db: corrections.marks(db, message_id))
     if sent is not None:
-        return web.json_response({"direction": "sent", **sent.to_json()})
+        return web.json_response({"direction": "sent", **sent.to_json(), **lawful})
     if node.store.inbox_message(message_id) is None:
         raise NotFound(f"no message {message_id}")
     justification = request.headers.get("X-Justification") or request.query.get("justification", "")
     actor = request.headers.get("X-Actor") or DEFAULT_ACTOR
     received = await node.read(message_id, actor=actor, justification=justification)
     return web.json_response(
-        {"direction": "received", **received.to_json(today=node.today(), with_body=True)}
+        {
+            "direction": "received",
+            **received.to_json(today=node.today(), with_body=True),
+            **lawful,
+        }
     )
 
 
@@ -316,3 +326,17 @@ async def _thread(request: web.Request) -> web.Response:
     ] + [{"direction": "sent", "at": m.created_at, **m.to_json(with_body=False)} for m in sent]
     items.sort(key=lambda item: (str(item["at"]), str(item["message_id"])))
     return web.json_response({"conversation": conversation, "messages": items})
+
+
+async def _notice(request: web.Request) -> web.Response:
+    """A correction or withdrawal of a message, sent to every agency it was disclosed to."""
+    kind = request.path.rsplit("/", 1)[-1]
+    result = await corrections.send_notice(
+        request.app[NODE_KEY],
+        kind=kind,
+        message_id=_id(request),
+        body=await _json_body(request),
+        actor=request.headers.get("X-Actor"),
+    )
+    status = 201 if result.state is OutboxState.ACKNOWLEDGED else 202
+    return web.json_response(result.to_json(), status=status)

@@ -11,7 +11,9 @@ codes there)::
     ├── JustificationRequired   428  opening an inbox message needs a stated justification
     ├── NotFound                404  no such message / conversation
     ├── IdempotencyConflict     409  an Idempotency-Key reused with another request
-    └── TransportUnavailable    503  the federation did not acknowledge a submission
+    ├── TransportUnavailable    503  the federation did not acknowledge a submission
+    └── AuditUnavailable        503  the audit record could not be written: operation not done
+                                     (defined in broker.node.audit_log)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class NodeReason(StrEnum):
     NOT_FOUND = "not_found"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     TRANSPORT_UNAVAILABLE = "transport_unavailable"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
 
 
 class NodeError(Exception):

@@ -24,6 +24,7 @@ from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.node import lawful_jobs
 from broker.node.policy import Preflight, RecipientCheck
 from broker.node.policy_engine import EnginePolicy
 from broker.node.service import Node
@@ -113,6 +114,13 @@ async def running_node(
         tasks = [
             asyncio.create_task(node.run_receiver(), name="receiver"),
             asyncio.create_task(node.run_outbox(), name="outbox"),
+            asyncio.create_task(
+                lawful_jobs.run_checkpoints(node, interval=settings.checkpoint_seconds),
+                name="audit-checkpoints",
+            ),
+            asyncio.create_task(
+                lawful_jobs.run_retention(node, settings.retention), name="retention"
+            ),
         ]
         try:
             yield node
@@ -122,6 +130,8 @@ async def running_node(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, CasebridgeError):
                     await task
+            # The records since the last checkpoint go to the gateway before we stop.
+            await lawful_jobs.final_checkpoint(node)
     finally:
         close = getattr(transport, "close", None)
         if close is not None:

@@ -37,6 +37,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from broker.core import jose
+from broker.core.audit import Checkpoint, sign_checkpoint
 from broker.core.envelope import (
     DEFAULT_LIMITS,
     Limits,
@@ -49,6 +50,7 @@ from broker.core.envelope import (
 from broker.core.header import Header, Onward, agency_country
 from broker.core.trust import KeyResolver
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
+from broker.node import audit_log, corrections
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
 from broker.node.errors import (
     BadRequest,
@@ -274,15 +276,22 @@ class Node:
             "recipients": list(header.recipients),
         }
 
-    async def send(self, draft: Draft, *, idempotency: tuple[str, str] | None = None) -> SendResult:
+    async def send(
+        self,
+        draft: Draft,
+        *,
+        idempotency: tuple[str, str] | None = None,
+        actor: str | None = None,
+    ) -> SendResult:
         """Validate, pre-flight, seal, store and submit ``draft``.
 
         ``idempotency`` is ``(key, request_hash)``: the same key and hash return the first
-        result without sending again; the same key with another hash is a conflict. Raises
+        result without sending again; the same key with another hash is a conflict. ``actor``
+        (the person sending; None: the system) goes into the disclosure records. Raises
         ``PolicyDenied``/``SchemaInvalid``/``InvalidMessage`` before anything is stored.
         """
         if idempotency is None:
-            return await self._send(draft, None)
+            return await self._send(draft, None, actor)
         async with self._idempotency:
             found = await asyncio.to_thread(self.store.idempotent, idempotency[0])
             if found is not None:
@@ -293,13 +302,24 @@ class Node:
                 if stored is None:  # pragma: no cover - the key and the message share a commit
                     raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
                 return _result(stored, rule_id="", redactions=())
-            return await self._send(draft, idempotency)
+            return await self._send(draft, idempotency, actor)
 
-    async def _send(self, draft: Draft, idempotency: tuple[str, str] | None) -> SendResult:
+    async def _send(
+        self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None = None
+    ) -> SendResult:
         header, clearance = await asyncio.to_thread(self.clear, draft)
         now = self._clock()
         sealed = await asyncio.to_thread(self._seal, header, clearance.body, now)
-        await asyncio.to_thread(self.store.add_outbox, sealed, now=now, idempotency=idempotency)
+        disclosed = audit_log.disclosures(
+            sealed.header, sealed.digest, actor=actor, agency=self.agency_id
+        )
+        await asyncio.to_thread(
+            self.store.add_outbox,
+            sealed,
+            now=now,
+            idempotency=idempotency,
+            within=audit_log.log(disclosed, now=now),
+        )
         self._log.info("message_queued", message_id=header.id, type=header.type)
         state = await self.submit(sealed.message_id, attempts=self._retry.inline_attempts)
         return SendResult(
@@ -441,6 +461,9 @@ class Node:
             now=now,
             evidence=record,
             sealed=sealed,
+            within=corrections.on_delivery(
+                header.to_json(), opened.body, receipt.digest, agency=self.agency_id, now=now
+            ),
         )
         self._log.info(
             "message_delivered", message_id=header.id, sender=header.sender, type=header.type
@@ -610,6 +633,20 @@ class Node:
             now=now,
             evidence=record,
             sealed=sealed,
+            within=audit_log.log(
+                [
+                    audit_log.consultation(
+                        message_id=message_id,
+                        message_type=message.type,
+                        sender=message.sender,
+                        digest=message.digest,
+                        actor=actor,
+                        justification=justification,
+                        agency=self.agency_id,
+                    )
+                ],
+                now=now,
+            ),
         )
         self._log.info("message_consulted", message_id=message_id, first=first)
         if first and sealed is not None:
@@ -617,6 +654,14 @@ class Node:
         opened = await asyncio.to_thread(self.store.inbox_message, message_id)
         assert opened is not None  # noqa: S101 - inbox rows are never deleted here
         return opened
+
+    def now(self) -> datetime:
+        """The node's clock (the audit checkpoint and retention jobs run on it)."""
+        return self._clock()
+
+    def sign_audit_checkpoint(self, checkpoint: Checkpoint) -> str:
+        """Sign an audit checkpoint with this agency's signing key (the key stays here)."""
+        return sign_checkpoint(checkpoint, self._sender.signing_key, kid=self._sender.signing_kid)
 
     def today(self) -> str:
         """Today's date (``YYYY-MM-DD``, UTC) by the node's clock: the overdue cut-off."""

@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
+from broker.node.retention import RetentionPolicy
 
 TOKEN_ENV: Final = "CASEBRIDGE_NODE_TOKEN"  # noqa: S105 - a variable name, not a secret
 DEFAULT_PORT: Final = 8470
 _TOP: Final = frozenset(
-    {"agency", "nats", "keys", "directory", "policy", "store", "api", "message_lifetime_days"}
+    {
+        "agency",
+        "nats",
+        "keys",
+        "directory",
+        "policy",
+        "store",
+        "api",
+        "message_lifetime_days",
+        "retention",
+        "audit",
+    }
 )
+DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,6 +83,9 @@ class Settings:
     policy_file: Path | None = None
     policy_ca_cert: Path | None = None
     message_lifetime_days: int = 30
+    # docs/data-protection.md: body retention per message type, audit checkpoint interval
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -132,6 +148,10 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
     lifetime = top.get("message_lifetime_days", 30)
     if not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 0 < lifetime <= 90:
         raise ConfigError("settings: message_lifetime_days must be 1-90")
+    audit = _obj(top.get("audit", {}), "audit", frozenset({"checkpoint_seconds"}))
+    checkpoint_seconds = audit.get("checkpoint_seconds", DEFAULT_CHECKPOINT_SECONDS)
+    if not isinstance(checkpoint_seconds, int | float) or not 0 < checkpoint_seconds <= 86400:
+        raise ConfigError("settings: audit.checkpoint_seconds must be 1-86400")
     store = top.get("store")
     if not isinstance(store, str) or not store:
         raise ConfigError("settings: store must be the SQLite file path")
@@ -156,4 +176,6 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         policy_file=file(_text(policy, "file", "policy")) if policy else None,
         policy_ca_cert=file(_text(policy, "ca_cert", "policy")) if policy else None,
         message_lifetime_days=lifetime,
+        retention=RetentionPolicy.from_json(top.get("retention")),
+        checkpoint_seconds=float(checkpoint_seconds),
     )

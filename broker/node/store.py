@@ -26,13 +26,14 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from broker.errors import ConfigError, InvalidMessage, Reason
+from broker.node.audit_log import AUDIT_MIGRATION, Within
 from broker.node.model import (
     EVIDENCE_PREFIX,
     EvidenceKind,
@@ -135,6 +136,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         created_at TEXT NOT NULL
     );
     """,
+    # 2: audit log, checkpoints, correction marks, erasures (broker.node.audit_log)
+    AUDIT_MIGRATION,
 )
 
 
@@ -234,6 +237,15 @@ class Store:
         with self._lock:
             return fn(self._db)
 
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction for modules that keep their own tables here (audit log,
+        retention, corrections): everything inside commits or rolls back together."""
+        return self._write()
+
+    def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only ``fn`` on the connection, under the store's lock."""
+        return self._read(fn)
+
     # ------------------------------------------------------------ replay store
 
     def seen(self, message_id: str, *, now: datetime) -> bool:
@@ -266,10 +278,14 @@ class Store:
         *,
         now: datetime,
         idempotency: tuple[str, str] | None = None,
+        within: Within | None = None,
     ) -> None:
-        """Store a sealed message as ``queued`` (with its API idempotency key, if any)."""
+        """Store a sealed message as ``queued`` (with its API idempotency key, if any);
+        ``within`` (its disclosure records) runs in the same transaction."""
         with self._write() as db:
             _insert_outbox(db, sealed, now)
+            if within is not None:
+                within(db)
             if idempotency is not None:
                 key, request_hash = idempotency
                 db.execute(
@@ -353,10 +369,11 @@ class Store:
         now: datetime,
         evidence: EvidenceRecord | None,
         sealed: SealedRecord | None,
+        within: Within | None = None,
     ) -> None:
         """Store a delivered message, remember its id, record its receipt and the ``delivered``
-        evidence, in one transaction. Raises ``InvalidMessage(REPLAY)`` (nothing stored) if
-        the id was accepted before."""
+        evidence, in one transaction (with ``within``: its audit record, correction marks).
+        Raises ``InvalidMessage(REPLAY)`` (nothing stored) if the id was accepted before."""
         message_id = str(header["id"])
         with self._write() as db:
             if not _remember(db, message_id, replay_expires_at, now):
@@ -382,6 +399,8 @@ class Store:
                 _insert_evidence(db, evidence)
             if sealed is not None:
                 _insert_outbox(db, sealed, now)
+            if within is not None:
+                within(db)
 
     def commit_evidence_received(
         self,
@@ -505,10 +524,14 @@ class Store:
         now: datetime,
         evidence: EvidenceRecord | None,
         sealed: SealedRecord | None,
+        within: Within | None = None,
     ) -> bool:
-        """Log a consultation; on the first one mark the message read and store the ``read``
-        evidence. True if this was the first read (evidence stored)."""
+        """Log a consultation (``within``: its audit record, same transaction); on the first
+        one mark the message read and store the ``read`` evidence. True if this was the first
+        read (evidence stored)."""
         with self._write() as db:
+            if within is not None:
+                within(db)
             db.execute(
                 "INSERT INTO consultations (message_id, actor, justification, at) "
                 "VALUES (?, ?, ?, ?)",

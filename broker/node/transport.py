@@ -28,6 +28,7 @@ from broker.node.peek import unverified_header
 
 SUBMIT_PREFIX: Final = "cb.submit."
 DELIVER_PREFIX: Final = "cb.deliver."
+AUDIT_PREFIX: Final = "cb.audit."
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 
 
@@ -148,6 +149,7 @@ class MemoryBus:
         self.submissions: list[Submission] = []
         self.fail_submits = 0  # next N submits are refused (no ack, nothing stored)
         self.lose_acks = 0  # next N submits are stored but the ack is lost
+        self.audit: list[tuple[str, bytes]] = []  # (agency, token) on cb.audit.<agency>
 
     def attach(self, agency_id: str) -> MemoryTransport:
         """The transport of ``agency_id`` (created on first use, then the same one)."""
@@ -165,6 +167,10 @@ class MemoryBus:
         return sequence
 
     def _submit(self, sender: str, subject: str, data: bytes, msg_id: str) -> None:
+        if subject == f"{AUDIT_PREFIX}{sender}" and not self.fail_submits:
+            self.submissions.append(Submission(subject, msg_id, data, accepted=True))
+            self.audit.append((sender, data))
+            return
         if subject != submit_subject(sender):
             self.submissions.append(Submission(subject, msg_id, data, accepted=False))
             raise TransportUnavailable(f"{sender} may publish only on {submit_subject(sender)}")

@@ -1,0 +1,366 @@
+"""A small, typed, synchronous Python client of a node's local HTTP API (docs/node-api.md).
+
+What it is for
+    Scripts, case systems, the focal-point CLI (:mod:`broker.cli.focal`), the federation demo
+    and the benchmark talk to *their own* node through :class:`NodeClient`: send a draft,
+    list the inbox and outbox, open a message (with a justification), read its evidence trail,
+    explain what pre-flight would decide. Standard library only (``urllib``): no dependency.
+
+Errors
+    Everything that goes wrong raises one :class:`NodeError`, carrying the node's stable
+    ``reason`` code, its ``detail``, the ``rule_id`` of a policy denial, the schema ``errors``
+    and the HTTP ``status`` (``None`` when the node could not be reached at all: reason
+    ``node_unreachable``; ``http_error`` when a response was not the node's error document).
+
+What it must never do
+    Read keys or the node's database, or log message content: everything goes through the API.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, NotRequired, TypedDict, cast
+
+DEFAULT_TIMEOUT: Final = 30.0
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Draft",
+    "EvidenceEntry",
+    "EvidenceTrail",
+    "Explanation",
+    "InboxEntry",
+    "NodeClient",
+    "NodeError",
+    "OutboxEntry",
+    "Readiness",
+    "Rejection",
+    "SendResult",
+    "Thread",
+]
+
+
+# ---------------------------------------------------------------- documents ---
+
+
+class Draft(TypedDict):
+    """A message to send (``POST /v1/messages``, ``POST /v1/explain``)."""
+
+    type: str
+    purpose: str
+    handling: str
+    body: dict[str, Any]
+    tlp: NotRequired[str]
+    to: NotRequired[list[str]]
+    type_version: NotRequired[int]
+    legal_basis: NotRequired[str]
+    due: NotRequired[str]
+    in_reply_to: NotRequired[str]
+    task_force: NotRequired[str]
+    categories: NotRequired[list[str]]
+    onward_allowed: NotRequired[bool]
+
+
+class SendResult(TypedDict):
+    """What the node answered to a submission."""
+
+    message_id: str
+    conversation: str
+    state: str
+    digest: str
+    categories: list[str]
+    rule_id: str
+    redactions: list[str]
+
+
+class Explanation(TypedDict):
+    """What pre-flight would decide about a draft (nothing is sealed or sent)."""
+
+    allowed: bool
+    rule_id: str
+    reason: str
+    categories: NotRequired[list[str]]
+    redactions: NotRequired[list[str]]
+    decisions: NotRequired[list[dict[str, Any]]]
+    recipients: NotRequired[list[str]]
+
+
+class InboxEntry(TypedDict):
+    """A received message (``body`` and ``header`` only when opened with :meth:`show`)."""
+
+    message_id: str
+    type: str
+    sender: str
+    conversation: str
+    in_reply_to: str | None
+    due: str | None
+    overdue: bool
+    answered: bool
+    received_at: str
+    read_at: str | None
+    digest: str
+    direction: NotRequired[str]
+    header: NotRequired[dict[str, Any]]
+    body: NotRequired[dict[str, Any]]
+
+
+class OutboxEntry(TypedDict):
+    """A sent message and its submission state."""
+
+    message_id: str
+    type: str
+    recipients: list[str]
+    conversation: str
+    in_reply_to: str | None
+    due: str | None
+    state: str
+    attempts: int
+    created_at: str
+    updated_at: str
+    last_error: str | None
+    digest: str
+    direction: NotRequired[str]
+    header: NotRequired[dict[str, Any]]
+    body: NotRequired[dict[str, Any]]
+
+
+class EvidenceEntry(TypedDict):
+    """One event of an evidence trail (``relay_accepted``, ``delivered``, ``read``...)."""
+
+    subject_message_id: str | None
+    kind: str
+    actor: str
+    at: str
+    reason: str | None
+    rule_id: str | None
+    detail: str | None
+    evidence_message_id: str | None
+    direction: str
+    digest_matches: bool | None
+
+
+class EvidenceTrail(TypedDict):
+    """The evidence trail of one message."""
+
+    message_id: str
+    direction: str
+    state: str | None
+    evidence: list[EvidenceEntry]
+
+
+class Thread(TypedDict):
+    """Every sent and received message of a conversation, in time order."""
+
+    conversation: str
+    messages: list[dict[str, Any]]
+
+
+class Rejection(TypedDict):
+    """A delivery the node refused."""
+
+    digest: str
+    sequence: int
+    claimed_message_id: str | None
+    claimed_sender: str | None
+    claimed_type: str | None
+    reason: str
+    rule_id: str | None
+    detail: str | None
+    at: str
+
+
+class Readiness(TypedDict):
+    """``/readyz``: ``status`` is ``ready`` or ``not_ready``; ``detail`` says why."""
+
+    status: str
+    detail: str
+
+
+# ------------------------------------------------------------------- errors ---
+
+
+class NodeError(Exception):
+    """The node answered with an error document, or could not be reached.
+
+    ``status`` is the HTTP status (``None``: unreachable). ``rule_id`` is set for policy
+    denials; ``errors`` lists schema errors (``path``, ``validator``, ``message``).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        rule_id: str | None = None,
+        *,
+        status: int | None = None,
+        errors: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.rule_id = rule_id
+        self.status = status
+        self.errors = tuple(errors)
+        super().__init__(f"{reason}: {detail}")
+
+
+# ------------------------------------------------------------------- client ---
+
+
+class NodeClient:
+    """A client of one node's API: ``NodeClient("http://127.0.0.1:8470", token)``."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise NodeError("bad_request", f"the node URL must be http(s), not {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        # Never the token.
+        return f"NodeClient({self.base_url!r})"
+
+    # ------------------------------------------------------------ messages
+
+    def send(
+        self, draft: Draft | Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> SendResult:
+        """Submit ``draft``; raises :class:`NodeError` (``policy_denied`` with ``rule_id``...)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return cast(SendResult, self.call("POST", "/v1/messages", body=draft, headers=headers))
+
+    def explain(self, draft: Draft | Mapping[str, Any]) -> Explanation:
+        """What pre-flight would decide about ``draft`` (``allowed``, ``rule_id``, ...)."""
+        return cast(Explanation, self.call("POST", "/v1/explain", body=draft))
+
+    def inbox(
+        self,
+        *,
+        unread: bool = False,
+        overdue: bool = False,
+        conversation: str | None = None,
+        limit: int | None = None,
+    ) -> list[InboxEntry]:
+        """Received messages, newest first, without bodies."""
+        query = {"unread": "1" if unread else None, "overdue": "1" if overdue else None}
+        query |= {"conversation": conversation, "limit": None if limit is None else str(limit)}
+        document = self.call("GET", "/v1/inbox", query=query)
+        return cast(list[InboxEntry], document["messages"])
+
+    def outbox(
+        self, *, pending: bool = False, evidence: bool = False, limit: int | None = None
+    ) -> list[OutboxEntry]:
+        """Sent messages with their state (``evidence=True``: include evidence we sent)."""
+        query = {
+            "pending": "1" if pending else None,
+            "evidence": "1" if evidence else None,
+            "limit": None if limit is None else str(limit),
+        }
+        document = self.call("GET", "/v1/outbox", query=query)
+        return cast(list[OutboxEntry], document["messages"])
+
+    def show(
+        self, message_id: str, *, justification: str | None = None, actor: str | None = None
+    ) -> dict[str, Any]:
+        """One message. Opening a *received* one needs a ``justification`` and is logged."""
+        headers = {}
+        if justification:
+            headers["X-Justification"] = justification
+        if actor:
+            headers["X-Actor"] = actor
+        return cast(
+            dict[str, Any], self.call("GET", _path("messages", message_id), headers=headers)
+        )
+
+    def evidence(self, message_id: str) -> EvidenceTrail:
+        """The evidence trail of a sent or received message."""
+        return cast(EvidenceTrail, self.call("GET", _path("messages", message_id) + "/evidence"))
+
+    def thread(self, conversation: str) -> Thread:
+        """Every sent and received message of ``conversation``."""
+        return cast(Thread, self.call("GET", _path("threads", conversation)))
+
+    def rejections(self, *, limit: int | None = None) -> list[Rejection]:
+        """Deliveries this node refused."""
+        query = {"limit": None if limit is None else str(limit)}
+        return cast(list[Rejection], self.call("GET", "/v1/rejections", query=query)["rejections"])
+
+    # -------------------------------------------------------------- health
+
+    def health(self) -> bool:
+        """Whether the node process answers ``/healthz``."""
+        try:
+            return bool(self.call("GET", "/healthz").get("status") == "ok")
+        except NodeError:
+            return False
+
+    def ready(self) -> Readiness:
+        """``/readyz`` as a document (never raises for ``503 not_ready``)."""
+        try:
+            return cast(Readiness, self.call("GET", "/readyz"))
+        except NodeError as exc:
+            if exc.status == 503 and exc.reason == "not_ready":
+                return {"status": "not_ready", "detail": exc.detail}
+            raise
+
+    # ----------------------------------------------------------------- raw
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str | None] | None = None,
+    ) -> Any:
+        """One request; the decoded JSON answer, or :class:`NodeError`."""
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        url = self.base_url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked in __init__
+        request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - scheme checked in __init__
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc) from None
+        except urllib.error.URLError as exc:
+            raise NodeError("node_unreachable", f"{self.base_url}: {exc.reason}") from None
+        except (TimeoutError, ConnectionError) as exc:
+            raise NodeError("node_unreachable", f"{self.base_url}: {exc}") from None
+
+
+def _path(collection: str, identifier: str) -> str:
+    return f"/v1/{collection}/{urllib.parse.quote(identifier, safe='')}"
+
+
+def _http_error(exc: urllib.error.HTTPError) -> NodeError:
+    try:
+        raw = json.loads(exc.read())
+    except ValueError:
+        raw = None
+    if isinstance(raw, dict) and isinstance(raw.get("error"), dict):
+        error = raw["error"]
+        rule_id = error.get("rule_id")
+        return NodeError(
+            str(error.get("reason")),
+            str(error.get("detail")),
+            rule_id if isinstance(rule_id, str) else None,
+            status=exc.code,
+            errors=[e for e in error.get("errors") or () if isinstance(e, dict)],
+        )
+    if isinstance(raw, dict) and raw.get("status") == "not_ready":
+        # /readyz answers 503 with its own document, not an error document.
+        return NodeError("not_ready", str(raw.get("detail")), status=exc.code)
+    return NodeError("http_error", f"HTTP {exc.code} from the node", status=exc.code)
