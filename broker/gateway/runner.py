@@ -174,7 +174,13 @@ async def _pull_loop(
             await asyncio.sleep(0.5)
             continue
         for msg in batch:
-            outcome = decide(msg.data, msg.subject)
+            try:
+                outcome = decide(msg.data, msg.subject)
+            except Exception:
+                log.exception("decision_failed", subject=msg.subject)
+                with contextlib.suppress(NatsError, JetStreamError):
+                    await msg.nak(delay=NAK_DELAY)
+                continue
             _log_outcome(direction, outcome)
             if record is not None:
                 # Logged before anything is published: no border crossing without its record.

@@ -396,9 +396,26 @@ class Node:
     # ----------------------------------------------------------------- receive
 
     async def run_receiver(self) -> None:
-        """Handle every delivery of the transport, in order, until it closes."""
-        async for delivery in self.transport.deliveries():
-            await self.handle(delivery)
+        """Handle every delivery of the transport, in order, until it closes.
+
+        Transport faults never end the loop: a failed ack is logged and the message comes
+        again (it is then recognised as processed and acked); a broken subscription is
+        re-established after a pause.
+        """
+        while True:
+            try:
+                async for delivery in self.transport.deliveries():
+                    try:
+                        await self.handle(delivery)
+                    except TransportUnavailable as exc:
+                        self._log.warning(
+                            "settle_failed", sequence=delivery.sequence, error=str(exc)
+                        )
+            except TransportUnavailable as exc:
+                self._log.warning("deliveries_interrupted", error=str(exc))
+                await self._sleep(1.0)
+            else:
+                return
 
     async def handle(self, delivery: Delivery) -> None:
         """Settle one delivery (see the module docstring)."""

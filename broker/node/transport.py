@@ -108,6 +108,9 @@ class MemoryDelivery:
     nak_delays: list[float] = field(default_factory=list)
 
     async def ack(self) -> None:
+        if self._transport.fail_acks > 0:  # the ack could not be sent (server gone)
+            self._transport.fail_acks -= 1
+            raise TransportUnavailable("ack not delivered")
         if self._transport.die_before_ack > 0:  # the process "died" before the ack went out
             self._transport.die_before_ack -= 1
             return
@@ -201,6 +204,7 @@ class MemoryTransport:
         self._closed = False
         self.connected = True
         self.die_before_ack = 0  # next N acks are never sent (see crash())
+        self.fail_acks = 0  # next N acks raise TransportUnavailable
 
     def _enqueue(self, data: bytes, sequence: int, headers: Mapping[str, str]) -> None:
         self._queue.append(MemoryDelivery(data, sequence, dict(headers), self))

@@ -427,7 +427,7 @@ class _Publisher(threading.Thread):
 
 
 class TestCrashRun:
-    """kill -9 of the UA gateway and of the receiving node during a 2,000-message run."""
+    """kill -9 of the UA gateway, the receiving node and the UA server in a 2,000-message run."""
 
     COUNT: Final = 2000
     TIMEOUT: Final = 180.0  # the run takes ~100 s on 2 cores; a crash adds the 30 s ack wait
@@ -442,11 +442,7 @@ class TestCrashRun:
             started = time.monotonic()
             publisher = _Publisher(fed, self.COUNT)
             publisher.start()
-            # kill -9 of the UA country server is left out: it stalls the UA gateway and node
-            # (see the report); both reconnect but stop making progress under this load.
-            # kill -9 of the UA country server is left out on purpose: under this load the UA
-            # gateway and node reconnect but stop making progress (an open bug, see the report).
-            crashes = (("gateway-ua", 300), (f"node-{NPU}", 900))
+            crashes = (("gateway-ua", 300), (f"node-{NPU}", 900), ("UA", 1400))
             for name, threshold in crashes:
                 wait_until(
                     lambda: len(fed.inbox_ids(NPU)) >= threshold,  # noqa: B023 - called at once
@@ -454,7 +450,10 @@ class TestCrashRun:
                     what=f"{threshold} deliveries before killing {name}",
                 )
                 fed.fed.stop(name, kill=True)
-                fed.restart(name, country="UA")
+                if name == "UA":
+                    fed.fed.start_country("UA")
+                else:
+                    fed.restart(name, country="UA")
             publisher.join(self.TIMEOUT)
             assert publisher.error is None, repr(publisher.error)
             assert len(publisher.acked) == self.COUNT

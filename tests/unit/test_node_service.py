@@ -256,6 +256,27 @@ class TestExactlyOnce:
 
         asyncio.run(run())
 
+    def test_failed_ack_does_not_stop_the_receiver(self, world: World) -> None:
+        """An ack that fails (server restarting) is logged; the loop goes on, nothing is lost."""
+        de, nl = world.node("de.lka-berlin"), world.node("nl.politie")
+
+        async def run() -> None:
+            world.transport("nl.politie").fail_acks = 1
+            task = asyncio.create_task(nl.run_receiver())
+            first = await de.send(request_draft())
+            second = await de.send(request_draft())
+            for _ in range(200):
+                if len(nl.store.list_inbox()) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert not task.done()
+            world.transport("nl.politie").close()
+            await asyncio.wait_for(task, timeout=5)
+            stored = sorted(m.message_id for m in nl.store.list_inbox())
+            assert stored == sorted([first.message_id, second.message_id])
+
+        asyncio.run(run())
+
 
 class TestRefusals:
     def test_tampered_message_is_rejected_with_evidence(self, world: World) -> None:
