@@ -8,7 +8,8 @@ What it does
     task-force message, a message the sender's policy refuses, a message redacted at pre-flight,
     and a message to UA while UA's server is down (delivered once it is back). It polls the
     senders' evidence trails until every expected ``relay_accepted``/``delivered`` has arrived,
-    prints one table, the node API URLs and the NATS monitoring URLs, then (unless
+    prints one table, the node API URLs, the NATS monitoring URLs and every Prometheus metrics
+    URL (with a ready ``prometheus.yml`` in the demo directory), then (unless
     ``no_wait``) waits for SIGINT/SIGTERM and stops everything it started.
 
 What it must never do
@@ -34,6 +35,7 @@ from typing import Any, Final, TextIO
 
 from broker.core.header import agency_country
 from broker.federation.launcher import Federation
+from broker.federation.observability import metrics_targets, prometheus_config
 from broker.federation.processes import NodeEndpoint, prepare
 from broker.federation.spec import load_description
 from broker.sdk import Draft, EvidenceEntry, NodeClient, NodeError, SendResult
@@ -42,6 +44,7 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 EXAMPLES: Final = ROOT / "schemas" / "examples"
 DESCRIPTION: Final = ROOT / "docs" / "federation.example.yaml"
 POLICIES: Final = ROOT / "docs" / "policies"
+ALERT_RULES: Final = ROOT / "ops" / "prometheus" / "alerts.yml"
 DEFAULT_DIR: Final = Path(".demo")
 DOWN_COUNTRY: Final = "UA"
 READY_TIMEOUT: Final = 30.0
@@ -804,9 +807,27 @@ class Demo:
         self.say(f"  hub                    {settings.hub.monitor_url}")
         for code, server in settings.countries.items():
             self.say(f"  {code:<22} {server.monitor_url}")
+        self.print_metrics()
         self.say(
             "Try: casebridge inbox --node URL --token $(cat TOKEN_FILE); "
             "casebridge status ID --node URL --token ..."
+        )
+
+    def print_metrics(self) -> None:
+        """Every /metrics URL, and a Prometheus configuration scraping them all."""
+        assert self.fed is not None  # noqa: S101 - start() ran
+        targets = metrics_targets(self.fed)
+        self.say("Prometheus metrics (no token; docs/operations.md):")
+        for target in targets:
+            self.say(f"  {target.name:<22} {target.url}")
+        config = self.fed.base / "prometheus.yml"
+        config.write_text(
+            prometheus_config(targets, scrape_interval="5s", rule_files=[ALERT_RULES]),
+            encoding="utf-8",
+        )
+        self.say(
+            f"  scrape them all: prometheus --config.file={config} "
+            f"--storage.tsdb.path={self.fed.base / 'prometheus'}"
         )
 
     def stop(self) -> None:

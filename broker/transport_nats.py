@@ -141,10 +141,17 @@ class NatsTransport:
                 self._js = self._nc.jetstream()
             return self._js
 
-    async def submit(self, subject: str, data: bytes, msg_id: str) -> None:
+    async def submit(
+        self, subject: str, data: bytes, msg_id: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         js = await self._client()
         try:
-            await js.publish(subject, data, timeout=PUBLISH_TIMEOUT, headers={MSG_ID: msg_id})
+            await js.publish(
+                subject,
+                data,
+                timeout=PUBLISH_TIMEOUT,
+                headers={**(headers or {}), MSG_ID: msg_id},
+            )
         except (NatsError, JetStreamError, TimeoutError) as exc:
             raise TransportUnavailable(f"publish on {subject} not acknowledged: {exc}") from exc
 

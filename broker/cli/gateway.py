@@ -19,13 +19,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "<cc>.gateway and a policy file.",
     )
     parser.add_argument("--settings", type=Path, required=True, help="gateway settings JSON")
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default="json",
+        help="structured log lines on stdout: json (default) or console (for humans)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from broker.gateway.runner import run_gateway  # noqa: PLC0415 - lazy: fast CLI start
+    from broker.logs import configure_logging  # noqa: PLC0415
     from broker.node.settings import load_settings  # noqa: PLC0415
 
+    configure_logging(args.log_format)
     settings = load_settings(args.settings)
 
     async def main() -> None:

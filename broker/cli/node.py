@@ -11,10 +11,13 @@ import asyncio
 import signal
 from pathlib import Path
 
+import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from broker.logs import LOG_FORMATS, configure_logging
 from broker.node.api import create_app
-from broker.node.runtime import TransportFactory, nats_transport, running_node
+from broker.node.runtime import TransportFactory, nats_transport, node_metrics, running_node
 from broker.node.settings import Settings, load_settings
 
 
@@ -25,18 +28,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run the adapter node described by a settings file (docs/node-api.md).",
     )
     parser.add_argument("--settings", type=Path, required=True, help="settings JSON file")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="json",
+        help="structured log lines on stdout: json (default) or console (for humans)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_format)
     settings = load_settings(args.settings)
     asyncio.run(serve(settings))
     return 0
 
 
 async def serve(settings: Settings, transport_factory: TransportFactory = nats_transport) -> None:
-    """Serve the API and run the node until SIGINT or SIGTERM."""
-    app = create_app(lambda: running_node(settings, transport_factory), token=settings.api.token)
+    """Serve the API (with ``/metrics``) and run the node until SIGINT or SIGTERM."""
+    registry = CollectorRegistry()
+    metrics = node_metrics(registry, settings)
+    app = create_app(
+        lambda: running_node(settings, transport_factory, registry=registry, metrics=metrics),
+        token=settings.api.token,
+        registry=registry,
+        metrics=metrics,
+    )
     runner = web.AppRunner(app)
     await runner.setup()
     stop = asyncio.Event()
@@ -45,8 +62,11 @@ async def serve(settings: Settings, transport_factory: TransportFactory = nats_t
         loop.add_signal_handler(sig, stop.set)
     try:
         await web.TCPSite(runner, settings.api.host, settings.api.port).start()
-        print(
-            f"casebridge node {settings.agency} on http://{settings.api.host}:{settings.api.port}"
+        structlog.get_logger("casebridge.node").info(
+            "node_started",
+            agency=settings.agency,
+            api=f"http://{settings.api.host}:{settings.api.port}",
+            metrics=f"http://{settings.api.host}:{settings.api.port}/metrics",
         )
         await stop.wait()
     finally:

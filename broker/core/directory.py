@@ -608,6 +608,18 @@ class Directory:
     def next_update(self) -> datetime:
         return self._doc.next_update
 
+    def crl_next_updates(self) -> dict[str, datetime]:
+        """Per country, when its CRL (as used for its accepted agencies) passes ``next_update``.
+
+        Countries without an accepted agency are absent. For the expiry metrics and alerts.
+        """
+        found: dict[str, datetime] = {}
+        for agency_id, entry in self._agencies.items():
+            code = agency_country(agency_id)
+            if code not in found or entry.crl_next_update < found[code]:
+                found[code] = entry.crl_next_update
+        return found
+
     @property
     def root_cert(self) -> x509.Certificate:
         return self._root_cert

@@ -4,7 +4,8 @@
 file with that country's CA key (``DIR/policies/<cc>.policy.jws``), writes one settings file per
 border gateway and per agency node (``DIR/settings/<id>.json``, the node settings format of
 docs/node-api.md), an API token per node (``DIR/settings/<id>.token``, mode 0600), and registers
-the processes that ``federation up`` starts after the NATS servers and streams.
+the processes that ``federation up`` starts after the NATS servers and streams (plus the NATS
+metrics exporter, ``broker.federation.observability``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Final
 from broker.core.policy import sign_policy
 from broker.errors import ConfigError
 from broker.federation.launcher import ClientSettings, Federation, ProcessSpec
+from broker.federation.observability import exporter_process
 from broker.pki_store import PkiStore, country_stem
 
 SETTINGS_DIR: Final = "settings"
@@ -163,6 +165,7 @@ def prepare(fed: Federation, *, policy_dir: Path | None) -> list[NodeEndpoint]:
             )
         )
     (base / STORE_DIR).mkdir(parents=True, exist_ok=True)
+    processes.append(exporter_process(fed))
     fed.set_processes(processes)
     return endpoints
 

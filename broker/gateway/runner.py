@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,9 +35,12 @@ from broker.errors import CasebridgeError
 from broker.federation import subjects
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, Outcome, Publish
+from broker.gateway.observe import gateway_expiries, record_outcome
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
 from broker.node.settings import Settings
 from broker.policy_store import PolicyStore
+from broker.tracing import TRACEPARENT, from_headers
 from broker.transport_nats import PUBLISH_TIMEOUT, connect, tls_context
 
 FETCH_BATCH: Final = 32
@@ -77,8 +81,11 @@ class _Holder:
             log.warning("directory_refused", reason=exc.reason.value, detail=exc.detail)
 
 
-def build_border(settings: Settings, *, now: datetime) -> tuple[Border, _Holder, PolicyStore]:
-    """The gateway's decision logic from its settings (files are read here)."""
+def build_border(
+    settings: Settings, *, now: datetime, registry: CollectorRegistry | None = None
+) -> tuple[Border, _Holder, PolicyStore]:
+    """The gateway's decision logic from its settings (files are read here); the policy
+    gauges go on ``registry`` (none: a private one)."""
     agency = settings.agency
     country = agency_country(agency)
     root = read_certificate(settings.root_cert)
@@ -89,7 +96,11 @@ def build_border(settings: Settings, *, now: datetime) -> tuple[Border, _Holder,
         mtime=settings.directory_file.stat().st_mtime,
     )
     SchemaRegistry.load()  # fail at start, not at the first message, if schemas are broken
-    policies = PolicyStore(country=country, root_cert=root, registry=CollectorRegistry())
+    policies = PolicyStore(
+        country=country,
+        root_cert=root,
+        registry=registry if registry is not None else CollectorRegistry(),
+    )
     if settings.policy_file is not None:
         ca_cert = (
             read_certificate(settings.policy_ca_cert)
@@ -115,12 +126,13 @@ def build_border(settings: Settings, *, now: datetime) -> tuple[Border, _Holder,
     return border, holder, policies
 
 
-def _log_outcome(direction: str, outcome: Outcome) -> None:
+def _log_outcome(direction: str, outcome: Outcome, trace: str | None = None) -> None:
     fields: dict[str, Any] = {
         "direction": direction,
         "message_id": outcome.message_id,
         "type": outcome.message_type,
         "sender": outcome.sender,
+        "traceparent": trace,
     }
     if outcome.refused:
         log.warning("message_refused", reason=outcome.refused, detail=outcome.detail, **fields)
@@ -143,11 +155,18 @@ def _log_outcome(direction: str, outcome: Outcome) -> None:
     )
 
 
-async def _publish_all(js: JetStreamContext, publishes: tuple[Publish, ...]) -> None:
+async def _publish_all(
+    js: JetStreamContext, publishes: tuple[Publish, ...], trace: str | None = None
+) -> None:
+    # The input's traceparent goes on every output (the message relayed, and our evidence).
+    extra = {TRACEPARENT: trace} if trace is not None else {}
     await asyncio.gather(
         *(
             js.publish(
-                p.subject, p.data, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": p.msg_id}
+                p.subject,
+                p.data,
+                timeout=PUBLISH_TIMEOUT,
+                headers={**extra, "Nats-Msg-Id": p.msg_id},
             )
             for p in publishes
         )
@@ -163,6 +182,7 @@ async def _pull_loop(
     direction: str,
     stop: asyncio.Event,
     record: Callable[[str, Outcome], None] | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> None:
     sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
     while not stop.is_set():
@@ -174,14 +194,21 @@ async def _pull_loop(
             await asyncio.sleep(0.5)
             continue
         for msg in batch:
+            trace = from_headers(msg.headers)
+            started = time.perf_counter()
             try:
                 outcome = decide(msg.data, msg.subject)
             except Exception:
-                log.exception("decision_failed", subject=msg.subject)
+                log.exception("decision_failed", subject=msg.subject, traceparent=trace)
                 with contextlib.suppress(NatsError, JetStreamError):
                     await msg.nak(delay=NAK_DELAY)
                 continue
-            _log_outcome(direction, outcome)
+            if metrics is not None:
+                record_outcome(metrics, direction, outcome, seconds=time.perf_counter() - started)
+                with contextlib.suppress(NatsError, JetStreamError, AttributeError, TypeError):
+                    if msg.metadata.num_delivered > 1:
+                        metrics.redeliveries.labels(kind=stream).inc()
+            _log_outcome(direction, outcome, trace)
             if record is not None:
                 # Logged before anything is published: no border crossing without its record.
                 try:
@@ -192,8 +219,10 @@ async def _pull_loop(
                         await msg.nak(delay=NAK_DELAY)
                     continue
             try:
-                await _publish_all(js, outcome.publishes)
+                await _publish_all(js, outcome.publishes, trace)
             except (NatsError, JetStreamError, TimeoutError) as exc:
+                if metrics is not None:
+                    metrics.publish_failures.labels(direction=direction).inc()
                 log.warning("publish_failed", message_id=outcome.message_id, error=str(exc))
                 with contextlib.suppress(NatsError, JetStreamError):
                     await msg.nak(delay=NAK_DELAY)
@@ -209,6 +238,7 @@ async def run_audit_roots(
     directory: Callable[[], Directory],
     clock: Callable[[], datetime],
     stop: asyncio.Event,
+    metrics: GatewayMetrics | None = None,
 ) -> None:
     """Keep every verified audit checkpoint the country's nodes publish on ``cb.audit.*``;
     a checkpoint that does not verify is logged and dropped (term), never kept."""
@@ -234,10 +264,14 @@ async def run_audit_roots(
                     now=clock(),
                 )
             except CasebridgeError as exc:
+                if metrics is not None:
+                    metrics.audit_checkpoints.labels(result="refused").inc()
                 log.warning("audit_checkpoint_refused", node=agency, reason=exc.reason.value)
                 with contextlib.suppress(NatsError, JetStreamError):
                     await msg.term()
                 continue
+            if metrics is not None:
+                metrics.audit_checkpoints.labels(result="kept").inc()
             log.info(
                 "audit_checkpoint_kept",
                 node=agency,
@@ -254,10 +288,28 @@ async def run_gateway(
     stop: asyncio.Event | None = None,
     clock: Callable[[], datetime] = utc_now,
     ready: Callable[[], Awaitable[None]] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> None:
-    """Run one border gateway until ``stop`` is set (or forever)."""
+    """Run one border gateway until ``stop`` is set (or forever).
+
+    Serves Prometheus metrics on ``http://<api.host>:<api.port>/metrics`` (``registry``: a new
+    one per gateway when None).
+    """
     stop = stop or asyncio.Event()
-    border, holder, _policies = build_border(settings, now=clock())
+    registry = registry if registry is not None else CollectorRegistry()
+    country = agency_country(settings.agency)
+    metrics = GatewayMetrics(registry, country=country)
+    build_info(registry, component="gateway", country=country)
+    border, holder, _policies = build_border(settings, now=clock(), registry=registry)
+    own = [("signing", read_certificate(settings.keys.signing_cert))]
+    if settings.nats.cert_file is not None:
+        own.append(("tls", read_certificate(settings.nats.cert_file)))
+    registry.register(
+        ExpiryCollector(
+            gateway_expiries(country=country, certificates=own, directory=lambda: holder.directory),
+            clock=clock,
+        )
+    )
     ledger = GatewayLedger(settings.store_path, agency=settings.agency)
 
     def record(direction: str, outcome: Outcome) -> None:
@@ -289,7 +341,14 @@ async def run_gateway(
                 await asyncio.wait_for(stop.wait(), timeout=DIRECTORY_CHECK_SECONDS)
             holder.refresh(clock())
 
-    log.info("gateway_started", agency=settings.agency, nats=settings.nats.url)
+    metrics_server = MetricsServer(registry, host=settings.api.host, port=settings.api.port)
+    await metrics_server.__aenter__()
+    log.info(
+        "gateway_started",
+        agency=settings.agency,
+        nats=settings.nats.url,
+        metrics=f"http://{settings.api.host}:{settings.api.port}/metrics",
+    )
     tasks = [
         asyncio.create_task(
             _pull_loop(
@@ -300,6 +359,7 @@ async def run_gateway(
                 direction="egress",
                 stop=stop,
                 record=record,
+                metrics=metrics,
             )
         ),
         asyncio.create_task(
@@ -311,10 +371,18 @@ async def run_gateway(
                 direction="ingress",
                 stop=stop,
                 record=record,
+                metrics=metrics,
             )
         ),
         asyncio.create_task(
-            run_audit_roots(js, ledger, directory=lambda: holder.directory, clock=clock, stop=stop)
+            run_audit_roots(
+                js,
+                ledger,
+                directory=lambda: holder.directory,
+                clock=clock,
+                stop=stop,
+                metrics=metrics,
+            )
         ),
         asyncio.create_task(refresh()),
     ]
@@ -334,4 +402,5 @@ async def run_gateway(
         with contextlib.suppress(NatsError, JetStreamError):
             await nc.close()
         ledger.close()
+        await metrics_server.__aexit__(None, None, None)
         log.info("gateway_stopped", agency=settings.agency)

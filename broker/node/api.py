@@ -3,7 +3,9 @@
 What it is for
     Case workers' tools (the ``casebridge`` focal-point CLI, scripts, a case system) talk to
     their own node over loopback. Every route except ``/healthz`` and ``/readyz`` needs the
-    node's API token (``Authorization: Bearer <token>``). Errors are JSON
+    node's API token (``Authorization: Bearer <token>``); ``/metrics`` (Prometheus text, when
+    the app is given a registry) is open like the probes: it holds counts, never content.
+    Errors are JSON
     ``{"error": {"reason", "detail", "rule_id"?, "errors"?}}`` with the status of the error
     tree. The routes are described in ``docs/openapi.yaml`` and ``docs/node-api.md``.
 
@@ -17,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from broker.core import canonical
 from broker.errors import CasebridgeError, InvalidMessage, PolicyDenied, SchemaInvalid
+from broker.metrics import REGISTRY_KEY, NodeMetrics, metrics_response
 from broker.node import corrections
 from broker.node.errors import BadRequest, NodeError, NotFound, Unauthorized
 from broker.node.model import Draft, OutboxState
@@ -32,7 +37,8 @@ from broker.node.service import Node
 
 NODE_KEY: Final = web.AppKey("node", Node)
 TOKEN_KEY: Final = web.AppKey("token", str)
-PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+METRICS_KEY: Final = web.AppKey("node_metrics", NodeMetrics)
 MAX_LIMIT: Final = 1000
 DEFAULT_ACTOR: Final = "api"
 _DRAFT_FIELDS: Final = frozenset(
@@ -98,13 +104,49 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def create_app(node_context: NodeContext, *, token: str) -> web.Application:
+@web.middleware
+async def _measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[METRICS_KEY]
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        # The route template (``/v1/messages/{id}``), never the path: ids are not labels.
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.http_requests.labels(route=route, method=request.method, status=str(status)).inc()
+        metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return await metrics_response(request.app[REGISTRY_KEY])
+
+
+def create_app(
+    node_context: NodeContext,
+    *,
+    token: str,
+    registry: CollectorRegistry | None = None,
+    metrics: NodeMetrics | None = None,
+) -> web.Application:
     """The API application. ``node_context`` builds the node (and its background tasks) on
-    start-up and tears it down on clean-up; ``token`` is the node's API bearer token."""
+    start-up and tears it down on clean-up; ``token`` is the node's API bearer token.
+    ``registry``: serve it on ``GET /metrics``; ``metrics``: count requests by route."""
     if len(token) < 16:
         raise BadRequest("the API token must be at least 16 characters")
-    app = web.Application(middlewares=[_errors, _auth], client_max_size=2 * 1024 * 1024)
+    middlewares: list[Any] = [_errors, _auth]
+    if metrics is not None:
+        middlewares.insert(0, _measure)
+    app = web.Application(middlewares=middlewares, client_max_size=2 * 1024 * 1024)
     app[TOKEN_KEY] = token
+    if metrics is not None:
+        app[METRICS_KEY] = metrics
+    if registry is not None:
+        app[REGISTRY_KEY] = registry
+        app.router.add_get("/metrics", _metrics)
 
     async def node_lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with node_context() as node:

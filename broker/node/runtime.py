@@ -24,7 +24,15 @@ from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
+from broker.node.observe import (
+    NodeObserver,
+    OutboxCollector,
+    certificate_expiries,
+    directory_expiries,
+    run_audit_verification,
+)
 from broker.node.policy import Preflight, RecipientCheck
 from broker.node.policy_engine import EnginePolicy
 from broker.node.service import Node
@@ -56,8 +64,19 @@ def _onward_lookup(store: Store) -> Callable[[str], Onward | None]:
     return lookup
 
 
-def build_node(settings: Settings, *, transport: Transport, now: datetime, store: Store) -> Node:
-    """The node described by ``settings`` (files read here), on ``transport`` and ``store``."""
+def build_node(
+    settings: Settings,
+    *,
+    transport: Transport,
+    now: datetime,
+    store: Store,
+    metrics: NodeMetrics | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Node:
+    """The node described by ``settings`` (files read here), on ``transport`` and ``store``.
+
+    ``registry``/``metrics``: where the policy gauges and the node's metrics go (none: a
+    private registry nobody scrapes)."""
     root = read_certificate(settings.root_cert)
     directory = Directory.load(read_bytes(settings.directory_file), root_cert=root, now=now)
     schemas = SchemaRegistry.load()
@@ -66,7 +85,9 @@ def build_node(settings: Settings, *, transport: Transport, now: datetime, store
     recipient_check: RecipientCheck | None = None
     if settings.policy_file is not None and settings.policy_ca_cert is not None:
         policies = PolicyStore(
-            country=agency_country(agency), root_cert=root, registry=CollectorRegistry()
+            country=agency_country(agency),
+            root_cert=root,
+            registry=registry if registry is not None else CollectorRegistry(),
         )
         if not policies.load_file(
             settings.policy_file, ca_cert=read_certificate(settings.policy_ca_cert), now=now
@@ -99,18 +120,70 @@ def build_node(settings: Settings, *, transport: Transport, now: datetime, store
         preflight=preflight,
         recipient_check=recipient_check,
         lifetime=timedelta(days=settings.message_lifetime_days),
+        observer=NodeObserver(metrics),
     )
+
+
+def node_metrics(registry: CollectorRegistry, settings: Settings) -> NodeMetrics:
+    """Register the node's metrics (and ``casebridge_build_info``) on ``registry``."""
+    country = agency_country(settings.agency)
+    build_info(registry, component="node", country=country)
+    return NodeMetrics(registry, country=country)
+
+
+def _register_collectors(
+    registry: CollectorRegistry, settings: Settings, node: Node, store: Store
+) -> None:
+    """Scrape-time metrics: outbox backlog per destination, certificate and CRL expiry."""
+    country = agency_country(settings.agency)
+    directory = node.resolver if isinstance(node.resolver, Directory) else None
+
+    def destinations() -> list[str]:
+        return [c.code for c in directory.countries()] if directory is not None else []
+
+    own = [
+        ("signing", read_certificate(settings.keys.signing_cert)),
+        ("agreement", read_certificate(settings.keys.agreement_cert)),
+    ]
+    if settings.nats.cert_file is not None:
+        own.append(("tls", read_certificate(settings.nats.cert_file)))
+
+    def expiries() -> list[Expiry]:
+        items = certificate_expiries(own, country=country)
+        if directory is not None:
+            items.extend(directory_expiries(directory))
+        return items
+
+    registry.register(OutboxCollector(store, destinations=destinations))
+    registry.register(ExpiryCollector(expiries, clock=lambda: datetime.now(UTC)))
 
 
 @contextlib.asynccontextmanager
 async def running_node(
-    settings: Settings, transport_factory: TransportFactory = nats_transport
+    settings: Settings,
+    transport_factory: TransportFactory = nats_transport,
+    *,
+    registry: CollectorRegistry | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> AsyncIterator[Node]:
-    """A node with its receiver and outbox loops running; stopped and closed on exit."""
+    """A node with its receiver and outbox loops running; stopped and closed on exit.
+
+    With a ``registry`` every node metric is registered on it (``docs/operations.md``);
+    ``metrics`` are the :class:`NodeMetrics` already on it (made here when None).
+    """
     transport = transport_factory(settings)
     store = Store(settings.store_path)
+    if registry is not None and metrics is None:
+        metrics = node_metrics(registry, settings)
     try:
-        node = build_node(settings, transport=transport, now=datetime.now(UTC), store=store)
+        node = build_node(
+            settings,
+            transport=transport,
+            now=datetime.now(UTC),
+            store=store,
+            metrics=metrics,
+            registry=registry,
+        )
         tasks = [
             asyncio.create_task(node.run_receiver(), name="receiver"),
             asyncio.create_task(node.run_outbox(), name="outbox"),
@@ -122,6 +195,18 @@ async def running_node(
                 lawful_jobs.run_retention(node, settings.retention), name="retention"
             ),
         ]
+        if registry is not None and metrics is not None:
+            _register_collectors(registry, settings, node, store)
+            if isinstance(node.resolver, Directory):
+                directory = node.resolver
+                tasks.append(
+                    asyncio.create_task(
+                        run_audit_verification(
+                            store, metrics, agency=settings.agency, directory=lambda: directory
+                        ),
+                        name="audit-verification",
+                    )
+                )
         try:
             yield node
         finally:

@@ -71,6 +71,7 @@ from broker.node.model import (
     SendResult,
     is_evidence_type,
 )
+from broker.node.observe import NodeObserver
 from broker.node.peek import unverified_header
 from broker.node.policy import (
     Clearance,
@@ -81,6 +82,7 @@ from broker.node.policy import (
 )
 from broker.node.store import Receipt, SealedRecord, Store, iso
 from broker.node.transport import Delivery, Transport, submit_subject
+from broker.tracing import TRACEPARENT, from_headers
 
 # Refusals that say our side is not ready (not that the peer's message is bad): retry later.
 TRANSIENT_REASONS: Final = frozenset({Reason.DIRECTORY_STALE})
@@ -156,6 +158,7 @@ class Node:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         limits: Limits = DEFAULT_LIMITS,
         logger: Any = None,
+        observer: NodeObserver | None = None,
     ) -> None:
         if sender.agency_id != recipient.agency_id:
             raise BadRequest("signing and decryption identities belong to different agencies")
@@ -177,6 +180,7 @@ class Node:
         self._limits = limits
         self._idempotency = asyncio.Lock()
         self._log = (logger or structlog.get_logger("casebridge.node")).bind(agency=self.agency_id)
+        self.observe = observer or NodeObserver()
 
     # --------------------------------------------------------------- readiness
 
@@ -243,6 +247,7 @@ class Node:
         ).validate()
 
     def _seal(self, header: Header, body: Mapping[str, Any], now: datetime) -> SealedRecord:
+        elapsed = self.observe.timer()
         wire = seal(
             header=header,
             body=body,
@@ -251,6 +256,8 @@ class Node:
             now=now,
             salt=self._salt(),
         )
+        if self.observe.metrics is not None:
+            self.observe.metrics.seal_seconds.observe(elapsed())
         return SealedRecord(header=header.to_json(), body=body, wire=wire, digest=wire_digest(wire))
 
     def clear(self, draft: Draft) -> tuple[Header, Clearance]:
@@ -307,7 +314,16 @@ class Node:
     async def _send(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None = None
     ) -> SendResult:
-        header, clearance = await asyncio.to_thread(self.clear, draft)
+        elapsed = self.observe.timer()
+        try:
+            header, clearance = await asyncio.to_thread(self.clear, draft)
+        except PolicyDenied as exc:
+            self.observe.preflight_refused(sender=self.agency_id, rule_id=exc.rule_id)
+            self._log.info("preflight_refused", rule_id=exc.rule_id, reason=exc.reason.value)
+            raise
+        finally:
+            if self.observe.metrics is not None:
+                self.observe.metrics.validation_seconds.observe(elapsed())
         now = self._clock()
         sealed = await asyncio.to_thread(self._seal, header, clearance.body, now)
         disclosed = audit_log.disclosures(
@@ -320,7 +336,14 @@ class Node:
             idempotency=idempotency,
             within=audit_log.log(disclosed, now=now),
         )
-        self._log.info("message_queued", message_id=header.id, type=header.type)
+        trace = self.observe.start_trace(header.id)
+        self.observe.queued(
+            message_id=header.id,
+            sender=self.agency_id,
+            recipients=header.recipients,
+            type_=header.type,
+        )
+        self._log.info("message_queued", message_id=header.id, type=header.type, traceparent=trace)
         state = await self.submit(sealed.message_id, attempts=self._retry.inline_attempts)
         return SendResult(
             message_id=header.id,
@@ -351,10 +374,15 @@ class Node:
                 attempted=True,
             )
             try:
+                trace = self.observe.trace(message_id)
                 await self.transport.submit(
-                    submit_subject(self.agency_id), message.wire, message_id
+                    submit_subject(self.agency_id),
+                    message.wire,
+                    message_id,
+                    headers={TRACEPARENT: trace} if trace is not None else None,
                 )
             except TransportUnavailable as exc:
+                self.observe.submit_failed()
                 await asyncio.to_thread(
                     self.store.mark_outbox,
                     message_id,
@@ -369,6 +397,9 @@ class Node:
                 continue
             await asyncio.to_thread(
                 self.store.mark_outbox, message_id, OutboxState.ACKNOWLEDGED, now=self._clock()
+            )
+            self.observe.acknowledged(
+                message_id=message_id, sender=self.agency_id, type_=message.type
             )
             self._log.info("message_acknowledged", message_id=message_id, attempt=attempt)
             return OutboxState.ACKNOWLEDGED
@@ -422,22 +453,28 @@ class Node:
         receipt = Receipt(digest=wire_digest(delivery.data), sequence=delivery.sequence)
         try:
             if await asyncio.to_thread(self.store.processed, receipt):
+                self.observe.redelivered("settled")
                 self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
                 await delivery.ack()
                 return
-            evidence_id = await asyncio.to_thread(self._receive, delivery.data, receipt)
+            trace = from_headers(delivery.headers)
+            evidence_id = await asyncio.to_thread(self._receive, delivery.data, receipt, trace)
         # Never lose a message: whatever went wrong on our side, let JetStream redeliver it.
         except Exception:  # noqa: BLE001 - logged with traceback, then nak
             self._log.exception("delivery_failed", sequence=receipt.sequence)
+            self.observe.redelivered("nak")
             await delivery.nak(self._retry.nak_delay)
             return
         await delivery.ack()
         if evidence_id is not None:
+            self.observe.follow_trace(evidence_id, trace)
             await self.submit(evidence_id, attempts=1)
 
-    def _receive(self, data: bytes, receipt: Receipt) -> str | None:
+    def _receive(self, data: bytes, receipt: Receipt, trace: str | None = None) -> str | None:
         now = self._clock()
         pending = _PendingReplay(self.store)
+        elapsed = self.observe.timer()
+        outcome = "refused"
         try:
             opened = open_message(
                 data,
@@ -451,21 +488,31 @@ class Node:
             )
             if pending.expires_at is None:  # pragma: no cover - open_message always remembers
                 raise InvalidMessage(Reason.REPLAY, "replay store was not consulted")
+            outcome = "accepted"
             if is_evidence_type(opened.header.type):
                 self._accept_evidence(opened, receipt, pending.expires_at, now)
                 return None
-            return self._accept(opened, receipt, pending.expires_at, now)
+            return self._accept(opened, receipt, pending.expires_at, now, trace)
         except CasebridgeError as exc:
             if isinstance(exc, LocalError) or exc.reason in TRANSIENT_REASONS:
+                outcome = "retried"
                 raise
-            return self._reject(data, receipt, exc, now)
+            return self._reject(data, receipt, exc, now, trace)
+        finally:
+            if self.observe.metrics is not None:
+                self.observe.metrics.open_seconds.labels(outcome=outcome).observe(elapsed())
 
     def _admit(self, opened: OpenedMessage) -> None:
         if not is_evidence_type(opened.header.type):
             self._recipient_check(opened)
 
     def _accept(
-        self, opened: OpenedMessage, receipt: Receipt, expires_at: int, now: datetime
+        self,
+        opened: OpenedMessage,
+        receipt: Receipt,
+        expires_at: int,
+        now: datetime,
+        trace: str | None = None,
     ) -> str | None:
         header = opened.header
         subject = Subject.of(header, opened.routed.digest)
@@ -482,8 +529,13 @@ class Node:
                 header.to_json(), opened.body, receipt.digest, agency=self.agency_id, now=now
             ),
         )
+        self.observe.delivered(sender=header.sender, recipient=self.agency_id, type_=header.type)
         self._log.info(
-            "message_delivered", message_id=header.id, sender=header.sender, type=header.type
+            "message_delivered",
+            message_id=header.id,
+            sender=header.sender,
+            type=header.type,
+            traceparent=trace,
         )
         return sealed.message_id if sealed is not None else None
 
@@ -539,7 +591,12 @@ class Node:
         return replace(record, evidence_id=sealed.message_id), sealed
 
     def _reject(
-        self, data: bytes, receipt: Receipt, exc: CasebridgeError, now: datetime
+        self,
+        data: bytes,
+        receipt: Receipt,
+        exc: CasebridgeError,
+        now: datetime,
+        trace: str | None = None,
     ) -> str | None:
         claimed = unverified_header(data)
         rule_id = exc.rule_id if isinstance(exc, PolicyDenied) else None
@@ -566,12 +623,19 @@ class Node:
                 detail=exc.detail,
             )
         self.store.commit_rejection(rejection, now=now, evidence=record, sealed=sealed)
+        self.observe.rejected(
+            claimed_sender=rejection.sender,
+            recipient=self.agency_id,
+            reason=rejection.reason,
+            rule_id=rule_id,
+        )
         self._log.warning(
             "message_rejected",
             claimed_message_id=rejection.message_id,
             claimed_sender=rejection.sender,
             reason=rejection.reason,
             rule_id=rule_id,
+            traceparent=trace,
         )
         return sealed.message_id if sealed is not None else None
 
@@ -599,6 +663,14 @@ class Node:
                 evidence_id=header.id,
                 direction="received",
                 digest_matches=body["subject_digest"] == subject.digest,
+            )
+            self.observe.evidence(
+                kind=kind.value,
+                subject_id=subject_id,
+                subject_created_at=subject.created_at,
+                sender=self.agency_id,
+                actor=str(body["actor"]),
+                at=str(body["at"]),
             )
         self.store.commit_evidence_received(
             message_id=header.id,

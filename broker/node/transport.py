@@ -82,10 +82,13 @@ class Transport(Protocol):
         """True while the connection to the country server is up (readiness)."""
         ...
 
-    async def submit(self, subject: str, data: bytes, msg_id: str) -> None:
-        """Publish ``data`` on ``subject`` with ``Nats-Msg-Id: msg_id``; return once JetStream
-        acknowledged it. Raises :class:`~broker.node.errors.TransportUnavailable` otherwise
-        (the caller retries with the same bytes and id: the stream de-duplicates)."""
+    async def submit(
+        self, subject: str, data: bytes, msg_id: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Publish ``data`` on ``subject`` with ``Nats-Msg-Id: msg_id`` (and ``headers``, e.g.
+        ``traceparent``); return once JetStream acknowledged it. Raises
+        :class:`~broker.node.errors.TransportUnavailable` otherwise (the caller retries with
+        the same bytes and id: the stream de-duplicates)."""
         ...
 
     def deliveries(self) -> AsyncIterator[Delivery]:
@@ -136,6 +139,7 @@ class Submission:
     msg_id: str
     data: bytes
     accepted: bool
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class MemoryBus:
@@ -162,14 +166,30 @@ class MemoryBus:
             self._transports[agency_id] = found
         return found
 
-    def deliver(self, agency_id: str, data: bytes, *, msg_id: str = "") -> int:
-        """Put ``data`` on ``cb.deliver.<agency_id>`` as a gateway would; return its sequence."""
+    def deliver(
+        self,
+        agency_id: str,
+        data: bytes,
+        *,
+        msg_id: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        """Put ``data`` on ``cb.deliver.<agency_id>`` as a gateway would (carrying ``headers``,
+        as gateways carry ``traceparent``); return its sequence."""
         sequence = next(self._sequence)
-        headers = {MSG_ID_HEADER: msg_id} if msg_id else {}
-        self.attach(agency_id)._enqueue(data, sequence, headers)
+        sent = {**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})}
+        self.attach(agency_id)._enqueue(data, sequence, sent)
         return sequence
 
-    def _submit(self, sender: str, subject: str, data: bytes, msg_id: str) -> None:
+    def _submit(
+        self,
+        sender: str,
+        subject: str,
+        data: bytes,
+        msg_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        extra = dict(headers or {})
         if subject == f"{AUDIT_PREFIX}{sender}" and not self.fail_submits:
             self.submissions.append(Submission(subject, msg_id, data, accepted=True))
             self.audit.append((sender, data))
@@ -181,12 +201,12 @@ class MemoryBus:
             self.fail_submits -= 1
             self.submissions.append(Submission(subject, msg_id, data, accepted=False))
             raise TransportUnavailable("no acknowledgement (injected)")
-        self.submissions.append(Submission(subject, msg_id, data, accepted=True))
+        self.submissions.append(Submission(subject, msg_id, data, accepted=True, headers=extra))
         if msg_id not in self._msg_ids:
             self._msg_ids.add(msg_id)
             header = unverified_header(data)
             for recipient in header.recipients if header is not None else ():
-                self.deliver(recipient, data, msg_id=f"{msg_id}:{recipient}")
+                self.deliver(recipient, data, msg_id=f"{msg_id}:{recipient}", headers=extra)
         if self.lose_acks > 0:
             self.lose_acks -= 1
             raise TransportUnavailable("acknowledgement lost (injected)")
@@ -211,10 +231,12 @@ class MemoryTransport:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    async def submit(self, subject: str, data: bytes, msg_id: str) -> None:
+    async def submit(
+        self, subject: str, data: bytes, msg_id: str, *, headers: Mapping[str, str] | None = None
+    ) -> None:
         if not self.connected:
             raise TransportUnavailable("not connected")
-        self._bus._submit(self.agency_id, subject, data, msg_id)
+        self._bus._submit(self.agency_id, subject, data, msg_id, headers)
 
     def take(self) -> list[MemoryDelivery]:
         """Every delivery ready now (each becomes unacknowledged until settled)."""

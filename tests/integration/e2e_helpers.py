@@ -18,7 +18,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -139,19 +139,36 @@ class Running:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def start(cls, base: Path, *, nodes: Iterable[str], no_policy: Iterable[str] = ()) -> Running:
-        """Init under ``base``, start hub, servers, both gateways and the ``nodes`` given.
+    def start(
+        cls,
+        base: Path,
+        *,
+        nodes: Iterable[str],
+        no_policy: Iterable[str] = (),
+        description: Mapping[str, Any] = DESCRIPTION,
+        settings: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Running:
+        """Init under ``base``, start hub, servers, every gateway and the ``nodes`` given.
 
         ``no_policy``: nodes whose settings name no country policy (documented: the node
         then only checks honesty and the border gateways decide everything else).
+        ``description``: the federation (default: DE + UA, :data:`DESCRIPTION`).
+        ``settings``: top-level members merged into a node's settings file, per agency
+        (e.g. ``{"audit": {"checkpoint_seconds": 1}}``).
         """
-        fed = Federation.init(parse_description(DESCRIPTION), base, now=datetime.now(UTC))
+        fed = Federation.init(parse_description(dict(description)), base, now=datetime.now(UTC))
         endpoints = processes.prepare(fed, policy_dir=POLICIES)
         wanted = set(nodes)
-        for agency in no_policy:
+        dropped = set(no_policy)
+        changes: dict[str, dict[str, Any]] = {a: {} for a in dropped}
+        for agency, members in (settings or {}).items():
+            changes.setdefault(agency, {}).update(members)
+        for agency, members in changes.items():
             path = base / processes.SETTINGS_DIR / f"{agency}.json"
             doc = json.loads(path.read_text(encoding="utf-8"))
-            del doc["policy"]
+            if agency in dropped:
+                del doc["policy"]
+            doc.update(members)
             path.write_text(json.dumps(doc), encoding="utf-8")
         fed.set_processes(
             [

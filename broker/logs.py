@@ -1,0 +1,42 @@
+"""structlog set-up for the node and gateway processes: JSON lines (default) or console.
+
+One event per line on stdout: ``{"event": ..., "level": ..., "timestamp": ..., ...}`` with the
+fields each call site binds (message id, rule id, reason, traceparent; never message content).
+``--log-format console`` renders the same events for humans. Called once at process start by
+the CLI; library code only ever calls ``structlog.get_logger``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Final, Literal, TextIO
+
+import structlog
+
+LogFormat = Literal["json", "console"]
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("json", "console")
+
+
+def configure_logging(
+    log_format: LogFormat = "json", *, stream: TextIO | None = None, level: int = logging.INFO
+) -> None:
+    """Route every structlog event to ``stream`` (stdout) as JSON or console lines."""
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer(sort_keys=True)
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )

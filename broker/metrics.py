@@ -1,0 +1,357 @@
+"""Prometheus metrics of nodes and border gateways (``casebridge_`` prefix, base units).
+
+What it is for
+    :class:`NodeMetrics` and :class:`GatewayMetrics` register every metric of one process on a
+    ``CollectorRegistry`` the caller passes in (one per process; never the global default
+    registry), and give the code paths one small method per event. :class:`ExpiryCollector`
+    reports seconds left on certificates, CRLs and the directory at scrape time.
+    :func:`metrics_app` serves ``/metrics`` for processes without an HTTP API (gateways, the
+    NATS exporter); the node serves the same handler on its API. The full list, with labels,
+    is in ``docs/operations.md``.
+
+What it must never do
+    Use an unbounded label. Labels are country codes (:func:`country_label`), message types
+    (the schema registry's, or ``other``), verdicts, reason codes, rule ids, directions and
+    fixed names; never message ids, agency names or people.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker import __version__
+
+_COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
+_TYPE_RE: Final = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*){0,3}$")
+OTHER: Final = "other"
+# Seconds; from a loopback federation (well under a second) to a peer that was away for hours.
+LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600)
+CRYPTO_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+def country_label(value: str | None) -> str:
+    """An ISO country code as a label (upper case), ``other`` for anything that is not one."""
+    code = (value or "").upper()
+    return code if _COUNTRY_RE.match(code) else OTHER
+
+
+def agency_country_label(agency_id: str | None) -> str:
+    """The country label of an agency id (``de.lka-berlin`` -> ``DE``)."""
+    return country_label((agency_id or "").partition(".")[0])
+
+
+def type_label(value: str | None) -> str:
+    """A message type as a label (``request.assistance``); ``other`` if it is not type-shaped.
+
+    Types of verified messages come from the schema registry (a fixed set); this guard keeps a
+    refused message's claimed type from adding series.
+    """
+    text = value or ""
+    return text if len(text) <= 64 and _TYPE_RE.match(text) else OTHER
+
+
+def build_info(registry: CollectorRegistry, *, component: str, country: str) -> None:
+    """``casebridge_build_info{component, country, version} 1`` (``up`` joins on it)."""
+    Gauge(
+        "casebridge_build_info",
+        "Always 1: the component, its country and the Casebridge version.",
+        ["component", "country", "version"],
+        registry=registry,
+    ).labels(component=component, country=country_label(country), version=__version__).set(1)
+
+
+class NodeMetrics:
+    """Every metric an agency node updates itself (the store-backed ones are collectors)."""
+
+    def __init__(self, registry: CollectorRegistry, *, country: str) -> None:
+        self.country = country_label(country)
+        pair = ["from_country", "to_country"]
+        self.submitted = Counter(
+            "casebridge_messages_submitted",
+            "Messages accepted from case workers into the outbox, per destination country.",
+            [*pair, "type"],
+            registry=registry,
+        )
+        self.sent = Counter(
+            "casebridge_messages_sent",
+            "Sealed messages acknowledged by the country's JetStream (incl. evidence).",
+            ["from_country", "type"],
+            registry=registry,
+        )
+        self.submit_failures = Counter(
+            "casebridge_submit_failures",
+            "Submission attempts JetStream did not acknowledge (retried from the outbox).",
+            registry=registry,
+        )
+        self.delivered = Counter(
+            "casebridge_messages_delivered",
+            "Messages opened, checked and stored by this recipient node.",
+            [*pair, "type"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "casebridge_messages_rejected",
+            "Deliveries this node refused, by reason code and deciding rule ('' if none).",
+            [*pair, "reason", "rule_id"],
+            registry=registry,
+        )
+        self.preflight_refusals = Counter(
+            "casebridge_preflight_refusals",
+            "Drafts refused by this country's policy before sealing, by rule.",
+            ["from_country", "rule_id"],
+            registry=registry,
+        )
+        self.replay_attempts = Counter(
+            "casebridge_replay_attempts",
+            "Deliveries refused as replays (a message id seen before), by claimed sender country.",
+            ["from_country"],
+            registry=registry,
+        )
+        self.redeliveries = Counter(
+            "casebridge_redeliveries",
+            "Deliveries seen again: 'settled' (already stored, acked again) or 'nak' (retried).",
+            ["kind"],
+            registry=registry,
+        )
+        self.evidence_received = Counter(
+            "casebridge_evidence_received",
+            "Evidence about messages this node sent, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.seal_seconds = Histogram(
+            "casebridge_seal_duration_seconds",
+            "Time to seal one message (sign, encrypt, sign).",
+            buckets=CRYPTO_BUCKETS,
+            registry=registry,
+        )
+        self.open_seconds = Histogram(
+            "casebridge_open_duration_seconds",
+            "Time to verify, decrypt and check one delivery, by outcome.",
+            ["outcome"],
+            buckets=CRYPTO_BUCKETS,
+            registry=registry,
+        )
+        self.validation_seconds = Histogram(
+            "casebridge_validation_duration_seconds",
+            "Time of pre-flight (schema and policy) for one draft.",
+            buckets=CRYPTO_BUCKETS,
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            "casebridge_delivery_latency_seconds",
+            "Submit-to-delivered latency: outbox time to the recipient's 'delivered' evidence.",
+            pair,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.evidence_lag = Histogram(
+            "casebridge_evidence_lag_seconds",
+            "From the instant evidence attests to the instant it reached the sender, by kind.",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "casebridge_http_requests",
+            "Node API requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_seconds = Histogram(
+            "casebridge_http_request_duration_seconds",
+            "Node API request duration by route template.",
+            ["route"],
+            registry=registry,
+        )
+        self.audit_ok = Gauge(
+            "casebridge_audit_chain_ok",
+            "1 if the last verification of the audit hash chain and checkpoints passed, else 0.",
+            registry=registry,
+        )
+        self.audit_checked = Gauge(
+            "casebridge_audit_chain_verified_timestamp_seconds",
+            "Unix time of the last audit chain verification.",
+            registry=registry,
+        )
+        self.audit_records = Gauge(
+            "casebridge_audit_records",
+            "Records in the audit log at the last verification.",
+            registry=registry,
+        )
+
+
+class GatewayMetrics:
+    """Every metric a border gateway updates."""
+
+    def __init__(self, registry: CollectorRegistry, *, country: str) -> None:
+        self.country = country_label(country)
+        self.decisions = Counter(
+            "casebridge_border_decisions",
+            "Border policy decisions, by direction, peer country, verdict and rule.",
+            ["country", "direction", "peer", "verdict", "rule_id"],
+            registry=registry,
+        )
+        self.relayed = Counter(
+            "casebridge_messages_relayed",
+            "Messages a gateway let through (egress: per peer country; ingress: per agency).",
+            ["country", "direction", "from_country", "to_country", "type"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "casebridge_border_refusals",
+            "Messages (or units) a gateway refused, by reason code.",
+            ["country", "direction", "reason"],
+            registry=registry,
+        )
+        self.decision_seconds = Histogram(
+            "casebridge_border_decision_duration_seconds",
+            "Time to verify the outer layer and apply the policy to one message.",
+            ["direction"],
+            buckets=CRYPTO_BUCKETS,
+            registry=registry,
+        )
+        self.redeliveries = Counter(
+            "casebridge_redeliveries",
+            "Inputs JetStream delivered more than once (kind = stream).",
+            ["kind"],
+            registry=registry,
+        )
+        self.publish_failures = Counter(
+            "casebridge_gateway_publish_failures",
+            "Decisions whose publications were not acknowledged (input nak'ed, retried).",
+            ["direction"],
+            registry=registry,
+        )
+        self.audit_checkpoints = Counter(
+            "casebridge_gateway_audit_checkpoints",
+            "Node audit checkpoints received, by result (kept or refused).",
+            ["result"],
+            registry=registry,
+        )
+        for direction in ("egress", "ingress"):
+            self.publish_failures.labels(direction=direction)
+        for result in ("kept", "refused"):
+            self.audit_checkpoints.labels(result=result)
+
+
+# ------------------------------------------------------------------ expiry ---
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Expiry:
+    """One thing that expires: which metric, its labels, and when."""
+
+    metric: str  # "certificate" or "crl" or "directory"
+    labels: tuple[tuple[str, str], ...]
+    not_after: datetime
+
+
+_EXPIRY_HELP: Final = {
+    "certificate": (
+        "casebridge_certificate_expiry_seconds",
+        "Seconds until a certificate this process relies on expires (negative: expired).",
+        ("certificate", "country"),
+    ),
+    "crl": (
+        "casebridge_crl_expiry_seconds",
+        "Seconds until a country's CRL in the directory passes its next_update.",
+        ("country",),
+    ),
+    "directory": (
+        "casebridge_directory_expiry_seconds",
+        "Seconds until the loaded directory passes its next_update.",
+        (),
+    ),
+}
+
+
+class ExpiryCollector(Collector):
+    """Seconds left on each :class:`Expiry` that ``items`` returns, computed at scrape time."""
+
+    def __init__(
+        self, items: Callable[[], Iterable[Expiry]], *, clock: Callable[[], datetime]
+    ) -> None:
+        self._items = items
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            kind: GaugeMetricFamily(name, text, labels=list(labels))
+            for kind, (name, text, labels) in _EXPIRY_HELP.items()
+        }
+        now = self._clock()
+        for item in self._items():
+            family = families[item.metric]
+            family.add_metric(
+                [value for _, value in item.labels], (item.not_after - now).total_seconds()
+            )
+        yield from families.values()
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected at scrape time only; registration must not call items()
+
+
+# -------------------------------------------------------------------- HTTP ---
+
+
+async def metrics_response(registry: CollectorRegistry) -> web.Response:
+    """The Prometheus text exposition of ``registry`` (collected off the event loop)."""
+    body = await asyncio.to_thread(generate_latest, registry)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+REGISTRY_KEY: Final = web.AppKey("metrics_registry", CollectorRegistry)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return await metrics_response(request.app[REGISTRY_KEY])
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def metrics_app(registry: CollectorRegistry) -> web.Application:
+    """A tiny app serving ``GET /metrics`` and ``GET /healthz`` (gateways, NATS exporter)."""
+    app = web.Application()
+    app[REGISTRY_KEY] = registry
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+class MetricsServer:
+    """``async with MetricsServer(registry, host, port):`` serves :func:`metrics_app`."""
+
+    def __init__(self, registry: CollectorRegistry, *, host: str, port: int) -> None:
+        self._runner = web.AppRunner(metrics_app(registry), access_log=None)
+        self._host = host
+        self._port = port
+
+    async def __aenter__(self) -> MetricsServer:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
