@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from broker.core import audit
 from broker.core.directory import Directory
-from broker.errors import CasebridgeError
+from broker.errors import CasebridgeError, ConfigError
 from broker.keyfiles import read_bytes, read_certificate
 
 
@@ -73,6 +73,8 @@ def verify_store(
         tokens = audit_log.checkpoint_tokens(db)
     finally:
         db.close()
+    if gateway_roots is not None and not gateway_roots.is_file():
+        raise ConfigError(f"{gateway_roots}: no such gateway store")
     held = roots_in(gateway_roots, agency) if gateway_roots is not None else []
     checkpoints = []
     for token in [*tokens, *held]:
