@@ -263,7 +263,13 @@ async def run_audit_roots(
                     directory=directory(),
                     now=clock(),
                 )
-            except CasebridgeError as exc:
+            except Exception as exc:
+                if not isinstance(exc, CasebridgeError):
+                    # Our fault (e.g. SQLite busy): keep it for another try, do not drop it.
+                    log.exception("audit_checkpoint_failed", node=agency)
+                    with contextlib.suppress(NatsError, JetStreamError):
+                        await msg.nak(delay=NAK_DELAY)
+                    continue
                 if metrics is not None:
                     metrics.audit_checkpoints.labels(result="refused").inc()
                 log.warning("audit_checkpoint_refused", node=agency, reason=exc.reason.value)

@@ -233,14 +233,23 @@ class Running:
             handle.seek(offset)
             return handle.read().decode("utf-8", "replace")
 
+    def log_events(self, name: str, *, offset: int = 0) -> list[dict[str, Any]]:
+        """The JSON log events of process ``name`` from byte ``offset`` (other lines skipped)."""
+        events = []
+        for line in self.log_text(name, offset=offset).splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut by a concurrent write
+        return events
+
     def delivered_log_count(self, agency: str) -> Counter[str]:
         """How often the node logged ``message_delivered`` per message id (all its runs)."""
         counts: Counter[str] = Counter()
-        for line in self.log_text(f"node-{agency}").splitlines():
-            if "message_delivered" in line:
-                for part in line.split():
-                    if part.startswith("message_id="):
-                        counts[part.removeprefix("message_id=")] += 1
+        for event in self.log_events(f"node-{agency}"):
+            if event.get("event") == "message_delivered":
+                counts[str(event.get("message_id"))] += 1
         return counts
 
     def store_path(self, agency: str) -> Path:

@@ -145,6 +145,15 @@ class TestDemo:
         assert "settings/ua.npu.token" in output
         assert "NATS monitoring:" in output
 
+    def test_prints_every_metrics_url(self, demo_run: tuple[Path, str]) -> None:
+        """The demo lists a /metrics URL per node and gateway, the exporter's, and a config."""
+        base, output = demo_run
+        _, _, section = output.partition("Prometheus metrics")
+        urls = [line.split()[1] for line in section.splitlines() if line.endswith("/metrics")]
+        assert len(urls) == 9 + 3 + 1
+        assert len(set(urls)) == len(urls)
+        assert (base / "prometheus.yml").exists()
+
     def test_nothing_is_left_running(self, demo_run: tuple[Path, str]) -> None:
         """After `--no-wait` every federation process is gone."""
         base, output = demo_run

@@ -300,14 +300,15 @@ class TestRevokedSender:
             assert sent["state"] == "acknowledged"
             refused = wait_until(
                 lambda: [
-                    line
-                    for line in fed.log_text("gateway-de", offset=offset).splitlines()
-                    if "message_refused" in line and sent["message_id"] in line
+                    event
+                    for event in fed.log_events("gateway-de", offset=offset)
+                    if event.get("event") == "message_refused"
+                    and event.get("message_id") == sent["message_id"]
                 ],
                 DELIVERY,
                 what="the DE gateway's refusal",
             )
-            assert "reason=sender_revoked" in refused[0]
+            assert refused[0]["reason"] == "sender_revoked"
             assert sent["message_id"] not in fed.stream_ids("DE", s.out_stream("UA"))
 
             # 2. The same key past both borders, straight onto NPU's delivery subject.
