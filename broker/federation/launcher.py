@@ -614,7 +614,9 @@ class Federation:
             return str(self.settings.countries[name].config)
         for proc in self.settings.processes:
             if proc.name == name:
-                return " ".join(self._argv(proc))
+                # Without the interpreter: the same process started through another path to
+                # the same Python (a venv symlink, sys.executable of another caller) is ours.
+                return " ".join(self._argv(proc)[1:])
         return ""
 
     def _read_pid(self, name: str) -> int | None:
