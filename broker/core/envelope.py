@@ -152,13 +152,14 @@ def seal(
 
 
 def _canonical_wire(outer: str, jwe: str) -> bytes:
-    # Same bytes as canonical.dumps({"jwe", "outer", "v"}), without the generic encoder's cost.
+    # Same bytes as canonical.dumps({"jwe", "outer", "v"}) for the ASCII strings the protocol
+    # allows here (callers check), through the encoder's fast ASCII path.
     return b"".join(
         (
             b'{"jwe":',
-            json.dumps(jwe, ensure_ascii=False).encode("utf-8"),
+            json.dumps(jwe).encode("ascii"),
             b',"outer":',
-            json.dumps(outer, ensure_ascii=False).encode("utf-8"),
+            json.dumps(outer).encode("ascii"),
             b',"v":1}',
         )
     )
@@ -174,6 +175,8 @@ def _unverified_wire(wire: bytes, limits: Limits) -> tuple[str, str]:
         raise InvalidMessage(Reason.MALFORMED, f"unsupported wire version {obj['v']!r}")
     if not isinstance(obj["outer"], str) or not isinstance(obj["jwe"], str):
         raise InvalidMessage(Reason.MALFORMED, "outer and jwe must be strings")
+    if not obj["outer"].isascii() or not obj["jwe"].isascii():
+        raise InvalidMessage(Reason.MALFORMED, "outer and jwe must be ASCII")
     # One byte string per message: whitespace or escaping variants are refused, so the wire
     # digest identifies the message exactly (evidence refers to it).
     if _canonical_wire(obj["outer"], obj["jwe"]) != wire:

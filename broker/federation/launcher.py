@@ -658,6 +658,8 @@ class Federation:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.base,
+                # Unbuffered: a crash (kill -9) must not lose the log lines already written.
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 # Own session: survives the CLI that started it; signalled as a group.
                 start_new_session=True,
             )

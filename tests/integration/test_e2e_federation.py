@@ -478,7 +478,10 @@ class TestCrashRun:
             assert len(inbox) == len(set(inbox)) == self.COUNT
             assert set(inbox) == acked
             assert [r.reason for r in refused] == []
+            # The inbox's primary key is the guarantee; the log shows no second delivery event
+            # either (a kill -9 between commit and log line can leave an id with none).
             counts = fed.delivered_log_count(NPU)
-            assert {i: counts[i] for i in acked} == dict.fromkeys(acked, 1)
+            assert max(counts[i] for i in acked) == 1
+            assert sum(1 for i in acked if counts[i] == 1) >= self.COUNT - len(crashes)
         finally:
             fed.close()
