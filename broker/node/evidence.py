@@ -16,19 +16,13 @@ which never carry content), nor produce evidence about evidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Final
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
 
+from broker.core.evidence import EvidenceFacts, EvidenceKind
+from broker.core.evidence import evidence_header as core_evidence_header
 from broker.core.header import Header
-from broker.node.model import EVIDENCE_PREFIX, EvidenceKind
-from broker.node.store import iso
-
-EVIDENCE_HANDLING: Final = "H0"
-EVIDENCE_TLP: Final = "GREEN"
-EVIDENCE_PURPOSE: Final = "system"
-EVIDENCE_LEGAL_BASIS: Final = "Casebridge protocol, section 10: evidence of exchange"
-MAX_DETAIL: Final = 1000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,11 +44,6 @@ class Subject:
         )
 
 
-def evidence_type(kind: EvidenceKind) -> str:
-    """The message type of an evidence kind, e.g. ``evidence.delivered``."""
-    return f"{EVIDENCE_PREFIX}{kind.value}"
-
-
 def evidence_header(
     *,
     fed: str,
@@ -66,23 +55,17 @@ def evidence_header(
     exp: int,
 ) -> Header:
     """The header of evidence from ``producer`` to the subject's sender."""
-    return Header(
-        fed=fed,
-        id=message_id,
-        type=evidence_type(kind),
-        type_version=1,
+    header = core_evidence_header(
+        federation_id=fed,
+        actor=producer,
+        to=subject.sender,
+        kind=kind,
+        subject_id=subject.message_id,
         conversation=subject.conversation,
-        in_reply_to=subject.message_id,
-        sender=producer,
-        recipients=(subject.sender,),
-        handling=EVIDENCE_HANDLING,
-        tlp=EVIDENCE_TLP,
-        purpose=EVIDENCE_PURPOSE,
-        legal_basis=EVIDENCE_LEGAL_BASIS,
-        categories=(),
-        iat=iat,
-        exp=exp,
+        now=datetime.fromtimestamp(iat, UTC),
+        message_id=message_id,
     )
+    return replace(header, exp=exp)
 
 
 def evidence_body(
@@ -97,15 +80,13 @@ def evidence_body(
 ) -> dict[str, Any]:
     """The body (schemas/evidence.<kind>.v1.json). ``reason``/``rule_id``/``detail`` only for
     refusals; ``detail`` is cut to the schema's limit."""
-    body: dict[str, Any] = {
-        "subject_message_id": subject.message_id,
-        "subject_digest": subject.digest,
-        "actor": actor,
-        "at": iso(at),
-    }
-    if kind in (EvidenceKind.REJECTED, EvidenceKind.RELAY_REJECTED):
-        body["reason"] = reason or "unknown"
-        body["rule_id"] = rule_id
-        if detail:
-            body["detail"] = detail[:MAX_DETAIL]
-    return body
+    return EvidenceFacts(
+        kind=kind,
+        subject_id=subject.message_id,
+        subject_digest=subject.digest,
+        actor=actor,
+        at=at,
+        reason=reason,
+        rule_id=rule_id,
+        detail=detail or "",
+    ).body()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from broker.core.evidence import EvidenceKind, is_evidence
+
 
 class OutboxState(StrEnum):
     """Where a sent message is on its way into the federation."""
@@ -20,22 +22,9 @@ class OutboxState(StrEnum):
     ACKNOWLEDGED = "acknowledged"  # JetStream stored it: the federation has it
 
 
-class EvidenceKind(StrEnum):
-    """Kinds of evidence (``evidence.<kind>`` message types)."""
-
-    RELAY_ACCEPTED = "relay_accepted"
-    RELAY_REJECTED = "relay_rejected"
-    DELIVERED = "delivered"
-    REJECTED = "rejected"
-    READ = "read"
-
-
-EVIDENCE_PREFIX = "evidence."
-
-
-def is_evidence_type(message_type: str) -> bool:
-    """True for ``evidence.*`` types: they never produce evidence of their own."""
-    return message_type.startswith(EVIDENCE_PREFIX)
+# Evidence kinds and types are the protocol's (docs/protocol.md section 10): one definition,
+# in the core, shared with the border gateway.
+is_evidence_type = is_evidence
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -47,9 +47,11 @@ from broker.core.envelope import (
     open_message,
     seal,
 )
+from broker.core.evidence import EvidenceKind
 from broker.core.header import Header, Onward, agency_country
 from broker.core.trust import KeyResolver
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
+from broker.federation.subjects import submit_subject
 from broker.node import audit_log, corrections
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
 from broker.node.errors import (
@@ -62,7 +64,6 @@ from broker.node.errors import (
 from broker.node.evidence import Subject, evidence_body, evidence_header
 from broker.node.model import (
     Draft,
-    EvidenceKind,
     EvidenceRecord,
     InboxMessage,
     OutboxMessage,
@@ -81,7 +82,7 @@ from broker.node.policy import (
     SchemaOnlyPreflight,
 )
 from broker.node.store import Receipt, SealedRecord, Store, iso
-from broker.node.transport import Delivery, Transport, submit_subject
+from broker.node.transport import Delivery, Transport
 from broker.tracing import TRACEPARENT, from_headers
 
 # Refusals that say our side is not ready (not that the peer's message is bad): retry later.

@@ -32,11 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from broker.core.evidence import EVIDENCE_PREFIX, EvidenceKind
 from broker.errors import ConfigError, InvalidMessage, Reason
 from broker.node.audit_log import AUDIT_MIGRATION, Within
 from broker.node.model import (
-    EVIDENCE_PREFIX,
-    EvidenceKind,
     EvidenceRecord,
     InboxMessage,
     OutboxMessage,

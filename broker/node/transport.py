@@ -23,23 +23,12 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from broker.federation.subjects import audit_subject, submit_subject
 from broker.node.errors import TransportUnavailable
 from broker.node.peek import unverified_header
 
-SUBMIT_PREFIX: Final = "cb.submit."
-DELIVER_PREFIX: Final = "cb.deliver."
-AUDIT_PREFIX: Final = "cb.audit."
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
-
-
-def submit_subject(agency_id: str) -> str:
-    """The subject an agency publishes its sealed messages on."""
-    return f"{SUBMIT_PREFIX}{agency_id}"
-
-
-def deliver_subject(agency_id: str) -> str:
-    """The subject messages for an agency are delivered on."""
-    return f"{DELIVER_PREFIX}{agency_id}"
+# Subject names are the federation's (docs/federation.md), defined once.
 
 
 class Delivery(Protocol):
@@ -190,7 +179,7 @@ class MemoryBus:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         extra = dict(headers or {})
-        if subject == f"{AUDIT_PREFIX}{sender}" and not self.fail_submits:
+        if subject == audit_subject(sender) and not self.fail_submits:
             self.submissions.append(Submission(subject, msg_id, data, accepted=True))
             self.audit.append((sender, data))
             return

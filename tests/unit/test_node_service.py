@@ -13,11 +13,14 @@ import pytest
 
 from broker.core.directory import Directory
 from broker.core.envelope import OpenedMessage
+from broker.core.evidence import EvidenceKind
 from broker.core.header import Header
 from broker.devpki import DevFederation
 from broker.errors import PolicyDenied
 from broker.node.errors import JustificationRequired, NotFound
-from broker.node.model import EvidenceKind, OutboxState
+from broker.node.model import (
+    OutboxState,
+)
 from broker.node.policy import Clearance
 from broker.node.service import Node
 

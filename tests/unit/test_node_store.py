@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from broker.core.evidence import EvidenceKind
 from broker.core.replay import ReplayStore
 from broker.errors import ConfigError, InvalidMessage, Reason
-from broker.node.model import EvidenceKind, EvidenceRecord, OutboxState
+from broker.node.model import (
+    EvidenceRecord,
+    OutboxState,
+)
 from broker.node.store import MIGRATIONS, Receipt, SealedRecord, Store
 
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
