@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwcrypto import jwe as _jwe
 from jwcrypto import jwk as _jwk
 from jwcrypto import jws as _jws
@@ -38,9 +37,10 @@ JWE_TOP_MEMBERS: Final = frozenset({"protected", "recipients", "iv", "ciphertext
 # Named so the refusal says *why* (these make a JWS/JWE name its own key or change semantics).
 DANGEROUS_MEMBERS: Final = frozenset({"jku", "x5u", "jwk", "x5c", "x5t", "x5t#S256", "crit", "zip"})
 
-# jwcrypto JWKs built from pyca keys, keyed by the public point (pyca keys are not weak-
-# referenceable, and ``id()`` may be reused after garbage collection). Bounded LRU.
-_JWK_CACHE: OrderedDict[tuple[bool, bytes], _jwk.JWK] = OrderedDict()
+# jwcrypto JWKs built from pyca keys, keyed by the key object's id(). Each entry holds the key
+# itself, so the id cannot be reused by another object while the entry exists (pyca keys are
+# not weak-referenceable, and hashing the public point costs more than the lookup is worth).
+_JWK_CACHE: OrderedDict[int, tuple[object, _jwk.JWK]] = OrderedDict()
 _JWK_CACHE_SIZE: Final = 4096
 
 
@@ -82,19 +82,15 @@ def sha256_b64url(data: bytes) -> str:
 
 
 def _cached_jwk(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> _jwk.JWK:
-    private = isinstance(key, ec.EllipticCurvePrivateKey)
-    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
-    point = public.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    cache_key = (private, point)
-    cached = _JWK_CACHE.get(cache_key)
-    if cached is None:
-        cached = _jwk.JWK.from_pyca(key)
-        _JWK_CACHE[cache_key] = cached
-        if len(_JWK_CACHE) > _JWK_CACHE_SIZE:
-            _JWK_CACHE.popitem(last=False)
-    else:
-        _JWK_CACHE.move_to_end(cache_key)
-    return cached
+    entry = _JWK_CACHE.get(id(key))
+    if entry is not None and entry[0] is key:
+        _JWK_CACHE.move_to_end(id(key))
+        return entry[1]
+    built = _jwk.JWK.from_pyca(key)
+    _JWK_CACHE[id(key)] = (key, built)
+    if len(_JWK_CACHE) > _JWK_CACHE_SIZE:
+        _JWK_CACHE.popitem(last=False)
+    return built
 
 
 def _public_jwk(key: ec.EllipticCurvePublicKey) -> _jwk.JWK:
