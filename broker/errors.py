@@ -9,7 +9,10 @@ and carries a stable, machine-readable ``reason`` (a :class:`Reason` value, docu
     │   ├── ConfigError                 settings / files unusable
     │   │   └── PolicyError             a policy file refused at load (carries line numbers)
     │   ├── PKIError                    certificate issuance or validation of our own material
-    │   └── SchemaRegistryError         a schema file is missing or itself invalid
+    │   ├── SchemaRegistryError         a schema file is missing or itself invalid
+    │   └── NodeError                   the node's edges (broker/node/errors.py): bad request,
+    │                                   unauthorized, justification required, not found,
+    │                                   idempotency conflict, transport or audit unavailable
     └── RemoteError                     what a peer sent us is unacceptable
         ├── InvalidMessage              sealed message refused (crypto, header, time, replay...)
         ├── SchemaInvalid               the body does not match its schema (carries error paths)
@@ -60,6 +63,14 @@ class Reason(StrEnum):
     SCHEMA_INVALID = "schema_invalid"
     CATEGORY_UNDECLARED = "category_undeclared"
     POLICY_DENIED = "policy_denied"
+    # local: the node's API and edges
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    JUSTIFICATION_REQUIRED = "justification_required"
+    NOT_FOUND = "not_found"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    TRANSPORT_UNAVAILABLE = "transport_unavailable"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
     # local
     CONFIG_INVALID = "config_invalid"
     PKI_ERROR = "pki_error"

@@ -31,7 +31,7 @@ from broker.core import canonical
 from broker.errors import CasebridgeError, InvalidMessage, PolicyDenied, SchemaInvalid
 from broker.metrics import REGISTRY_KEY, NodeMetrics, metrics_response
 from broker.node import corrections
-from broker.node.errors import BadRequest, NodeError, NotFound, Unauthorized
+from broker.node.errors import BadRequest, NotFound, Unauthorized
 from broker.node.model import Draft, OutboxState
 from broker.node.service import Node
 
@@ -63,7 +63,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NodeContext = Callable[[], AbstractAsyncContextManager[Node]]
 
 
-def error_json(exc: CasebridgeError | NodeError) -> dict[str, Any]:
+def error_json(exc: CasebridgeError) -> dict[str, Any]:
     """The API's error document for any Casebridge or node error."""
     error: dict[str, Any] = {"reason": exc.reason.value, "detail": exc.detail}
     if isinstance(exc, PolicyDenied):
@@ -75,7 +75,7 @@ def error_json(exc: CasebridgeError | NodeError) -> dict[str, Any]:
     return {"error": error}
 
 
-def _error_response(exc: CasebridgeError | NodeError) -> web.Response:
+def _error_response(exc: CasebridgeError) -> web.Response:
     return web.json_response(error_json(exc), status=exc.http_status)
 
 
@@ -83,7 +83,7 @@ def _error_response(exc: CasebridgeError | NodeError) -> web.Response:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (CasebridgeError, NodeError) as exc:
+    except CasebridgeError as exc:
         return _error_response(exc)
     except web.HTTPNotFound:
         return _error_response(NotFound(f"no route {request.method} {request.path}"))

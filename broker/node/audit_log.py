@@ -28,8 +28,9 @@ from typing import Any, Final
 
 from broker.core import audit
 from broker.core.audit import ActorKind, AuditEntry, AuditRecord, Operation, StoredRecord
+from broker.errors import Reason
 from broker.federation import subjects
-from broker.node.errors import NodeError, NodeReason
+from broker.node.errors import NodeError
 
 Within = Callable[[sqlite3.Connection], None]
 """Work a store method runs inside its own transaction (after its own writes)."""
@@ -103,7 +104,7 @@ class AuditUnavailable(NodeError):
     """The audit record of an operation could not be written: the operation was not done."""
 
     http_status = 503
-    reason = NodeReason.AUDIT_UNAVAILABLE
+    reason_code = Reason.AUDIT_UNAVAILABLE
 
 
 # ------------------------------------------------------------------- writing ---
