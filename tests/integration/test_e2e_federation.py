@@ -477,7 +477,13 @@ class TestCrashRun:
                 store.close()
             assert len(inbox) == len(set(inbox)) == self.COUNT
             assert set(inbox) == acked
-            assert [r.reason for r in refused] == []
+            # kill -9 of the country server can lose JetStream's de-duplication state for the
+            # last writes, so a gateway redelivery may put a second copy on DELIVER: the node
+            # must refuse it as a replay of a message it already holds, and nothing else.
+            assert all(r.reason == "replay" and r.message_id in acked for r in refused), [
+                (r.reason, r.message_id) for r in refused
+            ]
+            assert len(refused) <= len(crashes) * 64  # at most one fetch batch per crash
             # The inbox's primary key is the guarantee; the log shows no second delivery event
             # either (a kill -9 between commit and log line can leave an id with none).
             counts = fed.delivered_log_count(NPU)
