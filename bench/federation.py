@@ -3,12 +3,15 @@
 Starts the example federation (hub; DE, NL, UA; gateways; nine nodes) in a temporary directory,
 then sends ``--messages`` request.assistance messages across borders (DE->NL, NL->UA, UA->DE)
 through the node APIs (:class:`broker.sdk.NodeClient`), first as fast as ``--concurrency``
-clients can, then at an offered ``--rate``. A message counts as delivered when its recipient
+clients can, then at each offered ``--rate`` (default: the 200/s of the target, and 20/s to show
+the latency below saturation on a small machine). A message counts as delivered when its recipient
 node emits the ``delivered`` evidence (seen on the recipient country's ``cb.submit.>`` as the
 gateway, header only) and, at the end, it is really in the recipient's inbox. Latency is from
 the sender's submit call to that evidence. Floors: bare JetStream publish (async acks) on one
 country server, and bare jwcrypto seal (2 x ES256 + JWE) + open. Prints tables, never asserts.
-Run: ``.venv/bin/python bench/federation.py [--messages N] [--rate R]``.
+Also prints the CPU time each process used per delivered message in the unpaced run, so the
+cost of every part (nodes, gateways, NATS servers) is visible.
+Run: ``.venv/bin/python bench/federation.py [--messages N] [--rate R ...]``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -94,6 +98,21 @@ class Watcher:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+
+def cpu_seconds(fed: Federation) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process of the federation and by us."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for row in fed.status():
+        if row.pid is None:
+            continue
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{row.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[row.name] = (int(fields[11]) + int(fields[12])) / tick
+    usage = os.times()
+    out["bench (load generator)"] = usage.user + usage.system
+    return out
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -245,7 +264,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=12)
-    parser.add_argument("--rate", type=float, default=200.0, help="offered load of run 2")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[200.0, 20.0],
+        help="offered loads (messages/s) of the paced runs",
+    )
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
 
@@ -264,6 +289,7 @@ def main() -> int:
                 _wait_ready(client)
             watcher.start()
             run_load(clients, watcher, messages=30, concurrency=3, rate=None, timeout=30)  # warm
+            cpu_before = cpu_seconds(fed)
             burst = run_load(
                 clients,
                 watcher,
@@ -272,14 +298,18 @@ def main() -> int:
                 rate=None,
                 timeout=args.timeout,
             )
-            paced = run_load(
-                clients,
-                watcher,
-                messages=args.messages,
-                concurrency=args.concurrency,
-                rate=args.rate,
-                timeout=args.timeout,
-            )
+            cpu_after = cpu_seconds(fed)
+            paced = [
+                run_load(
+                    clients,
+                    watcher,
+                    messages=args.messages,
+                    concurrency=args.concurrency,
+                    rate=rate,
+                    timeout=args.timeout,
+                )
+                for rate in args.rate
+            ]
             js_rate = floor_jetstream(fed, 5000)
             crypto_ms = floor_jwcrypto(200)
         finally:
@@ -293,13 +323,21 @@ def main() -> int:
         f"{'offered/s':>10} {'sent':>6} {'errors':>6} {'delivered':>9} {'in inbox':>8} "
         f"{'submit/s':>9} {'delivered/s':>11} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
     )
-    for r in (burst, paced):
+    for r in (burst, *paced):
         offered = "max" if not r["offered"] else f"{r['offered']:.0f}"
         print(
             f"{offered:>10} {r['submitted']:>6.0f} {r['errors']:>6.0f} {r['delivered']:>9.0f} "
             f"{r['in_inbox']:>8.0f} {r['submit_rate']:>9.1f} {r['delivered_rate']:>11.1f} "
             f"{r['p50']:>8.1f} {r['p95']:>8.1f} {r['p99']:>8.1f}"
         )
+    delivered = burst["delivered"] or 1
+    print(f"\nCPU per delivered message in the max run, by process ({delivered:.0f} delivered):")
+    total = 0.0
+    for name in sorted(cpu_after, key=lambda n: cpu_before.get(n, 0.0) - cpu_after[n]):
+        used = cpu_after[name] - cpu_before.get(name, 0.0)
+        total += used
+        print(f"  {name:<36} {used * 1000 / delivered:8.2f} ms")
+    print(f"  {'total':<36} {total * 1000 / delivered:8.2f} ms")
     e2e_ms = 1000 / burst["delivered_rate"] if burst["delivered_rate"] else float("nan")
     print("\nFloors (same run, same machine):")
     print(f"  bare JetStream publish, async acks, 6 kB:  {js_rate:9.0f} msg/s")

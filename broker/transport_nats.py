@@ -98,9 +98,11 @@ class NatsDelivery:
         return int(self.msg.metadata.sequence.stream)
 
     async def ack(self) -> None:
+        # Not awaited by the server (no round trip per message): the node acks only after its
+        # commit, and a lost ack means a redelivery the node recognises by its receipt.
         try:
-            await self.msg.ack_sync(timeout=PUBLISH_TIMEOUT)
-        except (NatsError, JetStreamError, TimeoutError) as exc:
+            await self.msg.ack()
+        except (NatsError, JetStreamError) as exc:
             raise TransportUnavailable(f"ack failed: {exc}") from exc
 
     async def nak(self, delay: float) -> None:

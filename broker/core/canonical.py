@@ -38,6 +38,10 @@ def _no_constants(name: str) -> Any:
     raise InvalidMessage(Reason.MALFORMED, f"JSON constant {name} is not allowed")
 
 
+# One decoder for every strict parse (json.loads with hooks builds a new one per call).
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
 def _too_deep(value: Any, budget: int) -> bool:
     if budget < 0:
         return True
@@ -64,7 +68,7 @@ def loads_strict(
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = _STRICT_DECODER.decode(text)
     except InvalidMessage:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

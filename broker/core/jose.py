@@ -67,26 +67,27 @@ def b64url_encode(data: bytes) -> str:
 
 _B64URL_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _B64URL_BYTES: Final = _B64URL_ALPHABET.encode("ascii")
+_URL_TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
 # Unused low bits of the last character must be zero (RFC 4648 section 3.5, canonical form).
 _UNUSED_BITS_MASK: Final = {2: 0x0F, 3: 0x03}
 
 
 def b64url_decode(text: str, *, what: str) -> bytes:
     """Strict base64url (no padding, no other alphabet, canonical); MALFORMED otherwise."""
-    # b64decode(altchars=...) would also accept "+" and "/": check the alphabet first
+    # Check the alphabet first: translating "-_" to "+/" would otherwise let "+" and "/" in
     # (bytes.translate deleting the alphabet leaves nothing iff every character is in it).
-    if (
-        not isinstance(text, str)
-        or len(text) % 4 == 1
-        or not text.isascii()
-        or text.encode("ascii").translate(None, _B64URL_BYTES)
-    ):
+    if not isinstance(text, str) or len(text) % 4 == 1 or not text.isascii():
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is not base64url")
+    data = text.encode("ascii")
+    if data.translate(None, _B64URL_BYTES):
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not base64url")
     try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        raw = binascii.a2b_base64(
+            data.translate(_URL_TO_STANDARD) + b"=" * (-len(data) % 4), strict_mode=True
+        )
     except (binascii.Error, ValueError):
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not base64url") from None
-    mask = _UNUSED_BITS_MASK.get(len(text) % 4)
+    mask = _UNUSED_BITS_MASK.get(len(data) % 4)
     if mask is not None and _B64URL_ALPHABET.index(text[-1]) & mask:
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not canonical base64url")
     return raw

@@ -4,7 +4,9 @@ Loop 1 takes submissions from the country's ``SUBMIT`` stream (durable ``gateway
 takes messages from abroad from ``INBOX`` (durable ``gateway-in``). For each message: decide
 (``Border``), publish every output with its ``Nats-Msg-Id`` and wait for the JetStream acks,
 then ack the input. A failed publish naks the input for redelivery, so nothing is dropped; the
-deterministic ids make the redelivery's outputs duplicates that JetStream removes. Stateless
+deterministic ids make the redelivery's outputs duplicates that JetStream removes. The input's
+ack is not awaited (no round trip per message): if it is lost, the input is redelivered after
+the ack wait and its outputs are, again, duplicates. Stateless
 apart from NATS: several gateways of one country can run side by side on the same durables.
 """
 
@@ -227,8 +229,8 @@ async def _pull_loop(
                 with contextlib.suppress(NatsError, JetStreamError):
                     await msg.nak(delay=NAK_DELAY)
                 continue
-            with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
-                await msg.ack_sync(timeout=PUBLISH_TIMEOUT)
+            with contextlib.suppress(NatsError, JetStreamError):
+                await msg.ack()
 
 
 async def run_audit_roots(

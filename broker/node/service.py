@@ -315,28 +315,16 @@ class Node:
     async def _send(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None = None
     ) -> SendResult:
-        elapsed = self.observe.timer()
         try:
-            header, clearance = await asyncio.to_thread(self.clear, draft)
+            # One thread hop: pre-flight, seal and the outbox commit (with its disclosure
+            # records) belong together and are all blocking work.
+            header, clearance, sealed = await asyncio.to_thread(
+                self._prepare, draft, idempotency, actor
+            )
         except PolicyDenied as exc:
             self.observe.preflight_refused(sender=self.agency_id, rule_id=exc.rule_id)
             self._log.info("preflight_refused", rule_id=exc.rule_id, reason=exc.reason.value)
             raise
-        finally:
-            if self.observe.metrics is not None:
-                self.observe.metrics.validation_seconds.observe(elapsed())
-        now = self._clock()
-        sealed = await asyncio.to_thread(self._seal, header, clearance.body, now)
-        disclosed = audit_log.disclosures(
-            sealed.header, sealed.digest, actor=actor, agency=self.agency_id
-        )
-        await asyncio.to_thread(
-            self.store.add_outbox,
-            sealed,
-            now=now,
-            idempotency=idempotency,
-            within=audit_log.log(disclosed, now=now),
-        )
         trace = self.observe.start_trace(header.id)
         self.observe.queued(
             message_id=header.id,
@@ -345,7 +333,9 @@ class Node:
             type_=header.type,
         )
         self._log.info("message_queued", message_id=header.id, type=header.type, traceparent=trace)
-        state = await self.submit(sealed.message_id, attempts=self._retry.inline_attempts)
+        state = await self.submit(
+            sealed.message_id, attempts=self._retry.inline_attempts, sealed=sealed
+        )
         return SendResult(
             message_id=header.id,
             conversation=header.conversation,
@@ -356,14 +346,45 @@ class Node:
             redactions=clearance.redactions,
         )
 
-    async def submit(self, message_id: str, *, attempts: int | None) -> OutboxState:
+    def _prepare(
+        self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
+    ) -> tuple[Header, Clearance, SealedRecord]:
+        elapsed = self.observe.timer()
+        try:
+            header, clearance = self.clear(draft)
+        finally:
+            if self.observe.metrics is not None:
+                self.observe.metrics.validation_seconds.observe(elapsed())
+        now = self._clock()
+        sealed = self._seal(header, clearance.body, now)
+        disclosed = audit_log.disclosures(
+            sealed.header, sealed.digest, actor=actor, agency=self.agency_id
+        )
+        self.store.add_outbox(
+            sealed,
+            now=now,
+            idempotency=idempotency,
+            within=audit_log.log(disclosed, now=now),
+        )
+        return header, clearance, sealed
+
+    async def submit(
+        self, message_id: str, *, attempts: int | None, sealed: SealedRecord | None = None
+    ) -> OutboxState:
         """Submit an outbox message until acknowledged, at most ``attempts`` times (None:
-        forever), backing off between attempts. Every attempt sends the same bytes and id."""
-        message = await asyncio.to_thread(self.store.outbox_message, message_id)
-        if message is None:
-            raise NotFound(f"no outbox message {message_id}")
-        if message.state is OutboxState.ACKNOWLEDGED:
-            return OutboxState.ACKNOWLEDGED
+        forever), backing off between attempts. Every attempt sends the same bytes and id.
+
+        ``sealed``: the message the caller has just committed to the outbox (saves reading it
+        back); otherwise it is read from the outbox."""
+        if sealed is not None:
+            wire, message_type = sealed.wire, str(sealed.header["type"])
+        else:
+            message = await asyncio.to_thread(self.store.outbox_message, message_id)
+            if message is None:
+                raise NotFound(f"no outbox message {message_id}")
+            if message.state is OutboxState.ACKNOWLEDGED:
+                return OutboxState.ACKNOWLEDGED
+            wire, message_type = message.wire, message.type
         attempt = 0
         while True:
             attempt += 1
@@ -378,7 +399,7 @@ class Node:
                 trace = self.observe.trace(message_id)
                 await self.transport.submit(
                     submit_subject(self.agency_id),
-                    message.wire,
+                    wire,
                     message_id,
                     headers={TRACEPARENT: trace} if trace is not None else None,
                 )
@@ -400,7 +421,7 @@ class Node:
                 self.store.mark_outbox, message_id, OutboxState.ACKNOWLEDGED, now=self._clock()
             )
             self.observe.acknowledged(
-                message_id=message_id, sender=self.agency_id, type_=message.type
+                message_id=message_id, sender=self.agency_id, type_=message_type
             )
             self._log.info("message_acknowledged", message_id=message_id, attempt=attempt)
             return OutboxState.ACKNOWLEDGED
@@ -452,14 +473,17 @@ class Node:
     async def handle(self, delivery: Delivery) -> None:
         """Settle one delivery (see the module docstring)."""
         receipt = Receipt(digest=wire_digest(delivery.data), sequence=delivery.sequence)
+        trace = from_headers(delivery.headers)
         try:
-            if await asyncio.to_thread(self.store.processed, receipt):
+            # One thread hop per delivery: the redelivery check and the work, together.
+            settled, evidence_id = await asyncio.to_thread(
+                self._settle, delivery.data, receipt, trace
+            )
+            if settled:
                 self.observe.redelivered("settled")
                 self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
                 await delivery.ack()
                 return
-            trace = from_headers(delivery.headers)
-            evidence_id = await asyncio.to_thread(self._receive, delivery.data, receipt, trace)
         # Never lose a message: whatever went wrong on our side, let JetStream redeliver it.
         except Exception:  # noqa: BLE001 - logged with traceback, then nak
             self._log.exception("delivery_failed", sequence=receipt.sequence)
@@ -470,6 +494,12 @@ class Node:
         if evidence_id is not None:
             self.observe.follow_trace(evidence_id, trace)
             await self.submit(evidence_id, attempts=1)
+
+    def _settle(self, data: bytes, receipt: Receipt, trace: str | None) -> tuple[bool, str | None]:
+        """(already settled earlier, evidence id to submit) for one delivery."""
+        if self.store.processed(receipt):
+            return True, None
+        return False, self._receive(data, receipt, trace)
 
     def _receive(self, data: bytes, receipt: Receipt, trace: str | None = None) -> str | None:
         now = self._clock()
