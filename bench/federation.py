@@ -87,6 +87,29 @@ class Watcher:
             with self._lock:
                 self.delivered.setdefault(header.in_reply_to, time.monotonic())
 
+    def wait_quiescent(self, timeout: float) -> bool:
+        """Wait until no consumer of any country has pending or unacknowledged messages
+        (all evidence of a run processed), so the next run does not queue behind it."""
+        return asyncio.run_coroutine_threadsafe(self._quiescent(timeout), self._loop).result(
+            timeout=timeout + 10
+        )
+
+    async def _quiescent(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        idle_polls = 0
+        while time.monotonic() < deadline:
+            busy = 0
+            for nc in self._clients:
+                js = nc.jetstream()
+                for stream in ("SUBMIT", "INBOX", "DELIVER"):
+                    for info in await js.consumers_info(stream):
+                        busy += (info.num_pending or 0) + (info.num_ack_pending or 0)
+            idle_polls = idle_polls + 1 if busy == 0 else 0
+            if idle_polls >= 3:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
@@ -164,6 +187,8 @@ def run_load(
         watcher.delivered[m] - t0 for m, (t0, _) in submitted.items() if m in watcher.delivered
     ]
     ends = [watcher.delivered[m] for m in submitted if m in watcher.delivered]
+    if not watcher.wait_quiescent(timeout):
+        print("warning: the federation did not become idle after the run", file=sys.stderr)
     # Count only what really is in the recipients' inboxes.
     in_inbox = 0
     for recipient in {r for _, r in submitted.values()}:

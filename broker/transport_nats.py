@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,28 @@ def tls_context(
     return context
 
 
+class _NatsTlsEofFilter(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl".
+
+    nats-py's TLS transport never tells its stream protocol that it runs over TLS, so every
+    orderly close of a TLS connection logs this warning (nats-io/nats.py#574); it is harmless
+    and drowned real warnings in the demo and benchmark output. Only this message is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+_EOF_FILTER: Final = _NatsTlsEofFilter()
+
+
+def quiet_tls_eof_warning() -> None:
+    """Install the filter on asyncio's logger (idempotent)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _EOF_FILTER not in asyncio_log.filters:
+        asyncio_log.addFilter(_EOF_FILTER)
+
+
 async def connect(
     url: str,
     *,
@@ -57,6 +80,7 @@ async def connect(
     **options: Any,
 ) -> NatsClient:
     """Connect with reconnects forever (a country server restart must not end the process)."""
+    quiet_tls_eof_warning()
 
     async def _quiet(_exc: Exception) -> None:
         # Connection errors are visible through ``is_connected`` / readiness; no log spam.

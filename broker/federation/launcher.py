@@ -52,6 +52,7 @@ from broker.federation import natsconf
 from broker.federation import subjects as s
 from broker.federation.spec import FederationDescription, gateway_id, parse_description
 from broker.federation.streams import CountryStreams, ensure_country_streams
+from broker.transport_nats import quiet_tls_eof_warning
 
 SETTINGS_FILE: Final = "federation.json"
 SETTINGS_VERSION: Final = 1
@@ -884,6 +885,7 @@ class Federation:
             "connect_timeout": 2,
         }
         params.update(options)
+        quiet_tls_eof_warning()
         return await nats.connect(servers=[client.nats_url], **params)
 
     async def connect_gateway(self, code: str, **options: Any) -> NatsClient:
