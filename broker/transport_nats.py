@@ -181,17 +181,13 @@ class NatsTransport:
         except (NatsError, JetStreamError, TimeoutError) as exc:
             raise TransportUnavailable(f"publish on {subject} not acknowledged: {exc}") from exc
 
-    async def deliveries(self) -> AsyncIterator[NatsDelivery]:
+    async def deliveries(self, *, evidence: bool = False) -> AsyncIterator[NatsDelivery]:
         js = await self._client()
-        agency = self._settings.agency
+        durable = subjects.node_durable(self._settings.agency, evidence=evidence)
         try:
-            sub = await js.pull_subscribe_bind(
-                durable=subjects.node_durable(agency), stream=subjects.DELIVER_STREAM
-            )
+            sub = await js.pull_subscribe_bind(durable=durable, stream=subjects.DELIVER_STREAM)
         except (NatsError, JetStreamError, TimeoutError) as exc:
-            raise TransportUnavailable(
-                f"cannot bind to {subjects.node_durable(agency)}: {exc}"
-            ) from exc
+            raise TransportUnavailable(f"cannot bind to {durable}: {exc}") from exc
         while not self._closed:
             try:
                 batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)

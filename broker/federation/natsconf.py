@@ -107,15 +107,16 @@ def agency_permissions(agency_id: str) -> Permissions:
     consumer's deliver subject at ``cb.out.*`` or read anyone else's messages. Replies (JetStream
     acks, pulled messages) arrive under its own inbox prefix only.
     """
-    durable = s.node_durable(agency_id)
-    api = f"$JS.API.CONSUMER.%s.{s.DELIVER_STREAM}.{durable}"
+    consumers = []
+    for evidence in (False, True):  # the case-message lane and the evidence lane
+        durable = s.node_durable(agency_id, evidence=evidence)
+        api = f"$JS.API.CONSUMER.%s.{s.DELIVER_STREAM}.{durable}"
+        consumers += [api % "INFO", api % "MSG.NEXT", f"$JS.ACK.{s.DELIVER_STREAM}.{durable}.>"]
     return Permissions(
         publish=(
             s.submit_subject(agency_id),
             s.audit_subject(agency_id),  # signed audit checkpoints for the gateway
-            api % "INFO",
-            api % "MSG.NEXT",
-            f"$JS.ACK.{s.DELIVER_STREAM}.{durable}.>",
+            *consumers,
         ),
         subscribe=(f"{s.inbox_prefix(agency_id)}.>",),
     )

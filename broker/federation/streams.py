@@ -6,8 +6,10 @@ Per country (account ``CB``, docs/federation.md):
 - ``OUT_<P>``  ``cb.out.<cc>.<p>`` per peer ``P``: the outbox, kept while ``P`` is away;
 - ``INBOX``    sources every peer's ``OUT_<CC>`` through ``$JS.<p>.API`` with deliver prefix
   ``cb.xd.<p>.<cc>``; read by the gateway (durable ``gateway-in``);
-- ``DELIVER``  ``cb.deliver.>``, work queue, one pull consumer ``node-<agency>`` per agency
-  filtered on its own subject (created here: agencies may not create consumers).
+- ``DELIVER``  ``cb.deliver.>``, work queue, two pull consumers per agency, each filtered on its
+  own subject: ``node-<agency>`` (case messages, ``cb.deliver.<agency>``) and
+  ``evidence-<agency>`` (``cb.deliver.<agency>.evidence``); created here (agencies may not
+  create consumers).
 - ``AUDIT``    ``cb.audit.>``, signed audit checkpoints of the nodes, read by the gateway
   (durable ``gateway-audit``), kept without age limit (small; docs/data-protection.md).
 
@@ -164,9 +166,14 @@ def consumer_configs(country: CountryStreams) -> list[tuple[str, ConsumerConfig]
     wanted += [
         (
             s.DELIVER_STREAM,
-            _pull(s.node_durable(a), s.deliver_subject(a), f"adapter node of {a}"),
+            _pull(
+                s.node_durable(a, evidence=evidence),
+                s.deliver_subject(a, evidence=evidence),
+                f"adapter node of {a}: {'evidence' if evidence else 'case messages'}",
+            ),
         )
         for a in sorted(country.agencies)
+        for evidence in (False, True)
     ]
     return wanted
 

@@ -42,9 +42,16 @@ def submit_subject(agency_id: str) -> str:
     return f"cb.submit.{agency_id}"
 
 
-def deliver_subject(agency_id: str) -> str:
-    """Where the gateway delivers messages for ``agency_id``: ``cb.deliver.<agency>``."""
-    return f"cb.deliver.{agency_id}"
+def deliver_subject(agency_id: str, *, evidence: bool = False) -> str:
+    """Where the gateway delivers to ``agency_id``: case messages on ``cb.deliver.<agency>``,
+    evidence (``evidence.*`` types) on ``cb.deliver.<agency>.evidence``.
+
+    Two lanes with their own consumers, so a node's incoming case messages never queue
+    behind the evidence flowing back about what it sent (a bulk send returns three pieces
+    of evidence per message). Which lane a message takes is routing only: a node accepts
+    any type on either lane and applies the same checks.
+    """
+    return f"cb.deliver.{agency_id}.evidence" if evidence else f"cb.deliver.{agency_id}"
 
 
 def audit_subject(agency_id: str) -> str:
@@ -72,9 +79,12 @@ def domain_api(code: str) -> str:
     return f"$JS.{domain(code)}.API"
 
 
-def node_durable(agency_id: str) -> str:
-    """Durable consumer of an agency's node on DELIVER: ``node-<agency with . as _>``."""
-    return f"node-{agency_id.replace('.', '_')}"
+def node_durable(agency_id: str, *, evidence: bool = False) -> str:
+    """Durable consumer of an agency's node on DELIVER: ``node-<agency with . as _>`` for
+    case messages, ``evidence-<agency with . as _>`` for the evidence lane (a distinct prefix,
+    so no agency id can produce another agency's consumer name)."""
+    prefix = "evidence" if evidence else "node"
+    return f"{prefix}-{agency_id.replace('.', '_')}"
 
 
 def inbox_prefix(agency_id: str) -> str:

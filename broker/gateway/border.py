@@ -21,7 +21,13 @@ from typing import Final
 from broker.core import canonical, jose
 from broker.core.directory import Directory
 from broker.core.envelope import RoutedMessage, SenderIdentity, seal, verify_routing
-from broker.core.evidence import EvidenceFacts, EvidenceKind, evidence_header, wants_evidence
+from broker.core.evidence import (
+    EvidenceFacts,
+    EvidenceKind,
+    evidence_header,
+    is_evidence,
+    wants_evidence,
+)
 from broker.core.header import AGENCY_RE, Header, agency_country
 from broker.core.policy import Decision, Federation, Policy, evaluate_egress, evaluate_ingress
 from broker.errors import CasebridgeError, InvalidMessage, Reason
@@ -162,7 +168,9 @@ class Border:
         destination = agency_country(to)
         if destination == self.country:
             return Publish(
-                subject=subjects.deliver_subject(to), msg_id=f"{header.id}:{to}", data=wire
+                subject=subjects.deliver_subject(to, evidence=True),
+                msg_id=f"{header.id}:{to}",
+                data=wire,
             )
         return Publish(
             subject=subjects.out_subject(self.country, destination), msg_id=header.id, data=wire
@@ -224,8 +232,13 @@ class Border:
         except CasebridgeError as exc:
             return self._refused(data, exc, now=now, direction="egress")
         header = routed.header
+        lane = is_evidence(header.type)
         publishes = [
-            Publish(subject=subjects.deliver_subject(r), msg_id=f"{header.id}:{r}", data=data)
+            Publish(
+                subject=subjects.deliver_subject(r, evidence=lane),
+                msg_id=f"{header.id}:{r}",
+                data=data,
+            )
             for r in header.recipients
             if agency_country(r) == self.country
         ]
@@ -320,7 +333,7 @@ class Border:
                 allowed.append(agency)
                 publishes.append(
                     Publish(
-                        subject=subjects.deliver_subject(agency),
+                        subject=subjects.deliver_subject(agency, evidence=is_evidence(header.type)),
                         msg_id=f"{header.id}:{agency}",
                         data=data,
                     )

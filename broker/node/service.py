@@ -449,15 +449,19 @@ class Node:
     # ----------------------------------------------------------------- receive
 
     async def run_receiver(self) -> None:
-        """Handle every delivery of the transport, in order, until it closes.
+        """Handle every delivery of both lanes (case messages, evidence) until the transport
+        closes: one loop per lane, each in order, so case messages never wait behind evidence.
 
-        Transport faults never end the loop: a failed ack is logged and the message comes
+        Transport faults never end a loop: a failed ack is logged and the message comes
         again (it is then recognised as processed and acked); a broken subscription is
         re-established after a pause.
         """
+        await asyncio.gather(self._receive_lane(evidence=False), self._receive_lane(evidence=True))
+
+    async def _receive_lane(self, *, evidence: bool) -> None:
         while True:
             try:
-                async for delivery in self.transport.deliveries():
+                async for delivery in self.transport.deliveries(evidence=evidence):
                     try:
                         await self.handle(delivery)
                     except TransportUnavailable as exc:

@@ -2,16 +2,17 @@
 
 A node needs exactly two things from the federation (docs/federation.md): publish its own
 sealed messages on ``cb.submit.<agency>`` with ``Nats-Msg-Id`` = message id and learn whether
-JetStream acknowledged them, and consume its own durable delivery subject
-``cb.deliver.<agency>``, acknowledging each message only once it is safely stored.
+JetStream acknowledged them, and consume its own two delivery lanes (case messages on
+``cb.deliver.<agency>``, evidence on ``cb.deliver.<agency>.evidence``, each with its durable
+consumer), acknowledging each message only once it is safely stored.
 :class:`Transport` and :class:`Delivery` say precisely that; the real implementation lives in
 ``broker.transport_nats``.
 
 :class:`MemoryBus` / :class:`MemoryTransport` are a **test double**: an in-process bus that hands
 every message submitted on ``cb.submit.<a>`` to the delivery queue of each recipient named in
-its (unverified) header. It stands in for the border gateways but applies **no policy and no
-verification**; it exists for unit tests and for two in-memory nodes talking. It must never be
-used in a deployment.
+its (unverified) header, on the lane its type calls for. It stands in for the border gateways
+but applies **no policy and no verification**; it exists for unit tests and for two in-memory
+nodes talking. It must never be used in a deployment.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from broker.core.evidence import is_evidence
 from broker.federation.subjects import audit_subject, submit_subject
 from broker.node.errors import TransportUnavailable
 from broker.node.peek import unverified_header
@@ -80,8 +82,9 @@ class Transport(Protocol):
         the same bytes and id: the stream de-duplicates)."""
         ...
 
-    def deliveries(self) -> AsyncIterator[Delivery]:
-        """The node's deliveries, in order, until the transport is closed."""
+    def deliveries(self, *, evidence: bool = False) -> AsyncIterator[Delivery]:
+        """The deliveries of one lane (case messages, or evidence), in order, until the
+        transport is closed. A node consumes both lanes concurrently."""
         ...
 
 
@@ -98,6 +101,7 @@ class MemoryDelivery:
     _transport: MemoryTransport
     settled: str | None = None  # "ack", "nak" or "term"
     nak_delays: list[float] = field(default_factory=list)
+    evidence: bool = False  # the lane it was delivered on
 
     async def ack(self) -> None:
         if self._transport.fail_acks > 0:  # the ack could not be sent (server gone)
@@ -113,7 +117,7 @@ class MemoryDelivery:
         self.settled = "nak"
         self.nak_delays.append(delay)
         self._transport._unacked.pop(self.sequence, None)
-        self._transport._enqueue(self.data, self.sequence, self.headers)
+        self._transport._enqueue(self.data, self.sequence, self.headers, evidence=self.evidence)
 
     async def term(self) -> None:
         self.settled = "term"
@@ -163,11 +167,14 @@ class MemoryBus:
         msg_id: str = "",
         headers: Mapping[str, str] | None = None,
     ) -> int:
-        """Put ``data`` on ``cb.deliver.<agency_id>`` as a gateway would (carrying ``headers``,
-        as gateways carry ``traceparent``); return its sequence."""
+        """Put ``data`` on ``cb.deliver.<agency_id>`` (or its evidence lane, by the unverified
+        header's type) as a gateway would, carrying ``headers`` as gateways carry
+        ``traceparent``; return its sequence."""
         sequence = next(self._sequence)
         sent = {**(headers or {}), **({MSG_ID_HEADER: msg_id} if msg_id else {})}
-        self.attach(agency_id)._enqueue(data, sequence, sent)
+        header = unverified_header(data)
+        lane = header is not None and is_evidence(header.type)
+        self.attach(agency_id)._enqueue(data, sequence, sent, evidence=lane)
         return sequence
 
     def _submit(
@@ -209,16 +216,19 @@ class MemoryTransport:
         self._bus = bus
         self._queue: deque[MemoryDelivery] = deque()
         self._unacked: dict[int, MemoryDelivery] = {}
-        self._wakeup: asyncio.Event | None = None
+        self._wakeups: dict[bool, asyncio.Event] = {}  # per lane (evidence or not)
         self._closed = False
         self.connected = True
         self.die_before_ack = 0  # next N acks are never sent (see crash())
         self.fail_acks = 0  # next N acks raise TransportUnavailable
 
-    def _enqueue(self, data: bytes, sequence: int, headers: Mapping[str, str]) -> None:
-        self._queue.append(MemoryDelivery(data, sequence, dict(headers), self))
-        if self._wakeup is not None:
-            self._wakeup.set()
+    def _enqueue(
+        self, data: bytes, sequence: int, headers: Mapping[str, str], *, evidence: bool = False
+    ) -> None:
+        self._queue.append(MemoryDelivery(data, sequence, dict(headers), self, evidence=evidence))
+        wakeup = self._wakeups.get(evidence)
+        if wakeup is not None:
+            wakeup.set()
 
     async def submit(
         self, subject: str, data: bytes, msg_id: str, *, headers: Mapping[str, str] | None = None
@@ -227,10 +237,11 @@ class MemoryTransport:
             raise TransportUnavailable("not connected")
         self._bus._submit(self.agency_id, subject, data, msg_id, headers)
 
-    def take(self) -> list[MemoryDelivery]:
-        """Every delivery ready now (each becomes unacknowledged until settled)."""
-        taken = list(self._queue)
-        self._queue.clear()
+    def take(self, evidence: bool | None = None) -> list[MemoryDelivery]:
+        """Every delivery ready now on one lane (None: both), each unacknowledged until
+        settled."""
+        taken = [d for d in self._queue if evidence is None or d.evidence == evidence]
+        self._queue = deque(d for d in self._queue if d not in taken)
         for delivery in taken:
             self._unacked[delivery.sequence] = delivery
         return taken
@@ -241,21 +252,23 @@ class MemoryTransport:
         lost = sorted(self._unacked.values(), key=lambda d: d.sequence)
         self._unacked.clear()
         for delivery in lost:
-            self._enqueue(delivery.data, delivery.sequence, delivery.headers)
+            self._enqueue(
+                delivery.data, delivery.sequence, delivery.headers, evidence=delivery.evidence
+            )
         return len(lost)
 
     def close(self) -> None:
         """End :meth:`deliveries`."""
         self._closed = True
         self.connected = False
-        if self._wakeup is not None:
-            self._wakeup.set()
+        for wakeup in self._wakeups.values():
+            wakeup.set()
 
-    async def deliveries(self) -> AsyncIterator[MemoryDelivery]:
-        self._wakeup = asyncio.Event()
+    async def deliveries(self, *, evidence: bool = False) -> AsyncIterator[MemoryDelivery]:
+        wakeup = self._wakeups[evidence] = asyncio.Event()
         while not self._closed:
-            for delivery in self.take():
+            for delivery in self.take(evidence):
                 yield delivery
-            if not self._queue and not self._closed:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            if not self._closed and not any(d.evidence == evidence for d in self._queue):
+                wakeup.clear()
+                await wakeup.wait()

@@ -67,6 +67,16 @@ class TestAgencyPermissions:
                 msgs = await sub.fetch(1, timeout=5)
                 assert [m.data for m in msgs] == [b"for you"]
                 await msgs[0].ack_sync()
+                # The evidence lane: its own subject and consumer, readable by the agency too.
+                await gateway.jetstream().publish(
+                    s.deliver_subject("de.fbs-berlin", evidence=True), b"evidence for you"
+                )
+                lane = await agency.jetstream().pull_subscribe_bind(
+                    s.node_durable("de.fbs-berlin", evidence=True), stream=s.DELIVER_STREAM
+                )
+                msgs = await lane.fetch(1, timeout=5)
+                assert [m.data for m in msgs] == [b"evidence for you"]
+                await msgs[0].ack_sync()
                 assert log.errors == []
             finally:
                 await agency.close()
@@ -116,9 +126,12 @@ class TestAgencyPermissions:
             agency, log = await connect(federation, "de.lka-berlin")
             try:
                 js = agency.jetstream()
-                sub = await js.pull_subscribe_bind(s.node_durable(victim), stream=s.DELIVER_STREAM)
-                with pytest.raises(NatsTimeout):
-                    await sub.fetch(1, timeout=SHORT)
+                for evidence in (False, True):
+                    sub = await js.pull_subscribe_bind(
+                        s.node_durable(victim, evidence=evidence), stream=s.DELIVER_STREAM
+                    )
+                    with pytest.raises(NatsTimeout):
+                        await sub.fetch(1, timeout=SHORT)
                 with pytest.raises(NatsTimeout):
                     await js.add_consumer(
                         s.DELIVER_STREAM,
@@ -133,6 +146,7 @@ class TestAgencyPermissions:
                 text = " ".join(log.violations())
                 # nats-py lower-cases the server's error text
                 assert f"msg.next.deliver.{s.node_durable(victim)}" in text
+                assert f"msg.next.deliver.{s.node_durable(victim, evidence=True)}" in text
                 assert "create.deliver.spy" in text
                 assert f'subscription to "{s.deliver_subject(victim)}"' in text
             finally:

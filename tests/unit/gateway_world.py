@@ -132,7 +132,8 @@ class GatewayWorld:
             else:
                 self._inbound(destination, data)
         elif parts[1] == "deliver":
-            self.delivered[".".join(parts[2:])].append(data)
+            # cb.deliver.<agency> or cb.deliver.<agency>.evidence (agency ids have one dot)
+            self.delivered[".".join(parts[2:4])].append(data)
 
     def _inbound(self, cc: str, data: bytes) -> None:
         outcome = self.borders[cc].inbound(data, now=self.now)

@@ -13,6 +13,7 @@ from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
 from broker.devpki import DevFederation
 from broker.gateway.border import Border
+from broker.node.peek import unverified_header
 
 from .gateway_world import GatewayWorld, build, policies, recipient, sender
 
@@ -74,6 +75,24 @@ class TestEgressAndIngress:
         )
         assert actors == ["de.gateway", "ua.gateway"]
         assert all(body["subject_digest"] for _, body in evidence)
+
+    def test_case_messages_and_evidence_take_separate_delivery_lanes(
+        self, world: GatewayWorld
+    ) -> None:
+        """Case messages go to cb.deliver.<agency>, evidence to cb.deliver.<agency>.evidence,
+        so a node's incoming messages never queue behind the evidence about what it sent."""
+        _, wire = world.seal("de.lka-berlin", ("ua.npu",), "bulletin")
+        world.submit("de.lka-berlin", wire)
+        lanes: dict[str, set[str]] = {}
+        for _, _, outcome in world.outcomes:
+            for p in outcome.publishes:
+                if p.subject.startswith("cb.deliver."):
+                    header = unverified_header(p.data)
+                    assert header is not None
+                    lanes.setdefault(p.subject, set()).add(header.type)
+        assert lanes["cb.deliver.ua.npu"] == {"bulletin"}
+        assert lanes["cb.deliver.de.lka-berlin.evidence"] == {"evidence.relay_accepted"}
+        assert "cb.deliver.de.lka-berlin" not in lanes
 
     def test_policy_denied_message_never_leaves(self, world: GatewayWorld) -> None:
         """An egress denial publishes nothing towards the peer and tells the sender the rule."""

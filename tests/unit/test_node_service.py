@@ -259,6 +259,33 @@ class TestExactlyOnce:
 
         asyncio.run(run())
 
+    def test_evidence_arrives_on_its_own_lane_and_both_lanes_are_consumed(
+        self, world: World
+    ) -> None:
+        """Evidence about what a node sent waits on the evidence lane, not in front of the
+        case messages addressed to it; run_receiver consumes both lanes."""
+        de, nl = world.node("de.lka-berlin"), world.node("nl.politie")
+
+        async def run() -> None:
+            sent = await de.send(request_draft())
+            for delivery in world.transport("nl.politie").take(evidence=False):
+                await nl.handle(delivery)  # nl stores it and emits `delivered` back to de
+            reply = await nl.send(request_draft(to=("de.lka-berlin",)))
+            transport = world.transport("de.lka-berlin")
+            lanes = {(d.evidence, d.data) for d in transport._queue}
+            assert {evidence for evidence, _ in lanes} == {True, False}
+            task = asyncio.create_task(de.run_receiver())
+            for _ in range(200):
+                if de.store.list_inbox() and kinds(de, sent.message_id):
+                    break
+                await asyncio.sleep(0.01)
+            transport.close()
+            await asyncio.wait_for(task, timeout=5)
+            assert [m.message_id for m in de.store.list_inbox()] == [reply.message_id]
+            assert kinds(de, sent.message_id) == ["delivered"]
+
+        asyncio.run(run())
+
     def test_failed_ack_does_not_stop_the_receiver(self, world: World) -> None:
         """An ack that fails (server restarting) is logged; the loop goes on, nothing is lost."""
         de, nl = world.node("de.lka-berlin"), world.node("nl.politie")
