@@ -19,9 +19,18 @@ LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("json", "console")
 
 
 def configure_logging(
-    log_format: LogFormat = "json", *, stream: TextIO | None = None, level: int = logging.INFO
+    log_format: LogFormat = "json",
+    *,
+    stream: TextIO | None = None,
+    level: int = logging.INFO,
+    cache: bool = True,
 ) -> None:
-    """Route every structlog event to ``stream`` (stdout) as JSON or console lines."""
+    """Route every structlog event to ``stream`` (stdout) as JSON or console lines.
+
+    ``cache``: each logger assembles its processor chain once, on first use (structlog's
+    recommendation for production; a gateway logs one event per decision). Tests that
+    reconfigure logging in one process pass ``cache=False``.
+    """
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(sort_keys=True)
         if log_format == "json"
@@ -38,5 +47,5 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )

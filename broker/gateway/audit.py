@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -93,8 +94,21 @@ class GatewayLedger:
             )
         return checkpoint
 
-    def record(self, direction: str, outcome: Outcome, *, now: datetime) -> None:
-        """Log one border decision (before its outputs are published)."""
+    def record(self, direction: str, outcomes: Sequence[Outcome], *, now: datetime) -> None:
+        """Log border decisions (before their outputs are published), in one commit."""
+        entries = [e for outcome in outcomes for e in self._entries(direction, outcome)]
+        if not entries:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                audit_log.append(self._db, entries, now=now)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _entries(self, direction: str, outcome: Outcome) -> list[AuditEntry]:
         entries: list[AuditEntry] = []
         base = {
             "actor": self.agency,
@@ -130,16 +144,7 @@ class GatewayLedger:
                     **base,  # type: ignore[arg-type]
                 )
             )
-        if not entries:
-            return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                audit_log.append(self._db, entries, now=now)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        return entries
 
 
 def roots_in(path: Path | str, node: str) -> list[str]:

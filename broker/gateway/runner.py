@@ -1,13 +1,15 @@
 """The border gateway process: two pull loops over NATS feeding :class:`Border`.
 
 Loop 1 takes submissions from the country's ``SUBMIT`` stream (durable ``gateway``), loop 2
-takes messages from abroad from ``INBOX`` (durable ``gateway-in``). For each message: decide
-(``Border``), publish every output with its ``Nats-Msg-Id`` and wait for the JetStream acks,
-then ack the input. A failed publish naks the input for redelivery, so nothing is dropped; the
-deterministic ids make the redelivery's outputs duplicates that JetStream removes. The input's
-ack is not awaited (no round trip per message): if it is lost, the input is redelivered after
-the ack wait and its outputs are, again, duplicates. Stateless
-apart from NATS: several gateways of one country can run side by side on the same durables.
+takes messages from abroad from ``INBOX`` (durable ``gateway-in``). For each fetched batch:
+decide every message (``Border``), record the decisions in the audit ledger (one commit), publish
+every output with its ``Nats-Msg-Id`` and wait for the JetStream acks (all publishes of the batch
+concurrently, written in order on one connection), then ack each input. A failed publish naks
+its input for redelivery, so nothing is dropped; the deterministic ids make the redelivery's
+outputs duplicates that JetStream removes. The input's ack is not awaited (no round trip per
+message): if it is lost, the input is redelivered after the ack wait and its outputs are, again,
+duplicates. Stateless apart from NATS: several gateways of one country can run side by side on
+the same durables.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import structlog
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
@@ -183,7 +186,7 @@ async def _pull_loop(
     decide: Callable[[bytes, str], Outcome],
     direction: str,
     stop: asyncio.Event,
-    record: Callable[[str, Outcome], None] | None = None,
+    record: Callable[[str, Sequence[Outcome]], None] | None = None,
     metrics: GatewayMetrics | None = None,
 ) -> None:
     sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
@@ -195,42 +198,78 @@ async def _pull_loop(
         except (NatsError, JetStreamError):
             await asyncio.sleep(0.5)
             continue
-        for msg in batch:
-            trace = from_headers(msg.headers)
-            started = time.perf_counter()
-            try:
-                outcome = decide(msg.data, msg.subject)
-            except Exception:
-                log.exception("decision_failed", subject=msg.subject, traceparent=trace)
-                with contextlib.suppress(NatsError, JetStreamError):
-                    await msg.nak(delay=NAK_DELAY)
-                continue
-            if metrics is not None:
-                record_outcome(metrics, direction, outcome, seconds=time.perf_counter() - started)
-                with contextlib.suppress(NatsError, JetStreamError, AttributeError, TypeError):
-                    if msg.metadata.num_delivered > 1:
-                        metrics.redeliveries.labels(kind=stream).inc()
-            _log_outcome(direction, outcome, trace)
-            if record is not None:
-                # Logged before anything is published: no border crossing without its record.
-                try:
-                    record(direction, outcome)
-                except Exception:
-                    log.exception("audit_failed", message_id=outcome.message_id)
-                    with contextlib.suppress(NatsError, JetStreamError):
-                        await msg.nak(delay=NAK_DELAY)
-                    continue
-            try:
-                await _publish_all(js, outcome.publishes, trace)
-            except (NatsError, JetStreamError, TimeoutError) as exc:
-                if metrics is not None:
-                    metrics.publish_failures.labels(direction=direction).inc()
-                log.warning("publish_failed", message_id=outcome.message_id, error=str(exc))
-                with contextlib.suppress(NatsError, JetStreamError):
-                    await msg.nak(delay=NAK_DELAY)
-                continue
+        await _settle_batch(
+            js,
+            batch,
+            stream=stream,
+            decide=decide,
+            direction=direction,
+            record=record,
+            metrics=metrics,
+        )
+
+
+async def _settle_batch(
+    js: JetStreamContext,
+    batch: Sequence[Msg],
+    *,
+    stream: str,
+    decide: Callable[[bytes, str], Outcome],
+    direction: str,
+    record: Callable[[str, Sequence[Outcome]], None] | None,
+    metrics: GatewayMetrics | None,
+) -> None:
+    """Decide every message of one fetch, record the decisions (one audit commit), publish
+    all their outputs concurrently, then ack each input whose outputs were all acknowledged
+    and nak the others. Under load a fetch returns many messages, so the audit commit, the
+    publish round trips and the event-loop turns are shared; under light load it is one."""
+    decided: list[tuple[Msg, Outcome, str | None]] = []
+    for msg in batch:
+        trace = from_headers(msg.headers)
+        started = time.perf_counter()
+        try:
+            outcome = decide(msg.data, msg.subject)
+        except Exception:
+            log.exception("decision_failed", subject=msg.subject, traceparent=trace)
             with contextlib.suppress(NatsError, JetStreamError):
-                await msg.ack()
+                await msg.nak(delay=NAK_DELAY)
+            continue
+        if metrics is not None:
+            record_outcome(metrics, direction, outcome, seconds=time.perf_counter() - started)
+            with contextlib.suppress(NatsError, JetStreamError, AttributeError, TypeError):
+                if msg.metadata.num_delivered > 1:
+                    metrics.redeliveries.labels(kind=stream).inc()
+        _log_outcome(direction, outcome, trace)
+        decided.append((msg, outcome, trace))
+    if not decided:
+        return
+    if record is not None:
+        # Recorded before anything is published: no border crossing without its record.
+        try:
+            record(direction, [outcome for _, outcome, _ in decided])
+        except Exception:
+            log.exception("audit_failed", message_ids=[o.message_id for _, o, _ in decided])
+            for msg, _, _ in decided:
+                with contextlib.suppress(NatsError, JetStreamError):
+                    await msg.nak(delay=NAK_DELAY)
+            return
+    results = await asyncio.gather(
+        *(_publish_all(js, outcome.publishes, trace) for _, outcome, trace in decided),
+        return_exceptions=True,
+    )
+    for (msg, outcome, _), result in zip(decided, results, strict=True):
+        if isinstance(result, BaseException):
+            if metrics is not None:
+                metrics.publish_failures.labels(direction=direction).inc()
+            if isinstance(result, NatsError | JetStreamError | TimeoutError):
+                log.warning("publish_failed", message_id=outcome.message_id, error=str(result))
+            else:
+                log.error("publish_failed", message_id=outcome.message_id, exc_info=result)
+            with contextlib.suppress(NatsError, JetStreamError):
+                await msg.nak(delay=NAK_DELAY)
+            continue
+        with contextlib.suppress(NatsError, JetStreamError):
+            await msg.ack()
 
 
 async def run_audit_roots(
@@ -320,8 +359,8 @@ async def run_gateway(
     )
     ledger = GatewayLedger(settings.store_path, agency=settings.agency)
 
-    def record(direction: str, outcome: Outcome) -> None:
-        ledger.record(direction, outcome, now=clock())
+    def record(direction: str, outcomes: Sequence[Outcome]) -> None:
+        ledger.record(direction, outcomes, now=clock())
 
     nc = await connect(
         settings.nats.url,

@@ -497,7 +497,7 @@ class TestLogs:
         import structlog
 
         out = io.StringIO()
-        configure_logging("json", stream=out)
+        configure_logging("json", stream=out, cache=False)
         try:
             structlog.get_logger("t").info("border_decision", message_id="m", rule_id="r")
         finally:
@@ -513,7 +513,7 @@ class TestLogs:
         import structlog
 
         out = io.StringIO()
-        configure_logging("console", stream=out)
+        configure_logging("console", stream=out, cache=False)
         try:
             structlog.get_logger("t").info("message_routed", message_id="m")
         finally:
