@@ -366,8 +366,26 @@ async def _thread(request: web.Request) -> web.Response:
         {"direction": "received", "at": m.received_at, **m.to_json(today=today, with_body=False)}
         for m in received
     ] + [{"direction": "sent", "at": m.created_at, **m.to_json(with_body=False)} for m in sent]
-    items.sort(key=lambda item: (str(item["at"]), str(item["message_id"])))
-    return web.json_response({"conversation": conversation, "messages": items})
+    return web.json_response({"conversation": conversation, "messages": thread_order(items)})
+
+
+def thread_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Oldest first by local time (sent: created, received: received), which is causal on one
+    node; within the same second (times have second resolution) a reply comes after the
+    message it answers (reply depth), then by message id for a stable order."""
+    parent = {str(i["message_id"]): i.get("in_reply_to") for i in items}
+
+    def depth(message_id: str) -> int:
+        seen: set[str] = set()
+        while (up := parent.get(message_id)) is not None and up in parent and up not in seen:
+            seen.add(message_id)
+            message_id = str(up)
+        return len(seen)
+
+    return sorted(
+        items,
+        key=lambda i: (str(i["at"]), depth(str(i["message_id"])), str(i["message_id"])),
+    )
 
 
 async def _notice(request: web.Request) -> web.Response:

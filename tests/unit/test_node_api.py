@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from broker.devpki import DevFederation
+from broker.node import api
 from broker.node.api import create_app
 from broker.node.service import Node
 
@@ -195,3 +196,22 @@ class TestOpen:
             assert (await missing.json())["error"]["reason"] == "not_found"
 
         serve(world, scenario)
+
+
+def test_thread_order_puts_a_reply_after_its_message_within_one_second() -> None:
+    """Times have second resolution: the reply chain, not the random id, breaks the tie."""
+    at = "2026-11-28T12:00:00Z"
+    items: list[dict[str, Any]] = [
+        {"message_id": "f-original", "at": at, "in_reply_to": None},
+        {"message_id": "0-reply", "at": at, "in_reply_to": "f-original"},
+        {"message_id": "a-reply-to-reply", "at": at, "in_reply_to": "0-reply"},
+        {"message_id": "b-earlier", "at": "2026-11-28T11:59:59Z", "in_reply_to": None},
+        {"message_id": "c-cycle", "at": at, "in_reply_to": "c-cycle"},
+    ]
+    assert [i["message_id"] for i in api.thread_order(items)] == [
+        "b-earlier",
+        "f-original",
+        "0-reply",
+        "c-cycle",  # a (forged) self-reference ends the walk: depth 1, no endless loop
+        "a-reply-to-reply",
+    ]
