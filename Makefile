@@ -24,6 +24,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/seal.py
+	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/federation.py
 
 clean:
 	rm -rf $(VENV) certs/dev .pytest_cache .mypy_cache .ruff_cache
