@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -158,6 +159,19 @@ def _register_collectors(
     registry.register(ExpiryCollector(expiries, clock=lambda: datetime.now(UTC)))
 
 
+def watch_loops(node: Node, tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Make a loop that ends (or fails) visible: logged, and ``/readyz`` answers 503 from
+    then on, so an orchestrator restarts the node instead of it silently receiving nothing.
+    A cancelled loop (orderly shutdown) is not reported."""
+
+    def stopped(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled():
+            node.loop_stopped(task.get_name(), task.exception())
+
+    for task in tasks:
+        task.add_done_callback(stopped)
+
+
 @contextlib.asynccontextmanager
 async def running_node(
     settings: Settings,
@@ -195,6 +209,7 @@ async def running_node(
                 lawful_jobs.run_retention(node, settings.retention), name="retention"
             ),
         ]
+        watch_loops(node, tasks)
         if registry is not None and metrics is not None:
             _register_collectors(registry, settings, node, store)
             if isinstance(node.resolver, Directory):

@@ -181,12 +181,21 @@ class Node:
         self._limits = limits
         self._idempotency = asyncio.Lock()
         self._log = (logger or structlog.get_logger("casebridge.node")).bind(agency=self.agency_id)
+        self._stopped_loops: dict[str, str] = {}
         self.observe = observer or NodeObserver()
 
     # --------------------------------------------------------------- readiness
 
+    def loop_stopped(self, name: str, error: BaseException | None) -> None:
+        """A background loop (receiver, outbox...) ended: the node is no longer ready."""
+        self._stopped_loops[name] = "ended" if error is None else f"{type(error).__name__}: {error}"
+        self._log.error("background_loop_stopped", loop=name, error=self._stopped_loops[name])
+
     def ready(self) -> tuple[bool, str]:
-        """Ready when the transport is connected and the directory vouches for us now."""
+        """Ready when every background loop runs, the transport is connected and the
+        directory vouches for us now."""
+        if self._stopped_loops:
+            return False, "; ".join(f"{n} stopped ({e})" for n, e in self._stopped_loops.items())
         if not self.transport.connected:
             return False, "transport not connected"
         try:
@@ -456,7 +465,11 @@ class Node:
         again (it is then recognised as processed and acked); a broken subscription is
         re-established after a pause.
         """
-        await asyncio.gather(self._receive_lane(evidence=False), self._receive_lane(evidence=True))
+        # A TaskGroup: if one lane fails unexpectedly, the other is cancelled too and the
+        # failure surfaces (never half a receiver running unnoticed).
+        async with asyncio.TaskGroup() as lanes:
+            lanes.create_task(self._receive_lane(evidence=False), name="lane-messages")
+            lanes.create_task(self._receive_lane(evidence=True), name="lane-evidence")
 
     async def _receive_lane(self, *, evidence: bool) -> None:
         while True:

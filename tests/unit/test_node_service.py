@@ -22,6 +22,7 @@ from broker.node.model import (
     OutboxState,
 )
 from broker.node.policy import Clearance
+from broker.node.runtime import watch_loops
 from broker.node.service import Node
 
 from .node_world import World, request_draft, world_at
@@ -283,6 +284,29 @@ class TestExactlyOnce:
             await asyncio.wait_for(task, timeout=5)
             assert [m.message_id for m in de.store.list_inbox()] == [reply.message_id]
             assert kinds(de, sent.message_id) == ["delivered"]
+
+        asyncio.run(run())
+
+    def test_a_stopped_background_loop_makes_the_node_not_ready(self, world: World) -> None:
+        """A loop that ends or fails is logged and /readyz turns 503; cancelling is shutdown."""
+        nl = world.node("nl.politie")
+
+        async def boom() -> None:
+            raise RuntimeError("disk gone")
+
+        async def run() -> None:
+            assert nl.ready() == (True, "ready")
+            cancelled = asyncio.create_task(asyncio.sleep(10), name="outbox")
+            failing = asyncio.create_task(boom(), name="retention")
+            receiver = asyncio.create_task(nl.run_receiver(), name="receiver")
+            watch_loops(nl, [cancelled, failing, receiver])
+            cancelled.cancel()
+            world.transport("nl.politie").close()  # the receiver ends with its transport
+            await asyncio.gather(cancelled, failing, receiver, return_exceptions=True)
+            await asyncio.sleep(0)  # done callbacks run on the next loop turn
+            ready, why = nl.ready()
+            assert not ready
+            assert why == "retention stopped (RuntimeError: disk gone); receiver stopped (ended)"
 
         asyncio.run(run())
 
