@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import nats
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -27,6 +28,8 @@ from nats.js.errors import Error as JetStreamError
 from broker.federation import subjects
 from broker.node.errors import TransportUnavailable
 from broker.node.settings import Settings
+
+log = structlog.get_logger("casebridge.transport")
 
 FETCH_BATCH: Final = 64
 FETCH_TIMEOUT: Final = 1.0
@@ -188,6 +191,7 @@ class NatsTransport:
             sub = await js.pull_subscribe_bind(durable=durable, stream=subjects.DELIVER_STREAM)
         except (NatsError, JetStreamError, TimeoutError) as exc:
             raise TransportUnavailable(f"cannot bind to {durable}: {exc}") from exc
+        last_error = ""
         while not self._closed:
             try:
                 batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
@@ -196,9 +200,15 @@ class NatsTransport:
             except (NatsError, JetStreamError) as exc:
                 if self._closed:
                     return
+                # Retried forever; logged once per distinct error (a lasting fault is visible).
+                if repr(exc) != last_error:
+                    last_error = repr(exc)
+                    log.warning("fetch_failed", durable=durable, error=last_error)
                 await asyncio.sleep(0.5)
-                del exc
                 continue
+            if last_error:
+                log.info("fetch_recovered", durable=durable)
+                last_error = ""
             for msg in batch:
                 yield NatsDelivery(msg)
 

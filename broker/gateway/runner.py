@@ -190,14 +190,23 @@ async def _pull_loop(
     metrics: GatewayMetrics | None = None,
 ) -> None:
     sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    last_error = ""
     while not stop.is_set():
         try:
             batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
         except TimeoutError:
             continue
-        except (NatsError, JetStreamError):
+        except (NatsError, JetStreamError) as exc:
+            # Retried forever (the server may be restarting, the consumer being re-created);
+            # logged once per distinct error so a lasting fault is visible, not a flood.
+            if repr(exc) != last_error:
+                last_error = repr(exc)
+                log.warning("fetch_failed", stream=stream, durable=durable, error=last_error)
             await asyncio.sleep(0.5)
             continue
+        if last_error:
+            log.info("fetch_recovered", stream=stream, durable=durable)
+            last_error = ""
         await _settle_batch(
             js,
             batch,
@@ -435,13 +444,23 @@ async def run_gateway(
     ]
     if ready is not None:
         await ready()
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        # Fail fast: a loop that dies (e.g. its consumer is gone) ends the process with the
+        # error, so the supervisor restarts it and "component down" fires, instead of a
+        # gateway that looks alive and relays nothing.
+        done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopping and not task.cancelled():
+                error = task.exception() or RuntimeError("a gateway loop ended")
+                log.error("gateway_loop_failed", agency=settings.agency, error=repr(error))
+                raise error
     finally:
-        for task in tasks:
+        for task in (stopping, *tasks):
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for task in (stopping, *tasks):
+            # Cancelled now, or already failed (and reported above).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         # close, not drain: nats-py's drain waits for the pull subscriptions' pending queues,
         # which nobody reads once the loops are cancelled, so it hung for drain_timeout (30 s).
