@@ -451,7 +451,8 @@ async def run_gateway(
         # gateway that looks alive and relays nothing.
         done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if task is not stopping and not task.cancelled():
+            # Loops end by themselves once ``stop`` is set: that is the orderly shutdown.
+            if task is not stopping and not task.cancelled() and not stop.is_set():
                 error = task.exception() or RuntimeError("a gateway loop ended")
                 log.error("gateway_loop_failed", agency=settings.agency, error=repr(error))
                 raise error
