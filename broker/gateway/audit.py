@@ -54,6 +54,9 @@ class GatewayLedger:
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         try:
+            # Each gateway instance should have its own file; if two share one, they wait for
+            # each other's commits instead of failing.
+            self._db.execute("PRAGMA busy_timeout = 5000")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             exists = self._db.execute(

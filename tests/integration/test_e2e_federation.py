@@ -12,6 +12,7 @@ by the test itself, the JetStream ack of the submit).
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ import pytest
 
 from broker.cli.focal import NodeCallError
 from broker.federation import subjects as s
+from broker.federation.launcher import ProcessSpec, free_port
 from broker.node.store import Store
 from tests.integration.e2e_helpers import (
     Running,
@@ -489,5 +491,71 @@ class TestCrashRun:
             counts = fed.delivered_log_count(NPU)
             assert max(counts[i] for i in acked) == 1
             assert sum(1 for i in acked if counts[i] == 1) >= self.COUNT - len(crashes)
+        finally:
+            fed.close()
+
+
+class TestGatewaysSideBySide:
+    """Two UA gateways on the same durables: both take work, and kill -9 of one loses nothing."""
+
+    BATCH: Final = 100
+    TIMEOUT: Final = 120.0  # includes the 30 s ack wait after the kill
+
+    def _decided(self, fed: Running, name: str) -> int:
+        return sum(
+            1
+            for e in fed.log_events(name)
+            if e.get("event") == "border_decision" and e.get("direction") == "ingress"
+        )
+
+    def test_second_gateway_shares_the_work_and_takes_over(
+        self, nats_binary: Path, tmp_path: Path
+    ) -> None:
+        del nats_binary
+        fed = Running.start(tmp_path / "fed", nodes=[NPU])
+        try:
+            # The second instance: same identity and durables, its own metrics port and ledger.
+            settings = fed.fed.settings.base / "settings"
+            doc = json.loads((settings / "ua.gateway.json").read_text(encoding="utf-8"))
+            doc["api"]["port"] = free_port()
+            doc["store"] = "../store/ua.gateway-2.sqlite"
+            (settings / "ua.gateway-2.json").write_text(json.dumps(doc), encoding="utf-8")
+            first = next(p for p in fed.fed.settings.processes if p.name == "gateway-ua")
+            second = ProcessSpec(
+                name="gateway-ua-2",
+                argv=(*first.argv[:-1], str(settings / "ua.gateway-2.json")),
+                country="UA",
+            )
+            fed.fed.set_processes([*fed.fed.settings.processes, second])
+
+            def send(count: int) -> set[str]:
+                publisher = _Publisher(fed, count)
+                publisher.run()  # in this thread
+                assert publisher.error is None, repr(publisher.error)
+                return set(publisher.acked)
+
+            def delivered(ids: set[str]) -> bool:
+                return ids <= set(fed.inbox_ids(NPU))
+
+            alone = send(self.BATCH)
+            wait_until(lambda: delivered(alone), self.TIMEOUT, what="first batch")
+            fed.restart("gateway-ua-2", country="UA")
+            shared = send(self.BATCH)
+            wait_until(lambda: delivered(shared), self.TIMEOUT, what="second batch")
+            assert self._decided(fed, "gateway-ua-2") > 0  # it took part of the work
+
+            # kill -9 one of them while a third batch is on its way: the other one takes it
+            # all, including what the dead one had fetched but not acked (after the ack wait).
+            publisher = _Publisher(fed, self.BATCH)
+            publisher.start()
+            fed.fed.stop("gateway-ua", kill=True)
+            publisher.join(self.TIMEOUT)
+            assert publisher.error is None, repr(publisher.error)
+            late = set(publisher.acked)
+            wait_until(lambda: delivered(late), self.TIMEOUT, what="third batch")
+            inbox = fed.inbox_ids(NPU)
+            assert len(inbox) == len(set(inbox)) == 3 * self.BATCH
+            assert set(inbox) == alone | shared | late
+            assert self._decided(fed, "gateway-ua") >= self.BATCH
         finally:
             fed.close()
