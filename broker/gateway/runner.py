@@ -446,9 +446,10 @@ async def run_gateway(
         await ready()
     stopping = asyncio.create_task(stop.wait())
     try:
-        # Fail fast: a loop that dies (e.g. its consumer is gone) ends the process with the
+        # Fail fast: a loop that dies of an unexpected error ends the process with that
         # error, so the supervisor restarts it and "component down" fires, instead of a
-        # gateway that looks alive and relays nothing.
+        # gateway that looks alive and relays nothing. (NATS faults do not end a loop: they
+        # are retried and logged as fetch_failed.)
         done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             # Loops end by themselves once ``stop`` is set: that is the orderly shutdown.
