@@ -240,8 +240,12 @@ class MemoryTransport:
     def take(self, evidence: bool | None = None) -> list[MemoryDelivery]:
         """Every delivery ready now on one lane (None: both), each unacknowledged until
         settled."""
-        taken = [d for d in self._queue if evidence is None or d.evidence == evidence]
-        self._queue = deque(d for d in self._queue if d not in taken)
+
+        def wanted(d: MemoryDelivery) -> bool:
+            return evidence is None or d.evidence == evidence
+
+        taken = [d for d in self._queue if wanted(d)]
+        self._queue = deque(d for d in self._queue if not wanted(d))
         for delivery in taken:
             self._unacked[delivery.sequence] = delivery
         return taken
