@@ -5,12 +5,15 @@ from __future__ import annotations
 import copy
 import json
 import secrets
+import string
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.core import canonical, jose
 from broker.core.envelope import (
@@ -585,6 +588,20 @@ class TestBase64url:
         with pytest.raises(InvalidMessage) as info:
             jose.b64url_decode(text, what="t")
         assert info.value.reason == Reason.MALFORMED
+
+    @given(st.text(alphabet=string.ascii_letters + string.digits + "-_+/= \n.é", max_size=24))
+    def test_accepted_text_is_the_one_encoding_of_its_bytes(self, text: str) -> None:
+        """Whatever is accepted re-encodes to exactly the same text (one form per byte string);
+        everything else is MALFORMED, never another error."""
+        refused: Reason | None = None
+        try:
+            raw = jose.b64url_decode(text, what="t")
+        except InvalidMessage as exc:
+            refused = exc.reason
+        if refused is None:
+            assert jose.b64url_encode(raw) == text
+        else:
+            assert refused == Reason.MALFORMED
 
     def test_round_trip(self) -> None:
         """Every byte string survives encode/decode."""
