@@ -314,18 +314,9 @@ def main() -> int:
                 _wait_ready(client)
             watcher.start()
             run_load(clients, watcher, messages=30, concurrency=3, rate=None, timeout=30)  # warm
-            cpu_before = cpu_seconds(fed)
-            burst = run_load(
-                clients,
-                watcher,
-                messages=args.messages,
-                concurrency=args.concurrency,
-                rate=None,
-                timeout=args.timeout,
-            )
-            cpu_after = cpu_seconds(fed)
-            paced = [
-                run_load(
+
+            def load(rate: float | None) -> dict[str, float]:
+                return run_load(
                     clients,
                     watcher,
                     messages=args.messages,
@@ -333,8 +324,11 @@ def main() -> int:
                     rate=rate,
                     timeout=args.timeout,
                 )
-                for rate in args.rate
-            ]
+
+            cpu_before = cpu_seconds(fed)
+            burst = load(None)  # as fast as the clients can
+            cpu_after = cpu_seconds(fed)
+            paced = [load(rate) for rate in args.rate]
             js_rate = floor_jetstream(fed, 5000)
             crypto_ms = floor_jwcrypto(200)
         finally:
