@@ -49,3 +49,24 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=cache,
     )
+
+
+class FaultLog:
+    """Logs a fault that is retried in a loop once per distinct error (``<event>_failed``) and
+    its end once (``<event>_recovered``), so a lasting fault is visible without a flood."""
+
+    def __init__(
+        self, log: structlog.typing.FilteringBoundLogger, event: str, **fields: str
+    ) -> None:
+        self._log, self._event, self._fields = log, event, fields
+        self._last = ""
+
+    def failed(self, exc: BaseException) -> None:
+        if repr(exc) != self._last:
+            self._last = repr(exc)
+            self._log.warning(f"{self._event}_failed", error=self._last, **self._fields)
+
+    def ok(self) -> None:
+        if self._last:
+            self._last = ""
+            self._log.info(f"{self._event}_recovered", **self._fields)

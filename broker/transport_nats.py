@@ -26,6 +26,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from broker.federation import subjects
+from broker.logs import FaultLog
 from broker.node.errors import TransportUnavailable
 from broker.node.settings import Settings
 
@@ -191,7 +192,7 @@ class NatsTransport:
             sub = await js.pull_subscribe_bind(durable=durable, stream=subjects.DELIVER_STREAM)
         except (NatsError, JetStreamError, TimeoutError) as exc:
             raise TransportUnavailable(f"cannot bind to {durable}: {exc}") from exc
-        last_error = ""
+        faults = FaultLog(log, "fetch", durable=durable)
         while not self._closed:
             try:
                 batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
@@ -200,15 +201,10 @@ class NatsTransport:
             except (NatsError, JetStreamError) as exc:
                 if self._closed:
                     return
-                # Retried forever; logged once per distinct error (a lasting fault is visible).
-                if repr(exc) != last_error:
-                    last_error = repr(exc)
-                    log.warning("fetch_failed", durable=durable, error=last_error)
+                faults.failed(exc)  # retried forever
                 await asyncio.sleep(0.5)
                 continue
-            if last_error:
-                log.info("fetch_recovered", durable=durable)
-                last_error = ""
+            faults.ok()
             for msg in batch:
                 yield NatsDelivery(msg)
 

@@ -42,6 +42,7 @@ from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, Outcome, Publish
 from broker.gateway.observe import gateway_expiries, record_outcome
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
 from broker.node.settings import Settings
 from broker.policy_store import PolicyStore
@@ -190,23 +191,18 @@ async def _pull_loop(
     metrics: GatewayMetrics | None = None,
 ) -> None:
     sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
-    last_error = ""
+    faults = FaultLog(log, "fetch", stream=stream, durable=durable)
     while not stop.is_set():
         try:
             batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
         except TimeoutError:
             continue
         except (NatsError, JetStreamError) as exc:
-            # Retried forever (the server may be restarting, the consumer being re-created);
-            # logged once per distinct error so a lasting fault is visible, not a flood.
-            if repr(exc) != last_error:
-                last_error = repr(exc)
-                log.warning("fetch_failed", stream=stream, durable=durable, error=last_error)
+            # Retried forever (the server may be restarting, the consumer being re-created).
+            faults.failed(exc)
             await asyncio.sleep(0.5)
             continue
-        if last_error:
-            log.info("fetch_recovered", stream=stream, durable=durable)
-            last_error = ""
+        faults.ok()
         await _settle_batch(
             js,
             batch,

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
@@ -21,7 +23,7 @@ from broker.devpki import DevFederation
 from broker.errors import PolicyDenied
 from broker.gateway.border import Outcome
 from broker.gateway.observe import record_outcome
-from broker.logs import configure_logging
+from broker.logs import FaultLog, configure_logging
 from broker.metrics import GatewayMetrics, NodeMetrics, country_label, type_label
 from broker.nats_exporter import MonitoredServer, NatsCollector
 from broker.node.api import create_app
@@ -557,3 +559,21 @@ class TestApiMetrics:
             )
             == 1
         )
+
+
+def test_fault_log_reports_each_distinct_error_once_and_the_recovery_once() -> None:
+    """A consumer that cannot be read for minutes is one warning, not one per retry."""
+    with structlog.testing.capture_logs() as events:
+        faults = FaultLog(structlog.get_logger(), "fetch", durable="node-nl_politie")
+        faults.ok()  # nothing to recover from: silent
+        for _ in range(50):
+            faults.failed(TimeoutError("no responders"))
+        faults.failed(ConnectionError("reset"))
+        faults.ok()
+        faults.ok()
+    assert [(e["event"], e.get("error")) for e in events] == [
+        ("fetch_failed", "TimeoutError('no responders')"),
+        ("fetch_failed", "ConnectionError('reset')"),
+        ("fetch_recovered", None),
+    ]
+    assert all(e["durable"] == "node-nl_politie" for e in events)
