@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -91,12 +92,43 @@ def find_nats_server() -> Path:
     return Path(found)
 
 
+# Ports are chosen at ``init`` and kept (state survives restarts). The kernel's own "free port"
+# comes from its ephemeral range, where any outgoing connection may take it before our server
+# binds it (seen: a node dying with "address already in use" in a busy test run). So listening
+# ports are drawn below that range, where the kernel never allocates on its own.
+_EPHEMERAL_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LISTEN_FLOOR: Final = 10_000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return low if low - _LISTEN_FLOOR >= 1_000 else 0
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nothing listens on right now (the kernel's choice)."""
+    """A TCP port nothing listens on now, outside the kernel's ephemeral range when it can be
+    read (else the kernel's choice), and not handed out before by this process."""
+    low = _ephemeral_low()
+    for _ in range(200 if low else 0):
+        port = secrets.randbelow(low - _LISTEN_FLOOR) + _LISTEN_FLOOR
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+    _handed_out.add(chosen)
+    return chosen
 
 
 # ---------------------------------------------------------------- settings ---
