@@ -246,8 +246,24 @@ class GatewayMetrics:
             ["result"],
             registry=registry,
         )
+        # Fair share (broker/gateway/fairness.py): no agency label (bounded labels); the
+        # ``sender_throttled`` log event names the agency.
+        self.throttled = Counter(
+            "casebridge_gateway_throttle_events",
+            "Times a sender's submissions were held back for exceeding its fair share.",
+            ["direction"],
+            registry=registry,
+        )
+        self.throttled_senders = Gauge(
+            "casebridge_gateway_throttled_senders",
+            "Senders whose submissions are being held back right now (over their rate).",
+            ["direction"],
+            registry=registry,
+        )
         for direction in ("egress", "ingress"):
             self.publish_failures.labels(direction=direction)
+            self.throttled.labels(direction=direction)
+            self.throttled_senders.labels(direction=direction)
         for result in ("kept", "refused"):
             self.audit_checkpoints.labels(result=result)
 

@@ -2,14 +2,21 @@
 
 Per country (account ``CB``, docs/federation.md):
 
-- ``SUBMIT``   ``cb.submit.>``, work queue, read by the gateway (durable ``gateway``);
+- ``SUBMIT``   ``cb.submit.>``, work queue, read by the gateway through one durable per agency
+  (``submit-<agency>``, filtered on ``cb.submit.<agency>``: fair sharing, see
+  ``broker/gateway/fairness.py``); at most :data:`SUBMIT_PER_AGENCY` messages waiting per
+  agency (``discard_new_per_subject``: a flooding agency's own publishes are refused, nobody
+  else's);
 - ``OUT_<P>``  ``cb.out.<cc>.<p>`` per peer ``P``: the outbox, kept while ``P`` is away;
 - ``INBOX``    sources every peer's ``OUT_<CC>`` through ``$JS.<p>.API`` with deliver prefix
   ``cb.xd.<p>.<cc>``; read by the gateway (durable ``gateway-in``);
 - ``DELIVER``  ``cb.deliver.>``, work queue, two pull consumers per agency, each filtered on its
   own subject: ``node-<agency>`` (case messages, ``cb.deliver.<agency>``) and
   ``evidence-<agency>`` (``cb.deliver.<agency>.evidence``); created here (agencies may not
-  create consumers).
+  create consumers); at most :data:`DELIVER_PER_LANE` messages waiting per lane, refused per
+  subject (the gateway keeps the input and retries, so nothing is lost: the sender's backlog
+  waits in ``SUBMIT``/``INBOX`` instead). Only subjects of agencies in the directory are
+  ever published (gateways refuse unknown recipients).
 - ``AUDIT``    ``cb.audit.>``, signed audit checkpoints of the nodes, read by the gateway
   (durable ``gateway-audit``), kept without age limit (small; docs/data-protection.md).
 
@@ -48,6 +55,14 @@ MAX_AGE_SECONDS: Final = 90 * DAY
 DUPLICATE_WINDOW_SECONDS: Final = 1 * DAY
 ACK_WAIT_SECONDS: Final = 30.0
 MAX_ACK_PENDING: Final = 1000
+# Storage bounds (docs/federation.md, "Limits"): counted per subject, so that no one agency can
+# exhaust a country's storage or stop another agency's traffic. Bytes follow from the counts
+# and the server's max_payload (1 MiB, the protocol's cap). No stream-level byte cap: JetStream
+# reserves a stream's max_bytes against the server's store up front, which would make the
+# reservation, not the traffic, the limit; the server's max_file_store bounds the whole.
+SUBMIT_PER_AGENCY: Final = 50_000
+DELIVER_PER_LANE: Final = 50_000
+OUT_MAX_MESSAGES: Final = 2_000_000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,6 +82,8 @@ def submit_config() -> StreamConfig:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_msgs_per_subject=SUBMIT_PER_AGENCY,
         max_age=MAX_AGE_SECONDS,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
         deny_delete=True,
@@ -82,6 +99,7 @@ def out_config(code: str, peer: str) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
+        max_msgs=OUT_MAX_MESSAGES,
         max_age=MAX_AGE_SECONDS,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
         deny_delete=True,
@@ -120,6 +138,8 @@ def deliver_config() -> StreamConfig:
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_msgs_per_subject=DELIVER_PER_LANE,
         max_age=MAX_AGE_SECONDS,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
         deny_delete=True,
@@ -156,10 +176,20 @@ def _pull(durable: str, filter_subject: str | None, description: str) -> Consume
     )
 
 
+def submit_consumer(agency_id: str) -> ConsumerConfig:
+    """The gateway's consumer of one agency's submissions (created here and by the gateway
+    itself for an agency that joined later)."""
+    return _pull(
+        s.gateway_submit_durable(agency_id),
+        s.submit_subject(agency_id),
+        f"border gateway: submissions of {agency_id}",
+    )
+
+
 def consumer_configs(country: CountryStreams) -> list[tuple[str, ConsumerConfig]]:
     """(stream, consumer) pairs that must exist: gateway consumers and one per agency node."""
-    wanted = [
-        (s.SUBMIT_STREAM, _pull(s.GATEWAY_SUBMIT_DURABLE, None, "border gateway: submissions")),
+    wanted = [(s.SUBMIT_STREAM, submit_consumer(a)) for a in sorted(country.agencies)]
+    wanted += [
         (s.INBOX_STREAM, _pull(s.GATEWAY_INBOX_DURABLE, None, "border gateway: from abroad")),
         (s.AUDIT_STREAM, _pull(s.GATEWAY_AUDIT_DURABLE, None, "border gateway: audit roots")),
     ]
@@ -203,7 +233,8 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         raise ConfigError(f"stream {name} cannot be updated in place: {exc.description}") from None
 
 
-async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Create ``config`` on ``stream`` unless a consumer of that name exists (left as is)."""
     durable = config.durable_name or ""
     try:
         await js.consumer_info(stream, durable)
@@ -211,9 +242,20 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
         await js.add_consumer(stream, config)
 
 
+async def _drop_legacy_submit_consumer(js: JetStreamContext) -> None:
+    # The one unfiltered consumer of earlier versions overlaps the per-agency ones, which a
+    # work-queue stream refuses. Deleting it loses nothing: messages leave a work queue only
+    # when acknowledged, so whatever it held unacknowledged goes to the new consumers.
+    try:
+        await js.delete_consumer(s.SUBMIT_STREAM, s.LEGACY_GATEWAY_SUBMIT_DURABLE)
+    except NotFoundError:
+        return
+
+
 async def ensure_country_streams(js: JetStreamContext, country: CountryStreams) -> None:
     """Create or update every stream of ``country`` and create its missing consumers."""
     for config in stream_configs(country):
         await _ensure_stream(js, config)
+    await _drop_legacy_submit_consumer(js)
     for stream, consumer in consumer_configs(country):
-        await _ensure_consumer(js, stream, consumer)
+        await ensure_consumer(js, stream, consumer)

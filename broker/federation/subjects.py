@@ -21,7 +21,10 @@ DELIVER_STREAM: Final = "DELIVER"
 # Signed audit checkpoints of the country's nodes, kept by the gateway (docs/data-protection.md).
 AUDIT_STREAM: Final = "AUDIT"
 # Durable consumers of the border gateway (shared by all gateway instances of a country).
-GATEWAY_SUBMIT_DURABLE: Final = "gateway"
+# SUBMIT is read through one consumer per agency (gateway_submit_durable); "gateway" is the
+# single unfiltered consumer of earlier versions, removed by the stream setup (a work-queue
+# stream refuses overlapping consumers).
+LEGACY_GATEWAY_SUBMIT_DURABLE: Final = "gateway"
 GATEWAY_INBOX_DURABLE: Final = "gateway-in"
 GATEWAY_AUDIT_DURABLE: Final = "gateway-audit"
 
@@ -85,6 +88,14 @@ def node_durable(agency_id: str, *, evidence: bool = False) -> str:
     so no agency id can produce another agency's consumer name)."""
     prefix = "evidence" if evidence else "node"
     return f"{prefix}-{agency_id.replace('.', '_')}"
+
+
+def gateway_submit_durable(agency_id: str) -> str:
+    """The gateway's durable consumer of one agency's submissions on SUBMIT:
+    ``submit-<agency with . as _>`` (filtered on :func:`submit_subject`; agency ids hold no
+    ``_``, so no two agencies share a name). One per agency, so that one sender's backlog never
+    stands in front of another's message (broker/gateway/fairness.py)."""
+    return f"submit-{agency_id.replace('.', '_')}"
 
 
 def inbox_prefix(agency_id: str) -> str:

@@ -38,8 +38,10 @@ from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError
 from broker.federation import subjects
+from broker.federation.streams import ensure_consumer, submit_consumer
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, Outcome, Publish
+from broker.gateway.fairness import FairShare, TokenBucket
 from broker.gateway.observe import gateway_expiries, record_outcome
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.logs import FaultLog
@@ -85,6 +87,12 @@ class _Holder:
             log.info("directory_reloaded", serial=self.directory.serial)
         except CasebridgeError as exc:
             log.warning("directory_refused", reason=exc.reason.value, detail=exc.detail)
+
+
+def local_agencies(directory: Directory, country: str) -> list[str]:
+    """The agencies of ``country`` in the directory that submit through this gateway (every
+    kind but gateways), in a stable order."""
+    return [a.agency_id for a in directory.agencies(country) if a.kind != "gateway"]
 
 
 def build_border(
@@ -189,13 +197,29 @@ async def _pull_loop(
     stop: asyncio.Event,
     record: Callable[[str, Sequence[Outcome]], None] | None = None,
     metrics: GatewayMetrics | None = None,
+    bucket: TokenBucket | None = None,
+    sender: str | None = None,
 ) -> None:
+    """Fetch and settle batches from one durable until ``stop``. With a ``bucket`` (fair
+    share), take only as many messages as the sender's tokens allow: the rest wait in the
+    stream, delayed, never dropped."""
     sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
     faults = FaultLog(log, "fetch", stream=stream, durable=durable)
+    throttle = _Throttle(direction=direction, sender=sender, metrics=metrics)
     while not stop.is_set():
+        want = FETCH_BATCH
+        if bucket is not None:
+            wait = bucket.wait(time.monotonic())
+            if wait > 0:
+                throttle.held(wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=min(wait, FETCH_TIMEOUT))
+                continue
+            want = min(FETCH_BATCH, bucket.available(time.monotonic()))
         try:
-            batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
+            batch = await sub.fetch(want, timeout=FETCH_TIMEOUT)
         except TimeoutError:
+            throttle.released()
             continue
         except (NatsError, JetStreamError) as exc:
             # Retried forever (the server may be restarting, the consumer being re-created).
@@ -203,6 +227,10 @@ async def _pull_loop(
             await asyncio.sleep(0.5)
             continue
         faults.ok()
+        if bucket is not None:
+            bucket.take(len(batch), time.monotonic())
+            if len(batch) < want:
+                throttle.released()  # the sender's backlog is drained: no longer held back
         await _settle_batch(
             js,
             batch,
@@ -212,6 +240,119 @@ async def _pull_loop(
             record=record,
             metrics=metrics,
         )
+
+
+@dataclass(slots=True)
+class _Throttle:
+    """Says once when a sender starts being held back and once when it no longer is (log
+    event naming the sender, counter and gauge without it), not once per wait."""
+
+    direction: str
+    sender: str | None
+    metrics: GatewayMetrics | None
+    holding: bool = False
+
+    def held(self, wait: float) -> None:
+        if self.holding:
+            return
+        self.holding = True
+        log.warning(
+            "sender_throttled",
+            direction=self.direction,
+            sender=self.sender,
+            wait_seconds=round(wait, 3),
+        )
+        if self.metrics is not None:
+            self.metrics.throttled.labels(direction=self.direction).inc()
+            self.metrics.throttled_senders.labels(direction=self.direction).inc()
+
+    def released(self) -> None:
+        if not self.holding:
+            return
+        self.holding = False
+        log.info("sender_unthrottled", direction=self.direction, sender=self.sender)
+        if self.metrics is not None:
+            self.metrics.throttled_senders.labels(direction=self.direction).dec()
+
+
+async def _submit_senders(js: JetStreamContext, listed: Sequence[str]) -> list[tuple[str, bool]]:
+    """(agency, has a consumer) for every agency with a SUBMIT consumer (whatever the
+    directory now says: a revoked agency's submissions must still be taken and refused) and
+    every agency of the directory (a consumer is created for one that joined later)."""
+    prefix = subjects.submit_subject("")
+    found: set[str] = set()
+    try:
+        for info in await js.consumers_info(subjects.SUBMIT_STREAM):
+            config = info.config
+            if (config.durable_name or "").startswith("submit-") and config.filter_subject:
+                found.add(config.filter_subject.removeprefix(prefix))
+    except (NatsError, JetStreamError) as exc:
+        log.warning("consumers_unlisted", stream=subjects.SUBMIT_STREAM, error=repr(exc))
+    return [(a, a in found) for a in sorted(found | set(listed))]
+
+
+async def _submit_lanes(
+    js: JetStreamContext,
+    *,
+    agencies: Callable[[], Sequence[str]],
+    fair_share: FairShare,
+    decide: Callable[[bytes, str], Outcome],
+    stop: asyncio.Event,
+    record: Callable[[str, Sequence[Outcome]], None] | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> None:
+    """One pull loop per agency of the country on its own SUBMIT consumer, each with its own
+    token bucket, so one sender's backlog or flood never delays another sender. Agencies that
+    join the directory later get their consumer and loop at the next directory check. A loop
+    that fails ends this task with its error (the gateway then fails fast)."""
+    lanes: dict[str, asyncio.Task[None]] = {}
+    try:
+        while not stop.is_set():
+            for agency, exists in await _submit_senders(js, agencies()):
+                if agency in lanes:
+                    continue
+                if not exists:
+                    try:
+                        await ensure_consumer(js, subjects.SUBMIT_STREAM, submit_consumer(agency))
+                    except (NatsError, JetStreamError) as exc:
+                        # The server may be restarting: try again at the next check.
+                        log.warning("consumer_not_created", sender=agency, error=repr(exc))
+                        continue
+                lanes[agency] = asyncio.create_task(
+                    _pull_loop(
+                        js,
+                        stream=subjects.SUBMIT_STREAM,
+                        durable=subjects.gateway_submit_durable(agency),
+                        decide=decide,
+                        direction="egress",
+                        stop=stop,
+                        record=record,
+                        metrics=metrics,
+                        bucket=TokenBucket(
+                            rate=fair_share.sender_rate,
+                            burst=fair_share.sender_burst,
+                            now=time.monotonic(),
+                        ),
+                        sender=agency,
+                    ),
+                    name=f"submit-{agency}",
+                )
+            watch = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                {watch, *lanes.values()},
+                timeout=DIRECTORY_CHECK_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            watch.cancel()
+            for task in done:
+                if task is not watch and not stop.is_set():
+                    raise task.exception() or RuntimeError(f"submit lane {task.get_name()} ended")
+    finally:
+        for task in lanes.values():
+            task.cancel()
+        for task in lanes.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def _settle_batch(
@@ -403,12 +544,11 @@ async def run_gateway(
     )
     tasks = [
         asyncio.create_task(
-            _pull_loop(
+            _submit_lanes(
                 js,
-                stream=subjects.SUBMIT_STREAM,
-                durable=subjects.GATEWAY_SUBMIT_DURABLE,
+                agencies=lambda: local_agencies(holder.directory, country),
+                fair_share=settings.fair_share,
                 decide=egress,
-                direction="egress",
                 stop=stop,
                 record=record,
                 metrics=metrics,

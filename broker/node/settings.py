@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
+from broker.gateway.fairness import FairShare
 from broker.node.retention import RetentionPolicy
 
 TOKEN_ENV: Final = "CASEBRIDGE_NODE_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -32,6 +33,7 @@ _TOP: Final = frozenset(
         "message_lifetime_days",
         "retention",
         "audit",
+        "fair_share",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -86,6 +88,8 @@ class Settings:
     # docs/data-protection.md: body retention per message type, audit checkpoint interval
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    # Border gateways only: per-sender rate limits (broker/gateway/fairness.py)
+    fair_share: FairShare = field(default_factory=FairShare)
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -178,4 +182,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         message_lifetime_days=lifetime,
         retention=RetentionPolicy.from_json(top.get("retention")),
         checkpoint_seconds=float(checkpoint_seconds),
+        fair_share=FairShare.from_json(top.get("fair_share")),
     )
