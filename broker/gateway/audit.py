@@ -154,6 +154,10 @@ class GatewayLedger:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                # Purge first, so an expired key cannot suppress the record of a new decision.
+                if self._purged_at is None or t - self._purged_at >= PURGE_EVERY_SECONDS:
+                    self._purge(t)
+                    self._purged_at = t
                 entries = []
                 for outcome in outcomes:
                     if self._first_decision(direction, outcome, t):
@@ -162,9 +166,6 @@ class GatewayLedger:
                         self._insert_crossing(outcome.crossing)
                 if entries:
                     audit_log.append(self._db, entries, now=now)
-                if self._purged_at is None or t - self._purged_at >= PURGE_EVERY_SECONDS:
-                    self._purge(t)
-                    self._purged_at = t
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
