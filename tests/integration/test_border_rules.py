@@ -67,11 +67,11 @@ def honest_traffic_flows(fed: Running) -> None:
 def gateway_event(fed: Running, country: str, event: str, message_id: str) -> dict[str, Any]:
     """The first ``event`` the country's gateway logged about ``message_id`` (waits for it)."""
 
-    def find() -> dict[str, Any] | None:
+    def find() -> dict[str, Any]:
         for e in fed.log_events(f"gateway-{country.lower()}"):
             if e.get("event") == event and e.get("message_id") == message_id:
                 return e
-        return None
+        return {}
 
     return wait_until(find, DELIVERY, what=f"{event} for {message_id} at {country}")
 
