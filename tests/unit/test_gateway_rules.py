@@ -412,3 +412,21 @@ def test_memory_crossings_keep_the_first_record_per_key() -> None:
     )
     memory.record("ingress", [Outcome(crossing=crossing)] * 2, now=NOW)
     assert memory.crossings(crossing.message_id) == (crossing,)
+
+
+class TestAuthenticatedHeader:
+    def test_signed_header_is_returned_even_when_later_checks_fail(
+        self, world: GatewayWorld
+    ) -> None:
+        """The signer's header comes back for an intact message and for one with an altered
+        JWE (the outer signature still verifies), so that sender can be told."""
+        header, wire = world.seal(LKA, (NPU,), "bulletin")
+        at = wire.index(b"ciphertext") + 20
+        altered = wire[:at] + (b"A" if wire[at : at + 1] != b"A" else b"B") + wire[at + 1 :]
+        for data in (wire, altered):
+            assert authenticated_header(data, resolver=world.dev.directory, now=NOW) == header
+
+    def test_garbage_is_never_authenticated(self, world: GatewayWorld) -> None:
+        """Bytes that are not a signed message give None, never an exception."""
+        for data in (b"", b"{}", b"\xff\xfe", b'{"jwe":"{}","outer":"a.b.c","v":1}'):
+            assert authenticated_header(data, resolver=world.dev.directory, now=NOW) is None
