@@ -26,7 +26,7 @@ from broker.core import canonical, jose
 from broker.core.header import Header, parse_header
 from broker.core.replay import ReplayStore
 from broker.core.trust import AgencyKeys, KeyResolver
-from broker.errors import InvalidMessage, Reason
+from broker.errors import CasebridgeError, InvalidMessage, Reason
 
 WIRE_VERSION: Final = 1
 OUTER_TYP: Final = "casebridge-outer+jws"
@@ -305,3 +305,34 @@ def open_message(
     ):
         raise InvalidMessage(Reason.REPLAY, f"message {header.id} was already accepted")
     return opened
+
+
+def authenticated_header(
+    wire: bytes, *, resolver: KeyResolver, now: datetime, limits: Limits = DEFAULT_LIMITS
+) -> Header | None:
+    """The header of ``wire`` if its outer signature verifies with the directory key of the
+    agency that header names as sender; None otherwise.
+
+    Only the signature, the header's syntax, the federation and signer = ``header.sender`` are
+    checked (not time, digests or routing): it tells a gateway whom a refusal may be reported
+    to, never whether to let the message through (that is :func:`verify_routing`). A message
+    that merely *claims* a sender gets None, so nobody can make a gateway send evidence to a
+    third party.
+    """
+    try:
+        unverified_outer, _ = _unverified_wire(wire, limits)
+        parsed = jose.parse_compact(unverified_outer, typ=OUTER_TYP, what="outer JWS")
+        sender = resolver.signing_key(parsed.kid, now=now)
+        payload = canonical.loads_strict(
+            jose.verify_compact(parsed, sender.signing_key, what="outer JWS"),
+            what="outer payload",
+            max_depth=4,
+        )
+        if not isinstance(payload, dict) or set(payload) != OUTER_MEMBERS:
+            return None
+        header = parse_header(payload["header"])
+    except CasebridgeError:  # a peer's fault or ours (stale directory): nobody to tell
+        return None
+    if header.fed != resolver.federation_id or header.sender != sender.agency_id:
+        return None
+    return header

@@ -4,6 +4,12 @@ Evidence is an ordinary sealed message of type ``evidence.<kind>`` from the acto
 gateway ``<cc>.gateway`` or a recipient agency) to the subject message's sender, carrying the
 subject's id and wire digest, the time, and for refusals the reason code and deciding rule.
 Evidence about evidence is never produced (no cascades): :func:`wants_evidence` says so.
+
+Evidence is small and closed: exactly the five :class:`EvidenceKind` types exist (any other
+``evidence.*`` type is refused as ``unknown_type``, see :func:`evidence_kind`), bodies carry
+ids, a digest, a time, and for refusals a reason code, a rule id and at most
+:data:`MAX_DETAIL` characters of explanation, so evidence cannot carry case content past a
+policy that would refuse it as a case message.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from broker.core.header import Header
 
 EVIDENCE_PREFIX: Final = "evidence."
 EVIDENCE_LIFETIME: Final = timedelta(days=30)
-MAX_DETAIL: Final = 1000
+MAX_DETAIL: Final = 200
 
 
 class EvidenceKind(StrEnum):
@@ -35,6 +41,17 @@ class EvidenceKind(StrEnum):
     @property
     def is_refusal(self) -> bool:
         return self in (EvidenceKind.RELAY_REJECTED, EvidenceKind.REJECTED)
+
+
+def evidence_kind(message_type: str) -> EvidenceKind | None:
+    """The kind of an evidence type (``evidence.delivered`` -> DELIVERED); None for any other
+    type, including an ``evidence.*`` type that does not exist."""
+    if not message_type.startswith(EVIDENCE_PREFIX):
+        return None
+    try:
+        return EvidenceKind(message_type[len(EVIDENCE_PREFIX) :])
+    except ValueError:
+        return None
 
 
 def is_evidence(message_type: str) -> bool:

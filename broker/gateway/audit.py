@@ -1,4 +1,4 @@
-"""The border gateway's only state: the audit roots of its nodes and its own audit log.
+"""The border gateway's only state: node audit roots, its own audit log, and crossings.
 
 What it is for
     Gateways are otherwise stateless (NATS holds every message). This small SQLite file (the
@@ -11,7 +11,18 @@ What it is for
     * ``audit``: the gateway's own hash-chained log of border decisions (``transfer`` when a
       message is relayed towards a peer or a local agency, ``refusal`` otherwise), written
       BEFORE the outputs are published: if it cannot be written the input is not acknowledged
-      and nothing crosses the border unlogged. A redelivered input is logged again.
+      and nothing crosses the border unlogged. A decision retried for the same input (same
+      message id, direction and wire digest: a redelivery after a failed publish, or the same
+      input taken by both gateways of a country) is logged once: ``decided`` holds the keys
+      of the decisions logged, and a key already there adds nothing to the chain.
+    * ``crossings``: what the border let through (:class:`~broker.gateway.border.Crossing`:
+      id, digest, sender, recipients, onward marking, exp), written in the same transaction
+      as the audit records, read by the border rules (onward transfer, evidence subjects).
+      Rows are deleted after ``exp`` + clock skew (with the ``decided`` keys), at most once a
+      minute while recording.
+
+    Two gateways of a country may share the file (WAL, ``busy_timeout``): each decision is
+    one ``BEGIN IMMEDIATE`` transaction, so they see each other's crossings and keys.
 
 What it must never do
     Keep a checkpoint it could not verify, or a message body.
@@ -19,17 +30,20 @@ What it must never do
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Final
 
 from broker.core import audit
 from broker.core.audit import ActorKind, AuditEntry, Checkpoint, Operation
 from broker.core.directory import Directory
+from broker.core.header import Onward
 from broker.errors import InvalidMessage, Reason
-from broker.gateway.border import Outcome
+from broker.gateway.border import CLOCK_SKEW_SECONDS, Crossing, Outcome
 from broker.node import audit_log
 
 ROOTS_TABLE = """
@@ -45,12 +59,45 @@ ROOTS_TABLE = """
     CREATE INDEX IF NOT EXISTS roots_node ON roots (node, last_seq);
 """
 
+# Both tables are keyed like a decision: (message id, direction, SHA-256 of the wire bytes).
+# message_id is '' for input whose id was illegible.
+CROSSINGS_TABLES = """
+    CREATE TABLE IF NOT EXISTS decided (
+        message_id TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        expires INTEGER NOT NULL,
+        PRIMARY KEY (message_id, direction, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS decided_expires ON decided (expires);
+    CREATE TABLE IF NOT EXISTS crossings (
+        message_id TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('egress', 'ingress')),
+        digest TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        onward_allowed INTEGER NOT NULL,
+        onward_exclude TEXT NOT NULL,
+        exp INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        PRIMARY KEY (message_id, direction, digest)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS crossings_expires ON crossings (expires);
+"""
+
+# A decision about input that never verified has no exp: its key is kept this long (a
+# redelivery comes within minutes; junk must not grow the table for ever).
+UNVERIFIED_KEEP_SECONDS: Final = 24 * 3600
+PURGE_EVERY_SECONDS: Final = 60
+
 
 class GatewayLedger:
-    """The gateway's SQLite file: node roots and its own audit log."""
+    """The gateway's SQLite file: node roots, its own audit log, and the crossings (it is
+    the :class:`~broker.gateway.border.CrossingLog` its ``Border`` reads)."""
 
     def __init__(self, path: Path | str, *, agency: str) -> None:
         self.agency = agency
+        self._purged_at: int | None = None
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         try:
@@ -62,7 +109,9 @@ class GatewayLedger:
             exists = self._db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'"
             ).fetchone()
-            script = ROOTS_TABLE if exists else ROOTS_TABLE + audit_log.AUDIT_TABLE
+            script = ROOTS_TABLE + CROSSINGS_TABLES
+            if not exists:
+                script += audit_log.AUDIT_TABLE
             self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
         except BaseException:
             self._db.close()
@@ -98,18 +147,99 @@ class GatewayLedger:
         return checkpoint
 
     def record(self, direction: str, outcomes: Sequence[Outcome], *, now: datetime) -> None:
-        """Log border decisions (before their outputs are published), in one commit."""
-        entries = [e for outcome in outcomes for e in self._entries(direction, outcome)]
-        if not entries:
-            return
+        """Log border decisions and record crossings (before the outputs are published), in
+        one commit. A decision already logged (same id, direction, digest) is not logged
+        again; its crossing, if any, is kept once."""
+        t = int(now.timestamp())
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                audit_log.append(self._db, entries, now=now)
+                # Purge first, so an expired key cannot suppress the record of a new decision.
+                if self._purged_at is None or t - self._purged_at >= PURGE_EVERY_SECONDS:
+                    self._purge(t)
+                    self._purged_at = t
+                entries = []
+                for outcome in outcomes:
+                    if self._first_decision(direction, outcome, t):
+                        entries.extend(self._entries(direction, outcome))
+                    if outcome.crossing is not None:
+                        self._insert_crossing(outcome.crossing)
+                if entries:
+                    audit_log.append(self._db, entries, now=now)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _first_decision(self, direction: str, outcome: Outcome, t: int) -> bool:
+        expires = (
+            outcome.exp + CLOCK_SKEW_SECONDS
+            if outcome.exp is not None
+            else t + UNVERIFIED_KEEP_SECONDS
+        )
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO decided (message_id, direction, digest, expires) "
+            "VALUES (?, ?, ?, ?)",
+            (outcome.message_id or "", direction, outcome.digest, expires),
+        )
+        return cursor.rowcount == 1
+
+    def _insert_crossing(self, c: Crossing) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO crossings (message_id, direction, digest, sender, "
+            "recipients, onward_allowed, onward_exclude, exp, expires) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                c.message_id,
+                c.direction,
+                c.digest,
+                c.sender,
+                json.dumps(list(c.recipients)),
+                int(c.onward.allowed),
+                json.dumps(list(c.onward.exclude)),
+                c.exp,
+                c.expires,
+            ),
+        )
+
+    def _purge(self, t: int) -> int:
+        dropped = self._db.execute("DELETE FROM crossings WHERE expires <= ?", (t,)).rowcount
+        self._db.execute("DELETE FROM decided WHERE expires <= ?", (t,))
+        return int(dropped)
+
+    def purge(self, now: datetime) -> int:
+        """Delete crossings (and decision keys) past ``exp`` + clock skew; how many crossings."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                dropped = self._purge(int(now.timestamp()))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return dropped
+
+    def crossings(self, message_id: str) -> Sequence[Crossing]:
+        """Every crossing recorded for ``message_id`` (by any gateway sharing the file)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT message_id, direction, digest, sender, recipients, onward_allowed, "
+                "onward_exclude, exp FROM crossings WHERE message_id = ? "
+                "ORDER BY direction, digest",
+                (message_id,),
+            ).fetchall()
+        return tuple(
+            Crossing(
+                message_id=str(r[0]),
+                direction=str(r[1]),
+                digest=str(r[2]),
+                sender=str(r[3]),
+                recipients=tuple(str(a) for a in json.loads(r[4])),
+                onward=Onward(allowed=bool(r[5]), exclude=tuple(str(c) for c in json.loads(r[6]))),
+                exp=int(r[7]),
+            )
+            for r in rows
+        )
 
     def _entries(self, direction: str, outcome: Outcome) -> list[AuditEntry]:
         entries: list[AuditEntry] = []
@@ -119,7 +249,9 @@ class GatewayLedger:
             "agency": self.agency,
             "message_id": outcome.message_id,
             "message_type": outcome.message_type,
+            "digest": outcome.digest or None,
         }
+        denying = ", ".join(sorted({d.rule_id for d in outcome.decisions if not d.allowed}))
         for peer in outcome.relayed_to:
             entries.append(
                 AuditEntry(
@@ -135,6 +267,7 @@ class GatewayLedger:
                     operation=Operation.REFUSAL,
                     peer=peer,
                     justification=f"{direction}: refused for {outcome.sender}",
+                    detail=denying or None,
                     **base,  # type: ignore[arg-type]
                 )
             )

@@ -40,7 +40,7 @@ from broker.errors import CasebridgeError
 from broker.federation import subjects
 from broker.federation.streams import ensure_consumer, submit_consumer
 from broker.gateway.audit import GatewayLedger
-from broker.gateway.border import Border, Outcome, Publish
+from broker.gateway.border import Border, CrossingLog, Outcome, Publish
 from broker.gateway.fairness import FairShare, TokenBucket
 from broker.gateway.observe import gateway_expiries, record_outcome
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
@@ -96,10 +96,14 @@ def local_agencies(directory: Directory, country: str) -> list[str]:
 
 
 def build_border(
-    settings: Settings, *, now: datetime, registry: CollectorRegistry | None = None
+    settings: Settings,
+    *,
+    now: datetime,
+    crossings: CrossingLog,
+    registry: CollectorRegistry | None = None,
 ) -> tuple[Border, _Holder, PolicyStore]:
     """The gateway's decision logic from its settings (files are read here); the policy
-    gauges go on ``registry`` (none: a private one)."""
+    gauges go on ``registry`` (none: a private one); ``crossings``: the ledger."""
     agency = settings.agency
     country = agency_country(agency)
     root = read_certificate(settings.root_cert)
@@ -136,6 +140,7 @@ def build_border(
         ),
         directory=lambda: holder.directory,
         policy=policy,
+        crossings=crossings,
     )
     return border, holder, policies
 
@@ -493,7 +498,10 @@ async def run_gateway(
     country = agency_country(settings.agency)
     metrics = GatewayMetrics(registry, country=country)
     build_info(registry, component="gateway", country=country)
-    border, holder, _policies = build_border(settings, now=clock(), registry=registry)
+    ledger = GatewayLedger(settings.store_path, agency=settings.agency)
+    border, holder, _policies = build_border(
+        settings, now=clock(), crossings=ledger, registry=registry
+    )
     own = [("signing", read_certificate(settings.keys.signing_cert))]
     if settings.nats.cert_file is not None:
         own.append(("tls", read_certificate(settings.nats.cert_file)))
@@ -503,7 +511,6 @@ async def run_gateway(
             clock=clock,
         )
     )
-    ledger = GatewayLedger(settings.store_path, agency=settings.agency)
 
     def record(direction: str, outcomes: Sequence[Outcome]) -> None:
         ledger.record(direction, outcomes, now=clock())

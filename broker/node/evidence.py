@@ -79,7 +79,8 @@ def evidence_body(
     detail: str | None = None,
 ) -> dict[str, Any]:
     """The body (schemas/evidence.<kind>.v1.json). ``reason``/``rule_id``/``detail`` only for
-    refusals; ``detail`` is cut to the schema's limit."""
+    refusals; ``detail`` is cut to ``broker.core.evidence.MAX_DETAIL`` (200 characters, the
+    schema's limit) by the one builder gateways use too."""
     return EvidenceFacts(
         kind=kind,
         subject_id=subject.message_id,

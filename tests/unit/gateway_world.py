@@ -19,7 +19,7 @@ from broker.core.policy import Policy, parse_policy
 from broker.core.schemas import SchemaRegistry
 from broker.devpki import DevFederation, build_dev_federation
 from broker.federation.spec import load_description
-from broker.gateway.border import Border, Outcome
+from broker.gateway.border import Border, MemoryCrossings, Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "schemas" / "examples"
@@ -55,6 +55,7 @@ class GatewayWorld:
     now: datetime
     policy: dict[str, Policy]
     borders: dict[str, Border] = field(default_factory=dict)
+    crossings: dict[str, MemoryCrossings] = field(default_factory=dict)
     delivered: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     outcomes: list[tuple[str, str, Outcome]] = field(default_factory=list)
     down: set[str] = field(default_factory=set)
@@ -63,11 +64,13 @@ class GatewayWorld:
 
     def __post_init__(self) -> None:
         for cc in ("DE", "NL", "UA"):
+            self.crossings[cc] = MemoryCrossings()
             self.borders[cc] = Border(
                 country=cc,
                 identity=sender(self.dev, f"{cc.lower()}.gateway"),
                 directory=lambda: self.dev.directory,
                 policy=lambda cc=cc: self.policy.get(cc),  # type: ignore[misc]
+                crossings=self.crossings[cc],
             )
 
     def seal(
@@ -122,6 +125,8 @@ class GatewayWorld:
             agency = ".".join(parts[2:])
             cc = agency_country(agency)
             outcome = self.borders[cc].submission(data, subject_agency=agency, now=self.now)
+            # Recorded before publishing, as the runner does with the ledger.
+            self.crossings[cc].record("egress", [outcome], now=self.now)
             self.outcomes.append((cc, "egress", outcome))
             for p in outcome.publishes:
                 self._route(p.subject, p.msg_id, p.data)
@@ -137,6 +142,7 @@ class GatewayWorld:
 
     def _inbound(self, cc: str, data: bytes) -> None:
         outcome = self.borders[cc].inbound(data, now=self.now)
+        self.crossings[cc].record("ingress", [outcome], now=self.now)
         self.outcomes.append((cc, "ingress", outcome))
         for p in outcome.publishes:
             self._route(p.subject, p.msg_id, p.data)

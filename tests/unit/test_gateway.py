@@ -12,7 +12,7 @@ from broker.core.envelope import OpenedMessage, open_message
 from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
 from broker.devpki import DevFederation
-from broker.gateway.border import Border
+from broker.gateway.border import Border, MemoryCrossings
 from broker.node.peek import unverified_header
 
 from .gateway_world import GatewayWorld, build, policies, recipient, sender
@@ -196,6 +196,7 @@ class TestRefusals:
             identity=sender(dev, "ua.gateway"),
             directory=lambda: revoked,
             policy=lambda: world.policy["UA"],
+            crossings=MemoryCrossings(),
         )
         outcome = border.inbound(wire, now=later)
         assert outcome.refused == "sender_revoked"
