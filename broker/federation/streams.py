@@ -9,7 +9,8 @@ Per country (account ``CB``, docs/federation.md):
   else's);
 - ``OUT_<P>``  ``cb.out.<cc>.<p>`` per peer ``P``: the outbox, kept while ``P`` is away;
 - ``INBOX``    sources every peer's ``OUT_<CC>`` through ``$JS.<p>.API`` with deliver prefix
-  ``cb.xd.<p>.<cc>``; read by the gateway (durable ``gateway-in``);
+  ``cb.xd.<p>.<cc>``; read by the gateway through one durable per peer (``inbox-<p>``, filtered
+  on the sourced subject ``cb.out.<p>.<cc>``);
 - ``DELIVER``  ``cb.deliver.>``, work queue, two pull consumers per agency, each filtered on its
   own subject: ``node-<agency>`` (case messages, ``cb.deliver.<agency>``) and
   ``evidence-<agency>`` (``cb.deliver.<agency>.evidence``); created here (agencies may not
@@ -35,6 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     ExternalStream,
     RetentionPolicy,
@@ -186,11 +188,26 @@ def submit_consumer(agency_id: str) -> ConsumerConfig:
     )
 
 
+def inbox_consumer(code: str, peer: str, *, start_seq: int | None = None) -> ConsumerConfig:
+    """The gateway's consumer of what ``peer`` sends to ``code`` (sourced into INBOX with its
+    original subject ``cb.out.<peer>.<code>``); ``start_seq``: where to start (a migration
+    from the single consumer of earlier versions), else from the first message kept."""
+    config = _pull(
+        s.gateway_inbox_durable(peer),
+        s.out_subject(peer, code),
+        f"border gateway: from {peer.upper()}",
+    )
+    if start_seq is not None:
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = start_seq
+    return config
+
+
 def consumer_configs(country: CountryStreams) -> list[tuple[str, ConsumerConfig]]:
     """(stream, consumer) pairs that must exist: gateway consumers and one per agency node."""
     wanted = [(s.SUBMIT_STREAM, submit_consumer(a)) for a in sorted(country.agencies)]
+    wanted += [(s.INBOX_STREAM, inbox_consumer(country.code, p)) for p in sorted(country.peers)]
     wanted += [
-        (s.INBOX_STREAM, _pull(s.GATEWAY_INBOX_DURABLE, None, "border gateway: from abroad")),
         (s.AUDIT_STREAM, _pull(s.GATEWAY_AUDIT_DURABLE, None, "border gateway: audit roots")),
     ]
     wanted += [
@@ -252,10 +269,28 @@ async def _drop_legacy_submit_consumer(js: JetStreamContext) -> None:
         return
 
 
+async def _replace_legacy_inbox_consumer(js: JetStreamContext, country: CountryStreams) -> None:
+    # INBOX keeps messages (limits retention), so a new consumer would start from the first
+    # message kept and decide again everything already relayed. The per-peer consumers start
+    # just after the old consumer's ack floor instead; the few acked out of order above it are
+    # decided again and their outputs are JetStream duplicates (same ids, within the window).
+    try:
+        legacy = await js.consumer_info(s.INBOX_STREAM, s.LEGACY_GATEWAY_INBOX_DURABLE)
+    except NotFoundError:
+        return
+    start = int(legacy.ack_floor.stream_seq if legacy.ack_floor else 0) + 1
+    for peer in sorted(country.peers):
+        await ensure_consumer(
+            js, s.INBOX_STREAM, inbox_consumer(country.code, peer, start_seq=start)
+        )
+    await js.delete_consumer(s.INBOX_STREAM, s.LEGACY_GATEWAY_INBOX_DURABLE)
+
+
 async def ensure_country_streams(js: JetStreamContext, country: CountryStreams) -> None:
     """Create or update every stream of ``country`` and create its missing consumers."""
     for config in stream_configs(country):
         await _ensure_stream(js, config)
     await _drop_legacy_submit_consumer(js)
+    await _replace_legacy_inbox_consumer(js, country)
     for stream, consumer in consumer_configs(country):
         await ensure_consumer(js, stream, consumer)

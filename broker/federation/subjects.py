@@ -25,7 +25,9 @@ AUDIT_STREAM: Final = "AUDIT"
 # single unfiltered consumer of earlier versions, removed by the stream setup (a work-queue
 # stream refuses overlapping consumers).
 LEGACY_GATEWAY_SUBMIT_DURABLE: Final = "gateway"
-GATEWAY_INBOX_DURABLE: Final = "gateway-in"
+# INBOX is read through one consumer per peer country (gateway_inbox_durable); "gateway-in"
+# is the single consumer of earlier versions, replaced by the stream setup.
+LEGACY_GATEWAY_INBOX_DURABLE: Final = "gateway-in"
 GATEWAY_AUDIT_DURABLE: Final = "gateway-audit"
 
 SUBMIT_SUBJECTS: Final = "cb.submit.>"
@@ -96,6 +98,13 @@ def gateway_submit_durable(agency_id: str) -> str:
     ``_``, so no two agencies share a name). One per agency, so that one sender's backlog never
     stands in front of another's message (broker/gateway/fairness.py)."""
     return f"submit-{agency_id.replace('.', '_')}"
+
+
+def gateway_inbox_durable(peer: str) -> str:
+    """The gateway's durable consumer of what peer country ``peer`` sends (INBOX, filtered on
+    ``cb.out.<peer>.<cc>``): ``inbox-<peer>``. One per peer, so that one country's backlog never
+    stands in front of another's messages."""
+    return f"inbox-{peer.lower()}"
 
 
 def inbox_prefix(agency_id: str) -> str:

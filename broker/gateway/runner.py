@@ -1,15 +1,16 @@
-"""The border gateway process: two pull loops over NATS feeding :class:`Border`.
+"""The border gateway process: pull loops over NATS feeding :class:`Border`.
 
-Loop 1 takes submissions from the country's ``SUBMIT`` stream (durable ``gateway``), loop 2
-takes messages from abroad from ``INBOX`` (durable ``gateway-in``). For each fetched batch:
-decide every message (``Border``), record the decisions in the audit ledger (one commit), publish
-every output with its ``Nats-Msg-Id`` and wait for the JetStream acks (all publishes of the batch
-concurrently, written in order on one connection), then ack each input. A failed publish naks
-its input for redelivery, so nothing is dropped; the deterministic ids make the redelivery's
-outputs duplicates that JetStream removes. The input's ack is not awaited (no round trip per
-message): if it is lost, the input is redelivered after the ack wait and its outputs are, again,
-duplicates. Stateless apart from NATS: several gateways of one country can run side by side on
-the same durables.
+One loop per agency of the country takes its submissions from ``SUBMIT`` (durable
+``submit-<agency>``, with that agency's token bucket: ``broker/gateway/fairness.py``), one loop
+per peer country takes its messages from ``INBOX`` (durable ``inbox-<peer>``), one loop keeps
+the nodes' audit checkpoints. For each fetched batch: decide every message (``Border``), record
+the decisions in the audit ledger (one commit), publish every output with its ``Nats-Msg-Id``
+and wait for the JetStream acks (all publishes of the batch concurrently, written in order on
+one connection), then ack each input. A failed publish naks its input for redelivery, so nothing
+is dropped; the deterministic ids make the redelivery's outputs duplicates that JetStream
+removes. The input's ack is not awaited (no round trip per message): if it is lost, the input is
+redelivered after the ack wait and its outputs are, again, duplicates. Stateless apart from
+NATS: several gateways of one country can run side by side on the same durables.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Final
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 from prometheus_client import CollectorRegistry
@@ -41,7 +43,7 @@ from broker.federation import subjects
 from broker.federation.streams import ensure_consumer, submit_consumer
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
-from broker.gateway.fairness import FairShare, TokenBucket
+from broker.gateway.fairness import TokenBucket
 from broker.gateway.observe import gateway_expiries, record_outcome
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.logs import FaultLog
@@ -280,82 +282,113 @@ class _Throttle:
             self.metrics.throttled_senders.labels(direction=self.direction).dec()
 
 
-async def _submit_senders(js: JetStreamContext, listed: Sequence[str]) -> list[tuple[str, bool]]:
-    """(agency, has a consumer) for every agency with a SUBMIT consumer (whatever the
-    directory now says: a revoked agency's submissions must still be taken and refused) and
-    every agency of the directory (a consumer is created for one that joined later)."""
-    prefix = subjects.submit_subject("")
-    found: set[str] = set()
+@dataclass(frozen=True, slots=True)
+class _Lane:
+    """One consumer the gateway reads in its own pull loop: whose messages (``sender``: an
+    agency on SUBMIT, a peer country on INBOX), and the config to create it when missing."""
+
+    durable: str
+    sender: str
+    create: ConsumerConfig | None = None
+
+
+async def _consumers(js: JetStreamContext, stream: str) -> list[ConsumerConfig]:
     try:
-        for info in await js.consumers_info(subjects.SUBMIT_STREAM):
-            config = info.config
-            if (config.durable_name or "").startswith("submit-") and config.filter_subject:
-                found.add(config.filter_subject.removeprefix(prefix))
+        return [info.config for info in await js.consumers_info(stream)]
     except (NatsError, JetStreamError) as exc:
-        log.warning("consumers_unlisted", stream=subjects.SUBMIT_STREAM, error=repr(exc))
-    return [(a, a in found) for a in sorted(found | set(listed))]
+        log.warning("consumers_unlisted", stream=stream, error=repr(exc))
+        return []
 
 
-async def _submit_lanes(
+async def _submit_lanes(js: JetStreamContext, listed: Sequence[str]) -> list[_Lane]:
+    """A lane for every agency with a SUBMIT consumer (whatever the directory now says: a
+    revoked agency's submissions must still be taken and refused) and for every agency of the
+    directory (its consumer is created if it joined later)."""
+    prefix = subjects.submit_subject("")
+    found = {
+        config.filter_subject.removeprefix(prefix)
+        for config in await _consumers(js, subjects.SUBMIT_STREAM)
+        if (config.durable_name or "").startswith("submit-") and config.filter_subject
+    }
+    return [
+        _Lane(
+            durable=subjects.gateway_submit_durable(agency),
+            sender=agency,
+            create=None if agency in found else submit_consumer(agency),
+        )
+        for agency in sorted(found | set(listed))
+    ]
+
+
+async def _inbox_lanes(js: JetStreamContext) -> list[_Lane]:
+    """A lane for every peer country's INBOX consumer (made by the stream setup), and for the
+    single consumer of earlier versions while it still exists."""
+    lanes = []
+    for config in await _consumers(js, subjects.INBOX_STREAM):
+        durable = config.durable_name or ""
+        if durable.startswith("inbox-") or durable == subjects.LEGACY_GATEWAY_INBOX_DURABLE:
+            lanes.append(_Lane(durable=durable, sender=durable.removeprefix("inbox-").upper()))
+    return lanes
+
+
+async def _run_lanes(
     js: JetStreamContext,
     *,
-    agencies: Callable[[], Sequence[str]],
-    fair_share: FairShare,
+    stream: str,
+    direction: str,
+    lanes_now: Callable[[], Awaitable[list[_Lane]]],
+    bucket: Callable[[], TokenBucket | None],
     decide: Callable[[bytes, str], Outcome],
     stop: asyncio.Event,
     record: Callable[[str, Sequence[Outcome]], None] | None = None,
     metrics: GatewayMetrics | None = None,
 ) -> None:
-    """One pull loop per agency of the country on its own SUBMIT consumer, each with its own
-    token bucket, so one sender's backlog or flood never delays another sender. Agencies that
-    join the directory later get their consumer and loop at the next directory check. A loop
-    that fails ends this task with its error (the gateway then fails fast)."""
-    lanes: dict[str, asyncio.Task[None]] = {}
+    """One pull loop per lane (consumer) of ``stream``, each with its own token bucket (if
+    any), so one sender's backlog or flood never delays another sender. Lanes that appear
+    later (an agency joining the directory) start at the next check. A loop that fails ends
+    this task with its error (the gateway then fails fast)."""
+    running: dict[str, asyncio.Task[None]] = {}
     try:
         while not stop.is_set():
-            for agency, exists in await _submit_senders(js, agencies()):
-                if agency in lanes:
+            for lane in await lanes_now():
+                if lane.durable in running:
                     continue
-                if not exists:
+                if lane.create is not None:
                     try:
-                        await ensure_consumer(js, subjects.SUBMIT_STREAM, submit_consumer(agency))
+                        await ensure_consumer(js, stream, lane.create)
                     except (NatsError, JetStreamError) as exc:
                         # The server may be restarting: try again at the next check.
-                        log.warning("consumer_not_created", sender=agency, error=repr(exc))
+                        log.warning("consumer_not_created", sender=lane.sender, error=repr(exc))
                         continue
-                lanes[agency] = asyncio.create_task(
+                running[lane.durable] = asyncio.create_task(
                     _pull_loop(
                         js,
-                        stream=subjects.SUBMIT_STREAM,
-                        durable=subjects.gateway_submit_durable(agency),
+                        stream=stream,
+                        durable=lane.durable,
                         decide=decide,
-                        direction="egress",
+                        direction=direction,
                         stop=stop,
                         record=record,
                         metrics=metrics,
-                        bucket=TokenBucket(
-                            rate=fair_share.sender_rate,
-                            burst=fair_share.sender_burst,
-                            now=time.monotonic(),
-                        ),
-                        sender=agency,
+                        bucket=bucket(),
+                        sender=lane.sender,
                     ),
-                    name=f"submit-{agency}",
+                    name=f"{stream}-{lane.durable}",
                 )
             watch = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
-                {watch, *lanes.values()},
+                {watch, *running.values()},
                 timeout=DIRECTORY_CHECK_SECONDS,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             watch.cancel()
             for task in done:
                 if task is not watch and not stop.is_set():
-                    raise task.exception() or RuntimeError(f"submit lane {task.get_name()} ended")
+                    raise task.exception() or RuntimeError(f"lane {task.get_name()} ended")
     finally:
-        for task in lanes.values():
+        for task in running.values():
             task.cancel()
-        for task in lanes.values():
+        for task in running.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -551,10 +584,16 @@ async def run_gateway(
     )
     tasks = [
         asyncio.create_task(
-            _submit_lanes(
+            _run_lanes(
                 js,
-                agencies=lambda: local_agencies(holder.directory, country),
-                fair_share=settings.fair_share,
+                stream=subjects.SUBMIT_STREAM,
+                direction="egress",
+                lanes_now=lambda: _submit_lanes(js, local_agencies(holder.directory, country)),
+                bucket=lambda: TokenBucket(
+                    rate=settings.fair_share.sender_rate,
+                    burst=settings.fair_share.sender_burst,
+                    now=time.monotonic(),
+                ),
                 decide=egress,
                 stop=stop,
                 record=record,
@@ -562,12 +601,15 @@ async def run_gateway(
             )
         ),
         asyncio.create_task(
-            _pull_loop(
+            _run_lanes(
                 js,
                 stream=subjects.INBOX_STREAM,
-                durable=subjects.GATEWAY_INBOX_DURABLE,
-                decide=ingress,
                 direction="ingress",
+                lanes_now=lambda: _inbox_lanes(js),
+                # Peer countries share the time fairly (one loop each); each peer's own
+                # egress buckets already limit every agency behind it.
+                bucket=lambda: None,
+                decide=ingress,
                 stop=stop,
                 record=record,
                 metrics=metrics,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import APIError
 
 from broker.federation import subjects as s
@@ -201,5 +202,77 @@ def test_storage_caps_are_per_subject(nats_binary: Path, tmp_path: Path) -> None
             s.deliver_subject(LKA): 1,
             s.deliver_subject(STA, evidence=True): 1,
         }
+    finally:
+        fed.close()
+
+
+def test_single_consumers_of_earlier_versions_are_replaced(
+    nats_binary: Path, tmp_path: Path
+) -> None:
+    """The stream setup replaces the unfiltered ``gateway`` (SUBMIT) and ``gateway-in``
+    (INBOX) consumers of earlier versions; the per-peer INBOX consumer starts after the old
+    consumer's ack floor, so nothing already relayed is decided again and nothing is skipped."""
+    del nats_binary
+    fed = Running.start(tmp_path / "fed", nodes=[])
+    try:
+        for name in ("gateway-de", "gateway-ua"):
+            fed.fed.stop(name)
+
+        async def legacy() -> None:
+            ua = await fed.fed.connect_gateway("UA", allow_reconnect=False)
+            de = await fed.fed.connect_gateway("DE", allow_reconnect=False)
+            try:
+                ua_js, de_js = ua.jetstream(), de.jetstream()
+                await ua_js.delete_consumer(s.INBOX_STREAM, s.gateway_inbox_durable("DE"))
+                await ua_js.add_consumer(
+                    s.INBOX_STREAM,
+                    ConsumerConfig(
+                        durable_name=s.LEGACY_GATEWAY_INBOX_DURABLE, ack_policy=AckPolicy.EXPLICIT
+                    ),
+                )
+                for info in await ua_js.consumers_info(s.SUBMIT_STREAM):
+                    await ua_js.delete_consumer(s.SUBMIT_STREAM, info.name)
+                await ua_js.add_consumer(
+                    s.SUBMIT_STREAM,
+                    ConsumerConfig(
+                        durable_name=s.LEGACY_GATEWAY_SUBMIT_DURABLE,
+                        ack_policy=AckPolicy.EXPLICIT,
+                    ),
+                )
+                for n in range(5):
+                    await de_js.publish(s.out_subject("DE", "UA"), f"m{n}".encode(), timeout=5)
+                sub = await ua_js.pull_subscribe_bind(
+                    s.LEGACY_GATEWAY_INBOX_DURABLE, stream=s.INBOX_STREAM
+                )
+                taken: list[Any] = []
+                while len(taken) < 3:
+                    taken += await sub.fetch(3 - len(taken), timeout=10)
+                for msg in taken:
+                    await msg.ack_sync()
+            finally:
+                await ua.close()
+                await de.close()
+
+        run(legacy())
+        run(fed.fed.ensure_streams("UA"))
+
+        async def after() -> tuple[set[str], set[str], list[bytes]]:
+            ua = await fed.fed.connect_gateway("UA", allow_reconnect=False)
+            try:
+                js = ua.jetstream()
+                inbox = {i.name for i in await js.consumers_info(s.INBOX_STREAM)}
+                submit = {i.name for i in await js.consumers_info(s.SUBMIT_STREAM)}
+                sub = await js.pull_subscribe_bind(
+                    s.gateway_inbox_durable("DE"), stream=s.INBOX_STREAM
+                )
+                rest = [m.data for m in await sub.fetch(10, timeout=2)]
+                return inbox, submit, rest
+            finally:
+                await ua.close()
+
+        inbox, submit, rest = run(after())
+        assert inbox == {s.gateway_inbox_durable("DE")}
+        assert submit == {s.gateway_submit_durable("ua.npu")}
+        assert rest == [b"m3", b"m4"]
     finally:
         fed.close()

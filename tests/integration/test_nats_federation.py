@@ -271,12 +271,12 @@ async def _publish_while_away(fed: Federation, ids: list[str]) -> list[bool]:
 
 
 async def _drain_inbox(fed: Federation, expected: int, timeout: float = 45.0) -> list[str]:
-    """Everything UA's gateway receives from INBOX (durable gateway-in), acked."""
+    """Everything UA's gateway receives from DE through INBOX (durable inbox-de), acked."""
     nc = await fed.connect_gateway("UA", allow_reconnect=False)
     got: list[str] = []
     try:
         sub = await nc.jetstream().pull_subscribe_bind(
-            s.GATEWAY_INBOX_DURABLE, stream=s.INBOX_STREAM
+            s.gateway_inbox_durable("DE"), stream=s.INBOX_STREAM
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
