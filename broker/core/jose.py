@@ -270,6 +270,8 @@ def _check_epk_shape(epk: Any, *, what: str) -> None:
         raise InvalidMessage(Reason.MALFORMED, f"{what} epk must be an EC public JWK")
     if epk["kty"] != "EC" or epk["crv"] != "P-256":
         raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} epk must be on P-256")
+    if not isinstance(epk["x"], str) or not isinstance(epk["y"], str):
+        raise InvalidMessage(Reason.MALFORMED, f"{what} epk coordinates must be strings")
 
 
 def _check_epk_on_curve(epk: dict[str, Any], *, what: str) -> None:
@@ -310,7 +312,9 @@ def parse_general(unverified_jwe: str, *, typ: str, what: str = "JWE") -> Unveri
         parts = len(unverified_jwe.split(".")) if isinstance(unverified_jwe, str) else 0
         kind = {3: "a compact JWS", 5: "a compact JWE"}.get(parts, "not JSON")
         raise InvalidMessage(Reason.MALFORMED, f"{what} is {kind}, a JWE in JSON form was expected")
-    obj = canonical.loads_strict(unverified_jwe, what=what, max_depth=5)
+    # No nesting walk: every member at every level is type-checked below, so a deeper value
+    # cannot pass (and the walk would cost more than the rest of this function).
+    obj = canonical.loads_strict(unverified_jwe, what=what, max_depth=None)
     if not isinstance(obj, dict):
         raise InvalidMessage(Reason.MALFORMED, f"{what} must be a JSON object")
     if "payload" in obj or "signatures" in obj:

@@ -617,3 +617,34 @@ class TestDirectoryAddressing:
         h = replace(forge.header(), recipients=("nl.politie-nec", "ua.npu-ctd"))
         routed = route(world, forge.seal_for(world, h, BODY))
         assert [r.agency_id for r in routed.recipients] == ["nl.politie-nec", "ua.npu-ctd"]
+
+
+class TestJweStructureAtTheGateway:
+    @pytest.mark.parametrize(
+        "mutate",
+        [
+            lambda o: o["recipients"][0]["header"]["epk"].update(x=[[[[[[[["deep"]]]]]]]]),
+            lambda o: o["recipients"][0]["header"]["epk"].update(y=7),
+            lambda o: o["recipients"][0]["header"].update(kid=["k"]),
+            lambda o: o.update(iv=forge.b64(b"\0" * 8)),
+            lambda o: o["recipients"][0].update(encrypted_key="!!"),
+            lambda o: o["recipients"].append(copy_of(o["recipients"][0])),
+        ],
+        ids=["nested-epk", "number-epk", "list-kid", "short-iv", "bad-encrypted-key", "kid-twice"],
+    )
+    def test_malformed_jwe_refused_before_relay(
+        self, world: World, mutate: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """A JWE whose structure breaks section 4.4 is malformed at the gateway already, with
+        the same reason as at the recipient."""
+
+        def text(obj: Any) -> bytes:
+            mutate(obj)
+            return canonical.dumps(obj)
+
+        wire = build(world["de.lka-berlin"], hdr(), [world["nl.politie-nec"]], jwe_text=text)
+        refused_by_both(Reason.MALFORMED, world, wire)
+
+
+def copy_of(value: Any) -> Any:
+    return json.loads(json.dumps(value))
