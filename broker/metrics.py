@@ -38,8 +38,8 @@ from prometheus_client.registry import Collector
 
 from broker import __version__
 
-_COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
-_TYPE_RE: Final = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*){0,3}$")
+_COUNTRY_RE: Final = re.compile(r"[A-Z]{2}\Z")
+_TYPE_RE: Final = re.compile(r"[a-z][a-z_]*(\.[a-z][a-z_]*){0,3}\Z")
 OTHER: Final = "other"
 # Seconds; from a loopback federation (well under a second) to a peer that was away for hours.
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600)
@@ -49,7 +49,7 @@ CRYPTO_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 def country_label(value: str | None) -> str:
     """An ISO country code as a label (upper case), ``other`` for anything that is not one."""
     code = (value or "").upper()
-    return code if _COUNTRY_RE.match(code) else OTHER
+    return code if _COUNTRY_RE.fullmatch(code) else OTHER
 
 
 def agency_country_label(agency_id: str | None) -> str:
@@ -64,7 +64,7 @@ def type_label(value: str | None) -> str:
     refused message's claimed type from adding series.
     """
     text = value or ""
-    return text if len(text) <= 64 and _TYPE_RE.match(text) else OTHER
+    return text if len(text) <= 64 and _TYPE_RE.fullmatch(text) else OTHER
 
 
 def build_info(registry: CollectorRegistry, *, component: str, country: str) -> None:

@@ -23,7 +23,7 @@ from typing import Final
 TRACEPARENT: Final = "traceparent"
 _VERSION: Final = "00"
 _SAMPLED: Final = "01"
-_RE: Final = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_RE: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
 _ZERO_TRACE: Final = "0" * 32
 _ZERO_SPAN: Final = "0" * 16
 
@@ -60,7 +60,7 @@ def parse(value: str | None) -> TraceParent | None:
     """The parsed header, or None when absent or not a valid version-00 ``traceparent``."""
     if not value:
         return None
-    found = _RE.match(value.strip())
+    found = _RE.fullmatch(value.strip())
     if found is None or found[1] == _ZERO_TRACE or found[2] == _ZERO_SPAN:
         return None
     return TraceParent(trace_id=found[1], span_id=found[2], flags=found[3])

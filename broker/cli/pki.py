@@ -131,7 +131,7 @@ def _cmd_issue_country(args: argparse.Namespace) -> int:
     store = _store(args)
     state = store.read_state()
     code: str = args.code.upper()
-    if not COUNTRY_RE.match(code):
+    if not COUNTRY_RE.fullmatch(code):
         raise PKIError(f"invalid country code {args.code!r} (ISO 3166 alpha-2, e.g. DE)")
     if code in state.countries and not args.force:
         raise PKIError(f"country {code} already exists (--force re-issues its CA)")
@@ -195,7 +195,7 @@ def _cmd_issue_agency(args: argparse.Namespace) -> int:
     store = _store(args)
     state = store.read_state()
     agency_id: str = args.agency_id
-    if not AGENCY_RE.match(agency_id) or TASK_FORCE_RE.match(agency_id):
+    if not AGENCY_RE.fullmatch(agency_id) or TASK_FORCE_RE.fullmatch(agency_id):
         raise PKIError(
             f"invalid agency id {agency_id!r} (expected <cc>.<name>, e.g. de.lka-berlin)"
         )
@@ -302,7 +302,7 @@ def _cmd_task_force(args: argparse.Namespace) -> int:
     store = _store(args)
     state = store.read_state()
     tf_id: str = args.task_force_id
-    if not TASK_FORCE_RE.match(tf_id):
+    if not TASK_FORCE_RE.fullmatch(tf_id):
         raise PKIError(f"invalid task force id {tf_id!r} (expected tf.<name>)")
     if args.delete:
         if tf_id not in state.task_forces:

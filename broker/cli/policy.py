@@ -378,7 +378,7 @@ def _text_report(
 def _cmd_explain(args: argparse.Namespace) -> int:
     for flag in ("source", "destination"):
         value: str = getattr(args, flag)
-        if not COUNTRY_RE.match(value):
+        if not COUNTRY_RE.fullmatch(value):
             raise ConfigError(f"--{'from' if flag == 'source' else 'to'} must be a country code")
     federation, federation_source, agencies = _federation(args)
     draft = _draft(args.draft)

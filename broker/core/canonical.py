@@ -3,24 +3,47 @@
 Output: UTF-8, object members sorted by key, no insignificant whitespace, no NaN/Infinity.
 For the value domain Casebridge signs (strings, integers, booleans, null, arrays, objects)
 this equals RFC 8785 (JCS). Input: duplicate member names, NaN/Infinity literals, invalid
-UTF-8 and excessive nesting are refused with ``InvalidMessage(MALFORMED)``.
+UTF-8, lone surrogates (``"\\ud800"`` escapes that decode to no Unicode scalar value) and
+excessive nesting are refused with ``InvalidMessage(MALFORMED)``. Neither function lets any
+other exception out for a value it is handed: what cannot be canonical UTF-8 is MALFORMED.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, Final
 
 from broker.errors import InvalidMessage, Reason
 
 MAX_DEPTH = 64
 
 
+# A JSON escape of a UTF-16 surrogate (U+D800-U+DFFF). Only text holding one can decode to a
+# string with a lone surrogate (a valid pair decodes to one proper character).
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def dumps(value: Any) -> bytes:
-    """Serialise ``value`` canonically (sorted keys, compact, UTF-8)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """Serialise ``value`` canonically (sorted keys, compact, UTF-8).
+
+    A string that is not valid Unicode text (a lone surrogate), NaN/Infinity or a circular
+    structure has no canonical form: ``InvalidMessage(MALFORMED)``.
+    """
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+    except ValueError as exc:  # UnicodeEncodeError (lone surrogate), NaN, circular reference
+        raise InvalidMessage(Reason.MALFORMED, "value has no canonical JSON form") from exc
+
+
+def is_canonical(value: Any, raw: bytes) -> bool:
+    """Whether ``raw`` is exactly the canonical form of ``value`` (its parse result)."""
+    try:
+        return dumps(value) == raw
+    except InvalidMessage:
+        return False
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -67,10 +90,24 @@ def loads_strict(
     caller checks member by member right after (the walk is the costliest part on the hot path).
     """
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        if isinstance(data, bytes):
+            text = data.decode("utf-8")
+            escapes = b"\\u" in data and _SURROGATE_ESCAPE.search(data) is not None
+        else:
+            text = data
+            # A str may hold a raw lone surrogate as well as an escaped one.
+            escapes = not data.isascii() or (
+                "\\u" in data and _SURROGATE_ESCAPE.search(data.encode("ascii")) is not None
+            )
         value = _STRICT_DECODER.decode(text)
+        if escapes:
+            # Rare path (only text with surrogate escapes or, for str, non-ASCII): every decoded
+            # string, key or value, must encode to UTF-8; a lone surrogate does not.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except InvalidMessage:
         raise
+    except UnicodeEncodeError as exc:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} holds a lone surrogate") from exc
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not valid JSON") from exc
     if (

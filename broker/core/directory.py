@@ -94,7 +94,8 @@ _COUNTRY: Final = frozenset({"code", "name", "eu", "ca_cert", "crl"})
 _AGENCY: Final = frozenset({"id", "country", "kind", "name", "signing_cert", "agreement_cert"})
 _AGENCY_OPTIONAL: Final = frozenset({"tls_cert"})
 _TASK_FORCE: Final = frozenset({"id", "name", "members"})
-_TIME_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+# ASCII digits only (\d is any Unicode digit); \Z, not $ (which allows a trailing newline).
+_TIME_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
 
 
 # ------------------------------------------------------------------------ values ---
@@ -304,7 +305,7 @@ def _obj(
 def _str(value: object, what: str, pattern: re.Pattern[str] | None = None) -> str:
     if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
         raise _invalid(f"{what} must be a non-empty string of at most {MAX_TEXT} characters")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise _invalid(f"{what} {value!r} is malformed")
     return value
 
@@ -317,7 +318,7 @@ def _list(value: object, what: str) -> list[Any]:
 
 def _time(value: object, what: str) -> datetime:
     text = _str(value, what)
-    if not _TIME_RE.match(text):
+    if not _TIME_RE.fullmatch(text):
         raise _invalid(f"{what} must be YYYY-MM-DDTHH:MM:SSZ")
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -398,7 +399,7 @@ def _parse_document(payload: bytes) -> _Document:
     for item in _list(doc["agencies"], "agencies"):
         agency = _obj(item, _AGENCY, "agency", _AGENCY_OPTIONAL)
         agency_id = _str(agency["id"], "agency id", AGENCY_RE)
-        if TASK_FORCE_RE.match(agency_id) or agency["country"] != agency_country(agency_id):
+        if TASK_FORCE_RE.fullmatch(agency_id) or agency["country"] != agency_country(agency_id):
             raise _invalid(f"agency {agency_id!r} does not belong to country {agency['country']!r}")
         _str(agency["kind"], "agency kind")
         _str(agency["name"], "agency name")

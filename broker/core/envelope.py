@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.core import canonical, jose
 from broker.core.header import Header, parse_header
 from broker.core.replay import ReplayStore
-from broker.core.trust import AgencyKeys, KeyResolver
+from broker.core.trust import GATEWAY_KIND, AgencyKeys, KeyResolver
 from broker.errors import CasebridgeError, InvalidMessage, Reason
 
 WIRE_VERSION: Final = 1
@@ -84,6 +84,7 @@ class RoutedMessage:
     digest: str  # base64url SHA-256 of the wire bytes: the id of this exact message in evidence
     jwe_sha256: str
     commitment: str
+    recipients: tuple[AgencyKeys, ...] = ()  # the directory entries of header.recipients
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -118,14 +119,7 @@ def seal(
         raise InvalidMessage(Reason.EXPIRED, "header.exp is already past")
     if not MIN_SALT_BYTES <= len(salt) <= MAX_SALT_BYTES:
         raise InvalidMessage(Reason.MALFORMED, f"salt must be {MIN_SALT_BYTES}-64 bytes")
-    if header.task_force is not None:
-        members = resolver.task_force(header.task_force, now=now)
-        expected = tuple(m for m in members if m != sender.agency_id)
-        if header.recipients != expected:
-            raise InvalidMessage(
-                Reason.HEADER_INVALID, "recipients must be exactly the task force's other members"
-            )
-    keys = [resolver.agency(agency_id, now=now) for agency_id in header.recipients]
+    keys = check_addressing(header, resolver=resolver, now=now)
     header_json = header.to_json()
     inner = jose.sign_compact(
         canonical.dumps({"header": header_json, "body": body, "salt": jose.b64url_encode(salt)}),
@@ -199,14 +193,65 @@ def _digest_b64(data: bytes) -> str:
     return jose.b64url_encode(hashlib.sha256(data).digest())
 
 
+def _require_canonical(value: Any, raw: bytes, what: str) -> None:
+    # Each signed or encrypted JSON layer has exactly one valid byte form (section 2): the
+    # parsed value re-serialised canonically must give back the bytes received.
+    if not canonical.is_canonical(value, raw):
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is not in canonical JSON form")
+
+
+def check_addressing(
+    header: Header, *, resolver: KeyResolver, now: datetime
+) -> tuple[AgencyKeys, ...]:
+    """Step 9 (addressing) against the directory; returns the recipients' directory entries.
+
+    A task force must exist, the sender must be a member and the recipients exactly the other
+    members; every recipient must be an agency the directory lists as current (a revoked,
+    invalid or unknown one, or a border gateway, is ``unknown_recipient``). A stale directory
+    stays ``directory_stale``: that is the receiver's own fault, never the sender's.
+    """
+    if header.task_force is not None:
+        members = resolver.task_force(header.task_force, now=now)
+        if header.sender not in members:
+            raise InvalidMessage(
+                Reason.HEADER_INVALID,
+                f"sender {header.sender} is not a member of task force {header.task_force}",
+            )
+        expected = tuple(sorted(m for m in members if m != header.sender))
+        if header.recipients != expected:
+            raise InvalidMessage(
+                Reason.HEADER_INVALID,
+                f"recipients must be exactly the other members of {header.task_force}",
+            )
+    found = []
+    for agency_id in header.recipients:
+        try:
+            keys = resolver.agency(agency_id, now=now)
+        except InvalidMessage as exc:
+            if exc.reason is Reason.DIRECTORY_STALE:
+                raise
+            raise InvalidMessage(
+                Reason.UNKNOWN_RECIPIENT,
+                f"recipient {agency_id} is not a current agency ({exc.reason.value})",
+            ) from None
+        if keys.kind == GATEWAY_KIND:
+            raise InvalidMessage(
+                Reason.UNKNOWN_RECIPIENT, f"recipient {agency_id} is a border gateway"
+            )
+        found.append(keys)
+    return tuple(found)
+
+
 def _routing(
     wire: bytes, *, resolver: KeyResolver, now: datetime, limits: Limits
-) -> tuple[RoutedMessage, str, Any]:
+) -> tuple[RoutedMessage, jose.UnverifiedJWE, Any]:
     unverified_outer, unverified_jwe = _unverified_wire(wire, limits)
     parsed = jose.parse_compact(unverified_outer, typ=OUTER_TYP, what="outer JWS")
+    _require_canonical(parsed.header, parsed.header_bytes, "outer JWS header")
     sender = resolver.signing_key(parsed.kid, now=now)
+    outer_bytes = jose.verify_compact(parsed, sender.signing_key, what="outer JWS")
     outer_payload = canonical.loads_strict(
-        jose.verify_compact(parsed, sender.signing_key, what="outer JWS"),
+        outer_bytes,
         what="outer payload",
         max_depth=4,  # {header: {sender|onward: {...: [..]}}}: deeper is malformed anyway
     )
@@ -214,34 +259,42 @@ def _routing(
         raise InvalidMessage(
             Reason.MALFORMED, "outer payload must be {header, jwe_sha256, commitment}"
         )
+    _require_canonical(outer_payload, outer_bytes, "outer payload")
     header = parse_header(outer_payload["header"])
     if header.fed != resolver.federation_id:
         raise InvalidMessage(Reason.FOREIGN_FEDERATION, f"message is for federation {header.fed!r}")
     if header.sender != sender.agency_id:
         raise InvalidMessage(Reason.SENDER_MISMATCH, "outer signer is not header.sender")
+    recipients = check_addressing(header, resolver=resolver, now=now)
     _check_time(header, now, limits)
     jwe_sha256 = outer_payload["jwe_sha256"]
     commitment = outer_payload["commitment"]
     for name, value in (("jwe_sha256", jwe_sha256), ("commitment", commitment)):
         if not isinstance(value, str) or len(jose.b64url_decode(value, what=name)) != 32:
             raise InvalidMessage(Reason.MALFORMED, f"{name} must be a base64url SHA-256")
-    if _digest_b64(unverified_jwe.encode("utf-8")) != jwe_sha256:
+    jwe_bytes = unverified_jwe.encode("ascii")  # ASCII: checked with the wire object
+    if _digest_b64(jwe_bytes) != jwe_sha256:
         raise InvalidMessage(Reason.DIGEST_MISMATCH, "JWE does not match the signed digest")
+    jwe = jose.parse_general(unverified_jwe, typ=JWE_TYP)
+    _require_canonical(jwe.members, jwe_bytes, "JWE")
+    _require_canonical(jwe.protected, jwe.protected_bytes, "JWE protected header")
     routed = RoutedMessage(
         header=header,
         sender=sender,
         digest=_digest_b64(wire),
         jwe_sha256=jwe_sha256,
         commitment=commitment,
+        recipients=recipients,
     )
-    return routed, unverified_jwe, outer_payload["header"]
+    return routed, jwe, outer_payload["header"]
 
 
 def verify_routing(
     wire: bytes, *, resolver: KeyResolver, now: datetime, limits: Limits = DEFAULT_LIMITS
 ) -> RoutedMessage:
-    """Gateway check of the outer layer: size, format, allowlists, sender trust, signature,
-    header, federation, time window, and that the JWE is the one the sender signed."""
+    """Gateway check of the outer layer (steps 1-11): size, format and canonical forms,
+    allowlists, sender trust, signature, header, federation, addressing against the directory,
+    time window, and that the JWE is the one the sender signed and well-formed."""
     routed, _, _ = _routing(wire, resolver=resolver, now=now, limits=limits)
     return routed
 
@@ -262,17 +315,13 @@ def open_message(
     ``admit`` is step 18 (recipient policy and honesty): it raises to refuse. It runs before the
     id is recorded, so a refused message is never remembered as accepted.
     """
-    routed, unverified_jwe, outer_header_json = _routing(
-        wire, resolver=resolver, now=now, limits=limits
-    )
+    routed, jwe, outer_header_json = _routing(wire, resolver=resolver, now=now, limits=limits)
     header = routed.header
     if recipient.agency_id not in header.recipients:
         raise InvalidMessage(Reason.NOT_ADDRESSED, f"{recipient.agency_id} is not a recipient")
     if replay.seen(header.id, now=now):
         raise InvalidMessage(Reason.REPLAY, f"message {header.id} was already accepted")
-    inner = jose.decrypt_general(
-        unverified_jwe, kid=recipient.agreement_kid, key=recipient.agreement_key, typ=JWE_TYP
-    )
+    inner = jose.decrypt_parsed(jwe, kid=recipient.agreement_kid, key=recipient.agreement_key)
     if _digest_b64(inner) != routed.commitment:
         raise InvalidMessage(
             Reason.COMMITMENT_MISMATCH, "decrypted content is not the committed one"
@@ -280,14 +329,14 @@ def open_message(
     parsed_inner = jose.parse_compact(
         inner.decode("ascii", errors="replace"), typ=INNER_TYP, what="inner JWS"
     )
+    _require_canonical(parsed_inner.header, parsed_inner.header_bytes, "inner JWS header")
     if parsed_inner.kid != routed.sender.signing_kid:
         raise InvalidMessage(Reason.SENDER_MISMATCH, "inner and outer signers differ")
-    inner_payload = canonical.loads_strict(
-        jose.verify_compact(parsed_inner, routed.sender.signing_key, what="inner JWS"),
-        what="inner payload",
-    )
+    inner_bytes = jose.verify_compact(parsed_inner, routed.sender.signing_key, what="inner JWS")
+    inner_payload = canonical.loads_strict(inner_bytes, what="inner payload")
     if not isinstance(inner_payload, dict) or set(inner_payload) != INNER_MEMBERS:
         raise InvalidMessage(Reason.MALFORMED, "inner payload must be {header, body, salt}")
+    _require_canonical(inner_payload, inner_bytes, "inner payload")
     if canonical.dumps(inner_payload["header"]) != canonical.dumps(outer_header_json):
         raise InvalidMessage(Reason.HEADER_MISMATCH, "inner header differs from outer header")
     salt = jose.b64url_decode(inner_payload["salt"], what="salt")

@@ -8,12 +8,12 @@ before the outer signature over it has been verified (callers name such dicts ``
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
 
+from broker.core.ids import is_uuid, is_uuid4
 from broker.errors import InvalidMessage, Reason
 
 PROTOCOL_VERSION: Final = 1
@@ -55,11 +55,16 @@ DATA_CATEGORIES: Final = (
     "aggregate_statistics",
 )
 
-COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
-AGENCY_RE: Final = re.compile(r"^[a-z]{2}\.[a-z0-9](?:[a-z0-9-]{0,62})$")
-TASK_FORCE_RE: Final = re.compile(r"^tf\.[a-z0-9](?:[a-z0-9-]{0,62})$")
-TYPE_RE: Final = re.compile(r"^[a-z][a-z_]*(?:\.[a-z][a-z_]*)*$")
-FEDERATION_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Identifier patterns. Each ends in \Z, not $ ($ also matches before a final newline, so
+# "nl.politie\n" would pass): use them with fullmatch. Ids accepted here become NATS subject
+# tokens (tests/unit/test_identifiers.py), so they are ASCII, without spaces, '*' or '>'.
+COUNTRY_RE: Final = re.compile(r"[A-Z]{2}\Z")
+AGENCY_RE: Final = re.compile(r"[a-z]{2}\.[a-z0-9](?:[a-z0-9-]{0,62})\Z")
+TASK_FORCE_RE: Final = re.compile(r"tf\.[a-z0-9](?:[a-z0-9-]{0,62})\Z")
+TYPE_RE: Final = re.compile(r"[a-z][a-z_]*(?:\.[a-z][a-z_]*)*\Z")
+FEDERATION_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
+# ISO 8601 calendar date only (date.fromisoformat also takes week dates such as 2026-W01-1).
+DATE_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 MAX_RECIPIENTS: Final = 64
 MAX_TEXT: Final = 256
 
@@ -179,15 +184,15 @@ def _fail(member: str, why: str) -> InvalidMessage:
 def _uuid(value: Any, member: str, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
-    if not isinstance(value, str):
-        raise _fail(member, "must be a UUID string")
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise _fail(member, "must be a UUID string") from None
-    if str(parsed) != value:
+    if not is_uuid(value):
         raise _fail(member, "must be a lower-case hyphenated UUID")
-    return value
+    return str(value)
+
+
+def _message_id(value: Any) -> str:
+    if not is_uuid4(value):
+        raise _fail("id", "must be a random (version 4, RFC 4122) lower-case hyphenated UUID")
+    return str(value)
 
 
 def _int(value: Any, member: str) -> int:
@@ -213,7 +218,7 @@ def _str_list(value: Any, member: str, pattern: re.Pattern[str], max_items: int)
     if not isinstance(value, list) or len(value) > max_items:
         raise _fail(member, f"must be a list of at most {max_items} strings")
     for item in value:
-        if not isinstance(item, str) or not pattern.match(item):
+        if not isinstance(item, str) or not pattern.fullmatch(item):
             raise _fail(member, f"{item!r} is not valid")
     return value
 
@@ -230,13 +235,13 @@ def parse_header(unverified: Any) -> Header:
     h = unverified
     if h["v"] != PROTOCOL_VERSION or isinstance(h["v"], bool):
         raise _fail("v", f"unsupported protocol version (this node speaks {PROTOCOL_VERSION})")
-    if not isinstance(h["fed"], str) or not FEDERATION_RE.match(h["fed"]):
+    if not isinstance(h["fed"], str) or not FEDERATION_RE.fullmatch(h["fed"]):
         raise _fail("fed", "must be a federation id")
-    msg_id = _uuid(h["id"], "id")
+    msg_id = _message_id(h["id"])
     conversation = _uuid(h["conversation"], "conversation")
     in_reply_to = _uuid(h["in_reply_to"], "in_reply_to", optional=True)
     derived_from = _uuid(h["derived_from"], "derived_from", optional=True)
-    if not isinstance(h["type"], str) or not TYPE_RE.match(h["type"]) or len(h["type"]) > 64:
+    if not isinstance(h["type"], str) or not TYPE_RE.fullmatch(h["type"]) or len(h["type"]) > 64:
         raise _fail("type", "must be a dotted lower-case message type")
     type_version = _int(h["type_version"], "type_version")
     if type_version < 1:
@@ -245,7 +250,7 @@ def parse_header(unverified: Any) -> Header:
     sender = h["sender"]
     if not isinstance(sender, Mapping) or set(sender) != {"agency", "country"}:
         raise _fail("sender", "must be an object with agency and country")
-    if not isinstance(sender["agency"], str) or not AGENCY_RE.match(sender["agency"]):
+    if not isinstance(sender["agency"], str) or not AGENCY_RE.fullmatch(sender["agency"]):
         raise _fail("sender.agency", "must be an agency id like 'de.lka-berlin'")
     if sender["country"] != agency_country(sender["agency"]):
         raise _fail("sender.country", "must match the agency id's country prefix")
@@ -258,7 +263,7 @@ def parse_header(unverified: Any) -> Header:
         raise _fail("recipients", "must not include the sender")
     task_force = h["task_force"]
     if task_force is not None and (
-        not isinstance(task_force, str) or not TASK_FORCE_RE.match(task_force)
+        not isinstance(task_force, str) or not TASK_FORCE_RE.fullmatch(task_force)
     ):
         raise _fail("task_force", "must be null or a task force id like 'tf.balkan-route'")
     countries = _str_list(h["countries"], "countries", COUNTRY_RE, MAX_RECIPIENTS)
@@ -291,17 +296,15 @@ def parse_header(unverified: Any) -> Header:
         raise _fail("exp", "must be later than iat")
     due = h["due"]
     if due is not None:
-        if not isinstance(due, str):
+        if not isinstance(due, str) or not DATE_RE.fullmatch(due):
             raise _fail("due", "must be null or a date YYYY-MM-DD")
         try:
             date.fromisoformat(due)
         except ValueError:
             raise _fail("due", "must be null or a date YYYY-MM-DD") from None
-        if len(due) != 10:
-            raise _fail("due", "must be a date YYYY-MM-DD")
 
-    if msg_id is None or conversation is None:  # pragma: no cover - _uuid never returns None here
-        raise _fail("id", "missing")
+    if conversation is None:  # pragma: no cover - _uuid never returns None here
+        raise _fail("conversation", "missing")
     return Header(
         fed=h["fed"],
         id=msg_id,

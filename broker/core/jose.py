@@ -132,6 +132,7 @@ class UnverifiedJWS:
 
     token: str
     header: Mapping[str, Any]
+    header_bytes: bytes  # the decoded protected header exactly as sent (canonical-form checks)
     kid: str
     unverified_payload: bytes
     signature: bytes
@@ -166,9 +167,8 @@ def parse_compact(token: str, *, typ: str, what: str) -> UnverifiedJWS:
     if len(parts) != 3:
         # Five parts is a compact JWE where a JWS belongs.
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not a compact JWS ({len(parts)} parts)")
-    header = canonical.loads_strict(
-        b64url_decode(parts[0], what=f"{what} header"), what=f"{what} header", max_depth=None
-    )
+    header_bytes = b64url_decode(parts[0], what=f"{what} header")
+    header = canonical.loads_strict(header_bytes, what=f"{what} header", max_depth=None)
     if not isinstance(header, dict):
         raise InvalidMessage(Reason.MALFORMED, f"{what} header is not an object")
     check_jws_header(header, typ=typ, what=what)
@@ -179,6 +179,7 @@ def parse_compact(token: str, *, typ: str, what: str) -> UnverifiedJWS:
     return UnverifiedJWS(
         token=token,
         header=header,
+        header_bytes=header_bytes,
         kid=header["kid"],
         unverified_payload=payload,
         signature=signature,
@@ -269,6 +270,8 @@ def _check_epk_shape(epk: Any, *, what: str) -> None:
         raise InvalidMessage(Reason.MALFORMED, f"{what} epk must be an EC public JWK")
     if epk["kty"] != "EC" or epk["crv"] != "P-256":
         raise InvalidMessage(Reason.ALG_NOT_ALLOWED, f"{what} epk must be on P-256")
+    if not isinstance(epk["x"], str) or not isinstance(epk["y"], str):
+        raise InvalidMessage(Reason.MALFORMED, f"{what} epk coordinates must be strings")
 
 
 def _check_epk_on_curve(epk: dict[str, Any], *, what: str) -> None:
@@ -284,21 +287,34 @@ def _check_epk_on_curve(epk: dict[str, Any], *, what: str) -> None:
         raise InvalidMessage(Reason.DECRYPT_FAILED, f"{what} epk is not on P-256") from None
 
 
-def decrypt_general(
-    unverified_jwe: str,
-    *,
-    kid: str,
-    key: ec.EllipticCurvePrivateKey,
-    typ: str,
-    what: str = "JWE",
-) -> bytes:
-    """Decrypt the recipient entry whose ``kid`` is ours, after checking every header member."""
-    _check_p256(key)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UnverifiedJWE:
+    """A general-JSON JWE whose structure and every header were checked; nothing decrypted.
+
+    ``members`` is the parsed JSON object and ``protected_bytes`` the decoded protected header
+    exactly as sent, so a caller can also require canonical forms (the envelope does).
+    """
+
+    text: str
+    members: Mapping[str, Any]
+    protected: Mapping[str, Any]
+    protected_bytes: bytes
+    entries: tuple[Mapping[str, Any], ...]
+    iv: bytes
+    tag: bytes
+    ciphertext: bytes
+
+
+def parse_general(unverified_jwe: str, *, typ: str, what: str = "JWE") -> UnverifiedJWE:
+    """Check a JWE (general JSON serialization) against section 4.4 without any key: members,
+    the protected header, every recipient entry and header, base64url values, IV/tag sizes."""
     if not isinstance(unverified_jwe, str) or not unverified_jwe.startswith("{"):
         parts = len(unverified_jwe.split(".")) if isinstance(unverified_jwe, str) else 0
         kind = {3: "a compact JWS", 5: "a compact JWE"}.get(parts, "not JSON")
         raise InvalidMessage(Reason.MALFORMED, f"{what} is {kind}, a JWE in JSON form was expected")
-    obj = canonical.loads_strict(unverified_jwe, what=what, max_depth=5)
+    # No nesting walk: every member at every level is type-checked below, so a deeper value
+    # cannot pass (and the walk would cost more than the rest of this function).
+    obj = canonical.loads_strict(unverified_jwe, what=what, max_depth=None)
     if not isinstance(obj, dict):
         raise InvalidMessage(Reason.MALFORMED, f"{what} must be a JSON object")
     if "payload" in obj or "signatures" in obj:
@@ -308,11 +324,8 @@ def decrypt_general(
             Reason.FORBIDDEN_HEADER if set(obj) > JWE_TOP_MEMBERS else Reason.MALFORMED,
             f"{what} members must be exactly {sorted(JWE_TOP_MEMBERS)}",
         )
-    protected = canonical.loads_strict(
-        b64url_decode(obj["protected"], what=f"{what} protected"),
-        what=f"{what} protected",
-        max_depth=None,
-    )
+    protected_bytes = b64url_decode(obj["protected"], what=f"{what} protected")
+    protected = canonical.loads_strict(protected_bytes, what=f"{what} protected", max_depth=None)
     if not isinstance(protected, dict):
         raise InvalidMessage(Reason.MALFORMED, f"{what} protected header must be an object")
     dangerous = sorted(DANGEROUS_MEMBERS & set(protected))
@@ -329,7 +342,7 @@ def decrypt_general(
     entries = obj["recipients"]
     if not isinstance(entries, list) or not entries or len(entries) > 64:
         raise InvalidMessage(Reason.MALFORMED, f"{what} recipients must be a non-empty list")
-    mine: dict[str, Any] | None = None
+    kids: set[str] = set()
     for entry in entries:
         if not isinstance(entry, dict) or set(entry) != {"header", "encrypted_key"}:
             raise InvalidMessage(Reason.MALFORMED, f"{what} recipient entry malformed")
@@ -348,29 +361,73 @@ def decrypt_general(
                 Reason.FORBIDDEN_HEADER, f"{what} recipient header must be {{alg, kid, epk}}"
             )
         _check_epk_shape(header["epk"], what=what)
-        if header["kid"] == kid:
-            if mine is not None:
-                raise InvalidMessage(Reason.MALFORMED, f"{what} names recipient {kid!r} twice")
-            mine = entry
+        kid = header["kid"]
+        if not isinstance(kid, str) or not kid:
+            raise InvalidMessage(Reason.MALFORMED, f"{what} recipient kid must be a string")
+        if kid in kids:
+            raise InvalidMessage(Reason.MALFORMED, f"{what} names recipient {kid!r} twice")
+        kids.add(kid)
+        b64url_decode(entry["encrypted_key"], what=f"{what} encrypted_key")
+    iv = b64url_decode(obj["iv"], what=f"{what} iv")
+    tag = b64url_decode(obj["tag"], what=f"{what} tag")
+    ciphertext = b64url_decode(obj["ciphertext"], what=f"{what} ciphertext")
+    if len(iv) != IV_BYTES or len(tag) != TAG_BYTES:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} iv must be 96 bits and tag 128 bits")
+    return UnverifiedJWE(
+        text=unverified_jwe,
+        members=obj,
+        protected=protected,
+        protected_bytes=protected_bytes,
+        entries=tuple(entries),
+        iv=iv,
+        tag=tag,
+        ciphertext=ciphertext,
+    )
+
+
+def decrypt_parsed(
+    unverified: UnverifiedJWE,
+    *,
+    kid: str,
+    key: ec.EllipticCurvePrivateKey,
+    what: str = "JWE",
+) -> bytes:
+    """Decrypt our recipient entry of a JWE already checked by :func:`parse_general`."""
+    _check_p256(key)
+    mine = next((e for e in unverified.entries if e["header"]["kid"] == kid), None)
     if mine is None:
         raise InvalidMessage(Reason.NOT_ADDRESSED, f"{what} has no entry for {kid!r}")
     # Invalid-curve attacks target the receiver's own key: check the point we will use.
     _check_epk_on_curve(mine["header"]["epk"], what=what)
-    iv = b64url_decode(obj["iv"], what=f"{what} iv")
-    tag = b64url_decode(obj["tag"], what=f"{what} tag")
-    ciphertext = b64url_decode(obj["ciphertext"], what=f"{what} ciphertext")
     encrypted_key = b64url_decode(mine["encrypted_key"], what=f"{what} encrypted_key")
-    if len(iv) != IV_BYTES or len(tag) != TAG_BYTES:
-        raise InvalidMessage(Reason.MALFORMED, f"{what} iv must be 96 bits and tag 128 bits")
     unwrap_headers = {"alg": KEY_ALG, "enc": ENC_ALG, "epk": mine["header"]["epk"]}
     try:
         # jwcrypto refuses an unwrapped key that is not CEK_BITS long (InvalidJWEKeyLength).
         cek = _KEY_WRAP.unwrap(_private_jwk(key), CEK_BITS, encrypted_key, unwrap_headers)
         payload = _CONTENT_CIPHER.decrypt(
-            cek, obj["protected"].encode("ascii"), iv, ciphertext, tag
+            cek,
+            unverified.members["protected"].encode("ascii"),
+            unverified.iv,
+            unverified.ciphertext,
+            unverified.tag,
         )
     except Exception as exc:  # InvalidTag, InvalidUnwrap, or anything a crafted value provokes
         raise InvalidMessage(Reason.DECRYPT_FAILED, f"{what} does not decrypt") from exc
     if not isinstance(payload, bytes):
         raise InvalidMessage(Reason.DECRYPT_FAILED, f"{what} produced no plaintext")
     return payload
+
+
+def decrypt_general(
+    unverified_jwe: str,
+    *,
+    kid: str,
+    key: ec.EllipticCurvePrivateKey,
+    typ: str,
+    what: str = "JWE",
+) -> bytes:
+    """Decrypt the recipient entry whose ``kid`` is ours, after checking every header member."""
+    _check_p256(key)
+    return decrypt_parsed(
+        parse_general(unverified_jwe, typ=typ, what=what), kid=kid, key=key, what=what
+    )

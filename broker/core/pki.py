@@ -81,7 +81,7 @@ LOOPBACK_NETS: Final = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_networ
 # Upper bounds from X.520 (ub-common-name, ub-organization-name, ub-organizational-unit-name).
 _MAX_NAME: Final = 64
 _CCTLD_EXCEPTIONS: Final = {"GB": "uk"}
-_DNS_LABEL: Final = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_DNS_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -192,7 +192,7 @@ def federation_id_of(root_cert: x509.Certificate) -> str:
     """The federation id named in a root (or any federation CA) certificate's subject."""
     org = _single(root_cert.subject, NameOID.ORGANIZATION_NAME) or ""
     fed = org.removeprefix(FEDERATION_ORG_PREFIX)
-    if not org.startswith(FEDERATION_ORG_PREFIX) or not FEDERATION_RE.match(fed):
+    if not org.startswith(FEDERATION_ORG_PREFIX) or not FEDERATION_RE.fullmatch(fed):
         raise InvalidMessage(Reason.CERT_INVALID, "certificate names no Casebridge federation")
     return fed
 
@@ -200,7 +200,7 @@ def federation_id_of(root_cert: x509.Certificate) -> str:
 def country_of(cert: x509.Certificate) -> str:
     """The single ``C`` attribute of a certificate subject (CERT_INVALID if absent or repeated)."""
     cc = _single(cert.subject, NameOID.COUNTRY_NAME)
-    if cc is None or not COUNTRY_RE.match(cc):
+    if cc is None or not COUNTRY_RE.fullmatch(cc):
         raise InvalidMessage(Reason.CERT_INVALID, "subject must carry exactly one country (C)")
     return cc
 
@@ -212,7 +212,7 @@ def default_dns_domains(country: str) -> tuple[str, ...]:
 
 def _check_dns_name(name: str) -> str:
     labels = name.split(".")
-    if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise PKIError(f"not a lower-case DNS name: {name!r}")
     return name
 
@@ -372,7 +372,7 @@ def create_root_ca(
 
     The root key also signs the federation directory, hence digitalSignature in its key usage.
     """
-    if not FEDERATION_RE.match(federation_id):
+    if not FEDERATION_RE.fullmatch(federation_id):
         raise PKIError(f"invalid federation id {federation_id!r}")
     key = _check_p256(key or generate_key())
     subject = x509.Name(
@@ -413,7 +413,7 @@ def issue_country_ca(
     ``localhost``, 127.0.0.0/8 and ::1 so loopback dev federations work; it lets every such
     country mint certificates for the same loopback names, so it is for dev and tests ONLY.
     """
-    if not COUNTRY_RE.match(country):
+    if not COUNTRY_RE.fullmatch(country):
         raise PKIError(f"invalid country code {country!r}")
     fed = federation_id_of(root.cert)
     key = _check_p256(key or generate_key())
@@ -495,7 +495,7 @@ def issue_secretariat_ca(
 def _issuing_country(ca: CertifiedKey) -> str:
     bc = ca.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     cc = _single(ca.cert.subject, NameOID.COUNTRY_NAME)
-    if not bc.ca or cc is None or not COUNTRY_RE.match(cc):
+    if not bc.ca or cc is None or not COUNTRY_RE.fullmatch(cc):
         raise PKIError("issuer is not a country CA")
     return cc
 
@@ -510,7 +510,7 @@ def _check_secretariat(ca: CertifiedKey) -> str:
 
 
 def _check_agency_id(agency_id: str, country: str) -> None:
-    if not AGENCY_RE.match(agency_id) or TASK_FORCE_RE.match(agency_id):
+    if not AGENCY_RE.fullmatch(agency_id) or TASK_FORCE_RE.fullmatch(agency_id):
         raise PKIError(f"invalid agency id {agency_id!r}")
     if len(agency_id) > _MAX_NAME:
         raise PKIError(f"agency id longer than {_MAX_NAME} characters: {agency_id!r}")
@@ -724,7 +724,7 @@ def issue_leaf_tls(
     SAN, for the same reason as :func:`issue_agency_tls`: the subject DN is the identity.
     """
     fed = _check_secretariat(secretariat)
-    if not COUNTRY_RE.match(country):
+    if not COUNTRY_RE.fullmatch(country):
         raise PKIError(f"invalid country code {country!r}")
     return _leaf(
         secretariat,
@@ -1036,7 +1036,7 @@ class FederationValidator:
         # cryptography ignores directoryName constraints, so the country is checked here.
         if country_of(cert) != cc:
             raise _fail(f"{what}: subject country is not {cc}, the issuing CA's")
-        if not AGENCY_RE.match(agency_id) or TASK_FORCE_RE.match(agency_id):
+        if not AGENCY_RE.fullmatch(agency_id) or TASK_FORCE_RE.fullmatch(agency_id):
             raise _fail(f"{what}: CN is not an agency id")
         if agency_country(agency_id) != cc:
             raise _fail(f"{what}: agency id is not in {cc}, the issuing CA's country")

@@ -94,10 +94,10 @@ MAX_ERRORS: Final = 20
 MAX_EXPLAINED: Final = 200
 
 _FILE_RE: Final = re.compile(
-    r"^(?P<name>[a-z][a-z_]*(?:\.[a-z][a-z_]*)*)\.v(?P<version>[1-9][0-9]{0,3})\.json$"
+    r"(?P<name>[a-z][a-z_]*(?:\.[a-z][a-z_]*)*)\.v(?P<version>[1-9][0-9]{0,3})\.json\Z"
 )
-_MEMBER_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_ARRAY_TOKEN_RE: Final = re.compile(r"^(?:0|[1-9][0-9]{0,8}|-)$")
+_MEMBER_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_ARRAY_TOKEN_RE: Final = re.compile(r"(?:0|[1-9][0-9]{0,8}|-)\Z")
 _SAME_LOCATION_LISTS: Final = ("allOf", "anyOf", "oneOf")
 _SAME_LOCATION_SINGLE: Final = ("if", "then", "else")
 _NOT_ANNOTATABLE: Final = (
@@ -144,7 +144,7 @@ def load_documents(directory: Path) -> dict[str, Any]:
         raise SchemaRegistryError(f"{directory}: not a directory")
     documents: dict[str, Any] = {}
     for path in sorted(directory.glob("*.json")):
-        if not _FILE_RE.match(path.name):
+        if not _FILE_RE.fullmatch(path.name):
             raise SchemaRegistryError(f"{path.name}: file name must be <type>.v<N>.json")
         try:
             text = path.read_text(encoding="utf-8")
@@ -195,7 +195,7 @@ class _Node:
     def child(self, token: str) -> _Node | None:
         """The location one JSON-pointer token below this one, if the schema has it."""
         found = self.members.get(token)
-        if found is None and self.items is not None and _ARRAY_TOKEN_RE.match(token):
+        if found is None and self.items is not None and _ARRAY_TOKEN_RE.fullmatch(token):
             return self.items
         return found
 
@@ -486,7 +486,7 @@ class _Explainer:
         known = node.members if node is not None else {}
         extra = [k for k in instance if k not in known] if isinstance(instance, dict) else []
         # Member names are echoed only when they look like field names, not like content.
-        named = [k for k in extra if _MEMBER_NAME_RE.match(k)][:5]
+        named = [k for k in extra if _MEMBER_NAME_RE.fullmatch(k)][:5]
         others = len(extra) - len(named)
         listed = ", ".join(repr(k) for k in named)
         if others:
@@ -513,7 +513,7 @@ class _Entry:
 
 
 def _check_document(file_name: str, document: object) -> tuple[str, int]:
-    match = _FILE_RE.match(file_name)
+    match = _FILE_RE.fullmatch(file_name)
     if match is None:
         raise SchemaRegistryError(f"{file_name}: file name must be <type>.v<N>.json")
     name, version = match["name"], int(match["version"])

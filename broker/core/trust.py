@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -32,6 +32,8 @@ AGENCY_KINDS = (
     "international_organisation",
     "gateway",  # a country's border gateway: signs evidence, connects with its own TLS cert
 )
+# The kind of a border gateway's entry: it sends evidence but is never a message's recipient.
+GATEWAY_KIND: Final = "gateway"
 
 
 def cert_kid(agency_id: str, cert: x509.Certificate) -> str:

@@ -55,7 +55,7 @@ MAX_NAME: Final = 64
 # Characters RFC 4514 / Go's pkix.Name.String() would escape, quotes, and control characters.
 _UNSAFE_NAME: Final = re.compile(r"[,+\"\\<>;=#\x00-\x1f\x7f]")
 _HOST_RE: Final = re.compile(
-    r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$"
+    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+\Z"
 )
 
 
@@ -218,7 +218,7 @@ def _name(raw: object, where: str) -> str:
 
 
 def _matching(raw: object, pattern: re.Pattern[str], where: str) -> str:
-    if not isinstance(raw, str) or not pattern.match(raw):
+    if not isinstance(raw, str) or not pattern.fullmatch(raw):
         raise ConfigError(f"{where}: {raw!r} does not match {pattern.pattern}")
     return raw
 
@@ -289,7 +289,7 @@ def parse_description(raw: object) -> FederationDescription:
     fed = _matching(top["federation"], FEDERATION_RE, "federation")
     hub = _mapping(top.get("hub") or {}, "hub", set(), {"domain"})
     domain = hub.get("domain", DEFAULT_HUB_DOMAIN)
-    if not isinstance(domain, str) or not _HOST_RE.match(domain):
+    if not isinstance(domain, str) or not _HOST_RE.fullmatch(domain):
         raise ConfigError(f"hub.domain: {domain!r} is not a DNS domain")
     days = top.get("directory_valid_days", DEFAULT_DIRECTORY_DAYS)
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 366:

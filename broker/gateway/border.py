@@ -53,6 +53,7 @@ from broker.core.evidence import (
     wants_evidence,
 )
 from broker.core.header import AGENCY_RE, Header, Onward, agency_country
+from broker.core.ids import derived_uuid4
 from broker.core.policy import (
     Builtin,
     Decision,
@@ -236,10 +237,8 @@ class Border:
         scope: str = "",
     ) -> Publish | None:
         directory = self._directory()
-        evidence_id = str(
-            uuid.uuid5(
-                EVIDENCE_NAMESPACE, f"{subject_id}|{kind.value}|{self.identity.agency_id}|{scope}"
-            )
+        evidence_id = derived_uuid4(
+            EVIDENCE_NAMESPACE, f"{subject_id}|{kind.value}|{self.identity.agency_id}|{scope}"
         )
         header = evidence_header(
             federation_id=directory.federation_id,

@@ -123,7 +123,7 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         return (base / value).resolve()
 
     agency = _text(top, "agency", "settings")
-    if not AGENCY_RE.match(agency):
+    if not AGENCY_RE.fullmatch(agency):
         raise ConfigError(f"settings: agency {agency!r} is not an agency id")
     nats = _obj(top.get("nats"), "nats", frozenset({"url", "ca_file", "cert_file", "key_file"}))
     keys = _obj(
