@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
+
+from broker.cli import main
 
 from broker.core.envelope import OpenedMessage
 from broker.devpki import DevFederation
 from broker.errors import InvalidMessage, Reason
 from broker.node import audit_log
+from broker.node.api import create_app
 from broker.node.errors import JustificationRequired, NotFound
 from broker.node.policy import HonestyCheck
 from broker.node.progress import LaneProgress
-from broker.node.service import RetryPolicy, retried_only
+from broker.node.service import Node, RetryPolicy, retried_only
 
 from .node_world import REGISTRY, World, request_draft, world_at
 
@@ -253,3 +260,115 @@ class TestLaneReadiness:
         assert progress.stalled_for() == 7.0
         progress.settled()
         assert progress.stalled_for() == 0.0
+
+
+TOKEN = "q" * 32
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _api(node: Node) -> TestClient[Any, Any]:
+    @asynccontextmanager
+    async def lifecycle() -> AsyncIterator[Node]:
+        yield node
+
+    return TestClient(TestServer(create_app(lifecycle, token=TOKEN)))
+
+
+class TestApiAndCli:
+    def test_list_retry_and_drop_through_the_api(self, world: World) -> None:
+        """GET lists without bytes; POST retry delivers once fixed; DELETE needs a reason."""
+        check = FaultyCheck(RuntimeError("bug"))
+        de, nl = world.node("de.lka-berlin"), world.node("nl.politie", recipient_check=check)
+
+        async def run() -> None:
+            first = await de.send(request_draft())
+            second = await de.send(request_draft())
+            check.ids.update({first.message_id, second.message_id})
+            await world.pump()
+            async with _api(nl) as client:
+                listed = await (await client.get("/v1/quarantine", headers=AUTH)).json()
+                items = listed["quarantine"]
+                assert [i["claimed_message_id"] for i in items] == [
+                    first.message_id,
+                    second.message_id,
+                ]
+                assert items[0]["reason"] == "quarantined"
+                assert "wire" not in items[0]
+                still = await client.post(f"/v1/quarantine/{items[0]['id']}/retry", headers=AUTH)
+                assert (await still.json())["outcome"] == "failed"
+                check.ids.clear()
+                done = await client.post(f"/v1/quarantine/{items[0]['id']}/retry", headers=AUTH)
+                assert (await done.json())["outcome"] == "delivered"
+                refused = await client.delete(f"/v1/quarantine/{items[1]['id']}", headers=AUTH)
+                assert refused.status == 428
+                assert (await refused.json())["error"]["reason"] == "justification_required"
+                dropped = await client.delete(
+                    f"/v1/quarantine/{items[1]['id']}",
+                    headers={**AUTH, "X-Actor": "ops", "X-Justification": "duplicate"},
+                )
+                assert dropped.status == 200
+                missing = await client.post("/v1/quarantine/abc/retry", headers=AUTH)
+                assert missing.status == 404
+                assert (await (await client.get("/v1/quarantine", headers=AUTH)).json()) == {
+                    "quarantine": []
+                }
+            assert [m.message_id for m in nl.store.list_inbox()] == [first.message_id]
+
+        asyncio.run(run())
+
+    def test_cli_lists_retries_and_drops(
+        self, world: World, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """casebridge node quarantine list|retry|drop talk to the node's API."""
+        check = FaultyCheck(RuntimeError("bug"))
+        de, nl = world.node("de.lka-berlin"), world.node("nl.politie", recipient_check=check)
+
+        async def prepare() -> list[str]:
+            sent = [await de.send(request_draft()) for _ in range(2)]
+            check.ids.update(s.message_id for s in sent)
+            await world.pump()
+            return [s.message_id for s in sent]
+
+        ids = asyncio.run(prepare())
+        items = nl.store.list_quarantine()
+        with served(nl) as url:
+            common = ["--node", url, "--token", TOKEN]
+            assert main(["node", "quarantine", "list", *common]) == 0
+            out = capsys.readouterr().out
+            assert ids[0] in out and ids[1] in out
+            assert main(["node", "quarantine", "retry", str(items[0].id), *common]) == 1
+            check.ids.clear()
+            assert main(["node", "quarantine", "retry", str(items[0].id), *common]) == 0
+            drop = ["node", "quarantine", "drop", str(items[1].id), "--why", "test", *common]
+            assert main(drop) == 0
+            assert main(drop) == 2  # gone: not_found
+        assert nl.store.list_quarantine() == []
+
+
+@contextmanager
+def served(node: Node) -> Iterator[str]:
+    """The node's API on a free loopback port, served from a background thread."""
+    loop = asyncio.new_event_loop()
+    port: list[int] = []
+
+    @asynccontextmanager
+    async def lifecycle() -> AsyncIterator[Node]:
+        yield node
+
+    runner = web.AppRunner(create_app(lifecycle, token=TOKEN))
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port.append(runner.addresses[0][1])
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port[0]}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
