@@ -17,7 +17,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from broker.cli import main
-
 from broker.core.envelope import OpenedMessage
 from broker.devpki import DevFederation
 from broker.errors import InvalidMessage, Reason
@@ -335,7 +334,8 @@ class TestApiAndCli:
             common = ["--node", url, "--token", TOKEN]
             assert main(["node", "quarantine", "list", *common]) == 0
             out = capsys.readouterr().out
-            assert ids[0] in out and ids[1] in out
+            assert ids[0] in out
+            assert ids[1] in out
             assert main(["node", "quarantine", "retry", str(items[0].id), *common]) == 1
             check.ids.clear()
             assert main(["node", "quarantine", "retry", str(items[0].id), *common]) == 0
