@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Final, Literal, TextIO
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Final, Literal, TextIO
 
 import structlog
 
@@ -70,3 +73,52 @@ class FaultLog:
         if self._last:
             self._last = ""
             self._log.info(f"{self._event}_recovered", **self._fields)
+
+
+class DistinctFaults:
+    """Logs each distinct failure (exception type and message) once, with its traceback, for
+    loops that retry many messages: one message retried N times, or N messages failing the same
+    way, give one event (``event``) instead of N. A failure seen again after ``repeat_after``
+    seconds is logged again with how often it recurred meanwhile, so a lasting fault is not
+    silent forever. Keeps at most ``capacity`` distinct failures (oldest forgotten)."""
+
+    def __init__(
+        self,
+        log: structlog.typing.FilteringBoundLogger,
+        event: str,
+        *,
+        capacity: int = 1024,
+        repeat_after: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log, self._event = log, event
+        self._capacity, self._repeat_after, self._clock = capacity, repeat_after, clock
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    @staticmethod
+    def key(exc: BaseException) -> str:
+        """What makes two failures "the same": type and message (capped)."""
+        return f"{type(exc).__name__}: {exc}"[:500]
+
+    def failed(self, exc: BaseException, **fields: Any) -> bool:
+        """Note a failure; log it if it is new (or due again). True if it was logged."""
+        key, now = self.key(exc), self._clock()
+        found = self._seen.get(key)
+        if found is not None and now - found[0] < self._repeat_after:
+            self._seen[key] = (found[0], found[1] + 1)
+            self._seen.move_to_end(key)
+            return False
+        repeats = found[1] if found is not None else 0
+        self._seen[key] = (now, 0)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        extra = {"repeats": repeats} if repeats else {}
+        self._log.error(
+            self._event,
+            error=key.encode("utf-8", "backslashreplace").decode("utf-8"),
+            exc_info=exc,
+            **extra,
+            **fields,
+        )
+        return True

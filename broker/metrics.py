@@ -181,6 +181,14 @@ class NodeMetrics:
             ["route"],
             registry=registry,
         )
+        self.quarantined = Counter(
+            "casebridge_node_quarantined",
+            "Deliveries set aside in the quarantine after repeated local failures, by lane.",
+            ["lane"],
+            registry=registry,
+        )
+        for lane in ("messages", "evidence"):
+            self.quarantined.labels(lane=lane)
         self.audit_ok = Gauge(
             "casebridge_audit_chain_ok",
             "1 if the last verification of the audit hash chain and checkpoints passed, else 0.",
@@ -260,10 +268,18 @@ class GatewayMetrics:
             ["direction"],
             registry=registry,
         )
+        self.quarantined = Counter(
+            "casebridge_gateway_quarantined",
+            "Inputs set aside in the gateway quarantine after repeated failures, by direction.",
+            ["direction"],
+            registry=registry,
+        )
         for direction in ("egress", "ingress"):
             self.publish_failures.labels(direction=direction)
             self.throttled.labels(direction=direction)
             self.throttled_senders.labels(direction=direction)
+        for direction in ("egress", "ingress", "audit"):
+            self.quarantined.labels(direction=direction)
         for result in ("kept", "refused"):
             self.audit_checkpoints.labels(result=result)
 

@@ -112,6 +112,7 @@ class NatsDelivery:
     """One JetStream message from a pull consumer (implements ``Delivery``)."""
 
     msg: Msg
+    evidence: bool = False
 
     @property
     def data(self) -> bytes:
@@ -124,6 +125,10 @@ class NatsDelivery:
     @property
     def sequence(self) -> int:
         return int(self.msg.metadata.sequence.stream)
+
+    @property
+    def attempts(self) -> int:
+        return max(1, int(self.msg.metadata.num_delivered or 1))
 
     async def ack(self) -> None:
         # Not awaited by the server (no round trip per message): the node acks only after its
@@ -206,7 +211,7 @@ class NatsTransport:
                 continue
             faults.ok()
             for msg in batch:
-                yield NatsDelivery(msg)
+                yield NatsDelivery(msg, evidence=evidence)
 
     async def close(self) -> None:
         self._closed = True

@@ -45,6 +45,14 @@ from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
 from broker.gateway.fairness import TokenBucket
 from broker.gateway.observe import gateway_expiries, record_outcome
+from broker.gateway.quarantine import (
+    GatewayQuarantine,
+    Item,
+    Setback,
+    local_permanent,
+    publish_permanent,
+    run_retries,
+)
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
@@ -55,7 +63,6 @@ from broker.transport_nats import PUBLISH_TIMEOUT, connect, tls_context
 
 FETCH_BATCH: Final = 32
 FETCH_TIMEOUT: Final = 1.0
-NAK_DELAY: Final = 1.0
 DIRECTORY_CHECK_SECONDS: Final = 30.0
 
 log = structlog.get_logger("casebridge.gateway")
@@ -206,6 +213,7 @@ async def _pull_loop(
     metrics: GatewayMetrics | None = None,
     bucket: TokenBucket | None = None,
     sender: str | None = None,
+    setback: Setback | None = None,
 ) -> None:
     """Fetch and settle batches from one durable until ``stop``. With a ``bucket`` (fair
     share), take only as many messages as the sender's tokens allow: the rest wait in the
@@ -246,6 +254,7 @@ async def _pull_loop(
             direction=direction,
             record=record,
             metrics=metrics,
+            setback=setback,
         )
 
 
@@ -342,6 +351,7 @@ async def _run_lanes(
     stop: asyncio.Event,
     record: Callable[[str, Sequence[Outcome]], None] | None = None,
     metrics: GatewayMetrics | None = None,
+    setback: Setback | None = None,
 ) -> None:
     """One pull loop per lane (consumer) of ``stream``, each with its own token bucket (if
     any), so one sender's backlog or flood never delays another sender. Lanes that appear
@@ -372,6 +382,7 @@ async def _run_lanes(
                         metrics=metrics,
                         bucket=bucket(),
                         sender=lane.sender,
+                        setback=setback,
                     ),
                     name=f"{stream}-{lane.durable}",
                 )
@@ -402,21 +413,29 @@ async def _settle_batch(
     direction: str,
     record: Callable[[str, Sequence[Outcome]], None] | None,
     metrics: GatewayMetrics | None,
+    setback: Setback | None = None,
 ) -> None:
     """Decide every message of one fetch, record the decisions (one audit commit), publish
-    all their outputs concurrently, then ack each input whose outputs were all acknowledged
-    and nak the others. Under load a fetch returns many messages, so the audit commit, the
-    publish round trips and the event-loop turns are shared; under light load it is one."""
+    all their outputs concurrently, then ack each input whose outputs were all acknowledged.
+    Under load a fetch returns many messages, so the audit commit, the publish round trips and
+    the event-loop turns are shared; under light load it is one.
+
+    An input that cannot be settled goes to ``setback`` (a nak with a delay growing per
+    delivery attempt; after the bound, the quarantine): a decision that raises, an audit record
+    that cannot be written for this input (the others of the batch are recorded one by one),
+    a publication NATS will never accept. Timeouts and an unavailable store are retried
+    without a bound: they are not about one input."""
+    setback = setback or Setback(None, clock=utc_now)
     decided: list[tuple[Msg, Outcome, str | None]] = []
     for msg in batch:
         trace = from_headers(msg.headers)
         started = time.perf_counter()
         try:
             outcome = decide(msg.data, msg.subject)
-        except Exception:
-            log.exception("decision_failed", subject=msg.subject, traceparent=trace)
-            with contextlib.suppress(NatsError, JetStreamError):
-                await msg.nak(delay=NAK_DELAY)
+        except Exception as exc:  # noqa: BLE001 - a bug: retried, then quarantined
+            await setback.failed(
+                msg, exc, direction=direction, stream=stream, stage="decide", permanent=True
+            )
             continue
         if metrics is not None:
             record_outcome(metrics, direction, outcome, seconds=time.perf_counter() - started)
@@ -431,29 +450,75 @@ async def _settle_batch(
         # Recorded before anything is published: no border crossing without its record.
         try:
             record(direction, [outcome for _, outcome, _ in decided])
-        except Exception:
-            log.exception("audit_failed", message_ids=[o.message_id for _, o, _ in decided])
-            for msg, _, _ in decided:
-                with contextlib.suppress(NatsError, JetStreamError):
-                    await msg.nak(delay=NAK_DELAY)
-            return
+        except Exception:  # noqa: BLE001 - find the input(s) at fault, one record each
+            kept: list[tuple[Msg, Outcome, str | None]] = []
+            for item in decided:
+                try:
+                    record(direction, [item[1]])
+                except Exception as exc:  # noqa: BLE001 - settled by setback
+                    await setback.failed(
+                        item[0],
+                        exc,
+                        direction=direction,
+                        stream=stream,
+                        stage="record",
+                        permanent=local_permanent(exc),
+                    )
+                    continue
+                kept.append(item)
+            decided = kept
+    if not decided:
+        return
     results = await asyncio.gather(
         *(_publish_all(js, outcome.publishes, trace) for _, outcome, trace in decided),
         return_exceptions=True,
     )
-    for (msg, outcome, _), result in zip(decided, results, strict=True):
+    for (msg, _, _), result in zip(decided, results, strict=True):
         if isinstance(result, BaseException):
             if metrics is not None:
                 metrics.publish_failures.labels(direction=direction).inc()
-            if isinstance(result, NatsError | JetStreamError | TimeoutError):
-                log.warning("publish_failed", message_id=outcome.message_id, error=str(result))
-            else:
-                log.error("publish_failed", message_id=outcome.message_id, exc_info=result)
-            with contextlib.suppress(NatsError, JetStreamError):
-                await msg.nak(delay=NAK_DELAY)
+            await setback.failed(
+                msg,
+                result,
+                direction=direction,
+                stream=stream,
+                stage="publish",
+                permanent=publish_permanent(result),
+            )
             continue
         with contextlib.suppress(NatsError, JetStreamError):
             await msg.ack()
+
+
+def _retrier(
+    js: JetStreamContext,
+    ledger: GatewayLedger,
+    decide: dict[str, Callable[[bytes, str], Outcome]],
+    *,
+    record: Callable[[str, Sequence[Outcome]], None],
+    directory: Callable[[], Directory],
+    clock: Callable[[], datetime],
+) -> Callable[[Item], Awaitable[None]]:
+    """Settle one quarantined input an operator asked to retry, through the same steps as
+    the loops (decide, record, publish; or keep a checkpoint). Raises if it fails again."""
+    prefix = subjects.audit_subject("")
+
+    async def settle(item: Item) -> None:
+        if item.direction == "audit":
+            await asyncio.to_thread(
+                ledger.accept_checkpoint,
+                item.data.decode("ascii", "replace"),
+                subject_agency=item.subject.removeprefix(prefix),
+                directory=directory(),
+                now=clock(),
+            )
+            return
+        outcome = decide[item.direction](item.data, item.subject)
+        _log_outcome(item.direction, outcome)
+        record(item.direction, [outcome])
+        await _publish_all(js, outcome.publishes)
+
+    return settle
 
 
 async def run_audit_roots(
@@ -464,9 +529,13 @@ async def run_audit_roots(
     clock: Callable[[], datetime],
     stop: asyncio.Event,
     metrics: GatewayMetrics | None = None,
+    setback: Setback | None = None,
 ) -> None:
     """Keep every verified audit checkpoint the country's nodes publish on ``cb.audit.*``;
-    a checkpoint that does not verify is logged and dropped (term), never kept."""
+    a checkpoint that does not verify is logged and dropped (term), never kept. One that
+    raises anything else is retried with backoff and quarantined after the bound (an
+    unavailable store is retried without a bound)."""
+    setback = setback or Setback(None, clock=clock)
     sub = await js.pull_subscribe_bind(
         durable=subjects.GATEWAY_AUDIT_DURABLE, stream=subjects.AUDIT_STREAM
     )
@@ -488,12 +557,17 @@ async def run_audit_roots(
                     directory=directory(),
                     now=clock(),
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - refusal, or retried then quarantined
                 if not isinstance(exc, CasebridgeError):
-                    # Our fault (e.g. SQLite busy): keep it for another try, do not drop it.
-                    log.exception("audit_checkpoint_failed", node=agency)
-                    with contextlib.suppress(NatsError, JetStreamError):
-                        await msg.nak(delay=NAK_DELAY)
+                    # Our fault (e.g. SQLite busy, a bug): retried; never dropped unkept.
+                    await setback.failed(
+                        msg,
+                        exc,
+                        direction="audit",
+                        stream=subjects.AUDIT_STREAM,
+                        stage="checkpoint",
+                        permanent=local_permanent(exc),
+                    )
                     continue
                 if metrics is not None:
                     metrics.audit_checkpoints.labels(result="refused").inc()
@@ -544,6 +618,8 @@ async def run_gateway(
             clock=clock,
         )
     )
+    quarantine = GatewayQuarantine(settings.store_path)
+    setback = Setback(quarantine, metrics=metrics, clock=clock)
 
     def record(direction: str, outcomes: Sequence[Outcome]) -> None:
         ledger.record(direction, outcomes, now=clock())
@@ -598,6 +674,7 @@ async def run_gateway(
                 stop=stop,
                 record=record,
                 metrics=metrics,
+                setback=setback,
             )
         ),
         asyncio.create_task(
@@ -613,6 +690,7 @@ async def run_gateway(
                 stop=stop,
                 record=record,
                 metrics=metrics,
+                setback=setback,
             )
         ),
         asyncio.create_task(
@@ -623,9 +701,25 @@ async def run_gateway(
                 clock=clock,
                 stop=stop,
                 metrics=metrics,
+                setback=setback,
             )
         ),
         asyncio.create_task(refresh()),
+        asyncio.create_task(
+            run_retries(
+                quarantine,
+                _retrier(
+                    js,
+                    ledger,
+                    {"egress": egress, "ingress": ingress},
+                    record=record,
+                    directory=lambda: holder.directory,
+                    clock=clock,
+                ),
+                stop=stop,
+                clock=clock,
+            )
+        ),
     ]
     if ready is not None:
         await ready()
@@ -655,5 +749,6 @@ async def run_gateway(
         with contextlib.suppress(NatsError, JetStreamError):
             await nc.close()
         ledger.close()
+        quarantine.close()
         await metrics_server.__aexit__(None, None, None)
         log.info("gateway_stopped", agency=settings.agency)

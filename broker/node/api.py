@@ -17,6 +17,7 @@ What it must never do
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -166,6 +167,9 @@ def create_app(
     app.router.add_get("/v1/threads/{conversation}", _thread)
     app.router.add_post("/v1/messages/{id}/correction", _notice)
     app.router.add_post("/v1/messages/{id}/withdrawal", _notice)
+    app.router.add_get("/v1/quarantine", _quarantine)
+    app.router.add_post("/v1/quarantine/{id}/retry", _quarantine_retry)
+    app.router.add_delete("/v1/quarantine/{id}", _quarantine_drop)
     return app
 
 
@@ -386,6 +390,34 @@ def thread_order(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         items,
         key=lambda i: (str(i["at"]), depth(str(i["message_id"])), str(i["message_id"])),
     )
+
+
+def _quarantine_id(request: web.Request) -> int:
+    value = request.match_info["id"]
+    if not value.isdigit() or len(value) > 18:
+        raise NotFound(f"no quarantined delivery {value[:64]}")
+    return int(value)
+
+
+async def _quarantine(request: web.Request) -> web.Response:
+    items = await asyncio.to_thread(
+        request.app[NODE_KEY].store.list_quarantine, limit=_limit(request)
+    )
+    return web.json_response({"quarantine": [i.to_json() for i in items]})
+
+
+async def _quarantine_retry(request: web.Request) -> web.Response:
+    actor = request.headers.get("X-Actor") or DEFAULT_ACTOR
+    result = await request.app[NODE_KEY].retry_quarantined(_quarantine_id(request), actor=actor)
+    return web.json_response(result)
+
+
+async def _quarantine_drop(request: web.Request) -> web.Response:
+    justification = request.headers.get("X-Justification") or request.query.get("justification", "")
+    actor = request.headers.get("X-Actor") or DEFAULT_ACTOR
+    item_id = _quarantine_id(request)
+    await request.app[NODE_KEY].drop_quarantined(item_id, actor=actor, justification=justification)
+    return web.json_response({"id": item_id, "dropped": True})
 
 
 async def _notice(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from broker.core.evidence import EvidenceKind, is_evidence
 
@@ -212,4 +212,48 @@ class Rejection:
             "rule_id": self.rule_id,
             "detail": self.detail,
             "at": self.at,
+        }
+
+
+QUARANTINED: Final = "quarantined"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quarantined:
+    """A delivery that kept failing on our side, set aside (with its bytes) for an operator.
+
+    ``claimed_*`` come from the unverified header (None when illegible): never trusted.
+    ``error`` is the exception type of the last failure, ``detail`` its message."""
+
+    id: int
+    digest: str
+    sequence: int
+    lane: str
+    wire: bytes
+    message_id: str | None
+    sender: str | None
+    type: str | None
+    error: str
+    detail: str
+    attempts: int
+    first_at: str
+    last_at: str
+    reason: str = QUARANTINED
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "digest": self.digest,
+            "sequence": self.sequence,
+            "lane": self.lane,
+            "size": len(self.wire),
+            "claimed_message_id": self.message_id,
+            "claimed_sender": self.sender,
+            "claimed_type": self.type,
+            "reason": self.reason,
+            "error": self.error,
+            "detail": self.detail,
+            "attempts": self.attempts,
+            "first_at": self.first_at,
+            "last_at": self.last_at,
         }

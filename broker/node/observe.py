@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -38,6 +38,7 @@ from broker.core.directory import Directory
 from broker.core.header import agency_country
 from broker.metrics import Expiry, NodeMetrics, agency_country_label, country_label, type_label
 from broker.node import audit_log
+from broker.node.progress import LaneProgress
 from broker.node.store import Store
 
 MAX_TRACKED: Final = 10_000
@@ -130,6 +131,10 @@ class NodeObserver:
         if self.metrics is not None:
             self.metrics.submit_failures.inc()
 
+    def quarantined(self, lane: str) -> None:
+        if self.metrics is not None:
+            self.metrics.quarantined.labels(lane=lane).inc()
+
     def redelivered(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.redeliveries.labels(kind=kind).inc()
@@ -190,6 +195,42 @@ class NodeObserver:
 
 
 # ------------------------------------------------------------ scrape time ---
+
+
+class LaneCollector(Collector):
+    """``casebridge_node_quarantine_messages{lane}`` (deliveries held in the quarantine) and
+    ``casebridge_node_lane_stalled_seconds{lane}`` (how long a lane has taken deliveries without
+    settling any: 0 while it moves), at scrape time."""
+
+    def __init__(self, store: Store, lanes: Callable[[], Mapping[str, LaneProgress]]) -> None:
+        self._store = store
+        self._lanes = lanes
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily(
+            "casebridge_node_quarantine_messages",
+            "Deliveries held in this node's quarantine (waiting for an operator), by lane.",
+            labels=["lane"],
+        )
+        stalled = GaugeMetricFamily(
+            "casebridge_node_lane_stalled_seconds",
+            "Seconds a receive lane has taken deliveries without settling any (0: moving).",
+            labels=["lane"],
+        )
+        try:
+            sizes = self._store.quarantine_size()
+        except sqlite3.Error:
+            sizes = {}
+        lanes = self._lanes()
+        for lane in sorted(set(lanes) | set(sizes)):
+            held.add_metric([lane], sizes.get(lane, 0))
+            progress = lanes.get(lane)
+            stalled.add_metric([lane], progress.stalled_for() if progress is not None else 0.0)
+        yield held
+        yield stalled
 
 
 def _pending_by_destination(db: sqlite3.Connection) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
 from broker.node.observe import (
+    LaneCollector,
     NodeObserver,
     OutboxCollector,
     certificate_expiries,
@@ -156,6 +157,7 @@ def _register_collectors(
         return items
 
     registry.register(OutboxCollector(store, destinations=destinations))
+    registry.register(LaneCollector(store, lambda: node.lanes))
     registry.register(ExpiryCollector(expiries, clock=lambda: datetime.now(UTC)))
 
 

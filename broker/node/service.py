@@ -17,9 +17,18 @@ Receiving, per delivery
     4. ``CasebridgeError`` from a peer's message: record the refusal and ``rejected`` evidence
        (reason code, and rule id when a policy decided) to the claimed sender, unless the
        message is itself evidence (no cascades) or that sender cannot be addressed (unknown,
-       revoked: the record stays local). Our own faults (stale directory, local errors) and
-       anything unexpected: nak with a delay, never lose the message.
+       revoked: the record stays local).
     5. ack; then submit the evidence (the outbox loop retries it if that fails).
+
+When handling fails (poison handling, docs/node-api.md#quarantine)
+    Our own faults and anything unexpected (a bug) never reach the peer as evidence. The
+    delivery is nak'ed with a delay growing with its attempt count (``RetryPolicy``), so the
+    lane moves on meanwhile. Faults that are not about one message (stale directory, store
+    unavailable: :func:`retried_only`) are retried for as long as they last. Any other failure
+    is per message: after ``RetryPolicy.max_attempts`` deliveries the bytes are committed to the
+    store's quarantine, and only then acknowledged, so nothing accepted is lost and no lane
+    waits behind one message. An operator retries or drops them (API, CLI). Each distinct
+    failure is logged once (``delivery_failed``), not once per retry.
 
 What it must never do
     Acknowledge before the commit; deliver a message twice to the application; answer
@@ -29,6 +38,7 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -37,7 +47,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from broker.core import jose
-from broker.core.audit import Checkpoint, sign_checkpoint
+from broker.core.audit import ActorKind, AuditEntry, Checkpoint, Operation, sign_checkpoint
 from broker.core.envelope import (
     DEFAULT_LIMITS,
     Limits,
@@ -52,6 +62,7 @@ from broker.core.header import Header, Onward, agency_country
 from broker.core.trust import KeyResolver
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
 from broker.federation.subjects import submit_subject
+from broker.logs import DistinctFaults
 from broker.node import audit_log, corrections
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
 from broker.node.errors import (
@@ -68,6 +79,7 @@ from broker.node.model import (
     InboxMessage,
     OutboxMessage,
     OutboxState,
+    Quarantined,
     Rejection,
     SendResult,
     is_evidence_type,
@@ -81,13 +93,33 @@ from broker.node.policy import (
     RecipientCheck,
     SchemaOnlyPreflight,
 )
-from broker.node.store import Receipt, SealedRecord, Store, iso
+from broker.node.progress import LANES, LaneProgress, lane_name
+from broker.node.store import Receipt, SealedRecord, Store, iso, store_unavailable
 from broker.node.transport import Delivery, Transport
 from broker.tracing import TRACEPARENT, from_headers
 
 # Refusals that say our side is not ready (not that the peer's message is bad): retry later.
 TRANSIENT_REASONS: Final = frozenset({Reason.DIRECTORY_STALE})
 GATEWAY_KIND: Final = "gateway"
+MAX_FAILING_TRACKED: Final = 10_000  # first-failure times of deliveries being retried
+
+
+def retried_only(exc: BaseException) -> bool:
+    """Faults of ours that are not about one message (our directory is stale, the store is
+    unavailable): every message would fail the same way, so they are retried with backoff for
+    as long as they last and never quarantine a message. The lane's readiness turns red."""
+    if isinstance(exc, CasebridgeError) and exc.reason in TRANSIENT_REASONS:
+        return True
+    return isinstance(exc, TransportUnavailable) or store_unavailable(exc)
+
+
+def _text(value: object, limit: int = 2000) -> str:
+    """Any value as storable text: lone surrogates escaped (SQLite would refuse them), capped."""
+    return str(value)[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _maybe_text(value: object) -> str | None:
+    return None if value is None else _text(value, 300)
 
 
 class Schemas(Protocol):
@@ -106,11 +138,19 @@ class RetryPolicy:
     initial_delay: float = 0.2
     factor: float = 2.0
     max_delay: float = 30.0
-    nak_delay: float = 5.0
+    nak_delay: float = 2.0  # redelivery delay after the first failed delivery, then doubled
+    max_nak_delay: float = 60.0
+    max_attempts: int = 5  # deliveries of one message before it is quarantined
+    stall_seconds: float = 300.0  # a lane that settled nothing for this long is not ready
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         return float(min(self.max_delay, self.initial_delay * self.factor ** (attempt - 1)))
+
+    def redelivery_delay(self, attempt: int) -> float:
+        """The nak delay after failed delivery number ``attempt`` (1-based) of one message."""
+        exponent = min(max(attempt, 1) - 1, 32)
+        return float(min(self.max_nak_delay, self.nak_delay * self.factor**exponent))
 
 
 class _PendingReplay:
@@ -160,6 +200,7 @@ class Node:
         limits: Limits = DEFAULT_LIMITS,
         logger: Any = None,
         observer: NodeObserver | None = None,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         if sender.agency_id != recipient.agency_id:
             raise BadRequest("signing and decryption identities belong to different agencies")
@@ -183,6 +224,11 @@ class Node:
         self._log = (logger or structlog.get_logger("casebridge.node")).bind(agency=self.agency_id)
         self._stopped_loops: dict[str, str] = {}
         self.observe = observer or NodeObserver()
+        self.lanes = {
+            lane: LaneProgress(monotonic) if monotonic else LaneProgress() for lane in LANES
+        }
+        self._faults = DistinctFaults(self._log, "delivery_failed")
+        self._failing: OrderedDict[tuple[str, int], str] = OrderedDict()  # first failure time
 
     # --------------------------------------------------------------- readiness
 
@@ -198,6 +244,12 @@ class Node:
             return False, "; ".join(f"{n} stopped ({e})" for n, e in self._stopped_loops.items())
         if not self.transport.connected:
             return False, "transport not connected"
+        for lane, progress in self.lanes.items():
+            waiting = progress.stalled_for()
+            if waiting > self._retry.stall_seconds:
+                return False, (
+                    f"lane {lane} stalled: deliveries taken but none settled for {waiting:.0f} s"
+                )
         try:
             self.resolver.agency(self.agency_id, now=self._clock())
         except CasebridgeError as exc:
@@ -491,21 +543,24 @@ class Node:
         """Settle one delivery (see the module docstring)."""
         receipt = Receipt(digest=wire_digest(delivery.data), sequence=delivery.sequence)
         trace = from_headers(delivery.headers)
+        lane = lane_name(evidence=delivery.evidence)
+        progress = self.lanes[lane]
+        progress.taken()
         try:
             # One thread hop per delivery: the redelivery check and the work, together.
             settled, evidence_id = await asyncio.to_thread(
                 self._settle, delivery.data, receipt, trace
             )
-            if settled:
-                self.observe.redelivered("settled")
-                self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
-                await delivery.ack()
-                return
-        # Never lose a message: whatever went wrong on our side, let JetStream redeliver it.
-        except Exception:  # noqa: BLE001 - logged with traceback, then nak
-            self._log.exception("delivery_failed", sequence=receipt.sequence)
-            self.observe.redelivered("nak")
-            await delivery.nak(self._retry.nak_delay)
+        # Never lose a message: whatever went wrong on our side, retry it, then set it aside.
+        except Exception as exc:  # noqa: BLE001 - logged once per distinct failure
+            await self._failed(delivery, receipt, lane, exc)
+            return
+        self._failing.pop((receipt.digest, receipt.sequence), None)
+        progress.settled()
+        if settled:
+            self.observe.redelivered("settled")
+            self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
+            await delivery.ack()
             return
         await delivery.ack()
         if evidence_id is not None:
@@ -513,10 +568,154 @@ class Node:
             await self.submit(evidence_id, attempts=1)
 
     def _settle(self, data: bytes, receipt: Receipt, trace: str | None) -> tuple[bool, str | None]:
-        """(already settled earlier, evidence id to submit) for one delivery."""
-        if self.store.processed(receipt):
+        """(already settled earlier, evidence id to submit) for one delivery. A delivery in the
+        quarantine counts as settled: it is in an operator's hands (a lost ack brought it
+        back)."""
+        if self.store.processed(receipt) or self.store.quarantined(receipt):
             return True, None
         return False, self._receive(data, receipt, trace)
+
+    async def _failed(
+        self, delivery: Delivery, receipt: Receipt, lane: str, exc: Exception
+    ) -> None:
+        """A delivery could not be settled: retry it later, or set it aside after the bound."""
+        now = self._clock()
+        key = (receipt.digest, receipt.sequence)
+        first_at = self._failing.setdefault(key, iso(now))
+        self._failing.move_to_end(key)
+        while len(self._failing) > MAX_FAILING_TRACKED:
+            self._failing.popitem(last=False)
+        attempts = delivery.attempts
+        self._faults.failed(exc, sequence=receipt.sequence, lane=lane, attempt=attempts)
+        if not retried_only(exc) and attempts >= self._retry.max_attempts:
+            try:
+                await asyncio.to_thread(
+                    self._quarantine,
+                    delivery.data,
+                    receipt,
+                    lane,
+                    exc,
+                    attempts=attempts,
+                    first_at=first_at,
+                    now=now,
+                )
+            except Exception as failed:  # noqa: BLE001 - cannot set it aside: keep retrying
+                self._faults.failed(failed, sequence=receipt.sequence, lane=lane)
+            else:
+                self._failing.pop(key, None)
+                self.lanes[lane].settled()
+                self.observe.quarantined(lane)
+                await delivery.ack()
+                return
+        self.observe.redelivered("nak")
+        await delivery.nak(self._retry.redelivery_delay(attempts))
+
+    def _quarantine(
+        self,
+        data: bytes,
+        receipt: Receipt,
+        lane: str,
+        exc: Exception,
+        *,
+        attempts: int,
+        first_at: str,
+        now: datetime,
+    ) -> int:
+        claimed = unverified_header(data)
+        item_id = self.store.quarantine(
+            receipt=receipt,
+            lane=lane,
+            wire=data,
+            message_id=_maybe_text(claimed.id) if claimed is not None else None,
+            sender=_maybe_text(claimed.sender) if claimed is not None else None,
+            type_=_maybe_text(claimed.type) if claimed is not None else None,
+            error=type(exc).__name__,
+            detail=_text(exc),
+            attempts=attempts,
+            first_at=first_at,
+            now=now,
+        )
+        self._log.warning(
+            "message_quarantined",
+            quarantine_id=item_id,
+            sequence=receipt.sequence,
+            lane=lane,
+            attempts=attempts,
+            error=type(exc).__name__,
+            claimed_message_id=_maybe_text(claimed.id) if claimed is not None else None,
+        )
+        return item_id
+
+    # -------------------------------------------------------------- quarantine
+
+    async def retry_quarantined(self, item_id: int, *, actor: str) -> dict[str, Any]:
+        """Run the receive decision again on a quarantined delivery's bytes (an operator's
+        ``retry``): stored as if delivered now, or refused with evidence; on another failure the
+        item stays (attempts counted). ``{"id", "outcome", ...}``; outcome is ``delivered``,
+        ``evidence``, ``rejected`` or ``failed``."""
+        item = await asyncio.to_thread(self.store.quarantined_item, item_id)
+        if item is None:
+            raise NotFound(f"no quarantined delivery {item_id}")
+        receipt = Receipt(digest=item.digest, sequence=item.sequence)
+        try:
+            evidence_id = await asyncio.to_thread(self._retry_item, item, receipt)
+        except Exception as exc:  # noqa: BLE001 - reported to the operator, item kept
+            self._faults.failed(exc, sequence=item.sequence, lane=item.lane, quarantine_id=item_id)
+            await asyncio.to_thread(
+                self.store.quarantine_failed_again,
+                item_id,
+                error=type(exc).__name__,
+                detail=_text(exc),
+                now=self._clock(),
+            )
+            self._log.warning("quarantine_retry_failed", quarantine_id=item_id, actor=actor)
+            return {
+                "id": item_id,
+                "outcome": "failed",
+                "error": type(exc).__name__,
+                "detail": _text(exc),
+            }
+        outcome = await asyncio.to_thread(self.store.receipt_outcome, receipt)
+        await asyncio.to_thread(self.store.release_quarantined, item_id)
+        self._log.info("quarantine_retried", quarantine_id=item_id, actor=actor, outcome=outcome)
+        if evidence_id is not None:
+            await self.submit(evidence_id, attempts=1)
+        return {"id": item_id, "outcome": outcome or "delivered"}
+
+    def _retry_item(self, item: Quarantined, receipt: Receipt) -> str | None:
+        if self.store.processed(receipt):
+            return None  # settled by an earlier retry that crashed before releasing the item
+        return self._receive(item.wire, receipt, None)
+
+    async def drop_quarantined(self, item_id: int, *, actor: str, justification: str) -> None:
+        """Delete a quarantined delivery for good (an operator's ``drop``), with an audit record
+        (actor, justification) in the same transaction. No evidence goes to the sender: the
+        failure was ours."""
+        if not justification.strip():
+            raise JustificationRequired("state why you drop this delivery (justification)")
+        item = await asyncio.to_thread(self.store.quarantined_item, item_id)
+        if item is None:
+            raise NotFound(f"no quarantined delivery {item_id}")
+        entry = AuditEntry(
+            operation=Operation.ERASURE,
+            actor=actor,
+            actor_kind=ActorKind.PERSON,
+            agency=self.agency_id,
+            justification=_text(justification),
+            message_id=item.message_id,
+            message_type=item.type,
+            peer=item.sender,
+            digest=item.digest,
+            detail=f"quarantined delivery dropped (sequence {item.sequence}, {item.error})",
+        )
+        removed = await asyncio.to_thread(
+            self.store.release_quarantined,
+            item_id,
+            within=audit_log.log([entry], now=self._clock()),
+        )
+        if not removed:
+            raise NotFound(f"no quarantined delivery {item_id}")
+        self._log.info("quarantine_dropped", quarantine_id=item_id, actor=actor)
 
     def _receive(self, data: bytes, receipt: Receipt, trace: str | None = None) -> str | None:
         now = self._clock()

@@ -40,6 +40,7 @@ from broker.node.model import (
     InboxMessage,
     OutboxMessage,
     OutboxState,
+    Quarantined,
     Rejection,
 )
 
@@ -137,6 +138,25 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # 2: audit log, checkpoints, correction marks, erasures (broker.node.audit_log)
     AUDIT_MIGRATION,
+    # 3: deliveries set aside after repeated local failures (Node.handle, docs/node-api.md)
+    """
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        digest TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        lane TEXT NOT NULL,
+        wire BLOB NOT NULL,
+        message_id TEXT,
+        sender TEXT,
+        type TEXT,
+        error TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        first_at TEXT NOT NULL,
+        last_at TEXT NOT NULL,
+        UNIQUE (digest, sequence)
+    );
+    """,
 )
 
 
@@ -165,6 +185,19 @@ class Receipt:
 
     digest: str
     sequence: int
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """True if ``exc`` (or what caused it) says the database itself is unusable right now
+    (locked, disk full or failing, read-only): not a fault of any one message."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, sqlite3.OperationalError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _json(value: object) -> str:
@@ -472,6 +505,112 @@ class Store:
             for r in rows
         ]
 
+    # -------------------------------------------------------------- quarantine
+
+    def quarantine(
+        self,
+        *,
+        receipt: Receipt,
+        lane: str,
+        wire: bytes,
+        message_id: str | None,
+        sender: str | None,
+        type_: str | None,
+        error: str,
+        detail: str,
+        attempts: int,
+        first_at: str,
+        now: datetime,
+    ) -> int:
+        """Set a delivery aside (the caller acks it only after this commit); the same delivery
+        set aside again (a lost ack) updates its row. Returns the row id."""
+        with self._write() as db:
+            row = db.execute(
+                "INSERT INTO quarantine (digest, sequence, lane, wire, message_id, sender, type, "
+                "error, detail, attempts, first_at, last_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (digest, sequence) DO UPDATE SET error = excluded.error, "
+                "detail = excluded.detail, attempts = quarantine.attempts + 1, "
+                "last_at = excluded.last_at RETURNING id",
+                (
+                    receipt.digest,
+                    receipt.sequence,
+                    lane,
+                    wire,
+                    message_id,
+                    sender,
+                    type_,
+                    error,
+                    detail,
+                    attempts,
+                    first_at,
+                    iso(now),
+                ),
+            ).fetchone()
+            return int(row[0])
+
+    def quarantined(self, receipt: Receipt) -> bool:
+        """True if this exact delivery is in the quarantine (an operator decides, not us)."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT 1 FROM quarantine WHERE digest = ? AND sequence = ?",
+                (receipt.digest, receipt.sequence),
+            ).fetchone()
+        )
+        return row is not None
+
+    def quarantined_item(self, item_id: int) -> Quarantined | None:
+        row = self._read(
+            lambda db: db.execute("SELECT * FROM quarantine WHERE id = ?", (item_id,)).fetchone()
+        )
+        return _quarantined(row) if row is not None else None
+
+    def list_quarantine(self, *, limit: int = 100) -> list[Quarantined]:
+        """Oldest first (the order they were set aside)."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT * FROM quarantine ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        )
+        return [_quarantined(r) for r in rows]
+
+    def quarantine_size(self) -> dict[str, int]:
+        """How many deliveries are held, per lane."""
+        rows = self._read(
+            lambda db: db.execute("SELECT lane, COUNT(*) FROM quarantine GROUP BY lane").fetchall()
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def quarantine_failed_again(
+        self, item_id: int, *, error: str, detail: str, now: datetime
+    ) -> None:
+        """An operator's retry failed too: count it, keep the last error."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE quarantine SET error = ?, detail = ?, attempts = attempts + 1, "
+                "last_at = ? WHERE id = ?",
+                (error, detail, iso(now), item_id),
+            )
+
+    def release_quarantined(self, item_id: int, *, within: Within | None = None) -> bool:
+        """Remove an item (settled by a retry, or dropped with ``within``: its audit record,
+        same transaction). False if it was not there."""
+        with self._write() as db:
+            removed = db.execute("DELETE FROM quarantine WHERE id = ?", (item_id,)).rowcount == 1
+            if removed and within is not None:
+                within(db)
+            return removed
+
+    def receipt_outcome(self, receipt: Receipt) -> str | None:
+        """How a delivery was settled (``delivered``, ``evidence``, ``rejected``), if it was."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT outcome FROM receipts WHERE digest = ? AND sequence = ?",
+                (receipt.digest, receipt.sequence),
+            ).fetchone()
+        )
+        return str(row[0]) if row is not None else None
+
     # ------------------------------------------------------------------- inbox
 
     def inbox_message(self, message_id: str) -> InboxMessage | None:
@@ -681,6 +820,24 @@ def _outbox(row: sqlite3.Row) -> OutboxMessage:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         last_error=row["last_error"],
+    )
+
+
+def _quarantined(row: sqlite3.Row) -> Quarantined:
+    return Quarantined(
+        id=row["id"],
+        digest=row["digest"],
+        sequence=row["sequence"],
+        lane=row["lane"],
+        wire=bytes(row["wire"]),
+        message_id=row["message_id"],
+        sender=row["sender"],
+        type=row["type"],
+        error=row["error"],
+        detail=row["detail"],
+        attempts=row["attempts"],
+        first_at=row["first_at"],
+        last_at=row["last_at"],
     )
 
 

@@ -52,6 +52,18 @@ class Delivery(Protocol):
         for a new publication of the same bytes. Tells a crash redelivery from a replay."""
         ...
 
+    @property
+    def attempts(self) -> int:
+        """How many times this stored message has been delivered, this time included (1 on
+        the first delivery; JetStream's ``num_delivered``). Bounds the retries of a message
+        that keeps failing: the node quarantines it instead of retrying forever."""
+        ...
+
+    @property
+    def evidence(self) -> bool:
+        """The lane it came on: True for the evidence lane, False for case messages."""
+        ...
+
     async def ack(self) -> None:
         """Done: the message is stored (or refused and recorded). It will not come again."""
         ...
@@ -102,6 +114,7 @@ class MemoryDelivery:
     settled: str | None = None  # "ack", "nak" or "term"
     nak_delays: list[float] = field(default_factory=list)
     evidence: bool = False  # the lane it was delivered on
+    attempts: int = 1  # deliveries of this stored message so far, this one included
 
     async def ack(self) -> None:
         if self._transport.fail_acks > 0:  # the ack could not be sent (server gone)
@@ -117,7 +130,13 @@ class MemoryDelivery:
         self.settled = "nak"
         self.nak_delays.append(delay)
         self._transport._unacked.pop(self.sequence, None)
-        self._transport._enqueue(self.data, self.sequence, self.headers, evidence=self.evidence)
+        self._transport._enqueue(
+            self.data,
+            self.sequence,
+            self.headers,
+            evidence=self.evidence,
+            attempts=self.attempts + 1,
+        )
 
     async def term(self) -> None:
         self.settled = "term"
@@ -223,9 +242,19 @@ class MemoryTransport:
         self.fail_acks = 0  # next N acks raise TransportUnavailable
 
     def _enqueue(
-        self, data: bytes, sequence: int, headers: Mapping[str, str], *, evidence: bool = False
+        self,
+        data: bytes,
+        sequence: int,
+        headers: Mapping[str, str],
+        *,
+        evidence: bool = False,
+        attempts: int = 1,
     ) -> None:
-        self._queue.append(MemoryDelivery(data, sequence, dict(headers), self, evidence=evidence))
+        self._queue.append(
+            MemoryDelivery(
+                data, sequence, dict(headers), self, evidence=evidence, attempts=attempts
+            )
+        )
         wakeup = self._wakeups.get(evidence)
         if wakeup is not None:
             wakeup.set()
@@ -257,7 +286,11 @@ class MemoryTransport:
         self._unacked.clear()
         for delivery in lost:
             self._enqueue(
-                delivery.data, delivery.sequence, delivery.headers, evidence=delivery.evidence
+                delivery.data,
+                delivery.sequence,
+                delivery.headers,
+                evidence=delivery.evidence,
+                attempts=delivery.attempts + 1,
             )
         return len(lost)
 
