@@ -54,6 +54,7 @@ from broker.core.envelope import (
     OpenedMessage,
     RecipientIdentity,
     SenderIdentity,
+    authenticated_header,
     open_message,
     seal,
 )
@@ -744,10 +745,39 @@ class Node:
             if isinstance(exc, LocalError) or exc.reason in TRANSIENT_REASONS:
                 outcome = "retried"
                 raise
+            if exc.reason is Reason.REPLAY and self._copy_of_accepted(data, receipt, now):
+                outcome = "duplicate"
+                return None
             return self._reject(data, receipt, exc, now, trace)
         finally:
             if self.observe.metrics is not None:
                 self.observe.metrics.open_seconds.labels(outcome=outcome).observe(elapsed())
+
+    def _copy_of_accepted(self, data: bytes, receipt: Receipt, now: datetime) -> bool:
+        """Whether a delivery refused as a replay is only a copy of what we already accepted:
+        the same bytes (JetStream stored a republication again, e.g. after a server restart
+        lost its duplicate window), or a border gateway's evidence decided again (the same
+        derived id, sealed anew). Such a copy is acknowledged and nothing else: no rejection,
+        no ``rejected`` evidence, no replay alarm. Anything else with a known id is a replay."""
+        duplicate = self.store.accepted_copy(receipt.digest)
+        if not duplicate:
+            header = authenticated_header(
+                data, resolver=self.resolver, now=now, limits=self._limits
+            )
+            duplicate = (
+                header is not None
+                and is_evidence_type(header.type)
+                and self.store.accepted_evidence(header.id)
+            )
+        if duplicate:
+            self.observe.redelivered("duplicate")
+            claimed = unverified_header(data)
+            self._log.info(
+                "duplicate_acknowledged",
+                message_id=claimed.id if claimed is not None else None,
+                sequence=receipt.sequence,
+            )
+        return duplicate
 
     def _admit(self, opened: OpenedMessage) -> None:
         if not is_evidence_type(opened.header.type):
@@ -860,14 +890,28 @@ class Node:
         )
         record: EvidenceRecord | None = None
         sealed: SealedRecord | None = None
-        if claimed is not None and not is_evidence_type(claimed.type):
+        # Evidence only to a sender whose signature verified: junk merely naming an agency
+        # as its sender must not make us send signed evidence to that agency.
+        sender = authenticated_header(data, resolver=self.resolver, now=now, limits=self._limits)
+        if sender is not None and not is_evidence_type(sender.type):
             record, sealed = self._evidence(
                 EvidenceKind.REJECTED,
-                Subject.of(claimed, receipt.digest),
+                Subject.of(sender, receipt.digest),
                 now,
                 reason=exc.reason.value,
                 rule_id=rule_id,
                 detail=exc.detail,
+            )
+        elif claimed is not None and not is_evidence_type(claimed.type):
+            record = EvidenceRecord(
+                subject_id=claimed.id,
+                kind=EvidenceKind.REJECTED,
+                actor=self.agency_id,
+                at=iso(now),
+                reason=exc.reason.value,
+                rule_id=rule_id,
+                detail=f"{exc.detail}; evidence not sent to {claimed.sender}: "
+                "its signature did not verify",
             )
         self.store.commit_rejection(rejection, now=now, evidence=record, sealed=sealed)
         self.observe.rejected(

@@ -391,6 +391,28 @@ class Store:
         )
         return row is not None
 
+    def accepted_copy(self, digest: str) -> bool:
+        """True if a message with exactly these wire bytes (``digest``) was accepted before,
+        under any stream sequence: a copy JetStream stored again (its duplicate window is
+        lost on a server restart for work-queue streams), not a replay."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT 1 FROM receipts WHERE digest = ? AND outcome IN ('delivered', 'evidence')",
+                (digest,),
+            ).fetchone()
+        )
+        return row is not None
+
+    def accepted_evidence(self, message_id: str) -> bool:
+        """True if an evidence message with id ``message_id`` was accepted before."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT 1 FROM receipts WHERE message_id = ? AND outcome = 'evidence'",
+                (message_id,),
+            ).fetchone()
+        )
+        return row is not None
+
     def commit_delivery(
         self,
         *,

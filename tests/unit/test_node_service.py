@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from broker.core.directory import Directory
-from broker.core.envelope import OpenedMessage
+from broker.core.envelope import OpenedMessage, seal
 from broker.core.evidence import EvidenceKind
 from broker.core.header import Header
 from broker.devpki import DevFederation
@@ -21,6 +21,7 @@ from broker.node.errors import JustificationRequired, NotFound
 from broker.node.model import (
     OutboxState,
 )
+from broker.node.peek import unverified_header
 from broker.node.policy import Clearance
 from broker.node.runtime import watch_loops
 from broker.node.service import Node
@@ -353,21 +354,73 @@ class TestRefusals:
 
         asyncio.run(run())
 
-    def test_replay_of_an_accepted_message_is_refused(self, world: World) -> None:
-        """The same bytes published again (new stream sequence) are refused as `replay`."""
+    def test_copy_of_an_accepted_message_is_acknowledged_not_refused(self, world: World) -> None:
+        """The same bytes stored again under a new stream sequence (JetStream lost its
+        duplicate window in a server restart) are acked: no rejection, no evidence."""
         de, nl = world.node("de.lka-berlin"), world.node("nl.politie")
 
         async def run() -> None:
             sent = await de.send(request_draft())
             (delivery,) = world.transport("nl.politie").take()
             await nl.handle(delivery)
-            world.clock.advance(timedelta(days=3))
+            world.clock.advance(timedelta(minutes=5))
             world.bus.deliver("nl.politie", delivery.data)
+            await world.pump()
+            assert len(nl.store.list_inbox()) == 1
+            assert nl.store.list_rejections() == []
+            assert kinds(de, sent.message_id) == ["delivered"]
+            assert world.transport("nl.politie").take() == []
+
+        asyncio.run(run())
+
+    def test_replay_with_other_bytes_is_refused(self, world: World) -> None:
+        """The id of an accepted message sealed again (other bytes): refused as `replay`,
+        with `rejected` evidence to its authenticated sender."""
+        de, nl = world.node("de.lka-berlin"), world.node("nl.politie")
+
+        async def run() -> None:
+            sent = await de.send(request_draft())
+            (delivery,) = world.transport("nl.politie").take()
+            await nl.handle(delivery)
+            header = unverified_header(delivery.data)
+            assert header is not None
+            again = seal(
+                header=header,
+                body=request_draft().body,
+                sender=de._sender,
+                resolver=de.resolver,
+                now=world.clock(),
+                salt=b"\x01" * 16,
+            )
+            assert again != delivery.data
+            world.bus.deliver("nl.politie", again)
             await world.pump()
             assert len(nl.store.list_inbox()) == 1
             assert [r.reason for r in nl.store.list_rejections()] == ["replay"]
             assert kinds(de, sent.message_id) == ["delivered", "rejected"]
             assert de.store.evidence_for(sent.message_id)[1].reason == "replay"
+
+        asyncio.run(run())
+
+    def test_junk_naming_a_sender_gets_no_evidence(self, world: World) -> None:
+        """A message whose signature does not verify is refused and recorded, but no signed
+        evidence goes to the agency it names (no reflection)."""
+        de, nl = world.node("de.lka-berlin"), world.node("nl.politie")
+
+        async def run() -> None:
+            sent = await de.send(request_draft())
+            (delivery,) = world.transport("nl.politie").take()
+            await delivery.ack()
+            outer_end = delivery.data.index(b'","v"')
+            forged = delivery.data[: outer_end - 2] + b"AA" + delivery.data[outer_end:]
+            world.bus.deliver("nl.politie", forged)
+            await world.pump()
+            assert [r.reason for r in nl.store.list_rejections()] == ["bad_signature"]
+            (record,) = nl.store.evidence_for(sent.message_id)
+            assert record.evidence_id is None
+            assert "did not verify" in (record.detail or "")
+            assert evidence_out(nl) == []
+            assert kinds(de, sent.message_id) == []
 
         asyncio.run(run())
 
