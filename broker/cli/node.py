@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from broker.logs import LOG_FORMATS, configure_logging
-from broker.node.api import create_app
+from broker.node.api import SERVER_OPTIONS, create_app
 from broker.node.runtime import TransportFactory, nats_transport, node_metrics, running_node
 from broker.node.settings import Settings, load_settings
 
@@ -54,7 +54,7 @@ async def serve(settings: Settings, transport_factory: TransportFactory = nats_t
         registry=registry,
         metrics=metrics,
     )
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, **SERVER_OPTIONS)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
