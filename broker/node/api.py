@@ -120,10 +120,17 @@ def _error_response(exc: CasebridgeError) -> web.Response:
     if exc.http_status == 503:
         retry = exc.retry_after if isinstance(exc, NodeError) else None
         headers["Retry-After"] = str(retry or DEFAULT_RETRY_AFTER)
-    response = web.json_response(error_json(exc), status=exc.http_status, headers=headers)
-    if isinstance(exc, RequestTimeout | PayloadTooLarge):
-        # The rest of the body is never read: this connection cannot carry another request.
-        response.force_close()
+    return web.json_response(error_json(exc), status=exc.http_status, headers=headers)
+
+
+async def _answer_and_close(request: web.Request, exc: CasebridgeError) -> web.StreamResponse:
+    """Answer, then close the connection at once: the rest of the body is never read (aiohttp
+    would otherwise linger reading it), so this connection cannot carry another request."""
+    response = _error_response(exc)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport flushes the answer, then closes
     return response
 
 
@@ -133,6 +140,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     become error documents, anything unexpected is a logged ``500 internal_error``."""
     try:
         return await handler(request)
+    except (RequestTimeout, PayloadTooLarge) as exc:
+        return await _answer_and_close(request, exc)
     except CasebridgeError as exc:
         return _error_response(exc)
     except web.HTTPNotFound:
@@ -140,7 +149,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPMethodNotAllowed:
         return _error_response(BadRequest(f"{request.method} is not allowed on {request.path}"))
     except web.HTTPRequestEntityTooLarge:
-        return _error_response(PayloadTooLarge(f"the request body exceeds {MAX_BODY} bytes"))
+        too_large = PayloadTooLarge(f"the request body exceeds {MAX_BODY} bytes")
+        return await _answer_and_close(request, too_large)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and the like are answers, not errors
