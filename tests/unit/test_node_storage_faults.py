@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager, contextmanager, suppress
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .node_world import World, request_draft, world_at
 TOKEN = "t" * 32
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DE = "de.lka-berlin"
+EPOCH = datetime.fromtimestamp(0, tz=UTC)
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ class _FailingCommit:
         if sql == "COMMIT" and self.armed:
             self.armed = False
             exc = sqlite3.OperationalError(self._message)
-            exc.sqlite_errorcode = self._code  # type: ignore[attr-defined]
+            exc.sqlite_errorcode = self._code
             raise exc
         return self._db.execute(sql, *args)
 
@@ -137,8 +138,8 @@ class TestStoreEdge:
                 db.execute("INSERT INTO replay (id, expires_at) VALUES ('m-1', 1)")
             assert caught.value.outcome == outcome
             assert not store._db.in_transaction
-            assert not store.seen("m-1", now=datetime.fromtimestamp(0))
-            assert store.remember("m-2", expires_at=2, now=datetime.fromtimestamp(0))
+            assert not store.seen("m-1", now=EPOCH)
+            assert store.remember("m-2", expires_at=2, now=EPOCH)
             assert store.writable() == (True, "ok")
         finally:
             store.close()
@@ -148,8 +149,8 @@ class TestStoreEdge:
         store = fresh_store(world)
         try:
             with write_locked(store), pytest.raises(StorageUnavailable, match="locked"):
-                store.remember("m-1", expires_at=1, now=datetime.fromtimestamp(0))
-            assert store.remember("m-1", expires_at=1, now=datetime.fromtimestamp(0))
+                store.remember("m-1", expires_at=1, now=EPOCH)
+            assert store.remember("m-1", expires_at=1, now=EPOCH)
         finally:
             store.close()
 
@@ -260,15 +261,15 @@ class TestLoopsUnderStorageFaults:
         """The outbox loop keeps running while the store cannot write (one log event, not
         one per message), readiness says so, and it sends the backlog once writes work."""
         de = world.node(DE, store=fresh_store(world), sleep=asyncio.sleep)
-        de.transport.connected = False
+        world.transport(DE).connected = False
         for _ in range(3):
             assert asyncio.run(de.send(request_draft())).state is OutboxState.QUEUED
         assert world.bus.submissions == []
         queued = pending_ids(de.store)
         assert len(queued) == 3
-        de.transport.connected = True
+        world.transport(DE).connected = True
 
-        async def scenario() -> list[dict[str, Any]]:
+        async def scenario() -> list[MutableMapping[str, Any]]:
             with capture_logs() as logs:
                 loop = asyncio.create_task(de.run_outbox(interval=0.05))
                 try:
