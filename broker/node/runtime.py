@@ -30,6 +30,7 @@ from broker.node import lawful_jobs
 from broker.node.observe import (
     NodeObserver,
     OutboxCollector,
+    StoreCollector,
     certificate_expiries,
     directory_expiries,
     run_audit_verification,
@@ -135,7 +136,8 @@ def node_metrics(registry: CollectorRegistry, settings: Settings) -> NodeMetrics
 def _register_collectors(
     registry: CollectorRegistry, settings: Settings, node: Node, store: Store
 ) -> None:
-    """Scrape-time metrics: outbox backlog per destination, certificate and CRL expiry."""
+    """Scrape-time metrics: outbox backlog per destination, the store's failed writes and free
+    disk space, certificate and CRL expiry."""
     country = agency_country(settings.agency)
     directory = node.resolver if isinstance(node.resolver, Directory) else None
 
@@ -156,6 +158,7 @@ def _register_collectors(
         return items
 
     registry.register(OutboxCollector(store, destinations=destinations))
+    registry.register(StoreCollector(store))
     registry.register(ExpiryCollector(expiries, clock=lambda: datetime.now(UTC)))
 
 

@@ -8,6 +8,7 @@ is a second real connection holding the write lock.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
@@ -18,12 +19,14 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from broker.devpki import DevFederation
 from broker.node.api import create_app
 from broker.node.errors import StorageUnavailable
 from broker.node.model import OutboxState
+from broker.node.observe import StoreCollector
 from broker.node.service import Node
 from broker.node.store import Store
 
@@ -297,3 +300,22 @@ class TestLoopsUnderStorageFaults:
         assert events.count("outbox_store_failed") == 1
         assert events.count("outbox_store_recovered") == 1
         assert sorted(s.msg_id for s in world.bus.submissions if s.accepted) == sorted(queued)
+
+
+class TestStoreMetrics:
+    def test_failed_writes_and_free_space_are_exported(self, world: World) -> None:
+        """The store collector counts failed writes and reports its filesystem's free bytes."""
+        store = fresh_store(world)
+        registry = CollectorRegistry()
+        registry.register(StoreCollector(store))
+        try:
+            assert registry.get_sample_value("casebridge_node_store_write_failures_total") == 0
+            make_full(store)
+            with pytest.raises(StorageUnavailable), store.transaction() as db:
+                db.execute("INSERT INTO replay (id, expires_at) VALUES (?, 1)", ("x" * 9000,))
+            assert registry.get_sample_value("casebridge_node_store_write_failures_total") == 1
+            free = registry.get_sample_value("casebridge_node_store_free_bytes")
+            assert free is not None
+            assert abs(free - shutil.disk_usage(world.tmp).free) < 64 * 1024 * 1024
+        finally:
+            store.close()
