@@ -24,9 +24,11 @@ from structlog.testing import capture_logs
 
 from broker.devpki import DevFederation
 from broker.node.api import create_app
+from broker.node import lawful_jobs
 from broker.node.errors import StorageUnavailable
 from broker.node.model import OutboxState
 from broker.node.observe import StoreCollector
+from broker.node.retention import RetentionPolicy
 from broker.node.service import Node
 from broker.node.store import Store
 
@@ -319,3 +321,41 @@ class TestStoreMetrics:
             assert abs(free - shutil.disk_usage(world.tmp).free) < 64 * 1024 * 1024
         finally:
             store.close()
+
+    def test_retention_and_checkpoint_jobs_survive_a_locked_store(self, world: World) -> None:
+        """The retention purge and the audit checkpoint job keep running through storage
+        faults (logged without a traceback) and work again once the store can write."""
+        de = world.node(DE, store=fresh_store(world))
+        asyncio.run(de.send(request_draft()))
+
+        async def scenario() -> list[MutableMapping[str, Any]]:
+            with capture_logs() as logs:
+                jobs = [
+                    asyncio.create_task(
+                        lawful_jobs.run_retention(de, RetentionPolicy(), interval=0.05)
+                    ),
+                    asyncio.create_task(lawful_jobs.run_checkpoints(de, interval=0.05)),
+                ]
+                try:
+                    with write_locked(de.store):
+                        await asyncio.sleep(0.5)
+                        assert not any(job.done() for job in jobs)
+                    await asyncio.sleep(0.5)
+                    assert not any(job.done() for job in jobs)
+                finally:
+                    for job in jobs:
+                        job.cancel()
+                    for job in jobs:
+                        with suppress(asyncio.CancelledError):
+                            await job
+            return logs
+
+        logs = asyncio.run(scenario())
+        failed = [e for e in logs if e["event"].endswith("_failed")]
+        assert {e["event"] for e in failed} == {"retention_purge_failed", "audit_checkpoint_failed"}
+        assert all("exc_info" not in e for e in failed)
+        assert all("locked" in e["error"] for e in failed)
+        last_purge = max(i for i, e in enumerate(logs) if e["event"] == "retention_purge")
+        last_failure = max(i for i, e in enumerate(logs) if e["event"] == "retention_purge_failed")
+        assert last_purge > last_failure
+        assert world.bus.audit  # a checkpoint was published once writes worked again
