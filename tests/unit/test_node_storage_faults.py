@@ -23,8 +23,8 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from broker.devpki import DevFederation
-from broker.node.api import create_app
 from broker.node import lawful_jobs
+from broker.node.api import create_app
 from broker.node.errors import StorageUnavailable
 from broker.node.model import OutboxState
 from broker.node.observe import StoreCollector
