@@ -12,7 +12,8 @@ and carries a stable, machine-readable ``reason`` (a :class:`Reason` value, docu
     │   ├── SchemaRegistryError         a schema file is missing or itself invalid
     │   └── NodeError                   the node's edges (broker/node/errors.py): bad request,
     │                                   unauthorized, justification required, not found,
-    │                                   idempotency conflict, transport or audit unavailable
+    │                                   idempotency conflict, transport, audit or storage
+    │                                   unavailable, too large, internal error
     └── RemoteError                     what a peer sent us is unacceptable
         ├── InvalidMessage              sealed message refused (crypto, header, time, replay...)
         ├── SchemaInvalid               the body does not match its schema (carries error paths)
@@ -71,6 +72,8 @@ class Reason(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     TRANSPORT_UNAVAILABLE = "transport_unavailable"
     AUDIT_UNAVAILABLE = "audit_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    INTERNAL_ERROR = "internal_error"
     # local
     CONFIG_INVALID = "config_invalid"
     PKI_ERROR = "pki_error"

@@ -69,6 +69,11 @@ class FaultLog:
             self._last = repr(exc)
             self._log.warning(f"{self._event}_failed", error=self._last, **self._fields)
 
+    @property
+    def failing(self) -> bool:
+        """True from a failure until the next success."""
+        return bool(self._last)
+
     def ok(self) -> None:
         if self._last:
             self._last = ""

@@ -12,6 +12,12 @@ Errors
     and the HTTP ``status`` (``None`` when the node could not be reached at all: reason
     ``node_unreachable``; ``http_error`` when a response was not the node's error document).
 
+Safe retries
+    Every :meth:`NodeClient.send` carries an ``Idempotency-Key`` (a fresh random one per
+    logical send unless the caller gives one) and is retried with that same key when the node
+    cannot be reached, times out or answers 503 (``Retry-After`` honoured, bounded), with
+    exponential backoff: a retry never creates a second message. Reads are retried alike.
+
 What it must never do
     Read keys or the node's database, or log message content: everything goes through the API.
 """
@@ -19,16 +25,23 @@ What it must never do
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, NotRequired, TypedDict, cast
 
 DEFAULT_TIMEOUT: Final = 30.0
+# What a retry may fix: the node was unreachable (or timed out), or it said 503.
+_RETRIED_REASONS: Final = frozenset({"node_unreachable"})
+_RETRIED_STATUSES: Final = frozenset({503})
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "NO_RETRIES",
     "Draft",
     "EvidenceEntry",
     "EvidenceTrail",
@@ -39,8 +52,10 @@ __all__ = [
     "OutboxEntry",
     "Readiness",
     "Rejection",
+    "Retries",
     "SendResult",
     "Thread",
+    "new_idempotency_key",
 ]
 
 
@@ -198,28 +213,68 @@ class NodeError(Exception):
         *,
         status: int | None = None,
         errors: Sequence[Mapping[str, Any]] = (),
+        retry_after: float | None = None,
     ) -> None:
         self.reason = reason
         self.detail = detail
         self.rule_id = rule_id
         self.status = status
         self.errors = tuple(errors)
+        self.retry_after = retry_after
         super().__init__(f"{reason}: {detail}")
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request may succeed later (unreachable, timed out, 503)."""
+        return self.reason in _RETRIED_REASONS or self.status in _RETRIED_STATUSES
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Retries:
+    """How :class:`NodeClient` retries: ``attempts`` in all (1: never retry), waiting
+    ``initial_delay`` seconds, then ``factor`` times longer each time, at most ``max_delay``
+    (a node's ``Retry-After`` is honoured up to ``max_delay``)."""
+
+    attempts: int = 4
+    initial_delay: float = 0.5
+    factor: float = 2.0
+    max_delay: float = 10.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        backoff = self.initial_delay * self.factor ** (attempt - 1)
+        return float(min(self.max_delay, max(backoff, retry_after or 0.0)))
+
+
+NO_RETRIES: Final = Retries(attempts=1)
 
 
 # ------------------------------------------------------------------- client ---
 
 
 class NodeClient:
-    """A client of one node's API: ``NodeClient("http://127.0.0.1:8470", token)``."""
+    """A client of one node's API: ``NodeClient("http://127.0.0.1:8470", token)``.
 
-    def __init__(self, base_url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    ``retries``: see :class:`Retries` (``NO_RETRIES`` to see every failure at once);
+    ``sleep`` waits between attempts (injected by tests)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: Retries = Retries(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise NodeError("bad_request", f"the node URL must be http(s), not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.retries = retries
+        self._sleep = sleep
 
     def __repr__(self) -> str:
         # Never the token.
@@ -230,13 +285,20 @@ class NodeClient:
     def send(
         self, draft: Draft | Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> SendResult:
-        """Submit ``draft``; raises :class:`NodeError` (``policy_denied`` with ``rule_id``...)."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return cast(SendResult, self.call("POST", "/v1/messages", body=draft, headers=headers))
+        """Submit ``draft``; raises :class:`NodeError` (``policy_denied`` with ``rule_id``...).
+
+        One logical send: every retry carries the same ``idempotency_key`` (a random one when
+        not given), so the node stores the message at most once."""
+        key = idempotency_key or new_idempotency_key()
+        headers = {"Idempotency-Key": key}
+        return cast(
+            SendResult,
+            self.call("POST", "/v1/messages", body=draft, headers=headers, retry=True),
+        )
 
     def explain(self, draft: Draft | Mapping[str, Any]) -> Explanation:
         """What pre-flight would decide about ``draft`` (``allowed``, ``rule_id``, ...)."""
-        return cast(Explanation, self.call("POST", "/v1/explain", body=draft))
+        return cast(Explanation, self.call("POST", "/v1/explain", body=draft, retry=True))
 
     def inbox(
         self,
@@ -293,16 +355,16 @@ class NodeClient:
     # -------------------------------------------------------------- health
 
     def health(self) -> bool:
-        """Whether the node process answers ``/healthz``."""
+        """Whether the node process answers ``/healthz`` (asked once, never retried)."""
         try:
-            return bool(self.call("GET", "/healthz").get("status") == "ok")
+            return bool(self.call("GET", "/healthz", retry=False).get("status") == "ok")
         except NodeError:
             return False
 
     def ready(self) -> Readiness:
         """``/readyz`` as a document (never raises for ``503 not_ready``)."""
         try:
-            return cast(Readiness, self.call("GET", "/readyz"))
+            return cast(Readiness, self.call("GET", "/readyz", retry=False))
         except NodeError as exc:
             if exc.status == 503 and exc.reason == "not_ready":
                 return {"status": "not_ready", "detail": exc.detail}
@@ -318,8 +380,31 @@ class NodeClient:
         body: object = None,
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str | None] | None = None,
+        retry: bool | None = None,
     ) -> Any:
-        """One request; the decoded JSON answer, or :class:`NodeError`."""
+        """One request; the decoded JSON answer, or :class:`NodeError`. ``retry`` (default:
+        for GET only) retries what :attr:`NodeError.retryable` says may succeed later; give
+        it for a POST only when repeating it is safe (an Idempotency-Key, no side effect)."""
+        attempts = self.retries.attempts if (method == "GET" if retry is None else retry) else 1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._once(method, path, body=body, headers=headers, query=query)
+            except NodeError as exc:
+                if not exc.retryable or attempt >= attempts:
+                    raise
+                self._sleep(self.retries.delay(attempt, exc.retry_after))
+
+    def _once(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object,
+        headers: Mapping[str, str] | None,
+        query: Mapping[str, str | None] | None,
+    ) -> Any:
         params = {k: v for k, v in (query or {}).items() if v is not None}
         url = self.base_url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         data = json.dumps(body).encode("utf-8") if body is not None else None
@@ -341,6 +426,11 @@ class NodeClient:
             raise NodeError("node_unreachable", f"{self.base_url}: {exc}") from None
 
 
+def new_idempotency_key() -> str:
+    """A fresh Idempotency-Key for one logical send (random; never derived from content)."""
+    return str(uuid.uuid4())
+
+
 def _path(collection: str, identifier: str) -> str:
     return f"/v1/{collection}/{urllib.parse.quote(identifier, safe='')}"
 
@@ -350,6 +440,7 @@ def _http_error(exc: urllib.error.HTTPError) -> NodeError:
         raw = json.loads(exc.read())
     except ValueError:
         raw = None
+    retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
     if isinstance(raw, dict) and isinstance(raw.get("error"), dict):
         error = raw["error"]
         rule_id = error.get("rule_id")
@@ -359,8 +450,18 @@ def _http_error(exc: urllib.error.HTTPError) -> NodeError:
             rule_id if isinstance(rule_id, str) else None,
             status=exc.code,
             errors=[e for e in error.get("errors") or () if isinstance(e, dict)],
+            retry_after=retry_after,
         )
     if isinstance(raw, dict) and raw.get("status") == "not_ready":
         # /readyz answers 503 with its own document, not an error document.
         return NodeError("not_ready", str(raw.get("detail")), status=exc.code)
-    return NodeError("http_error", f"HTTP {exc.code} from the node", status=exc.code)
+    return NodeError(
+        "http_error", f"HTTP {exc.code} from the node", status=exc.code, retry_after=retry_after
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is not used by the node: ignored)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())

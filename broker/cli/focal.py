@@ -113,6 +113,7 @@ def _send_result(args: argparse.Namespace, result: dict[str, Any]) -> int:
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
+    # No key given: the client makes one for this send and reuses it on every retry.
     result = _client(args).send(_draft(args), idempotency_key=args.idempotency_key)
     return _send_result(args, dict(result))
 
@@ -208,7 +209,10 @@ def _draft_options(parser: argparse.ArgumentParser, *, reply: bool) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     send = sub.add_parser("send", help="send a message through the node")
     _draft_options(send, reply=False)
-    send.add_argument("--idempotency-key", help="repeat-safe key for this submission")
+    send.add_argument(
+        "--idempotency-key",
+        help="repeat-safe key for this submission (default: a fresh one, reused on retries)",
+    )
     _common(send)
     send.set_defaults(func=_guard(_cmd_send))
 

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from broker.cli.focal import _client, _common, _guard, table
 from broker.logs import LOG_FORMATS, configure_logging
-from broker.node.api import create_app
+from broker.node.api import SERVER_OPTIONS, create_app
 from broker.node.runtime import TransportFactory, nats_transport, node_metrics, running_node
 from broker.node.settings import Settings, load_settings
 
@@ -116,7 +116,7 @@ async def serve(settings: Settings, transport_factory: TransportFactory = nats_t
         registry=registry,
         metrics=metrics,
     )
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, **SERVER_OPTIONS)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,16 @@ What it is for
     ``{"error": {"reason", "detail", "rule_id"?, "errors"?}}`` with the status of the error
     tree. The routes are described in ``docs/openapi.yaml`` and ``docs/node-api.md``.
 
+The edge
+    Whatever a client sends, the answer is a JSON document: undecodable input (a body that is
+    not UTF-8 JSON, lone surrogate escapes, an ``X-Actor`` outside its syntax, a justification
+    that is not UTF-8) is ``400 bad_request``; a body over the limit ``413 too_large``; a body
+    that does not arrive within the body timeout (a false ``Content-Length``, a client that
+    stops sending) ``408`` and the connection is closed; a 503 carries ``Retry-After``; any
+    unexpected exception is ``500 internal_error`` with an ``api_internal_error`` log event.
+    (Malformed HTTP framing, e.g. a control character in a header, is refused with a 400 by
+    aiohttp's parser before any handler runs.)
+
 What it must never do
     Hold state outside the app (no globals: the node comes from a ``cleanup_ctx`` and lives
     under :data:`NODE_KEY`), show a received message's content without a justification (that
@@ -20,19 +30,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
+import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from broker.core import canonical
-from broker.errors import CasebridgeError, InvalidMessage, PolicyDenied, SchemaInvalid
+from broker.errors import CasebridgeError, InvalidMessage, PolicyDenied, Reason, SchemaInvalid
 from broker.metrics import REGISTRY_KEY, NodeMetrics, metrics_response
 from broker.node import corrections
-from broker.node.errors import BadRequest, NotFound, Unauthorized
+from broker.node.errors import (
+    BadRequest,
+    InternalError,
+    NodeError,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+)
 from broker.node.model import Draft, OutboxState
 from broker.node.service import Node
 
@@ -40,8 +62,25 @@ NODE_KEY: Final = web.AppKey("node", Node)
 TOKEN_KEY: Final = web.AppKey("token", str)
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 METRICS_KEY: Final = web.AppKey("node_metrics", NodeMetrics)
+BODY_TIMEOUT_KEY: Final = web.AppKey("body_timeout", float)
 MAX_LIMIT: Final = 1000
 DEFAULT_ACTOR: Final = "api"
+MAX_BODY: Final = 2 * 1024 * 1024
+# Seconds a client has to deliver a request body once its headers arrived.
+DEFAULT_BODY_TIMEOUT: Final = 10.0
+# For the server (``web.AppRunner(app, **SERVER_OPTIONS)``): a connection that has not
+# completed a request's headers within this many seconds is closed (aiohttp's default is an
+# hour).
+SERVER_OPTIONS: Final[Mapping[str, Any]] = {"keepalive_timeout": 15.0}
+DEFAULT_RETRY_AFTER: Final = 10
+# Who acts (X-Actor): 1-128 printable ASCII characters, no leading or trailing space.
+ACTOR_PATTERN: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?")
+# Idempotency-Key: 1-255 printable ASCII characters.
+IDEMPOTENCY_KEY_PATTERN: Final = re.compile(r"[\x20-\x7e]{1,255}")
+MAX_JUSTIFICATION: Final = 2000
+# C0 and C1 control characters (and DEL): never in a justification.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+log = structlog.get_logger("casebridge.node.api")
 _DRAFT_FIELDS: Final = frozenset(
     {
         "to",
@@ -77,19 +116,66 @@ def error_json(exc: CasebridgeError) -> dict[str, Any]:
 
 
 def _error_response(exc: CasebridgeError) -> web.Response:
-    return web.json_response(error_json(exc), status=exc.http_status)
+    headers = {}
+    if exc.http_status == 503:
+        retry = exc.retry_after if isinstance(exc, NodeError) else None
+        headers["Retry-After"] = str(retry or DEFAULT_RETRY_AFTER)
+    return web.json_response(error_json(exc), status=exc.http_status, headers=headers)
+
+
+async def _answer_and_close(request: web.Request, exc: CasebridgeError) -> web.StreamResponse:
+    """Answer, then close the connection at once: the rest of the body is never read (aiohttp
+    would otherwise linger reading it), so this connection cannot carry another request."""
+    response = _error_response(exc)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport flushes the answer, then closes
+    return response
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer is JSON: Casebridge errors keep their status, aiohttp's HTTP errors
+    become error documents, anything unexpected is a logged ``500 internal_error``."""
     try:
         return await handler(request)
+    except (RequestTimeout, PayloadTooLarge) as exc:
+        return await _answer_and_close(request, exc)
     except CasebridgeError as exc:
         return _error_response(exc)
     except web.HTTPNotFound:
         return _error_response(NotFound(f"no route {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed:
         return _error_response(BadRequest(f"{request.method} is not allowed on {request.path}"))
+    except web.HTTPRequestEntityTooLarge:
+        too_large = PayloadTooLarge(f"the request body exceeds {MAX_BODY} bytes")
+        return await _answer_and_close(request, too_large)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and the like are answers, not errors
+        reason = Reason.BAD_REQUEST if exc.status < 500 else Reason.INTERNAL_ERROR
+        document = {"error": {"reason": reason.value, "detail": exc.reason}}
+        return web.json_response(document, status=exc.status)
+    except UnicodeError:
+        # Text that is not Unicode got past a check: still the client's input, never a 500.
+        return _error_response(BadRequest("the request holds text that is not valid Unicode"))
+    except Exception as exc:
+        log.exception(
+            "api_internal_error",
+            method=request.method,
+            route=_route(request),
+            error=type(exc).__name__,
+        )
+        return _error_response(
+            InternalError("unexpected fault in the node (logged as api_internal_error)")
+        )
+
+
+def _route(request: web.Request) -> str:
+    """The route template (``/v1/messages/{id}``), never the path: ids are not labels."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
@@ -115,9 +201,7 @@ async def _measure(request: web.Request, handler: Handler) -> web.StreamResponse
         status = response.status
         return response
     finally:
-        resource = request.match_info.route.resource
-        # The route template (``/v1/messages/{id}``), never the path: ids are not labels.
-        route = resource.canonical if resource is not None else "unmatched"
+        route = _route(request)
         metrics.http_requests.labels(route=route, method=request.method, status=str(status)).inc()
         metrics.http_seconds.labels(route=route).observe(time.perf_counter() - started)
 
@@ -132,17 +216,20 @@ def create_app(
     token: str,
     registry: CollectorRegistry | None = None,
     metrics: NodeMetrics | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> web.Application:
     """The API application. ``node_context`` builds the node (and its background tasks) on
     start-up and tears it down on clean-up; ``token`` is the node's API bearer token.
-    ``registry``: serve it on ``GET /metrics``; ``metrics``: count requests by route."""
+    ``registry``: serve it on ``GET /metrics``; ``metrics``: count requests by route;
+    ``body_timeout``: seconds a client has to send a request body."""
     if len(token) < 16:
         raise BadRequest("the API token must be at least 16 characters")
     middlewares: list[Any] = [_errors, _auth]
     if metrics is not None:
         middlewares.insert(0, _measure)
-    app = web.Application(middlewares=middlewares, client_max_size=2 * 1024 * 1024)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[TOKEN_KEY] = token
+    app[BODY_TIMEOUT_KEY] = body_timeout
     if metrics is not None:
         app[METRICS_KEY] = metrics
     if registry is not None:
@@ -176,14 +263,67 @@ def create_app(
 # ------------------------------------------------------------------ parsing ---
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request body, within the size limit and the body timeout."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise PayloadTooLarge(f"the request body exceeds {MAX_BODY} bytes")
+    timeout = request.app[BODY_TIMEOUT_KEY]
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = await _body(request)
     try:
         value = canonical.loads_strict(raw, what="request")
+        # A lone surrogate escape ("\ud800") parses into a str that is not Unicode text:
+        # refused here, whatever the parser lets through.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except InvalidMessage as exc:
         raise BadRequest(f"request body is not valid JSON: {exc.detail}") from None
+    except UnicodeError:
+        raise BadRequest("request body holds a lone surrogate escape (not Unicode)") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
+    return value
+
+
+def _actor(request: web.Request) -> str | None:
+    """``X-Actor`` (who acts), checked against :data:`ACTOR_PATTERN`; None when absent."""
+    value = request.headers.get("X-Actor")
+    if not value:
+        return None
+    if ACTOR_PATTERN.fullmatch(value) is None:
+        raise BadRequest(
+            "X-Actor must be 1-128 printable ASCII characters "
+            "(no control characters, no leading or trailing space)"
+        )
+    return value
+
+
+def _justification(request: web.Request) -> str:
+    """``X-Justification`` or the ``justification`` query parameter, as strict UTF-8 text:
+    bytes that are not UTF-8 are refused, never stored as replacement characters."""
+    value = request.headers.get("X-Justification")
+    try:
+        if value:
+            value.encode("utf-8")  # undecodable header bytes arrive as lone surrogates
+        else:
+            # aiohttp decodes the query leniently (U+FFFD for bad bytes): decode it here.
+            pairs = urllib.parse.parse_qsl(
+                request.rel_url.raw_query_string, encoding="utf-8", errors="strict"
+            )
+            value = next((v for k, v in reversed(pairs) if k == "justification"), "")
+    except UnicodeError:
+        raise BadRequest("the justification is not valid UTF-8 text") from None
+    if len(value) > MAX_JUSTIFICATION or _CONTROL.search(value):
+        raise BadRequest(
+            f"the justification must be at most {MAX_JUSTIFICATION} characters "
+            "without control characters"
+        )
     return value
 
 
@@ -264,10 +404,13 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    ready, why = request.app[NODE_KEY].ready()
-    return web.json_response(
-        {"status": "ready" if ready else "not_ready", "detail": why}, status=200 if ready else 503
-    )
+    # A thread: readiness may probe the store with a write.
+    ready, why = await asyncio.to_thread(request.app[NODE_KEY].ready)
+    document = {"status": "ready" if ready else "not_ready", "detail": why}
+    if why.startswith(f"{Reason.STORAGE_UNAVAILABLE.value}:"):
+        document["reason"] = Reason.STORAGE_UNAVAILABLE.value
+    headers = {} if ready else {"Retry-After": str(DEFAULT_RETRY_AFTER)}
+    return web.json_response(document, status=200 if ready else 503, headers=headers)
 
 
 async def _submit(request: web.Request) -> web.Response:
@@ -275,14 +418,13 @@ async def _submit(request: web.Request) -> web.Response:
     draft = parse_draft(raw)
     key = request.headers.get("Idempotency-Key")
     idempotency = None
+    actor = _actor(request)
     if key is not None:
-        if not 0 < len(key) <= 255:
-            raise BadRequest("Idempotency-Key must be 1-255 characters")
+        if IDEMPOTENCY_KEY_PATTERN.fullmatch(key) is None:
+            raise BadRequest("Idempotency-Key must be 1-255 printable ASCII characters")
         digest = hashlib.sha256(canonical.dumps(raw)).hexdigest()
         idempotency = (key, digest)
-    result = await request.app[NODE_KEY].send(
-        draft, idempotency=idempotency, actor=request.headers.get("X-Actor")
-    )
+    result = await request.app[NODE_KEY].send(draft, idempotency=idempotency, actor=actor)
     status = 201 if result.state is OutboxState.ACKNOWLEDGED else 202
     return web.json_response(result.to_json(), status=status)
 
@@ -329,8 +471,8 @@ async def _message(request: web.Request) -> web.Response:
         return web.json_response({"direction": "sent", **sent.to_json(), **lawful})
     if node.store.inbox_message(message_id) is None:
         raise NotFound(f"no message {message_id}")
-    justification = request.headers.get("X-Justification") or request.query.get("justification", "")
-    actor = request.headers.get("X-Actor") or DEFAULT_ACTOR
+    justification = _justification(request)
+    actor = _actor(request) or DEFAULT_ACTOR
     received = await node.read(message_id, actor=actor, justification=justification)
     return web.json_response(
         {
@@ -428,7 +570,7 @@ async def _notice(request: web.Request) -> web.Response:
         kind=kind,
         message_id=_id(request),
         body=await _json_body(request),
-        actor=request.headers.get("X-Actor"),
+        actor=_actor(request),
     )
     status = 201 if result.state is OutboxState.ACKNOWLEDGED else 202
     return web.json_response(result.to_json(), status=status)

@@ -10,14 +10,21 @@ are local faults: never sent to a peer, never carried in evidence::
     ├── JustificationRequired   428  opening an inbox message needs a stated justification
     ├── NotFound                404  no such message / conversation
     ├── IdempotencyConflict     409  an Idempotency-Key reused with another request
+    ├── RequestTimeout          408  the request body did not arrive in time (reason bad_request)
+    ├── PayloadTooLarge         413  the request body exceeds the API's limit (reason too_large)
     ├── TransportUnavailable    503  the federation did not acknowledge a submission
+    ├── StorageUnavailable      503  the node's store cannot write (disk full, I/O error, locked):
+    │                                says whether the operation was stored (``outcome``)
+    ├── InternalError           500  an unexpected fault in the node (never a peer's doing)
     └── AuditUnavailable        503  the audit record could not be written: operation not done
                                      (defined in broker.node.audit_log)
+
+The 503s carry ``retry_after`` (seconds), sent by the API as ``Retry-After``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final, Literal
 
 from broker.errors import LocalError, Reason
 
@@ -27,6 +34,7 @@ class NodeError(LocalError):
 
     http_status: int = 500
     reason_code: ClassVar[Reason]
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(self.reason_code, detail)
@@ -67,8 +75,49 @@ class IdempotencyConflict(NodeError):
     reason_code = Reason.IDEMPOTENCY_CONFLICT
 
 
+class RequestTimeout(BadRequest):
+    """The client did not send its request body within the API's body timeout."""
+
+    http_status = 408
+
+
+class PayloadTooLarge(NodeError):
+    """The request body is larger than the API accepts."""
+
+    http_status = 413
+    reason_code = Reason.TOO_LARGE
+
+
 class TransportUnavailable(NodeError):
     """The federation did not acknowledge a submission (it stays queued and is retried)."""
 
     http_status = 503
     reason_code = Reason.TRANSPORT_UNAVAILABLE
+    retry_after = 5
+
+
+StorageOutcome = Literal["not_stored", "unknown"]
+STORAGE_RETRY_AFTER: Final = 10
+
+
+class StorageUnavailable(NodeError):
+    """The node's store could not complete a read or write (disk full, I/O error, database
+    locked beyond the busy timeout...). ``outcome`` says what the caller may rely on:
+    ``not_stored`` (the transaction was rolled back: nothing of it is stored) or ``unknown``
+    (the commit itself failed in a way that leaves its outcome open: retry with the same
+    Idempotency-Key, which finds the first attempt if it was stored)."""
+
+    http_status = 503
+    reason_code = Reason.STORAGE_UNAVAILABLE
+    retry_after = STORAGE_RETRY_AFTER
+
+    def __init__(self, detail: str = "", *, outcome: StorageOutcome = "not_stored") -> None:
+        self.outcome: StorageOutcome = outcome
+        super().__init__(detail)
+
+
+class InternalError(NodeError):
+    """An unexpected fault in the node: logged with its traceback, answered without it."""
+
+    http_status = 500
+    reason_code = Reason.INTERNAL_ERROR

@@ -7,7 +7,9 @@
 * :func:`purge_once` erases bodies past retention (:mod:`broker.node.retention`). Run at
   start-up and daily.
 
-Must never send a checkpoint that is not stored first (a restart resends what was not acked).
+Must never send a checkpoint that is not stored first (a restart resends what was not acked),
+nor end on a storage fault (``storage_unavailable``): a failed round is retried, sooner than a
+day for the purge.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Final
 import structlog
 
 from broker.node import audit_log
-from broker.node.errors import TransportUnavailable
+from broker.node.errors import StorageUnavailable, TransportUnavailable
 from broker.node.retention import PurgeResult, RetentionPolicy, purge
 from broker.node.service import Node
 
 DAY_SECONDS: Final = 24 * 3600.0
+# After a failed purge (e.g. the disk was full), try again this soon rather than in a day.
+RETRY_SECONDS: Final = 300.0
 log = structlog.get_logger("casebridge.node.lawful")
 
 
@@ -61,6 +65,9 @@ async def run_checkpoints(node: Node, *, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             left = await checkpoint_once(node)
+        except StorageUnavailable as exc:  # retried at the next interval
+            log.warning("audit_checkpoint_failed", agency=node.agency_id, error=exc.detail)
+            continue
         except Exception:  # a failed round is retried at the next interval
             log.exception("audit_checkpoint_failed", agency=node.agency_id)
             continue
@@ -86,14 +93,19 @@ async def run_retention(
 ) -> None:
     """Purge at start and then every ``interval`` seconds."""
     while True:
+        wait = interval
         try:
             await asyncio.to_thread(purge_once, node, policy)
+        except StorageUnavailable as exc:
+            log.warning("retention_purge_failed", agency=node.agency_id, error=exc.detail)
+            wait = min(interval, RETRY_SECONDS)
         except Exception:
             log.exception("retention_purge_failed", agency=node.agency_id)
-        await asyncio.sleep(interval)
+            wait = min(interval, RETRY_SECONDS)
+        await asyncio.sleep(wait)
 
 
 async def final_checkpoint(node: Node) -> None:
     """On shutdown: seal and try once to publish (a failure is resent at the next start)."""
-    with contextlib.suppress(TransportUnavailable):
+    with contextlib.suppress(TransportUnavailable, StorageUnavailable):
         await checkpoint_once(node)

@@ -7,6 +7,7 @@ What it is for
     each message in flight: a new trace for what we submit, the sender's trace for the evidence
     we send back about a delivery (``broker.tracing``). :class:`OutboxCollector` reports the
     outbox backlog per destination country from the store at scrape time;
+    :class:`StoreCollector` the store's failed writes and the free space of its filesystem;
     :func:`node_expiries` lists the certificates and CRLs the node depends on;
     :func:`run_audit_verification` keeps ``casebridge_audit_chain_ok`` current.
 
@@ -20,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
 from cryptography import x509
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from broker import tracing
@@ -38,6 +41,7 @@ from broker.core.directory import Directory
 from broker.core.header import agency_country
 from broker.metrics import Expiry, NodeMetrics, agency_country_label, country_label, type_label
 from broker.node import audit_log
+from broker.node.errors import StorageUnavailable
 from broker.node.progress import LaneProgress
 from broker.node.store import Store
 
@@ -285,7 +289,7 @@ class OutboxCollector(Collector):
         now = self._clock()
         try:
             pending = self._store.query(_pending_by_destination)
-        except sqlite3.Error:
+        except (sqlite3.Error, StorageUnavailable):
             pending = []
         for country, created_at in pending:
             label = country_label(country)
@@ -298,6 +302,36 @@ class OutboxCollector(Collector):
             age.add_metric([label], oldest.get(label, 0.0))
         yield depth
         yield age
+
+
+class StoreCollector(Collector):
+    """``casebridge_node_store_write_failures_total`` (write transactions the store could not
+    commit) and ``casebridge_node_store_free_bytes`` (free space, for unprivileged users, of
+    the filesystem holding the store; measured at scrape time)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        failures = CounterMetricFamily(
+            "casebridge_node_store_write_failures",
+            "Write transactions of the node's store that failed on a storage fault "
+            "(disk full, I/O error, locked): nothing of them was stored.",
+        )
+        failures.add_metric([], self._store.write_failures)
+        yield failures
+        free = GaugeMetricFamily(
+            "casebridge_node_store_free_bytes",
+            "Free bytes (for unprivileged users) on the filesystem holding the node's store.",
+        )
+        try:
+            free.add_metric([], shutil.disk_usage(Path(self._store.path).parent).free)
+        except OSError:
+            return  # no sample rather than a wrong one
+        yield free
 
 
 def certificate_expiries(

@@ -31,6 +31,7 @@ from broker.node.observe import (
     LaneCollector,
     NodeObserver,
     OutboxCollector,
+    StoreCollector,
     certificate_expiries,
     directory_expiries,
     run_audit_verification,
@@ -136,7 +137,8 @@ def node_metrics(registry: CollectorRegistry, settings: Settings) -> NodeMetrics
 def _register_collectors(
     registry: CollectorRegistry, settings: Settings, node: Node, store: Store
 ) -> None:
-    """Scrape-time metrics: outbox backlog per destination, certificate and CRL expiry."""
+    """Scrape-time metrics: outbox backlog per destination, the store's failed writes and free
+    disk space, certificate and CRL expiry."""
     country = agency_country(settings.agency)
     directory = node.resolver if isinstance(node.resolver, Directory) else None
 
@@ -158,6 +160,7 @@ def _register_collectors(
 
     registry.register(OutboxCollector(store, destinations=destinations))
     registry.register(LaneCollector(store, lambda: node.lanes))
+    registry.register(StoreCollector(store))
     registry.register(ExpiryCollector(expiries, clock=lambda: datetime.now(UTC)))
 
 

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
@@ -63,7 +64,7 @@ from broker.core.header import Header, Onward, agency_country
 from broker.core.trust import KeyResolver
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
 from broker.federation.subjects import submit_subject
-from broker.logs import DistinctFaults
+from broker.logs import DistinctFaults, FaultLog
 from broker.node import audit_log, corrections
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
 from broker.node.errors import (
@@ -71,6 +72,7 @@ from broker.node.errors import (
     IdempotencyConflict,
     JustificationRequired,
     NotFound,
+    StorageUnavailable,
     TransportUnavailable,
 )
 from broker.node.evidence import Subject, evidence_body, evidence_header
@@ -154,6 +156,31 @@ class RetryPolicy:
         return float(min(self.max_nak_delay, self.nak_delay * self.factor**exponent))
 
 
+class KeyedLocks:
+    """One :class:`asyncio.Lock` per key, made on first use and dropped when nobody holds or
+    waits for it: requests with the same Idempotency-Key are serialised, others never wait."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class _PendingReplay:
     """The replay store as :func:`open_message` sees it: ``remember`` only notes the id; the
     store writes it inside the delivery's commit, so a crash never leaves an id remembered for
@@ -221,9 +248,13 @@ class Node:
         self._retry = retry
         self._sleep = sleep
         self._limits = limits
-        self._idempotency = asyncio.Lock()
+        self._idempotency = KeyedLocks()
+        # Outbox ids some coroutine is submitting now (or the API is about to): the outbox
+        # loop and evidence submission skip them instead of submitting them a second time.
+        self._in_flight: set[str] = set()
         self._log = (logger or structlog.get_logger("casebridge.node")).bind(agency=self.agency_id)
         self._stopped_loops: dict[str, str] = {}
+        self._store_faults = FaultLog(self._log, "outbox_store", agency=self.agency_id)
         self.observe = observer or NodeObserver()
         self.lanes = {
             lane: LaneProgress(monotonic) if monotonic else LaneProgress() for lane in LANES
@@ -239,8 +270,11 @@ class Node:
         self._log.error("background_loop_stopped", loop=name, error=self._stopped_loops[name])
 
     def ready(self) -> tuple[bool, str]:
-        """Ready when every background loop runs, the transport is connected and the
-        directory vouches for us now."""
+        """Ready when the store can write, every background loop runs, the transport is
+        connected and the directory vouches for us now. Blocking (the store may probe)."""
+        writable, why = self.store.writable()
+        if not writable:
+            return False, f"{Reason.STORAGE_UNAVAILABLE.value}: {why}"
         if self._stopped_loops:
             return False, "; ".join(f"{n} stopped ({e})" for n, e in self._stopped_loops.items())
         if not self.transport.connected:
@@ -361,22 +395,49 @@ class Node:
         ``PolicyDenied``/``SchemaInvalid``/``InvalidMessage`` before anything is stored.
         """
         if idempotency is None:
-            return await self._send(draft, None, actor)
-        async with self._idempotency:
-            found = await asyncio.to_thread(self.store.idempotent, idempotency[0])
-            if found is not None:
-                request_hash, message_id = found
-                if request_hash != idempotency[1]:
-                    raise IdempotencyConflict("this Idempotency-Key was used for another request")
-                stored = await asyncio.to_thread(self.store.outbox_message, message_id)
-                if stored is None:  # pragma: no cover - the key and the message share a commit
-                    raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
-                return _result(stored, rule_id="", redactions=())
-            return await self._send(draft, idempotency, actor)
+            staged = await self._stage(draft, None, actor)
+        else:
+            # Only the check-and-commit is serialised, per key; submission happens after the
+            # lock is released (a request never waits on another request's retries).
+            async with self._idempotency.hold(idempotency[0]):
+                found = await asyncio.to_thread(self.store.idempotent, idempotency[0])
+                if found is not None:
+                    request_hash, message_id = found
+                    if request_hash != idempotency[1]:
+                        raise IdempotencyConflict(
+                            "this Idempotency-Key was used for another request"
+                        )
+                    stored = await asyncio.to_thread(self.store.outbox_message, message_id)
+                    if stored is None:  # pragma: no cover - key and message share a commit
+                        raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
+                    return _result(stored, rule_id="", redactions=())
+                staged = await self._stage(draft, idempotency, actor)
+        header, clearance, sealed = staged
+        try:
+            state = await self._submit(
+                sealed.message_id,
+                attempts=self._retry.inline_attempts,
+                wire=sealed.wire,
+                message_type=header.type,
+                inline=True,
+            )
+        finally:
+            self._in_flight.discard(sealed.message_id)
+        return SendResult(
+            message_id=header.id,
+            conversation=header.conversation,
+            state=state,
+            digest=sealed.digest,
+            categories=header.categories,
+            rule_id=clearance.rule_id,
+            redactions=clearance.redactions,
+        )
 
-    async def _send(
-        self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None = None
-    ) -> SendResult:
+    async def _stage(
+        self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
+    ) -> tuple[Header, Clearance, SealedRecord]:
+        """Pre-flight, seal and commit to the outbox; the id stays in flight for the caller
+        (which submits it, then discards it)."""
         try:
             # One thread hop: pre-flight, seal and the outbox commit (with its disclosure
             # records) belong together and are all blocking work.
@@ -395,18 +456,7 @@ class Node:
             type_=header.type,
         )
         self._log.info("message_queued", message_id=header.id, type=header.type, traceparent=trace)
-        state = await self.submit(
-            sealed.message_id, attempts=self._retry.inline_attempts, sealed=sealed
-        )
-        return SendResult(
-            message_id=header.id,
-            conversation=header.conversation,
-            state=state,
-            digest=sealed.digest,
-            categories=header.categories,
-            rule_id=clearance.rule_id,
-            redactions=clearance.redactions,
-        )
+        return header, clearance, sealed
 
     def _prepare(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
@@ -422,12 +472,19 @@ class Node:
         disclosed = audit_log.disclosures(
             sealed.header, sealed.digest, actor=actor, agency=self.agency_id
         )
-        self.store.add_outbox(
-            sealed,
-            now=now,
-            idempotency=idempotency,
-            within=audit_log.log(disclosed, now=now),
-        )
+        # In flight before the commit: the outbox loop may list the row as soon as it is
+        # committed, and must leave it to the request that is about to submit it.
+        self._in_flight.add(sealed.message_id)
+        try:
+            self.store.add_outbox(
+                sealed,
+                now=now,
+                idempotency=idempotency,
+                within=audit_log.log(disclosed, now=now),
+            )
+        except BaseException:
+            self._in_flight.discard(sealed.message_id)
+            raise
         return header, clearance, sealed
 
     async def submit(
@@ -437,26 +494,60 @@ class Node:
         forever), backing off between attempts. Every attempt sends the same bytes and id.
 
         ``sealed``: the message the caller has just committed to the outbox (saves reading it
-        back); otherwise it is read from the outbox."""
-        if sealed is not None:
-            wire, message_type = sealed.wire, str(sealed.header["type"])
-        else:
-            message = await asyncio.to_thread(self.store.outbox_message, message_id)
-            if message is None:
-                raise NotFound(f"no outbox message {message_id}")
-            if message.state is OutboxState.ACKNOWLEDGED:
-                return OutboxState.ACKNOWLEDGED
-            wire, message_type = message.wire, message.type
+        back); otherwise it is read from the outbox. A message another coroutine is
+        submitting is left to it: one submission at a time. A store that cannot record an
+        attempt never makes this raise: nothing is sent and the message stays queued."""
+        if message_id in self._in_flight:
+            return OutboxState.SUBMITTED
+        self._in_flight.add(message_id)
+        try:
+            if sealed is not None:
+                wire, message_type = sealed.wire, str(sealed.header["type"])
+            else:
+                message = await asyncio.to_thread(self.store.outbox_message, message_id)
+                if message is None:
+                    raise NotFound(f"no outbox message {message_id}")
+                if message.state is OutboxState.ACKNOWLEDGED:
+                    return OutboxState.ACKNOWLEDGED
+                wire, message_type = message.wire, message.type
+            return await self._submit(
+                message_id, attempts=attempts, wire=wire, message_type=message_type
+            )
+        finally:
+            self._in_flight.discard(message_id)
+
+    async def _submit(
+        self,
+        message_id: str,
+        *,
+        attempts: int | None,
+        wire: bytes,
+        message_type: str,
+        inline: bool = False,
+    ) -> OutboxState:
+        """The attempts of :meth:`submit`, for a message the caller holds in flight.
+
+        ``inline`` (a request is waiting): never wait on an unreachable server: answer
+        ``queued`` at once (the outbox loop submits it later). Never raises for the store: the
+        message is committed already, and an answer must not contradict that."""
         attempt = 0
         while True:
+            if inline and not self.transport.connected:
+                self._log.info("submit_deferred", message_id=message_id, why="not connected")
+                return OutboxState.QUEUED
             attempt += 1
-            await asyncio.to_thread(
-                self.store.mark_outbox,
-                message_id,
-                OutboxState.SUBMITTED,
-                now=self._clock(),
-                attempted=True,
-            )
+            try:
+                await asyncio.to_thread(
+                    self.store.mark_outbox,
+                    message_id,
+                    OutboxState.SUBMITTED,
+                    now=self._clock(),
+                    attempted=True,
+                )
+            except StorageUnavailable as exc:
+                self._store_faults.failed(exc)  # nothing sent: it stays queued
+                return OutboxState.QUEUED
+            self._store_faults.ok()
             try:
                 trace = self.observe.trace(message_id)
                 await self.transport.submit(
@@ -467,25 +558,37 @@ class Node:
                 )
             except TransportUnavailable as exc:
                 self.observe.submit_failed()
-                await asyncio.to_thread(
-                    self.store.mark_outbox,
-                    message_id,
-                    OutboxState.QUEUED,
-                    now=self._clock(),
-                    error=exc.detail,
-                )
                 self._log.warning("submit_failed", message_id=message_id, attempt=attempt)
+                try:
+                    await asyncio.to_thread(
+                        self.store.mark_outbox,
+                        message_id,
+                        OutboxState.QUEUED,
+                        now=self._clock(),
+                        error=exc.detail,
+                    )
+                except StorageUnavailable as store_exc:
+                    # Stored as 'submitted': the outbox loop resubmits it all the same.
+                    self._store_faults.failed(store_exc)
+                    return OutboxState.QUEUED
                 if attempts is not None and attempt >= attempts:
                     return OutboxState.QUEUED
                 await self._sleep(self._retry.delay(attempt))
                 continue
-            await asyncio.to_thread(
-                self.store.mark_outbox, message_id, OutboxState.ACKNOWLEDGED, now=self._clock()
-            )
             self.observe.acknowledged(
                 message_id=message_id, sender=self.agency_id, type_=message_type
             )
             self._log.info("message_acknowledged", message_id=message_id, attempt=attempt)
+            try:
+                await asyncio.to_thread(
+                    self.store.mark_outbox, message_id, OutboxState.ACKNOWLEDGED, now=self._clock()
+                )
+            except StorageUnavailable as exc:
+                # JetStream holds it; the store still says 'submitted', so the outbox loop
+                # submits it again later with the same id (JetStream's window de-duplicates).
+                self._store_faults.failed(exc)
+            else:
+                self._store_faults.ok()
             return OutboxState.ACKNOWLEDGED
 
     async def flush_outbox(self) -> int:
@@ -495,16 +598,27 @@ class Node:
             self.store.list_outbox, include_evidence=True, pending_only=True, limit=1000
         )
         left = 0
-        for message in pending:
+        for number, message in enumerate(pending):
             state = await self.submit(message.message_id, attempts=1)
             left += state is not OutboxState.ACKNOWLEDGED
+            if self._store_faults.failing:
+                # The store cannot record attempts: stop this round, back off, come back.
+                return left + len(pending) - number - 1
         return left
 
     async def run_outbox(self, *, interval: float = 5.0) -> None:
-        """Flush the outbox forever, backing off while the federation is unreachable."""
+        """Flush the outbox forever, backing off while the federation is unreachable or the
+        store cannot write (logged once per distinct fault; resumes by itself)."""
         failures = 0
+        faults = FaultLog(self._log, "outbox_flush", agency=self.agency_id)
         while True:
-            left = await self.flush_outbox()
+            try:
+                left = await self.flush_outbox()
+            except StorageUnavailable as exc:
+                faults.failed(exc)
+                left = 1
+            else:
+                faults.ok()
             failures = failures + 1 if left else 0
             await self._sleep(self._retry.delay(failures) if failures else interval)
 

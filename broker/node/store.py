@@ -14,6 +14,14 @@ The transactions that matter
     * :meth:`Store.add_outbox` stores a sealed message before the first submit attempt, so a
       message acknowledged to a case worker survives a crash and is resubmitted on restart.
 
+Storage faults
+    Every SQLite failure that says the storage (not the SQL) is at fault -- disk or database
+    full, I/O error, locked or busy beyond the busy timeout, read-only, corrupt -- is
+    translated here, once, into :class:`~broker.node.errors.StorageUnavailable` (503, with
+    ``outcome``: ``not_stored`` when the transaction was rolled back, ``unknown`` when the
+    commit itself failed on I/O). The store remembers the outcome of its last write
+    (:meth:`Store.writable`, readiness) and counts failed writes (``write_failures``, a metric).
+
 What it must never do
     Decide anything about a message (that is ``broker.core`` and the node service), hold key
     material, or log bodies. Schema changes go through :data:`MIGRATIONS` (``PRAGMA
@@ -25,8 +33,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +44,7 @@ from typing import Any, Final, TypeVar
 from broker.core.evidence import EVIDENCE_PREFIX, EvidenceKind
 from broker.errors import ConfigError, InvalidMessage, Reason
 from broker.node.audit_log import AUDIT_MIGRATION, Within
+from broker.node.errors import StorageOutcome, StorageUnavailable
 from broker.node.model import (
     EvidenceRecord,
     InboxMessage,
@@ -160,6 +170,28 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 
 
+# SQLite primary result codes that blame the storage, not the statement: SQLITE_BUSY,
+# LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_STORAGE_FAULTS: Final = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+_SQLITE_IOERR: Final = 10
+# The readiness probe: a row large enough to need fresh pages, inserted and deleted in one
+# committed transaction (nothing stays; no schema of its own). Never a message id (UUIDs).
+_PROBE_ID: Final = "store-probe:" + "0" * 8192
+PROBE_INTERVAL: Final = 5.0
+
+
+def storage_fault(exc: BaseException) -> sqlite3.Error | None:
+    """The SQLite error behind ``exc`` (itself or its causes) if it is a storage fault."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error):
+            code = getattr(seen, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _STORAGE_FAULTS:
+                return seen
+        seen = seen.__cause__
+    return None
+
+
 def iso(when: datetime) -> str:
     """The store's (and the API's) time format: RFC 3339 UTC with a ``Z``, whole seconds."""
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -207,8 +239,12 @@ def _json(value: object) -> str:
 class Store:
     """One node's SQLite database. Also a :class:`broker.core.replay.ReplayStore`."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, probe_interval: float = PROBE_INTERVAL) -> None:
         self.path = str(path)
+        self.write_failures = 0  # failed write transactions since start (a metric)
+        self._write_error: str | None = None  # the last write's failure; None: it committed
+        self._probe_interval = probe_interval
+        self._probed_at = float("-inf")
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implicit.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
@@ -255,19 +291,71 @@ class Store:
             )
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, counted: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction; storage faults become :class:`StorageUnavailable` here."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            outcome: StorageOutcome = "not_stored"
             try:
-                yield self._db
-            except BaseException:
+                self._rollback()  # a failed ROLLBACK earlier may have left one open
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._rollback()
+                    raise
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    # FULL/BUSY at commit: nothing was written, the transaction is still
+                    # open (rolled back below). An I/O error may have half-written the WAL.
+                    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_IOERR:
+                        outcome = "unknown"
+                    self._rollback()
+                    raise
+            except BaseException as exc:
+                fault = storage_fault(exc)
+                if fault is None:
+                    raise
+                if counted:
+                    self.write_failures += 1
+                self._write_error = f"{type(fault).__name__}: {fault}"
+                raise StorageUnavailable(
+                    f"the node's store cannot write ({fault}); "
+                    + ("nothing was stored" if outcome == "not_stored" else "outcome unknown"),
+                    outcome=outcome,
+                ) from exc
+            self._write_error = None
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            # The original error is the one to report; a failed rollback leaves the
+            # transaction open, and the next write tries again.
+            with suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
-            return fn(self._db)
+            try:
+                return fn(self._db)
+            except sqlite3.Error as exc:
+                fault = storage_fault(exc)
+                if fault is None:
+                    raise
+                raise StorageUnavailable(f"the node's store cannot be read ({fault})") from exc
+
+    def writable(self) -> tuple[bool, str]:
+        """Whether the store can write, as far as known: the outcome of the last write; while
+        that was a failure, a probe write (at most every ``probe_interval`` seconds) finds out
+        whether space is back. ``(ok, why)``; blocking: call it off the event loop."""
+        if self._write_error is not None:
+            now = time.monotonic()
+            if now - self._probed_at >= self._probe_interval:
+                self._probed_at = now
+                with suppress(StorageUnavailable), self._write(counted=False) as db:
+                    db.execute("INSERT INTO replay (id, expires_at) VALUES (?, 0)", (_PROBE_ID,))
+                    db.execute("DELETE FROM replay WHERE id = ?", (_PROBE_ID,))
+        error = self._write_error
+        return (True, "ok") if error is None else (False, error)
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction for modules that keep their own tables here (audit log,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -74,6 +74,8 @@ class World:
         directory: Directory | None = None,
         preflight: Preflight | None = None,
         recipient_check: RecipientCheck | None = None,
+        store: Store | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> Node:
         agency = self.fed.agency(agency_id)
         node = Node(
@@ -89,14 +91,14 @@ class World:
             ),
             resolver=directory or self.fed.directory,
             schemas=REGISTRY,
-            store=Store(self.tmp / f"{agency_id}.sqlite"),
+            store=store or Store(self.tmp / f"{agency_id}.sqlite"),
             transport=self.bus.attach(agency_id),
             preflight=preflight,
             recipient_check=recipient_check,
             clock=self.clock,
             new_id=self.ids,
             retry=RetryPolicy(inline_attempts=3),
-            sleep=self._sleep,
+            sleep=sleep or self._sleep,
         )
         self.nodes[agency_id] = node
         return node

@@ -7,9 +7,12 @@ from broker.node.audit_log import AuditUnavailable
 from broker.node.errors import (
     BadRequest,
     IdempotencyConflict,
+    InternalError,
     JustificationRequired,
     NodeError,
     NotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
     TransportUnavailable,
     Unauthorized,
 )
@@ -22,6 +25,9 @@ NODE_ERRORS = (
     IdempotencyConflict,
     TransportUnavailable,
     AuditUnavailable,
+    StorageUnavailable,
+    PayloadTooLarge,
+    InternalError,
 )
 
 
@@ -40,6 +46,15 @@ class TestNodeErrorsInTheTree:
         """Each node error has its own stable reason code and a 4xx/5xx status."""
         reasons = [cls("").reason for cls in NODE_ERRORS]
         assert len(set(reasons)) == len(reasons)
-        assert {cls("").http_status for cls in NODE_ERRORS} <= {400, 401, 404, 409, 428, 503}
+        assert {cls("").http_status for cls in NODE_ERRORS} <= {
+            400,
+            401,
+            404,
+            409,
+            413,
+            428,
+            500,
+            503,
+        }
         assert Unauthorized("").reason.value == "unauthorized"
         assert JustificationRequired("").http_status == 428

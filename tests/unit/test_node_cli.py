@@ -19,6 +19,7 @@ from broker.devpki import DevFederation
 from broker.node.api import create_app
 from broker.node.service import Node
 
+from .lossy_proxy import LossyProxy
 from .node_world import World, example, world_at
 
 TOKEN = "c" * 32
@@ -87,6 +88,33 @@ class TestFocalCli:
         assert main(cli(node_url, "status", sent["message_id"], "--json")) == 0
         status = printed_json(capsys.readouterr().out)
         assert (status["message_id"], status["state"]) == (sent["message_id"], "acknowledged")
+
+    def test_send_retries_a_lost_answer_with_one_key(
+        self,
+        world: World,
+        node_url: str,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """`send` without --idempotency-key makes a key and reuses it when the node's answer is
+        lost: the retry returns the stored message, nothing is sent twice."""
+        body = tmp_path / "body.json"
+        body.write_text(json.dumps(example("request.assistance")))
+        common = ["--type", "request.assistance", "--purpose", "investigation"]
+        common += ["--handling", "H2", "--legal-basis", "FD 2006/960/JHA", "--file", str(body)]
+        with LossyProxy(int(node_url.rsplit(":", 1)[1])) as proxy:
+            assert main(cli(proxy.url, "send", "--to", "nl.politie", *common, "--json")) == 0
+        sent: dict[str, Any] = printed_json(capsys.readouterr().out)
+        keys = [
+            line
+            for head in proxy.requests
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"idempotency-key:")
+        ]
+        assert len(keys) == 2
+        assert keys[0] == keys[1]
+        outbox = world.nodes["de.lka-berlin"].store.list_outbox()
+        assert [m.message_id for m in outbox] == [sent["message_id"]]
 
     def test_errors_print_reason_and_exit_2(
         self, node_url: str, capsys: pytest.CaptureFixture[str]

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from broker import tracing
+from broker.core.envelope import seal
 from broker.core.policy import Decision, Point, Verdict
 from broker.devpki import DevFederation
 from broker.errors import PolicyDenied
@@ -28,6 +29,7 @@ from broker.metrics import GatewayMetrics, NodeMetrics, country_label, type_labe
 from broker.nats_exporter import MonitoredServer, NatsCollector
 from broker.node.api import create_app
 from broker.node.observe import NodeObserver, OutboxCollector
+from broker.node.peek import unverified_header
 from broker.node.service import Node
 from broker.node.transport import MSG_ID_HEADER
 
@@ -168,7 +170,8 @@ class TestNodeMetrics:
         assert value(nl_reg, "casebridge_open_duration_seconds_count", outcome="accepted") == 1
 
     def test_replay_is_counted_as_rejection_and_replay_attempt(self, world: World) -> None:
-        """A replayed delivery increments the replay counter and the rejection by reason."""
+        """A copy of the same bytes counts as a duplicate (no alarm); the id sealed again
+        (other bytes) increments the replay counter and the rejection by reason."""
         de, _ = observed(world, "de.lka-berlin")
         nl, nl_reg = observed(world, "nl.politie")
 
@@ -177,6 +180,20 @@ class TestNodeMetrics:
             (delivery,) = world.transport("nl.politie").take()
             await nl.handle(delivery)
             world.bus.deliver("nl.politie", delivery.data)
+            await world.pump()
+            assert value(nl_reg, "casebridge_redeliveries_total", kind="duplicate") == 1
+            assert not value(nl_reg, "casebridge_replay_attempts_total", from_country="DE")
+            header = unverified_header(delivery.data)
+            assert header is not None
+            again = seal(
+                header=header,
+                body=request_draft().body,
+                sender=de._sender,
+                resolver=de.resolver,
+                now=world.clock(),
+                salt=b"\x02" * 16,
+            )
+            world.bus.deliver("nl.politie", again)
             await world.pump()
 
         asyncio.run(run())

@@ -16,8 +16,9 @@ from aiohttp import web
 from broker.devpki import DevFederation
 from broker.node.api import create_app
 from broker.node.service import Node
-from broker.sdk import Draft, NodeClient, NodeError
+from broker.sdk import NO_RETRIES, Draft, NodeClient, NodeError, Retries
 
+from .lossy_proxy import LossyProxy
 from .node_world import World, example, world_at
 
 TOKEN = "s" * 32
@@ -181,7 +182,7 @@ class TestErrorsAndHealth:
 
     def test_unreachable_node(self) -> None:
         """Nothing listening: NodeError node_unreachable without an HTTP status."""
-        client = NodeClient("http://127.0.0.1:9", TOKEN, timeout=2)
+        client = NodeClient("http://127.0.0.1:9", TOKEN, timeout=2, retries=NO_RETRIES)
         with pytest.raises(NodeError) as caught:
             client.outbox()
         assert (caught.value.reason, caught.value.status) == ("node_unreachable", None)
@@ -195,3 +196,79 @@ class TestErrorsAndHealth:
     def test_repr_hides_the_token(self) -> None:
         """The client's repr never shows the token."""
         assert TOKEN not in repr(NodeClient("http://127.0.0.1:1", TOKEN))
+
+
+class TestSafeRetries:
+    def test_a_lost_answer_is_retried_with_the_same_key_and_stored_once(
+        self, served: Served
+    ) -> None:
+        """The node stored the message but its answer was lost: the client retries with the
+        Idempotency-Key it made for this send and gets the same message, not a second one."""
+        waits: list[float] = []
+        with LossyProxy(int(served.urls["de.lka-berlin"].rsplit(":", 1)[1])) as proxy:
+            client = NodeClient(proxy.url, TOKEN, timeout=5, sleep=waits.append)
+            result = client.send(request_draft())
+        keys = {_header(head, b"idempotency-key") for head in proxy.requests}
+        assert len(proxy.requests) == 2
+        assert len(keys) == 1
+        assert None not in keys
+        assert waits == [Retries().delay(1)]
+        outbox = served.client("de.lka-berlin").outbox()
+        assert [m["message_id"] for m in outbox] == [result["message_id"]]
+
+    def test_each_logical_send_has_its_own_key(self, served: Served) -> None:
+        """Two sends of the same draft are two messages: keys are per send, not per content."""
+        client = served.client("de.lka-berlin")
+        first = client.send(request_draft())
+        second = client.send(request_draft())
+        assert first["message_id"] != second["message_id"]
+
+    def test_503_is_retried_after_its_retry_after(self, served: Served) -> None:
+        """A 503 (the store is full) is retried with backoff honouring Retry-After; the send
+        succeeds once space returns, with one message stored."""
+        store = served.world.nodes["de.lka-berlin"].store
+        pages = store.query(lambda db: int(db.execute("PRAGMA page_count").fetchone()[0]))
+        store.query(lambda db: db.execute(f"PRAGMA max_page_count = {pages}").fetchone())
+        waits: list[float] = []
+
+        def wait(seconds: float) -> None:
+            waits.append(seconds)
+            store.query(lambda db: db.execute("PRAGMA max_page_count = 1073741823").fetchone())
+
+        client = NodeClient(
+            served.urls["de.lka-berlin"],
+            TOKEN,
+            retries=Retries(attempts=3, initial_delay=0.1, max_delay=30),
+            sleep=wait,
+        )
+        result = client.send(request_draft())
+        assert result["state"] == "acknowledged"
+        assert waits == [10.0]  # the node's Retry-After, above the 0.1 s backoff
+        assert len(served.client("de.lka-berlin").outbox()) == 1
+
+    def test_refusals_are_not_retried(self, served: Served) -> None:
+        """A 4xx refusal is final: raised at once, no wait."""
+        waits: list[float] = []
+        client = NodeClient(served.urls["de.lka-berlin"], TOKEN, sleep=waits.append)
+        with pytest.raises(NodeError) as caught:
+            client.send(request_draft(body={"nonsense": True}))
+        assert caught.value.status == 422
+        assert waits == []
+
+    def test_unreachable_node_is_retried_then_raised(self) -> None:
+        """Nothing listening: every attempt is made, with growing waits, then node_unreachable."""
+        waits: list[float] = []
+        client = NodeClient("http://127.0.0.1:9", TOKEN, timeout=2, sleep=waits.append)
+        with pytest.raises(NodeError) as caught:
+            client.send(request_draft())
+        assert caught.value.reason == "node_unreachable"
+        assert waits == [Retries().delay(n) for n in (1, 2, 3)]
+        assert waits == sorted(waits)
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
