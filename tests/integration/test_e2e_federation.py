@@ -200,7 +200,9 @@ class TestTamperedAndReplayed:
         assert shared.inbox_ids(NPU).count(message_id) == 1
 
     def test_replay_refused_by_node_and_deduplicated_at_border(self, shared: Running) -> None:
-        """A delivered message published again: `replay` with evidence; never delivered twice."""
+        """A delivered message published again is never delivered twice: a copy of the same
+        bytes is acknowledged (no refusal: JetStream may store copies after a restart), its id
+        sealed again with other bytes is refused as `replay` with evidence."""
         sent = _send(shared, LKA, bulletin([NPU]))
         message_id = sent["message_id"]
         _delivered(shared, NPU, message_id)
@@ -212,15 +214,33 @@ class TestTamperedAndReplayed:
         _barrier(shared)
         assert not [r for r in shared.rejections(NPU) if r["claimed_message_id"] == message_id]
 
-        # Straight to the node with a new id (past any window): the replay store refuses it.
-        shared.publish("ua.gateway", s.deliver_subject(NPU), [(f"{message_id}-replay", original)])
+        # Straight to the node with a new id (past any window): the node's own record
+        # recognises the very bytes it accepted and acknowledges the copy.
+        offset = shared.fed.log_file(f"node-{NPU}").stat().st_size
+        shared.publish("ua.gateway", s.deliver_subject(NPU), [(f"{message_id}-copy", original)])
+        wait_until(
+            lambda: [
+                e
+                for e in shared.log_events(f"node-{NPU}", offset=offset)
+                if e.get("event") == "duplicate_acknowledged"
+            ],
+            DELIVERY,
+            what="the copy acknowledged by ua.npu",
+        )
+        assert not [r for r in shared.rejections(NPU) if r["claimed_message_id"] == message_id]
+
+        # The same id sealed again by its sender (other bytes): the replay store refuses it.
+        replayed = shared.seal_as(LKA, [NPU], example("bulletin"), id=message_id)
+        shared.publish(
+            "ua.gateway", s.deliver_subject(NPU), [(f"{message_id}-replay", replayed.wire)]
+        )
 
         def rejected() -> list[dict[str, Any]]:
             return [e for e in shared.evidence(LKA, message_id) if e["kind"] == "rejected"]
 
         (evidence,) = wait_until(rejected, DELIVERY, what="rejected (replay) from ua.npu")
         assert (evidence["actor"], evidence["reason"]) == (NPU, "replay")
-        assert evidence["digest_matches"] is True  # the very bytes we sent
+        assert evidence["digest_matches"] is False  # not the bytes we sent
         assert shared.inbox_ids(NPU).count(message_id) == 1
         assert shared.delivered_log_count(NPU)[message_id] == 1
 
