@@ -177,6 +177,7 @@ def leaf_deny_imports(code: str) -> tuple[str, ...]:
         s.DELIVER_SUBJECTS,
         s.OUT_SUBJECTS,
         s.AUDIT_SUBJECTS,
+        s.KV_SUBJECTS,
         f"{s.INBOX_ROOT}.>",
     )
 
@@ -188,6 +189,7 @@ def leaf_deny_exports() -> tuple[str, ...]:
         s.DELIVER_SUBJECTS,
         s.OUT_SUBJECTS,
         s.AUDIT_SUBJECTS,
+        s.KV_SUBJECTS,
         f"{s.INBOX_ROOT}.>",
         "$JS.API.>",
         "$JS.ACK.>",

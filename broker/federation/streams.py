@@ -18,6 +18,7 @@ Per country (account ``CB``, docs/federation.md):
   subject (the gateway keeps the input and retries, so nothing is lost: the sender's backlog
   waits in ``SUBMIT``/``INBOX`` instead). Only subjects of agencies in the directory are
   ever published (gateways refuse unknown recipients).
+- ``CROSSINGS`` key-value bucket: what crossed the border, shared by the gateways.
 - ``AUDIT``    ``cb.audit.>``, signed audit checkpoints of the nodes, read by the gateway
   (durable ``gateway-audit``), kept without age limit (small; docs/data-protection.md).
 
@@ -39,12 +40,13 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     ExternalStream,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
     StreamSource,
 )
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
 from broker.errors import ConfigError
 from broker.federation import subjects as s
@@ -164,6 +166,27 @@ def audit_config() -> StreamConfig:
         deny_delete=True,
         deny_purge=True,
     )
+
+
+def crossings_config() -> KeyValueConfig:
+    """The ``CROSSINGS`` bucket (broker/gateway/crossings.py): file storage, one value per
+    key, records kept for the longest message lifetime plus a day."""
+    return KeyValueConfig(
+        bucket=s.CROSSINGS_BUCKET,
+        description="what crossed this country's border (gateways only; never content)",
+        history=1,
+        ttl=MAX_AGE_SECONDS + DAY,
+        storage=StorageType.FILE,
+        max_value_size=64 * 1024,
+    )
+
+
+async def ensure_crossings_bucket(js: JetStreamContext) -> None:
+    """Create the ``CROSSINGS`` bucket unless it exists."""
+    try:
+        await js.key_value(s.CROSSINGS_BUCKET)
+    except BucketNotFoundError:
+        await js.create_key_value(crossings_config())
 
 
 def _pull(durable: str, filter_subject: str | None, description: str) -> ConsumerConfig:
@@ -292,5 +315,6 @@ async def ensure_country_streams(js: JetStreamContext, country: CountryStreams) 
         await _ensure_stream(js, config)
     await _drop_legacy_submit_consumer(js)
     await _replace_legacy_inbox_consumer(js, country)
+    await ensure_crossings_bucket(js)
     for stream, consumer in consumer_configs(country):
         await ensure_consumer(js, stream, consumer)

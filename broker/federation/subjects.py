@@ -20,6 +20,10 @@ INBOX_STREAM: Final = "INBOX"
 DELIVER_STREAM: Final = "DELIVER"
 # Signed audit checkpoints of the country's nodes, kept by the gateway (docs/data-protection.md).
 AUDIT_STREAM: Final = "AUDIT"
+# Key-value bucket of what crossed the border, shared by the country's gateways
+# (broker/gateway/crossings.py); its subjects ``$KV.CROSSINGS.>`` never leave the country.
+CROSSINGS_BUCKET: Final = "CROSSINGS"
+KV_SUBJECTS: Final = "$KV.>"
 # Durable consumers of the border gateway (shared by all gateway instances of a country).
 # SUBMIT is read through one consumer per agency (gateway_submit_durable); "gateway" is the
 # single unfiltered consumer of earlier versions, removed by the stream setup (a work-queue

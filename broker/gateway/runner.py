@@ -43,6 +43,7 @@ from broker.federation import subjects
 from broker.federation.streams import ensure_consumer, submit_consumer
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
+from broker.gateway.crossings import SharedCrossings, open_bucket, referenced_ids
 from broker.gateway.fairness import TokenBucket
 from broker.gateway.observe import gateway_expiries, record_outcome
 from broker.gateway.quarantine import (
@@ -214,6 +215,7 @@ async def _pull_loop(
     bucket: TokenBucket | None = None,
     sender: str | None = None,
     setback: Setback | None = None,
+    crossings: SharedCrossings | None = None,
 ) -> None:
     """Fetch and settle batches from one durable until ``stop``. With a ``bucket`` (fair
     share), take only as many messages as the sender's tokens allow: the rest wait in the
@@ -255,6 +257,7 @@ async def _pull_loop(
             record=record,
             metrics=metrics,
             setback=setback,
+            crossings=crossings,
         )
 
 
@@ -352,6 +355,7 @@ async def _run_lanes(
     record: Callable[[str, Sequence[Outcome]], None] | None = None,
     metrics: GatewayMetrics | None = None,
     setback: Setback | None = None,
+    crossings: SharedCrossings | None = None,
 ) -> None:
     """One pull loop per lane (consumer) of ``stream``, each with its own token bucket (if
     any), so one sender's backlog or flood never delays another sender. Lanes that appear
@@ -383,6 +387,7 @@ async def _run_lanes(
                         bucket=bucket(),
                         sender=lane.sender,
                         setback=setback,
+                        crossings=crossings,
                     ),
                     name=f"{stream}-{lane.durable}",
                 )
@@ -414,6 +419,7 @@ async def _settle_batch(
     record: Callable[[str, Sequence[Outcome]], None] | None,
     metrics: GatewayMetrics | None,
     setback: Setback | None = None,
+    crossings: SharedCrossings | None = None,
 ) -> None:
     """Decide every message of one fetch, record the decisions (one audit commit), publish
     all their outputs concurrently, then ack each input whose outputs were all acknowledged.
@@ -426,6 +432,16 @@ async def _settle_batch(
     a publication NATS will never accept. Timeouts and an unavailable store are retried
     without a bound: they are not about one input."""
     setback = setback or Setback(None, clock=utc_now)
+    if crossings is not None:
+        # What the border rules will ask about (shared by the country's gateway instances).
+        try:
+            await crossings.prefetch(referenced_ids(msg.data for msg in batch))
+        except (NatsError, JetStreamError, TimeoutError) as exc:
+            for msg in batch:
+                await setback.failed(
+                    msg, exc, direction=direction, stream=stream, stage="crossings", permanent=False
+                )
+            return
     decided: list[tuple[Msg, Outcome, str | None]] = []
     for msg in batch:
         trace = from_headers(msg.headers)
@@ -469,6 +485,16 @@ async def _settle_batch(
             decided = kept
     if not decided:
         return
+    if crossings is not None:
+        # Written before anything is published, like the audit record.
+        try:
+            await crossings.record(outcome for _, outcome, _ in decided)
+        except (NatsError, JetStreamError, TimeoutError, RuntimeError) as exc:
+            for msg, _, _ in decided:
+                await setback.failed(
+                    msg, exc, direction=direction, stream=stream, stage="crossings", permanent=False
+                )
+            return
     results = await asyncio.gather(
         *(_publish_all(js, outcome.publishes, trace) for _, outcome, trace in decided),
         return_exceptions=True,
@@ -498,6 +524,7 @@ def _retrier(
     record: Callable[[str, Sequence[Outcome]], None],
     directory: Callable[[], Directory],
     clock: Callable[[], datetime],
+    crossings: SharedCrossings | None = None,
 ) -> Callable[[Item], Awaitable[None]]:
     """Settle one quarantined input an operator asked to retry, through the same steps as
     the loops (decide, record, publish; or keep a checkpoint). Raises if it fails again."""
@@ -513,9 +540,13 @@ def _retrier(
                 now=clock(),
             )
             return
+        if crossings is not None:
+            await crossings.prefetch(referenced_ids([item.data]))
         outcome = decide[item.direction](item.data, item.subject)
         _log_outcome(item.direction, outcome)
         record(item.direction, [outcome])
+        if crossings is not None:
+            await crossings.record([outcome])
         await _publish_all(js, outcome.publishes)
 
     return settle
@@ -606,8 +637,11 @@ async def run_gateway(
     metrics = GatewayMetrics(registry, country=country)
     build_info(registry, component="gateway", country=country)
     ledger = GatewayLedger(settings.store_path, agency=settings.agency)
+    # The border reads crossings shared by every gateway of the country (a JetStream bucket,
+    # attached once connected); the ledger keeps this instance's audit of them.
+    shared = SharedCrossings()
     border, holder, _policies = build_border(
-        settings, now=clock(), crossings=ledger, registry=registry
+        settings, now=clock(), crossings=shared, registry=registry
     )
     own = [("signing", read_certificate(settings.keys.signing_cert))]
     if settings.nats.cert_file is not None:
@@ -635,6 +669,7 @@ async def run_gateway(
         name=f"gateway {settings.agency}",
     )
     js = nc.jetstream()
+    shared.attach(await open_bucket(js))
     prefix = "cb.submit."
 
     def egress(data: bytes, subject: str) -> Outcome:
@@ -675,6 +710,7 @@ async def run_gateway(
                 record=record,
                 metrics=metrics,
                 setback=setback,
+                crossings=shared,
             )
         ),
         asyncio.create_task(
@@ -691,6 +727,7 @@ async def run_gateway(
                 record=record,
                 metrics=metrics,
                 setback=setback,
+                crossings=shared,
             )
         ),
         asyncio.create_task(
@@ -715,6 +752,7 @@ async def run_gateway(
                     record=record,
                     directory=lambda: holder.directory,
                     clock=clock,
+                    crossings=shared,
                 ),
                 stop=stop,
                 clock=clock,

@@ -577,5 +577,23 @@ class TestGatewaysSideBySide:
             assert len(inbox) == len(set(inbox)) == 3 * self.BATCH
             assert set(inbox) == alone | shared | late
             assert self._decided(fed, "gateway-ua") >= self.BATCH
+
+            # NPU's `delivered` evidence leaves through whichever instance takes it: each must
+            # know what the other let in (the crossings are shared through the country's
+            # JetStream bucket, not kept per instance), so none is refused as unknown.
+            def egress() -> list[dict[str, Any]]:
+                return [
+                    e
+                    for name in ("gateway-ua", "gateway-ua-2")
+                    for e in fed.log_events(name)
+                    if e.get("event") == "border_decision" and e.get("direction") == "egress"
+                ]
+
+            wait_until(
+                lambda: len(egress()) >= 3 * self.BATCH, self.TIMEOUT, what="evidence egress"
+            )
+            refused = [e for e in egress() if e.get("verdict") != "allow"]
+            assert refused == []
+            assert {e["rule_id"] for e in egress()} == {"ua.evidence"}
         finally:
             fed.close()
