@@ -459,11 +459,15 @@ def _verify_signature(
     except (UnicodeDecodeError, InvalidMessage) as exc:
         raise _invalid(f"directory is not a valid JWS: {exc}") from None
     if unverified.kid != root_kid(root_cert):
-        raise _invalid("directory is signed by another root than the pinned federation root")
+        wrong_root = _invalid("directory is signed by another root than the pinned root")
+        wrong_root.step = 3
+        raise wrong_root
     try:
         return jose.verify_compact(unverified, root_key, what="directory")
     except InvalidMessage:
-        raise _invalid("directory signature does not verify with the pinned root") from None
+        bad = _invalid("directory signature does not verify with the pinned root")
+        bad.step = 4
+        raise bad from None
 
 
 class Directory:
@@ -515,29 +519,44 @@ class Directory:
         ``min_serial``: the highest serial already accepted, to refuse a replayed older
         directory (DIRECTORY_STALE). See the module docstring for the failure model.
         """
+        step = 1  # the directory check in progress (docs/protocol.md section 9.3)
         try:
             validator = FederationValidator(root_cert, now=now)
         except InvalidMessage as exc:
-            raise _invalid(f"pinned root: {exc.detail}") from None
-        document = _parse_document(_verify_signature(signed, root_cert, validator.root_key))
-        if document.federation != validator.federation_id:
-            raise _invalid(f"directory is for federation {document.federation!r}")
-        if document.root_sha256 != root_fingerprint(root_cert):
-            raise _invalid("directory names another root certificate")
-        if document.next_update <= document.issued_at:
-            raise _invalid("directory next_update is not after issued_at")
-        if document.issued_at > now + CLOCK_SKEW:
-            raise _invalid("directory is issued in the future")
-        if now > document.next_update:
-            raise InvalidMessage(
-                Reason.DIRECTORY_STALE,
-                f"directory expired at {document.next_update.isoformat()}",
-            )
-        if document.serial < min_serial:
-            raise InvalidMessage(
-                Reason.DIRECTORY_STALE,
-                f"directory serial {document.serial} is older than {min_serial}",
-            )
+            exc = _invalid(f"pinned root: {exc.detail}")
+            exc.step = step
+            raise exc from None
+        try:
+            step = 2
+            signed_payload = _verify_signature(signed, root_cert, validator.root_key)
+            step = 5
+            document = _parse_document(signed_payload)
+            step = 6
+            if document.federation != validator.federation_id:
+                raise _invalid(f"directory is for federation {document.federation!r}")
+            if document.root_sha256 != root_fingerprint(root_cert):
+                raise _invalid("directory names another root certificate")
+            step = 7
+            if document.next_update <= document.issued_at:
+                raise _invalid("directory next_update is not after issued_at")
+            if document.issued_at > now + CLOCK_SKEW:
+                raise _invalid("directory is issued in the future")
+            step = 8
+            if now > document.next_update:
+                raise InvalidMessage(
+                    Reason.DIRECTORY_STALE,
+                    f"directory expired at {document.next_update.isoformat()}",
+                )
+            step = 9
+            if document.serial < min_serial:
+                raise InvalidMessage(
+                    Reason.DIRECTORY_STALE,
+                    f"directory serial {document.serial} is older than {min_serial}",
+                )
+        except InvalidMessage as exc:
+            if exc.step is None:
+                exc.step = step
+            raise
         return _Loader(validator, root_cert, document).build()
 
     # ---------------------------------------------------------- KeyResolver API
