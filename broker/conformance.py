@@ -195,8 +195,12 @@ def run(command: str, base: Path) -> Report:
 def table(report: Report) -> Iterator[str]:
     """The report as plain-text lines: the mismatch table, then the totals."""
     rows = [
-        (m.vector, m.field, json.dumps(m.expected, ensure_ascii=False)[:40],
-         json.dumps(m.got, ensure_ascii=False)[:40])
+        (
+            m.vector,
+            m.field,
+            json.dumps(m.expected, ensure_ascii=False)[:40],
+            json.dumps(m.got, ensure_ascii=False)[:40],
+        )
         for m in report.mismatches
     ]
     head = ("vector", "field", "expected", "got")

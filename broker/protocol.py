@@ -164,7 +164,7 @@ def seal(
     )
 
 
-def open(  # noqa: A001 - the protocol's verb; use as protocol.open
+def open(
     wire: bytes,
     *,
     recipient: RecipientIdentity,

@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--impl", metavar="CMD", help="command of the implementation under test")
-    mode.add_argument("--serve", action="store_true", help="answer requests on stdin (this project)")
+    mode.add_argument(
+        "--serve", action="store_true", help="answer requests on stdin (this project)"
+    )
     parser.add_argument(
         "--vectors",
         type=Path,

@@ -201,8 +201,10 @@ def _format_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _invalid(detail: str) -> InvalidMessage:
-    return InvalidMessage(Reason.DIRECTORY_INVALID, detail)
+def _invalid(detail: str, *, step: int | None = None) -> InvalidMessage:
+    exc = InvalidMessage(Reason.DIRECTORY_INVALID, detail)
+    exc.step = step  # the directory check (docs/protocol.md section 9.4), when known
+    return exc
 
 
 # ------------------------------------------------------------------------ build ---
@@ -459,15 +461,42 @@ def _verify_signature(
     except (UnicodeDecodeError, InvalidMessage) as exc:
         raise _invalid(f"directory is not a valid JWS: {exc}") from None
     if unverified.kid != root_kid(root_cert):
-        wrong_root = _invalid("directory is signed by another root than the pinned root")
-        wrong_root.step = 3
-        raise wrong_root
+        raise _invalid("directory is signed by another root than the pinned root", step=3)
     try:
         return jose.verify_compact(unverified, root_key, what="directory")
     except InvalidMessage:
-        bad = _invalid("directory signature does not verify with the pinned root")
-        bad.step = 4
-        raise bad from None
+        raise _invalid("directory signature does not verify with the pinned root", step=4) from None
+
+
+def _check_document(
+    document: _Document,
+    validator: FederationValidator,
+    root_cert: x509.Certificate,
+    *,
+    now: datetime,
+    min_serial: int,
+) -> None:
+    """Directory checks 6-9 (section 9.4): federation and root, times, freshness, serial."""
+    if document.federation != validator.federation_id:
+        raise _invalid(f"directory is for federation {document.federation!r}", step=6)
+    if document.root_sha256 != root_fingerprint(root_cert):
+        raise _invalid("directory names another root certificate", step=6)
+    if document.next_update <= document.issued_at:
+        raise _invalid("directory next_update is not after issued_at", step=7)
+    if document.issued_at > now + CLOCK_SKEW:
+        raise _invalid("directory is issued in the future", step=7)
+    if now > document.next_update:
+        stale = InvalidMessage(
+            Reason.DIRECTORY_STALE, f"directory expired at {document.next_update.isoformat()}"
+        )
+        stale.step = 8
+        raise stale
+    if document.serial < min_serial:
+        older = InvalidMessage(
+            Reason.DIRECTORY_STALE, f"directory serial {document.serial} is older than {min_serial}"
+        )
+        older.step = 9
+        raise older
 
 
 class Directory:
@@ -519,44 +548,21 @@ class Directory:
         ``min_serial``: the highest serial already accepted, to refuse a replayed older
         directory (DIRECTORY_STALE). See the module docstring for the failure model.
         """
-        step = 1  # the directory check in progress (docs/protocol.md section 9.3)
         try:
             validator = FederationValidator(root_cert, now=now)
         except InvalidMessage as exc:
-            exc = _invalid(f"pinned root: {exc.detail}")
-            exc.step = step
-            raise exc from None
+            raise _invalid(f"pinned root: {exc.detail}", step=1) from None
         try:
-            step = 2
-            signed_payload = _verify_signature(signed, root_cert, validator.root_key)
-            step = 5
-            document = _parse_document(signed_payload)
-            step = 6
-            if document.federation != validator.federation_id:
-                raise _invalid(f"directory is for federation {document.federation!r}")
-            if document.root_sha256 != root_fingerprint(root_cert):
-                raise _invalid("directory names another root certificate")
-            step = 7
-            if document.next_update <= document.issued_at:
-                raise _invalid("directory next_update is not after issued_at")
-            if document.issued_at > now + CLOCK_SKEW:
-                raise _invalid("directory is issued in the future")
-            step = 8
-            if now > document.next_update:
-                raise InvalidMessage(
-                    Reason.DIRECTORY_STALE,
-                    f"directory expired at {document.next_update.isoformat()}",
-                )
-            step = 9
-            if document.serial < min_serial:
-                raise InvalidMessage(
-                    Reason.DIRECTORY_STALE,
-                    f"directory serial {document.serial} is older than {min_serial}",
-                )
+            payload = _verify_signature(signed, root_cert, validator.root_key)
         except InvalidMessage as exc:
-            if exc.step is None:
-                exc.step = step
+            exc.step = exc.step or 2
             raise
+        try:
+            document = _parse_document(payload)
+        except InvalidMessage as exc:
+            exc.step = 5
+            raise
+        _check_document(document, validator, root_cert, now=now, min_serial=min_serial)
         return _Loader(validator, root_cert, document).build()
 
     # ---------------------------------------------------------- KeyResolver API

@@ -57,10 +57,10 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from itertools import islice
 from pathlib import Path
 from types import MappingProxyType

@@ -1,4 +1,4 @@
-"""casebridge message seal|open|verify-routing|inspect with the conformance vectors' TEST-ONLY PKI."""
+"""casebridge message seal|open|verify-routing|inspect, with the conformance TEST-ONLY PKI."""
 
 from __future__ import annotations
 
@@ -64,7 +64,9 @@ def wire(files: dict[str, Path]) -> bytes:
 
 
 class TestMessageCli:
-    def test_sealed_message_opens_for_its_recipient(self, files: dict[str, Path], wire: bytes) -> None:
+    def test_sealed_message_opens_for_its_recipient(
+        self, files: dict[str, Path], wire: bytes
+    ) -> None:
         """seal then open (wire on stdin): accepted with the header, body and digest as JSON."""
         done = _run(
             "open", "-", *_trust(files), "--agency", "nl.politie-nec",
@@ -113,7 +115,9 @@ class TestMessageCli:
         shown = json.loads(done.stdout)
         assert shown["verified"] is False
         assert shown["unverified_header"]["sender"]["agency"] == "de.lka-berlin"
-        assert shown["unverified_recipient_kids"] == [PKI["agencies"]["nl.politie-nec"]["agreement_kid"]]
+        assert shown["unverified_recipient_kids"] == [
+            PKI["agencies"]["nl.politie-nec"]["agreement_kid"]
+        ]
 
     def test_local_problem_exits_2(self, files: dict[str, Path], tmp_path: Path) -> None:
         """A directory that does not load is a local problem: exit 2 with its reason."""

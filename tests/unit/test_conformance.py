@@ -48,7 +48,9 @@ def _core(doc: dict[str, Any]) -> dict[str, Any]:
         directory = Directory.load(
             signed,
             root_cert=ROOT_CERT,
-            now=now if doc["role"] == "directory" else _time(doc.get("directory_loaded_at", doc["now"])),
+            now=now
+            if doc["role"] == "directory"
+            else _time(doc.get("directory_loaded_at", doc["now"])),
             min_serial=doc.get("min_serial", 0),
         )
         if doc["role"] == "directory":
@@ -120,7 +122,9 @@ class TestVectorSet:
 
     def test_accepted_vectors_cover_task_forces_evidence_and_non_ascii(self) -> None:
         """Accepted vectors include a 3-recipient task force, evidence and non-ASCII text."""
-        accepted = [v for v in VECTORS if v.expect["outcome"] == "accepted" and "header" in v.expect]
+        accepted = [
+            v for v in VECTORS if v.expect["outcome"] == "accepted" and "header" in v.expect
+        ]
         assert any(
             v.expect["header"]["task_force"] and len(v.expect["header"]["recipients"]) == 3
             for v in accepted
@@ -175,7 +179,8 @@ class TestRunner:
         liar.write_text(
             "import sys, json\n"
             "for line in sys.stdin:\n"
-            "    print(json.dumps({'outcome': 'accepted', 'reason': None, 'step': None}), flush=True)\n"
+            "    answer = {'outcome': 'accepted', 'reason': None, 'step': None}\n"
+            "    print(json.dumps(answer), flush=True)\n"
         )
         done = self._cli("conformance", "--impl", f"{sys.executable} {liar}")
         assert done.returncode == 1

@@ -29,7 +29,9 @@ def test_package_list_matches_the_source_tree() -> None:
 
 def test_registry_loads_from_another_working_directory(tmp_path: Path) -> None:
     """SchemaRegistry.load() does not depend on the current directory."""
-    code = "from broker.core.schemas import SchemaRegistry; print(len(SchemaRegistry.load().types()))"
+    code = (
+        "from broker.core.schemas import SchemaRegistry; print(len(SchemaRegistry.load().types()))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "CASEBRIDGE_SCHEMAS"}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
@@ -54,7 +56,8 @@ def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> Non
     assert "broker/schemas/examples/bulletin.json" in names
     site = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
+         str(wheel)],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr

@@ -21,7 +21,6 @@ from tests.vectors.conformance.generate import (
     Gen,
     _b64j,
     _example,
-    _swap_outer_header,
     wire_of,
 )
 from tests.vectors.conformance.material import DIRECTORY_NEXT, NOW, SERIAL
@@ -225,7 +224,9 @@ def wire_and_outer(g: Gen) -> None:
         2,
         "malformed",
     )
-    refused("wire-bom", "A byte-order mark before the object.", b"\xef\xbb\xbf" + good, 2, "malformed")
+    refused(
+        "wire-bom", "A byte-order mark before the object.", b"\xef\xbb\xbf" + good, 2, "malformed"
+    )
     refused(
         "wire-invalid-utf8",
         "Invalid UTF-8 inside a string.",
@@ -248,7 +249,11 @@ def wire_and_outer(g: Gen) -> None:
         "malformed",
     )
     refused(
-        "wire-version-true", "v is JSON true, not 1.", wire_of(obj["outer"], obj["jwe"], v=True), 2, "malformed"
+        "wire-version-true",
+        "v is JSON true, not 1.",
+        wire_of(obj["outer"], obj["jwe"], v=True),
+        2,
+        "malformed",
     )
     refused(
         "wire-extra-member",
@@ -330,7 +335,10 @@ def wire_and_outer(g: Gen) -> None:
         "outer-alg-hs256",
         "alg HS256.",
         g.seal(
-            h, body, name="outer-hs", outer_jws_header={"alg": "HS256", "kid": kid, "typ": OUTER_TYP}
+            h,
+            body,
+            name="outer-hs",
+            outer_jws_header={"alg": "HS256", "kid": kid, "typ": OUTER_TYP},
         ),
         4,
         "alg_not_allowed",
@@ -358,7 +366,10 @@ def wire_and_outer(g: Gen) -> None:
         "outer-wrong-typ",
         "OUTER typ is the inner typ.",
         g.seal(
-            h, body, name="outer-typ", outer_jws_header={"alg": "ES256", "kid": kid, "typ": INNER_TYP}
+            h,
+            body,
+            name="outer-typ",
+            outer_jws_header={"alg": "ES256", "kid": kid, "typ": INNER_TYP},
         ),
         4,
         "malformed",
@@ -408,7 +419,9 @@ def wire_and_outer(g: Gen) -> None:
 def sender_trust(g: Gen) -> None:
     body = _example("bulletin")
 
-    def msg(n: int, sender: str, recipients: tuple[str, ...] = (NL,)) -> tuple[dict[str, Any], bytes]:
+    def msg(
+        n: int, sender: str, recipients: tuple[str, ...] = (NL,)
+    ) -> tuple[dict[str, Any], bytes]:
         h = g.header(n, "bulletin", recipients, body, sender=sender)
         return h, g.seal(h, body, name=f"sender-{n}")
 
@@ -519,7 +532,7 @@ def header_and_addressing(g: Gen) -> None:
         '"J"', json.dumps(ok_payload["jwe_sha256"])
     )
     agency = g.m.agency(DE)
-    from tests.vectors.conformance.generate import jws  # noqa: PLC0415
+    from tests.vectors.conformance.generate import jws
 
     outer = jws(
         {"alg": "ES256", "kid": agency.signing_kid, "typ": OUTER_TYP},
@@ -539,7 +552,14 @@ def header_and_addressing(g: Gen) -> None:
     g.write(
         "payload-lone-surrogate",
         "A signed header field holds a lone surrogate escape (\\ud800).",
-        wire=wire_of(jws({"alg": "ES256", "kid": agency.signing_kid, "typ": OUTER_TYP}, lone, agency.signing.key), ok["jwe"]),
+        wire=wire_of(
+            jws(
+                {"alg": "ES256", "kid": agency.signing_kid, "typ": OUTER_TYP},
+                lone,
+                agency.signing.key,
+            ),
+            ok["jwe"],
+        ),
         step=7,
         reason="malformed",
     )
@@ -956,7 +976,8 @@ def recipient_steps(g: Gen) -> None:
     h_lie = g.header(64, "request.assistance", (NL,), request, categories=[])
     g.write(
         "category-undeclared",
-        "The body holds categories the header does not declare (no recipient policy: honesty only).",
+        "The body holds categories the header does not declare "
+        "(no recipient policy: honesty only).",
         wire=g.seal(h_lie, request, name="lie"),
         step=18,
         reason="category_undeclared",
@@ -974,7 +995,9 @@ def recipient_steps(g: Gen) -> None:
 
 
 def directory_checks(g: Gen) -> None:
-    def load(name: str, description: str, directory: str, step: int | None, reason: str | None, **kw: Any) -> None:
+    def load(
+        name: str, description: str, directory: str, step: int | None, reason: str | None, **kw: Any
+    ) -> None:
         g.write(
             name,
             description,

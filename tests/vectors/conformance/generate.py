@@ -19,7 +19,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives import hashes
@@ -32,7 +31,6 @@ from broker.core.header import Header
 from broker.core.schemas import SchemaRegistry
 from tests.vectors.conformance.material import (
     DIRECTORY_ISSUED,
-    DIRECTORY_NEXT,
     FED,
     HERE,
     NOW,
@@ -242,11 +240,12 @@ class Gen:
             doc["policy"] = policy
         if wire is not None:
             try:
-                text = wire.decode("utf-8")
-                if "\ufeff" in text:
-                    raise UnicodeDecodeError("utf-8", wire, 0, 1, "BOM kept as bytes")
-                doc["wire"] = text
+                text: str | None = wire.decode("utf-8")
             except UnicodeDecodeError:
+                text = None
+            if text is not None and "\ufeff" not in text:
+                doc["wire"] = text
+            else:  # not UTF-8, or a BOM a text editor would hide: exact bytes in base64
                 doc["wire_b64"] = base64.b64encode(wire).decode("ascii")
         (VECTORS / file_name).write_text(
             json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -286,7 +285,7 @@ def directories(m: Material, *, fresh: bool) -> None:
     """The signed directories the vectors refer to (kept once written, like the PKI)."""
     DIRECTORIES.mkdir(exist_ok=True)
     wanted: dict[str, Callable[[], bytes]] = {
-        "current.jws": lambda: m.sign_directory(),
+        "current.jws": m.sign_directory,
         "serial-6.jws": lambda: m.sign_directory(
             serial=SERIAL - 1, issued_at=DIRECTORY_ISSUED - timedelta(days=1)
         ),
@@ -311,7 +310,7 @@ def directories(m: Material, *, fresh: bool) -> None:
     raw = bytearray(jose.b64url_decode(sig, what="sig"))
     raw[5] ^= 1
     (DIRECTORIES / "not-a-jws.jws").write_text('{"v": 1}\n')
-    (DIRECTORIES / "bad-signature.jws").write_text(f"{head}.{payload}.{jose.b64url_encode(raw)}")
+    (DIRECTORIES / "bad-signature.jws").write_text(f"{head}.{payload}.{jose.b64url_encode(bytes(raw))}")
     doc = json.loads(jose.b64url_decode(payload, what="payload"))
     del doc["task_forces"]
     (DIRECTORIES / "missing-member.jws").write_text(
@@ -334,7 +333,7 @@ def main(argv: list[str]) -> None:
     for old in VECTORS.glob("*.json"):
         old.unlink()
     g = Gen(m=m, registry=SchemaRegistry.load())
-    from tests.vectors.conformance import cases  # noqa: PLC0415 - after the material exists
+    from tests.vectors.conformance import cases
 
     cases.write_all(g)
     print(f"wrote {len(g.written)} conformance vectors to {VECTORS}")

@@ -52,7 +52,11 @@ REVOKED: Final = ("nl.revoked-unit",)
 # Listed in the directory with certificates from a CA outside the federation.
 ROGUE: Final = ("de.rogue", "law_enforcement", "Rogue unit")
 TASK_FORCES: Final = (
-    ("tf.eastern-route", "Eastern route", ("de.lka-berlin", "nl.comensha", "nl.politie-nec", "ua.npu-ctd")),
+    (
+        "tf.eastern-route",
+        "Eastern route",
+        ("de.lka-berlin", "nl.comensha", "nl.politie-nec", "ua.npu-ctd"),
+    ),
     ("tf.nl-ua", "NL-UA bilateral", ("nl.politie-nec", "ua.npu-ctd")),
 )
 
@@ -142,9 +146,7 @@ class Material:
                 if a.agency_id in REVOKED and a.agency_id[:2].upper() == code
             ]
             until = (crl_next_update or {}).get(code, next_update)
-            crl = pki.build_crl(
-                ca.key, ca.cert, revoked, issued_at, until, number=serial
-            )
+            crl = pki.build_crl(ca.key, ca.cert, revoked, issued_at, until, number=serial)
             countries.append(CountryEntry(code=code, name=name, eu=eu, ca_cert=ca.cert, crl=crl))
         return build_directory(
             root=root or self.root,
