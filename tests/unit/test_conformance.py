@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -145,6 +146,34 @@ class TestVectorSet:
                 der = base64.b64decode(entry[usage]["cert"])
                 thumb = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=")
                 assert entry[f"{usage}_kid"] == f"{agency_id}#{thumb.decode()}"
+
+
+def _documented_checks(heading: str) -> set[tuple[int, str]]:
+    """(step, reason) pairs of a check table of docs/protocol.md (the one after ``heading``)."""
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    blocks = text[text.index(heading) :].split("\n\n")
+    table = next(b for b in blocks if b.startswith("|"))
+    pairs: set[tuple[int, str]] = set()
+    step = 0
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0].isdigit():
+            step = int(cells[0])
+        pairs.update((step, code) for code in re.findall(r"`([a-z_]+)`", cells[-1]))
+    return pairs
+
+
+def test_every_vector_matches_a_documented_check() -> None:
+    """Each refused vector's (step, reason) is a row of the check tables in docs/protocol.md."""
+    receiving = _documented_checks("### 6.1 The check table")
+    directory = _documented_checks("### 9.4 Loading a directory")
+    for v in VECTORS:
+        if v.expect["outcome"] == "refused":
+            table = directory if v.doc["role"] == "directory" else receiving
+            pair = (v.expect["step"], v.expect["reason"])
+            # Check 16.1 repeats the checks of steps 3 and 4 on INNER, with their reasons.
+            inner_jws = pair[0] == 16 and {(3, pair[1]), (4, pair[1])} & table
+            assert pair in table or inner_jws, (v.name, pair)
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v.name)

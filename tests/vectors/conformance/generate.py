@@ -310,7 +310,8 @@ def directories(m: Material, *, fresh: bool) -> None:
     raw = bytearray(jose.b64url_decode(sig, what="sig"))
     raw[5] ^= 1
     (DIRECTORIES / "not-a-jws.jws").write_text('{"v": 1}\n')
-    (DIRECTORIES / "bad-signature.jws").write_text(f"{head}.{payload}.{jose.b64url_encode(bytes(raw))}")
+    flipped = jose.b64url_encode(bytes(raw))
+    (DIRECTORIES / "bad-signature.jws").write_text(f"{head}.{payload}.{flipped}")
     doc = json.loads(jose.b64url_decode(payload, what="payload"))
     del doc["task_forces"]
     (DIRECTORIES / "missing-member.jws").write_text(
