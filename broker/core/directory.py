@@ -7,8 +7,9 @@ the signature with the *pinned* root certificate (never with a key from the docu
 freshness, validates every country CA, CRL and agency certificate, and builds O(1) lookup
 tables. :class:`Directory` implements :class:`broker.core.trust.KeyResolver`.
 
-Document (canonical JSON, see ``broker.core.canonical``; times are RFC 3339 UTC, whole seconds,
-``Z`` suffix; certificates and CRLs are standard base64 of DER; lists are sorted by id)::
+Document (specified in docs/protocol.md section 9, with the load checks in order; canonical
+JSON, see ``broker.core.canonical``; times are RFC 3339 UTC, whole seconds, ``Z`` suffix;
+certificates and CRLs are standard base64 of DER; lists are sorted by id)::
 
     {
       "v": 1,
@@ -30,7 +31,8 @@ shape, duplicates) refuses it with ``InvalidMessage(DIRECTORY_INVALID)``; past `
 (or older than a serial already seen) with ``DIRECTORY_STALE``. One bad country or agency
 entry does not take the federation down: it is skipped, recorded in :attr:`Directory.problems`,
 and every lookup of it fails closed with the recorded reason. Revoked agencies are kept only to
-answer ``SENDER_REVOKED``.
+answer ``SENDER_REVOKED``. A refusal of :meth:`Directory.load` carries the number of the check
+that failed (``exc.step``, 1-9 of docs/protocol.md section 9.4).
 
 Sans-io: no clock (``now`` is passed in), no files, no network.
 """

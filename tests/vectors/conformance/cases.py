@@ -214,8 +214,20 @@ def wire_and_outer(g: Gen) -> None:
     def refused(name: str, description: str, wire: bytes, step: int, reason: str) -> None:
         g.write(name, description, wire=wire, step=step, reason=reason)
 
-    big = good[:-1] + b"," + b'"pad":"' + b"x" * (MIB - len(good)) + b'"}'
-    refused("too-large", "One byte over 1 MiB is refused before parsing.", big, 1, "too_large")
+    def padded(size: int) -> bytes:
+        head = good[:-1] + b',"pad":"'
+        return head + b"x" * (size - len(head) - 2) + b'"}'
+
+    refused(
+        "too-large", "1 MiB + 1 byte is refused before parsing.", padded(MIB + 1), 1, "too_large"
+    )
+    refused(
+        "size-exactly-1-mib",
+        "Exactly 1 MiB passes step 1 (and is refused at step 2 for its extra member).",
+        padded(MIB),
+        2,
+        "malformed",
+    )
     refused("wire-not-json", "Not JSON.", b"casebridge", 2, "malformed")
     refused(
         "wire-duplicate-member",
