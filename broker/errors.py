@@ -84,6 +84,9 @@ class CasebridgeError(Exception):
     """Base of every Casebridge error: a stable reason code plus a human-readable detail."""
 
     http_status: int = 500
+    # The receiving step (docs/protocol.md section 6) at which a message was refused; set by
+    # broker.core.envelope for refusals of a sealed message, None elsewhere.
+    step: int | None = None
 
     def __init__(self, reason: Reason, detail: str = "") -> None:
         self.reason = reason

@@ -7,8 +7,9 @@ the signature with the *pinned* root certificate (never with a key from the docu
 freshness, validates every country CA, CRL and agency certificate, and builds O(1) lookup
 tables. :class:`Directory` implements :class:`broker.core.trust.KeyResolver`.
 
-Document (canonical JSON, see ``broker.core.canonical``; times are RFC 3339 UTC, whole seconds,
-``Z`` suffix; certificates and CRLs are standard base64 of DER; lists are sorted by id)::
+Document (specified in docs/protocol.md section 9, with the load checks in order; canonical
+JSON, see ``broker.core.canonical``; times are RFC 3339 UTC, whole seconds, ``Z`` suffix;
+certificates and CRLs are standard base64 of DER; lists are sorted by id)::
 
     {
       "v": 1,
@@ -30,7 +31,8 @@ shape, duplicates) refuses it with ``InvalidMessage(DIRECTORY_INVALID)``; past `
 (or older than a serial already seen) with ``DIRECTORY_STALE``. One bad country or agency
 entry does not take the federation down: it is skipped, recorded in :attr:`Directory.problems`,
 and every lookup of it fails closed with the recorded reason. Revoked agencies are kept only to
-answer ``SENDER_REVOKED``.
+answer ``SENDER_REVOKED``. A refusal of :meth:`Directory.load` carries the number of the check
+that failed (``exc.step``, 1-9 of docs/protocol.md section 9.4).
 
 Sans-io: no clock (``now`` is passed in), no files, no network.
 """
@@ -201,8 +203,10 @@ def _format_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _invalid(detail: str) -> InvalidMessage:
-    return InvalidMessage(Reason.DIRECTORY_INVALID, detail)
+def _invalid(detail: str, *, step: int | None = None) -> InvalidMessage:
+    exc = InvalidMessage(Reason.DIRECTORY_INVALID, detail)
+    exc.step = step  # the directory check (docs/protocol.md section 9.4), when known
+    return exc
 
 
 # ------------------------------------------------------------------------ build ---
@@ -459,11 +463,42 @@ def _verify_signature(
     except (UnicodeDecodeError, InvalidMessage) as exc:
         raise _invalid(f"directory is not a valid JWS: {exc}") from None
     if unverified.kid != root_kid(root_cert):
-        raise _invalid("directory is signed by another root than the pinned federation root")
+        raise _invalid("directory is signed by another root than the pinned root", step=3)
     try:
         return jose.verify_compact(unverified, root_key, what="directory")
     except InvalidMessage:
-        raise _invalid("directory signature does not verify with the pinned root") from None
+        raise _invalid("directory signature does not verify with the pinned root", step=4) from None
+
+
+def _check_document(
+    document: _Document,
+    validator: FederationValidator,
+    root_cert: x509.Certificate,
+    *,
+    now: datetime,
+    min_serial: int,
+) -> None:
+    """Directory checks 6-9 (section 9.4): federation and root, times, freshness, serial."""
+    if document.federation != validator.federation_id:
+        raise _invalid(f"directory is for federation {document.federation!r}", step=6)
+    if document.root_sha256 != root_fingerprint(root_cert):
+        raise _invalid("directory names another root certificate", step=6)
+    if document.next_update <= document.issued_at:
+        raise _invalid("directory next_update is not after issued_at", step=7)
+    if document.issued_at > now + CLOCK_SKEW:
+        raise _invalid("directory is issued in the future", step=7)
+    if now > document.next_update:
+        stale = InvalidMessage(
+            Reason.DIRECTORY_STALE, f"directory expired at {document.next_update.isoformat()}"
+        )
+        stale.step = 8
+        raise stale
+    if document.serial < min_serial:
+        older = InvalidMessage(
+            Reason.DIRECTORY_STALE, f"directory serial {document.serial} is older than {min_serial}"
+        )
+        older.step = 9
+        raise older
 
 
 class Directory:
@@ -518,26 +553,18 @@ class Directory:
         try:
             validator = FederationValidator(root_cert, now=now)
         except InvalidMessage as exc:
-            raise _invalid(f"pinned root: {exc.detail}") from None
-        document = _parse_document(_verify_signature(signed, root_cert, validator.root_key))
-        if document.federation != validator.federation_id:
-            raise _invalid(f"directory is for federation {document.federation!r}")
-        if document.root_sha256 != root_fingerprint(root_cert):
-            raise _invalid("directory names another root certificate")
-        if document.next_update <= document.issued_at:
-            raise _invalid("directory next_update is not after issued_at")
-        if document.issued_at > now + CLOCK_SKEW:
-            raise _invalid("directory is issued in the future")
-        if now > document.next_update:
-            raise InvalidMessage(
-                Reason.DIRECTORY_STALE,
-                f"directory expired at {document.next_update.isoformat()}",
-            )
-        if document.serial < min_serial:
-            raise InvalidMessage(
-                Reason.DIRECTORY_STALE,
-                f"directory serial {document.serial} is older than {min_serial}",
-            )
+            raise _invalid(f"pinned root: {exc.detail}", step=1) from None
+        try:
+            payload = _verify_signature(signed, root_cert, validator.root_key)
+        except InvalidMessage as exc:
+            exc.step = exc.step or 2
+            raise
+        try:
+            document = _parse_document(payload)
+        except InvalidMessage as exc:
+            exc.step = 5
+            raise
+        _check_document(document, validator, root_cert, now=now, min_serial=min_serial)
         return _Loader(validator, root_cert, document).build()
 
     # ---------------------------------------------------------- KeyResolver API

@@ -242,14 +242,38 @@ def check_addressing(
     return tuple(found)
 
 
+class _Step:
+    """The receiving step in progress (docs/protocol.md section 6), stamped on a refusal."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 1
+
+
+def _stamp(exc: CasebridgeError, at: _Step) -> None:
+    if exc.step is None:
+        exc.step = at.n
+
+
 def _routing(
-    wire: bytes, *, resolver: KeyResolver, now: datetime, limits: Limits
+    wire: bytes, *, resolver: KeyResolver, now: datetime, limits: Limits, at: _Step
 ) -> tuple[RoutedMessage, jose.UnverifiedJWE, Any]:
+    at.n = 1
+    if len(wire) > limits.max_bytes:
+        raise InvalidMessage(Reason.TOO_LARGE, f"{len(wire)} bytes > {limits.max_bytes}")
+    at.n = 2
     unverified_outer, unverified_jwe = _unverified_wire(wire, limits)
-    parsed = jose.parse_compact(unverified_outer, typ=OUTER_TYP, what="outer JWS")
+    at.n = 3
+    split = jose.split_compact(unverified_outer, what="outer JWS")
+    at.n = 4
+    parsed = jose.finish_compact(split, typ=OUTER_TYP, what="outer JWS")
     _require_canonical(parsed.header, parsed.header_bytes, "outer JWS header")
+    at.n = 5
     sender = resolver.signing_key(parsed.kid, now=now)
+    at.n = 6
     outer_bytes = jose.verify_compact(parsed, sender.signing_key, what="outer JWS")
+    at.n = 7
     outer_payload = canonical.loads_strict(
         outer_bytes,
         what="outer payload",
@@ -261,12 +285,16 @@ def _routing(
         )
     _require_canonical(outer_payload, outer_bytes, "outer payload")
     header = parse_header(outer_payload["header"])
+    at.n = 8
     if header.fed != resolver.federation_id:
         raise InvalidMessage(Reason.FOREIGN_FEDERATION, f"message is for federation {header.fed!r}")
+    at.n = 9
     if header.sender != sender.agency_id:
         raise InvalidMessage(Reason.SENDER_MISMATCH, "outer signer is not header.sender")
     recipients = check_addressing(header, resolver=resolver, now=now)
+    at.n = 10
     _check_time(header, now, limits)
+    at.n = 11
     jwe_sha256 = outer_payload["jwe_sha256"]
     commitment = outer_payload["commitment"]
     for name, value in (("jwe_sha256", jwe_sha256), ("commitment", commitment)):
@@ -294,8 +322,15 @@ def verify_routing(
 ) -> RoutedMessage:
     """Gateway check of the outer layer (steps 1-11): size, format and canonical forms,
     allowlists, sender trust, signature, header, federation, addressing against the directory,
-    time window, and that the JWE is the one the sender signed and well-formed."""
-    routed, _, _ = _routing(wire, resolver=resolver, now=now, limits=limits)
+    time window, and that the JWE is the one the sender signed and well-formed.
+
+    A refusal carries the step (1-11) that failed in ``exc.step``."""
+    at = _Step()
+    try:
+        routed, _, _ = _routing(wire, resolver=resolver, now=now, limits=limits, at=at)
+    except CasebridgeError as exc:
+        _stamp(exc, at)
+        raise
     return routed
 
 
@@ -313,19 +348,57 @@ def open_message(
     """Recipient side: every check of docs/protocol.md section 6, in that order.
 
     ``admit`` is step 18 (recipient policy and honesty): it raises to refuse. It runs before the
-    id is recorded, so a refused message is never remembered as accepted.
+    id is recorded, so a refused message is never remembered as accepted. A refusal carries
+    the step (1-19) that failed in ``exc.step``.
     """
-    routed, jwe, outer_header_json = _routing(wire, resolver=resolver, now=now, limits=limits)
+    at = _Step()
+    try:
+        return _open(
+            wire,
+            recipient=recipient,
+            resolver=resolver,
+            replay=replay,
+            validator=validator,
+            now=now,
+            limits=limits,
+            admit=admit,
+            at=at,
+        )
+    except CasebridgeError as exc:
+        _stamp(exc, at)
+        raise
+
+
+def _open(
+    wire: bytes,
+    *,
+    recipient: RecipientIdentity,
+    resolver: KeyResolver,
+    replay: ReplayStore,
+    validator: BodyValidator,
+    now: datetime,
+    limits: Limits,
+    admit: Callable[[OpenedMessage], None] | None,
+    at: _Step,
+) -> OpenedMessage:
+    routed, jwe, outer_header_json = _routing(
+        wire, resolver=resolver, now=now, limits=limits, at=at
+    )
     header = routed.header
+    at.n = 12
     if recipient.agency_id not in header.recipients:
         raise InvalidMessage(Reason.NOT_ADDRESSED, f"{recipient.agency_id} is not a recipient")
+    at.n = 13
     if replay.seen(header.id, now=now):
         raise InvalidMessage(Reason.REPLAY, f"message {header.id} was already accepted")
+    at.n = 14
     inner = jose.decrypt_parsed(jwe, kid=recipient.agreement_kid, key=recipient.agreement_key)
+    at.n = 15
     if _digest_b64(inner) != routed.commitment:
         raise InvalidMessage(
             Reason.COMMITMENT_MISMATCH, "decrypted content is not the committed one"
         )
+    at.n = 16
     parsed_inner = jose.parse_compact(
         inner.decode("ascii", errors="replace"), typ=INNER_TYP, what="inner JWS"
     )
@@ -345,10 +418,13 @@ def open_message(
     body = inner_payload["body"]
     if not isinstance(body, dict):
         raise InvalidMessage(Reason.MALFORMED, "body must be a JSON object")
+    at.n = 17
     validator.validate(header.type, header.type_version, body)
     opened = OpenedMessage(header=header, body=body, routed=routed)
+    at.n = 18
     if admit is not None:
         admit(opened)
+    at.n = 19
     if not replay.remember(
         header.id, expires_at=header.exp + int(limits.clock_skew.total_seconds()), now=now
     ):

@@ -159,8 +159,19 @@ def sign_compact(payload: bytes, key: ec.EllipticCurvePrivateKey, *, kid: str, t
     return f"{signing_input}.{b64url_encode(_low_s(signature))}"
 
 
-def parse_compact(token: str, *, typ: str, what: str) -> UnverifiedJWS:
-    """Split a compact JWS and check its protected header against the allowlist."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SplitJWS:
+    """A compact JWS split, its header decoded (strict JSON object, no dangerous member)."""
+
+    token: str
+    parts: tuple[str, str, str]
+    header: Mapping[str, Any]
+    header_bytes: bytes
+
+
+def split_compact(token: str, *, what: str) -> SplitJWS:
+    """First half of :func:`parse_compact` (protocol step 3 for OUTER): three parts, the header
+    base64url and a strict JSON object, no member that names or carries a key, not a JWE."""
     if not isinstance(token, str) or not token.isascii():
         raise InvalidMessage(Reason.MALFORMED, f"{what} is not a compact JWS")
     parts = token.split(".")
@@ -171,19 +182,37 @@ def parse_compact(token: str, *, typ: str, what: str) -> UnverifiedJWS:
     header = canonical.loads_strict(header_bytes, what=f"{what} header", max_depth=None)
     if not isinstance(header, dict):
         raise InvalidMessage(Reason.MALFORMED, f"{what} header is not an object")
-    check_jws_header(header, typ=typ, what=what)
-    payload = b64url_decode(parts[1], what=f"{what} payload")
-    signature = b64url_decode(parts[2], what=f"{what} signature")
+    dangerous = sorted(DANGEROUS_MEMBERS & set(header))
+    if dangerous:
+        raise InvalidMessage(Reason.FORBIDDEN_HEADER, f"{what} header has {dangerous}")
+    if "enc" in header:
+        raise InvalidMessage(Reason.MALFORMED, f"{what} is a JWE, a JWS was expected")
+    return SplitJWS(
+        token=token, parts=(parts[0], parts[1], parts[2]), header=header, header_bytes=header_bytes
+    )
+
+
+def finish_compact(split: SplitJWS, *, typ: str, what: str) -> UnverifiedJWS:
+    """Second half of :func:`parse_compact` (step 4 for OUTER): the header allowlist, payload
+    and signature base64url, a 64-byte low-S signature."""
+    check_jws_header(split.header, typ=typ, what=what)
+    payload = b64url_decode(split.parts[1], what=f"{what} payload")
+    signature = b64url_decode(split.parts[2], what=f"{what} signature")
     if len(signature) != 64 or int.from_bytes(signature[32:], "big") > P256_ORDER // 2:
         raise InvalidMessage(Reason.BAD_SIGNATURE, f"{what} signature is not a low-s ES256 value")
     return UnverifiedJWS(
-        token=token,
-        header=header,
-        header_bytes=header_bytes,
-        kid=header["kid"],
+        token=split.token,
+        header=split.header,
+        header_bytes=split.header_bytes,
+        kid=split.header["kid"],
         unverified_payload=payload,
         signature=signature,
     )
+
+
+def parse_compact(token: str, *, typ: str, what: str) -> UnverifiedJWS:
+    """Split a compact JWS and check its protected header against the allowlist."""
+    return finish_compact(split_compact(token, what=what), typ=typ, what=what)
 
 
 def check_jws_header(header: Mapping[str, Any], *, typ: str, what: str) -> None:

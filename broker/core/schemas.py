@@ -60,6 +60,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
@@ -122,10 +123,17 @@ def schema_id_for(message_type: str, version: int) -> str:
 
 
 def default_schema_dir() -> Path:
-    """``$CASEBRIDGE_SCHEMAS`` if set, else the repository's ``schemas/`` directory."""
+    """``$CASEBRIDGE_SCHEMAS`` if set, else the catalogue shipped with the package.
+
+    An installed wheel holds the schemas as package data (``broker/schemas/``, from the
+    top-level ``schemas/`` of the source tree); a checkout has them at its top level.
+    """
     configured = os.environ.get(SCHEMAS_ENV)
     if configured:
         return Path(configured)
+    packaged = Path(str(resources.files("broker") / "schemas"))
+    if packaged.is_dir():
+        return packaged
     return Path(__file__).resolve().parents[2] / "schemas"
 
 

@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 
 from broker.core.envelope import OpenedMessage
 from broker.core.header import Header
-from broker.errors import PolicyDenied
+from broker.errors import PolicyDenied, Reason
 
 NO_POLICY_RULE: Final = "node.no-policy"
 HONESTY_RULE: Final = "builtin.honesty"
@@ -91,4 +91,5 @@ class HonestyCheck:
             raise PolicyDenied(
                 HONESTY_RULE,
                 f"the body holds undeclared categories: {', '.join(sorted(undeclared))}",
+                reason=Reason.CATEGORY_UNDECLARED,
             )

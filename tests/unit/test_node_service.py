@@ -468,7 +468,8 @@ class TestRefusals:
         asyncio.run(run())
 
     def test_dishonest_categories_are_refused_by_default(self, world: World) -> None:
-        """Without a policy, a body holding undeclared categories is refused (honesty)."""
+        """Without a policy, a body holding undeclared categories is refused (honesty,
+        reason category_undeclared)."""
 
         def lie(header: Header, body: Mapping[str, Any]) -> Clearance:
             return Clearance(body=body, categories=(), rule_id="lie", reason="test")
@@ -480,7 +481,7 @@ class TestRefusals:
             await world.pump()
             assert nl.store.list_inbox() == []
             (evidence,) = de.store.evidence_for(sent.message_id)
-            assert evidence.rule_id == "builtin.honesty"
+            assert (evidence.reason, evidence.rule_id) == ("category_undeclared", "builtin.honesty")
 
         asyncio.run(run())
 

@@ -62,3 +62,16 @@ def test_invalid_vector_is_refused_with_its_reason(path: Path) -> None:
     with pytest.raises(CasebridgeError) as info:
         _open(doc)
     assert info.value.reason.value == doc["reason"]
+
+
+def test_vector_key_ids_are_certificate_thumbprints() -> None:
+    """keys.json kids follow the one definition: <agency>#base64url(SHA-256(cert DER))."""
+    import base64
+    import hashlib
+
+    for agency, entry in KEYS.items():
+        for usage in ("signing", "agreement"):
+            der = base64.b64decode(entry[f"{usage}_cert"])
+            thumb = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+            assert entry[f"{usage}_kid"] == f"{agency}#{thumb}"
+            assert "kid" not in entry[f"{usage}_jwk"]

@@ -33,11 +33,6 @@ AGENCIES = ("de.lka-berlin", "nl.politie-nec", "ua.npu-ctd")
 TEST_ONLY = "TEST-ONLY published key material for Casebridge protocol vectors. Never use it."
 
 
-def _jwk_private(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
-    exported: dict[str, Any] = json.loads(jwk.JWK.from_pyca(key).export_private())
-    return exported
-
-
 def _key_from_jwk(data: dict[str, Any]) -> ec.EllipticCurvePrivateKey:
     key = jwk.JWK(**data).get_op_key("sign")
     assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -45,15 +40,23 @@ def _key_from_jwk(data: dict[str, Any]) -> ec.EllipticCurvePrivateKey:
 
 
 def load_keys() -> dict[str, dict[str, Any]]:
-    """keys.json as {agency: {signing_kid, signing_jwk, agreement_kid, agreement_jwk}}."""
+    """keys.json as {agency: {signing_kid, signing_jwk, signing_cert, agreement_...}}.
+
+    The keys and certificates are those of the conformance PKI (``conformance/pki.json``), so
+    every key id is the one definition of docs/protocol.md section 9:
+    ``<agency>#base64url(SHA-256(certificate DER))``.
+    """
     path = HERE / "keys.json"
     if not path.exists():
+        pki = json.loads((HERE / "conformance" / "pki.json").read_text())["agencies"]
         keys = {
             a: {
-                "signing_kid": f"{a}#vector-sig",
-                "signing_jwk": _jwk_private(ec.generate_private_key(ec.SECP256R1())),
-                "agreement_kid": f"{a}#vector-ka",
-                "agreement_jwk": _jwk_private(ec.generate_private_key(ec.SECP256R1())),
+                "signing_kid": pki[a]["signing_kid"],
+                "signing_jwk": pki[a]["signing_jwk"],
+                "signing_cert": pki[a]["signing"]["cert"],
+                "agreement_kid": pki[a]["agreement_kid"],
+                "agreement_jwk": pki[a]["agreement_jwk"],
+                "agreement_cert": pki[a]["agreement"]["cert"],
             }
             for a in AGENCIES
         }
@@ -264,7 +267,13 @@ def main() -> None:
                 ".".join(
                     [
                         jose.b64url_encode(
-                            b'{"alg":"none","kid":"de.lka-berlin#vector-sig","typ":"casebridge-outer+jws"}'
+                            canonical.dumps(
+                                {
+                                    "alg": "none",
+                                    "kid": keys["de.lka-berlin"]["signing_kid"],
+                                    "typ": OUTER_TYP,
+                                }
+                            )
                         ),
                         outer_parts[1],
                         "",
@@ -282,7 +291,7 @@ def main() -> None:
                 jws_header={
                     "alg": "ES256",
                     "jku": "https://keys.invalid/jwks.json",
-                    "kid": "de.lka-berlin#vector-sig",
+                    "kid": keys["de.lka-berlin"]["signing_kid"],
                     "typ": OUTER_TYP,
                 },
             ),

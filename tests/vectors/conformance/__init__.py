@@ -1,0 +1,1 @@
+"""TEST-ONLY conformance vectors and their generator (docs/protocol.md section 11)."""
