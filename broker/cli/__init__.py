@@ -15,7 +15,17 @@ from collections.abc import Callable, Sequence
 from broker.errors import CasebridgeError
 
 # Modules under broker.cli that contribute sub-commands, in help order.
-GROUPS = ("pki", "policy", "federation", "gateway", "node", "focal", "audit", "demo")
+GROUPS = (
+    "pki",
+    "policy",
+    "federation",
+    "gateway",
+    "node",
+    "focal",
+    "audit",
+    "evidence",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
