@@ -17,7 +17,8 @@ from broker.core.bundle import BUNDLE_TYP, BundleReport, verify_bundle
 from broker.core.envelope import RecipientIdentity, SenderIdentity
 from broker.devpki import DevFederation
 from broker.errors import ConfigError
-from broker.node import audit_log
+from broker.node import audit_log, retention
+from broker.node.errors import NotFound
 from broker.node.evidence_export import export_bundle
 from broker.node.service import Node
 
@@ -163,6 +164,18 @@ class TestExportAndVerify:
         assert nl.store.received_wire(message_id) is not None
         trail = de.store.evidence_for(message_id)
         assert all(de.store.evidence_wire(e.evidence_id or "") for e in trail)
+
+    def test_erasing_a_body_erases_its_received_bytes(self, world: World) -> None:
+        """Retention erases the received wire bytes with the body: nothing left to export."""
+        message_id = exchanged(world)
+        nl = world.nodes[RECIPIENT]
+        with nl.store.transaction() as db:
+            assert retention.erase_received(
+                db, message_id, why="retention", agency=RECIPIENT, now=world.clock.now
+            )
+        assert nl.store.received_wire(message_id) is None
+        with pytest.raises(NotFound):
+            export(world, nl, message_id)
 
 
 class TestTampering:
