@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from broker.cli import main
 from broker.core import audit, canonical, jose
 from broker.core.bundle import BUNDLE_TYP, BundleReport, verify_bundle
 from broker.core.envelope import RecipientIdentity, SenderIdentity
@@ -283,3 +285,27 @@ class TestTampering:
         report = verify(world, reseal(world, bundle, foreign))
         names = set(failed(report))
         assert any(n.startswith("checkpoint[") for n in names), failed(report)
+
+
+class TestCli:
+    def test_verify_prints_a_report_and_exits_by_the_result(
+        self, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`casebridge evidence verify` exits 0 with a plain report, 1 naming a failed check."""
+        message_id = exchanged(world)
+        bundle = tmp_path / "bundle.json"
+        bundle.write_bytes(export(world, world.nodes[SENDER], message_id))
+        root = tmp_path / "root.pem"
+        root.write_bytes(world.fed.root.cert.public_bytes(Encoding.PEM))
+        assert main(["evidence", "verify", str(bundle), "--root", str(root)]) == 0
+        report = capsys.readouterr().out
+        assert f"Evidence bundle for message {message_id}: VERIFIED" in report
+        assert "Outcome: DELIVERED and READ" in report
+        assert main(["evidence", "verify", str(bundle), "--root", str(root), "--json"]) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert document["ok"] is True
+        assert [e["kind"] for e in document["evidence"]] == ["delivered", "read"]
+        data = bundle.read_bytes()
+        bundle.write_bytes(data.replace(b'"role":"sender"', b'"role":"recipient"'))
+        assert main(["evidence", "verify", str(bundle), "--root", str(root)]) == 1
+        assert "[FAIL] seal: [bad_signature]" in capsys.readouterr().out
