@@ -25,6 +25,7 @@ GROUPS = (
     "audit",
     "message",
     "conformance",
+    "evidence",
     "demo",
 )
 

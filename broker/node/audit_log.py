@@ -249,6 +249,12 @@ def records_about(db: sqlite3.Connection, message_id: str) -> list[StoredRecord]
     return [_stored(r) for r in rows]
 
 
+def checkpoint_ranges(db: sqlite3.Connection) -> list[tuple[int, int, str]]:
+    """``(first_seq, last_seq, token)`` of every checkpoint this node sealed, oldest first."""
+    rows = db.execute("SELECT first_seq, last_seq, token FROM audit_checkpoints ORDER BY id")
+    return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+
 def checkpoint_tokens(db: sqlite3.Connection) -> list[str]:
     """Every checkpoint this node sealed, oldest first."""
     return [str(r[0]) for r in db.execute("SELECT token FROM audit_checkpoints ORDER BY id")]

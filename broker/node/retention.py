@@ -111,7 +111,8 @@ def erase_received(
     ).fetchone()
     if row is None:
         return False
-    db.execute("UPDATE inbox SET body = ? WHERE id = ?", (ERASED_BODY, message_id))
+    # The received bytes hold the body too (we can decrypt them): erased with it.
+    db.execute("UPDATE inbox SET body = ?, wire = NULL WHERE id = ?", (ERASED_BODY, message_id))
     db.execute(
         "INSERT INTO erasures (message_id, direction, at, why) VALUES (?, 'received', ?, ?)",
         (message_id, rfc3339(now), why),

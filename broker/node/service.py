@@ -852,9 +852,9 @@ class Node:
                 raise InvalidMessage(Reason.REPLAY, "replay store was not consulted")
             outcome = "accepted"
             if is_evidence_type(opened.header.type):
-                self._accept_evidence(opened, receipt, pending.expires_at, now)
+                self._accept_evidence(opened, receipt, pending.expires_at, now, wire=data)
                 return None
-            return self._accept(opened, receipt, pending.expires_at, now, trace)
+            return self._accept(opened, receipt, pending.expires_at, now, trace, wire=data)
         except CasebridgeError as exc:
             if isinstance(exc, LocalError) or exc.reason in TRANSIENT_REASONS:
                 outcome = "retried"
@@ -904,6 +904,8 @@ class Node:
         expires_at: int,
         now: datetime,
         trace: str | None = None,
+        *,
+        wire: bytes | None = None,
     ) -> str | None:
         header = opened.header
         subject = Subject.of(header, opened.routed.digest)
@@ -919,6 +921,7 @@ class Node:
             within=corrections.on_delivery(
                 header.to_json(), opened.body, receipt.digest, agency=self.agency_id, now=now
             ),
+            wire=wire,
         )
         self.observe.delivered(sender=header.sender, recipient=self.agency_id, type_=header.type)
         self._log.info(
@@ -1045,7 +1048,13 @@ class Node:
         return sealed.message_id if sealed is not None else None
 
     def _accept_evidence(
-        self, opened: OpenedMessage, receipt: Receipt, expires_at: int, now: datetime
+        self,
+        opened: OpenedMessage,
+        receipt: Receipt,
+        expires_at: int,
+        now: datetime,
+        *,
+        wire: bytes | None = None,
     ) -> None:
         header, body = opened.header, opened.body
         kind = EvidenceKind(header.type.removeprefix("evidence."))
@@ -1083,6 +1092,7 @@ class Node:
             replay_expires_at=expires_at,
             now=now,
             evidence=record,
+            wire=wire,
         )
 
     @staticmethod

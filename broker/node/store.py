@@ -167,6 +167,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         UNIQUE (digest, sequence)
     );
     """,
+    # 4: the wire bytes of what we receive (a received message, a received evidence message),
+    # so that an evidence bundle (broker.node.evidence_export) can prove them to a third party.
+    # Rows stored before this migration have none (NULL).
+    """
+    ALTER TABLE inbox ADD COLUMN wire BLOB;
+    ALTER TABLE evidence ADD COLUMN wire BLOB;
+    """,
 )
 
 
@@ -512,17 +519,19 @@ class Store:
         evidence: EvidenceRecord | None,
         sealed: SealedRecord | None,
         within: Within | None = None,
+        wire: bytes | None = None,
     ) -> None:
-        """Store a delivered message, remember its id, record its receipt and the ``delivered``
-        evidence, in one transaction (with ``within``: its audit record, correction marks).
-        Raises ``InvalidMessage(REPLAY)`` (nothing stored) if the id was accepted before."""
+        """Store a delivered message (with ``wire``: its bytes as received), remember its id,
+        record its receipt and the ``delivered`` evidence, in one transaction (with ``within``:
+        its audit record, correction marks). Raises ``InvalidMessage(REPLAY)`` (nothing
+        stored) if the id was accepted before."""
         message_id = str(header["id"])
         with self._write() as db:
             if not _remember(db, message_id, replay_expires_at, now):
                 raise InvalidMessage(Reason.REPLAY, f"message {message_id} was already accepted")
             db.execute(
                 "INSERT INTO inbox (id, type, sender, conversation, in_reply_to, due, header, "
-                "body, digest, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "body, digest, received_at, wire) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message_id,
                     header["type"],
@@ -534,6 +543,7 @@ class Store:
                     _json(body),
                     receipt.digest,
                     iso(now),
+                    wire,
                 ),
             )
             _insert_receipt(db, receipt, message_id, "delivered", now)
@@ -552,15 +562,17 @@ class Store:
         replay_expires_at: int,
         now: datetime,
         evidence: EvidenceRecord | None,
+        wire: bytes | None = None,
     ) -> None:
         """Record a verified incoming evidence message (``evidence`` None: logged and dropped,
-        e.g. about a message we never sent), remembering its id, in one transaction."""
+        e.g. about a message we never sent; ``wire``: its bytes), remembering its id, in one
+        transaction."""
         with self._write() as db:
             if not _remember(db, message_id, replay_expires_at, now):
                 raise InvalidMessage(Reason.REPLAY, f"message {message_id} was already accepted")
             _insert_receipt(db, receipt, message_id, "evidence", now)
             if evidence is not None:
-                _insert_evidence(db, evidence)
+                _insert_evidence(db, evidence, wire=wire)
 
     def commit_rejection(
         self,
@@ -835,6 +847,25 @@ class Store:
             for r in rows
         ]
 
+    def received_wire(self, message_id: str) -> bytes | None:
+        """The bytes of a received message as they arrived (None: not received, stored before
+        schema v4, or erased with its body)."""
+        row = self._read(
+            lambda db: db.execute("SELECT wire FROM inbox WHERE id = ?", (message_id,)).fetchone()
+        )
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
+    def evidence_wire(self, evidence_id: str) -> bytes | None:
+        """The bytes of an evidence message about one of ours, as received (None if unknown or
+        received before schema v4)."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT wire FROM evidence WHERE evidence_id = ? AND direction = 'received'",
+                (evidence_id,),
+            ).fetchone()
+        )
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
     # ----------------------------------------------------------------- threads
 
     def thread(self, conversation: str) -> tuple[list[InboxMessage], list[OutboxMessage]]:
@@ -878,10 +909,12 @@ def _insert_receipt(
     )
 
 
-def _insert_evidence(db: sqlite3.Connection, record: EvidenceRecord) -> None:
+def _insert_evidence(
+    db: sqlite3.Connection, record: EvidenceRecord, *, wire: bytes | None = None
+) -> None:
     db.execute(
         "INSERT INTO evidence (subject_id, kind, actor, at, reason, rule_id, detail, "
-        "evidence_id, direction, digest_matches) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "evidence_id, direction, digest_matches, wire) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record.subject_id,
             record.kind.value,
@@ -893,6 +926,7 @@ def _insert_evidence(db: sqlite3.Connection, record: EvidenceRecord) -> None:
             record.evidence_id,
             record.direction,
             None if record.digest_matches is None else int(record.digest_matches),
+            wire,
         ),
     )
 
