@@ -168,7 +168,8 @@ def _show(args: argparse.Namespace) -> int:
     try:
         records = [r.record.to_json() for r in audit_log.records_about(db, args.id)]
         evidence = [
-            dict(r)
+            # The sealed evidence's wire bytes (kept for evidence bundles) are not for a report.
+            {k: v for k, v in dict(r).items() if k != "wire"}
             for r in db.execute(
                 "SELECT * FROM evidence WHERE subject_id = ? ORDER BY seq", (args.id,)
             )
