@@ -67,6 +67,11 @@ MAX_ACK_PENDING: Final = 1000
 SUBMIT_PER_AGENCY: Final = 50_000
 DELIVER_PER_LANE: Final = 50_000
 OUT_MAX_MESSAGES: Final = 2_000_000
+# INBOX keeps what each peer sent (one subject per peer) for 90 days: a peer whose own limits
+# are gone (a compromised country) can fill its own share and no more; sourcing from it then
+# waits, in its own OUT stream. AUDIT: a checkpoint every 5 minutes is ~105,000 a year.
+INBOX_PER_PEER: Final = 2_000_000
+AUDIT_PER_AGENCY: Final = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,6 +132,9 @@ def inbox_config(code: str, peers: Sequence[str]) -> StreamConfig:
         sources=sources,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_msgs_per_subject=INBOX_PER_PEER,
         max_age=MAX_AGE_SECONDS,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
         deny_delete=True,
@@ -159,6 +167,8 @@ def audit_config() -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_msgs_per_subject=AUDIT_PER_AGENCY,
         # No age limit: a checkpoint is the proof a node cannot rewrite its log; it must
         # outlive the node's audit retention, and it holds no personal data.
         max_age=0,
