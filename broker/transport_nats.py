@@ -34,6 +34,9 @@ log = structlog.get_logger("casebridge.transport")
 
 FETCH_BATCH: Final = 64
 FETCH_TIMEOUT: Final = 1.0
+# The timeout of a fetch of what is ready: waiting messages arrive in one round trip; when none
+# is, nats-py long-polls for the rest of this timeout, then the lane is idle again.
+READY_TIMEOUT: Final = 0.005
 PUBLISH_TIMEOUT: Final = 5.0
 MSG_ID: Final = "Nats-Msg-Id"
 
@@ -191,6 +194,16 @@ class NatsTransport:
             raise TransportUnavailable(f"publish on {subject} not acknowledged: {exc}") from exc
 
     async def deliveries(self, *, evidence: bool = False) -> AsyncIterator[NatsDelivery]:
+        async for batch in self.batches(evidence=evidence):
+            for delivery in batch:
+                yield delivery
+
+    async def batches(self, *, evidence: bool = False) -> AsyncIterator[list[NatsDelivery]]:
+        """Batches of whatever is ready, never waiting to fill one: nats-py's ``fetch(n)``
+        answers at once with what is waiting, but once it had to wait for the first message it
+        waits up to its timeout for all ``n``. So on an idle lane wait for one message (long
+        poll) and handle it at once; then take batches of what is ready (a short timeout)
+        until none is."""
         js = await self._client()
         durable = subjects.node_durable(self._settings.agency, evidence=evidence)
         try:
@@ -198,10 +211,15 @@ class NatsTransport:
         except (NatsError, JetStreamError, TimeoutError) as exc:
             raise TransportUnavailable(f"cannot bind to {durable}: {exc}") from exc
         faults = FaultLog(log, "fetch", durable=durable)
+        idle = True  # nothing was ready last time: long-poll for one message
         while not self._closed:
             try:
-                batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
+                if idle:
+                    batch = await sub.fetch(1, timeout=FETCH_TIMEOUT)
+                else:
+                    batch = await sub.fetch(FETCH_BATCH, timeout=READY_TIMEOUT)
             except TimeoutError:
+                idle = True
                 continue  # empty fetch raises TimeoutError (DESIGN.md pitfall)
             except (NatsError, JetStreamError) as exc:
                 if self._closed:
@@ -210,8 +228,8 @@ class NatsTransport:
                 await asyncio.sleep(0.5)
                 continue
             faults.ok()
-            for msg in batch:
-                yield NatsDelivery(msg, evidence=evidence)
+            idle = False
+            yield [NatsDelivery(msg, evidence=evidence) for msg in batch]
 
     async def close(self) -> None:
         self._closed = True

@@ -38,10 +38,11 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
@@ -105,6 +106,7 @@ from broker.tracing import TRACEPARENT, from_headers
 TRANSIENT_REASONS: Final = frozenset({Reason.DIRECTORY_STALE})
 GATEWAY_KIND: Final = "gateway"
 MAX_FAILING_TRACKED: Final = 10_000  # first-failure times of deliveries being retried
+SUBMIT_WINDOW: Final = 64  # publishes awaiting JetStream's acknowledgement at once
 
 
 def retried_only(exc: BaseException) -> bool:
@@ -200,6 +202,20 @@ class _PendingReplay:
         return True
 
 
+@dataclass(slots=True)
+class _Settled:
+    """What one delivery of a batch came to (decided on the worker thread)."""
+
+    redelivery: bool = False  # settled before (a lost ack): acknowledge only
+    sealed: SealedRecord | None = None  # evidence we produced, to submit after the ack
+    error: Exception | None = None  # not settled: retried later or quarantined
+    effects: list[Callable[[], None]] = field(default_factory=list)
+
+    def run_effects(self) -> None:
+        for effect in self.effects:
+            effect()
+
+
 def wire_digest(data: bytes) -> str:
     """Digest of wire bytes as evidence names them (base64url SHA-256)."""
     return jose.sha256_b64url(data)
@@ -261,6 +277,7 @@ class Node:
         }
         self._faults = DistinctFaults(self._log, "delivery_failed")
         self._failing: OrderedDict[tuple[str, int], str] = OrderedDict()  # first failure time
+        self._local = threading.local()  # a worker thread's deferred decision effects
 
     # --------------------------------------------------------------- readiness
 
@@ -412,7 +429,7 @@ class Node:
                         raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
                     return _result(stored, rule_id="", redactions=())
                 staged = await self._stage(draft, idempotency, actor)
-        header, clearance, sealed = staged
+        header, clearance, sealed, recorded = staged
         try:
             state = await self._submit(
                 sealed.message_id,
@@ -420,6 +437,7 @@ class Node:
                 wire=sealed.wire,
                 message_type=header.type,
                 inline=True,
+                first_recorded=recorded,
             )
         finally:
             self._in_flight.discard(sealed.message_id)
@@ -435,13 +453,14 @@ class Node:
 
     async def _stage(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
-    ) -> tuple[Header, Clearance, SealedRecord]:
+    ) -> tuple[Header, Clearance, SealedRecord, bool]:
         """Pre-flight, seal and commit to the outbox; the id stays in flight for the caller
-        (which submits it, then discards it)."""
+        (which submits it, then discards it). The flag: stored as ``submitted`` with its
+        first attempt counted already."""
         try:
             # One thread hop: pre-flight, seal and the outbox commit (with its disclosure
             # records) belong together and are all blocking work.
-            header, clearance, sealed = await asyncio.to_thread(
+            header, clearance, sealed, recorded = await asyncio.to_thread(
                 self._prepare, draft, idempotency, actor
             )
         except PolicyDenied as exc:
@@ -456,11 +475,11 @@ class Node:
             type_=header.type,
         )
         self._log.info("message_queued", message_id=header.id, type=header.type, traceparent=trace)
-        return header, clearance, sealed
+        return header, clearance, sealed, recorded
 
     def _prepare(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
-    ) -> tuple[Header, Clearance, SealedRecord]:
+    ) -> tuple[Header, Clearance, SealedRecord, bool]:
         elapsed = self.observe.timer()
         try:
             header, clearance = self.clear(draft)
@@ -475,17 +494,21 @@ class Node:
         # In flight before the commit: the outbox loop may list the row as soon as it is
         # committed, and must leave it to the request that is about to submit it.
         self._in_flight.add(sealed.message_id)
+        # Connected: the request submits it at once, so the row is stored as submitted with
+        # that attempt counted (no separate commit before the publish).
+        submitting = self.transport.connected
         try:
             self.store.add_outbox(
                 sealed,
                 now=now,
                 idempotency=idempotency,
                 within=audit_log.log(disclosed, now=now),
+                submitting=submitting,
             )
         except BaseException:
             self._in_flight.discard(sealed.message_id)
             raise
-        return header, clearance, sealed
+        return header, clearance, sealed, submitting
 
     async def submit(
         self, message_id: str, *, attempts: int | None, sealed: SealedRecord | None = None
@@ -524,30 +547,33 @@ class Node:
         wire: bytes,
         message_type: str,
         inline: bool = False,
+        first_recorded: bool = False,
     ) -> OutboxState:
         """The attempts of :meth:`submit`, for a message the caller holds in flight.
 
         ``inline`` (a request is waiting): never wait on an unreachable server: answer
         ``queued`` at once (the outbox loop submits it later). Never raises for the store: the
-        message is committed already, and an answer must not contradict that."""
+        message is committed already, and an answer must not contradict that.
+        ``first_recorded``: the first attempt is already recorded (stored as submitted)."""
         attempt = 0
         while True:
             if inline and not self.transport.connected:
                 self._log.info("submit_deferred", message_id=message_id, why="not connected")
                 return OutboxState.QUEUED
             attempt += 1
-            try:
-                await asyncio.to_thread(
-                    self.store.mark_outbox,
-                    message_id,
-                    OutboxState.SUBMITTED,
-                    now=self._clock(),
-                    attempted=True,
-                )
-            except StorageUnavailable as exc:
-                self._store_faults.failed(exc)  # nothing sent: it stays queued
-                return OutboxState.QUEUED
-            self._store_faults.ok()
+            if attempt > 1 or not first_recorded:
+                try:
+                    await asyncio.to_thread(
+                        self.store.mark_outbox,
+                        message_id,
+                        OutboxState.SUBMITTED,
+                        now=self._clock(),
+                        attempted=True,
+                    )
+                except StorageUnavailable as exc:
+                    self._store_faults.failed(exc)  # nothing sent: it stays queued
+                    return OutboxState.QUEUED
+                self._store_faults.ok()
             try:
                 trace = self.observe.trace(message_id)
                 await self.transport.submit(
@@ -593,18 +619,94 @@ class Node:
 
     async def flush_outbox(self) -> int:
         """One attempt for every unacknowledged outbox message (oldest first). Returns how
-        many are still pending. Run at start-up (resubmits what a crash left) and periodically."""
+        many are still pending. Run at start-up (resubmits what a crash left) and periodically.
+        Publishes concurrently (a bounded window); the attempts are recorded before, and the
+        outcomes after, in one commit each."""
         pending = await asyncio.to_thread(
             self.store.list_outbox, include_evidence=True, pending_only=True, limit=1000
         )
-        left = 0
-        for number, message in enumerate(pending):
-            state = await self.submit(message.message_id, attempts=1)
-            left += state is not OutboxState.ACKNOWLEDGED
-            if self._store_faults.failing:
-                # The store cannot record attempts: stop this round, back off, come back.
-                return left + len(pending) - number - 1
-        return left
+        mine = [m for m in pending if m.message_id not in self._in_flight]
+        if not mine:
+            return len(pending)
+        ids = [m.message_id for m in mine]
+        self._in_flight.update(ids)
+        try:
+            try:
+                await asyncio.to_thread(self.store.mark_submitting, ids, now=self._clock())
+            except StorageUnavailable as exc:
+                # The store cannot record attempts: nothing sent, back off, come back.
+                self._store_faults.failed(exc)
+                return len(pending)
+            self._store_faults.ok()
+            errors = await self._publish_many(
+                [(m.message_id, m.wire, m.type) for m in mine], attempted=False
+            )
+        finally:
+            self._in_flight.difference_update(ids)
+        return len(pending) - len(mine) + sum(e is not None for e in errors)
+
+    async def submit_many(self, messages: Sequence[tuple[SealedRecord, str | None]]) -> None:
+        """Submit sealed outbox messages (the evidence of a received batch), each once, with at
+        most :data:`SUBMIT_WINDOW` publishes in flight; the outcomes are recorded in one commit.
+        What fails stays queued for the outbox loop. ``(sealed, traceparent)`` pairs."""
+        mine = [(s, t) for s, t in messages if s.message_id not in self._in_flight]
+        ids = [s.message_id for s, _ in mine]
+        self._in_flight.update(ids)
+        try:
+            for sealed, trace in mine:
+                self.observe.follow_trace(sealed.message_id, trace)
+            await self._publish_many(
+                [(s.message_id, s.wire, str(s.header["type"])) for s, _ in mine], attempted=True
+            )
+        finally:
+            self._in_flight.difference_update(ids)
+
+    async def _publish_many(
+        self, messages: Sequence[tuple[str, bytes, str]], *, attempted: bool
+    ) -> list[str | None]:
+        """Publish ``(message_id, wire, type)`` concurrently (bounded window), then record
+        every outcome in one commit; the error of each (None: acknowledged)."""
+        window = asyncio.Semaphore(SUBMIT_WINDOW)
+        subject = submit_subject(self.agency_id)
+
+        async def one(message_id: str, wire: bytes) -> str | None:
+            async with window:
+                trace = self.observe.trace(message_id)
+                try:
+                    await self.transport.submit(
+                        subject,
+                        wire,
+                        message_id,
+                        headers={TRACEPARENT: trace} if trace is not None else None,
+                    )
+                except TransportUnavailable as exc:
+                    return exc.detail
+                return None
+
+        errors = await asyncio.gather(*(one(m, w) for m, w, _ in messages))
+        for (message_id, _, message_type), error in zip(messages, errors, strict=True):
+            if error is None:
+                self.observe.acknowledged(
+                    message_id=message_id, sender=self.agency_id, type_=message_type
+                )
+                self._log.debug("message_acknowledged", message_id=message_id)
+            else:
+                self.observe.submit_failed()
+                self._log.warning("submit_failed", message_id=message_id, error=error)
+        try:
+            await asyncio.to_thread(
+                self.store.mark_outbox_many,
+                list(zip((m for m, _, _ in messages), errors, strict=True)),
+                now=self._clock(),
+                attempted=attempted,
+            )
+        except StorageUnavailable as exc:
+            # JetStream holds what it acknowledged; the store still says pending, so the
+            # outbox loop submits it again later with the same id (de-duplicated).
+            self._store_faults.failed(exc)
+        else:
+            self._store_faults.ok()
+        return list(errors)
 
     async def run_outbox(self, *, interval: float = 5.0) -> None:
         """Flush the outbox forever, backing off while the federation is unreachable or the
@@ -641,13 +743,8 @@ class Node:
     async def _receive_lane(self, *, evidence: bool) -> None:
         while True:
             try:
-                async for delivery in self.transport.deliveries(evidence=evidence):
-                    try:
-                        await self.handle(delivery)
-                    except TransportUnavailable as exc:
-                        self._log.warning(
-                            "settle_failed", sequence=delivery.sequence, error=str(exc)
-                        )
+                async for batch in self.transport.batches(evidence=evidence):
+                    await self.handle_batch(batch)
             except TransportUnavailable as exc:
                 self._log.warning("deliveries_interrupted", error=str(exc))
                 await self._sleep(1.0)
@@ -656,34 +753,100 @@ class Node:
 
     async def handle(self, delivery: Delivery) -> None:
         """Settle one delivery (see the module docstring)."""
-        receipt = Receipt(digest=wire_digest(delivery.data), sequence=delivery.sequence)
-        trace = from_headers(delivery.headers)
-        lane = lane_name(evidence=delivery.evidence)
-        progress = self.lanes[lane]
-        progress.taken()
-        try:
-            # One thread hop per delivery: the redelivery check and the work, together.
-            settled, evidence_id = await asyncio.to_thread(
-                self._settle, delivery.data, receipt, trace
-            )
-        # Never lose a message: whatever went wrong on our side, retry it, then set it aside.
-        except Exception as exc:  # noqa: BLE001 - logged once per distinct failure
-            await self._failed(delivery, receipt, lane, exc)
-            return
-        self._failing.pop((receipt.digest, receipt.sequence), None)
-        progress.settled()
-        if settled:
-            self.observe.redelivered("settled")
-            self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
-            await delivery.ack()
-            return
-        await delivery.ack()
-        if evidence_id is not None:
-            self.observe.follow_trace(evidence_id, trace)
-            await self.submit(evidence_id, attempts=1)
+        await self.handle_batch((delivery,))
 
-    def _settle(self, data: bytes, receipt: Receipt, trace: str | None) -> tuple[bool, str | None]:
-        """(already settled earlier, evidence id to submit) for one delivery. A delivery in the
+    async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        """Settle a batch of deliveries of one lane: decide each, commit them all in ONE
+        transaction (each message in its own savepoint, so one that fails spoils no other),
+        acknowledge each only after that commit, then submit the evidence they produced
+        concurrently. One worker-thread hop for the whole batch. If the batch commit itself
+        fails, every delivery is settled again on its own (its own commit)."""
+        if not deliveries:
+            return
+        items = [
+            (d, Receipt(digest=wire_digest(d.data), sequence=d.sequence), from_headers(d.headers))
+            for d in deliveries
+        ]
+        for delivery in deliveries:
+            self.lanes[lane_name(evidence=delivery.evidence)].taken()
+        work = [(d.data, receipt, trace) for d, receipt, trace in items]
+        try:
+            outcomes = await asyncio.to_thread(self._settle_batch, work)
+        except Exception as exc:  # noqa: BLE001 - the batch commit failed: one by one
+            self._log.debug("batch_commit_failed", size=len(work), error=str(exc))
+            outcomes = await asyncio.to_thread(lambda: [self._settle_alone(*w) for w in work])
+        evidence: list[tuple[SealedRecord, str | None]] = []
+        for (delivery, receipt, trace), outcome in zip(items, outcomes, strict=True):
+            lane = lane_name(evidence=delivery.evidence)
+            if outcome.error is not None:
+                await self._failed(delivery, receipt, lane, outcome.error)
+                continue
+            self._failing.pop((receipt.digest, receipt.sequence), None)
+            self.lanes[lane].settled()
+            if outcome.redelivery:
+                self.observe.redelivered("settled")
+                self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
+            try:
+                await delivery.ack()
+            except TransportUnavailable as exc:
+                # Committed: the redelivery is recognised by its receipt and acknowledged.
+                self._log.warning("settle_failed", sequence=receipt.sequence, error=str(exc))
+            if outcome.sealed is not None:
+                evidence.append((outcome.sealed, trace))
+        if evidence:
+            await self.submit_many(evidence)
+
+    def _settle_batch(self, work: Sequence[tuple[bytes, Receipt, str | None]]) -> list[_Settled]:
+        """Decide every delivery of a batch inside one store transaction (worker thread).
+        Logs and metrics of each decision are emitted only once the batch is committed."""
+        outcomes: list[_Settled] = []
+        with self.store.batch() as scope:
+            for data, receipt, trace in work:
+                outcome = _Settled()
+                try:
+                    with scope(), self._deferring(outcome.effects):
+                        outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+                except Exception as exc:  # noqa: BLE001 - settled later by _failed
+                    outcome = _Settled(error=exc)
+                outcomes.append(outcome)
+        for outcome in outcomes:
+            outcome.run_effects()
+        return outcomes
+
+    def _settle_alone(self, data: bytes, receipt: Receipt, trace: str | None) -> _Settled:
+        """One delivery with its own commit (the fallback when a batch commit failed)."""
+        outcome = _Settled()
+        try:
+            with self._deferring(outcome.effects):
+                outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+        except Exception as exc:  # noqa: BLE001 - settled later by _failed
+            return _Settled(error=exc)
+        outcome.run_effects()
+        return outcome
+
+    @contextmanager
+    def _deferring(self, effects: list[Callable[[], None]]) -> Iterator[None]:
+        """Collect this thread's decision logs and metrics in ``effects`` instead of emitting
+        them (they are emitted after the commit, and dropped if it fails)."""
+        previous = getattr(self._local, "effects", None)
+        self._local.effects = effects
+        try:
+            yield
+        finally:
+            self._local.effects = previous
+
+    def _defer(self, effect: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Emit a decision's log line or metric after its commit (at once outside a batch)."""
+        effects: list[Callable[[], None]] | None = getattr(self._local, "effects", None)
+        if effects is None:
+            effect(*args, **kwargs)
+        else:
+            effects.append(lambda: effect(*args, **kwargs))
+
+    def _settle(
+        self, data: bytes, receipt: Receipt, trace: str | None
+    ) -> tuple[bool, SealedRecord | None]:
+        """(already settled earlier, evidence to submit) for one delivery. A delivery in the
         quarantine counts as settled: it is in an operator's hands (a lost ack brought it
         back)."""
         if self.store.processed(receipt) or self.store.quarantined(receipt):
@@ -800,7 +963,8 @@ class Node:
     def _retry_item(self, item: Quarantined, receipt: Receipt) -> str | None:
         if self.store.processed(receipt):
             return None  # settled by an earlier retry that crashed before releasing the item
-        return self._receive(item.wire, receipt, None)
+        sealed = self._receive(item.wire, receipt, None)
+        return sealed.message_id if sealed is not None else None
 
     async def drop_quarantined(self, item_id: int, *, actor: str, justification: str) -> None:
         """Delete a quarantined delivery for good (an operator's ``drop``), with an audit record
@@ -832,7 +996,9 @@ class Node:
             raise NotFound(f"no quarantined delivery {item_id}")
         self._log.info("quarantine_dropped", quarantine_id=item_id, actor=actor)
 
-    def _receive(self, data: bytes, receipt: Receipt, trace: str | None = None) -> str | None:
+    def _receive(
+        self, data: bytes, receipt: Receipt, trace: str | None = None
+    ) -> SealedRecord | None:
         now = self._clock()
         pending = _PendingReplay(self.store)
         elapsed = self.observe.timer()
@@ -884,9 +1050,10 @@ class Node:
                 and self.store.accepted_evidence(header.id)
             )
         if duplicate:
-            self.observe.redelivered("duplicate")
             claimed = unverified_header(data)
-            self._log.info(
+            self._defer(self.observe.redelivered, "duplicate")
+            self._defer(
+                self._log.info,
                 "duplicate_acknowledged",
                 message_id=claimed.id if claimed is not None else None,
                 sequence=receipt.sequence,
@@ -904,7 +1071,7 @@ class Node:
         expires_at: int,
         now: datetime,
         trace: str | None = None,
-    ) -> str | None:
+    ) -> SealedRecord | None:
         header = opened.header
         subject = Subject.of(header, opened.routed.digest)
         record, sealed = self._evidence(EvidenceKind.DELIVERED, subject, now)
@@ -920,15 +1087,21 @@ class Node:
                 header.to_json(), opened.body, receipt.digest, agency=self.agency_id, now=now
             ),
         )
-        self.observe.delivered(sender=header.sender, recipient=self.agency_id, type_=header.type)
-        self._log.info(
+        self._defer(
+            self.observe.delivered,
+            sender=header.sender,
+            recipient=self.agency_id,
+            type_=header.type,
+        )
+        self._defer(
+            self._log.info,
             "message_delivered",
             message_id=header.id,
             sender=header.sender,
             type=header.type,
             traceparent=trace,
         )
-        return sealed.message_id if sealed is not None else None
+        return sealed
 
     def _evidence(
         self,
@@ -974,8 +1147,11 @@ class Node:
             self._schemas.validate(header.type, header.type_version, body)
             sealed = self._seal(header, body, now)
         except CasebridgeError as exc:
-            self._log.warning(
-                "evidence_not_sealed", subject=subject.message_id, reason=exc.reason.value
+            self._defer(
+                self._log.warning,
+                "evidence_not_sealed",
+                subject=subject.message_id,
+                reason=exc.reason.value,
             )
             note = f"evidence not sent to {subject.sender}: {exc.reason.value}"
             return replace(record, detail=f"{detail}; {note}" if detail else note), None
@@ -988,7 +1164,7 @@ class Node:
         exc: CasebridgeError,
         now: datetime,
         trace: str | None = None,
-    ) -> str | None:
+    ) -> SealedRecord | None:
         claimed = unverified_header(data)
         rule_id = exc.rule_id if isinstance(exc, PolicyDenied) else None
         rejection = Rejection(
@@ -1028,13 +1204,15 @@ class Node:
                 "its signature did not verify",
             )
         self.store.commit_rejection(rejection, now=now, evidence=record, sealed=sealed)
-        self.observe.rejected(
+        self._defer(
+            self.observe.rejected,
             claimed_sender=rejection.sender,
             recipient=self.agency_id,
             reason=rejection.reason,
             rule_id=rule_id,
         )
-        self._log.warning(
+        self._defer(
+            self._log.warning,
             "message_rejected",
             claimed_message_id=rejection.message_id,
             claimed_sender=rejection.sender,
@@ -1042,7 +1220,7 @@ class Node:
             rule_id=rule_id,
             traceparent=trace,
         )
-        return sealed.message_id if sealed is not None else None
+        return sealed
 
     def _accept_evidence(
         self, opened: OpenedMessage, receipt: Receipt, expires_at: int, now: datetime
@@ -1053,9 +1231,16 @@ class Node:
         subject = self.store.outbox_message(subject_id)
         record: EvidenceRecord | None = None
         if subject is None or is_evidence_type(subject.type):
-            self._log.warning("evidence_dropped", subject=subject_id, why="not a message we sent")
+            self._defer(
+                self._log.warning,
+                "evidence_dropped",
+                subject=subject_id,
+                why="not a message we sent",
+            )
         elif not self._may_attest(opened, subject):
-            self._log.warning("evidence_dropped", subject=subject_id, why="sender not involved")
+            self._defer(
+                self._log.warning, "evidence_dropped", subject=subject_id, why="sender not involved"
+            )
         else:
             record = EvidenceRecord(
                 subject_id=subject_id,
@@ -1069,7 +1254,8 @@ class Node:
                 direction="received",
                 digest_matches=body["subject_digest"] == subject.digest,
             )
-            self.observe.evidence(
+            self._defer(
+                self.observe.evidence,
                 kind=kind.value,
                 subject_id=subject_id,
                 subject_created_at=subject.created_at,
