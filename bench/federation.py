@@ -398,6 +398,59 @@ def _best_ms(fn: Callable[[], object], rounds: int) -> float:
 # --------------------------------------------------------------------- main ---
 
 
+# Installed as ``sitecustomize`` (``--profile``): every node and gateway process profiles
+# each of its threads with cProfile on that thread's CPU clock (waiting costs nothing) and
+# writes the merged stats when it exits.
+_PROFILE_HOOK = """
+import atexit, cProfile, os, pstats, sys, threading, time
+_argv = " ".join(getattr(sys, "orig_argv", sys.argv))
+_out = os.environ.get("CASEBRIDGE_BENCH_PROFILE")
+if _out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _argv):
+    _done = []
+    _run = threading.Thread.run
+    def _profiled_run(self):
+        profile = cProfile.Profile(time.thread_time)
+        profile.enable()
+        try:
+            _run(self)
+        finally:
+            profile.disable()
+            _done.append(profile)
+    threading.Thread.run = _profiled_run
+    _main = cProfile.Profile(time.thread_time)
+    _main.enable()
+    def _dump():
+        _main.disable()
+        stats = pstats.Stats(_main)
+        for profile in list(_done):
+            stats.add(profile)
+        name = _argv.split("--settings")[-1].strip().rsplit("/", 1)[-1].removesuffix(".json")
+        stats.dump_stats(os.path.join(_out, name + ".prof"))
+    atexit.register(_dump)
+"""
+
+
+def _install_profile_hook(directory: Path) -> None:
+    """Make the federation's Python processes profile themselves into ``directory``."""
+    hook = directory / "hook"
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_PROFILE_HOOK)
+    os.environ["CASEBRIDGE_BENCH_PROFILE"] = str(directory)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p
+    )
+
+
+def _print_profiles(directory: Path, top: int) -> None:
+    import pstats  # noqa: PLC0415 - only with --profile
+
+    for path in sorted(directory.glob("*.prof")):
+        if not any(k in path.name for k in ("de.lka-berlin", "gateway")):
+            continue  # one node and the gateways are enough to see where the time goes
+        print(f"\n--- profile of {path.stem} (whole process life, all threads) ---")
+        pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
+
+
 def _raise_fair_share(fed: Federation) -> None:
     """Lift every gateway's per-sender rate limit (see the module docstring)."""
     for gateway in fed.settings.gateways.values():
@@ -429,7 +482,15 @@ def main() -> int:
         help="offered loads (messages/s) of the paced runs",
     )
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="cProfile every node and gateway into this directory and print the top",
+    )
     args = parser.parse_args()
+    if args.profile is not None:
+        _install_profile_hook(args.profile)
 
     with tempfile.TemporaryDirectory(prefix="cb-bench-") as tmp:
         fed = Federation.init(
@@ -535,6 +596,8 @@ def main() -> int:
         "  load average before / after the Casebridge runs: "
         + " / ".join(" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
     )
+    if args.profile is not None:
+        _print_profiles(args.profile, 25)
     return 0
 
 

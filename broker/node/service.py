@@ -41,7 +41,7 @@ import asyncio
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
@@ -797,21 +797,61 @@ class Node:
             await self.submit_many(evidence)
 
     def _settle_batch(self, work: Sequence[tuple[bytes, Receipt, str | None]]) -> list[_Settled]:
-        """Decide every delivery of a batch inside one store transaction (worker thread).
-        Logs and metrics of each decision are emitted only once the batch is committed."""
+        """Settle a batch on the worker thread, in two phases. First every delivery is decided
+        (crypto, checks, evidence sealed) with its store writes planned, not done: the store
+        stays free for the API meanwhile. Then the planned writes of all of them run in ONE
+        transaction, each delivery in its own savepoint. A delivery whose write finds its id
+        accepted meanwhile (a second copy in the same batch) is decided again inside the
+        transaction, where it sees the first. Logs and metrics of each decision are emitted only
+        after the commit."""
         outcomes: list[_Settled] = []
+        plans: list[list[Callable[[], None]] | None] = []
+        for data, receipt, trace in work:
+            outcome = _Settled()
+            plan: list[Callable[[], None]] = []
+            try:
+                with self._deferring(outcome.effects), self._planning(plan):
+                    outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+            except Exception as exc:  # noqa: BLE001 - settled later by _failed
+                outcomes.append(_Settled(error=exc))
+                plans.append(None)
+                continue
+            outcomes.append(outcome)
+            plans.append(plan)
         with self.store.batch() as scope:
-            for data, receipt, trace in work:
-                outcome = _Settled()
+            for index, (item, planned) in enumerate(zip(work, plans, strict=True)):
+                if planned is None:
+                    continue
                 try:
-                    with scope(), self._deferring(outcome.effects):
-                        outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+                    with scope():
+                        for write in planned:
+                            write()
+                except InvalidMessage as exc:
+                    if exc.reason is not Reason.REPLAY:
+                        outcomes[index] = _Settled(error=exc)
+                        continue
+                    outcomes[index] = self._settle_within(scope, *item)
                 except Exception as exc:  # noqa: BLE001 - settled later by _failed
-                    outcome = _Settled(error=exc)
-                outcomes.append(outcome)
+                    outcomes[index] = _Settled(error=exc)
         for outcome in outcomes:
             outcome.run_effects()
         return outcomes
+
+    def _settle_within(
+        self,
+        scope: Callable[[], AbstractContextManager[object]],
+        data: bytes,
+        receipt: Receipt,
+        trace: str | None,
+    ) -> _Settled:
+        """Decide and write one delivery inside the batch's transaction (its own savepoint)."""
+        outcome = _Settled()
+        try:
+            with scope(), self._deferring(outcome.effects):
+                outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+        except Exception as exc:  # noqa: BLE001 - settled later by _failed
+            return _Settled(error=exc)
+        return outcome
 
     def _settle_alone(self, data: bytes, receipt: Receipt, trace: str | None) -> _Settled:
         """One delivery with its own commit (the fallback when a batch commit failed)."""
@@ -823,6 +863,24 @@ class Node:
             return _Settled(error=exc)
         outcome.run_effects()
         return outcome
+
+    @contextmanager
+    def _planning(self, plan: list[Callable[[], None]]) -> Iterator[None]:
+        """Collect this thread's settlement writes in ``plan`` instead of running them."""
+        previous = getattr(self._local, "plan", None)
+        self._local.plan = plan
+        try:
+            yield
+        finally:
+            self._local.plan = previous
+
+    def _commit(self, write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """A delivery's settlement write: run now, or planned for the batch's transaction."""
+        plan: list[Callable[[], None]] | None = getattr(self._local, "plan", None)
+        if plan is None:
+            write(*args, **kwargs)
+        else:
+            plan.append(lambda: write(*args, **kwargs))
 
     @contextmanager
     def _deferring(self, effects: list[Callable[[], None]]) -> Iterator[None]:
@@ -1075,7 +1133,8 @@ class Node:
         header = opened.header
         subject = Subject.of(header, opened.routed.digest)
         record, sealed = self._evidence(EvidenceKind.DELIVERED, subject, now)
-        self.store.commit_delivery(
+        self._commit(
+            self.store.commit_delivery,
             header=header.to_json(),
             body=opened.body,
             receipt=receipt,
@@ -1203,7 +1262,9 @@ class Node:
                 detail=f"{exc.detail}; evidence not sent to {claimed.sender}: "
                 "its signature did not verify",
             )
-        self.store.commit_rejection(rejection, now=now, evidence=record, sealed=sealed)
+        self._commit(
+            self.store.commit_rejection, rejection, now=now, evidence=record, sealed=sealed
+        )
         self._defer(
             self.observe.rejected,
             claimed_sender=rejection.sender,
@@ -1263,7 +1324,8 @@ class Node:
                 actor=str(body["actor"]),
                 at=str(body["at"]),
             )
-        self.store.commit_evidence_received(
+        self._commit(
+            self.store.commit_evidence_received,
             message_id=header.id,
             receipt=receipt,
             replay_expires_at=expires_at,
