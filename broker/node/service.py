@@ -278,6 +278,9 @@ class Node:
         self._faults = DistinctFaults(self._log, "delivery_failed")
         self._failing: OrderedDict[tuple[str, int], str] = OrderedDict()  # first failure time
         self._local = threading.local()  # a worker thread's deferred decision effects
+        self._acks_to_record: list[tuple[str, asyncio.Future[None]]] = []
+        self._recording_acks = False
+        self._ack_flush: asyncio.Task[None] | None = None  # referenced while it runs
 
     # --------------------------------------------------------------- readiness
 
@@ -604,11 +607,9 @@ class Node:
             self.observe.acknowledged(
                 message_id=message_id, sender=self.agency_id, type_=message_type
             )
-            self._log.info("message_acknowledged", message_id=message_id, attempt=attempt)
+            self._log.debug("message_acknowledged", message_id=message_id, attempt=attempt)
             try:
-                await asyncio.to_thread(
-                    self.store.mark_outbox, message_id, OutboxState.ACKNOWLEDGED, now=self._clock()
-                )
+                await self._record_acknowledged(message_id)
             except StorageUnavailable as exc:
                 # JetStream holds it; the store still says 'submitted', so the outbox loop
                 # submits it again later with the same id (JetStream's window de-duplicates).
@@ -616,6 +617,39 @@ class Node:
             else:
                 self._store_faults.ok()
             return OutboxState.ACKNOWLEDGED
+
+    async def _record_acknowledged(self, message_id: str) -> None:
+        """Record that JetStream acknowledged ``message_id``. Requests finishing at the same
+        time share one commit and one thread hop (a group commit): the first starts a flush,
+        the others join the next one. Raises what the store raised."""
+        done = asyncio.get_running_loop().create_future()
+        self._acks_to_record.append((message_id, done))
+        if not self._recording_acks:
+            self._recording_acks = True
+            self._ack_flush = asyncio.get_running_loop().create_task(self._flush_acknowledged())
+        await done
+
+    async def _flush_acknowledged(self) -> None:
+        try:
+            while self._acks_to_record:
+                group, self._acks_to_record = self._acks_to_record, []
+                try:
+                    await asyncio.to_thread(
+                        self.store.mark_outbox_many,
+                        [(message_id, None) for message_id, _ in group],
+                        now=self._clock(),
+                        attempted=False,
+                    )
+                except Exception as exc:  # noqa: BLE001 - each waiting request sees it
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in group:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._recording_acks = False
 
     async def flush_outbox(self) -> int:
         """One attempt for every unacknowledged outbox message (oldest first). Returns how

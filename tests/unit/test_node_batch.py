@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from broker.devpki import DevFederation
 from broker.node.errors import StorageUnavailable
+from broker.node.model import OutboxState
 from broker.node.service import Node, wire_digest
 from broker.node.store import Receipt
 from broker.node.transport import MemoryDelivery
@@ -162,3 +163,44 @@ class TestFailuresInABatch:
         (held,) = nl.store.list_quarantine()
         assert held.message_id == ids[0]
         assert held.attempts == nl._retry.max_attempts
+
+
+class TestSendCommits:
+    def test_a_send_costs_two_commits_and_concurrent_acks_share_one(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One send: the outbox row (with its first attempt) and the acknowledgement, two
+        commits. Five sends acknowledged together: five rows and ONE acknowledgement commit."""
+        de = world.node(DE)
+        world.node(NL)
+        before = de.store.commits
+        single = asyncio.run(de.send(request_draft()))
+        assert single.state is OutboxState.ACKNOWLEDGED
+        assert de.store.commits - before == 2
+        stored = de.store.outbox_message(single.message_id)
+        assert stored is not None
+        assert (stored.state, stored.attempts) == (OutboxState.ACKNOWLEDGED, 1)
+
+        transport = world.transport(DE)
+        inner = transport.submit
+        gate = asyncio.Event()
+        waiting: list[str] = []
+
+        async def gated(subject: str, data: bytes, msg_id: str, **kwargs: Any) -> None:
+            waiting.append(msg_id)
+            await gate.wait()
+            await inner(subject, data, msg_id, **kwargs)
+
+        monkeypatch.setattr(transport, "submit", gated)
+
+        async def scenario() -> list[OutboxState]:
+            sends = [asyncio.create_task(de.send(request_draft())) for _ in range(5)]
+            while len(waiting) < 5:
+                await asyncio.sleep(0.01)
+            gate.set()
+            return [r.state for r in await asyncio.gather(*sends)]
+
+        before = de.store.commits
+        assert asyncio.run(scenario()) == [OutboxState.ACKNOWLEDGED] * 5
+        assert de.store.commits - before == 6
+        assert de.store.list_outbox(pending_only=True) == []
