@@ -136,8 +136,9 @@ class Watcher:
         self._thread.join(timeout=10)
 
 
-def cpu_seconds(fed: Federation) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each process of the federation and by us."""
+def cpu_seconds(fed: Federation, *, system_only: bool = False) -> dict[str, float]:
+    """CPU seconds (user + system, or system only) used so far by each process of the
+    federation and by us."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for row in fed.status():
@@ -145,9 +146,10 @@ def cpu_seconds(fed: Federation) -> dict[str, float]:
             continue
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{row.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[row.name] = (int(fields[11]) + int(fields[12])) / tick
+            user = 0 if system_only else int(fields[11])
+            out[row.name] = (user + int(fields[12])) / tick
     usage = os.times()
-    out["bench (load generator)"] = usage.user + usage.system
+    out["bench (load generator)"] = usage.system + (0 if system_only else usage.user)
     return out
 
 
@@ -521,8 +523,10 @@ def main() -> int:
 
             load_before = os.getloadavg()
             cpu_before = cpu_seconds(fed)
+            sys_before = cpu_seconds(fed, system_only=True)
             burst = load(None)  # as fast as the clients can
             cpu_after = cpu_seconds(fed)
+            sys_after = cpu_seconds(fed, system_only=True)
             paced = [load(rate) for rate in args.rate]
             load_after = os.getloadavg()
             nats_ms, nats_rate = floor_nats(fed, 2000)
@@ -563,6 +567,10 @@ def main() -> int:
             total += used
         print(f"  {name:<36} {used:8.2f} ms")
     print(f"  {'total (federation, without the bench)':<36} {total:8.2f} ms")
+    kernel = sum(
+        sys_after[n] - sys_before.get(n, 0.0) for n in sys_after if not n.startswith("bench")
+    )
+    print(f"  {'of which in the kernel (system time)':<36} {kernel * 1000 / delivered:8.2f} ms")
     peer_burst = peer["burst"]
     p99_60: dict[float, float] = {r["offered"]: r["p99"] for r in paced}
     peer_p99 = {rate: run["p99"] for rate, run in peer["paced"].items()}
