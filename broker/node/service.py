@@ -420,18 +420,9 @@ class Node:
             # Only the check-and-commit is serialised, per key; submission happens after the
             # lock is released (a request never waits on another request's retries).
             async with self._idempotency.hold(idempotency[0]):
-                found = await asyncio.to_thread(self.store.idempotent, idempotency[0])
-                if found is not None:
-                    request_hash, message_id = found
-                    if request_hash != idempotency[1]:
-                        raise IdempotencyConflict(
-                            "this Idempotency-Key was used for another request"
-                        )
-                    stored = await asyncio.to_thread(self.store.outbox_message, message_id)
-                    if stored is None:  # pragma: no cover - key and message share a commit
-                        raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
-                    return _result(stored, rule_id="", redactions=())
                 staged = await self._stage(draft, idempotency, actor)
+        if isinstance(staged, OutboxMessage):  # sent before under this Idempotency-Key
+            return _result(staged, rule_id="", redactions=())
         header, clearance, sealed, recorded = staged
         try:
             state = await self._submit(
@@ -456,20 +447,22 @@ class Node:
 
     async def _stage(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
-    ) -> tuple[Header, Clearance, SealedRecord, bool]:
+    ) -> tuple[Header, Clearance, SealedRecord, bool] | OutboxMessage:
         """Pre-flight, seal and commit to the outbox; the id stays in flight for the caller
         (which submits it, then discards it). The flag: stored as ``submitted`` with its
-        first attempt counted already."""
+        first attempt counted already. With ``idempotency``: the message stored earlier under
+        that key instead, if there is one (looked up in the same thread hop)."""
         try:
             # One thread hop: pre-flight, seal and the outbox commit (with its disclosure
             # records) belong together and are all blocking work.
-            header, clearance, sealed, recorded = await asyncio.to_thread(
-                self._prepare, draft, idempotency, actor
-            )
+            prepared = await asyncio.to_thread(self._prepare, draft, idempotency, actor)
         except PolicyDenied as exc:
             self.observe.preflight_refused(sender=self.agency_id, rule_id=exc.rule_id)
             self._log.info("preflight_refused", rule_id=exc.rule_id, reason=exc.reason.value)
             raise
+        if isinstance(prepared, OutboxMessage):
+            return prepared
+        header, clearance, sealed, recorded = prepared
         trace = self.observe.start_trace(header.id)
         self.observe.queued(
             message_id=header.id,
@@ -482,7 +475,17 @@ class Node:
 
     def _prepare(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
-    ) -> tuple[Header, Clearance, SealedRecord, bool]:
+    ) -> tuple[Header, Clearance, SealedRecord, bool] | OutboxMessage:
+        if idempotency is not None:
+            found = self.store.idempotent(idempotency[0])
+            if found is not None:
+                request_hash, message_id = found
+                if request_hash != idempotency[1]:
+                    raise IdempotencyConflict("this Idempotency-Key was used for another request")
+                stored = self.store.outbox_message(message_id)
+                if stored is None:  # pragma: no cover - key and message share a commit
+                    raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
+                return stored
         elapsed = self.observe.timer()
         try:
             header, clearance = self.clear(draft)
