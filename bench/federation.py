@@ -230,9 +230,12 @@ def run_load(
 # The protocol's operations per delivered message (docs/protocol.md; the message, its three
 # pieces of evidence, each sealed once and verified at both borders and at the end).
 CRYPTO_OPS = {"sign": 8, "verify": 13, "wrap": 4, "unwrap": 4}
-# What the federation asks of NATS per delivered message: the message and its three pieces of
-# evidence, each published (submit, outbox, delivery) and fetched once per hop.
-NATS_PUBLISHES_PER_MESSAGE = 12
+# What the federation asks of its clients' NATS traffic per delivered message, each a publish
+# and a fetch + ack: the message 3 (submit, outbox, delivery), the origin border's
+# relay_accepted 1 (delivery), the destination border's 2 (outbox, delivery), the recipient's
+# delivered 3 (submit, outbox, delivery). The servers' own sourcing across the border (INBOX
+# from the peer's OUT) is not driven: the floor is lower than the federation's real floor.
+NATS_PUBLISHES_PER_MESSAGE = 9
 
 
 def floor_nats(fed: Federation, messages: int) -> tuple[float, float]:
