@@ -506,6 +506,7 @@ def main() -> int:
         prepare(fed, policy_dir=ROOT / "docs" / "policies")
         _raise_fair_share(fed)
         watcher = Watcher(fed)
+        clients: dict[str, NodeClient] = {}
         try:
             fed.up()
             clients = {e.agency_id: NodeClient(e.url, e.token) for e in endpoints(fed)}
@@ -535,6 +536,8 @@ def main() -> int:
             nats_ms, nats_rate = floor_nats(fed, 2000)
             crypto_ms = floor_crypto(200)
         finally:
+            for client in clients.values():
+                client.close()
             try:
                 watcher.stop()
             finally:

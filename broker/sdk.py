@@ -277,7 +277,7 @@ class NodeClient:
         # One kept-alive connection per thread (http.client connections are not thread-safe);
         # all of them listed, so close() (or the client's end) closes every one.
         self._local = threading.local()
-        self._open: set[http.client.HTTPConnection] = set()
+        self._open: dict[http.client.HTTPConnection, threading.Thread] = {}
         self._open_lock = threading.Lock()
         self.token = token
         self.timeout = timeout
@@ -457,7 +457,12 @@ class NodeClient:
         )
         self._local.connection = made
         with self._open_lock:
-            self._open.add(made)
+            # Connections of threads that ended are closed here (nobody can use them again).
+            for connection, thread in list(self._open.items()):
+                if not thread.is_alive():
+                    connection.close()
+                    del self._open[connection]
+            self._open[made] = threading.current_thread()
         return made, False
 
     def _drop(self) -> None:
@@ -466,12 +471,12 @@ class NodeClient:
             kept.close()
             self._local.connection = None
             with self._open_lock:
-                self._open.discard(kept)
+                self._open.pop(kept, None)
 
     def close(self) -> None:
         """Close every kept-alive connection (call it when no request is running)."""
         with self._open_lock:
-            connections, self._open = self._open, set()
+            connections, self._open = list(self._open), {}
         for connection in connections:
             connection.close()
 
