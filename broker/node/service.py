@@ -20,6 +20,16 @@ Receiving, per delivery
        revoked: the record stays local).
     5. ack; then submit the evidence (the outbox loop retries it if that fails).
 
+Receiving in batches
+    The transport hands over whatever is ready on a lane (never waiting to fill a batch). One
+    worker-thread hop per batch: every delivery is decided first (steps 1-4, crypto outside
+    the store lock) with its writes planned; then all planned writes run in ONE transaction,
+    each delivery in its own savepoint (a delivery that fails spoils no other; a copy of an id
+    accepted earlier in the same batch is decided again inside the transaction and seen as a
+    copy). Decision logs and metrics are emitted after that commit. If the commit fails, each
+    delivery is settled again with its own commit. Then step 5 for the batch: acks, and the
+    evidence published concurrently (a bounded window) with one commit of the outcomes.
+
 When handling fails (poison handling, docs/node-api.md#quarantine)
     Our own faults and anything unexpected (a bug) never reach the peer as evidence. The
     delivery is nak'ed with a delay growing with its attempt count (``RetryPolicy``), so the

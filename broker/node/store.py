@@ -4,6 +4,8 @@ What it is for
     Durable state of one agency node in one SQLite file (WAL, ``synchronous=FULL``), opened by
     one process. Every method is short and synchronous; the async node calls them through
     ``asyncio.to_thread``, and a lock serialises them on the one connection (one writer).
+    :meth:`Store.batch` holds one transaction open on one thread while many write methods run
+    inside it as savepoints (the receive loop settles a fetched batch with one commit).
 
 The transactions that matter
     * :meth:`Store.commit_delivery`: the delivered message, its replay-store entry, its receipt
