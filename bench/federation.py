@@ -7,10 +7,18 @@ clients can, then at each offered ``--rate`` (default: the 200/s of the target, 
 the latency below saturation on a small machine). A message counts as delivered when its recipient
 node emits the ``delivered`` evidence (seen on the recipient country's ``cb.submit.>`` as the
 gateway, header only) and, at the end, it is really in the recipient's inbox. Latency is from
-the sender's submit call to that evidence. Floors: bare JetStream publish (async acks) on one
-country server, and bare jwcrypto seal (2 x ES256 + JWE) + open. Prints tables, never asserts.
-Also prints the CPU time each process used per delivered message in the unpaced run, so the
-cost of every part (nodes, gateways, NATS servers) is visible.
+the sender's submit call to that evidence. The SDK clients keep their connections alive.
+
+The gateways' per-sender fair share is raised (``fair_share.sender_rate`` 100000/s) for the
+run: with the default (20 msgs/s per sender, burst 200) the three senders' rate limit, not the
+federation, would decide the throughput.
+
+In the same run, next to it: the hand-rolled point-to-point HTTPS peer (``bench/peer.py``: the
+same sealing, aiohttp, jsonschema-rs, one commit per side, a signed receipt) and Casebridge's
+CPU per delivered message as a ratio to it; the NATS floor (the country servers driven by a
+bare client that batches: per delivered message the publishes and batched fetches the
+federation makes, no Python work); the crypto floor (the protocol's operations per delivered
+message with ``cryptography``). Prints tables, never asserts.
 Run: ``.venv/bin/python bench/federation.py [--messages N] [--rate R ...]``.
 """
 
@@ -21,7 +29,10 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,8 +43,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from jwcrypto import jwe, jwk, jws
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
+from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 from nats.aio.msg import Msg
 
 from broker.federation.launcher import Federation
@@ -123,8 +136,9 @@ class Watcher:
         self._thread.join(timeout=10)
 
 
-def cpu_seconds(fed: Federation) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by each process of the federation and by us."""
+def cpu_seconds(fed: Federation, *, system_only: bool = False) -> dict[str, float]:
+    """CPU seconds (user + system, or system only) used so far by each process of the
+    federation and by us."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for row in fed.status():
@@ -132,9 +146,10 @@ def cpu_seconds(fed: Federation) -> dict[str, float]:
             continue
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{row.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[row.name] = (int(fields[11]) + int(fields[12])) / tick
+            user = 0 if system_only else int(fields[11])
+            out[row.name] = (user + int(fields[12])) / tick
     usage = os.times()
-    out["bench (load generator)"] = usage.user + usage.system
+    out["bench (load generator)"] = usage.system + (0 if system_only else usage.user)
     return out
 
 
@@ -212,58 +227,171 @@ def run_load(
 # ------------------------------------------------------------------- floors ---
 
 
-def floor_jetstream(fed: Federation, messages: int) -> float:
-    """Bare JetStream publishes per second (async acks) on the DE server, one client."""
+# The protocol's operations per delivered message (docs/protocol.md; the message, its three
+# pieces of evidence, each sealed once and verified at both borders and at the end).
+CRYPTO_OPS = {"sign": 8, "verify": 13, "wrap": 4, "unwrap": 4}
+# What the federation asks of its clients' NATS traffic per delivered message, each a publish
+# and a fetch + ack: the message 3 (submit, outbox, delivery), the origin border's
+# relay_accepted 1 (delivery), the destination border's 2 (outbox, delivery), the recipient's
+# delivered 3 (submit, outbox, delivery). The servers' own sourcing across the border (INBOX
+# from the peer's OUT) is not driven: the floor is lower than the federation's real floor.
+NATS_PUBLISHES_PER_MESSAGE = 9
+
+
+def floor_nats(fed: Federation, messages: int) -> tuple[float, float]:
+    """The country servers driven by a bare client that batches: for every delivered message
+    the publishes of the federation (async, acks awaited in a window) and their fetches in
+    batches of 64 with acks, spread over the countries' servers. (ms of CPU per delivered
+    message summed over the NATS servers and the client, delivered messages/s)."""
+    countries = sorted(fed.settings.countries)
 
     async def run() -> float:
-        nc = await fed.connect_gateway("DE")
-        js = nc.jetstream()
-        await js.add_stream(name="BENCH_FLOOR", subjects=["bench.floor"])
+        clients = {c: await fed.connect_gateway(c) for c in countries}
         payload = b"x" * 6000  # about the size of a sealed request
         try:
+            for nc in clients.values():
+                js = nc.jetstream()
+                await js.add_stream(name="BENCH_FLOOR", subjects=["bench.floor"])
             t0 = time.perf_counter()
-            acks = [await js.publish_async("bench.floor", payload) for _ in range(messages)]
-            await asyncio.gather(*acks)
+            total = messages * NATS_PUBLISHES_PER_MESSAGE
+
+            async def country(nc: Any, share: int) -> None:
+                js = nc.jetstream()
+                window = 256
+                for first in range(0, share, window):
+                    acks = [
+                        await js.publish_async("bench.floor", payload)
+                        for _ in range(min(window, share - first))
+                    ]
+                    await asyncio.gather(*acks)
+                sub = await js.pull_subscribe("bench.floor", durable="floor")
+                taken = 0
+                while taken < share:
+                    batch = await sub.fetch(64, timeout=5)
+                    for msg in batch:
+                        await msg.ack()
+                    taken += len(batch)
+
+            share = total // len(clients)
+            await asyncio.gather(*(country(nc, share) for nc in clients.values()))
             return messages / (time.perf_counter() - t0)
         finally:
-            await js.delete_stream("BENCH_FLOOR")
-            await nc.close()
+            for nc in clients.values():
+                with contextlib.suppress(Exception):
+                    await nc.jetstream().delete_stream("BENCH_FLOOR")
+                await nc.close()
 
-    return asyncio.run(run())
+    before = _nats_cpu(fed)
+    own = os.times()
+    rate = asyncio.run(run())
+    after = _nats_cpu(fed)
+    used = after - before + os.times().user + os.times().system - own.user - own.system
+    return used * 1000 / messages, rate
 
 
-def floor_jwcrypto(rounds: int) -> float:
-    """Milliseconds per bare seal (2 x ES256 sign + JWE to one recipient) + open (reverse)."""
-    signer = jwk.JWK.from_pyca(ec.generate_private_key(ec.SECP256R1()))
-    agree = jwk.JWK.from_pyca(ec.generate_private_key(ec.SECP256R1()))
+def _nats_cpu(fed: Federation) -> float:
+    return sum(
+        seconds
+        for name, seconds in cpu_seconds(fed).items()
+        if name == "hub" or name in fed.settings.countries
+    )
+
+
+def floor_crypto(rounds: int) -> float:
+    """ms of CPU for the protocol's operations per delivered message (:data:`CRYPTO_OPS`)
+    done with ``cryptography`` directly (ES256, ECDH-ES + Concat KDF + AES key wrap)."""
+    signer = ec.generate_private_key(ec.SECP256R1())
+    agree = ec.generate_private_key(ec.SECP256R1())
     payload = json.dumps(BODY).encode()
+    signature = signer.sign(payload, ec.ECDSA(hashes.SHA256()))
+    cek = secrets.token_bytes(32)
 
-    def once() -> None:
-        inner = jws.JWS(payload)
-        inner.add_signature(signer, alg="ES256", protected={"alg": "ES256"})
-        token = jwe.JWE(
-            inner.serialize(compact=True).encode(),
-            protected={"alg": "ECDH-ES+A256KW", "enc": "A256GCM"},
-        )
-        token.add_recipient(agree.public())
-        wire = token.serialize(compact=True)
-        outer = jws.JWS(wire.encode())
-        outer.add_signature(signer, alg="ES256", protected={"alg": "ES256"})
-        sealed = outer.serialize(compact=True)
-        check = jws.JWS()
-        check.deserialize(sealed)
-        check.verify(signer.public(), alg="ES256")
-        opened = jwe.JWE()
-        opened.deserialize(check.payload.decode())
-        opened.decrypt(agree)
-        last = jws.JWS()
-        last.deserialize(opened.payload.decode())
-        last.verify(signer.public(), alg="ES256")
+    def kek(private: ec.EllipticCurvePrivateKey, public: ec.EllipticCurvePublicKey) -> bytes:
+        kdf = ConcatKDFHash(algorithm=hashes.SHA256(), length=32, otherinfo=b"bench")
+        return kdf.derive(private.exchange(ec.ECDH(), public))
 
-    return _best_ms(once, rounds)
+    ephemeral = ec.generate_private_key(ec.SECP256R1())
+    wrapped = aes_key_wrap(kek(ephemeral, agree.public_key()), cek)
+
+    def wrap() -> None:
+        e = ec.generate_private_key(ec.SECP256R1())
+        aes_key_wrap(kek(e, agree.public_key()), cek)
+
+    ops: dict[str, Callable[[], object]] = {
+        "sign": lambda: signer.sign(payload, ec.ECDSA(hashes.SHA256())),
+        "verify": lambda: signer.public_key().verify(signature, payload, ec.ECDSA(hashes.SHA256())),
+        "wrap": wrap,
+        "unwrap": lambda: aes_key_unwrap(kek(agree, ephemeral.public_key()), wrapped),
+    }
+    return sum(_best_ms(ops[name], rounds) * count for name, count in CRYPTO_OPS.items())
 
 
-def _best_ms(fn: Callable[[], None], rounds: int) -> float:
+# ---------------------------------------------------------------------- peer ---
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_peer(
+    directory: Path, *, messages: int, concurrency: int, rates: list[float]
+) -> dict[str, Any]:
+    """The point-to-point peer (bench/peer.py): a max run (CPU per delivered message of both
+    sides, delivered/s) and paced runs (latency)."""
+    python, script = sys.executable, str(ROOT / "bench" / "peer.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([python, script, "keys", str(directory)], check=True, env=env)  # noqa: S603
+    port = _free_port()
+    server = subprocess.Popen(  # noqa: S603 - our own script
+        [python, script, "serve", str(directory), str(port)], env=env
+    )
+    url = f"https://localhost:{port}/messages"
+
+    def send(count: int, rate: float | None) -> dict[str, Any]:
+        argv = [python, script, "send", str(directory), url, "--messages", str(count)]
+        argv += ["--concurrency", str(concurrency)]
+        if rate:
+            argv += ["--rate", str(rate)]
+        out = subprocess.run(argv, check=True, env=env, capture_output=True, text=True)  # noqa: S603
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        send(30, None)  # warm
+        before = _proc_cpu(server.pid)
+        burst = send(messages, None)
+        server_cpu = _proc_cpu(server.pid) - before
+        paced = {rate: send(messages, rate) for rate in rates}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    delivered = burst["delivered"] or 1
+    return {
+        "burst": burst,
+        "paced": paced,
+        "cpu_ms": (burst["cpu"] + server_cpu) * 1000 / delivered,
+        "sender_ms": burst["cpu"] * 1000 / delivered,
+        "recipient_ms": server_cpu * 1000 / delivered,
+    }
+
+
+def _best_ms(fn: Callable[[], object], rounds: int) -> float:
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -273,6 +401,68 @@ def _best_ms(fn: Callable[[], None], rounds: int) -> float:
 
 
 # --------------------------------------------------------------------- main ---
+
+
+# Installed as ``sitecustomize`` (``--profile``): every node and gateway process profiles
+# each of its threads with cProfile on that thread's CPU clock (waiting costs nothing) and
+# writes the merged stats when it exits.
+_PROFILE_HOOK = """
+import atexit, cProfile, os, pstats, sys, threading, time
+_argv = " ".join(getattr(sys, "orig_argv", sys.argv))
+_out = os.environ.get("CASEBRIDGE_BENCH_PROFILE")
+if _out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _argv):
+    _done = []
+    _run = threading.Thread.run
+    def _profiled_run(self):
+        profile = cProfile.Profile(time.thread_time)
+        profile.enable()
+        try:
+            _run(self)
+        finally:
+            profile.disable()
+            _done.append(profile)
+    threading.Thread.run = _profiled_run
+    _main = cProfile.Profile(time.thread_time)
+    _main.enable()
+    def _dump():
+        _main.disable()
+        stats = pstats.Stats(_main)
+        for profile in list(_done):
+            stats.add(profile)
+        name = _argv.split("--settings")[-1].strip().rsplit("/", 1)[-1].removesuffix(".json")
+        stats.dump_stats(os.path.join(_out, name + ".prof"))
+    atexit.register(_dump)
+"""
+
+
+def _install_profile_hook(directory: Path) -> None:
+    """Make the federation's Python processes profile themselves into ``directory``."""
+    hook = directory / "hook"
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_PROFILE_HOOK)
+    os.environ["CASEBRIDGE_BENCH_PROFILE"] = str(directory)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p
+    )
+
+
+def _print_profiles(directory: Path, top: int) -> None:
+    import pstats  # noqa: PLC0415 - only with --profile
+
+    for path in sorted(directory.glob("*.prof")):
+        if not any(k in path.name for k in ("de.lka-berlin", "gateway")):
+            continue  # one node and the gateways are enough to see where the time goes
+        print(f"\n--- profile of {path.stem} (whole process life, all threads) ---")
+        pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
+
+
+def _raise_fair_share(fed: Federation) -> None:
+    """Lift every gateway's per-sender rate limit (see the module docstring)."""
+    for gateway in fed.settings.gateways.values():
+        path = fed.settings.base / "settings" / f"{gateway.agency_id}.json"
+        doc = json.loads(path.read_text())
+        doc["fair_share"] = {"sender_rate": 100000, "sender_burst": 1000000}
+        path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _wait_ready(client: NodeClient, timeout: float = 60.0) -> None:
@@ -293,11 +483,19 @@ def main() -> int:
         "--rate",
         type=float,
         nargs="+",
-        default=[200.0, 20.0],
+        default=[60.0],
         help="offered loads (messages/s) of the paced runs",
     )
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="cProfile every node and gateway into this directory and print the top",
+    )
     args = parser.parse_args()
+    if args.profile is not None:
+        _install_profile_hook(args.profile)
 
     with tempfile.TemporaryDirectory(prefix="cb-bench-") as tmp:
         fed = Federation.init(
@@ -306,7 +504,9 @@ def main() -> int:
             now=datetime.now(UTC),
         )
         prepare(fed, policy_dir=ROOT / "docs" / "policies")
+        _raise_fair_share(fed)
         watcher = Watcher(fed)
+        clients: dict[str, NodeClient] = {}
         try:
             fed.up()
             clients = {e.agency_id: NodeClient(e.url, e.token) for e in endpoints(fed)}
@@ -325,17 +525,29 @@ def main() -> int:
                     timeout=args.timeout,
                 )
 
+            load_before = os.getloadavg()
             cpu_before = cpu_seconds(fed)
+            sys_before = cpu_seconds(fed, system_only=True)
             burst = load(None)  # as fast as the clients can
             cpu_after = cpu_seconds(fed)
+            sys_after = cpu_seconds(fed, system_only=True)
             paced = [load(rate) for rate in args.rate]
-            js_rate = floor_jetstream(fed, 5000)
-            crypto_ms = floor_jwcrypto(200)
+            load_after = os.getloadavg()
+            nats_ms, nats_rate = floor_nats(fed, 2000)
+            crypto_ms = floor_crypto(200)
         finally:
+            for client in clients.values():
+                client.close()
             try:
                 watcher.stop()
             finally:
                 fed.close()  # whatever happened: leave no process behind
+        peer = run_peer(
+            Path(tmp) / "peer",
+            messages=args.messages,
+            concurrency=args.concurrency,
+            rates=args.rate,
+        )
 
     print(f"Federation end to end ({len(PAIRS)} cross-border pairs, request.assistance):")
     print(
@@ -352,19 +564,54 @@ def main() -> int:
     delivered = burst["delivered"] or 1
     print(f"\nCPU per delivered message in the max run, by process ({delivered:.0f} delivered):")
     total = 0.0
+    bench_ms = 0.0
     for name in sorted(cpu_after, key=lambda n: cpu_before.get(n, 0.0) - cpu_after[n]):
-        used = cpu_after[name] - cpu_before.get(name, 0.0)
-        total += used
-        print(f"  {name:<36} {used * 1000 / delivered:8.2f} ms")
-    print(f"  {'total':<36} {total * 1000 / delivered:8.2f} ms")
-    e2e_ms = 1000 / burst["delivered_rate"] if burst["delivered_rate"] else float("nan")
-    print("\nFloors (same run, same machine):")
-    print(f"  bare JetStream publish, async acks, 6 kB:  {js_rate:9.0f} msg/s")
-    print(f"  bare jwcrypto seal + open (one recipient): {crypto_ms:9.2f} ms/msg")
-    print(
-        f"  end to end / JetStream floor: {burst['delivered_rate'] / js_rate:.3f}; "
-        f"ms per delivered message {e2e_ms:.1f} = {e2e_ms / crypto_ms:.1f} x the crypto floor"
+        used = (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / delivered
+        if name.startswith("bench"):
+            bench_ms = used
+        else:
+            total += used
+        print(f"  {name:<36} {used:8.2f} ms")
+    print(f"  {'total (federation, without the bench)':<36} {total:8.2f} ms")
+    kernel = sum(
+        sys_after[n] - sys_before.get(n, 0.0) for n in sys_after if not n.startswith("bench")
     )
+    print(f"  {'of which in the kernel (system time)':<36} {kernel * 1000 / delivered:8.2f} ms")
+    peer_burst = peer["burst"]
+    p99_60: dict[float, float] = {r["offered"]: r["p99"] for r in paced}
+    peer_p99 = {rate: run["p99"] for rate, run in peer["paced"].items()}
+    print("\nSide by side (same run, same machine):")
+    print(f"{'':<44} {'CPU ms/msg':>10} {'msgs/s':>8} {'p99 ms @ paced':>15} {'ratio':>6}")
+    first_rate: float = args.rate[0] if args.rate else 0.0
+    print(
+        f"{'Casebridge (nodes, gateways, NATS)':<44} {total:>10.2f} "
+        f"{burst['delivered_rate']:>8.1f} {p99_60.get(first_rate, float('nan')):>15.1f} "
+        f"{total / peer['cpu_ms']:>6.2f}"
+    )
+    print(
+        f"{'peer: point-to-point HTTPS (both sides)':<44} {peer['cpu_ms']:>10.2f} "
+        f"{peer_burst['rate']:>8.1f} {peer_p99.get(first_rate, float('nan')):>15.1f} "
+        f"{1.0:>6.2f}"
+    )
+    print(
+        f"{'NATS floor (bare batching client)':<44} {nats_ms:>10.2f} {nats_rate:>8.0f} "
+        f"{'':>15} {nats_ms / peer['cpu_ms']:>6.2f}"
+    )
+    print(
+        f"{'crypto floor (ops per message, pyca)':<44} {crypto_ms:>10.2f} {'':>8} {'':>15} "
+        f"{crypto_ms / peer['cpu_ms']:>6.2f}"
+    )
+    print(
+        f"\n  peer: sender {peer['sender_ms']:.2f} ms + recipient {peer['recipient_ms']:.2f} ms; "
+        f"{peer_burst['delivered']} delivered, {peer_burst['failures']} failed"
+    )
+    print(f"  load generator (bench: SDK clients, watcher): {bench_ms:.2f} ms/msg, not counted")
+    print(
+        "  load average before / after the Casebridge runs: "
+        + " / ".join(" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
+    )
+    if args.profile is not None:
+        _print_profiles(args.profile, 25)
     return 0
 
 

@@ -24,11 +24,11 @@ What it must never do
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -271,6 +271,14 @@ class NodeClient:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise NodeError("bad_request", f"the node URL must be http(s), not {base_url!r}")
         self.base_url = base_url.rstrip("/")
+        self._https = parsed.scheme == "https"
+        self._netloc = parsed.netloc
+        self._prefix = parsed.path.rstrip("/")
+        # One kept-alive connection per thread (http.client connections are not thread-safe);
+        # all of them listed, so close() (or the client's end) closes every one.
+        self._local = threading.local()
+        self._open: dict[http.client.HTTPConnection, threading.Thread] = {}
+        self._open_lock = threading.Lock()
         self.token = token
         self.timeout = timeout
         self.retries = retries
@@ -390,7 +398,9 @@ class NodeClient:
         while True:
             attempt += 1
             try:
-                return self._once(method, path, body=body, headers=headers, query=query)
+                return self._once(
+                    method, path, body=body, headers=headers, query=query, reuse=attempts > 1
+                )
             except NodeError as exc:
                 if not exc.retryable or attempt >= attempts:
                     raise
@@ -404,26 +414,82 @@ class NodeClient:
         body: object,
         headers: Mapping[str, str] | None,
         query: Mapping[str, str | None] | None,
+        reuse: bool = True,
     ) -> Any:
+        """One request on this thread's kept-alive connection. ``reuse`` (a request safe to
+        repeat): a kept connection the node closed meanwhile is replaced and the request sent
+        again on a fresh one; otherwise the request goes on a fresh connection."""
         params = {k: v for k, v in (query or {}).items() if v is not None}
-        url = self.base_url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        target = self._prefix + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
         data = json.dumps(body).encode("utf-8") if body is not None else None
-        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked in __init__
-        request.add_header("Authorization", f"Bearer {self.token}")
-        request.add_header("Accept", "application/json")
+        sent = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         if data is not None:
-            request.add_header("Content-Type", "application/json")
-        for name, value in (headers or {}).items():
-            request.add_header(name, value)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - scheme checked in __init__
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raise _http_error(exc) from None
-        except urllib.error.URLError as exc:
-            raise NodeError("node_unreachable", f"{self.base_url}: {exc.reason}") from None
-        except (TimeoutError, ConnectionError) as exc:
-            raise NodeError("node_unreachable", f"{self.base_url}: {exc}") from None
+            sent["Content-Type"] = "application/json"
+        sent.update(headers or {})
+        while True:
+            connection, kept = self._connection(fresh=not reuse)
+            try:
+                connection.request(method, target, body=data, headers=sent)
+                response = connection.getresponse()
+                raw = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                self._drop()
+                if kept:
+                    continue  # the node closed an idle kept connection: a fresh one
+                raise NodeError("node_unreachable", f"{self.base_url}: {exc}") from None
+            except (OSError, http.client.HTTPException) as exc:  # refused, timed out...
+                self._drop()
+                raise NodeError("node_unreachable", f"{self.base_url}: {exc}") from None
+            if response.will_close:
+                self._drop()
+            if response.status >= 400:
+                raise _http_error(response.status, raw, response.getheader("Retry-After"))
+            return json.loads(raw or b"null")
+
+    def _connection(self, *, fresh: bool) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection and whether it was kept from an earlier request."""
+        kept: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if kept is not None and not fresh:
+            return kept, True
+        self._drop()
+        made = (http.client.HTTPSConnection if self._https else http.client.HTTPConnection)(
+            self._netloc, timeout=self.timeout
+        )
+        self._local.connection = made
+        with self._open_lock:
+            # Connections of threads that ended are closed here (nobody can use them again).
+            for connection, thread in list(self._open.items()):
+                if not thread.is_alive():
+                    connection.close()
+                    del self._open[connection]
+            self._open[made] = threading.current_thread()
+        return made, False
+
+    def _drop(self) -> None:
+        kept: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if kept is not None:
+            kept.close()
+            self._local.connection = None
+            with self._open_lock:
+                self._open.pop(kept, None)
+
+    def close(self) -> None:
+        """Close every kept-alive connection (call it when no request is running)."""
+        with self._open_lock:
+            connections, self._open = list(self._open), {}
+        for connection in connections:
+            connection.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A client dropped without close(): no socket left to the garbage collector.
+        if hasattr(self, "_open"):
+            self.close()
 
 
 def new_idempotency_key() -> str:
@@ -435,12 +501,12 @@ def _path(collection: str, identifier: str) -> str:
     return f"/v1/{collection}/{urllib.parse.quote(identifier, safe='')}"
 
 
-def _http_error(exc: urllib.error.HTTPError) -> NodeError:
+def _http_error(status: int, body: bytes, retry_after_header: str | None) -> NodeError:
     try:
-        raw = json.loads(exc.read())
+        raw = json.loads(body)
     except ValueError:
         raw = None
-    retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+    retry_after = _retry_after(retry_after_header)
     if isinstance(raw, dict) and isinstance(raw.get("error"), dict):
         error = raw["error"]
         rule_id = error.get("rule_id")
@@ -448,15 +514,15 @@ def _http_error(exc: urllib.error.HTTPError) -> NodeError:
             str(error.get("reason")),
             str(error.get("detail")),
             rule_id if isinstance(rule_id, str) else None,
-            status=exc.code,
+            status=status,
             errors=[e for e in error.get("errors") or () if isinstance(e, dict)],
             retry_after=retry_after,
         )
     if isinstance(raw, dict) and raw.get("status") == "not_ready":
         # /readyz answers 503 with its own document, not an error document.
-        return NodeError("not_ready", str(raw.get("detail")), status=exc.code)
+        return NodeError("not_ready", str(raw.get("detail")), status=status)
     return NodeError(
-        "http_error", f"HTTP {exc.code} from the node", status=exc.code, retry_after=retry_after
+        "http_error", f"HTTP {status} from the node", status=status, retry_after=retry_after
     )
 
 

@@ -20,6 +20,16 @@ Receiving, per delivery
        revoked: the record stays local).
     5. ack; then submit the evidence (the outbox loop retries it if that fails).
 
+Receiving in batches
+    The transport hands over whatever is ready on a lane (never waiting to fill a batch). One
+    worker-thread hop per batch: every delivery is decided first (steps 1-4, crypto outside
+    the store lock) with its writes planned; then all planned writes run in ONE transaction,
+    each delivery in its own savepoint (a delivery that fails spoils no other; a copy of an id
+    accepted earlier in the same batch is decided again inside the transaction and seen as a
+    copy). Decision logs and metrics are emitted after that commit. If the commit fails, each
+    delivery is settled again with its own commit. Then step 5 for the batch: acks, and the
+    evidence published concurrently (a bounded window) with one commit of the outcomes.
+
 When handling fails (poison handling, docs/node-api.md#quarantine)
     Our own faults and anything unexpected (a bug) never reach the peer as evidence. The
     delivery is nak'ed with a delay growing with its attempt count (``RetryPolicy``), so the
@@ -38,10 +48,11 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
@@ -105,6 +116,7 @@ from broker.tracing import TRACEPARENT, from_headers
 TRANSIENT_REASONS: Final = frozenset({Reason.DIRECTORY_STALE})
 GATEWAY_KIND: Final = "gateway"
 MAX_FAILING_TRACKED: Final = 10_000  # first-failure times of deliveries being retried
+SUBMIT_WINDOW: Final = 64  # publishes awaiting JetStream's acknowledgement at once
 
 
 def retried_only(exc: BaseException) -> bool:
@@ -200,6 +212,20 @@ class _PendingReplay:
         return True
 
 
+@dataclass(slots=True)
+class _Settled:
+    """What one delivery of a batch came to (decided on the worker thread)."""
+
+    redelivery: bool = False  # settled before (a lost ack): acknowledge only
+    sealed: SealedRecord | None = None  # evidence we produced, to submit after the ack
+    error: Exception | None = None  # not settled: retried later or quarantined
+    effects: list[Callable[[], None]] = field(default_factory=list)
+
+    def run_effects(self) -> None:
+        for effect in self.effects:
+            effect()
+
+
 def wire_digest(data: bytes) -> str:
     """Digest of wire bytes as evidence names them (base64url SHA-256)."""
     return jose.sha256_b64url(data)
@@ -261,6 +287,10 @@ class Node:
         }
         self._faults = DistinctFaults(self._log, "delivery_failed")
         self._failing: OrderedDict[tuple[str, int], str] = OrderedDict()  # first failure time
+        self._local = threading.local()  # a worker thread's deferred decision effects
+        self._acks_to_record: list[tuple[str, asyncio.Future[None]]] = []
+        self._recording_acks = False
+        self._ack_flush: asyncio.Task[None] | None = None  # referenced while it runs
 
     # --------------------------------------------------------------- readiness
 
@@ -400,19 +430,10 @@ class Node:
             # Only the check-and-commit is serialised, per key; submission happens after the
             # lock is released (a request never waits on another request's retries).
             async with self._idempotency.hold(idempotency[0]):
-                found = await asyncio.to_thread(self.store.idempotent, idempotency[0])
-                if found is not None:
-                    request_hash, message_id = found
-                    if request_hash != idempotency[1]:
-                        raise IdempotencyConflict(
-                            "this Idempotency-Key was used for another request"
-                        )
-                    stored = await asyncio.to_thread(self.store.outbox_message, message_id)
-                    if stored is None:  # pragma: no cover - key and message share a commit
-                        raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
-                    return _result(stored, rule_id="", redactions=())
                 staged = await self._stage(draft, idempotency, actor)
-        header, clearance, sealed = staged
+        if isinstance(staged, OutboxMessage):  # sent before under this Idempotency-Key
+            return _result(staged, rule_id="", redactions=())
+        header, clearance, sealed, recorded = staged
         try:
             state = await self._submit(
                 sealed.message_id,
@@ -420,6 +441,7 @@ class Node:
                 wire=sealed.wire,
                 message_type=header.type,
                 inline=True,
+                first_recorded=recorded,
             )
         finally:
             self._in_flight.discard(sealed.message_id)
@@ -435,19 +457,22 @@ class Node:
 
     async def _stage(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
-    ) -> tuple[Header, Clearance, SealedRecord]:
+    ) -> tuple[Header, Clearance, SealedRecord, bool] | OutboxMessage:
         """Pre-flight, seal and commit to the outbox; the id stays in flight for the caller
-        (which submits it, then discards it)."""
+        (which submits it, then discards it). The flag: stored as ``submitted`` with its
+        first attempt counted already. With ``idempotency``: the message stored earlier under
+        that key instead, if there is one (looked up in the same thread hop)."""
         try:
             # One thread hop: pre-flight, seal and the outbox commit (with its disclosure
             # records) belong together and are all blocking work.
-            header, clearance, sealed = await asyncio.to_thread(
-                self._prepare, draft, idempotency, actor
-            )
+            prepared = await asyncio.to_thread(self._prepare, draft, idempotency, actor)
         except PolicyDenied as exc:
             self.observe.preflight_refused(sender=self.agency_id, rule_id=exc.rule_id)
             self._log.info("preflight_refused", rule_id=exc.rule_id, reason=exc.reason.value)
             raise
+        if isinstance(prepared, OutboxMessage):
+            return prepared
+        header, clearance, sealed, recorded = prepared
         trace = self.observe.start_trace(header.id)
         self.observe.queued(
             message_id=header.id,
@@ -456,11 +481,21 @@ class Node:
             type_=header.type,
         )
         self._log.info("message_queued", message_id=header.id, type=header.type, traceparent=trace)
-        return header, clearance, sealed
+        return header, clearance, sealed, recorded
 
     def _prepare(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
-    ) -> tuple[Header, Clearance, SealedRecord]:
+    ) -> tuple[Header, Clearance, SealedRecord, bool] | OutboxMessage:
+        if idempotency is not None:
+            found = self.store.idempotent(idempotency[0])
+            if found is not None:
+                request_hash, message_id = found
+                if request_hash != idempotency[1]:
+                    raise IdempotencyConflict("this Idempotency-Key was used for another request")
+                stored = self.store.outbox_message(message_id)
+                if stored is None:  # pragma: no cover - key and message share a commit
+                    raise NotFound(f"message {message_id} of this Idempotency-Key is gone")
+                return stored
         elapsed = self.observe.timer()
         try:
             header, clearance = self.clear(draft)
@@ -475,17 +510,21 @@ class Node:
         # In flight before the commit: the outbox loop may list the row as soon as it is
         # committed, and must leave it to the request that is about to submit it.
         self._in_flight.add(sealed.message_id)
+        # Connected: the request submits it at once, so the row is stored as submitted with
+        # that attempt counted (no separate commit before the publish).
+        submitting = self.transport.connected
         try:
             self.store.add_outbox(
                 sealed,
                 now=now,
                 idempotency=idempotency,
                 within=audit_log.log(disclosed, now=now),
+                submitting=submitting,
             )
         except BaseException:
             self._in_flight.discard(sealed.message_id)
             raise
-        return header, clearance, sealed
+        return header, clearance, sealed, submitting
 
     async def submit(
         self, message_id: str, *, attempts: int | None, sealed: SealedRecord | None = None
@@ -524,30 +563,33 @@ class Node:
         wire: bytes,
         message_type: str,
         inline: bool = False,
+        first_recorded: bool = False,
     ) -> OutboxState:
         """The attempts of :meth:`submit`, for a message the caller holds in flight.
 
         ``inline`` (a request is waiting): never wait on an unreachable server: answer
         ``queued`` at once (the outbox loop submits it later). Never raises for the store: the
-        message is committed already, and an answer must not contradict that."""
+        message is committed already, and an answer must not contradict that.
+        ``first_recorded``: the first attempt is already recorded (stored as submitted)."""
         attempt = 0
         while True:
             if inline and not self.transport.connected:
                 self._log.info("submit_deferred", message_id=message_id, why="not connected")
                 return OutboxState.QUEUED
             attempt += 1
-            try:
-                await asyncio.to_thread(
-                    self.store.mark_outbox,
-                    message_id,
-                    OutboxState.SUBMITTED,
-                    now=self._clock(),
-                    attempted=True,
-                )
-            except StorageUnavailable as exc:
-                self._store_faults.failed(exc)  # nothing sent: it stays queued
-                return OutboxState.QUEUED
-            self._store_faults.ok()
+            if attempt > 1 or not first_recorded:
+                try:
+                    await asyncio.to_thread(
+                        self.store.mark_outbox,
+                        message_id,
+                        OutboxState.SUBMITTED,
+                        now=self._clock(),
+                        attempted=True,
+                    )
+                except StorageUnavailable as exc:
+                    self._store_faults.failed(exc)  # nothing sent: it stays queued
+                    return OutboxState.QUEUED
+                self._store_faults.ok()
             try:
                 trace = self.observe.trace(message_id)
                 await self.transport.submit(
@@ -578,11 +620,9 @@ class Node:
             self.observe.acknowledged(
                 message_id=message_id, sender=self.agency_id, type_=message_type
             )
-            self._log.info("message_acknowledged", message_id=message_id, attempt=attempt)
+            self._log.debug("message_acknowledged", message_id=message_id, attempt=attempt)
             try:
-                await asyncio.to_thread(
-                    self.store.mark_outbox, message_id, OutboxState.ACKNOWLEDGED, now=self._clock()
-                )
+                await self._record_acknowledged(message_id)
             except StorageUnavailable as exc:
                 # JetStream holds it; the store still says 'submitted', so the outbox loop
                 # submits it again later with the same id (JetStream's window de-duplicates).
@@ -591,20 +631,129 @@ class Node:
                 self._store_faults.ok()
             return OutboxState.ACKNOWLEDGED
 
+    async def _record_acknowledged(self, message_id: str) -> None:
+        """Record that JetStream acknowledged ``message_id``. Requests finishing at the same
+        time share one commit and one thread hop (a group commit): the first starts a flush,
+        the others join the next one. Raises what the store raised."""
+        done = asyncio.get_running_loop().create_future()
+        self._acks_to_record.append((message_id, done))
+        if not self._recording_acks:
+            self._recording_acks = True
+            self._ack_flush = asyncio.get_running_loop().create_task(self._flush_acknowledged())
+        await done
+
+    async def _flush_acknowledged(self) -> None:
+        try:
+            while self._acks_to_record:
+                group, self._acks_to_record = self._acks_to_record, []
+                try:
+                    await asyncio.to_thread(
+                        self.store.mark_outbox_many,
+                        [(message_id, None) for message_id, _ in group],
+                        now=self._clock(),
+                        attempted=False,
+                    )
+                except Exception as exc:  # noqa: BLE001 - each waiting request sees it
+                    for _, done in group:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in group:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._recording_acks = False
+
     async def flush_outbox(self) -> int:
         """One attempt for every unacknowledged outbox message (oldest first). Returns how
-        many are still pending. Run at start-up (resubmits what a crash left) and periodically."""
+        many are still pending. Run at start-up (resubmits what a crash left) and periodically.
+        Publishes concurrently (a bounded window); the attempts are recorded before, and the
+        outcomes after, in one commit each."""
         pending = await asyncio.to_thread(
             self.store.list_outbox, include_evidence=True, pending_only=True, limit=1000
         )
-        left = 0
-        for number, message in enumerate(pending):
-            state = await self.submit(message.message_id, attempts=1)
-            left += state is not OutboxState.ACKNOWLEDGED
-            if self._store_faults.failing:
-                # The store cannot record attempts: stop this round, back off, come back.
-                return left + len(pending) - number - 1
-        return left
+        mine = [m for m in pending if m.message_id not in self._in_flight]
+        if not mine:
+            return len(pending)
+        ids = [m.message_id for m in mine]
+        self._in_flight.update(ids)
+        try:
+            try:
+                await asyncio.to_thread(self.store.mark_submitting, ids, now=self._clock())
+            except StorageUnavailable as exc:
+                # The store cannot record attempts: nothing sent, back off, come back.
+                self._store_faults.failed(exc)
+                return len(pending)
+            self._store_faults.ok()
+            errors = await self._publish_many(
+                [(m.message_id, m.wire, m.type) for m in mine], attempted=False
+            )
+        finally:
+            self._in_flight.difference_update(ids)
+        return len(pending) - len(mine) + sum(e is not None for e in errors)
+
+    async def submit_many(self, messages: Sequence[tuple[SealedRecord, str | None]]) -> None:
+        """Submit sealed outbox messages (the evidence of a received batch), each once, with at
+        most :data:`SUBMIT_WINDOW` publishes in flight; the outcomes are recorded in one commit.
+        What fails stays queued for the outbox loop. ``(sealed, traceparent)`` pairs."""
+        mine = [(s, t) for s, t in messages if s.message_id not in self._in_flight]
+        ids = [s.message_id for s, _ in mine]
+        self._in_flight.update(ids)
+        try:
+            for sealed, trace in mine:
+                self.observe.follow_trace(sealed.message_id, trace)
+            await self._publish_many(
+                [(s.message_id, s.wire, str(s.header["type"])) for s, _ in mine], attempted=True
+            )
+        finally:
+            self._in_flight.difference_update(ids)
+
+    async def _publish_many(
+        self, messages: Sequence[tuple[str, bytes, str]], *, attempted: bool
+    ) -> list[str | None]:
+        """Publish ``(message_id, wire, type)`` concurrently (bounded window), then record
+        every outcome in one commit; the error of each (None: acknowledged)."""
+        window = asyncio.Semaphore(SUBMIT_WINDOW)
+        subject = submit_subject(self.agency_id)
+
+        async def one(message_id: str, wire: bytes) -> str | None:
+            async with window:
+                trace = self.observe.trace(message_id)
+                try:
+                    await self.transport.submit(
+                        subject,
+                        wire,
+                        message_id,
+                        headers={TRACEPARENT: trace} if trace is not None else None,
+                    )
+                except TransportUnavailable as exc:
+                    return exc.detail
+                return None
+
+        errors = await asyncio.gather(*(one(m, w) for m, w, _ in messages))
+        for (message_id, _, message_type), error in zip(messages, errors, strict=True):
+            if error is None:
+                self.observe.acknowledged(
+                    message_id=message_id, sender=self.agency_id, type_=message_type
+                )
+                self._log.debug("message_acknowledged", message_id=message_id)
+            else:
+                self.observe.submit_failed()
+                self._log.warning("submit_failed", message_id=message_id, error=error)
+        try:
+            await asyncio.to_thread(
+                self.store.mark_outbox_many,
+                list(zip((m for m, _, _ in messages), errors, strict=True)),
+                now=self._clock(),
+                attempted=attempted,
+            )
+        except StorageUnavailable as exc:
+            # JetStream holds what it acknowledged; the store still says pending, so the
+            # outbox loop submits it again later with the same id (de-duplicated).
+            self._store_faults.failed(exc)
+        else:
+            self._store_faults.ok()
+        return list(errors)
 
     async def run_outbox(self, *, interval: float = 5.0) -> None:
         """Flush the outbox forever, backing off while the federation is unreachable or the
@@ -641,13 +790,8 @@ class Node:
     async def _receive_lane(self, *, evidence: bool) -> None:
         while True:
             try:
-                async for delivery in self.transport.deliveries(evidence=evidence):
-                    try:
-                        await self.handle(delivery)
-                    except TransportUnavailable as exc:
-                        self._log.warning(
-                            "settle_failed", sequence=delivery.sequence, error=str(exc)
-                        )
+                async for batch in self.transport.batches(evidence=evidence):
+                    await self.handle_batch(batch)
             except TransportUnavailable as exc:
                 self._log.warning("deliveries_interrupted", error=str(exc))
                 await self._sleep(1.0)
@@ -656,34 +800,158 @@ class Node:
 
     async def handle(self, delivery: Delivery) -> None:
         """Settle one delivery (see the module docstring)."""
-        receipt = Receipt(digest=wire_digest(delivery.data), sequence=delivery.sequence)
-        trace = from_headers(delivery.headers)
-        lane = lane_name(evidence=delivery.evidence)
-        progress = self.lanes[lane]
-        progress.taken()
-        try:
-            # One thread hop per delivery: the redelivery check and the work, together.
-            settled, evidence_id = await asyncio.to_thread(
-                self._settle, delivery.data, receipt, trace
-            )
-        # Never lose a message: whatever went wrong on our side, retry it, then set it aside.
-        except Exception as exc:  # noqa: BLE001 - logged once per distinct failure
-            await self._failed(delivery, receipt, lane, exc)
-            return
-        self._failing.pop((receipt.digest, receipt.sequence), None)
-        progress.settled()
-        if settled:
-            self.observe.redelivered("settled")
-            self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
-            await delivery.ack()
-            return
-        await delivery.ack()
-        if evidence_id is not None:
-            self.observe.follow_trace(evidence_id, trace)
-            await self.submit(evidence_id, attempts=1)
+        await self.handle_batch((delivery,))
 
-    def _settle(self, data: bytes, receipt: Receipt, trace: str | None) -> tuple[bool, str | None]:
-        """(already settled earlier, evidence id to submit) for one delivery. A delivery in the
+    async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        """Settle a batch of deliveries of one lane: decide each, commit them all in ONE
+        transaction (each message in its own savepoint, so one that fails spoils no other),
+        acknowledge each only after that commit, then submit the evidence they produced
+        concurrently. One worker-thread hop for the whole batch. If the batch commit itself
+        fails, every delivery is settled again on its own (its own commit)."""
+        if not deliveries:
+            return
+        items = [
+            (d, Receipt(digest=wire_digest(d.data), sequence=d.sequence), from_headers(d.headers))
+            for d in deliveries
+        ]
+        for delivery in deliveries:
+            self.lanes[lane_name(evidence=delivery.evidence)].taken()
+        work = [(d.data, receipt, trace) for d, receipt, trace in items]
+        try:
+            outcomes = await asyncio.to_thread(self._settle_batch, work)
+        except Exception as exc:  # noqa: BLE001 - the batch commit failed: one by one
+            self._log.debug("batch_commit_failed", size=len(work), error=str(exc))
+            outcomes = await asyncio.to_thread(lambda: [self._settle_alone(*w) for w in work])
+        evidence: list[tuple[SealedRecord, str | None]] = []
+        for (delivery, receipt, trace), outcome in zip(items, outcomes, strict=True):
+            lane = lane_name(evidence=delivery.evidence)
+            if outcome.error is not None:
+                await self._failed(delivery, receipt, lane, outcome.error)
+                continue
+            self._failing.pop((receipt.digest, receipt.sequence), None)
+            self.lanes[lane].settled()
+            if outcome.redelivery:
+                self.observe.redelivered("settled")
+                self._log.info("redelivery_acknowledged", sequence=receipt.sequence)
+            try:
+                await delivery.ack()
+            except TransportUnavailable as exc:
+                # Committed: the redelivery is recognised by its receipt and acknowledged.
+                self._log.warning("settle_failed", sequence=receipt.sequence, error=str(exc))
+            if outcome.sealed is not None:
+                evidence.append((outcome.sealed, trace))
+        if evidence:
+            await self.submit_many(evidence)
+
+    def _settle_batch(self, work: Sequence[tuple[bytes, Receipt, str | None]]) -> list[_Settled]:
+        """Settle a batch on the worker thread, in two phases. First every delivery is decided
+        (crypto, checks, evidence sealed) with its store writes planned, not done: the store
+        stays free for the API meanwhile. Then the planned writes of all of them run in ONE
+        transaction, each delivery in its own savepoint. A delivery whose write finds its id
+        accepted meanwhile (a second copy in the same batch) is decided again inside the
+        transaction, where it sees the first. Logs and metrics of each decision are emitted only
+        after the commit."""
+        outcomes: list[_Settled] = []
+        plans: list[list[Callable[[], None]] | None] = []
+        for data, receipt, trace in work:
+            outcome = _Settled()
+            plan: list[Callable[[], None]] = []
+            try:
+                with self._deferring(outcome.effects), self._planning(plan):
+                    outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+            except Exception as exc:  # noqa: BLE001 - settled later by _failed
+                outcomes.append(_Settled(error=exc))
+                plans.append(None)
+                continue
+            outcomes.append(outcome)
+            plans.append(plan)
+        with self.store.batch() as scope:
+            for index, (item, planned) in enumerate(zip(work, plans, strict=True)):
+                if planned is None:
+                    continue
+                try:
+                    with scope():
+                        for write in planned:
+                            write()
+                except InvalidMessage as exc:
+                    if exc.reason is not Reason.REPLAY:
+                        outcomes[index] = _Settled(error=exc)
+                        continue
+                    outcomes[index] = self._settle_within(scope, *item)
+                except Exception as exc:  # noqa: BLE001 - settled later by _failed
+                    outcomes[index] = _Settled(error=exc)
+        for outcome in outcomes:
+            outcome.run_effects()
+        return outcomes
+
+    def _settle_within(
+        self,
+        scope: Callable[[], AbstractContextManager[object]],
+        data: bytes,
+        receipt: Receipt,
+        trace: str | None,
+    ) -> _Settled:
+        """Decide and write one delivery inside the batch's transaction (its own savepoint)."""
+        outcome = _Settled()
+        try:
+            with scope(), self._deferring(outcome.effects):
+                outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+        except Exception as exc:  # noqa: BLE001 - settled later by _failed
+            return _Settled(error=exc)
+        return outcome
+
+    def _settle_alone(self, data: bytes, receipt: Receipt, trace: str | None) -> _Settled:
+        """One delivery with its own commit (the fallback when a batch commit failed)."""
+        outcome = _Settled()
+        try:
+            with self._deferring(outcome.effects):
+                outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+        except Exception as exc:  # noqa: BLE001 - settled later by _failed
+            return _Settled(error=exc)
+        outcome.run_effects()
+        return outcome
+
+    @contextmanager
+    def _planning(self, plan: list[Callable[[], None]]) -> Iterator[None]:
+        """Collect this thread's settlement writes in ``plan`` instead of running them."""
+        previous = getattr(self._local, "plan", None)
+        self._local.plan = plan
+        try:
+            yield
+        finally:
+            self._local.plan = previous
+
+    def _commit(self, write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """A delivery's settlement write: run now, or planned for the batch's transaction."""
+        plan: list[Callable[[], None]] | None = getattr(self._local, "plan", None)
+        if plan is None:
+            write(*args, **kwargs)
+        else:
+            plan.append(lambda: write(*args, **kwargs))
+
+    @contextmanager
+    def _deferring(self, effects: list[Callable[[], None]]) -> Iterator[None]:
+        """Collect this thread's decision logs and metrics in ``effects`` instead of emitting
+        them (they are emitted after the commit, and dropped if it fails)."""
+        previous = getattr(self._local, "effects", None)
+        self._local.effects = effects
+        try:
+            yield
+        finally:
+            self._local.effects = previous
+
+    def _defer(self, effect: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Emit a decision's log line or metric after its commit (at once outside a batch)."""
+        effects: list[Callable[[], None]] | None = getattr(self._local, "effects", None)
+        if effects is None:
+            effect(*args, **kwargs)
+        else:
+            effects.append(lambda: effect(*args, **kwargs))
+
+    def _settle(
+        self, data: bytes, receipt: Receipt, trace: str | None
+    ) -> tuple[bool, SealedRecord | None]:
+        """(already settled earlier, evidence to submit) for one delivery. A delivery in the
         quarantine counts as settled: it is in an operator's hands (a lost ack brought it
         back)."""
         if self.store.processed(receipt) or self.store.quarantined(receipt):
@@ -800,7 +1068,8 @@ class Node:
     def _retry_item(self, item: Quarantined, receipt: Receipt) -> str | None:
         if self.store.processed(receipt):
             return None  # settled by an earlier retry that crashed before releasing the item
-        return self._receive(item.wire, receipt, None)
+        sealed = self._receive(item.wire, receipt, None)
+        return sealed.message_id if sealed is not None else None
 
     async def drop_quarantined(self, item_id: int, *, actor: str, justification: str) -> None:
         """Delete a quarantined delivery for good (an operator's ``drop``), with an audit record
@@ -832,7 +1101,9 @@ class Node:
             raise NotFound(f"no quarantined delivery {item_id}")
         self._log.info("quarantine_dropped", quarantine_id=item_id, actor=actor)
 
-    def _receive(self, data: bytes, receipt: Receipt, trace: str | None = None) -> str | None:
+    def _receive(
+        self, data: bytes, receipt: Receipt, trace: str | None = None
+    ) -> SealedRecord | None:
         now = self._clock()
         pending = _PendingReplay(self.store)
         elapsed = self.observe.timer()
@@ -884,9 +1155,10 @@ class Node:
                 and self.store.accepted_evidence(header.id)
             )
         if duplicate:
-            self.observe.redelivered("duplicate")
             claimed = unverified_header(data)
-            self._log.info(
+            self._defer(self.observe.redelivered, "duplicate")
+            self._defer(
+                self._log.info,
                 "duplicate_acknowledged",
                 message_id=claimed.id if claimed is not None else None,
                 sequence=receipt.sequence,
@@ -906,11 +1178,12 @@ class Node:
         trace: str | None = None,
         *,
         wire: bytes | None = None,
-    ) -> str | None:
+    ) -> SealedRecord | None:
         header = opened.header
         subject = Subject.of(header, opened.routed.digest)
         record, sealed = self._evidence(EvidenceKind.DELIVERED, subject, now)
-        self.store.commit_delivery(
+        self._commit(
+            self.store.commit_delivery,
             header=header.to_json(),
             body=opened.body,
             receipt=receipt,
@@ -923,15 +1196,21 @@ class Node:
             ),
             wire=wire,
         )
-        self.observe.delivered(sender=header.sender, recipient=self.agency_id, type_=header.type)
-        self._log.info(
+        self._defer(
+            self.observe.delivered,
+            sender=header.sender,
+            recipient=self.agency_id,
+            type_=header.type,
+        )
+        self._defer(
+            self._log.info,
             "message_delivered",
             message_id=header.id,
             sender=header.sender,
             type=header.type,
             traceparent=trace,
         )
-        return sealed.message_id if sealed is not None else None
+        return sealed
 
     def _evidence(
         self,
@@ -977,8 +1256,11 @@ class Node:
             self._schemas.validate(header.type, header.type_version, body)
             sealed = self._seal(header, body, now)
         except CasebridgeError as exc:
-            self._log.warning(
-                "evidence_not_sealed", subject=subject.message_id, reason=exc.reason.value
+            self._defer(
+                self._log.warning,
+                "evidence_not_sealed",
+                subject=subject.message_id,
+                reason=exc.reason.value,
             )
             note = f"evidence not sent to {subject.sender}: {exc.reason.value}"
             return replace(record, detail=f"{detail}; {note}" if detail else note), None
@@ -991,7 +1273,7 @@ class Node:
         exc: CasebridgeError,
         now: datetime,
         trace: str | None = None,
-    ) -> str | None:
+    ) -> SealedRecord | None:
         claimed = unverified_header(data)
         rule_id = exc.rule_id if isinstance(exc, PolicyDenied) else None
         rejection = Rejection(
@@ -1030,14 +1312,18 @@ class Node:
                 detail=f"{exc.detail}; evidence not sent to {claimed.sender}: "
                 "its signature did not verify",
             )
-        self.store.commit_rejection(rejection, now=now, evidence=record, sealed=sealed)
-        self.observe.rejected(
+        self._commit(
+            self.store.commit_rejection, rejection, now=now, evidence=record, sealed=sealed
+        )
+        self._defer(
+            self.observe.rejected,
             claimed_sender=rejection.sender,
             recipient=self.agency_id,
             reason=rejection.reason,
             rule_id=rule_id,
         )
-        self._log.warning(
+        self._defer(
+            self._log.warning,
             "message_rejected",
             claimed_message_id=rejection.message_id,
             claimed_sender=rejection.sender,
@@ -1045,7 +1331,7 @@ class Node:
             rule_id=rule_id,
             traceparent=trace,
         )
-        return sealed.message_id if sealed is not None else None
+        return sealed
 
     def _accept_evidence(
         self,
@@ -1062,9 +1348,16 @@ class Node:
         subject = self.store.outbox_message(subject_id)
         record: EvidenceRecord | None = None
         if subject is None or is_evidence_type(subject.type):
-            self._log.warning("evidence_dropped", subject=subject_id, why="not a message we sent")
+            self._defer(
+                self._log.warning,
+                "evidence_dropped",
+                subject=subject_id,
+                why="not a message we sent",
+            )
         elif not self._may_attest(opened, subject):
-            self._log.warning("evidence_dropped", subject=subject_id, why="sender not involved")
+            self._defer(
+                self._log.warning, "evidence_dropped", subject=subject_id, why="sender not involved"
+            )
         else:
             record = EvidenceRecord(
                 subject_id=subject_id,
@@ -1078,7 +1371,8 @@ class Node:
                 direction="received",
                 digest_matches=body["subject_digest"] == subject.digest,
             )
-            self.observe.evidence(
+            self._defer(
+                self.observe.evidence,
                 kind=kind.value,
                 subject_id=subject_id,
                 subject_created_at=subject.created_at,
@@ -1086,7 +1380,8 @@ class Node:
                 actor=str(body["actor"]),
                 at=str(body["at"]),
             )
-        self.store.commit_evidence_received(
+        self._commit(
+            self.store.commit_evidence_received,
             message_id=header.id,
             receipt=receipt,
             replay_expires_at=expires_at,

@@ -4,6 +4,8 @@ What it is for
     Durable state of one agency node in one SQLite file (WAL, ``synchronous=FULL``), opened by
     one process. Every method is short and synchronous; the async node calls them through
     ``asyncio.to_thread``, and a lock serialises them on the one connection (one writer).
+    :meth:`Store.batch` holds one transaction open on one thread while many write methods run
+    inside it as savepoints (the receive loop settles a fetched batch with one commit).
 
 The transactions that matter
     * :meth:`Store.commit_delivery`: the delivered message, its replay-store entry, its receipt
@@ -34,7 +36,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -249,12 +251,16 @@ class Store:
     def __init__(self, path: Path | str, *, probe_interval: float = PROBE_INTERVAL) -> None:
         self.path = str(path)
         self.write_failures = 0  # failed write transactions since start (a metric)
+        self.commits = 0  # write transactions committed since start (what batching saves)
         self._write_error: str | None = None  # the last write's failure; None: it committed
         self._probe_interval = probe_interval
         self._probed_at = float("-inf")
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implicit.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
+        # Re-entrant: a batch (:meth:`batch`) holds it from BEGIN to COMMIT while the writes
+        # of its messages run inside as savepoints, on the same thread.
+        self._lock = threading.RLock()
+        self._depth = 0  # open write scopes on the holding thread: 0, or 1 + nested savepoints
         self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA busy_timeout = 5000")
@@ -299,8 +305,13 @@ class Store:
 
     @contextmanager
     def _write(self, *, counted: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write transaction; storage faults become :class:`StorageUnavailable` here."""
+        """One write transaction; storage faults become :class:`StorageUnavailable` here.
+        Inside a :meth:`batch` it is a savepoint of the batch's transaction instead."""
         with self._lock:
+            if self._depth:
+                with self._savepoint(counted=counted) as db:
+                    yield db
+                return
             outcome: StorageOutcome = "not_stored"
             try:
                 self._rollback()  # a failed ROLLBACK earlier may have left one open
@@ -332,6 +343,52 @@ class Store:
                     outcome=outcome,
                 ) from exc
             self._write_error = None
+            self.commits += 1
+
+    @contextmanager
+    def _savepoint(self, *, counted: bool = True) -> Iterator[sqlite3.Connection]:
+        """A nested write scope (the lock is held): its writes are undone alone on failure,
+        and become durable only with the enclosing transaction's commit."""
+        self._depth += 1
+        try:
+            self._db.execute("SAVEPOINT scope")
+            try:
+                yield self._db
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK TO scope")
+                    self._db.execute("RELEASE scope")
+                raise
+            self._db.execute("RELEASE scope")
+        except BaseException as exc:
+            fault = storage_fault(exc)
+            if fault is None:
+                raise
+            if counted:
+                self.write_failures += 1
+            self._write_error = f"{type(fault).__name__}: {fault}"
+            raise StorageUnavailable(
+                f"the node's store cannot write ({fault}); nothing was stored",
+                outcome="not_stored",
+            ) from exc
+        finally:
+            self._depth -= 1
+
+    @contextmanager
+    def batch(self) -> Iterator[Callable[[], AbstractContextManager[sqlite3.Connection]]]:
+        """ONE write transaction for many deliveries (the receive loop settles a fetched batch
+        with one commit). Every write method called inside, on this thread, becomes a savepoint
+        of it; the yielded ``scope()`` opens one explicitly (one per message, so a message that
+        fails leaves the others' writes intact). Reads inside see the batch's own writes (a
+        second copy of an id in the same batch is a replay). Nothing is durable before the
+        commit at the end; a commit failure raises :class:`StorageUnavailable` (the caller
+        settles the messages one by one instead). Other threads wait for the commit."""
+        with self._write() as _db:
+            self._depth = 1
+            try:
+                yield self._savepoint
+            finally:
+                self._depth = 0
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -406,11 +463,14 @@ class Store:
         now: datetime,
         idempotency: tuple[str, str] | None = None,
         within: Within | None = None,
+        submitting: bool = False,
     ) -> None:
         """Store a sealed message as ``queued`` (with its API idempotency key, if any);
-        ``within`` (its disclosure records) runs in the same transaction."""
+        ``within`` (its disclosure records) runs in the same transaction. ``submitting``: the
+        caller submits it right after this commit, so it is stored as ``submitted`` with that
+        first attempt counted (one commit fewer than marking it separately)."""
         with self._write() as db:
-            _insert_outbox(db, sealed, now)
+            _insert_outbox(db, sealed, now, submitting=submitting)
             if within is not None:
                 within(db)
             if idempotency is not None:
@@ -436,6 +496,40 @@ class Store:
                 "UPDATE outbox SET state = ?, updated_at = ?, last_error = ?, "
                 "attempts = attempts + ? WHERE id = ?",
                 (state.value, iso(now), error, 1 if attempted else 0, message_id),
+            )
+
+    def mark_outbox_many(
+        self,
+        outcomes: Sequence[tuple[str, str | None]],
+        *,
+        now: datetime,
+        attempted: bool = True,
+    ) -> None:
+        """Record the submission outcome of each ``(message_id, error)`` in one transaction:
+        ``acknowledged`` when ``error`` is None, else back to ``queued`` with the error;
+        ``attempted``: count the attempt here (not counted already)."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET state = ?, updated_at = ?, last_error = ?, "
+                "attempts = attempts + ? WHERE id = ?",
+                [
+                    (
+                        (OutboxState.ACKNOWLEDGED if error is None else OutboxState.QUEUED).value,
+                        iso(now),
+                        error,
+                        int(attempted),
+                        message_id,
+                    )
+                    for message_id, error in outcomes
+                ],
+            )
+
+    def mark_submitting(self, message_ids: Sequence[str], *, now: datetime) -> None:
+        """Count a submission attempt of each message, about to be published (one commit)."""
+        with self._write() as db:
+            db.executemany(
+                "UPDATE outbox SET state = ?, updated_at = ?, attempts = attempts + 1 WHERE id = ?",
+                [(OutboxState.SUBMITTED.value, iso(now), m) for m in message_ids],
             )
 
     def outbox_message(self, message_id: str) -> OutboxMessage | None:
@@ -931,11 +1025,14 @@ def _insert_evidence(
     )
 
 
-def _insert_outbox(db: sqlite3.Connection, sealed: SealedRecord, now: datetime) -> None:
+def _insert_outbox(
+    db: sqlite3.Connection, sealed: SealedRecord, now: datetime, *, submitting: bool = False
+) -> None:
     header = sealed.header
+    state = OutboxState.SUBMITTED if submitting else OutboxState.QUEUED
     db.execute(
         "INSERT INTO outbox (id, type, conversation, in_reply_to, header, body, wire, digest, "
-        "state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "state, attempts, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             sealed.message_id,
             header["type"],
@@ -945,7 +1042,8 @@ def _insert_outbox(db: sqlite3.Connection, sealed: SealedRecord, now: datetime) 
             _json(sealed.body),
             sealed.wire,
             sealed.digest,
-            OutboxState.QUEUED.value,
+            state.value,
+            int(submitting),
             iso(now),
             iso(now),
         ),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -97,6 +97,12 @@ class Transport(Protocol):
     def deliveries(self, *, evidence: bool = False) -> AsyncIterator[Delivery]:
         """The deliveries of one lane (case messages, or evidence), in order, until the
         transport is closed. A node consumes both lanes concurrently."""
+        ...
+
+    def batches(self, *, evidence: bool = False) -> AsyncIterator[Sequence[Delivery]]:
+        """The same deliveries in batches: each batch is whatever is ready now (at least one,
+        at most a bound), never held back to fill it. The node settles a batch with one
+        commit."""
         ...
 
 
@@ -302,10 +308,18 @@ class MemoryTransport:
             wakeup.set()
 
     async def deliveries(self, *, evidence: bool = False) -> AsyncIterator[MemoryDelivery]:
+        async for batch in self.batches(evidence=evidence):
+            for delivery in batch:
+                yield delivery
+
+    async def batches(
+        self, *, evidence: bool = False, limit: int = 64
+    ) -> AsyncIterator[list[MemoryDelivery]]:
         wakeup = self._wakeups[evidence] = asyncio.Event()
         while not self._closed:
-            for delivery in self.take(evidence):
-                yield delivery
+            ready = self.take(evidence)
+            for start in range(0, len(ready), limit):
+                yield ready[start : start + limit]
             if not self._closed and not any(d.evidence == evidence for d in self._queue):
                 wakeup.clear()
                 await wakeup.wait()

@@ -27,6 +27,7 @@ from broker.cli.focal import NodeCallError
 from broker.federation import subjects as s
 from broker.federation.launcher import ProcessSpec, free_port
 from broker.node.store import Store
+from broker.sdk import NodeClient, NodeError
 from tests.integration.e2e_helpers import (
     Running,
     Sealed,
@@ -512,6 +513,73 @@ class TestCrashRun:
             assert max(counts[i] for i in acked) == 1
             assert sum(1 for i in acked if counts[i] == 1) >= self.COUNT - len(crashes)
         finally:
+            fed.close()
+
+
+class TestSenderCrash:
+    """kill -9 of the SENDING node in the middle of a run of API sends."""
+
+    COUNT: Final = 150
+    TIMEOUT: Final = 180.0
+
+    def test_every_answered_send_arrives_once(self, nats_binary: Path, tmp_path: Path) -> None:
+        """Sends answered by the node's API (acknowledged or queued) before and after a kill -9
+        of the sending node all arrive exactly once; the restarted node resubmits its outbox."""
+        del nats_binary
+        fed = Running.start(tmp_path / "fed", nodes=[LKA, NPU])
+        answered: list[str] = []
+        failed: list[str] = []
+        stop = threading.Event()
+
+        def sender() -> None:
+            client = NodeClient(fed.client(LKA).base_url, fed.client(LKA).token, timeout=10)
+            try:
+                for _ in range(self.COUNT):
+                    if stop.is_set():
+                        return
+                    try:
+                        answered.append(client.send(request_de_ua())["message_id"])
+                    except NodeError as exc:  # the node is down: counted, the run goes on
+                        failed.append(exc.reason)
+                        time.sleep(0.2)
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=sender, daemon=True) for _ in range(3)]
+        try:
+            for thread in threads:
+                thread.start()
+            wait_until(lambda: len(answered) >= 60, self.TIMEOUT, what="60 answered sends")
+            fed.fed.stop(f"node-{LKA}", kill=True)
+            fed.restart(f"node-{LKA}", country="DE")
+            for thread in threads:
+                thread.join(self.TIMEOUT)
+            assert len(answered) > 100
+            sent = set(answered)
+            assert len(sent) == len(answered)
+            wait_until(
+                lambda: sent <= set(fed.inbox_ids(NPU)),
+                self.TIMEOUT,
+                what="every answered send in NPU's inbox",
+            )
+            wait_until(
+                lambda: all(
+                    state == "acknowledged"
+                    for i, state in fed.outbox_states(LKA).items()
+                    if i in sent
+                ),
+                self.TIMEOUT,
+                what="every answered send acknowledged at LKA after the restart",
+            )
+            inbox = fed.inbox_ids(NPU)
+            assert len(inbox) == len(set(inbox))
+            # Sends cut off by the kill may have been stored (and so delivered) without an
+            # answer; nothing else arrives.
+            assert set(inbox) <= set(fed.outbox_states(LKA))
+            counts = fed.delivered_log_count(NPU)
+            assert max(counts[i] for i in sent) == 1
+        finally:
+            stop.set()
             fed.close()
 
 

@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
 from broker.core import canonical, jose
 from broker.core.envelope import INNER_TYP, JWE_TYP, OUTER_TYP, open_message, verify_routing
 from broker.core.header import Header
@@ -238,9 +242,10 @@ def m_b64_segment(rng: random.Random) -> bytes:
             return forge.assemble(sign_outer(jose.b64url_decode(segs[1], what="p")), JWE_TEXT)
         if consistent and index == 0:
             signing_input = f"{segs[0]}.{segs[1]}".encode("ascii")
-            from broker.core.jose import _SIGNER, _private_jwk
-
-            signature = _SIGNER.sign(_private_jwk(WORLD[SENDER].signing), signing_input)
+            # ES256 by hand (raw r || s), so an edited header is signed as a sender would.
+            der = WORLD[SENDER].signing.sign(signing_input, ec.ECDSA(hashes.SHA256()))
+            r, s_ = decode_dss_signature(der)
+            signature = r.to_bytes(32, "big") + s_.to_bytes(32, "big")
             return forge.assemble(f"{segs[0]}.{segs[1]}.{forge.b64(signature)}", JWE_TEXT)
         return forge.assemble(".".join(segs), JWE_TEXT)
     jwe = json.loads(JWE_TEXT)

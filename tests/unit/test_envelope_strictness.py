@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given
 from hypothesis import strategies as st
+from jwcrypto import jwk
+from jwcrypto.jwa import JWA
 
 from broker.core import canonical, jose
 from broker.core.envelope import (
@@ -97,8 +99,8 @@ def jwe_object(
     cek = secrets.token_bytes(32)
     entries = []
     for r in recipients:
-        wrapped = jose._KEY_WRAP.wrap(
-            jose._public_jwk(r.agreement.public_key()),
+        wrapped = JWA.keymgmt_alg(jose.KEY_ALG).wrap(
+            jwk.JWK.from_pyca(r.agreement.public_key()),
             256,
             cek,
             {"alg": jose.KEY_ALG, "enc": jose.ENC_ALG},

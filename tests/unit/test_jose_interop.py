@@ -8,10 +8,15 @@ accepts what a standard implementation produces, and refuses the same token when
 from __future__ import annotations
 
 import json
+import secrets
+import struct
+from typing import Final
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from jwcrypto import jwe, jwk, jws
+from jwcrypto.jwa import JWA
 
 from broker.core import jose
 from broker.errors import InvalidMessage, Reason
@@ -100,3 +105,70 @@ def test_wrong_key_is_refused_as_decrypt_failed() -> None:
     with pytest.raises(InvalidMessage) as err:
         jose.decrypt_general(text, kid="k", key=other, typ=TYP)
     assert err.value.reason is Reason.DECRYPT_FAILED
+
+
+class TestEcdhEsWithCryptographyDirectly:
+    """ECDH-ES+A256KW done with pyca (ConcatKDFHash, AES key wrap) against jwcrypto's own."""
+
+    KEY_WRAP = JWA.keymgmt_alg(jose.KEY_ALG)
+    HEADERS: Final = {"alg": jose.KEY_ALG, "enc": jose.ENC_ALG}
+
+    def test_our_wrapped_key_unwraps_with_jwcrypto(self) -> None:
+        """A content key we wrap is recovered by jwcrypto's ECDH-ES+A256KW from our epk."""
+        key, cek = _key(), secrets.token_bytes(32)
+        epk, encrypted_key = jose.wrap_key(cek, key.public_key())
+        assert set(epk) == {"crv", "kty", "x", "y"}
+        unwrapped = self.KEY_WRAP.unwrap(
+            jwk.JWK.from_pyca(key), 256, encrypted_key, {**self.HEADERS, "epk": epk}
+        )
+        assert unwrapped == cek
+
+    def test_jwcrypto_wrapped_key_unwraps_with_ours(self) -> None:
+        """A content key jwcrypto wraps (its own ephemeral JWK) is recovered by ours."""
+        key, cek = _key(), secrets.token_bytes(32)
+        wrapped = self.KEY_WRAP.wrap(jwk.JWK.from_pyca(key.public_key()), 256, cek, self.HEADERS)
+        epk = jwk.JWK(**wrapped["header"]["epk"]).get_op_key("verify")
+        assert jose.unwrap_key(wrapped["ek"], epk, key) == cek
+
+    def test_same_ephemeral_key_gives_the_same_bytes_as_jwcrypto(self) -> None:
+        """With the same ephemeral key, our Concat KDF output (our OtherInfo) and wrapped key
+        are byte-identical to jwcrypto's derivation."""
+        ephemeral, recipient = _key(), _key()
+        ours = jose._kek(ephemeral, recipient.public_key())
+        theirs = self.KEY_WRAP._derive(
+            ephemeral, recipient.public_key(), jose.KEY_ALG, 256, self.HEADERS
+        )
+        assert ours == theirs
+        cek = secrets.token_bytes(32)
+        assert aes_key_wrap(ours, cek) == aes_key_wrap(theirs, cek)
+
+    def test_other_info_is_the_rfc_7518_layout(self) -> None:
+        """OtherInfo: length-prefixed alg, empty apu and apv, 256 as 32-bit big-endian."""
+        alg = b"ECDH-ES+A256KW"
+        expected = struct.pack(">I", len(alg)) + alg + struct.pack(">III", 0, 0, 256)
+        assert jose._other_info(256) == expected
+
+    def test_a_wrapped_key_of_another_length_is_refused(self) -> None:
+        """A 128-bit content key wrapped to us is refused as decrypt_failed (not used)."""
+        key = _key()
+        wrapped = self.KEY_WRAP.wrap(
+            jwk.JWK.from_pyca(key.public_key()), 128, secrets.token_bytes(16), self.HEADERS
+        )
+        text = jose.encrypt_general(b"x", [("k", key.public_key())], typ=TYP)
+        obj = json.loads(text)
+        obj["recipients"][0]["encrypted_key"] = jose.b64url_encode(wrapped["ek"])
+        obj["recipients"][0]["header"]["epk"] = {
+            k: wrapped["header"]["epk"][k] for k in ("crv", "kty", "x", "y")
+        }
+        with pytest.raises(InvalidMessage) as err:
+            jose.decrypt_general(json.dumps(obj), kid="k", key=key, typ=TYP)
+        assert err.value.reason is Reason.DECRYPT_FAILED
+
+    def test_signing_needs_no_jwk_and_jose_keeps_no_cache(self) -> None:
+        """ES256 runs on the pyca key itself: the module holds no key cache."""
+        assert not [n for n in vars(jose) if "CACHE" in n.upper() and not n.startswith("__")]
+        key = _key()
+        token = jose.sign_compact(b"p", key, kid="k", typ="t")
+        parsed = jws.JWS()
+        parsed.deserialize(token)
+        parsed.verify(jwk.JWK.from_pyca(key.public_key()), alg="ES256")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
@@ -104,6 +105,19 @@ class TestSending:
         assert "suspect_identity" in result["categories"]
         outbox = served.client("de.lka-berlin").outbox()
         assert [m["message_id"] for m in outbox] == [result["message_id"]]
+
+    def test_requests_share_one_kept_alive_connection(self, served: Served) -> None:
+        """Consecutive requests of one thread reuse one TCP connection (HTTP keep-alive); a
+        connection the node closed meanwhile is replaced without an error."""
+        with served.client("de.lka-berlin") as client:
+            client.send(request_draft())
+            first = client._local.connection.sock.getsockname()
+            client.outbox()
+            assert client._local.connection.sock.getsockname() == first
+            # The node drops the idle connection (as its keep-alive timeout would).
+            client._local.connection.sock.shutdown(socket.SHUT_RDWR)
+            assert len(client.outbox()) == 1
+            assert client._local.connection.sock.getsockname() != first
 
     def test_explain_sends_nothing(self, served: Served) -> None:
         """`explain` gives the pre-flight decision and leaves the outbox empty."""
