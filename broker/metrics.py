@@ -268,6 +268,12 @@ class GatewayMetrics:
             ["direction"],
             registry=registry,
         )
+        self.store_write_failures = Counter(
+            "casebridge_gateway_store_write_failures",
+            "Ledger writes of the gateway that failed (disk full, I/O error, locked): the "
+            "inputs were nak'ed and are retried.",
+            registry=registry,
+        )
         self.quarantined = Counter(
             "casebridge_gateway_quarantined",
             "Inputs set aside in the gateway quarantine after repeated failures, by direction.",

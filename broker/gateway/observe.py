@@ -9,9 +9,13 @@ Must never use a message id, an agency name or a person as a label.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from cryptography import x509
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from broker.core.directory import Directory
 from broker.errors import Reason
@@ -72,3 +76,25 @@ def gateway_expiries(
         ]
 
     return items
+
+
+class StoreSpaceCollector(Collector):
+    """``casebridge_gateway_store_free_bytes``: free bytes (for unprivileged users) on the
+    filesystem holding the gateway's ledger, measured at scrape time."""
+
+    def __init__(self, store_path: Path) -> None:
+        self._directory = Path(store_path).parent
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        free = GaugeMetricFamily(
+            "casebridge_gateway_store_free_bytes",
+            "Free bytes (for unprivileged users) on the filesystem holding the gateway's ledger.",
+        )
+        try:
+            free.add_metric([], shutil.disk_usage(self._directory).free)
+        except OSError:
+            return  # no sample rather than a wrong one
+        yield free

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
 from broker.gateway.crossings import SharedCrossings, open_bucket, referenced_ids
 from broker.gateway.fairness import TokenBucket
-from broker.gateway.observe import gateway_expiries, record_outcome
+from broker.gateway.observe import StoreSpaceCollector, gateway_expiries, record_outcome
 from broker.gateway.quarantine import (
     GatewayQuarantine,
     Item,
@@ -58,6 +59,7 @@ from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
 from broker.node.settings import Settings
+from broker.node.store import store_unavailable
 from broker.policy_store import PolicyStore
 from broker.tracing import TRACEPARENT, from_headers
 from broker.transport_nats import PUBLISH_TIMEOUT, connect, tls_context
@@ -464,13 +466,27 @@ async def _settle_batch(
         return
     if record is not None:
         # Recorded before anything is published: no border crossing without its record.
+        # In a worker thread: a locked or slow store must not stop the event loop (the other
+        # lanes, the metrics endpoint). The ledger serialises its own writes.
         try:
-            record(direction, [outcome for _, outcome, _ in decided])
-        except Exception:  # noqa: BLE001 - find the input(s) at fault, one record each
+            await asyncio.to_thread(record, direction, [outcome for _, outcome, _ in decided])
+        except Exception as batch_exc:  # noqa: BLE001 - find the input(s) at fault, one each
+            if store_unavailable(batch_exc):
+                # Not about any one input: all wait and come again, none is blamed.
+                for msg, _, _ in decided:
+                    await setback.failed(
+                        msg,
+                        batch_exc,
+                        direction=direction,
+                        stream=stream,
+                        stage="record",
+                        permanent=False,
+                    )
+                return
             kept: list[tuple[Msg, Outcome, str | None]] = []
             for item in decided:
                 try:
-                    record(direction, [item[1]])
+                    await asyncio.to_thread(record, direction, [item[1]])
                 except Exception as exc:  # noqa: BLE001 - settled by setback
                     await setback.failed(
                         item[0],
@@ -582,7 +598,8 @@ async def run_audit_roots(
         for msg in batch:
             agency = msg.subject.removeprefix(prefix)
             try:
-                checkpoint = ledger.accept_checkpoint(
+                checkpoint = await asyncio.to_thread(
+                    ledger.accept_checkpoint,
                     msg.data.decode("ascii", "replace"),
                     subject_agency=agency,
                     directory=directory(),
@@ -646,6 +663,7 @@ async def run_gateway(
     own = [("signing", read_certificate(settings.keys.signing_cert))]
     if settings.nats.cert_file is not None:
         own.append(("tls", read_certificate(settings.nats.cert_file)))
+    registry.register(StoreSpaceCollector(settings.store_path))
     registry.register(
         ExpiryCollector(
             gateway_expiries(country=country, certificates=own, directory=lambda: holder.directory),
@@ -656,7 +674,11 @@ async def run_gateway(
     setback = Setback(quarantine, metrics=metrics, clock=clock)
 
     def record(direction: str, outcomes: Sequence[Outcome]) -> None:
-        ledger.record(direction, outcomes, now=clock())
+        try:
+            ledger.record(direction, outcomes, now=clock())
+        except sqlite3.Error:
+            metrics.store_write_failures.inc()  # the inputs are retried (Setback)
+            raise
 
     nc = await connect(
         settings.nats.url,
