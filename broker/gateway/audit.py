@@ -46,6 +46,15 @@ from broker.errors import InvalidMessage, Reason
 from broker.gateway.border import CLOCK_SKEW_SECONDS, Crossing, Outcome
 from broker.node import audit_log
 
+# The highest directory serial this gateway accepted: a restart with an older (still unexpired)
+# directory file must not undo a revocation (docs/threat-model.md).
+DIRECTORY_SERIAL_TABLE = """
+    CREATE TABLE IF NOT EXISTS directory_serial (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        serial INTEGER NOT NULL
+    );
+"""
+
 ROOTS_TABLE = """
     CREATE TABLE IF NOT EXISTS roots (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -109,7 +118,7 @@ class GatewayLedger:
             exists = self._db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'"
             ).fetchone()
-            script = ROOTS_TABLE + CROSSINGS_TABLES
+            script = ROOTS_TABLE + CROSSINGS_TABLES + DIRECTORY_SERIAL_TABLE
             if not exists:
                 script += audit_log.AUDIT_TABLE
             self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\nCOMMIT;")
@@ -120,6 +129,21 @@ class GatewayLedger:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def directory_serial(self) -> int:
+        """The highest directory serial accepted so far (0: none yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT serial FROM directory_serial WHERE only = 1").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def accept_directory_serial(self, serial: int) -> None:
+        """Remember ``serial`` as accepted (never lowers what is remembered)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO directory_serial (only, serial) VALUES (1, ?) "
+                "ON CONFLICT (only) DO UPDATE SET serial = max(serial, excluded.serial)",
+                (serial,),
+            )
 
     def accept_checkpoint(
         self, token: str, *, subject_agency: str, directory: Directory, now: datetime

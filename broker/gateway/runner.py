@@ -83,6 +83,7 @@ class _Holder:
     root_pem: Path
     directory: Directory
     mtime: float
+    accepted: Callable[[int], None] | None = None  # persists the serial of a new directory
 
     def refresh(self, now: datetime) -> None:
         try:
@@ -92,10 +93,16 @@ class _Holder:
         if mtime == self.mtime:
             return
         try:
+            # Never an older directory than the one in force (it could undo a revocation).
             self.directory = Directory.load(
-                read_bytes(self.path), root_cert=read_certificate(self.root_pem), now=now
+                read_bytes(self.path),
+                root_cert=read_certificate(self.root_pem),
+                now=now,
+                min_serial=self.directory.serial,
             )
             self.mtime = mtime
+            if self.accepted is not None:
+                self.accepted(self.directory.serial)
             log.info("directory_reloaded", serial=self.directory.serial)
         except CasebridgeError as exc:
             log.warning("directory_refused", reason=exc.reason.value, detail=exc.detail)
@@ -113,18 +120,27 @@ def build_border(
     now: datetime,
     crossings: CrossingLog,
     registry: CollectorRegistry | None = None,
+    min_serial: int = 0,
+    accepted: Callable[[int], None] | None = None,
 ) -> tuple[Border, _Holder, PolicyStore]:
     """The gateway's decision logic from its settings (files are read here); the policy
-    gauges go on ``registry`` (none: a private one); ``crossings``: the ledger."""
+    gauges go on ``registry`` (none: a private one); ``crossings``: what the border rules read;
+    ``min_serial``/``accepted``: the highest directory serial accepted before, and where to
+    remember a new one (a directory older than it is refused: DIRECTORY_STALE)."""
     agency = settings.agency
     country = agency_country(agency)
     root = read_certificate(settings.root_cert)
     holder = _Holder(
         path=settings.directory_file,
         root_pem=settings.root_cert,
-        directory=Directory.load(read_bytes(settings.directory_file), root_cert=root, now=now),
+        directory=Directory.load(
+            read_bytes(settings.directory_file), root_cert=root, now=now, min_serial=min_serial
+        ),
         mtime=settings.directory_file.stat().st_mtime,
+        accepted=accepted,
     )
+    if accepted is not None:
+        accepted(holder.directory.serial)
     SchemaRegistry.load()  # fail at start, not at the first message, if schemas are broken
     policies = PolicyStore(
         country=country,
@@ -658,7 +674,12 @@ async def run_gateway(
     # attached once connected); the ledger keeps this instance's audit of them.
     shared = SharedCrossings()
     border, holder, _policies = build_border(
-        settings, now=clock(), crossings=shared, registry=registry
+        settings,
+        now=clock(),
+        crossings=shared,
+        registry=registry,
+        min_serial=ledger.directory_serial(),
+        accepted=ledger.accept_directory_serial,
     )
     own = [("signing", read_certificate(settings.keys.signing_cert))]
     if settings.nats.cert_file is not None:

@@ -81,7 +81,15 @@ def build_node(
     ``registry``/``metrics``: where the policy gauges and the node's metrics go (none: a
     private registry nobody scrapes)."""
     root = read_certificate(settings.root_cert)
-    directory = Directory.load(read_bytes(settings.directory_file), root_cert=root, now=now)
+    # Never an older directory than one accepted before (a revocation must not be undone by
+    # restarting with an old file): DIRECTORY_STALE, the node does not start.
+    directory = Directory.load(
+        read_bytes(settings.directory_file),
+        root_cert=root,
+        now=now,
+        min_serial=store.directory_serial(),
+    )
+    store.accept_directory_serial(directory.serial)
     schemas = SchemaRegistry.load()
     agency = settings.agency
     preflight: Preflight | None = None

@@ -176,6 +176,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE inbox ADD COLUMN wire BLOB;
     ALTER TABLE evidence ADD COLUMN wire BLOB;
     """,
+    # 5: the highest directory serial this node accepted, so that a restart with an older (still
+    # unexpired) directory file cannot undo a revocation (docs/threat-model.md).
+    """
+    CREATE TABLE directory_serial (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        serial INTEGER NOT NULL
+    );
+    """,
 )
 
 
@@ -396,6 +404,22 @@ class Store:
             # transaction open, and the next write tries again.
             with suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
+
+    def directory_serial(self) -> int:
+        """The highest directory serial accepted so far (0: none yet)."""
+        row = self._read(
+            lambda db: db.execute("SELECT serial FROM directory_serial WHERE only = 1").fetchone()
+        )
+        return int(row[0]) if row is not None else 0
+
+    def accept_directory_serial(self, serial: int) -> None:
+        """Remember ``serial`` as accepted (never lowers what is remembered)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO directory_serial (only, serial) VALUES (1, ?) "
+                "ON CONFLICT (only) DO UPDATE SET serial = max(serial, excluded.serial)",
+                (serial,),
+            )
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
