@@ -436,6 +436,13 @@ TABLE: list[dict[str, str]] = []  # filled by the tests, printed by the conftest
 # -------------------------------------------------------------------- backlog ---
 
 STA: Final = "de.sta-berlin"
+# The DE gateway takes at most 20 messages/s per sending agency from SUBMIT by default (fair
+# share, docs/federation.md): a 10,000-message backlog from one agency would take 500 s to
+# build. The backlog runs let that one sender go as fast as the machine can (the drain on the
+# UA side, which is what they measure, has no such limit).
+BACKLOG_SETTINGS: Final = {
+    "de.gateway": {"fair_share": {"sender_rate": 1000, "sender_burst": 1000}}
+}
 
 
 class Publisher:
@@ -490,6 +497,7 @@ class Drain:
 
     queued: int  # acknowledged to the sender while the destination was down
     queue_seconds: float  # sealing and submitting the backlog (the outage lasted this long+)
+    ready_seconds: float  # UA started again -> every UA process ready
     drain_seconds: float  # destination back (every process ready) -> last message delivered
     first_seconds: float  # destination back -> first message delivered
     delivered: int
@@ -528,6 +536,7 @@ def outage(fed: Running, count: int, *, timeout: float) -> tuple[Drain, list[str
         every=1.0,
     )
     queued = time.monotonic() - started
+    restarting = time.monotonic()
     fed.fed.up(only=["UA"])
     fed.wait_started()
     back = time.monotonic()
@@ -542,6 +551,7 @@ def outage(fed: Running, count: int, *, timeout: float) -> tuple[Drain, list[str
         Drain(
             queued=len(acked),
             queue_seconds=queued,
+            ready_seconds=back - restarting,
             drain_seconds=drained,
             first_seconds=first,
             delivered=delivered_since(fed, before),

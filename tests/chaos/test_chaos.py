@@ -20,6 +20,7 @@ import pytest
 from broker.federation.processes import STORE_DIR
 from tests.chaos.conftest import Campaign
 from tests.chaos.harness import (
+    BACKLOG_SETTINGS,
     LKA,
     NPU,
     PARTS,
@@ -77,11 +78,23 @@ def test_kill_9_at_random_points(
     _report(part, results, capsys)
 
 
+@pytest.fixture
+def backlog_federation(nats_binary: Path, tmp_path: Path) -> Iterator[Running]:
+    """DE + UA with the UA police node; the DE gateway lets one sender go at full speed."""
+    del nats_binary
+    running = Running.start(tmp_path / "fed", nodes=[LKA, NPU], settings=BACKLOG_SETTINGS)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
 def test_destination_outage_with_a_backlog(
-    federation: Running, campaign: Campaign, capsys: pytest.CaptureFixture[str]
+    backlog_federation: Running, campaign: Campaign, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """UA down while the campaign's backlog (10,000 by default) is sent; back: every
     acknowledged message delivered once, no refusal, every process ready."""
+    federation = backlog_federation
     count = campaign.backlog
     drain, acked = outage(federation, count, timeout=120 + count / 5)
     counts = federation.delivered_log_count(NPU)
@@ -96,8 +109,8 @@ def test_destination_outage_with_a_backlog(
         rejected_for_delivered=set(inbox) & refused,
         missing_evidence=set(),  # the evidence goes to STA, which runs no node here
         refused_sends=[],
-        recovery=drain.first_seconds,
-        resume=drain.drain_seconds,
+        recovery=drain.ready_seconds,
+        resume=drain.ready_seconds + drain.first_seconds,
         seconds=drain.queue_seconds + drain.drain_seconds,
         not_ready=not_ready(federation),
     )
