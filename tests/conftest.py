@@ -17,6 +17,15 @@ from broker.devpki import DEMO_SPEC, DevFederation, build_dev_federation
 FIXED_NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The chaos suite's campaign size (tests/chaos; env: CASEBRIDGE_CHAOS_RUNS, ...)."""
+    group = parser.getgroup("chaos", "chaos suite (tests/chaos, marked slow)")
+    group.addoption("--runs", type=int, default=None, help="runs per part (default 5)")
+    group.addoption("--messages", type=int, default=None, help="messages per run")
+    group.addoption("--backlog", type=int, default=None, help="messages queued in the outage")
+    group.addoption("--chaos-seed", type=int, default=None, help="seed (default: random)")
+
+
 @pytest.fixture(scope="session")
 def fixed_now() -> datetime:
     """The instant every session-wide fixture is built at: 2026-11-28T12:00:00Z."""

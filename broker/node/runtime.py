@@ -27,6 +27,7 @@ from broker.errors import CasebridgeError, ConfigError
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
+from broker.node.clock import system_clock
 from broker.node.observe import (
     LaneCollector,
     NodeObserver,
@@ -132,7 +133,16 @@ def build_node(
         recipient_check=recipient_check,
         lifetime=timedelta(days=settings.message_lifetime_days),
         observer=NodeObserver(metrics),
+        clock=_offset_clock(settings.clock_offset_seconds),
     )
+
+
+def _offset_clock(seconds: float) -> Callable[[], datetime]:
+    """The wall clock, shifted by ``clock_offset_seconds`` (fault tests; 0 in production)."""
+    if not seconds:
+        return system_clock
+    offset = timedelta(seconds=seconds)
+    return lambda: system_clock() + offset
 
 
 def node_metrics(registry: CollectorRegistry, settings: Settings) -> NodeMetrics:

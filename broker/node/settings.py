@@ -34,6 +34,7 @@ _TOP: Final = frozenset(
         "retention",
         "audit",
         "fair_share",
+        "clock_offset_seconds",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -90,6 +91,9 @@ class Settings:
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
     # Border gateways only: per-sender rate limits (broker/gateway/fairness.py)
     fair_share: FairShare = field(default_factory=FairShare)
+    # Fault tests only (the chaos suite's "node clock 5 minutes off"): added to the wall clock
+    # the node seals, verifies and stamps with. Never set it in production.
+    clock_offset_seconds: float = 0.0
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -156,6 +160,9 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
     checkpoint_seconds = audit.get("checkpoint_seconds", DEFAULT_CHECKPOINT_SECONDS)
     if not isinstance(checkpoint_seconds, int | float) or not 0 < checkpoint_seconds <= 86400:
         raise ConfigError("settings: audit.checkpoint_seconds must be 1-86400")
+    offset = top.get("clock_offset_seconds", 0)
+    if not isinstance(offset, int | float) or isinstance(offset, bool) or abs(offset) > 86400:
+        raise ConfigError("settings: clock_offset_seconds must be a number within a day")
     store = top.get("store")
     if not isinstance(store, str) or not store:
         raise ConfigError("settings: store must be the SQLite file path")
@@ -183,4 +190,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         retention=RetentionPolicy.from_json(top.get("retention")),
         checkpoint_seconds=float(checkpoint_seconds),
         fair_share=FairShare.from_json(top.get("fair_share")),
+        clock_offset_seconds=float(offset),
     )
