@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,6 +32,10 @@ from broker.federation import subjects
 from broker.logs import FaultLog
 from broker.node.errors import TransportUnavailable
 from broker.node.settings import Settings
+
+_TS: Final = re.compile(
+    r"(?P<base>[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?P<frac>\.[0-9]+)?Z"
+)
 
 log = structlog.get_logger("casebridge.transport")
 
@@ -220,6 +227,24 @@ class NatsTransport:
                 continue
             faults.ok()
             yield [NatsDelivery(msg, evidence=evidence) for msg in batch]
+
+    async def server_time(self) -> datetime | None:
+        """The country server's clock: the ``ts`` of a JetStream consumer-info answer on this
+        node's own durable (a subject the node may use). None when the server does not say."""
+        await self._client()
+        assert self._nc is not None  # noqa: S101 - set by _client
+        durable = subjects.node_durable(self._settings.agency)
+        reply = await self._nc.request(
+            f"$JS.API.CONSUMER.INFO.{subjects.DELIVER_STREAM}.{durable}", b"", timeout=5
+        )
+        stamp = json.loads(reply.data).get("ts")
+        if not isinstance(stamp, str):
+            return None
+        # RFC 3339 with nanoseconds: keep microseconds, as datetime does.
+        match = _TS.fullmatch(stamp)
+        if match is None:
+            return None
+        return datetime.fromisoformat(f"{match['base']}{(match['frac'] or '')[:7]}+00:00")
 
     async def close(self) -> None:
         self._closed = True

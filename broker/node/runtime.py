@@ -28,6 +28,12 @@ from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
 from broker.node.clock import system_clock
+from broker.node.clock_check import (
+    ClockCollector,
+    ClockDiscipline,
+    measure_once,
+    run_clock_check,
+)
 from broker.node.observe import (
     LaneCollector,
     NodeObserver,
@@ -76,11 +82,13 @@ def build_node(
     store: Store,
     metrics: NodeMetrics | None = None,
     registry: CollectorRegistry | None = None,
+    clock: ClockDiscipline | None = None,
 ) -> Node:
     """The node described by ``settings`` (files read here), on ``transport`` and ``store``.
 
     ``registry``/``metrics``: where the policy gauges and the node's metrics go (none: a
     private registry nobody scrapes)."""
+    clock = clock or ClockDiscipline(_offset_clock(settings.clock_offset_seconds))
     root = read_certificate(settings.root_cert)
     # Never an older directory than one accepted before (a revocation must not be undone by
     # restarting with an old file): DIRECTORY_STALE, the node does not start.
@@ -133,7 +141,8 @@ def build_node(
         recipient_check=recipient_check,
         lifetime=timedelta(days=settings.message_lifetime_days),
         observer=NodeObserver(metrics),
-        clock=_offset_clock(settings.clock_offset_seconds),
+        clock=clock.now,
+        time_problem=clock.problem,
     )
 
 
@@ -213,6 +222,7 @@ async def running_node(
     if registry is not None and metrics is None:
         metrics = node_metrics(registry, settings)
     try:
+        clock = ClockDiscipline(_offset_clock(settings.clock_offset_seconds))
         node = build_node(
             settings,
             transport=transport,
@@ -220,7 +230,13 @@ async def running_node(
             store=store,
             metrics=metrics,
             registry=registry,
+            clock=clock,
         )
+        server_time = getattr(transport, "server_time", None)
+        if server_time is not None:
+            # Before anything is received or sealed: never act on a clock known to be wrong.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(measure_once(clock, server_time), timeout=10)
         tasks = [
             asyncio.create_task(node.run_receiver(), name="receiver"),
             asyncio.create_task(node.run_outbox(), name="outbox"),
@@ -232,7 +248,13 @@ async def running_node(
                 lawful_jobs.run_retention(node, settings.retention), name="retention"
             ),
         ]
+        if server_time is not None:
+            tasks.append(
+                asyncio.create_task(run_clock_check(clock, server_time), name="clock-check")
+            )
         watch_loops(node, tasks)
+        if registry is not None:
+            registry.register(ClockCollector(clock))
         if registry is not None and metrics is not None:
             _register_collectors(registry, settings, node, store)
             if isinstance(node.resolver, Directory):

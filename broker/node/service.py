@@ -245,6 +245,7 @@ class Node:
         transport: Transport,
         preflight: Preflight | None = None,
         recipient_check: RecipientCheck | None = None,
+        time_problem: Callable[[], str | None] | None = None,
         clock: Clock = system_clock,
         new_id: IdSource = random_id,
         salt: SaltSource = random_salt,
@@ -268,6 +269,7 @@ class Node:
         self._preflight = preflight or SchemaOnlyPreflight(schemas)
         self._recipient_check = recipient_check or HonestyCheck(schemas)
         self._clock = clock
+        self._time_problem = time_problem
         self._new_id = new_id
         self._salt = salt
         self._lifetime = lifetime
@@ -315,6 +317,9 @@ class Node:
                 return False, (
                     f"lane {lane} stalled: deliveries taken but none settled for {waiting:.0f} s"
                 )
+        problem = self._time_problem() if self._time_problem is not None else None
+        if problem is not None:
+            return False, problem
         try:
             self.resolver.agency(self.agency_id, now=self._clock())
         except CasebridgeError as exc:
