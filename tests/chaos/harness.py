@@ -86,6 +86,7 @@ class Traffic:
         self.acked_at: dict[str, float] = {}  # message id -> when the API answered (monotonic)
         self.refused: list[str] = []
         self.retried: Counter[str] = Counter()  # answers retried with the same key, by reason
+        self.probes: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="chaos-traffic", daemon=True)
 
@@ -125,6 +126,43 @@ class Traffic:
                 self.acked[key] = str(result["message_id"])
                 self.acked_at[str(result["message_id"])] = time.monotonic()
             return
+
+    def probe(self) -> str | None:
+        """One more logical send, tried once now (the disk may be full): its reason if it was
+        refused retryably, None if it was acknowledged. A refused probe is sent again, with its
+        key, by :meth:`finish_probes` (a 503 whose outcome is unknown may still be stored)."""
+        n = self.count + len(self.probes)
+        key = new_idempotency_key()
+        draft = bulletin([NPU], legal_basis=f"Directive 2011/36/EU chaos {self.tag} probe #{n}")
+        self.probes.append((key, draft))
+        try:
+            result = self.client.send(draft, idempotency_key=key)
+        except NodeError as exc:
+            with self._lock:
+                self.retried[exc.reason] += 1
+            return exc.reason
+        with self._lock:
+            self.acked[key] = str(result["message_id"])
+            self.acked_at[str(result["message_id"])] = time.monotonic()
+        return None
+
+    def finish_probes(self) -> None:
+        """Send every probe not yet acknowledged again with its key until it is."""
+        for key, draft in self.probes:
+            deadline = time.monotonic() + SEND_DEADLINE
+            while key not in self.acked:
+                try:
+                    result = self.client.send(draft, idempotency_key=key)
+                except NodeError as exc:
+                    if not exc.retryable or time.monotonic() > deadline:
+                        with self._lock:
+                            self.refused.append(f"{exc.reason}: {exc.detail}")
+                        break
+                    time.sleep(0.2)
+                    continue
+                with self._lock:
+                    self.acked[key] = str(result["message_id"])
+                    self.acked_at[str(result["message_id"])] = time.monotonic()
 
     def acked_since(self, since: float) -> set[str]:
         with self._lock:
@@ -300,7 +338,7 @@ def settle(
     bad = {"rejected", "relay_rejected"}
     return RunResult(
         part=part,
-        messages=traffic.count,
+        messages=traffic.count + len(traffic.probes),
         acknowledged=acked,
         delivered=delivered,
         twice={i for i, n in Counter(inbox).items() if n > 1 or (i in delivered and counts[i] > 1)},
@@ -655,6 +693,12 @@ def disk_full_run(
                     continue
                 if "storage_unavailable" in str(doc.get("detail", "")):
                     seen[f"{agency} not ready"] += 1
+            if seen or traffic.retried["storage_unavailable"] > 0:
+                return True
+            if traffic.done:
+                # The rest of the run fitted in space SQLite had already allocated (its WAL):
+                # keep writing, one probe send at a time, until the full disk shows.
+                traffic.probe()
             return bool(seen) or traffic.retried["storage_unavailable"] > 0
 
         wait_until(showed, 60.0, what="the full disk to show")
@@ -665,6 +709,7 @@ def disk_full_run(
     finally:
         disk.free()
     freed_at = time.monotonic()
+    traffic.finish_probes()
     wait_ready(fed)
     ready_at = time.monotonic()
     resume = resumed(fed, traffic, ready_at) - freed_at
