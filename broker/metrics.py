@@ -369,20 +369,45 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def metrics_app(registry: CollectorRegistry) -> web.Application:
-    """A tiny app serving ``GET /metrics`` and ``GET /healthz`` (gateways, NATS exporter)."""
+# Readiness of a process without an API of its own: (ready, why), asked at each GET /readyz.
+Readiness = Callable[[], tuple[bool, str]]
+READINESS_KEY: Final[web.AppKey[Readiness]] = web.AppKey("readiness")
+
+
+def _always_ready() -> tuple[bool, str]:
+    return True, "serving"
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ready, why = request.app[READINESS_KEY]()
+    document = {"status": "ready" if ready else "not_ready", "detail": why}
+    return web.json_response(document, status=200 if ready else 503)
+
+
+def metrics_app(registry: CollectorRegistry, ready: Readiness | None = None) -> web.Application:
+    """A tiny app serving ``GET /metrics``, ``GET /healthz`` and ``GET /readyz`` (gateways,
+    NATS exporter; ``ready``: the process's readiness, always ready when None)."""
     app = web.Application()
     app[REGISTRY_KEY] = registry
+    app[READINESS_KEY] = ready or _always_ready
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     return app
 
 
 class MetricsServer:
     """``async with MetricsServer(registry, host, port):`` serves :func:`metrics_app`."""
 
-    def __init__(self, registry: CollectorRegistry, *, host: str, port: int) -> None:
-        self._runner = web.AppRunner(metrics_app(registry), access_log=None)
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        host: str,
+        port: int,
+        ready: Readiness | None = None,
+    ) -> None:
+        self._runner = web.AppRunner(metrics_app(registry, ready), access_log=None)
         self._host = host
         self._port = port
 

@@ -481,11 +481,16 @@ async def serve(config: ExporterConfig, *, stop: asyncio.Event) -> None:
         await stop.wait()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m broker.nats_exporter", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``casebridge-nats-exporter`` (= ``python -m broker.nats_exporter``)."""
+    parser = argparse.ArgumentParser(prog="casebridge-nats-exporter", description=__doc__)
     parser.add_argument("--config", type=Path, required=True, help="nats-exporter.json")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     configure_logging(args.log_format)
     config = load_config(args.config)
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.errors import CasebridgeError
+from broker.errors import CasebridgeError, ConfigError
 
 if TYPE_CHECKING:
     from broker.federation.launcher import Federation
@@ -59,6 +59,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser("status", help="table of processes: pid, alive, port, URL")
     status.add_argument("dir", type=Path)
     status.set_defaults(func=_status)
+
+    render = commands.add_parser(
+        "render-nats",
+        help="print the Casebridge part of a Helm chart's values (NATS config of a country or hub)",
+        description="Print the `generated` values of helm/casebridge-country (--country CC) or "
+        "helm/casebridge-hub (--hub): the nats-server configuration Casebridge generates, "
+        "users, permissions and leaf rules included (docs/deploy-kubernetes.md).",
+    )
+    render.add_argument("file", type=Path, help="federation description (YAML)")
+    which = render.add_mutually_exclusive_group(required=True)
+    which.add_argument("--country", metavar="CC", help="the country to render")
+    which.add_argument("--hub", action="store_true", help="render the hub")
+    render.add_argument("--hub-url", help="the hub's leaf-node URL, tls://HOST:PORT (--country)")
+    render.add_argument("--servers", type=int, choices=(1, 3), default=1, help="NATS servers")
+    render.add_argument("--service", help="NATS StatefulSet and headless Service name")
+    render.add_argument(
+        "--pki", type=Path, help="read user DNs from these certificates (certs/README.md layout)"
+    )
+    render.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    render.set_defaults(func=_render_nats)
+
+    streams = commands.add_parser(
+        "streams",
+        help="create or update a country's streams and consumers (as its gateway; idempotent)",
+        description="Connect with a gateway settings file, verify its directory, and create "
+        "or update the country's JetStream streams and the consumers of every agency in it.",
+    )
+    streams.add_argument("--settings", type=Path, required=True, help="gateway settings JSON")
+    streams.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to keep retrying the connection"
+    )
+    streams.set_defaults(func=_streams)
 
 
 DEFAULT_POLICIES = Path(__file__).resolve().parents[2] / "docs" / "policies"
@@ -109,6 +141,42 @@ def _status(args: argparse.Namespace) -> int:
     from broker.federation.launcher import Federation  # noqa: PLC0415
 
     _print_status(Federation.open(args.dir))
+    return 0
+
+
+def _render_nats(args: argparse.Namespace) -> int:
+    from broker.federation import chart  # noqa: PLC0415
+    from broker.federation.spec import load_description  # noqa: PLC0415
+
+    description = load_description(args.file)
+    if args.hub:
+        shape = chart.ClusterShape(service=args.service or "casebridge-hub", replicas=args.servers)
+        generated = chart.hub_values(description, shape=shape, pki=args.pki)
+    else:
+        if not args.hub_url:
+            raise ConfigError("--country needs --hub-url tls://HOST:PORT (the hub's leaf port)")
+        shape = chart.ClusterShape(service=args.service or "casebridge-nats", replicas=args.servers)
+        generated = chart.country_values(
+            description, args.country, hub_leaf_url=args.hub_url, shape=shape, pki=args.pki
+        )
+    text = chart.HEADER + chart.dump_yaml(chart.as_values(generated))
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+def _streams(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from broker.federation.setup import setup_from_settings  # noqa: PLC0415
+    from broker.logs import configure_logging  # noqa: PLC0415
+    from broker.node.settings import load_settings  # noqa: PLC0415
+
+    configure_logging("json")
+    settings = load_settings(args.settings)
+    asyncio.run(setup_from_settings(settings, now=datetime.now(UTC), timeout=args.timeout))
     return 0
 
 

@@ -728,7 +728,16 @@ async def run_gateway(
                 await asyncio.wait_for(stop.wait(), timeout=DIRECTORY_CHECK_SECONDS)
             holder.refresh(clock())
 
-    metrics_server = MetricsServer(registry, host=settings.api.host, port=settings.api.port)
+    def readiness() -> tuple[bool, str]:
+        # Ready once connected with the loops running: a gateway cut off from its country
+        # server relays nothing, so it should not count as an available replica.
+        if stop.is_set():
+            return False, "stopping"
+        return (True, "nats connected") if nc.is_connected else (False, "nats disconnected")
+
+    metrics_server = MetricsServer(
+        registry, host=settings.api.host, port=settings.api.port, ready=readiness
+    )
     await metrics_server.__aenter__()
     log.info(
         "gateway_started",
