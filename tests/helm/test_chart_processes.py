@@ -174,8 +174,8 @@ def test_rendered_country_runs_and_becomes_ready(
         (pod / "etc" / chart.COUNTRY_CONF).write_text(country_conf, encoding="utf-8")
         (pod / "etc" / chart.SERVER_CONF).write_text(server_conf, encoding="utf-8")
         assert nats["command"] == ["nats-server", "--config", "/etc/nats/server.conf"]
-        argv = [str(nats_binary), "--config", str(pod / "etc" / chart.SERVER_CONF)]
-        processes.start(f"nats-{i}", argv, env={"POD_NAME": f"casebridge-nats-{i}"})
+        server_argv = [str(nats_binary), "--config", str(pod / "etc" / chart.SERVER_CONF)]
+        processes.start(f"nats-{i}", server_argv, env={"POD_NAME": f"casebridge-nats-{i}"})
     for i, ports in enumerate(servers):
         url = f"http://127.0.0.1:{ports['http']}"
         wait_ready(f"{url}/healthz?js-enabled-only=true", processes, f"nats-{i}")
