@@ -8,10 +8,13 @@ What it is for
     ``traffic=True`` must return data whenever messages flow: the observability integration
     test checks exactly that against a real Prometheus scraping a running federation.
 
-Why a builder of our own
-    grafana-foundation-sdk's Python package is not available in this build's package index;
-    what we need is a few dozen lines of dataclasses that emit the documented dashboard JSON
-    model (schemaVersion 39), and the expressions are what matters (and what is tested).
+How
+    The dashboards are built with Grafana's own builder library, ``grafana-foundation-sdk``
+    (``Dashboard(...).uid(...).with_panel(timeseries.Panel().with_target(prometheus.Dataquery()
+    .expr(...)))``, serialised with its ``JSONEncoder``). The definitions below are plain data
+    (:class:`Dashboard`, :class:`Panel`, :class:`Query`) because the observability test walks
+    them (which panels must show traffic); :func:`build` turns one into the SDK's builders.
+    The committed JSON is also what ``helm/casebridge-country`` ships to the Grafana sidecar.
 
 What it must never do
     Query a metric nobody exports (the test evaluates every expression), or hard-code a data
@@ -28,10 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_models
+from grafana_foundation_sdk.models import dashboard as dashboard_models
+
 ROOT: Final = Path(__file__).resolve().parents[2]
 OUT_DIR: Final = ROOT / "ops" / "grafana" / "dashboards"
-SCHEMA_VERSION: Final = 39
-DATASOURCE: Final = {"type": "prometheus", "uid": "${datasource}"}
+DATASOURCE_VARIABLE: Final = "datasource"
+# Every panel and query reads the data source picked in the variable, never a fixed uid.
+DATASOURCE: Final = dashboard_models.DataSourceRef(
+    type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}"
+)
 RATE: Final = "$__rate_interval"
 PANEL_WIDTH: Final = 12
 PANEL_HEIGHT: Final = 8
@@ -77,74 +88,77 @@ class Dashboard:
         return [(p, q) for p in self.panels for q in p.queries]
 
 
-def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
-    targets = [
-        {
-            "datasource": DATASOURCE,
-            "expr": q.expr,
-            "legendFormat": q.legend or "__auto",
-            "refId": chr(ord("A") + i),
-        }
-        for i, q in enumerate(panel.queries)
-    ]
-    doc: dict[str, Any] = {
-        "id": panel_id,
-        "type": panel.kind,
-        "title": panel.title,
-        "description": panel.description,
-        "datasource": DATASOURCE,
-        "gridPos": {"h": PANEL_HEIGHT, "w": panel.width, "x": x, "y": y},
-        "targets": targets,
-        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
-    }
+def _target(query: Query, ref_id: str) -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery()
+        .expr(query.expr)
+        .legend_format(query.legend or "__auto")
+        .ref_id(ref_id)
+        .datasource(DATASOURCE)
+    )
+
+
+def _panel(panel: Panel, panel_id: int, x: int, y: int) -> timeseries.Panel | stat.Panel:
+    built: timeseries.Panel | stat.Panel
     if panel.kind == "stat":
-        doc["options"] = {
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-            "colorMode": "value",
-            "graphMode": "none",
-        }
+        built = (
+            stat.Panel()
+            .reduce_options(
+                common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+            )
+            .color_mode(common_models.BigValueColorMode.VALUE)
+            .graph_mode(common_models.BigValueGraphMode.NONE)
+        )
     else:
-        doc["options"] = {"legend": {"displayMode": "list", "placement": "bottom"}}
-    return doc
+        built = timeseries.Panel().legend(
+            common.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common_models.LegendDisplayMode.LIST)
+            .placement(common_models.LegendPlacement.BOTTOM)
+        )
+    built = (
+        built.id(panel_id)
+        .title(panel.title)
+        .description(panel.description)
+        .datasource(DATASOURCE)
+        .unit(panel.unit)
+        .grid_pos(dashboard_models.GridPos(h=PANEL_HEIGHT, w=panel.width, x=x, y=y))
+    )
+    for i, query in enumerate(panel.queries):
+        built = built.with_target(_target(query, chr(ord("A") + i)))
+    return built
 
 
-def render(dashboard: Dashboard) -> dict[str, Any]:
-    """The Grafana dashboard JSON model of ``dashboard``."""
-    panels = []
+def build(definition: Dashboard) -> dashboard.Dashboard:
+    """The grafana-foundation-sdk builder of ``definition``: fixed uid, datasource variable."""
+    board = (
+        dashboard.Dashboard(definition.title)
+        .uid(definition.uid)
+        .description(definition.description)
+        .tags(list(definition.tags))
+        .timezone("utc")
+        .refresh(definition.refresh)
+        .time("now-6h", "now")
+        .editable()
+        .with_variable(
+            dashboard.DatasourceVariable(DATASOURCE_VARIABLE)
+            .label("Data source")
+            .type("prometheus")
+        )
+    )
     x = y = 0
-    for number, panel in enumerate(dashboard.panels, start=1):
+    for number, panel in enumerate(definition.panels, start=1):
         if x + panel.width > 24:
             x, y = 0, y + PANEL_HEIGHT
-        panels.append(_panel_json(panel, number, x, y))
+        board = board.with_panel(_panel(panel, number, x, y))
         x += panel.width
-    return {
-        "uid": dashboard.uid,
-        "title": dashboard.title,
-        "description": dashboard.description,
-        "tags": list(dashboard.tags),
-        "timezone": "utc",
-        "schemaVersion": SCHEMA_VERSION,
-        "version": 1,
-        "editable": True,
-        "refresh": dashboard.refresh,
-        "time": {"from": "now-6h", "to": "now"},
-        "templating": {
-            "list": [
-                {
-                    "name": "datasource",
-                    "label": "Data source",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {},
-                    "hide": 0,
-                    "refresh": 1,
-                }
-            ]
-        },
-        "annotations": {"list": []},
-        "links": [],
-        "panels": panels,
-    }
+    return board
+
+
+def render(definition: Dashboard) -> dict[str, Any]:
+    """The Grafana dashboard JSON model of ``definition`` (as the SDK encodes it)."""
+    document: dict[str, Any] = json.loads(json.dumps(build(definition).build(), cls=JSONEncoder))
+    return document
 
 
 def _rate(metric: str, by: str, selector: str = "") -> str:
