@@ -27,7 +27,7 @@ COUNTRY: Final = ROOT / "helm" / "casebridge-country"
 HUB: Final = ROOT / "helm" / "casebridge-hub"
 EXAMPLE: Final = ROOT / "docs" / "federation.example.yaml"
 HUB_URL: Final = "tls://hub.casebridge.test:7422"
-K8S_VERSION: Final = "1.34.0"
+K8S_VERSION: Final = "1.37.0"
 # Kinds of the Prometheus Operator: no schema ships with kubernetes-validate (they are CRDs).
 CRD_KINDS: Final = frozenset({"ServiceMonitor", "PrometheusRule"})
 WORKLOADS: Final = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job"})
