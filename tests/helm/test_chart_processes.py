@@ -1,4 +1,4 @@
-"""The rendered country chart, run as local processes: its NATS cluster, gateway and nodes.
+"""The rendered charts as local processes: the hub, a country's NATS cluster, gateway, nodes.
 
 The example country (DE, three agencies, three NATS servers) is rendered by the real Helm
 engine; every container's command and file is taken from the rendered manifests, with only
@@ -32,6 +32,7 @@ from broker.federation.launcher import Federation, free_port
 from broker.federation.processes import prepare
 from tests.helm.charts import (
     COUNTRY,
+    HUB,
     console_scripts,
     description,
     example_country_values,
@@ -121,8 +122,9 @@ def container(objects: list[dict[str, Any]], kind: str, name: str, which: str) -
 def test_rendered_country_runs_and_becomes_ready(
     nats_binary: Path, tmp_path: Path, processes: Processes
 ) -> None:
-    """The chart's 3 NATS servers form their cluster, the gateway's init step sets up the
-    streams, the gateway, each node and the NATS exporter answer /readyz."""
+    """The hub chart's server runs; the country chart's 3 NATS servers form their cluster and
+    dial the hub as leaf nodes; the gateway's init step sets up the streams; the gateway,
+    each node and the NATS exporter answer /readyz."""
     fed = Federation.init(description(), tmp_path / "fed", now=datetime.now(UTC))
     prepare(fed, policy_dir=DEFAULT_POLICIES)
     pki = fed.settings.pki_dir
@@ -135,6 +137,35 @@ def test_rendered_country_runs_and_becomes_ready(
     )
     objects = render(COUNTRY, values)
     generated = values["generated"]
+
+    # --- The hub, from the hub chart: leaf port mapped to the one DE's config dials. ---
+    hub_values = chart.as_values(
+        chart.hub_values(
+            description(), shape=chart.ClusterShape(service="casebridge-hub", replicas=1)
+        )
+    )
+    hub_files = nats_conf(render(HUB, hub_values), "casebridge-hub")
+    hub_dir = tmp_path / "hub"
+    (hub_dir / "tls").mkdir(parents=True)
+    for key, source in {
+        "server-chain.pem": "hub/hub-chain.pem",
+        "server.key": "hub/hub.key",
+        "ca.pem": "secretariat/ca.pem",
+    }.items():
+        shutil.copy(pki / source, hub_dir / "tls" / key)
+    hub = fed.settings.hub
+    hub_http = free_port()
+    (hub_dir / chart.COUNTRY_CONF).write_text(
+        hub_files[chart.COUNTRY_CONF]
+        .replace("/etc/nats/tls/", f"{hub_dir}/tls/")
+        .replace(f'"0.0.0.0:{chart.CLIENT_PORT}"', f'"127.0.0.1:{free_port()}"')
+        .replace(f'"0.0.0.0:{chart.HTTP_PORT}"', f'"127.0.0.1:{hub_http}"')
+        .replace(f'"0.0.0.0:{chart.LEAF_PORT}"', f'"{hub.host}:{hub.leaf_port}"'),
+        encoding="utf-8",
+    )
+    (hub_dir / chart.SERVER_CONF).write_text(hub_files[chart.SERVER_CONF], encoding="utf-8")
+    processes.start("hub", [str(nats_binary), "--config", str(hub_dir / chart.SERVER_CONF)])
+    wait_ready(f"http://127.0.0.1:{hub_http}/healthz", processes, "hub")
 
     # --- NATS: the chart's two files per server; mounts, ports and routes mapped. ---
     config = nats_conf(objects)
@@ -264,3 +295,13 @@ def test_rendered_country_runs_and_becomes_ready(
     wait_ready(f"http://127.0.0.1:{exporter_port}/readyz", processes, "exporter")
     with urllib.request.urlopen(f"http://127.0.0.1:{exporter_port}/metrics", timeout=5) as m:
         assert b'casebridge_nats_monitor_up{server_id="DE"} 1.0' in m.read()
+    # Every DE server dialled the hub with its leaf certificate, mapped to DE's leaf user.
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{hub_http}/leafz", timeout=5) as leafz:
+            leafs = json.loads(leafz.read()).get("leafs") or []
+        if len(leafs) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert sorted(leaf["name"] for leaf in leafs) == [f"casebridge-nats-{i}" for i in range(3)]
+    assert {leaf["account"] for leaf in leafs} == {"CB"}
