@@ -53,7 +53,7 @@ CLUSTER_PORT: Final = 6222
 LEAF_PORT: Final = 7422
 ANY_HOST: Final = "0.0.0.0"  # noqa: S104 - a server in a pod listens on the pod's address
 CLUSTER_SIZES: Final = (1, 3)
-MAX_SLUG: Final = 40
+MAX_SLUG: Final = 32  # with a 19-character release prefix: StatefulSet names <= 52
 # Keys of the Secret (existingSecret) that holds a NATS server's certificates.
 SECRET_KEYS: Final = {
     "server_chain": "server-chain.pem",

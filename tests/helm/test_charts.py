@@ -16,6 +16,7 @@ import yaml
 
 from broker.cli import build_parser
 from broker.federation import chart, natsconf
+from broker.federation.spec import parse_description
 from broker.ops import dashboards
 from tests.helm.charts import (
     COUNTRY,
@@ -330,3 +331,33 @@ class TestCommands:
             "casebridge node --settings",
             "casebridge-nats-exporter --config /etc/casebridge/nats-exporter.json",
         }
+
+
+class TestNames:
+    def test_longest_names_fit_kubernetes_limits(self) -> None:
+        """With a long release name and agency ids of the longest kind, every object name is a
+        DNS label (<= 63) and every StatefulSet name leaves room for its revision hash (<= 52)."""
+        raw = description().to_json()
+        raw["task_forces"] = []
+        for country in raw["countries"]:
+            if country["code"] == "DE":
+                country["agencies"] = [
+                    {"id": "de." + "a" * 59 + f"-{i}", "kind": "ngo", "name": f"NGO {i}"}
+                    for i in range(2)
+                ]
+        generated = chart.country_values(
+            parse_description(raw),
+            "DE",
+            hub_leaf_url=HUB_URL,
+            shape=chart.ClusterShape(service="casebridge-nats", replicas=3),
+        )
+        objects = render(COUNTRY, chart.as_values(generated), name="a-very-long-release-name-x")
+        for obj in objects:
+            name = obj["metadata"]["name"]
+            assert len(name) <= 63, name
+            if obj["kind"] == "StatefulSet":
+                assert len(name) <= 52, name
+        nodes = [
+            o for o in objects if o["kind"] == "StatefulSet" and "nats" not in o["metadata"]["name"]
+        ]
+        assert len({o["metadata"]["name"] for o in nodes}) == 2

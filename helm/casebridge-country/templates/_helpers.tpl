@@ -6,9 +6,9 @@ templates only place it, they never write a NATS rule of their own.
 
 {{- define "cb.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 20 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 19 | trimSuffix "-" -}}
 {{- else -}}
-{{- .Release.Name | trunc 20 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 19 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
