@@ -333,6 +333,25 @@ class TestCommands:
         }
 
 
+class TestGatewayLedger:
+    def test_persistent_ledgers_make_the_gateways_a_stateful_set(self) -> None:
+        """gateway.persistence: each gateway replica keeps its ledger on its own volume."""
+        values = example_country_values()
+        values["gateway"]["persistence"] = {"enabled": True, "storageClassName": "fast"}
+        objects = render(COUNTRY, values)
+        assert not [o for o in objects if o["kind"] == "Deployment"]
+        gateway = find(objects, "StatefulSet", "cb-gateway")
+        assert gateway["spec"]["replicas"] == 2
+        claim = gateway["spec"]["volumeClaimTemplates"][0]
+        assert claim["metadata"]["name"] == "ledger"
+        assert claim["spec"]["storageClassName"] == "fast"
+        volumes = [v["name"] for v in gateway["spec"]["template"]["spec"]["volumes"]]
+        assert "ledger" not in volumes
+        for obj in objects:
+            if obj["kind"] not in CRD_KINDS:
+                kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
 class TestNames:
     def test_longest_names_fit_kubernetes_limits(self) -> None:
         """With a long release name and agency ids of the longest kind, every object name is a
