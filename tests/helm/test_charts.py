@@ -71,6 +71,9 @@ class TestRendered:
             assert pod["securityContext"]["runAsUser"] > 0, where
             assert pod.get("hostNetwork") is not True, where
             assert pod["automountServiceAccountToken"] is False, where
+            if any("secret" in v for v in pod["volumes"]):
+                # Secret files are mode 0440: the non-root user reads them through fsGroup.
+                assert pod["securityContext"]["fsGroup"] > 0, where
             for container in [*pod.get("initContainers", []), *pod["containers"]]:
                 label = f"{where}/{container['name']}"
                 security = container["securityContext"]
