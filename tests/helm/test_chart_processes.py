@@ -63,9 +63,10 @@ class Processes:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
-        for _, process in self.running:
+        # Clients first, servers last: a node or gateway closes at once while NATS is there.
+        for _, process in reversed(self.running):
             process.terminate()
-        for _, process in self.running:
+        for _, process in reversed(self.running):
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
