@@ -2,7 +2,7 @@
 
 The secretariat's tool (root CA, secretariat TLS CA, directory signing) and, in the dev
 federation, every country's tool too. Issuing and validation logic lives in
-``broker.core.pki`` / ``broker.core.directory``; files in ``broker.pki_store``. This module only
+``broker.core.pki`` / ``broker.core.directory``; files in ``broker.pki.store``. This module only
 parses arguments, reads the clock (``datetime.now(UTC)``, here at the edge and nowhere else) and
 prints. It never prints key material.
 """
@@ -31,7 +31,8 @@ from broker.core.directory import (
 from broker.core.header import AGENCY_RE, COUNTRY_RE, TASK_FORCE_RE, agency_country
 from broker.core.trust import AGENCY_KINDS, cert_kid
 from broker.errors import ConfigError, PKIError, Reason
-from broker.pki_store import (
+from broker.pki import issuing
+from broker.pki.store import (
     DEFAULT_DIR,
     DIRECTORY_FILE,
     HUB,
@@ -97,9 +98,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if store.exists() and not args.force:
         raise ConfigError(f"a PKI already exists in {store.base} (use --force to replace it)")
     now = _now()
-    root = pki.create_root_ca(args.federation_id, now=now)
+    root = issuing.create_root_ca(args.federation_id, now=now)
     hub_domains = tuple(args.hub_domain or ["casebridge.test"])
-    secretariat = pki.issue_secretariat_ca(
+    secretariat = issuing.issue_secretariat_ca(
         root, now=now, dns_domains=hub_domains, allow_loopback=args.allow_loopback
     )
     store.write_certified(ROOT, root)
@@ -136,9 +137,9 @@ def _cmd_issue_country(args: argparse.Namespace) -> int:
     if code in state.countries and not args.force:
         raise PKIError(f"country {code} already exists (--force re-issues its CA)")
     networks: tuple[pki.IPNetwork, ...] = tuple(args.ip_network or [])
-    dns = tuple(args.dns_domain) if args.dns_domain else pki.default_dns_domains(code)
+    dns = tuple(args.dns_domain) if args.dns_domain else issuing.default_dns_domains(code)
     root = store.read_certified(ROOT)
-    ca = pki.issue_country_ca(
+    ca = issuing.issue_country_ca(
         root,
         country=code,
         now=_now(),
@@ -209,7 +210,7 @@ def _cmd_issue_agency(args: argparse.Namespace) -> int:
             raise PKIError(f"agency {agency_id} exists (--renew re-issues its certificates)")
         state = _supersede(state, existing, existing.serials, now)
     ca = store.read_certified(country_stem(country, "ca"))
-    creds = pki.issue_agency(ca, agency_id=agency_id, kind=args.kind, name=args.name, now=now)
+    creds = issuing.issue_agency(ca, agency_id=agency_id, kind=args.kind, name=args.name, now=now)
     store.write_certified(agency_stem(agency_id, "signing"), creds.signing)
     store.write_certified(agency_stem(agency_id, "agreement"), creds.agreement)
     serials = {
@@ -218,7 +219,9 @@ def _cmd_issue_agency(args: argparse.Namespace) -> int:
     }
     tls = None
     if not args.no_tls:
-        tls = pki.issue_agency_tls(ca, agency_id=agency_id, kind=args.kind, name=args.name, now=now)
+        tls = issuing.issue_agency_tls(
+            ca, agency_id=agency_id, kind=args.kind, name=args.name, now=now
+        )
         store.write_certified(agency_stem(agency_id, "tls"), tls, [ca.cert])
         serials["tls"] = tls.cert.serial_number
     else:
@@ -250,7 +253,7 @@ def _cmd_issue_tls(args: argparse.Namespace) -> int:
     now = _now()
     if role == "hub":
         secretariat = store.read_certified(SECRETARIAT)
-        issued = pki.issue_hub_tls(
+        issued = issuing.issue_hub_tls(
             secretariat, host_names=args.host or [], ip_addresses=_ips(args.ip), now=now
         )
         stem, issuer = HUB, secretariat.cert
@@ -260,20 +263,20 @@ def _cmd_issue_tls(args: argparse.Namespace) -> int:
             raise PKIError(f"{role} needs a known country code as TARGET, got {target!r}")
         if role == "server":
             ca = store.read_certified(country_stem(code, "ca"))
-            issued = pki.issue_server_tls(
+            issued = issuing.issue_server_tls(
                 ca, host_names=args.host or [], ip_addresses=_ips(args.ip), now=now
             )
             stem, issuer = country_stem(code, "server"), ca.cert
         else:
             secretariat = store.read_certified(SECRETARIAT)
-            issued = pki.issue_leaf_tls(secretariat, country=code, now=now)
+            issued = issuing.issue_leaf_tls(secretariat, country=code, now=now)
             stem, issuer = country_stem(code, "leaf"), secretariat.cert
     else:
         record = state.agencies.get(target or "")
         if record is None or target is None:
             raise PKIError(f"client needs a known agency id as TARGET, got {target!r}")
         ca = store.read_certified(country_stem(agency_country(target), "ca"))
-        issued = pki.issue_agency_tls(
+        issued = issuing.issue_agency_tls(
             ca, agency_id=target, kind=record.kind, name=record.name, now=now
         )
         stem, issuer = agency_stem(target, "tls"), ca.cert
@@ -376,7 +379,7 @@ def sign_directory(store: PkiStore, *, now: datetime, valid_for: timedelta) -> t
             for r in state.revocations
             if r.country == code
         ]
-        crl = pki.build_crl(ca.key, ca.cert, entries, now, next_update)
+        crl = issuing.build_crl(ca.key, ca.cert, entries, now, next_update)
         store.write_crl(code, crl)
         countries.append(
             CountryEntry(code=code, name=record.name, eu=record.eu, ca_cert=ca.cert, crl=crl)

@@ -46,13 +46,13 @@ import nats
 from cryptography import x509
 from nats.aio.client import Client as NatsClient
 
-from broker import pki_store
-from broker.devpki import build_dev_federation
 from broker.errors import ConfigError
 from broker.federation import natsconf
 from broker.federation import subjects as s
 from broker.federation.spec import FederationDescription, gateway_id, parse_description
 from broker.federation.streams import CountryStreams, ensure_country_streams
+from broker.pki import store as pki_store
+from broker.pki.dev import build_dev_federation, write_dev_federation
 from broker.transport_nats import quiet_tls_eof_warning
 
 SETTINGS_FILE: Final = "federation.json"
@@ -603,7 +603,7 @@ class Federation:
                 shutil.rmtree(base / sub, ignore_errors=True)
         dev = build_dev_federation(description.to_pki_spec(), now=now)
         # Unencrypted on purpose: nats-server cannot read encrypted keys (dev federation only).
-        pki_store.write_dev_federation(pki_store.PkiStore(pki_dir, passphrase=None), dev)
+        write_dev_federation(pki_store.PkiStore(pki_dir, passphrase=None), dev)
         settings = new_settings(description, base, host=host)
         write_settings(settings)
         fed = cls(settings)

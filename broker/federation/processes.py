@@ -21,7 +21,7 @@ from broker.core.policy import sign_policy
 from broker.errors import ConfigError
 from broker.federation.launcher import ClientSettings, Federation, ProcessSpec
 from broker.federation.observability import exporter_process
-from broker.pki_store import PkiStore, country_stem
+from broker.pki.store import PkiStore, country_stem
 
 SETTINGS_DIR: Final = "settings"
 POLICY_DIR: Final = "policies"

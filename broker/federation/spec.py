@@ -3,7 +3,7 @@
 :func:`load_description` / :func:`parse_description` turn the file into a
 :class:`FederationDescription`, checked strictly (unknown keys, bad ids, duplicates, task-force
 members that do not exist are all ``ConfigError`` with the path of the offending entry), and
-:meth:`FederationDescription.to_pki_spec` into the :class:`broker.devpki.FederationSpec` the
+:meth:`FederationDescription.to_pki_spec` into the :class:`broker.pki.dev.FederationSpec` the
 PKI tooling builds. Every country automatically gets its border gateway identity
 ``<cc>.gateway`` (kind ``gateway``); the file may not declare it itself.
 
@@ -39,14 +39,14 @@ import yaml
 
 from broker.core.header import AGENCY_RE, COUNTRY_RE, FEDERATION_RE, TASK_FORCE_RE
 from broker.core.trust import AGENCY_KINDS
-from broker.devpki import (
+from broker.errors import ConfigError
+from broker.pki.dev import (
     DEFAULT_HUB_DOMAIN,
     AgencySpec,
     CountrySpec,
     FederationSpec,
     TaskForceSpec,
 )
-from broker.errors import ConfigError
 
 GATEWAY_KIND: Final = "gateway"
 GATEWAY_NAME: Final = "gateway"

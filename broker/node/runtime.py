@@ -24,7 +24,6 @@ from broker.core.policy import Federation
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
-from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
 from broker.node.clock import system_clock
@@ -49,6 +48,7 @@ from broker.node.service import Node
 from broker.node.settings import Settings
 from broker.node.store import Store
 from broker.node.transport import Transport
+from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.policy_store import PolicyStore
 
 TransportFactory = Callable[[Settings], Transport]

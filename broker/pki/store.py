@@ -18,7 +18,7 @@ Layout of a PKI directory (default ``certs/dev/``; documented in ``certs/README.
 PKI may be unencrypted). ``*.pem``: the certificate; ``*-chain.pem``: certificate + issuing CA
 (what a TLS server or client presents). Directories are created 0700.
 
-This module only reads and writes; it decides nothing about what to issue (``broker.core.pki``)
+This module only reads and writes; it decides nothing about what to issue (``broker.pki.issuing``)
 and never prints. It must never log or print key material.
 """
 
@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -41,9 +41,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.core import canonical
 from broker.core.pki import CertifiedKey
 from broker.errors import ConfigError, InvalidMessage
-
-if TYPE_CHECKING:
-    from broker.devpki import DevFederation
 
 DEFAULT_DIR: Final = Path("certs/dev")
 KEY_ENV_VAR: Final = "CASEBRIDGE_KEY_PASSPHRASE"
@@ -379,72 +376,3 @@ class PkiStore:
     def write_crl(self, code: str, crl: x509.CertificateRevocationList) -> Path:
         pem = crl.public_bytes(serialization.Encoding.PEM)
         return self.write_bytes(f"{country_stem(code, 'crl')}.pem", pem)
-
-
-# --------------------------------------------------------- a dev federation ---
-
-
-def write_dev_federation(store: PkiStore, fed: DevFederation) -> None:
-    """Write a :class:`DevFederation` in the same layout the CLI manages, with its state."""
-    spec = fed.spec
-    store.write_certified(ROOT, fed.root)
-    store.write_certified(SECRETARIAT, fed.secretariat)
-    store.write_certified(HUB, fed.hub_tls, [fed.secretariat.cert])
-    state = StoreState(
-        federation_id=fed.federation_id,
-        hub_domains=(spec.hub_domain,),
-        allow_loopback=spec.allow_loopback,
-        directory_serial=fed.directory.serial,
-    )
-    for country in fed.countries.values():
-        store.write_certified(country_stem(country.code, "ca"), country.ca)
-        store.write_certified(
-            country_stem(country.code, "server"), country.server_tls, [country.ca.cert]
-        )
-        store.write_certified(
-            country_stem(country.code, "leaf"), country.leaf_tls, [fed.secretariat.cert]
-        )
-        state = state.with_country(
-            CountryRecord(
-                code=country.code,
-                name=country.name,
-                eu=country.eu,
-                dns_domains=_dns_domains(country.ca.cert),
-                allow_loopback=spec.allow_loopback,
-            )
-        )
-    for agency in fed.agencies.values():
-        ca_cert = fed.countries[agency.country].ca.cert
-        store.write_certified(agency_stem(agency.agency_id, "signing"), agency.signing, [ca_cert])
-        store.write_certified(
-            agency_stem(agency.agency_id, "agreement"), agency.agreement, [ca_cert]
-        )
-        store.write_certified(agency_stem(agency.agency_id, "tls"), agency.tls, [ca_cert])
-        state = state.with_agency(
-            AgencyRecord(
-                agency_id=agency.agency_id,
-                kind=agency.kind,
-                name=agency.name,
-                serials={
-                    "signing": agency.signing.cert.serial_number,
-                    "agreement": agency.agreement.cert.serial_number,
-                    "tls": agency.tls.cert.serial_number,
-                },
-            )
-        )
-    for tf in fed.task_forces:
-        state = state.with_task_force(
-            TaskForceRecord(task_force_id=tf.task_force_id, name=tf.name, members=tf.members)
-        )
-    store.write_bytes(DIRECTORY_FILE, fed.directory_bytes)
-    store.write_state(state)
-
-
-def _dns_domains(ca_cert: x509.Certificate) -> tuple[str, ...]:
-    nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    loopback = {"localhost"}
-    return tuple(
-        g.value
-        for g in nc.permitted_subtrees or []
-        if isinstance(g, x509.DNSName) and g.value not in loopback
-    )
