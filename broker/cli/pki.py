@@ -19,6 +19,7 @@ from typing import Final
 
 from cryptography import x509
 
+from broker.cli import pki_ceremony
 from broker.core import pki
 from broker.core.directory import (
     AgencyEntry,
@@ -32,6 +33,7 @@ from broker.core.header import AGENCY_RE, COUNTRY_RE, TASK_FORCE_RE, agency_coun
 from broker.core.trust import AGENCY_KINDS, cert_kid
 from broker.errors import ConfigError, PKIError, Reason
 from broker.pki import issuing
+from broker.pki.signer import Pkcs11Key, TokenAccess, TokenKeyRef
 from broker.pki.store import (
     DEFAULT_DIR,
     DIRECTORY_FILE,
@@ -98,12 +100,18 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if store.exists() and not args.force:
         raise ConfigError(f"a PKI already exists in {store.base} (use --force to replace it)")
     now = _now()
-    root = issuing.create_root_ca(args.federation_id, now=now)
+    token = None if args.pkcs11 is None else TokenKeyRef.parse(args.pkcs11)
+    root_key = None if token is None else Pkcs11Key.generate(token, TokenAccess.from_env())
+    root = issuing.create_root_ca(args.federation_id, now=now, key=root_key)
     hub_domains = tuple(args.hub_domain or ["casebridge.test"])
     secretariat = issuing.issue_secretariat_ca(
         root, now=now, dns_domains=hub_domains, allow_loopback=args.allow_loopback
     )
-    store.write_certified(ROOT, root)
+    if token is None:
+        store.write_certified(ROOT, root)
+    else:
+        store.write_token_ref(ROOT, token)
+        store.write_cert(ROOT, root.cert)
     store.write_certified(SECRETARIAT, secretariat)
     store.write_state(
         StoreState(
@@ -373,16 +381,23 @@ def sign_directory(store: PkiStore, *, now: datetime, valid_for: timedelta) -> t
     next_update = now + valid_for
     countries = []
     for code, record in sorted(state.countries.items()):
-        ca = store.read_certified(country_stem(code, "ca"))
-        entries = [
-            (r.serial, r.revoked_at, x509.ReasonFlags[r.reason])
-            for r in state.revocations
-            if r.country == code
-        ]
-        crl = issuing.build_crl(ca.key, ca.cert, entries, now, next_update)
-        store.write_crl(code, crl)
+        ca_stem = country_stem(code, "ca")
+        ca_cert = store.read_cert(ca_stem)
+        if store.has_key(ca_stem):
+            # Dev federation: the secretariat also holds this country CA and signs its CRL.
+            entries = [
+                (r.serial, r.revoked_at, x509.ReasonFlags[r.reason])
+                for r in state.revocations
+                if r.country == code
+            ]
+            ca_key = store.read_key(ca_stem)
+            crl = issuing.build_crl(ca_key, ca_cert, entries, now, next_update)
+            store.write_crl(code, crl)
+        else:
+            # Ceremony: the country signed its CRL itself (`pki crl`, `pki accept-country`).
+            crl = _submitted_crl(store, code)
         countries.append(
-            CountryEntry(code=code, name=record.name, eu=record.eu, ca_cert=ca.cert, crl=crl)
+            CountryEntry(code=code, name=record.name, eu=record.eu, ca_cert=ca_cert, crl=crl)
         )
     agencies = []
     for agency_id, agency in sorted(state.agencies.items()):
@@ -413,6 +428,14 @@ def sign_directory(store: PkiStore, *, now: datetime, valid_for: timedelta) -> t
     )
     store.write_state(state.with_directory_serial(serial))
     return signed, serial
+
+
+def _submitted_crl(store: PkiStore, code: str) -> x509.CertificateRevocationList:
+    stem = country_stem(code, "crl")
+    try:
+        return x509.load_pem_x509_crl(store.read_bytes(f"{stem}.pem"))
+    except ValueError:
+        raise ConfigError(f"{store.path(stem)}.pem is not a PEM CRL") from None
 
 
 def _cmd_directory(args: argparse.Namespace) -> int:
@@ -661,6 +684,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="let the hub certificate name localhost/127.0.0.1 (DEV ONLY)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing PKI")
+    p.add_argument(
+        "--pkcs11",
+        metavar="URI",
+        help="make the root key in a PKCS#11 token (pkcs11:token=...;object=...; "
+        "PIN in $CASEBRIDGE_PKCS11_PIN)",
+    )
 
     p = _add(
         sub,
@@ -806,6 +835,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("file", help="signed directory (compact JWS)")
     p.add_argument("--root", type=Path, help="pinned root certificate (default: <dir>/root/ca.pem)")
+
+    pki_ceremony.add_commands(sub, _add)
 
     _add(
         sub,

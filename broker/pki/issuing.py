@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -187,7 +187,7 @@ def _ca_usage() -> x509.KeyUsage:
     return key_usage("key_cert_sign", "crl_sign")
 
 
-def _name_constraints(
+def name_constraints(
     *,
     country: str | None,
     dns_domains: Sequence[str],
@@ -279,7 +279,7 @@ def issue_country_ca(
             _attr(NameOID.COMMON_NAME, f"Casebridge {country} country CA"),
         ]
     )
-    constraints = _name_constraints(
+    constraints = name_constraints(
         country=country,
         dns_domains=default_dns_domains(country) if dns_domains is None else dns_domains,
         ip_networks=ip_networks,
@@ -323,7 +323,7 @@ def issue_secretariat_ca(
             _attr(NameOID.COMMON_NAME, f"Casebridge {fed} secretariat CA"),
         ]
     )
-    constraints = _name_constraints(
+    constraints = name_constraints(
         country=None,
         dns_domains=dns_domains,
         ip_networks=ip_networks,
@@ -364,7 +364,7 @@ def _check_secretariat(ca: CertifiedKey) -> str:
         raise PKIError(exc.detail) from None
 
 
-def _check_agency_id(agency_id: str, country: str) -> None:
+def check_agency_id(agency_id: str, country: str) -> None:
     if not AGENCY_RE.fullmatch(agency_id) or TASK_FORCE_RE.fullmatch(agency_id):
         raise PKIError(f"invalid agency id {agency_id!r}")
     if len(agency_id) > MAX_NAME:
@@ -373,7 +373,7 @@ def _check_agency_id(agency_id: str, country: str) -> None:
         raise PKIError(f"the {country} country CA cannot issue for {agency_id!r}")
 
 
-def _agency_subject(agency_id: str, country: str, kind: str, name: str) -> x509.Name:
+def agency_subject(agency_id: str, country: str, kind: str, name: str) -> x509.Name:
     if kind not in AGENCY_KINDS:
         raise PKIError(f"unknown agency kind {kind!r}")
     return x509.Name(
@@ -457,8 +457,8 @@ def issue_agency(
     Refuses (PKIError) an agency id whose country prefix is not the CA's country.
     """
     country = _issuing_country(ca)
-    _check_agency_id(agency_id, country)
-    subject = _agency_subject(agency_id, country, kind, name)
+    check_agency_id(agency_id, country)
+    subject = agency_subject(agency_id, country, kind, name)
     san = [x509.UniformResourceIdentifier(AGENCY_URN_PREFIX + agency_id)]
     signing = _leaf(
         ca,
@@ -506,10 +506,10 @@ def issue_agency_tls(
     URN SAN under a name-constrained CA ("URI with empty host cannot be matched").
     """
     country = _issuing_country(ca)
-    _check_agency_id(agency_id, country)
+    check_agency_id(agency_id, country)
     return _leaf(
         ca,
-        subject=_agency_subject(agency_id, country, kind, name),
+        subject=agency_subject(agency_id, country, kind, name),
         key=key,
         now=now,
         lifetime=lifetime,
@@ -664,3 +664,168 @@ def build_crl(
             entry = entry.add_extension(x509.CRLReason(reason), critical=False)
         builder = builder.add_revoked_certificate(entry.build())
     return builder.sign(ca_key, hashes.SHA256())
+
+
+# ------------------------------------------------- certifying requested public keys ---
+
+
+class _RequestedKey(ec.EllipticCurvePrivateKey):
+    """The public half of a key that lives elsewhere (a CSR's), where ``_leaf`` wants a key.
+
+    The guarded ``issue_*`` functions only ever read ``public_key()`` of the subject's key, so
+    this lets the CSR flow go through exactly the same profile and name checks. It cannot sign,
+    exchange or be serialised: it holds no secret.
+    """
+
+    def __init__(self, public_key: ec.EllipticCurvePublicKey) -> None:
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+            public_key.curve, ec.SECP256R1
+        ):
+            raise PKIError("only P-256 keys are allowed")
+        self._public = public_key
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._public.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public
+
+    def _absent(self) -> PKIError:
+        return PKIError("a requested key has no private half here")
+
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
+        raise self._absent()
+
+    def sign(
+        self,
+        data: bytes | bytearray | memoryview,
+        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
+    ) -> bytes:
+        raise self._absent()
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        raise self._absent()
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        raise self._absent()
+
+    def __copy__(self) -> _RequestedKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _RequestedKey:
+        return self
+
+
+def certify_country_ca(
+    root: CertifiedKey,
+    *,
+    country: str,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    dns_domains: Sequence[str] | None = None,
+    ip_networks: Sequence[IPNetwork] = (),
+    allow_loopback: bool = False,
+    lifetime: timedelta = CA_LIFETIME,
+) -> x509.Certificate:
+    """:func:`issue_country_ca` for a key generated by the country (from its CSR)."""
+    return issue_country_ca(
+        root,
+        country=country,
+        now=now,
+        dns_domains=dns_domains,
+        ip_networks=ip_networks,
+        allow_loopback=allow_loopback,
+        lifetime=lifetime,
+        key=_RequestedKey(public_key),
+    ).cert
+
+
+def certify_agency(
+    ca: CertifiedKey,
+    *,
+    agency_id: str,
+    kind: str,
+    name: str,
+    signing_key: ec.EllipticCurvePublicKey,
+    agreement_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    lifetime: timedelta = AGENCY_LIFETIME,
+) -> tuple[x509.Certificate, x509.Certificate]:
+    """:func:`issue_agency` for keys generated by the agency: (signing, agreement) certificates."""
+    creds = issue_agency(
+        ca,
+        agency_id=agency_id,
+        kind=kind,
+        name=name,
+        now=now,
+        lifetime=lifetime,
+        signing_key=_RequestedKey(signing_key),
+        agreement_key=_RequestedKey(agreement_key),
+    )
+    return creds.signing.cert, creds.agreement.cert
+
+
+def certify_agency_tls(
+    ca: CertifiedKey,
+    *,
+    agency_id: str,
+    kind: str,
+    name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    lifetime: timedelta = TLS_LIFETIME,
+) -> x509.Certificate:
+    """:func:`issue_agency_tls` for a key generated by the agency's node."""
+    return issue_agency_tls(
+        ca,
+        agency_id=agency_id,
+        kind=kind,
+        name=name,
+        now=now,
+        lifetime=lifetime,
+        key=_RequestedKey(public_key),
+    ).cert
+
+
+def certify_server_tls(
+    ca: CertifiedKey,
+    *,
+    host_names: Sequence[str],
+    ip_addresses: Sequence[IPAddress] = (),
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    lifetime: timedelta = TLS_LIFETIME,
+) -> x509.Certificate:
+    """:func:`issue_server_tls` for a key generated on the server's machine."""
+    return issue_server_tls(
+        ca,
+        host_names=host_names,
+        ip_addresses=ip_addresses,
+        now=now,
+        lifetime=lifetime,
+        key=_RequestedKey(public_key),
+    ).cert
+
+
+def certify_leaf_tls(
+    secretariat: CertifiedKey,
+    *,
+    country: str,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    lifetime: timedelta = TLS_LIFETIME,
+) -> x509.Certificate:
+    """:func:`issue_leaf_tls` for a key generated on the country server's machine."""
+    return issue_leaf_tls(
+        secretariat, country=country, now=now, lifetime=lifetime, key=_RequestedKey(public_key)
+    ).cert

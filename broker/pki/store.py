@@ -8,6 +8,7 @@ Layout of a PKI directory (default ``certs/dev/``; documented in ``certs/README.
     secretariat/ca.key, ca.pem          secretariat TLS CA (hub + leaf-node certificates)
     hub/hub.key, hub.pem, hub-chain.pem hub leaf-node listener (server) certificate
     countries/<cc>/ca.key, ca.pem       country CA;  crl.pem: its last CRL
+                                        (ca.pkcs11 instead of ca.key: the key is in a token)
     countries/<cc>/server.*             the country's nats-server certificate
     countries/<cc>/leaf.*               the country server's client certificate towards the hub
     agencies/<id>/signing.*             message signing key + certificate
@@ -41,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.core import canonical
 from broker.core.pki import CertifiedKey
 from broker.errors import ConfigError, InvalidMessage
+from broker.pki.signer import Pkcs11Key, TokenAccess, TokenKeyRef
 
 DEFAULT_DIR: Final = Path("certs/dev")
 KEY_ENV_VAR: Final = "CASEBRIDGE_KEY_PASSPHRASE"
@@ -329,7 +331,20 @@ class PkiStore:
         )
         return self._write(f"{stem}.key", pem, mode=0o600)
 
+    def write_token_ref(self, stem: str, ref: TokenKeyRef) -> Path:
+        """``<stem>.pkcs11``: the key lives in a PKCS#11 token (no ``<stem>.key`` is kept)."""
+        self.path(f"{stem}.key").unlink(missing_ok=True)
+        return self.write_bytes(f"{stem}.pkcs11", ref.to_uri().encode("ascii") + b"\n")
+
+    def has_key(self, stem: str) -> bool:
+        """Whether this store holds the private key of ``stem`` (a file or a token reference)."""
+        return self.path(f"{stem}.key").is_file() or self.path(f"{stem}.pkcs11").is_file()
+
     def read_key(self, stem: str) -> ec.EllipticCurvePrivateKey:
+        """The key of ``stem``: in a token if ``<stem>.pkcs11`` names one, else the PEM file."""
+        if self.path(f"{stem}.pkcs11").is_file():
+            ref = TokenKeyRef.parse(self.read_bytes(f"{stem}.pkcs11").decode("ascii", "replace"))
+            return Pkcs11Key.open(ref, TokenAccess.from_env())
         data = self.read_bytes(f"{stem}.key")
         try:
             key = serialization.load_pem_private_key(data, password=self._passphrase)
