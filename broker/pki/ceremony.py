@@ -76,7 +76,7 @@ class RequestRefused(PKIError):
 # -------------------------------------------------------------- request files ---
 
 
-def _csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
+def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
@@ -190,8 +190,8 @@ def request_country(
         [(x509.BasicConstraints(ca=True, path_length=0), True), (constraints, False)],
     )
     leaf_csr = _build_csr(issuing.leaf_subject(federation_id, country), leaf_key)
-    ca_path = store.write_bytes(f"{REQUESTS}/country-{country.lower()}.csr.pem", _csr_pem(ca_csr))
-    leaf_path = store.write_bytes(f"{REQUESTS}/leaf-{country.lower()}.csr.pem", _csr_pem(leaf_csr))
+    ca_path = store.write_bytes(f"{REQUESTS}/country-{country.lower()}.csr.pem", csr_pem(ca_csr))
+    leaf_path = store.write_bytes(f"{REQUESTS}/leaf-{country.lower()}.csr.pem", csr_pem(leaf_csr))
     store.write_state(
         StoreState(
             federation_id=federation_id, hub_domains=(), allow_loopback=allow_loopback
@@ -337,7 +337,8 @@ def sign_country(
     """The secretariat signs ``country``'s CA and leaf-node requests; writes the reply store.
 
     ``country`` is the country whose delegation handed the requests over (checked out of band);
-    a request naming any other country is refused. Nothing is written to ``store`` or ``reply`` unless both requests pass every check.
+    a request naming any other country is refused. Nothing is written to ``store`` or
+    ``reply`` unless both requests pass every check.
     """
     state = store.read_state()
     ca_csr = read_request(ca_request)
@@ -440,7 +441,7 @@ def request_agency(
         key = issuing.generate_key()
         store.write_key(stem, key)
         store.write_bytes(
-            f"{REQUESTS}/agency-{agency_id}.{usage}.csr.pem", _csr_pem(_build_csr(subject, key))
+            f"{REQUESTS}/agency-{agency_id}.{usage}.csr.pem", csr_pem(_build_csr(subject, key))
         )
     return store.path(f"{REQUESTS}/agency-{agency_id}")
 
@@ -550,7 +551,7 @@ def request_server(
         ]
     )
     csr = _build_csr(subject, key, [(x509.SubjectAlternativeName(names), False)])
-    return store.write_bytes(f"{REQUESTS}/server-{country.lower()}.csr.pem", _csr_pem(csr))
+    return store.write_bytes(f"{REQUESTS}/server-{country.lower()}.csr.pem", csr_pem(csr))
 
 
 def sign_server(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
