@@ -123,6 +123,15 @@ def _cmd_request_agency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rotate_agreement(args: argparse.Namespace) -> int:
+    store = _store(args)
+    prefix, kept = ceremony.rotate_agreement(store, agency_id=args.agency_id)
+    print(f"{args.agency_id}: new key-agreement key made; the old one kept as {kept}")
+    print(f"send to your country CA: {prefix}.agreement.csr.pem")
+    print("then list the kept key under keys.previous_agreement in the node settings")
+    return 0
+
+
 def _cmd_sign_agency(args: argparse.Namespace) -> int:
     store = _store(args)
     record = ceremony.sign_agency(store, request=args.request, now=_now())
@@ -266,8 +275,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: 
 
     p = add(
         sub,
+        "rotate-agreement",
+        help_text="(agency) new key-agreement key; the old one kept for messages in flight",
+        epilog="""
+            casebridge pki rotate-agreement de.lka-berlin --dir lka/
+            casebridge pki sign-agency lka/requests/agency-de.lka-berlin --dir de/
+        """,
+        func=_cmd_rotate_agreement,
+    )
+    p.add_argument("agency_id", help="agency id <cc>.<name>")
+
+    p = add(
+        sub,
         "sign-agency",
-        help_text="(country) certify an agency's CSRs with the country CA (own agencies only)",
+        help_text="(country) certify an agency's CSRs with the country CA (own agencies only; "
+        "an agreement CSR alone rotates that key)",
         epilog="""
             casebridge pki sign-agency lka/requests/agency-de.lka-berlin --dir de/
         """,

@@ -41,7 +41,7 @@ from cryptography.x509.oid import NameOID
 from broker.core import pki
 from broker.core.directory import Directory, root_fingerprint
 from broker.core.header import AGENCY_RE, COUNTRY_RE, TASK_FORCE_RE, agency_country
-from broker.core.pki import CertUsage, IPAddress, IPNetwork
+from broker.core.pki import CertifiedKey, CertUsage, IPAddress, IPNetwork
 from broker.core.trust import AGENCY_KINDS
 from broker.errors import InvalidMessage, PKIError
 from broker.pki import issuing
@@ -446,12 +446,36 @@ def request_agency(
     return store.path(f"{REQUESTS}/agency-{agency_id}")
 
 
+def rotate_agreement(store: PkiStore, *, agency_id: str) -> tuple[Path, Path]:
+    """Agency side of a key-agreement rotation: the current key and certificate are kept as
+    ``agreement.<serial hex>.key/.pem`` (for the node's key ring) and a new key and CSR made.
+
+    Returns (request prefix, kept key path).
+    """
+    stem = agency_stem(agency_id, "agreement")
+    current = store.read_cert(stem)
+    kept = f"{stem}.{current.serial_number:x}"
+    if store.has_key(kept):
+        raise PKIError(f"{store.path(kept)}.key exists already")
+    store.write_key(kept, store.read_key(stem))
+    store.write_cert(kept, current)
+    key = issuing.generate_key()
+    store.write_key(stem, key)
+    csr = _build_csr(current.subject, key)
+    store.write_bytes(f"{REQUESTS}/agency-{agency_id}.agreement.csr.pem", csr_pem(csr))
+    for usage in ("signing", "tls"):
+        store.path(f"{REQUESTS}/agency-{agency_id}.{usage}.csr.pem").unlink(missing_ok=True)
+    return store.path(f"{REQUESTS}/agency-{agency_id}"), store.path(f"{kept}.key")
+
+
 def _agency_requests(prefix: Path) -> dict[str, x509.CertificateSigningRequest]:
     found = {}
     for usage in AGENCY_USAGES:
         path = prefix.with_name(f"{prefix.name}.{usage}.csr.pem")
         if path.exists():
             found[usage] = read_request(path)
+    if set(found) == {"agreement"}:
+        return found  # a rotation of the key-agreement key (sign_agency checks the agency)
     if "signing" not in found or "agreement" not in found:
         raise RequestRefused(f"{prefix}: needs .signing and .agreement requests")
     return found
@@ -494,9 +518,22 @@ def sign_agency(store: PkiStore, *, request: Path, now: datetime) -> AgencyRecor
     country = own_country(state)
     requests = _agency_requests(request)
     agency_id, kind, name = check_agency_request(requests, ca_country=country)
-    if agency_id in state.agencies:
-        raise RequestRefused(f"agency {agency_id} already has certificates")
     ca = store.read_certified(country_stem(country, "ca"))
+    existing = state.agencies.get(agency_id)
+    if set(requests) == {"agreement"}:
+        if existing is None or existing.revoked:
+            raise RequestRefused(f"{agency_id} has no certificates whose agreement key to rotate")
+        return _rotate(
+            store,
+            state=state,
+            record=existing,
+            csr=requests["agreement"],
+            ca=ca,
+            request=request,
+            now=now,
+        )
+    if existing is not None:
+        raise RequestRefused(f"agency {agency_id} already has certificates")
     signing, agreement = issuing.certify_agency(
         ca,
         agency_id=agency_id,
@@ -529,6 +566,47 @@ def sign_agency(store: PkiStore, *, request: Path, now: datetime) -> AgencyRecor
     )
     store.write_state(state.with_agency(record))
     return record
+
+
+def _rotate(
+    store: PkiStore,
+    *,
+    state: StoreState,
+    record: AgencyRecord,
+    csr: x509.CertificateSigningRequest,
+    ca: CertifiedKey,
+    request: Path,
+    now: datetime,
+) -> AgencyRecord:
+    """Certify a new agreement key; the old certificate is superseded in the next CRL."""
+    cert = issuing.certify_agreement(
+        ca,
+        agency_id=record.agency_id,
+        kind=record.kind,
+        name=record.name,
+        public_key=_requested_key(csr),
+        now=now,
+    )
+    origin = PkiStore(request.parent.parent)
+    for target in {store.base.resolve(): store, origin.base.resolve(): origin}.values():
+        target.write_cert(agency_stem(record.agency_id, "agreement"), cert, [ca.cert])
+    old_serial = record.serials.get("agreement")
+    superseded = (
+        ()
+        if old_serial is None
+        else (
+            Revocation(
+                country=own_country(state),
+                serial=old_serial,
+                revoked_at=now,
+                reason="superseded",
+                subject=f"{record.agency_id} agreement",
+            ),
+        )
+    )
+    renewed = replace(record, serials={**record.serials, "agreement": cert.serial_number})
+    store.write_state(state.with_agency(renewed).with_revocations(superseded))
+    return renewed
 
 
 def request_server(

@@ -408,26 +408,55 @@ def build_dev_federation(
 # --------------------------------------------------------- a dev federation ---
 
 
-def write_dev_federation(store: pki_store.PkiStore, fed: DevFederation) -> None:
-    """Write a :class:`DevFederation` in the same layout the CLI manages, with its state."""
+SECRETARIAT_PARTY: Final = "secretariat"
+HUB_PARTY: Final = "hub"
+
+
+def write_dev_federation(
+    store: pki_store.PkiStore, fed: DevFederation, *, party: str | None = None
+) -> None:
+    """Write a :class:`DevFederation` in the same layout the CLI manages, with its state.
+
+    ``party`` None writes every key (the one-machine dev PKI). Otherwise only that party's
+    private keys are written and every other certificate as a public file: ``"secretariat"``
+    (root and secretariat CAs), ``"hub"`` (the hub's TLS key) or a country code (its CA,
+    server and leaf keys and its agencies' keys; its state lists only itself). Each country's
+    CRL is written too, so a secretariat without country keys can sign directories.
+    """
     spec = fed.spec
-    store.write_certified(pki_store.ROOT, fed.root)
-    store.write_certified(pki_store.SECRETARIAT, fed.secretariat)
-    store.write_certified(pki_store.HUB, fed.hub_tls, [fed.secretariat.cert])
+
+    def put(
+        stem: str, certified: CertifiedKey, owner: str, chain: Sequence[x509.Certificate] = ()
+    ) -> None:
+        if party is None or party == owner:
+            store.write_certified(stem, certified, chain)
+        else:
+            store.write_cert(stem, certified.cert, chain)
+
+    put(pki_store.ROOT, fed.root, SECRETARIAT_PARTY)
+    put(pki_store.SECRETARIAT, fed.secretariat, SECRETARIAT_PARTY)
+    put(pki_store.HUB, fed.hub_tls, HUB_PARTY, [fed.secretariat.cert])
     state = pki_store.StoreState(
         federation_id=fed.federation_id,
         hub_domains=(spec.hub_domain,),
         allow_loopback=spec.allow_loopback,
         directory_serial=fed.directory.serial,
     )
+    own = [
+        c for c in fed.countries.values() if party in (None, SECRETARIAT_PARTY, HUB_PARTY, c.code)
+    ]
     for country in fed.countries.values():
-        store.write_certified(pki_store.country_stem(country.code, "ca"), country.ca)
-        store.write_certified(
-            pki_store.country_stem(country.code, "server"), country.server_tls, [country.ca.cert]
+        code = country.code
+        put(pki_store.country_stem(code, "ca"), country.ca, code)
+        put(pki_store.country_stem(code, "server"), country.server_tls, code, [country.ca.cert])
+        put(pki_store.country_stem(code, "leaf"), country.leaf_tls, code, [fed.secretariat.cert])
+        store.write_crl(
+            code,
+            issuing.build_crl(
+                country.ca.key, country.ca.cert, [], fed.now, fed.now + spec.directory_validity
+            ),
         )
-        store.write_certified(
-            pki_store.country_stem(country.code, "leaf"), country.leaf_tls, [fed.secretariat.cert]
-        )
+    for country in own:
         state = state.with_country(
             pki_store.CountryRecord(
                 code=country.code,
@@ -437,15 +466,19 @@ def write_dev_federation(store: pki_store.PkiStore, fed: DevFederation) -> None:
                 allow_loopback=spec.allow_loopback,
             )
         )
+    codes = {c.code for c in own}
     for agency in fed.agencies.values():
         ca_cert = fed.countries[agency.country].ca.cert
-        store.write_certified(
-            pki_store.agency_stem(agency.agency_id, "signing"), agency.signing, [ca_cert]
-        )
-        store.write_certified(
-            pki_store.agency_stem(agency.agency_id, "agreement"), agency.agreement, [ca_cert]
-        )
-        store.write_certified(pki_store.agency_stem(agency.agency_id, "tls"), agency.tls, [ca_cert])
+        for usage, certified in (
+            ("signing", agency.signing),
+            ("agreement", agency.agreement),
+            ("tls", agency.tls),
+        ):
+            put(
+                pki_store.agency_stem(agency.agency_id, usage), certified, agency.country, [ca_cert]
+            )
+        if agency.country not in codes:
+            continue
         state = state.with_agency(
             pki_store.AgencyRecord(
                 agency_id=agency.agency_id,
@@ -458,7 +491,8 @@ def write_dev_federation(store: pki_store.PkiStore, fed: DevFederation) -> None:
                 },
             )
         )
-    for tf in fed.task_forces:
+    # Task forces are the secretariat's records (their members span countries).
+    for tf in fed.task_forces if party in (None, SECRETARIAT_PARTY, HUB_PARTY) else ():
         state = state.with_task_force(
             pki_store.TaskForceRecord(
                 task_force_id=tf.task_force_id, name=tf.name, members=tf.members

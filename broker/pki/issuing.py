@@ -829,3 +829,28 @@ def certify_leaf_tls(
     return issue_leaf_tls(
         secretariat, country=country, now=now, lifetime=lifetime, key=_RequestedKey(public_key)
     ).cert
+
+
+def certify_agreement(
+    ca: CertifiedKey,
+    *,
+    agency_id: str,
+    kind: str,
+    name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    lifetime: timedelta = AGENCY_LIFETIME,
+) -> x509.Certificate:
+    """A new key-agreement certificate for an agency (rotation; its signing key stays)."""
+    country = _issuing_country(ca)
+    check_agency_id(agency_id, country)
+    return _leaf(
+        ca,
+        subject=agency_subject(agency_id, country, kind, name),
+        key=_RequestedKey(public_key),
+        now=now,
+        lifetime=lifetime,
+        usage=key_usage("key_agreement"),
+        extended_usage=(),
+        san=[x509.UniformResourceIdentifier(AGENCY_URN_PREFIX + agency_id)],
+    ).cert
