@@ -1,10 +1,11 @@
 """A federation built through the key ceremony only, each party in its own directory (tests).
 
 Every step is the ``casebridge pki`` command a real party would run, in process: the
-secretariat in ``<base>/secretariat``, each country in ``<base>/<cc>`` (its CA key, its
-server's and agencies' keys, made there), and only public files (CSRs, replies, exports, the
-signed directory) passing between them. Servers are named by IP address (127.0.0.1 unless
-given), permitted explicitly by the secretariat; no loopback exception is used for countries.
+secretariat in ``<base>/secretariat``, the hub in ``<base>/hub``, each country in
+``<base>/<cc>`` (its CA key, its server's and agencies' keys, made there), and only public
+files (CSRs, replies, exports, the signed directory) passing between them. Servers are named
+by IP address (127.0.0.1 unless given), permitted explicitly by the secretariat; no loopback
+exception is used for countries.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class CeremonyWorld:
 
     base: Path
     secretariat: Path
+    hub: Path
     countries: Mapping[str, Path]
 
     @property
@@ -75,7 +77,9 @@ def build(
     """Run the whole ceremony for ``plans`` (each country also gets its ``<cc>.gateway``)."""
     sec = base / "secretariat"
     pki(sec, "init", federation_id, "--hub-domain", "hub.casebridge.test", "--allow-loopback")
-    pki(sec, "issue-tls", "hub", "--ip", hub_ip)
+    hub = base / "hub"
+    pki(hub, "request-hub", "--ip", hub_ip)
+    pki(sec, "sign-hub", str(hub / "requests" / "hub.csr.pem"))
     countries: dict[str, Path] = {}
     for plan in plans:
         cc, lower = plan.code, plan.code.lower()
@@ -105,4 +109,4 @@ def build(
         if federation_file is not None:
             args += ["--federation-file", str(federation_file)]
         pki(here, *args)
-    return CeremonyWorld(base=base, secretariat=sec, countries=countries)
+    return CeremonyWorld(base=base, secretariat=sec, hub=hub, countries=countries)

@@ -142,6 +142,21 @@ def _cmd_sign_agency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_request_hub(args: argparse.Namespace) -> int:
+    store = _store(args)
+    path = ceremony.request_hub(
+        store, host_names=args.host or [], ip_addresses=tuple(args.ip or ())
+    )
+    print(f"hub key made here; send {path} to the secretariat")
+    return 0
+
+
+def _cmd_sign_hub(args: argparse.Namespace) -> int:
+    cert = ceremony.sign_hub(_store(args), request=args.request, now=_now())
+    print(f"hub certificate {cert.subject.rfc4514_string()} issued")
+    return 0
+
+
 def _cmd_request_server(args: argparse.Namespace) -> int:
     store = _store(args)
     path = ceremony.request_server(
@@ -310,6 +325,31 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: 
     p.add_argument(
         "--ip", action="append", type=ipaddress.ip_address, metavar="ADDR", help="IP address"
     )
+
+    p = add(
+        sub,
+        "request-hub",
+        help_text="(hub) make the hub's TLS key here and write its CSR",
+        epilog="""
+            casebridge pki request-hub --host hub.casebridge.example --dir hub/
+        """,
+        func=_cmd_request_hub,
+    )
+    p.add_argument("--host", action="append", metavar="NAME", help="DNS name (repeatable)")
+    p.add_argument(
+        "--ip", action="append", type=ipaddress.ip_address, metavar="ADDR", help="IP address"
+    )
+
+    p = add(
+        sub,
+        "sign-hub",
+        help_text="(secretariat) certify the hub's CSR with the secretariat CA",
+        epilog="""
+            casebridge pki sign-hub hub/requests/hub.csr.pem --dir secretariat/
+        """,
+        func=_cmd_sign_hub,
+    )
+    p.add_argument("request", type=Path, help="the hub CSR")
 
     p = add(
         sub,

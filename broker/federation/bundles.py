@@ -84,13 +84,13 @@ def write_hub_bundle(
     countries: Iterable[str],
     description: FederationDescription,
 ) -> Path:
-    """The hub's bundle from the secretariat's directory: the hub TLS key, the secretariat CA
+    """Complete the hub's bundle: ``out`` already holds the hub's own key and certificate
+    (``pki request-hub`` there, ``pki sign-hub`` at the secretariat); add the secretariat CA
     and root certificates, each country's leaf-node certificate (public: the hub maps its DN)
-    and the directory."""
+    and the directory. No key is copied."""
     store = PkiStore(out, passphrase=None)
-    store.write_certified(
-        HUB, secretariat.read_certified(HUB), [secretariat.read_cert(SECRETARIAT)]
-    )
+    if not store.has_key(HUB) or not store.has(HUB):
+        raise ConfigError(f"{out} holds no hub key and certificate (pki request-hub, sign-hub)")
     store.write_cert(SECRETARIAT, secretariat.read_cert(SECRETARIAT))
     store.write_cert(ROOT, secretariat.read_cert(ROOT))
     for code in countries:

@@ -48,6 +48,7 @@ from broker.pki import issuing
 from broker.pki.signer import Pkcs11Key, TokenAccess, TokenKeyRef
 from broker.pki.store import (
     DIRECTORY_FILE,
+    HUB,
     ROOT,
     SECRETARIAT,
     AgencyRecord,
@@ -609,27 +610,98 @@ def _rotate(
     return renewed
 
 
+def _tls_request(
+    store: PkiStore,
+    *,
+    stem: str,
+    subject: x509.Name,
+    host_names: Sequence[str],
+    ip_addresses: Sequence[IPAddress],
+    name: str,
+) -> Path:
+    if not host_names and not ip_addresses:
+        raise PKIError("a server request needs at least one host name or IP address")
+    if store.has_key(stem):
+        raise PKIError(f"{store.path(stem)}.key exists: a server key is never replaced here")
+    key = issuing.generate_key()
+    store.write_key(stem, key)
+    names: list[x509.GeneralName] = [x509.DNSName(h) for h in host_names]
+    names += [x509.IPAddress(ip) for ip in ip_addresses]
+    csr = _build_csr(subject, key, [(x509.SubjectAlternativeName(names), False)])
+    return store.write_bytes(f"{REQUESTS}/{name}.csr.pem", csr_pem(csr))
+
+
+def _requested_names(
+    csr: x509.CertificateSigningRequest,
+) -> tuple[list[str], list[IPAddress]]:
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise RequestRefused("a server request must name its hosts (SAN)") from None
+    ips: list[IPAddress] = []
+    for value in san.get_values_for_type(x509.IPAddress):
+        if not isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            raise RequestRefused(f"a server names single addresses, not the network {value}")
+        ips.append(value)
+    return san.get_values_for_type(x509.DNSName), ips
+
+
+def request_hub(
+    store: PkiStore, *, host_names: Sequence[str], ip_addresses: Sequence[IPAddress] = ()
+) -> Path:
+    """Make the hub's TLS key on the hub's machine and write its CSR for the secretariat."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Casebridge hub")])
+    return _tls_request(
+        store,
+        stem=HUB,
+        subject=subject,
+        host_names=host_names,
+        ip_addresses=ip_addresses,
+        name="hub",
+    )
+
+
+def sign_hub(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
+    """The secretariat CA certifies the hub's requested names (within the hub's subtrees)."""
+    csr = read_request(request)
+    hosts, ips = _requested_names(csr)
+    secretariat = store.read_certified(SECRETARIAT)
+    try:
+        cert = issuing.certify_hub_tls(
+            secretariat,
+            host_names=hosts,
+            ip_addresses=ips,
+            public_key=_requested_key(csr),
+            now=now,
+        )
+    except PKIError as exc:
+        raise RequestRefused(exc.detail) from None
+    origin = PkiStore(request.parent.parent)
+    for target in {store.base.resolve(): store, origin.base.resolve(): origin}.values():
+        target.write_cert(HUB, cert, [secretariat.cert])
+    return cert
+
+
 def request_server(
     store: PkiStore, *, host_names: Sequence[str], ip_addresses: Sequence[IPAddress] = ()
 ) -> Path:
     """Make the country server's TLS key here and write its CSR (SANs as an extension)."""
     country = own_country(store.read_state())
-    if not host_names and not ip_addresses:
-        raise PKIError("a server request needs at least one host name or IP address")
-    stem = country_stem(country, "server")
-    key = issuing.generate_key()
-    store.write_key(stem, key)
-    names: list[x509.GeneralName] = [x509.DNSName(h) for h in host_names]
-    names += [x509.IPAddress(ip) for ip in ip_addresses]
-    common = host_names[0] if host_names else str(ip_addresses[0])
+    common = host_names[0] if host_names else f"NATS server {country}"
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.COUNTRY_NAME, country),
             x509.NameAttribute(NameOID.COMMON_NAME, common),
         ]
     )
-    csr = _build_csr(subject, key, [(x509.SubjectAlternativeName(names), False)])
-    return store.write_bytes(f"{REQUESTS}/server-{country.lower()}.csr.pem", csr_pem(csr))
+    return _tls_request(
+        store,
+        stem=country_stem(country, "server"),
+        subject=subject,
+        host_names=host_names,
+        ip_addresses=ip_addresses,
+        name=f"server-{country.lower()}",
+    )
 
 
 def sign_server(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
@@ -638,16 +710,7 @@ def sign_server(store: PkiStore, *, request: Path, now: datetime) -> x509.Certif
     csr = read_request(request)
     if _single(csr.subject, NameOID.COUNTRY_NAME) != country:
         raise RequestRefused(f"the {country} country CA signs only its own country's servers")
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise RequestRefused("a server request must name its hosts (SAN)") from None
-    hosts = san.get_values_for_type(x509.DNSName)
-    ips: list[IPAddress] = []
-    for value in san.get_values_for_type(x509.IPAddress):
-        if not isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            raise RequestRefused(f"a server names single addresses, not the network {value}")
-        ips.append(value)
+    hosts, ips = _requested_names(csr)
     ca = store.read_certified(country_stem(country, "ca"))
     try:
         cert = issuing.certify_server_tls(

@@ -532,7 +532,9 @@ def issue_server_tls(
     country = _issuing_country(ca)
     fed = federation_id_of(ca.cert)
     san = _tls_names(ca.cert, host_names, ip_addresses)
-    common = host_names[0] if host_names else str(ip_addresses[0])
+    # An IP-only certificate gets a CN that is no DNS name: OpenSSL checks a host-like CN
+    # against the CA's DNS subtrees ("permitted subtree violation" for CN=192.0.2.10).
+    common = host_names[0] if host_names else f"NATS server {country}"
     subject = x509.Name(
         [
             _attr(NameOID.COUNTRY_NAME, country),
@@ -605,7 +607,7 @@ def issue_hub_tls(
     """The hub's leaf-node listener certificate (serverAuth), from the secretariat CA."""
     fed = _check_secretariat(secretariat)
     san = _tls_names(secretariat.cert, host_names, ip_addresses)
-    common = host_names[0] if host_names else str(ip_addresses[0])
+    common = host_names[0] if host_names else "Casebridge hub"  # see issue_server_tls
     subject = x509.Name(
         [
             _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
@@ -853,4 +855,24 @@ def certify_agreement(
         usage=key_usage("key_agreement"),
         extended_usage=(),
         san=[x509.UniformResourceIdentifier(AGENCY_URN_PREFIX + agency_id)],
+    ).cert
+
+
+def certify_hub_tls(
+    secretariat: CertifiedKey,
+    *,
+    host_names: Sequence[str],
+    ip_addresses: Sequence[IPAddress] = (),
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+    lifetime: timedelta = TLS_LIFETIME,
+) -> x509.Certificate:
+    """:func:`issue_hub_tls` for a key generated on the hub's machine."""
+    return issue_hub_tls(
+        secretariat,
+        host_names=host_names,
+        ip_addresses=ip_addresses,
+        now=now,
+        lifetime=lifetime,
+        key=_RequestedKey(public_key),
     ).cert
