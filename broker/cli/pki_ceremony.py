@@ -196,6 +196,14 @@ def _cmd_accept_country(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_leave(args: argparse.Namespace) -> int:
+    code = args.code.upper()
+    gone = ceremony.remove_country(_store(args), country=code)
+    print(f"{code} removed with {len(gone)} agencies: {', '.join(gone) or '(none)'}")
+    print("  publish with    casebridge pki directory")
+    return 0
+
+
 # ----------------------------------------------------------------- parsers ---
 
 
@@ -396,3 +404,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], add: 
         func=_cmd_accept_country,
     )
     p.add_argument("public", type=Path, help="what export-country wrote")
+
+    p = add(
+        sub,
+        "leave",
+        help_text="(secretariat) take a leaving country and its agencies out of the directory",
+        epilog="""
+            casebridge pki leave NL --dir secretariat/
+            casebridge pki directory --dir secretariat/
+        """,
+        func=_cmd_leave,
+    )
+    p.add_argument("code", help="the country leaving")

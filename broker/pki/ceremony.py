@@ -869,6 +869,29 @@ def accept_country(store: PkiStore, public: PkiStore, *, now: datetime) -> list[
     return [r.agency_id for r in records]
 
 
+def remove_country(store: PkiStore, *, country: str) -> list[str]:
+    """The secretariat takes a leaving country out: its record, its agencies and their
+    (public) certificates and CRL; the next directory no longer lists any of them.
+
+    Refused while a task force still has members of that country (change the task force
+    first, so that nobody silently loses a member). Returns the agency ids removed.
+    """
+    state = store.read_state()
+    if country not in state.countries:
+        raise PKIError(f"no country {country} in this federation")
+    for tf in state.task_forces.values():
+        members = [m for m in tf.members if agency_country(m) == country]
+        if members:
+            raise PKIError(f"task force {tf.task_force_id} still has members {members}")
+    gone = sorted(a for a in state.agencies if agency_country(a) == country)
+    countries = {c: r for c, r in state.countries.items() if c != country}
+    agencies = {a: r for a, r in state.agencies.items() if a not in gone}
+    store.write_state(replace(state, countries=countries, agencies=agencies))
+    for relative in [f"countries/{country.lower()}", *(f"agencies/{a}" for a in gone)]:
+        shutil.rmtree(store.path(relative), ignore_errors=True)
+    return gone
+
+
 # ------------------------------------------------------------------ the bundle ---
 
 

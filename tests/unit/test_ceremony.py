@@ -295,3 +295,17 @@ def test_country_ca_cert_carries_the_requested_constraints(world: CeremonyWorld)
         "127.0.0.1/32"
     ]
     assert ca.not_valid_after_utc - ca.not_valid_before_utc > timedelta(days=365)
+
+
+def test_leaving_country_gone_from_the_next_directory(world: CeremonyWorld, tmp_path: Path) -> None:
+    """`pki leave NL` then `pki directory`: NL and its agencies are no longer listed."""
+    sec = tmp_path / "sec"
+    shutil.copytree(world.secretariat, sec)
+    pki(sec, "leave", "NL")
+    pki(sec, "directory")
+    loaded = Directory.load(
+        (sec / "directory.jws").read_bytes(), root_cert=PkiStore(sec).read_cert(ROOT), now=_now()
+    )
+    assert {c.code for c in loaded.countries()} == {"DE"}
+    assert all(not a.agency_id.startswith("nl.") for a in loaded.agencies())
+    assert not (sec / "countries" / "nl").exists()
