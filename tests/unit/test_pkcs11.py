@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from broker.cli import main
 from broker.core import pki
 from broker.core.directory import Directory
 from broker.errors import ConfigError
@@ -148,6 +149,11 @@ def test_ceremony_with_root_and_country_keys_in_the_token(
         usage=pki.CertUsage.SIGNING,
     )
     assert info.agency_id == "de.lka-berlin"
+    # The country signs its policy with the CA key in the token, in its own directory.
+    signed = tmp_path / "de.policy.jws"
+    policy = Path(__file__).resolve().parents[2] / "docs" / "policies" / "de.yaml"
+    assert main(["policy", "sign", str(policy), "--pki", str(de), "-o", str(signed)]) == 0
+    assert main(["policy", "verify", str(signed), "--pki", str(de)]) == 0
     assert ceremony.private_key_files(sec) == sorted(
         [sec / "root/ca.pkcs11", sec / "secretariat/ca.key"]
     )
