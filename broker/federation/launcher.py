@@ -620,7 +620,7 @@ class Federation:
         base.mkdir(parents=True, exist_ok=True)
         pki_dir = base / "pki"
         if force:
-            for sub in ("pki", "nats", "data"):
+            for sub in ("pki", "nats", "data", BUNDLES_KEY):
                 shutil.rmtree(base / sub, ignore_errors=True)
         dev = build_dev_federation(description.to_pki_spec(), now=now)
         # Unencrypted on purpose: nats-server cannot read encrypted keys (dev federation only).
