@@ -81,6 +81,7 @@ def _init(args: argparse.Namespace) -> int:
     for code, server in settings.countries.items():
         print(f"  {code:<10} {server.url} (monitoring {server.monitor_url})")
     print(f"  {len(settings.nodes)} agency nodes, {len(settings.gateways)} gateways")
+    print(f"  bundles    {fed.base / 'bundles'}/<party>: one party's keys each (docs/joining.md)")
     for endpoint in endpoints:
         token = f"settings/{endpoint.settings.stem}.token"
         print(f"  node {endpoint.agency_id:<22} {endpoint.url} (API token in {token})")
