@@ -104,6 +104,18 @@ def _requested_key(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePubli
     return key
 
 
+def _targets(store: PkiStore, request: Path) -> list[PkiStore]:
+    """Where issued certificates go: this party's store and, when the request still lies in
+    the ``requests/`` folder of the directory that made its key, that directory too (the
+    certificate goes back next to its key). A request copied anywhere else gets nothing
+    written beside it."""
+    if request.parent.name != REQUESTS:
+        return [store]
+    origin = PkiStore(request.parent.parent)
+    same = origin.base.resolve() == store.base.resolve()
+    return [store] if same else [store, origin]
+
+
 def _build_csr(
     subject: x509.Name,
     key: ec.EllipticCurvePrivateKey,
@@ -554,9 +566,7 @@ def sign_agency(store: PkiStore, *, request: Path, now: datetime) -> AgencyRecor
             public_key=_requested_key(requests["tls"]),
             now=now,
         )
-    origin = PkiStore(request.parent.parent)
-    targets = [store] if origin.base.resolve() == store.base.resolve() else [store, origin]
-    for target in targets:
+    for target in _targets(store, request):
         for usage, cert in certs.items():
             target.write_cert(agency_stem(agency_id, usage), cert, [ca.cert])
     record = AgencyRecord(
@@ -588,8 +598,7 @@ def _rotate(
         public_key=_requested_key(csr),
         now=now,
     )
-    origin = PkiStore(request.parent.parent)
-    for target in {store.base.resolve(): store, origin.base.resolve(): origin}.values():
+    for target in _targets(store, request):
         target.write_cert(agency_stem(record.agency_id, "agreement"), cert, [ca.cert])
     old_serial = record.serials.get("agreement")
     superseded = (
@@ -676,8 +685,7 @@ def sign_hub(store: PkiStore, *, request: Path, now: datetime) -> x509.Certifica
         )
     except PKIError as exc:
         raise RequestRefused(exc.detail) from None
-    origin = PkiStore(request.parent.parent)
-    for target in {store.base.resolve(): store, origin.base.resolve(): origin}.values():
+    for target in _targets(store, request):
         target.write_cert(HUB, cert, [secretariat.cert])
     return cert
 
@@ -718,8 +726,7 @@ def sign_server(store: PkiStore, *, request: Path, now: datetime) -> x509.Certif
         )
     except PKIError as exc:
         raise RequestRefused(exc.detail) from None
-    origin = PkiStore(request.parent.parent)
-    for target in {store.base.resolve(): store, origin.base.resolve(): origin}.values():
+    for target in _targets(store, request):
         target.write_cert(country_stem(country, "server"), cert, [ca.cert])
     return cert
 
