@@ -19,18 +19,16 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
+from broker.cli import main
 from broker.cli.focal import NodeClient
 from broker.core.trust import cert_kid
 from broker.federation import processes
-from broker.federation.bundle_settings import settings_from_bundles
-from broker.federation.bundles import write_hub_bundle
-from broker.federation.launcher import Federation, free_port, write_settings
-from broker.federation.spec import parse_description
+from broker.federation.launcher import Federation, free_port
 from broker.pki import ceremony
 from broker.pki.keyfiles import read_private_key
 from broker.pki.store import PkiStore, agency_stem
 from tests.ceremony_world import CeremonyWorld, CountryPlan, build, pki
-from tests.integration.e2e_helpers import POLICIES, Running, bulletin, request_de_ua, wait_until
+from tests.integration.e2e_helpers import Running, bulletin, request_de_ua, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -93,24 +91,20 @@ def ceremony_fed(
     del nats_binary
     base = tmp_path_factory.mktemp("ceremony-fed")
     raw = _description()
-    description = parse_description(raw)
     travel = base / "travel"
     travel.mkdir()
     fed_file = travel / "federation.yaml"
     fed_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
     world = build(base, federation_id="ceremony", plans=PLANS, federation_file=fed_file)
-    hub_bundle = write_hub_bundle(
-        PkiStore(world.secretariat), world.hub, countries=["DE", "UA"], description=description
-    )
-    settings = settings_from_bundles(
-        description, base / "run", hub=hub_bundle, countries=dict(world.countries)
-    )
-    (base / "run").mkdir()
-    write_settings(settings)
-    fed = Federation(settings)
-    fed.write_configs()
-    endpoints = processes.prepare(fed, policy_dir=POLICIES)
-    clients = {e.agency_id: NodeClient(e.url, e.token) for e in endpoints}
+    run = base / "run"
+    assert main(["federation", "hub-bundle", str(fed_file), "--secretariat",
+                 str(world.secretariat), "--hub", str(world.hub)]) == 0  # fmt: skip
+    countries = [f"{code}={path}" for code, path in world.countries.items()]
+    assert main(["federation", "from-bundles", str(fed_file), str(run), "--hub", str(world.hub),
+                 *(arg for c in countries for arg in ("--country", c))]) == 0  # fmt: skip
+    fed = Federation.open(run)
+    clients = {e.agency_id: NodeClient(e.url, e.token) for e in processes.endpoints(fed)}
+    hub_bundle = world.hub
     running = Running(fed=fed, clients=clients)
     try:
         fed.up()
