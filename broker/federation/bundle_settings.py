@@ -85,7 +85,7 @@ def settings_from_bundles(
             http_port=country.server.http_port,
             config=base / "nats" / f"{country.domain}.conf",
             store_dir=base / "data" / country.domain,
-            peers=tuple(p for p in countries if p != code),
+            peers=tuple(p for p in description.codes if p != code),
         )
     bundles = {HUB: str(hub.resolve()), **{cc: str(p.resolve()) for cc, p in countries.items()}}
     return FederationSettings(
