@@ -98,7 +98,7 @@ def _cmd_join(args: argparse.Namespace) -> int:
     did = False
     if args.reply is not None:
         fingerprint = ceremony.install_reply(
-            store, PkiStore(args.reply), root_sha256=args.root_sha256
+            store, PkiStore(args.reply), now=_now(), root_sha256=args.root_sha256
         )
         print(f"reply installed; root SHA-256 {fingerprint}")
         did = True

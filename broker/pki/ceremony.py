@@ -407,7 +407,9 @@ def sign_country(
 # ---------------------------------------------------------- back at the country ---
 
 
-def install_reply(store: PkiStore, reply: PkiStore, *, root_sha256: str | None = None) -> str:
+def install_reply(
+    store: PkiStore, reply: PkiStore, *, now: datetime, root_sha256: str | None = None
+) -> str:
     """Keep the secretariat's reply after checking it certifies *our* keys; returns the root
     fingerprint (to compare out of band, or pinned with ``root_sha256``)."""
     state = store.read_state()
@@ -423,7 +425,7 @@ def install_reply(store: PkiStore, reply: PkiStore, *, root_sha256: str | None =
         if cert.public_key() != store.read_key(stem).public_key():
             raise PKIError(f"the reply's {stem} certificate is not for the key made here")
     try:
-        if pki.validate_country_ca(ca_cert, root_cert, now=ca_cert.not_valid_before_utc) != country:
+        if pki.validate_country_ca(ca_cert, root_cert, now=now) != country:
             raise PKIError(f"the reply's CA certificate is not for {country}")
     except InvalidMessage as exc:
         raise PKIError(f"the reply's CA certificate does not validate: {exc.detail}") from None
@@ -845,20 +847,22 @@ def accept_country(store: PkiStore, public: PkiStore, *, now: datetime) -> list[
             if agency_country(agency_id) != country:
                 raise RequestRefused(f"{country} cannot publish {agency_id!r}: not its agency")
             serials = {}
+            infos = []
             for usage in entry.get("usages", []):
                 cert = public.read_cert(agency_stem(agency_id, usage))
                 info = validator.agency_cert(cert, ca_cert, usage=usages[usage])
                 if info.agency_id != agency_id:
                     raise RequestRefused(f"{agency_id} {usage} certificate names {info.agency_id}")
                 serials[usage] = cert.serial_number
+                infos.append(info)
             if "signing" not in serials or "agreement" not in serials:
                 raise RequestRefused(f"{agency_id}: signing and agreement certificates needed")
+            # Kind and name as the certificates say (the manifest is only a list).
+            if len({(i.kind, i.name) for i in infos}) != 1:
+                raise RequestRefused(f"{agency_id}: its certificates disagree on kind or name")
             records.append(
                 AgencyRecord(
-                    agency_id=agency_id,
-                    kind=str(entry["kind"]),
-                    name=str(entry["name"]),
-                    serials=serials,
+                    agency_id=agency_id, kind=infos[0].kind, name=infos[0].name, serials=serials
                 )
             )
     except InvalidMessage as exc:
