@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -61,6 +63,7 @@ from broker.pki.store import (
 )
 
 REQUESTS: Final = "requests"
+LOG_FILE: Final = "ceremony.log"
 BUNDLE_FILE: Final = "bundle.json"
 PUBLIC_FILE: Final = "country.json"
 AGENCY_USAGES: Final = ("signing", "agreement", "tls")
@@ -332,7 +335,7 @@ def check_leaf_request(
         )
 
 
-def sign_country(
+def _sign_country(
     store: PkiStore,
     *,
     country: str,
@@ -523,7 +526,7 @@ def check_agency_request(
     return agency_id, kind, name
 
 
-def sign_agency(store: PkiStore, *, request: Path, now: datetime) -> AgencyRecord:
+def _sign_agency(store: PkiStore, *, request: Path, now: datetime) -> AgencyRecord:
     """The country CA certifies an agency's requested keys (its own country only).
 
     Certificates go to this store and, when the request came from another directory (the
@@ -672,7 +675,7 @@ def request_hub(
     )
 
 
-def sign_hub(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
+def _sign_hub(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
     """The secretariat CA certifies the hub's requested names (within the hub's subtrees)."""
     csr = read_request(request)
     hosts, ips = _requested_names(csr)
@@ -714,7 +717,7 @@ def request_server(
     )
 
 
-def sign_server(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
+def _sign_server(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
     """The country CA certifies its server's requested names (within its own subtrees)."""
     country = own_country(store.read_state())
     csr = read_request(request)
@@ -810,7 +813,7 @@ def export_public(store: PkiStore, out: PkiStore) -> list[Path]:
     return written
 
 
-def accept_country(store: PkiStore, public: PkiStore, *, now: datetime) -> list[str]:
+def _accept_country(store: PkiStore, public: PkiStore, *, now: datetime) -> list[str]:
     """The secretariat takes a country's public material after validating all of it.
 
     The CA must be the one it signed, every agency certificate must validate under it for its
@@ -901,6 +904,107 @@ def remove_country(store: PkiStore, *, country: str) -> list[str]:
     for relative in [f"countries/{country.lower()}", *(f"agencies/{a}" for a in gone)]:
         shutil.rmtree(store.path(relative), ignore_errors=True)
     return gone
+
+
+# ------------------------------------------------------- decisions, logged ---
+
+
+def _append_log(store: PkiStore, entry: dict[str, str]) -> None:
+    path = store.path(LOG_FILE)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    line = json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write(line)
+
+
+@contextmanager
+def _decision(store: PkiStore, *, action: str, source: Path, now: datetime) -> Iterator[list[str]]:
+    """Record what a signing party decided about ``source`` in its ``ceremony.log``: what it
+    issued, or the reason it refused (then re-raised). Our own faults are not logged here."""
+    notes: list[str] = []
+    entry = {"at": now.isoformat(), "action": action, "source": str(source)}
+    try:
+        yield notes
+    except RequestRefused as exc:
+        _append_log(store, entry | {"outcome": "refused", "detail": exc.detail})
+        raise
+    _append_log(store, entry | {"outcome": "done", "detail": "; ".join(notes)})
+
+
+def sign_country(
+    store: PkiStore,
+    *,
+    country: str,
+    ca_request: Path,
+    leaf_request: Path,
+    name: str,
+    eu: bool,
+    reply: PkiStore,
+    now: datetime,
+    permitted_dns: Sequence[str] | None = None,
+    permitted_networks: Sequence[IPNetwork] = (),
+    allow_loopback: bool = False,
+    replace: bool = False,
+) -> x509.Certificate:
+    """The secretariat signs ``country``'s CA and leaf-node requests; writes the reply store.
+
+    ``country`` is the country whose delegation handed the requests over (checked out of band);
+    a request naming any other country is refused. Nothing is written to ``store`` or
+    ``reply`` unless both requests pass every check (the decision goes to ``ceremony.log``).
+    """
+    with _decision(store, action=f"sign-country {country}", source=ca_request, now=now) as notes:
+        cert = _sign_country(
+            store,
+            country=country,
+            ca_request=ca_request,
+            leaf_request=leaf_request,
+            name=name,
+            eu=eu,
+            reply=reply,
+            now=now,
+            permitted_dns=permitted_dns,
+            permitted_networks=permitted_networks,
+            allow_loopback=allow_loopback,
+            replace=replace,
+        )
+        notes.append(f"country CA serial {cert.serial_number:x}")
+        return cert
+
+
+def sign_agency(store: PkiStore, *, request: Path, now: datetime) -> AgencyRecord:
+    """The country CA certifies an agency's requested keys (its own country only); an
+    agreement request alone rotates that key. Decisions go to ``ceremony.log``."""
+    with _decision(store, action="sign-agency", source=request, now=now) as notes:
+        record = _sign_agency(store, request=request, now=now)
+        serials = ", ".join(f"{u} {s:x}" for u, s in sorted(record.serials.items()))
+        notes.append(f"{record.agency_id}: {serials}")
+        return record
+
+
+def sign_hub(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
+    """The secretariat CA certifies the hub's requested names; logged in ``ceremony.log``."""
+    with _decision(store, action="sign-hub", source=request, now=now) as notes:
+        cert = _sign_hub(store, request=request, now=now)
+        notes.append(f"hub serial {cert.serial_number:x}")
+        return cert
+
+
+def sign_server(store: PkiStore, *, request: Path, now: datetime) -> x509.Certificate:
+    """The country CA certifies its server's requested names; logged in ``ceremony.log``."""
+    with _decision(store, action="sign-server", source=request, now=now) as notes:
+        cert = _sign_server(store, request=request, now=now)
+        notes.append(f"server serial {cert.serial_number:x}")
+        return cert
+
+
+def accept_country(store: PkiStore, public: PkiStore, *, now: datetime) -> list[str]:
+    """The secretariat takes a country's public material after validating all of it (see
+    :func:`_accept_country`); logged in ``ceremony.log``."""
+    with _decision(store, action="accept-country", source=public.base, now=now) as notes:
+        agencies = _accept_country(store, public, now=now)
+        notes.append(", ".join(agencies) or "(no agencies)")
+        return agencies
 
 
 # ------------------------------------------------------------------ the bundle ---

@@ -4,6 +4,7 @@ and every request that does not fit is refused with a reason before anything is 
 from __future__ import annotations
 
 import filecmp
+import json
 import re
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,18 @@ def _now() -> datetime:
 
 
 def _snapshot(base: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(base)): p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    """Every file under ``base`` but the decision log (a refusal is logged, nothing else)."""
+    return {
+        str(p.relative_to(base)): p.read_bytes()
+        for p in base.rglob("*")
+        if p.is_file() and p.name != ceremony.LOG_FILE
+    }
+
+
+def _last_decision(base: Path) -> dict[str, str]:
+    lines = (base / ceremony.LOG_FILE).read_text(encoding="utf-8").splitlines()
+    entry: dict[str, str] = json.loads(lines[-1])
+    return entry
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +106,17 @@ class TestCeremonyBuildsAFederation:
                 assert owner == code, f"{key} is not {code}'s"
         assert ceremony.private_key_files(base / "travel") == []
 
+    def test_every_signature_is_logged_where_it_was_made(self, world: CeremonyWorld) -> None:
+        """The secretariat's and each country's decision logs name what they issued."""
+        sec_log = (world.secretariat / ceremony.LOG_FILE).read_text(encoding="utf-8")
+        actions = [json.loads(line)["action"] for line in sec_log.splitlines()]
+        assert actions.count("sign-country DE") == 1
+        assert actions.count("accept-country") == 2
+        de_log = (world.countries["DE"] / ceremony.LOG_FILE).read_text(encoding="utf-8")
+        done = [json.loads(line) for line in de_log.splitlines()]
+        assert [d["action"] for d in done].count("sign-agency") == 2  # the LKA and the gateway
+        assert all(d["outcome"] == "done" for d in done)
+
     def test_each_country_keeps_the_directory_and_root(self, world: CeremonyWorld) -> None:
         """After `pki join` a country's directory is identical to the secretariat's."""
         for here in world.countries.values():
@@ -120,6 +143,9 @@ class TestCountryRequestsRefused:
             )
         assert _snapshot(tmp_path / "sec") == before
         assert not (tmp_path / "reply").exists()
+        logged = _last_decision(tmp_path / "sec")
+        assert (logged["action"], logged["outcome"]) == ("sign-country NL", "refused")
+        assert "not NL" in logged["detail"]
 
     def test_dns_subtree_of_another_country(self, tmp_path: Path) -> None:
         """A DE CA request asking for the nl subtree is refused, naming the subtree."""
@@ -235,6 +261,7 @@ class TestCountryCaRefuses:
         ):
             pki(de.base, "sign-agency", str(prefix))
         assert _snapshot(de.base) == before
+        assert _last_decision(de.base)["outcome"] == "refused"
 
     def test_agency_id_of_de_with_another_countrys_subject(
         self, world: CeremonyWorld, tmp_path: Path
