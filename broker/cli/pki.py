@@ -622,6 +622,14 @@ typical dev session:
   casebridge pki verify-directory certs/dev/directory.jws
   casebridge pki revoke de.lka-berlin --reason key_compromise && casebridge pki directory
 
+key ceremony (each party in its own --dir; only CSRs and public files travel;
+docs/joining.md):
+  secretariat  init, sign-hub, sign-country, accept-country, directory, leave
+  country      request-country, join, request-server, sign-server, sign-agency, crl,
+               export-country
+  agency / hub rotate-agreement, request-agency / request-hub
+Root and country CA keys may live in a PKCS#11 token (--pkcs11 pkcs11:token=...;object=...).
+
 Private keys are written with mode 0600, encrypted when $CASEBRIDGE_KEY_PASSPHRASE is set.
 """
 
