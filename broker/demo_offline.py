@@ -25,8 +25,8 @@ from broker.core.envelope import (
 from broker.core.header import Header
 from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
-from broker.devpki import DEMO_SPEC, DevFederation, build_dev_federation
 from broker.errors import CasebridgeError
+from broker.pki.dev import DEMO_SPEC, DevFederation, build_dev_federation
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "schemas" / "examples"
 

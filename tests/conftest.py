@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker.devpki import DEMO_SPEC, DevFederation, build_dev_federation
+from broker.pki.dev import DEMO_SPEC, DevFederation, build_dev_federation
 
 FIXED_NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 

@@ -14,9 +14,9 @@ from cryptography import x509
 
 from broker.cli import main
 from broker.core.directory import Directory
-from broker.devpki import build_dev_federation
 from broker.errors import InvalidMessage, Reason
-from broker.pki_store import KEY_ENV_VAR
+from broker.pki.dev import build_dev_federation
+from broker.pki.store import KEY_ENV_VAR
 
 SUBCOMMANDS = (
     "init",

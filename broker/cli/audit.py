@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from broker.core import audit
 from broker.core.directory import Directory
 from broker.errors import CasebridgeError, ConfigError
-from broker.keyfiles import read_bytes, read_certificate
+from broker.pki.keyfiles import read_bytes, read_certificate
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

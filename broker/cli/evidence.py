@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.core.bundle import BundleReport, verify_bundle
-from broker.keyfiles import read_bytes, read_certificate
+from broker.pki.keyfiles import read_bytes, read_certificate
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,10 +57,10 @@ def _export(args: argparse.Namespace) -> int:
     # Lazy: the verifier must start without the node's dependencies.
     from broker.core.envelope import RecipientIdentity, SenderIdentity  # noqa: PLC0415
     from broker.core.trust import cert_kid  # noqa: PLC0415
-    from broker.keyfiles import read_private_key  # noqa: PLC0415
     from broker.node.evidence_export import export_bundle  # noqa: PLC0415
     from broker.node.settings import load_settings  # noqa: PLC0415
     from broker.node.store import Store  # noqa: PLC0415
+    from broker.pki.keyfiles import read_private_key  # noqa: PLC0415
 
     settings = load_settings(args.settings, env={"CASEBRIDGE_NODE_TOKEN": "x" * 16})
     agency = settings.agency

@@ -1,7 +1,9 @@
 """``casebridge federation``: generate a dev federation from its YAML file and run it locally.
 
 ``init FILE DIR`` (PKI, signed directory, nats-server configs, ``federation.json``), ``up DIR``
-(servers, streams, extra processes), ``down DIR``, ``status DIR``. The work is done by
+(servers, streams, extra processes), ``down DIR``, ``status DIR``; for parties brought in
+through the key ceremony, ``hub-bundle`` and ``from-bundles`` (each server from its own
+party's bundle, docs/joining.md). The work is done by
 :mod:`broker.federation.launcher`; this module parses arguments, reads the clock and prints.
 Also runnable as ``python -m broker.cli.federation``.
 """
@@ -44,6 +46,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "country's CA key (default: the example policies in docs/policies)",
     )
     init.set_defaults(func=_init)
+
+    hub_bundle = commands.add_parser(
+        "hub-bundle",
+        help="(secretariat) complete the hub's bundle: public certificates and the directory",
+    )
+    hub_bundle.add_argument("file", type=Path, help="federation description (YAML)")
+    hub_bundle.add_argument(
+        "--secretariat", type=Path, required=True, help="the secretariat's PKI directory"
+    )
+    hub_bundle.add_argument(
+        "--hub", type=Path, required=True, help="the hub's directory (request-hub, sign-hub)"
+    )
+    hub_bundle.set_defaults(func=_hub_bundle)
+
+    from_bundles = commands.add_parser(
+        "from-bundles",
+        help="settings, nats-server configs and processes for parties that run from bundles",
+    )
+    from_bundles.add_argument("file", type=Path, help="federation description with addresses")
+    from_bundles.add_argument("dir", type=Path, help="directory for settings, configs and data")
+    from_bundles.add_argument("--hub", type=Path, required=True, help="the hub's bundle")
+    from_bundles.add_argument(
+        "--country",
+        action="append",
+        required=True,
+        metavar="CC=DIR",
+        help="a country's bundle (repeatable)",
+    )
+    from_bundles.add_argument(
+        "--policies", type=Path, default=DEFAULT_POLICIES, help="<cc>.yaml per country"
+    )
+    from_bundles.set_defaults(func=_from_bundles)
 
     only_help = "only these (hub and/or country codes); default: all"
     up = commands.add_parser("up", help="start servers, create streams, start processes")
@@ -113,9 +147,55 @@ def _init(args: argparse.Namespace) -> int:
     for code, server in settings.countries.items():
         print(f"  {code:<10} {server.url} (monitoring {server.monitor_url})")
     print(f"  {len(settings.nodes)} agency nodes, {len(settings.gateways)} gateways")
+    print(f"  bundles    {fed.base / 'bundles'}/<party>: one party's keys each (docs/joining.md)")
     for endpoint in endpoints:
         token = f"settings/{endpoint.settings.stem}.token"
         print(f"  node {endpoint.agency_id:<22} {endpoint.url} (API token in {token})")
+    return 0
+
+
+def _hub_bundle(args: argparse.Namespace) -> int:
+    from broker.federation.bundles import write_hub_bundle  # noqa: PLC0415
+    from broker.federation.spec import load_description  # noqa: PLC0415
+    from broker.pki.store import PkiStore  # noqa: PLC0415
+
+    description = load_description(args.file)
+    out = write_hub_bundle(
+        PkiStore.from_env(args.secretariat),
+        args.hub,
+        countries=description.codes,
+        description=description,
+    )
+    print(f"hub bundle completed in {out} (its only key: the hub's own)")
+    return 0
+
+
+def _from_bundles(args: argparse.Namespace) -> int:
+    from broker.errors import ConfigError  # noqa: PLC0415
+    from broker.federation.bundle_settings import settings_from_bundles  # noqa: PLC0415
+    from broker.federation.launcher import Federation, write_settings  # noqa: PLC0415
+    from broker.federation.processes import prepare  # noqa: PLC0415
+    from broker.federation.spec import load_description  # noqa: PLC0415
+
+    countries: dict[str, Path] = {}
+    for item in args.country:
+        code, sep, where = str(item).partition("=")
+        if not sep or not where:
+            raise ConfigError(f"--country {item!r}: expected CC=DIR")
+        countries[code.upper()] = Path(where)
+    description = load_description(args.file)
+    settings = settings_from_bundles(description, args.dir, hub=args.hub, countries=countries)
+    settings.base.mkdir(parents=True, exist_ok=True)
+    write_settings(settings)
+    fed = Federation(settings)
+    fed.write_configs()
+    endpoints = prepare(fed, policy_dir=args.policies)
+    print(f"federation {settings.federation_id!r} set up in {fed.base} from bundles")
+    print(f"  hub        {settings.hub.url} from {args.hub}")
+    for code, server in settings.countries.items():
+        print(f"  {code:<10} {server.url} from {countries[code]}")
+    for endpoint in endpoints:
+        print(f"  node {endpoint.agency_id:<22} {endpoint.url}")
     return 0
 
 

@@ -28,10 +28,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk
 
-from broker import keyfiles, protocol
+from broker import protocol
 from broker.core.directory import Directory
 from broker.core.header import parse_header
 from broker.errors import ConfigError
+from broker.pki import keyfiles
 
 
 def register(sub: Any) -> None:

@@ -2,7 +2,7 @@
 
 The secretariat's tool (root CA, secretariat TLS CA, directory signing) and, in the dev
 federation, every country's tool too. Issuing and validation logic lives in
-``broker.core.pki`` / ``broker.core.directory``; files in ``broker.pki_store``. This module only
+``broker.core.pki`` / ``broker.core.directory``; files in ``broker.pki.store``. This module only
 parses arguments, reads the clock (``datetime.now(UTC)``, here at the edge and nowhere else) and
 prints. It never prints key material.
 """
@@ -19,6 +19,7 @@ from typing import Final
 
 from cryptography import x509
 
+from broker.cli import pki_ceremony
 from broker.core import pki
 from broker.core.directory import (
     AgencyEntry,
@@ -31,7 +32,9 @@ from broker.core.directory import (
 from broker.core.header import AGENCY_RE, COUNTRY_RE, TASK_FORCE_RE, agency_country
 from broker.core.trust import AGENCY_KINDS, cert_kid
 from broker.errors import ConfigError, PKIError, Reason
-from broker.pki_store import (
+from broker.pki import issuing
+from broker.pki.signer import Pkcs11Key, TokenAccess, TokenKeyRef
+from broker.pki.store import (
     DEFAULT_DIR,
     DIRECTORY_FILE,
     HUB,
@@ -97,12 +100,18 @@ def _cmd_init(args: argparse.Namespace) -> int:
     if store.exists() and not args.force:
         raise ConfigError(f"a PKI already exists in {store.base} (use --force to replace it)")
     now = _now()
-    root = pki.create_root_ca(args.federation_id, now=now)
+    token = None if args.pkcs11 is None else TokenKeyRef.parse(args.pkcs11)
+    root_key = None if token is None else Pkcs11Key.generate(token, TokenAccess.from_env())
+    root = issuing.create_root_ca(args.federation_id, now=now, key=root_key)
     hub_domains = tuple(args.hub_domain or ["casebridge.test"])
-    secretariat = pki.issue_secretariat_ca(
+    secretariat = issuing.issue_secretariat_ca(
         root, now=now, dns_domains=hub_domains, allow_loopback=args.allow_loopback
     )
-    store.write_certified(ROOT, root)
+    if token is None:
+        store.write_certified(ROOT, root)
+    else:
+        store.write_token_ref(ROOT, token)
+        store.write_cert(ROOT, root.cert)
     store.write_certified(SECRETARIAT, secretariat)
     store.write_state(
         StoreState(
@@ -136,9 +145,9 @@ def _cmd_issue_country(args: argparse.Namespace) -> int:
     if code in state.countries and not args.force:
         raise PKIError(f"country {code} already exists (--force re-issues its CA)")
     networks: tuple[pki.IPNetwork, ...] = tuple(args.ip_network or [])
-    dns = tuple(args.dns_domain) if args.dns_domain else pki.default_dns_domains(code)
+    dns = tuple(args.dns_domain) if args.dns_domain else issuing.default_dns_domains(code)
     root = store.read_certified(ROOT)
-    ca = pki.issue_country_ca(
+    ca = issuing.issue_country_ca(
         root,
         country=code,
         now=_now(),
@@ -209,7 +218,7 @@ def _cmd_issue_agency(args: argparse.Namespace) -> int:
             raise PKIError(f"agency {agency_id} exists (--renew re-issues its certificates)")
         state = _supersede(state, existing, existing.serials, now)
     ca = store.read_certified(country_stem(country, "ca"))
-    creds = pki.issue_agency(ca, agency_id=agency_id, kind=args.kind, name=args.name, now=now)
+    creds = issuing.issue_agency(ca, agency_id=agency_id, kind=args.kind, name=args.name, now=now)
     store.write_certified(agency_stem(agency_id, "signing"), creds.signing)
     store.write_certified(agency_stem(agency_id, "agreement"), creds.agreement)
     serials = {
@@ -218,7 +227,9 @@ def _cmd_issue_agency(args: argparse.Namespace) -> int:
     }
     tls = None
     if not args.no_tls:
-        tls = pki.issue_agency_tls(ca, agency_id=agency_id, kind=args.kind, name=args.name, now=now)
+        tls = issuing.issue_agency_tls(
+            ca, agency_id=agency_id, kind=args.kind, name=args.name, now=now
+        )
         store.write_certified(agency_stem(agency_id, "tls"), tls, [ca.cert])
         serials["tls"] = tls.cert.serial_number
     else:
@@ -250,7 +261,7 @@ def _cmd_issue_tls(args: argparse.Namespace) -> int:
     now = _now()
     if role == "hub":
         secretariat = store.read_certified(SECRETARIAT)
-        issued = pki.issue_hub_tls(
+        issued = issuing.issue_hub_tls(
             secretariat, host_names=args.host or [], ip_addresses=_ips(args.ip), now=now
         )
         stem, issuer = HUB, secretariat.cert
@@ -260,20 +271,20 @@ def _cmd_issue_tls(args: argparse.Namespace) -> int:
             raise PKIError(f"{role} needs a known country code as TARGET, got {target!r}")
         if role == "server":
             ca = store.read_certified(country_stem(code, "ca"))
-            issued = pki.issue_server_tls(
+            issued = issuing.issue_server_tls(
                 ca, host_names=args.host or [], ip_addresses=_ips(args.ip), now=now
             )
             stem, issuer = country_stem(code, "server"), ca.cert
         else:
             secretariat = store.read_certified(SECRETARIAT)
-            issued = pki.issue_leaf_tls(secretariat, country=code, now=now)
+            issued = issuing.issue_leaf_tls(secretariat, country=code, now=now)
             stem, issuer = country_stem(code, "leaf"), secretariat.cert
     else:
         record = state.agencies.get(target or "")
         if record is None or target is None:
             raise PKIError(f"client needs a known agency id as TARGET, got {target!r}")
         ca = store.read_certified(country_stem(agency_country(target), "ca"))
-        issued = pki.issue_agency_tls(
+        issued = issuing.issue_agency_tls(
             ca, agency_id=target, kind=record.kind, name=record.name, now=now
         )
         stem, issuer = agency_stem(target, "tls"), ca.cert
@@ -370,16 +381,23 @@ def sign_directory(store: PkiStore, *, now: datetime, valid_for: timedelta) -> t
     next_update = now + valid_for
     countries = []
     for code, record in sorted(state.countries.items()):
-        ca = store.read_certified(country_stem(code, "ca"))
-        entries = [
-            (r.serial, r.revoked_at, x509.ReasonFlags[r.reason])
-            for r in state.revocations
-            if r.country == code
-        ]
-        crl = pki.build_crl(ca.key, ca.cert, entries, now, next_update)
-        store.write_crl(code, crl)
+        ca_stem = country_stem(code, "ca")
+        ca_cert = store.read_cert(ca_stem)
+        if store.has_key(ca_stem):
+            # Dev federation: the secretariat also holds this country CA and signs its CRL.
+            entries = [
+                (r.serial, r.revoked_at, x509.ReasonFlags[r.reason])
+                for r in state.revocations
+                if r.country == code
+            ]
+            ca_key = store.read_key(ca_stem)
+            crl = issuing.build_crl(ca_key, ca_cert, entries, now, next_update)
+            store.write_crl(code, crl)
+        else:
+            # Ceremony: the country signed its CRL itself (`pki crl`, `pki accept-country`).
+            crl = _submitted_crl(store, code)
         countries.append(
-            CountryEntry(code=code, name=record.name, eu=record.eu, ca_cert=ca.cert, crl=crl)
+            CountryEntry(code=code, name=record.name, eu=record.eu, ca_cert=ca_cert, crl=crl)
         )
     agencies = []
     for agency_id, agency in sorted(state.agencies.items()):
@@ -410,6 +428,14 @@ def sign_directory(store: PkiStore, *, now: datetime, valid_for: timedelta) -> t
     )
     store.write_state(state.with_directory_serial(serial))
     return signed, serial
+
+
+def _submitted_crl(store: PkiStore, code: str) -> x509.CertificateRevocationList:
+    stem = country_stem(code, "crl")
+    try:
+        return x509.load_pem_x509_crl(store.read_bytes(f"{stem}.pem"))
+    except ValueError:
+        raise ConfigError(f"{store.path(stem)}.pem is not a PEM CRL") from None
 
 
 def _cmd_directory(args: argparse.Namespace) -> int:
@@ -596,6 +622,14 @@ typical dev session:
   casebridge pki verify-directory certs/dev/directory.jws
   casebridge pki revoke de.lka-berlin --reason key_compromise && casebridge pki directory
 
+key ceremony (each party in its own --dir; only CSRs and public files travel;
+docs/joining.md):
+  secretariat  init, sign-hub, sign-country, accept-country, directory, leave
+  country      request-country, join, request-server, sign-server, sign-agency, crl,
+               export-country
+  agency / hub rotate-agreement, request-agency / request-hub
+Root and country CA keys may live in a PKCS#11 token (--pkcs11 pkcs11:token=...;object=...).
+
 Private keys are written with mode 0600, encrypted when $CASEBRIDGE_KEY_PASSPHRASE is set.
 """
 
@@ -658,6 +692,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="let the hub certificate name localhost/127.0.0.1 (DEV ONLY)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing PKI")
+    p.add_argument(
+        "--pkcs11",
+        metavar="URI",
+        help="make the root key in a PKCS#11 token (pkcs11:token=...;object=...; "
+        "PIN in $CASEBRIDGE_PKCS11_PIN)",
+    )
 
     p = _add(
         sub,
@@ -803,6 +843,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("file", help="signed directory (compact JWS)")
     p.add_argument("--root", type=Path, help="pinned root certificate (default: <dir>/root/ca.pem)")
+
+    pki_ceremony.add_commands(sub, _add)
 
     _add(
         sub,

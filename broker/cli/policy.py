@@ -51,7 +51,6 @@ from broker.core.policy import (
 )
 from broker.core.policy.signing import policy_kid, unverified_policy_country
 from broker.core.schemas import SchemaRegistry, default_schema_dir
-from broker.devpki import DEMO_SPEC
 from broker.errors import (
     CasebridgeError,
     ConfigError,
@@ -59,7 +58,8 @@ from broker.errors import (
     PolicyError,
     PolicyProblem,
 )
-from broker.pki_store import DIRECTORY_FILE, ROOT, PkiStore, country_stem
+from broker.pki.dev import DEMO_SPEC
+from broker.pki.store import DIRECTORY_FILE, ROOT, PkiStore, country_stem
 
 DEFAULT_POLICIES: Final = Path("docs/policies")
 PLACEHOLDER_ID: Final = "00000000-0000-4000-8000-000000000000"

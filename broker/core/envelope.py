@@ -61,12 +61,29 @@ class SenderIdentity:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class RetiredAgreementKey:
+    """A previous key-agreement key, kept to open messages still in flight to it until ``until``."""
+
+    kid: str
+    key: ec.EllipticCurvePrivateKey
+    until: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RecipientIdentity:
-    """An agency's own key-agreement (decryption) key and its certificate's key id."""
+    """An agency's key-agreement (decryption) key ring: the current key and its certificate's
+    key id first, then the keys it replaced, each usable until its grace period ends."""
 
     agency_id: str
     agreement_kid: str
     agreement_key: ec.EllipticCurvePrivateKey
+    previous: tuple[RetiredAgreementKey, ...] = ()
+
+    def ring(self, now: datetime) -> tuple[tuple[str, ec.EllipticCurvePrivateKey], ...]:
+        """(kid, key) pairs usable at ``now``, current first; a retired key past ``until`` is
+        gone, so a message sealed to it is NOT_ADDRESSED like one sealed to a stranger."""
+        kept = tuple((k.kid, k.key) for k in self.previous if now <= k.until)
+        return ((self.agreement_kid, self.agreement_key), *kept)
 
 
 class BodyValidator(Protocol):
@@ -392,7 +409,14 @@ def _open(
     if replay.seen(header.id, now=now):
         raise InvalidMessage(Reason.REPLAY, f"message {header.id} was already accepted")
     at.n = 14
-    inner = jose.decrypt_parsed(jwe, kid=recipient.agreement_kid, key=recipient.agreement_key)
+    # The first key of our ring that the JWE has an entry for; with none, the current key's
+    # kid, so the refusal names the key we hold now.
+    entry_kids = {entry["header"]["kid"] for entry in jwe.entries}
+    kid, key = next(
+        ((k, v) for k, v in recipient.ring(now) if k in entry_kids),
+        (recipient.agreement_kid, recipient.agreement_key),
+    )
+    inner = jose.decrypt_parsed(jwe, kid=kid, key=key)
     at.n = 15
     if _digest_b64(inner) != routed.commitment:
         raise InvalidMessage(

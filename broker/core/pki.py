@@ -1,4 +1,7 @@
-"""The federation PKI: issue and validate every certificate of a Casebridge federation.
+"""The federation PKI: validate every certificate and CRL of a Casebridge federation.
+
+Issuing (the CA side) lives in ``broker.pki.issuing``; this module holds the profiles it
+issues to and what every party checks.
 
 Trust hierarchy (all keys P-256, all signatures ECDSA-SHA256)::
 
@@ -27,7 +30,7 @@ pathLen, DNS/IP name constraints) with per-usage ``ExtensionPolicy`` profiles fo
 extended key usage and SAN, then adds the checks the library does not make.
 
 This module is sans-io: it never reads a clock (``now`` is passed in), never touches files or
-the network. Issuance errors are ``PKIError``; validation of certificates and CRLs that came
+the network. Validation of certificates and CRLs that came
 from elsewhere fails closed with ``InvalidMessage`` (CERT_INVALID, DIRECTORY_INVALID,
 DIRECTORY_STALE, SENDER_REVOKED). ``cryptography`` exceptions never escape.
 """
@@ -35,8 +38,7 @@ DIRECTORY_STALE, SENDER_REVOKED). ``cryptography`` exceptions never escape.
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -44,7 +46,6 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 from cryptography.x509.verification import (
@@ -61,12 +62,6 @@ from broker.core.header import AGENCY_RE, COUNTRY_RE, FEDERATION_RE, TASK_FORCE_
 from broker.core.trust import AGENCY_KINDS
 from broker.errors import InvalidMessage, PKIError, Reason
 
-ROOT_LIFETIME: Final = timedelta(days=10 * 365)
-CA_LIFETIME: Final = timedelta(days=5 * 365)
-AGENCY_LIFETIME: Final = timedelta(days=2 * 365)
-TLS_LIFETIME: Final = timedelta(days=397)
-# Certificates start a little in the past so a peer whose clock lags slightly accepts them.
-BACKDATE: Final = timedelta(minutes=5)
 # How far in the future a CRL's thisUpdate may lie before we call it bogus (peer clock skew).
 CLOCK_SKEW: Final = timedelta(minutes=5)
 
@@ -76,17 +71,9 @@ SECRETARIAT_OU: Final = "secretariat"
 # RFC 9336 id-kp-documentSigning: marks message-signing certificates, and (being an EKU without
 # clientAuth/serverAuth) keeps TLS stacks from accepting them as TLS certificates.
 DOCUMENT_SIGNING: Final = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")
-LOOPBACK_DNS: Final = ("localhost",)
-LOOPBACK_NETS: Final = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-# Upper bounds from X.520 (ub-common-name, ub-organization-name, ub-organizational-unit-name).
-_MAX_NAME: Final = 64
-_CCTLD_EXCEPTIONS: Final = {"GB": "uk"}
-_DNS_LABEL: Final = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# One CRL entry as the caller states it: (serial, revocation time, reason or None).
-RevokedEntry = tuple[int, datetime, x509.ReasonFlags | None]
 
 
 class CertUsage(StrEnum):
@@ -152,30 +139,13 @@ class _ProfileError(ValueError):
 # ------------------------------------------------------------------ small helpers ---
 
 
-def _aware(now: datetime) -> datetime:
+def aware(now: datetime) -> datetime:
     if now.tzinfo is None or now.utcoffset() is None:
         raise PKIError("now must be a timezone-aware datetime")
     return now
 
 
-def generate_key() -> ec.EllipticCurvePrivateKey:
-    """A fresh P-256 private key (the only curve Casebridge uses)."""
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _check_p256(key: ec.EllipticCurvePrivateKey) -> ec.EllipticCurvePrivateKey:
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise PKIError("only P-256 keys are allowed")
-    return key
-
-
-def _attr(oid: x509.ObjectIdentifier, value: str) -> x509.NameAttribute[str]:
-    if not value or len(value) > _MAX_NAME:
-        raise PKIError(f"name attribute must be 1..{_MAX_NAME} characters: {value!r}")
-    return x509.NameAttribute(oid, value)
-
-
-def _single(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
+def single_attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
     """The value of exactly one attribute ``oid`` in ``name``; None if absent or repeated."""
     values = name.get_attributes_for_oid(oid)
     if len(values) != 1 or not isinstance(values[0].value, str):
@@ -190,7 +160,7 @@ def federation_org(federation_id: str) -> str:
 
 def federation_id_of(root_cert: x509.Certificate) -> str:
     """The federation id named in a root (or any federation CA) certificate's subject."""
-    org = _single(root_cert.subject, NameOID.ORGANIZATION_NAME) or ""
+    org = single_attr(root_cert.subject, NameOID.ORGANIZATION_NAME) or ""
     fed = org.removeprefix(FEDERATION_ORG_PREFIX)
     if not org.startswith(FEDERATION_ORG_PREFIX) or not FEDERATION_RE.fullmatch(fed):
         raise InvalidMessage(Reason.CERT_INVALID, "certificate names no Casebridge federation")
@@ -199,56 +169,10 @@ def federation_id_of(root_cert: x509.Certificate) -> str:
 
 def country_of(cert: x509.Certificate) -> str:
     """The single ``C`` attribute of a certificate subject (CERT_INVALID if absent or repeated)."""
-    cc = _single(cert.subject, NameOID.COUNTRY_NAME)
+    cc = single_attr(cert.subject, NameOID.COUNTRY_NAME)
     if cc is None or not COUNTRY_RE.fullmatch(cc):
         raise InvalidMessage(Reason.CERT_INVALID, "subject must carry exactly one country (C)")
     return cc
-
-
-def default_dns_domains(country: str) -> tuple[str, ...]:
-    """The DNS subtree a country CA gets by default: its ccTLD (``GB`` -> ``uk``)."""
-    return (_CCTLD_EXCEPTIONS.get(country, country.lower()),)
-
-
-def _check_dns_name(name: str) -> str:
-    labels = name.split(".")
-    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
-        raise PKIError(f"not a lower-case DNS name: {name!r}")
-    return name
-
-
-def _dns_within(name: str, base: str) -> bool:
-    return name == base or name.endswith("." + base)
-
-
-def _subject_key_ids(
-    public_key: ec.EllipticCurvePublicKey, issuer_cert: x509.Certificate | None
-) -> list[tuple[x509.ExtensionType, bool]]:
-    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
-    if issuer_cert is None:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    else:
-        issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski.value)
-    return [(ski, False), (aki, False)]
-
-
-def key_usage(*bits: str) -> x509.KeyUsage:
-    """A KeyUsage with exactly the named bits set (names as in ``x509.KeyUsage``)."""
-    known = {
-        "digital_signature",
-        "content_commitment",
-        "key_encipherment",
-        "data_encipherment",
-        "key_agreement",
-        "key_cert_sign",
-        "crl_sign",
-    }
-    unknown = set(bits) - known
-    if unknown:
-        raise PKIError(f"unknown key usage bits {sorted(unknown)}")
-    flags = {name: name in bits for name in known}
-    return x509.KeyUsage(**flags, encipher_only=False, decipher_only=False)
 
 
 def _ku_bits(ku: x509.KeyUsage) -> frozenset[str]:
@@ -266,549 +190,6 @@ def _ku_bits(ku: x509.KeyUsage) -> frozenset[str]:
     if ku.key_agreement and (ku.encipher_only or ku.decipher_only):
         bits.add("encipher_or_decipher_only")
     return frozenset(bits)
-
-
-# --------------------------------------------------------------------- the signer ---
-
-
-def sign_certificate(
-    issuer: CertifiedKey | None,
-    *,
-    subject: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    now: datetime,
-    lifetime: timedelta,
-    ca: bool,
-    path_length: int | None = None,
-    usage: x509.KeyUsage,
-    extended_usage: Sequence[x509.ObjectIdentifier] = (),
-    san: Sequence[x509.GeneralName] = (),
-    name_constraints: x509.NameConstraints | None = None,
-    signing_key: ec.EllipticCurvePrivateKey | None = None,
-) -> x509.Certificate:
-    """Sign one certificate with exactly the given profile. Applies NO federation policy.
-
-    This is the raw building block under the guarded ``create_*``/``issue_*`` functions (and
-    what tests use to build the rogue certificates validation must refuse). ``issuer`` None
-    means self-signed with ``signing_key``. The lifetime is clipped to the issuer's.
-    """
-    now = _aware(now)
-    if issuer is None:
-        if signing_key is None:
-            raise PKIError("a self-signed certificate needs signing_key")
-        sign_with, issuer_name, issuer_cert = signing_key, subject, None
-        not_after = now + lifetime
-    else:
-        sign_with, issuer_name, issuer_cert = issuer.key, issuer.cert.subject, issuer.cert
-        not_after = min(now + lifetime, issuer.cert.not_valid_after_utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
-        .add_extension(usage, critical=True)
-    )
-    for ext, critical in _subject_key_ids(public_key, issuer_cert):
-        builder = builder.add_extension(ext, critical=critical)
-    if extended_usage:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(list(extended_usage)), critical=False)
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(list(san)), critical=False)
-    if name_constraints is not None:
-        # Non-critical on purpose: see the module docstring (Go and cryptography both reject a
-        # critical nameConstraints holding a directoryName subtree).
-        builder = builder.add_extension(name_constraints, critical=False)
-    return builder.sign(sign_with, hashes.SHA256())
-
-
-# ------------------------------------------------------------------- issuing CAs ---
-
-
-def _ca_usage() -> x509.KeyUsage:
-    return key_usage("key_cert_sign", "crl_sign")
-
-
-def _name_constraints(
-    *,
-    country: str | None,
-    dns_domains: Sequence[str],
-    ip_networks: Sequence[IPNetwork],
-    allow_loopback: bool,
-) -> x509.NameConstraints:
-    permitted: list[x509.GeneralName] = []
-    if country is not None:
-        permitted.append(x509.DirectoryName(x509.Name([_attr(NameOID.COUNTRY_NAME, country)])))
-    dns = [_check_dns_name(d) for d in dns_domains]
-    nets = list(ip_networks)
-    if allow_loopback:
-        dns += [d for d in LOOPBACK_DNS if d not in dns]
-        nets += [n for n in LOOPBACK_NETS if n not in nets]
-    if not dns:
-        raise PKIError("a CA needs at least one permitted DNS subtree")
-    permitted += [x509.DNSName(d) for d in dns]
-    permitted += [x509.IPAddress(n) for n in nets]
-    # A type without a permitted subtree is unconstrained (RFC 5280), so forbid IPs explicitly.
-    excluded: list[x509.GeneralName] | None = None
-    if not nets:
-        excluded = [
-            x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")),
-            x509.IPAddress(ipaddress.ip_network("::/0")),
-        ]
-    return x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=excluded)
-
-
-def create_root_ca(
-    federation_id: str,
-    *,
-    now: datetime,
-    lifetime: timedelta = ROOT_LIFETIME,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> CertifiedKey:
-    """The self-signed federation root: ``O=Casebridge federation <fed>``, pathLen 1.
-
-    The root key also signs the federation directory, hence digitalSignature in its key usage.
-    """
-    if not FEDERATION_RE.fullmatch(federation_id):
-        raise PKIError(f"invalid federation id {federation_id!r}")
-    key = _check_p256(key or generate_key())
-    subject = x509.Name(
-        [
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
-            _attr(NameOID.COMMON_NAME, f"Casebridge {federation_id} root CA"),
-        ]
-    )
-    cert = sign_certificate(
-        None,
-        subject=subject,
-        public_key=key.public_key(),
-        now=now,
-        lifetime=lifetime,
-        ca=True,
-        path_length=1,
-        usage=key_usage("digital_signature", "key_cert_sign", "crl_sign"),
-        signing_key=key,
-    )
-    return CertifiedKey(key=key, cert=cert)
-
-
-def issue_country_ca(
-    root: CertifiedKey,
-    *,
-    country: str,
-    now: datetime,
-    dns_domains: Sequence[str] | None = None,
-    ip_networks: Sequence[IPNetwork] = (),
-    allow_loopback: bool = False,
-    lifetime: timedelta = CA_LIFETIME,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> CertifiedKey:
-    """A country CA (``C=<CC>``, pathLen 0) constrained to its own country.
-
-    Permitted subtrees: ``directoryName C=<CC>``, ``dns_domains`` (default: the ccTLD) and
-    ``ip_networks`` (default: none, every IP address is excluded). ``allow_loopback`` adds
-    ``localhost``, 127.0.0.0/8 and ::1 so loopback dev federations work; it lets every such
-    country mint certificates for the same loopback names, so it is for dev and tests ONLY.
-    """
-    if not COUNTRY_RE.fullmatch(country):
-        raise PKIError(f"invalid country code {country!r}")
-    fed = federation_id_of(root.cert)
-    key = _check_p256(key or generate_key())
-    subject = x509.Name(
-        [
-            _attr(NameOID.COUNTRY_NAME, country),
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
-            _attr(NameOID.COMMON_NAME, f"Casebridge {country} country CA"),
-        ]
-    )
-    constraints = _name_constraints(
-        country=country,
-        dns_domains=default_dns_domains(country) if dns_domains is None else dns_domains,
-        ip_networks=ip_networks,
-        allow_loopback=allow_loopback,
-    )
-    cert = sign_certificate(
-        root,
-        subject=subject,
-        public_key=key.public_key(),
-        now=now,
-        lifetime=lifetime,
-        ca=True,
-        path_length=0,
-        usage=_ca_usage(),
-        name_constraints=constraints,
-    )
-    return CertifiedKey(key=key, cert=cert)
-
-
-def issue_secretariat_ca(
-    root: CertifiedKey,
-    *,
-    now: datetime,
-    dns_domains: Sequence[str],
-    ip_networks: Sequence[IPNetwork] = (),
-    allow_loopback: bool = False,
-    lifetime: timedelta = CA_LIFETIME,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> CertifiedKey:
-    """The secretariat's TLS CA: issues the hub server cert and the countries' leaf-node certs.
-
-    Restricted to TLS (EKU serverAuth+clientAuth) and to the hub's DNS subtrees. It carries no
-    country, so it can never pass as a country CA.
-    """
-    fed = federation_id_of(root.cert)
-    key = _check_p256(key or generate_key())
-    subject = x509.Name(
-        [
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
-            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, SECRETARIAT_OU),
-            _attr(NameOID.COMMON_NAME, f"Casebridge {fed} secretariat CA"),
-        ]
-    )
-    constraints = _name_constraints(
-        country=None,
-        dns_domains=dns_domains,
-        ip_networks=ip_networks,
-        allow_loopback=allow_loopback,
-    )
-    cert = sign_certificate(
-        root,
-        subject=subject,
-        public_key=key.public_key(),
-        now=now,
-        lifetime=lifetime,
-        ca=True,
-        path_length=0,
-        usage=_ca_usage(),
-        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
-        name_constraints=constraints,
-    )
-    return CertifiedKey(key=key, cert=cert)
-
-
-# ------------------------------------------------------------- issuing end entities ---
-
-
-def _issuing_country(ca: CertifiedKey) -> str:
-    bc = ca.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    cc = _single(ca.cert.subject, NameOID.COUNTRY_NAME)
-    if not bc.ca or cc is None or not COUNTRY_RE.fullmatch(cc):
-        raise PKIError("issuer is not a country CA")
-    return cc
-
-
-def _check_secretariat(ca: CertifiedKey) -> str:
-    if _single(ca.cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) != SECRETARIAT_OU:
-        raise PKIError("issuer is not the secretariat CA")
-    try:
-        return federation_id_of(ca.cert)
-    except InvalidMessage as exc:
-        raise PKIError(exc.detail) from None
-
-
-def _check_agency_id(agency_id: str, country: str) -> None:
-    if not AGENCY_RE.fullmatch(agency_id) or TASK_FORCE_RE.fullmatch(agency_id):
-        raise PKIError(f"invalid agency id {agency_id!r}")
-    if len(agency_id) > _MAX_NAME:
-        raise PKIError(f"agency id longer than {_MAX_NAME} characters: {agency_id!r}")
-    if agency_country(agency_id) != country:
-        raise PKIError(f"the {country} country CA cannot issue for {agency_id!r}")
-
-
-def _agency_subject(agency_id: str, country: str, kind: str, name: str) -> x509.Name:
-    if kind not in AGENCY_KINDS:
-        raise PKIError(f"unknown agency kind {kind!r}")
-    return x509.Name(
-        [
-            _attr(NameOID.COUNTRY_NAME, country),
-            _attr(NameOID.ORGANIZATION_NAME, name),
-            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
-            _attr(NameOID.COMMON_NAME, agency_id),
-        ]
-    )
-
-
-def _permitted(ca_cert: x509.Certificate) -> tuple[list[str], list[IPNetwork]]:
-    try:
-        nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    except x509.ExtensionNotFound:
-        raise PKIError("issuing CA has no name constraints") from None
-    subtrees = nc.permitted_subtrees or []
-    dns = [g.value for g in subtrees if isinstance(g, x509.DNSName)]
-    nets = [g.value for g in subtrees if isinstance(g, x509.IPAddress)]
-    return dns, [n for n in nets if isinstance(n, ipaddress.IPv4Network | ipaddress.IPv6Network)]
-
-
-def _tls_names(
-    ca_cert: x509.Certificate, host_names: Sequence[str], ip_addresses: Sequence[IPAddress]
-) -> list[x509.GeneralName]:
-    """SAN entries for a TLS server cert, refused early if the CA's constraints forbid them."""
-    if not host_names and not ip_addresses:
-        raise PKIError("a TLS server certificate needs at least one host name or IP address")
-    dns, nets = _permitted(ca_cert)
-    for host in host_names:
-        if not any(_dns_within(_check_dns_name(host), base) for base in dns):
-            raise PKIError(f"host {host!r} is outside the issuing CA's DNS subtrees {dns}")
-    for ip in ip_addresses:
-        if not any(ip in net for net in nets):
-            raise PKIError(f"IP {ip} is outside the issuing CA's permitted networks")
-    names: list[x509.GeneralName] = [x509.DNSName(h) for h in host_names]
-    names += [x509.IPAddress(ip) for ip in ip_addresses]
-    return names
-
-
-def _leaf(
-    issuer: CertifiedKey,
-    *,
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey | None,
-    now: datetime,
-    lifetime: timedelta,
-    usage: x509.KeyUsage,
-    extended_usage: Sequence[x509.ObjectIdentifier],
-    san: Sequence[x509.GeneralName],
-) -> CertifiedKey:
-    key = _check_p256(key or generate_key())
-    cert = sign_certificate(
-        issuer,
-        subject=subject,
-        public_key=key.public_key(),
-        now=now,
-        lifetime=lifetime,
-        ca=False,
-        usage=usage,
-        extended_usage=extended_usage,
-        san=san,
-    )
-    return CertifiedKey(key=key, cert=cert)
-
-
-def issue_agency(
-    ca: CertifiedKey,
-    *,
-    agency_id: str,
-    kind: str,
-    name: str,
-    now: datetime,
-    lifetime: timedelta = AGENCY_LIFETIME,
-    signing_key: ec.EllipticCurvePrivateKey | None = None,
-    agreement_key: ec.EllipticCurvePrivateKey | None = None,
-) -> AgencyCredentials:
-    """The agency's signing and key-agreement certificates, from its own country's CA.
-
-    Refuses (PKIError) an agency id whose country prefix is not the CA's country.
-    """
-    country = _issuing_country(ca)
-    _check_agency_id(agency_id, country)
-    subject = _agency_subject(agency_id, country, kind, name)
-    san = [x509.UniformResourceIdentifier(AGENCY_URN_PREFIX + agency_id)]
-    signing = _leaf(
-        ca,
-        subject=subject,
-        key=signing_key,
-        now=now,
-        lifetime=lifetime,
-        usage=key_usage("digital_signature", "content_commitment"),
-        extended_usage=(DOCUMENT_SIGNING,),
-        san=san,
-    )
-    agreement = _leaf(
-        ca,
-        subject=subject,
-        key=agreement_key,
-        now=now,
-        lifetime=lifetime,
-        usage=key_usage("key_agreement"),
-        extended_usage=(),
-        san=san,
-    )
-    return AgencyCredentials(
-        agency_id=agency_id,
-        country=country,
-        kind=kind,
-        name=name,
-        signing=signing,
-        agreement=agreement,
-    )
-
-
-def issue_agency_tls(
-    ca: CertifiedKey,
-    *,
-    agency_id: str,
-    kind: str,
-    name: str,
-    now: datetime,
-    lifetime: timedelta = TLS_LIFETIME,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> CertifiedKey:
-    """The agency node's mTLS client certificate for its national NATS server (CN = agency id).
-
-    No SAN: the subject DN is the identity (nats-server ``verify_and_map``), and Go refuses a
-    URN SAN under a name-constrained CA ("URI with empty host cannot be matched").
-    """
-    country = _issuing_country(ca)
-    _check_agency_id(agency_id, country)
-    return _leaf(
-        ca,
-        subject=_agency_subject(agency_id, country, kind, name),
-        key=key,
-        now=now,
-        lifetime=lifetime,
-        usage=key_usage("digital_signature"),
-        extended_usage=(ExtendedKeyUsageOID.CLIENT_AUTH,),
-        san=(),
-    )
-
-
-def issue_server_tls(
-    ca: CertifiedKey,
-    *,
-    host_names: Sequence[str],
-    ip_addresses: Sequence[IPAddress] = (),
-    now: datetime,
-    lifetime: timedelta = TLS_LIFETIME,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> CertifiedKey:
-    """A country's nats-server certificate (serverAuth), names checked against the CA's subtrees."""
-    country = _issuing_country(ca)
-    fed = federation_id_of(ca.cert)
-    san = _tls_names(ca.cert, host_names, ip_addresses)
-    common = host_names[0] if host_names else str(ip_addresses[0])
-    subject = x509.Name(
-        [
-            _attr(NameOID.COUNTRY_NAME, country),
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
-            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "nats-server"),
-            _attr(NameOID.COMMON_NAME, common),
-        ]
-    )
-    return _leaf(
-        ca,
-        subject=subject,
-        key=key,
-        now=now,
-        lifetime=lifetime,
-        usage=key_usage("digital_signature"),
-        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
-        san=san,
-    )
-
-
-def leaf_subject(federation_id: str, country: str) -> x509.Name:
-    """Subject of a country's leaf-node certificate; the hub maps this DN to the country's user."""
-    return x509.Name(
-        [
-            _attr(NameOID.COUNTRY_NAME, country),
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
-            _attr(NameOID.COMMON_NAME, f"leaf.{country.lower()}"),
-        ]
-    )
-
-
-def issue_leaf_tls(
-    secretariat: CertifiedKey,
-    *,
-    country: str,
-    now: datetime,
-    lifetime: timedelta = TLS_LIFETIME,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> CertifiedKey:
-    """The client certificate a country's server presents when dialling the hub as a leaf node.
-
-    Issued by the secretariat CA (not the country CA) so that no country CA can mint another
-    country's hub identity: the hub trusts only the secretariat CA for leaf connections. No
-    SAN, for the same reason as :func:`issue_agency_tls`: the subject DN is the identity.
-    """
-    fed = _check_secretariat(secretariat)
-    if not COUNTRY_RE.fullmatch(country):
-        raise PKIError(f"invalid country code {country!r}")
-    return _leaf(
-        secretariat,
-        subject=leaf_subject(fed, country),
-        key=key,
-        now=now,
-        lifetime=lifetime,
-        usage=key_usage("digital_signature"),
-        extended_usage=(ExtendedKeyUsageOID.CLIENT_AUTH,),
-        san=(),
-    )
-
-
-def issue_hub_tls(
-    secretariat: CertifiedKey,
-    *,
-    host_names: Sequence[str],
-    ip_addresses: Sequence[IPAddress] = (),
-    now: datetime,
-    lifetime: timedelta = TLS_LIFETIME,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> CertifiedKey:
-    """The hub's leaf-node listener certificate (serverAuth), from the secretariat CA."""
-    fed = _check_secretariat(secretariat)
-    san = _tls_names(secretariat.cert, host_names, ip_addresses)
-    common = host_names[0] if host_names else str(ip_addresses[0])
-    subject = x509.Name(
-        [
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
-            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "hub"),
-            _attr(NameOID.COMMON_NAME, common),
-        ]
-    )
-    return _leaf(
-        secretariat,
-        subject=subject,
-        key=key,
-        now=now,
-        lifetime=lifetime,
-        usage=key_usage("digital_signature"),
-        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
-        san=san,
-    )
-
-
-# --------------------------------------------------------------------- revocation ---
-
-
-def build_crl(
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    revoked: Iterable[RevokedEntry],
-    now: datetime,
-    next_update: datetime,
-    *,
-    number: int | None = None,
-) -> x509.CertificateRevocationList:
-    """A CRL signed by ``ca_key`` listing ``(serial, when, reason)`` entries.
-
-    ``number`` (the CRL number) defaults to ``now`` in whole seconds, which increases as long
-    as the issuing clock does.
-    """
-    now = _aware(now)
-    if _aware(next_update) <= now:
-        raise PKIError("a CRL's next_update must be after now")
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now)
-        .next_update(next_update)
-        .add_extension(
-            x509.CRLNumber(number if number is not None else int(now.timestamp())), False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-    )
-    for serial, when, reason in revoked:
-        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(_aware(when))
-        # RFC 5280 5.3.1: "unspecified" SHOULD be expressed by leaving the reason out.
-        if reason is not None and reason is not x509.ReasonFlags.unspecified:
-            entry = entry.add_extension(x509.CRLReason(reason), critical=False)
-        builder = builder.add_revoked_certificate(entry.build())
-    return builder.sign(ca_key, hashes.SHA256())
 
 
 # --------------------------------------------------------------------- validation ---
@@ -845,7 +226,7 @@ def _exact_eku(expected: tuple[x509.ObjectIdentifier, ...]) -> _EkuCheck:
 
 def _agency_san(policy: Policy, cert: x509.Certificate, san: x509.SubjectAlternativeName) -> None:
     del policy
-    cn = _single(cert.subject, NameOID.COMMON_NAME)
+    cn = single_attr(cert.subject, NameOID.COMMON_NAME)
     if list(san) != [x509.UniformResourceIdentifier(f"{AGENCY_URN_PREFIX}{cn}")]:
         raise _ProfileError("SAN must be exactly urn:casebridge:agency:<CN>")
 
@@ -881,7 +262,7 @@ def _country_ca_bc(policy: Policy, cert: x509.Certificate, bc: x509.BasicConstra
 
 def _country_ca_nc(policy: Policy, cert: x509.Certificate, nc: x509.NameConstraints) -> None:
     del policy
-    cc = _single(cert.subject, NameOID.COUNTRY_NAME)
+    cc = single_attr(cert.subject, NameOID.COUNTRY_NAME)
     permitted = list(nc.permitted_subtrees or [])
     dirnames = [g.value for g in permitted if isinstance(g, x509.DirectoryName)]
     if cc is None or dirnames != [x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, cc)])]:
@@ -931,7 +312,7 @@ class FederationValidator:
     """
 
     def __init__(self, root_cert: x509.Certificate, *, now: datetime) -> None:
-        self._now = _aware(now)
+        self._now = aware(now)
         self._root = root_cert
         self._federation = self._check_root(root_cert)
         self._root_key = _check_crypto(root_cert, "root")
@@ -984,7 +365,9 @@ class FederationValidator:
             self._country_ca_verifier.verify(ca_cert, [])
         except VerificationError as exc:
             raise _fail(f"{cc} CA: {exc}") from None
-        if _single(ca_cert.subject, NameOID.ORGANIZATION_NAME) != federation_org(self._federation):
+        if single_attr(ca_cert.subject, NameOID.ORGANIZATION_NAME) != federation_org(
+            self._federation
+        ):
             raise _fail(f"{cc} CA belongs to another federation")
         self._countries[ca_cert.tbs_certificate_bytes] = cc
         return cc
@@ -1020,7 +403,7 @@ class FederationValidator:
     ) -> AgencyCertInfo:
         """Chain, profile and country checks of one agency certificate (revocation NOT checked)."""
         cc = self.country_ca(country_ca)
-        agency_id = _single(cert.subject, NameOID.COMMON_NAME) or "?"
+        agency_id = single_attr(cert.subject, NameOID.COMMON_NAME) or "?"
         what = f"{usage.value} certificate of {agency_id}"
         public_key = _check_crypto(cert, what)
         verifier = self._client.get(usage)
@@ -1040,8 +423,8 @@ class FederationValidator:
             raise _fail(f"{what}: CN is not an agency id")
         if agency_country(agency_id) != cc:
             raise _fail(f"{what}: agency id is not in {cc}, the issuing CA's country")
-        kind = _single(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
-        name = _single(cert.subject, NameOID.ORGANIZATION_NAME)
+        kind = single_attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
+        name = single_attr(cert.subject, NameOID.ORGANIZATION_NAME)
         if kind not in AGENCY_KINDS or name is None:
             raise _fail(f"{what}: OU must be an agency kind and O the agency name")
         return AgencyCertInfo(
@@ -1087,7 +470,7 @@ class FederationValidator:
         if len(chain) != 3:
             raise _fail("TLS certificate must be issued by a country or secretariat CA")
         issuer = chain[1]
-        if _single(issuer.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == SECRETARIAT_OU:
+        if single_attr(issuer.subject, NameOID.ORGANIZATIONAL_UNIT_NAME) == SECRETARIAT_OU:
             return chain
         cc = self.country_ca(issuer)
         if country_of(cert) != cc:

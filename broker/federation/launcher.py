@@ -4,6 +4,7 @@
 
     federation.json        the settings (format: :class:`FederationSettings`, docs/federation.md)
     pki/                   the PKI (certs/README.md layout; keys unencrypted for nats-server)
+    bundles/<party>/       what each party takes to its own machine: only its own keys
     nats/hub.conf, nats/<cc>.conf   nats-server configurations (regenerated at every start)
     data/<cc>/             JetStream storage of each country server (survives restarts)
     run/<name>.pid, .log   pid file and log of every running process
@@ -46,13 +47,14 @@ import nats
 from cryptography import x509
 from nats.aio.client import Client as NatsClient
 
-from broker import pki_store
-from broker.devpki import build_dev_federation
 from broker.errors import ConfigError
 from broker.federation import natsconf
 from broker.federation import subjects as s
+from broker.federation.bundles import write_dev_bundles
 from broker.federation.spec import FederationDescription, gateway_id, parse_description
 from broker.federation.streams import CountryStreams, ensure_country_streams
+from broker.pki import store as pki_store
+from broker.pki.dev import build_dev_federation, write_dev_federation
 from broker.transport_nats import quiet_tls_eof_warning
 
 SETTINGS_FILE: Final = "federation.json"
@@ -416,20 +418,23 @@ def new_settings(
     """Settings for a new federation under ``base`` with freshly allocated ports."""
     base = base.resolve()
     pki = base / "pki"
+    # Addresses named in the description win (parties on their own machines); else free
+    # ports on ``host`` (one machine).
+    named = description.hub_address
     hub = ServerSettings(
         name=HUB,
-        host=host,
-        client_port=free_port(host),
-        http_port=free_port(host),
-        leaf_port=free_port(host),
+        host=named.host if named else host,
+        client_port=named.client_port if named else free_port(host),
+        http_port=named.http_port if named else free_port(host),
+        leaf_port=named.leaf_port if named and named.leaf_port else free_port(host),
         config=base / "nats" / "hub.conf",
     )
     countries = {
         c.code: ServerSettings(
             name=c.code,
-            host=host,
-            client_port=free_port(host),
-            http_port=free_port(host),
+            host=c.server.host if c.server else host,
+            client_port=c.server.client_port if c.server else free_port(host),
+            http_port=c.server.http_port if c.server else free_port(host),
             config=base / "nats" / f"{c.domain}.conf",
             store_dir=base / "data" / c.domain,
             peers=tuple(p for p in description.codes if p != c.code),
@@ -466,9 +471,24 @@ def _dn(pki: pki_store.PkiStore, stem: str) -> str:
     return cert.subject.rfc4514_string()
 
 
+BUNDLES_KEY: Final = "bundles"
+
+
+def party_dir(settings: FederationSettings, party: str) -> Path:
+    """The PKI directory of ``party`` (HUB or a country code): its own bundle when the
+    federation runs from per-party bundles (``broker.federation.bundles``), else ``pki_dir``."""
+    bundles = settings.extra.get(BUNDLES_KEY) or {}
+    where = bundles.get(party)
+    if where is None:
+        return settings.pki_dir
+    path = Path(where)
+    return path if path.is_absolute() else settings.base / path
+
+
 def render_configs(settings: FederationSettings) -> dict[Path, str]:
-    """Every nats-server configuration of the federation, from the settings and the PKI files."""
-    store = pki_store.PkiStore(settings.pki_dir)
+    """Every nats-server configuration of the federation, from the settings and the PKI files
+    (each server's from its own party's directory)."""
+    store = pki_store.PkiStore(party_dir(settings, HUB))
 
     def files(stem: str, ca: str) -> natsconf.TlsFiles:
         return natsconf.TlsFiles(
@@ -496,6 +516,7 @@ def render_configs(settings: FederationSettings) -> dict[Path, str]:
     }
     for cc, server in settings.countries.items():
         country = settings.description.country(cc)
+        store = pki_store.PkiStore(party_dir(settings, cc))
         out[server.config] = natsconf.render_country(
             natsconf.CountryConf(
                 federation_id=settings.federation_id,
@@ -599,12 +620,15 @@ class Federation:
         base.mkdir(parents=True, exist_ok=True)
         pki_dir = base / "pki"
         if force:
-            for sub in ("pki", "nats", "data"):
+            for sub in ("pki", "nats", "data", BUNDLES_KEY):
                 shutil.rmtree(base / sub, ignore_errors=True)
         dev = build_dev_federation(description.to_pki_spec(), now=now)
         # Unencrypted on purpose: nats-server cannot read encrypted keys (dev federation only).
-        pki_store.write_dev_federation(pki_store.PkiStore(pki_dir, passphrase=None), dev)
+        write_dev_federation(pki_store.PkiStore(pki_dir, passphrase=None), dev)
         settings = new_settings(description, base, host=host)
+        # What each party would take to its own machine (docs/joining.md); the dev launcher
+        # itself keeps running from pki/.
+        write_dev_bundles(dev, description, base / BUNDLES_KEY)
         write_settings(settings)
         fed = cls(settings)
         fed.write_configs()

@@ -19,9 +19,9 @@ from typing import Any, Final
 
 from broker.core.policy import sign_policy
 from broker.errors import ConfigError
-from broker.federation.launcher import ClientSettings, Federation, ProcessSpec
+from broker.federation.launcher import ClientSettings, Federation, ProcessSpec, party_dir
 from broker.federation.observability import exporter_process
-from broker.pki_store import PkiStore, country_stem
+from broker.pki.store import DIRECTORY_FILE, ROOT, PkiStore, country_stem
 
 SETTINGS_DIR: Final = "settings"
 POLICY_DIR: Final = "policies"
@@ -55,6 +55,12 @@ def _settings_json(
     token_file: Path,
 ) -> dict[str, Any]:
     here = base / SETTINGS_DIR
+    # From the party's own bundle when the federation runs from bundles (each country keeps
+    # its copy of the directory and root), else the one-machine PKI's.
+    directory, root_cert = fed.settings.directory, fed.settings.root_cert
+    own = party_dir(fed.settings, client.country)
+    if own != fed.settings.pki_dir:
+        directory, root_cert = own / DIRECTORY_FILE, own / f"{ROOT}.pem"
 
     def rel(path: Path) -> str:
         return os.path.relpath(path, here)
@@ -74,8 +80,8 @@ def _settings_json(
             "agreement_cert": rel(client.agreement_cert),
         },
         "directory": {
-            "file": rel(fed.settings.directory),
-            "root_cert": rel(fed.settings.root_cert),
+            "file": rel(directory),
+            "root_cert": rel(root_cert),
         },
         "store": rel(base / STORE_DIR / f"{client.agency_id}.sqlite"),
         "api": {"host": "127.0.0.1", "port": client.http_port, "token_file": rel(token_file)},
@@ -88,13 +94,12 @@ def _settings_json(
 def sign_policies(fed: Federation, policy_dir: Path) -> dict[str, Path]:
     """Sign ``<policy_dir>/<cc>.yaml`` for every country with that country's CA key."""
     base = fed.settings.base
-    pki = PkiStore(fed.settings.pki_dir)
     signed: dict[str, Path] = {}
     for code in fed.settings.countries:
         source = policy_dir / f"{code.lower()}.yaml"
         if not source.exists():
             continue
-        ca = pki.read_certified(country_stem(code, "ca"))
+        ca = PkiStore(party_dir(fed.settings, code)).read_certified(country_stem(code, "ca"))
         token = sign_policy(source.read_bytes(), ca_key=ca.key, ca_cert=ca.cert, source=str(source))
         out = base / POLICY_DIR / f"{code.lower()}.policy.jws"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -107,13 +112,12 @@ def prepare(fed: Federation, *, policy_dir: Path | None) -> list[NodeEndpoint]:
     """Write gateway and node settings and register their processes with ``fed``."""
     base = fed.settings.base
     signed = sign_policies(fed, policy_dir) if policy_dir is not None else {}
-    pki_dir = fed.settings.pki_dir
     processes: list[ProcessSpec] = []
     endpoints: list[NodeEndpoint] = []
     for code, gateway in sorted(fed.settings.gateways.items()):
         if code not in signed:
             raise ConfigError(f"no policy for {code} in {policy_dir}: its gateway would deny all")
-        ca_cert = pki_dir / f"{country_stem(code, 'ca')}.pem"
+        ca_cert = party_dir(fed.settings, code) / f"{country_stem(code, 'ca')}.pem"
         token_file = base / SETTINGS_DIR / f"{gateway.agency_id}.token"
         _write_private(token_file, secrets.token_urlsafe(24))
         path = base / SETTINGS_DIR / f"{gateway.agency_id}.json"
@@ -135,7 +139,7 @@ def prepare(fed: Federation, *, policy_dir: Path | None) -> list[NodeEndpoint]:
         )
     for agency_id, node in sorted(fed.settings.nodes.items()):
         code = node.country
-        ca_cert = pki_dir / f"{country_stem(code, 'ca')}.pem"
+        ca_cert = party_dir(fed.settings, code) / f"{country_stem(code, 'ca')}.pem"
         token = secrets.token_urlsafe(24)
         token_file = base / SETTINGS_DIR / f"{agency_id}.token"
         _write_private(token_file, token)

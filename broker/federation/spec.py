@@ -3,23 +3,30 @@
 :func:`load_description` / :func:`parse_description` turn the file into a
 :class:`FederationDescription`, checked strictly (unknown keys, bad ids, duplicates, task-force
 members that do not exist are all ``ConfigError`` with the path of the offending entry), and
-:meth:`FederationDescription.to_pki_spec` into the :class:`broker.devpki.FederationSpec` the
+:meth:`FederationDescription.to_pki_spec` into the :class:`broker.pki.dev.FederationSpec` the
 PKI tooling builds. Every country automatically gets its border gateway identity
 ``<cc>.gateway`` (kind ``gateway``); the file may not declare it itself.
 
 Format (``docs/federation.example.yaml``)::
 
     federation: demo
-    hub: {domain: casebridge.test}          # optional
+    hub: {domain: casebridge.test}          # optional; host, client_port, http_port,
+                                            # leaf_port: where the hub listens (optional)
     directory_valid_days: 30                # optional, default 30
     countries:
       - code: DE
         name: Germany
         eu: true
+        server: {host: 192.0.2.10, client_port: 4222, http_port: 8222}   # optional
         agencies:
           - {id: de.lka-berlin, kind: law_enforcement, name: LKA Berlin}
     task_forces:
       - {id: tf.eastern-route, name: Eastern route, members: [de.lka-berlin, ...]}
+
+Addresses (``hub`` host and ports, each country's ``server``) are optional for a development
+federation on one machine (the launcher picks free loopback ports) and required for one whose
+parties run on their own machines (``broker.federation.bundles``): nothing else assumes
+loopback or a shared file system.
 
 Names end up in certificate subject DNs, which nats-server matches as text
 (``verify_and_map``), so characters that DN escaping would change are refused.
@@ -28,6 +35,7 @@ This module reads one file and never touches the network or the PKI.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,14 +47,14 @@ import yaml
 
 from broker.core.header import AGENCY_RE, COUNTRY_RE, FEDERATION_RE, TASK_FORCE_RE
 from broker.core.trust import AGENCY_KINDS
-from broker.devpki import (
+from broker.errors import ConfigError
+from broker.pki.dev import (
     DEFAULT_HUB_DOMAIN,
     AgencySpec,
     CountrySpec,
     FederationSpec,
     TaskForceSpec,
 )
-from broker.errors import ConfigError
 
 GATEWAY_KIND: Final = "gateway"
 GATEWAY_NAME: Final = "gateway"
@@ -62,6 +70,26 @@ _HOST_RE: Final = re.compile(
 def gateway_id(code: str) -> str:
     """The agency id of a country's border gateway: ``<cc>.gateway``."""
     return f"{code.lower()}.{GATEWAY_NAME}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerAddress:
+    """Where a NATS server listens: host (DNS name or IP) and ports (``leaf_port``: hub only)."""
+
+    host: str
+    client_port: int
+    http_port: int
+    leaf_port: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "host": self.host,
+            "client_port": self.client_port,
+            "http_port": self.http_port,
+        }
+        if self.leaf_port is not None:
+            out["leaf_port"] = self.leaf_port
+        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -81,6 +109,7 @@ class CountryDescription:
     name: str
     eu: bool
     agencies: tuple[AgencyDescription, ...]
+    server: ServerAddress | None = None
 
     @property
     def domain(self) -> str:
@@ -110,6 +139,7 @@ class FederationDescription:
     countries: tuple[CountryDescription, ...]
     task_forces: tuple[TaskForceDescription, ...] = ()
     directory_validity: timedelta = timedelta(days=DEFAULT_DIRECTORY_DAYS)
+    hub_address: ServerAddress | None = None
 
     def country(self, code: str) -> CountryDescription:
         for country in self.countries:
@@ -162,7 +192,10 @@ class FederationDescription:
         """The same structure as the YAML file (what :func:`parse_description` reads)."""
         return {
             "federation": self.federation_id,
-            "hub": {"domain": self.hub_domain},
+            "hub": {
+                "domain": self.hub_domain,
+                **(self.hub_address.to_json() if self.hub_address else {}),
+            },
             "directory_valid_days": self.directory_validity.days,
             "countries": [
                 {
@@ -172,6 +205,7 @@ class FederationDescription:
                     "agencies": [
                         {"id": a.agency_id, "kind": a.kind, "name": a.name} for a in c.agencies
                     ],
+                    **({"server": c.server.to_json()} if c.server else {}),
                 }
                 for c in self.countries
             ],
@@ -223,6 +257,27 @@ def _matching(raw: object, pattern: re.Pattern[str], where: str) -> str:
     return raw
 
 
+def _port(raw: object, where: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 < raw < 65536:
+        raise ConfigError(f"{where}: expected a TCP port (1-65535)")
+    return raw
+
+
+def _address(raw: Mapping[str, Any], where: str, *, hub: bool) -> ServerAddress:
+    host = raw.get("host")
+    try:
+        ipaddress.ip_address(str(host))
+    except ValueError:
+        if not isinstance(host, str) or not _HOST_RE.fullmatch(host):
+            raise ConfigError(f"{where}.host: {host!r} is not a DNS name or IP address") from None
+    return ServerAddress(
+        host=str(host),
+        client_port=_port(raw.get("client_port"), f"{where}.client_port"),
+        http_port=_port(raw.get("http_port"), f"{where}.http_port"),
+        leaf_port=_port(raw.get("leaf_port"), f"{where}.leaf_port") if hub else None,
+    )
+
+
 def _agency(raw: object, where: str, code: str) -> AgencyDescription:
     entry = _mapping(raw, where, {"id", "kind", "name"}, set())
     agency_id = _matching(entry["id"], AGENCY_RE, f"{where}.id")
@@ -238,7 +293,7 @@ def _agency(raw: object, where: str, code: str) -> AgencyDescription:
 
 
 def _country(raw: object, where: str) -> CountryDescription:
-    entry = _mapping(raw, where, {"code", "name", "eu"}, {"agencies"})
+    entry = _mapping(raw, where, {"code", "name", "eu"}, {"agencies", "server"})
     code = _matching(entry["code"], COUNTRY_RE, f"{where}.code")
     if not isinstance(entry["eu"], bool):
         raise ConfigError(f"{where}.eu: expected true or false")
@@ -246,8 +301,17 @@ def _country(raw: object, where: str) -> CountryDescription:
         _agency(a, f"{where}.agencies[{i}]", code)
         for i, a in enumerate(_list(entry.get("agencies"), f"{where}.agencies"))
     )
+    server = None
+    if entry.get("server") is not None:
+        fields = {"host", "client_port", "http_port"}
+        server_raw = _mapping(entry["server"], f"{where}.server", fields, set())
+        server = _address(server_raw, f"{where}.server", hub=False)
     return CountryDescription(
-        code=code, name=_name(entry["name"], f"{where}.name"), eu=entry["eu"], agencies=agencies
+        code=code,
+        name=_name(entry["name"], f"{where}.name"),
+        eu=entry["eu"],
+        agencies=agencies,
+        server=server,
     )
 
 
@@ -287,7 +351,13 @@ def parse_description(raw: object) -> FederationDescription:
         {"hub", "task_forces", "directory_valid_days"},
     )
     fed = _matching(top["federation"], FEDERATION_RE, "federation")
-    hub = _mapping(top.get("hub") or {}, "hub", set(), {"domain"})
+    hub_fields = {"host", "client_port", "http_port", "leaf_port"}
+    hub = _mapping(top.get("hub") or {}, "hub", set(), {"domain", *hub_fields})
+    hub_address = None
+    if hub_fields & set(hub):
+        if not hub_fields <= set(hub):
+            raise ConfigError(f"hub: an address needs all of {sorted(hub_fields)}")
+        hub_address = _address(hub, "hub", hub=True)
     domain = hub.get("domain", DEFAULT_HUB_DOMAIN)
     if not isinstance(domain, str) or not _HOST_RE.fullmatch(domain):
         raise ConfigError(f"hub.domain: {domain!r} is not a DNS domain")
@@ -314,6 +384,7 @@ def parse_description(raw: object) -> FederationDescription:
         countries=countries,
         task_forces=task_forces,
         directory_validity=timedelta(days=days),
+        hub_address=hub_address,
     )
 
 

@@ -55,11 +55,11 @@ from broker.gateway.quarantine import (
     publish_permanent,
     run_retries,
 )
-from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
 from broker.node.settings import Settings
 from broker.node.store import store_unavailable
+from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.policy_store import PolicyStore
 from broker.tracing import TRACEPARENT, from_headers
 from broker.transport_nats import PUBLISH_TIMEOUT, connect, tls_context

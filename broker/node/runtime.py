@@ -15,16 +15,16 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from broker.core.directory import Directory
-from broker.core.envelope import RecipientIdentity, SenderIdentity
+from broker.core.envelope import RecipientIdentity, RetiredAgreementKey, SenderIdentity
 from broker.core.header import Onward, agency_country, parse_header
 from broker.core.policy import Federation
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
-from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
 from broker.node.clock import system_clock
@@ -49,6 +49,7 @@ from broker.node.service import Node
 from broker.node.settings import Settings
 from broker.node.store import Store
 from broker.node.transport import Transport
+from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.policy_store import PolicyStore
 
 TransportFactory = Callable[[Settings], Transport]
@@ -132,6 +133,7 @@ def build_node(
             agency_id=agency,
             agreement_kid=cert_kid(agency, agreement_cert),
             agreement_key=read_private_key(settings.keys.agreement_key),
+            previous=previous_agreement_keys(settings, agreement_cert),
         ),
         resolver=directory,
         schemas=schemas,
@@ -144,6 +146,22 @@ def build_node(
         clock=clock.now,
         time_problem=clock.problem,
     )
+
+
+def previous_agreement_keys(
+    settings: Settings, current: x509.Certificate
+) -> tuple[RetiredAgreementKey, ...]:
+    """The replaced agreement keys of the ring, each kept for the grace period after the
+    current certificate's notBefore (ConfigError if a key does not match its certificate)."""
+    until = current.not_valid_before_utc + settings.keys.agreement_grace
+    ring = []
+    for entry in settings.keys.previous_agreement:
+        cert = read_certificate(entry.cert)
+        key = read_private_key(entry.key)
+        if key.public_key() != cert.public_key():
+            raise ConfigError(f"{entry.key}: not the key of {entry.cert}")
+        ring.append(RetiredAgreementKey(kid=cert_kid(settings.agency, cert), key=key, until=until))
+    return tuple(ring)
 
 
 def _offset_clock(seconds: float) -> Callable[[], datetime]:

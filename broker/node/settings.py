@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,6 +39,10 @@ _TOP: Final = frozenset(
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
+# How long a replaced key-agreement key still opens messages sealed to it: a message may wait
+# in an outbox while its destination is away, up to its lifetime (message_lifetime_days).
+DEFAULT_AGREEMENT_GRACE: Final = timedelta(days=30)
+_PREVIOUS: Final = frozenset({"key", "cert"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -51,13 +56,28 @@ class NatsSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PreviousAgreementKey:
+    """A key-agreement key the current one replaced (PEM files), kept for messages in flight."""
+
+    key: Path
+    cert: Path
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class KeySettings:
-    """The agency's signing and key-agreement keys and certificates (PEM files)."""
+    """The agency's signing and key-agreement keys and certificates (PEM files).
+
+    ``previous_agreement``: keys the current agreement key replaced, newest first; each opens
+    messages sealed to it for ``agreement_grace`` after the current agreement certificate's
+    notBefore (default 30 days), then it is dropped from the ring.
+    """
 
     signing_key: Path
     signing_cert: Path
     agreement_key: Path
     agreement_cert: Path
+    previous_agreement: tuple[PreviousAgreementKey, ...] = ()
+    agreement_grace: timedelta = DEFAULT_AGREEMENT_GRACE
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -133,8 +153,32 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
     keys = _obj(
         top.get("keys"),
         "keys",
-        frozenset({"signing_key", "signing_cert", "agreement_key", "agreement_cert"}),
+        frozenset(
+            {
+                "signing_key",
+                "signing_cert",
+                "agreement_key",
+                "agreement_cert",
+                "previous_agreement",
+                "agreement_grace_hours",
+            }
+        ),
     )
+    previous = keys.get("previous_agreement", [])
+    if not isinstance(previous, list):
+        raise ConfigError("settings: keys.previous_agreement must be a list of {key, cert}")
+    previous_keys = tuple(
+        PreviousAgreementKey(
+            key=file(_text(_obj(entry, "keys.previous_agreement[]", _PREVIOUS), "key", "keys")),
+            cert=file(_text(_obj(entry, "keys.previous_agreement[]", _PREVIOUS), "cert", "keys")),
+        )
+        for entry in previous
+    )
+    grace_hours = keys.get("agreement_grace_hours", DEFAULT_AGREEMENT_GRACE / timedelta(hours=1))
+    if not isinstance(grace_hours, int | float) or isinstance(grace_hours, bool):
+        raise ConfigError("settings: keys.agreement_grace_hours must be a number")
+    if not 0 <= grace_hours <= 24 * 366:
+        raise ConfigError("settings: keys.agreement_grace_hours must be 0-8784")
     directory = _obj(top.get("directory"), "directory", frozenset({"file", "root_cert"}))
     api = _obj(top.get("api", {}), "api", frozenset({"host", "port", "token_file"}))
     policy = top.get("policy")
@@ -179,6 +223,8 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
             signing_cert=file(_text(keys, "signing_cert", "keys")),
             agreement_key=file(_text(keys, "agreement_key", "keys")),
             agreement_cert=file(_text(keys, "agreement_cert", "keys")),
+            previous_agreement=previous_keys,
+            agreement_grace=timedelta(hours=grace_hours),
         ),
         directory_file=file(_text(directory, "file", "directory")),
         root_cert=file(_text(directory, "root_cert", "directory")),

@@ -37,8 +37,8 @@ from broker.federation import processes
 from broker.federation import subjects as s
 from broker.federation.launcher import Federation
 from broker.federation.spec import parse_description
-from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.node.peek import unverified_header
+from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from tests.integration.conftest import run
 
 T = TypeVar("T")

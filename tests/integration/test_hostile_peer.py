@@ -23,7 +23,7 @@ from broker.core import jose
 from broker.core.envelope import INNER_TYP, JWE_TYP, OUTER_TYP
 from broker.core.trust import cert_kid
 from broker.federation import subjects as s
-from broker.keyfiles import read_certificate, read_private_key
+from broker.pki.keyfiles import read_certificate, read_private_key
 from tests.integration.conftest import run
 from tests.integration.e2e_helpers import (
     DESCRIPTION,

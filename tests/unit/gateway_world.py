@@ -17,9 +17,9 @@ from broker.core.envelope import RecipientIdentity, SenderIdentity, seal
 from broker.core.header import Header, agency_country
 from broker.core.policy import Policy, parse_policy
 from broker.core.schemas import SchemaRegistry
-from broker.devpki import DevFederation, build_dev_federation
 from broker.federation.spec import load_description
 from broker.gateway.border import Border, MemoryCrossings, Outcome
+from broker.pki.dev import DevFederation, build_dev_federation
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "schemas" / "examples"

@@ -12,12 +12,12 @@ from typing import Any
 from broker.core.directory import Directory
 from broker.core.envelope import RecipientIdentity, SenderIdentity
 from broker.core.schemas import SchemaRegistry
-from broker.devpki import DevFederation
 from broker.node.model import Draft
 from broker.node.policy import Preflight, RecipientCheck
 from broker.node.service import Node, RetryPolicy
 from broker.node.store import Store
 from broker.node.transport import MemoryBus, MemoryTransport
+from broker.pki.dev import DevFederation
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 REGISTRY = SchemaRegistry.load()

@@ -9,8 +9,8 @@ import pytest
 
 from broker.core import audit
 from broker.core.audit import ActorKind, AuditEntry, Operation, Problem, StoredRecord
-from broker.devpki import DevFederation
 from broker.errors import InvalidMessage
+from broker.pki.dev import DevFederation
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 # RFC 6962 reference leaves and tree heads (certificate-transparency merkle tree tests).

@@ -12,12 +12,12 @@ import pytest
 
 from broker.cli.audit import verify_store
 from broker.core.audit import Operation, Problem
-from broker.devpki import DevFederation
 from broker.node import audit_log, corrections, lawful_jobs
 from broker.node.audit_log import AuditUnavailable
 from broker.node.errors import JustificationRequired
 from broker.node.retention import RetentionPolicy
 from broker.node.service import Node
+from broker.pki.dev import DevFederation
 
 from .node_world import World, request_draft, world_at
 

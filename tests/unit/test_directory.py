@@ -26,8 +26,9 @@ from broker.core.directory import (
 )
 from broker.core.pki import CertifiedKey
 from broker.core.trust import KeyResolver
-from broker.devpki import DevFederation
 from broker.errors import InvalidMessage, PKIError, Reason
+from broker.pki import issuing
+from broker.pki.dev import DevFederation
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -42,7 +43,7 @@ def _country_entries(
             name=c.name,
             eu=c.eu,
             ca_cert=c.ca.cert,
-            crl=pki.build_crl(c.ca.key, c.ca.cert, [], now, crl_next_update),
+            crl=issuing.build_crl(c.ca.key, c.ca.cert, [], now, crl_next_update),
         )
         for c in fed.countries.values()
     ]
@@ -118,7 +119,7 @@ class TestLoad:
         self, dev_federation: DevFederation, fixed_now: datetime
     ) -> None:
         """A directory signed by another federation's root is DIRECTORY_INVALID."""
-        other = pki.create_root_ca("otherfed", now=fixed_now)
+        other = issuing.create_root_ca("otherfed", now=fixed_now)
         signed = build_directory(
             root=other,
             serial=1,
@@ -137,7 +138,10 @@ class TestLoad:
         """A directory naming our root's kid but signed by another key is DIRECTORY_INVALID."""
         payload = canonical.dumps(_payload(dev_federation.directory_bytes))
         token = jose.sign_compact(
-            payload, pki.generate_key(), kid=root_kid(dev_federation.root.cert), typ=DIRECTORY_TYP
+            payload,
+            issuing.generate_key(),
+            kid=root_kid(dev_federation.root.cert),
+            typ=DIRECTORY_TYP,
         )
         signed = token.encode("ascii")
         assert _reason(lambda: _load(dev_federation, signed, fixed_now)) is Reason.DIRECTORY_INVALID
@@ -213,7 +217,7 @@ class TestLoad:
 
     def test_expired_pinned_root(self, fixed_now: datetime) -> None:
         """A pinned root past its lifetime cannot vouch for any directory."""
-        root = pki.create_root_ca("short", now=fixed_now, lifetime=DAY)
+        root = issuing.create_root_ca("short", now=fixed_now, lifetime=DAY)
         signed = build_directory(
             root=root,
             serial=1,
@@ -373,7 +377,7 @@ class TestRevocationAndFreshness:
         countries = [
             replace(
                 c,
-                crl=pki.build_crl(
+                crl=issuing.build_crl(
                     fed.country("DE").ca.key, c.ca_cert, [], fixed_now, fixed_now + DAY
                 ),
             )
@@ -396,7 +400,7 @@ class TestRevocationAndFreshness:
     ) -> None:
         """An agency whose certificate expires before next_update is CERT_INVALID after expiry."""
         fed = dev_federation
-        creds = pki.issue_agency(
+        creds = issuing.issue_agency(
             fed.country("DE").ca,
             agency_id="de.short",
             kind="ngo",
@@ -461,14 +465,14 @@ class TestBadEntries:
                 x509.NameAttribute(NameOID.COMMON_NAME, "nl.hulp-ngo"),
             ]
         )
-        rogue = pki.sign_certificate(
+        rogue = issuing.sign_certificate(
             de_ca,
             subject=name,
-            public_key=pki.generate_key().public_key(),
+            public_key=issuing.generate_key().public_key(),
             now=fixed_now,
             lifetime=DAY,
             ca=False,
-            usage=pki.key_usage("digital_signature", "content_commitment"),
+            usage=issuing.key_usage("digital_signature", "content_commitment"),
             extended_usage=(pki.DOCUMENT_SIGNING,),
             san=[x509.UniformResourceIdentifier("urn:casebridge:agency:nl.hulp-ngo")],
         )
@@ -505,13 +509,13 @@ class TestBadEntries:
     ) -> None:
         """A country whose CA does not chain is skipped with all its agencies; others work."""
         fed = dev_federation
-        other_root = pki.create_root_ca("demo", now=fixed_now)
-        foreign: CertifiedKey = pki.issue_country_ca(other_root, country="NL", now=fixed_now)
+        other_root = issuing.create_root_ca("demo", now=fixed_now)
+        foreign: CertifiedKey = issuing.issue_country_ca(other_root, country="NL", now=fixed_now)
         countries = [
             replace(
                 c,
                 ca_cert=foreign.cert,
-                crl=pki.build_crl(foreign.key, foreign.cert, [], fixed_now, fixed_now + DAY),
+                crl=issuing.build_crl(foreign.key, foreign.cert, [], fixed_now, fixed_now + DAY),
             )
             if c.code == "NL"
             else c
@@ -535,7 +539,9 @@ class TestBadEntries:
         countries = [
             replace(
                 c,
-                crl=pki.build_crl(ua.ca.key, ua.ca.cert, [], fixed_now - 2 * DAY, fixed_now - DAY),
+                crl=issuing.build_crl(
+                    ua.ca.key, ua.ca.cert, [], fixed_now - 2 * DAY, fixed_now - DAY
+                ),
             )
             if c.code == "UA"
             else c

@@ -10,10 +10,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from broker.core.directory import Directory
-from broker.devpki import DevFederation
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.runner import _Holder
 from broker.node.store import Store
+from broker.pki.dev import DevFederation
 
 
 class TestRememberedSerial:

@@ -22,8 +22,8 @@ from broker.core.header import Header
 from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import KeyResolver
-from broker.devpki import DevFederation
 from broker.errors import InvalidMessage, Reason
+from broker.pki.dev import DevFederation
 
 BODY = json.loads(
     (Path(__file__).resolve().parents[2] / "schemas" / "examples" / "bulletin.json").read_text()
@@ -161,7 +161,7 @@ class TestWithDirectory:
         self, dev_federation: DevFederation, registry: SchemaRegistry, fixed_now: datetime
     ) -> None:
         """A message from another federation (other root) does not open: its signer is unknown."""
-        from broker.devpki import DEMO_SPEC, build_dev_federation
+        from broker.pki.dev import DEMO_SPEC, build_dev_federation
 
         other = build_dev_federation(DEMO_SPEC, now=fixed_now)
         wire = _seal(other, fixed_now, "de.lka-berlin", ["ua.npu"])

@@ -17,12 +17,12 @@ from broker.cli import main
 from broker.core import audit, canonical, jose
 from broker.core.bundle import BUNDLE_TYP, BundleReport, verify_bundle
 from broker.core.envelope import RecipientIdentity, SenderIdentity
-from broker.devpki import DevFederation
 from broker.errors import ConfigError
 from broker.node import audit_log, retention
 from broker.node.errors import NotFound
 from broker.node.evidence_export import export_bundle
 from broker.node.service import Node
+from broker.pki.dev import DevFederation
 
 from .node_world import World, example, request_draft, world_at
 

@@ -11,9 +11,9 @@ from broker.core.directory import Directory
 from broker.core.envelope import OpenedMessage, open_message
 from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
-from broker.devpki import DevFederation
 from broker.gateway.border import Border, MemoryCrossings
 from broker.node.peek import unverified_header
+from broker.pki.dev import DevFederation
 
 from .gateway_world import GatewayWorld, build, policies, recipient, sender
 

@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker import metrics, tracing
-from broker.core import directory, header, ids, pki, schemas
+from broker.core import directory, header, ids, schemas
 from broker.federation import spec, subjects
+from broker.pki import issuing
 
 # (name, pattern, a string it accepts). Every identifier or id pattern in broker/.
 PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
@@ -29,7 +30,7 @@ PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("ids.UUID_RE", ids.UUID_RE, "6f1c2a52-4d0e-1c4b-9a51-1c1b8f0e2d77"),
     ("ids.UUID4_RE", ids.UUID4_RE, "6f1c2a52-4d0e-4c4b-9a51-1c1b8f0e2d77"),
     ("directory._TIME_RE", directory._TIME_RE, "2026-11-28T12:00:00Z"),
-    ("pki._DNS_LABEL", pki._DNS_LABEL, "hub-1"),
+    ("issuing.DNS_LABEL", issuing.DNS_LABEL, "hub-1"),
     ("schemas._FILE_RE", schemas._FILE_RE, "request.assistance.v1.json"),
     ("schemas._MEMBER_NAME_RE", schemas._MEMBER_NAME_RE, "victims"),
     ("schemas._ARRAY_TOKEN_RE", schemas._ARRAY_TOKEN_RE, "12"),

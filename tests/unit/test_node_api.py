@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from broker.devpki import DevFederation
 from broker.node import api
 from broker.node.api import create_app
 from broker.node.service import Node
+from broker.pki.dev import DevFederation
 
 from .node_world import World, example, world_at
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from broker.devpki import DevFederation
 from broker.node.errors import StorageUnavailable
 from broker.node.model import OutboxState
 from broker.node.service import Node, wire_digest
 from broker.node.store import Receipt
 from broker.node.transport import MemoryDelivery
+from broker.pki.dev import DevFederation
 
 from .node_world import World, request_draft, world_at
 

@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from broker.cli import main
-from broker.devpki import DevFederation
 from broker.node.api import create_app
 from broker.node.service import Node
+from broker.pki.dev import DevFederation
 
 from .lossy_proxy import LossyProxy
 from .node_world import World, example, world_at

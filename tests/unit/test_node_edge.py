@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from broker.devpki import DevFederation
 from broker.node.api import MAX_BODY, create_app
 from broker.node.service import Node
+from broker.pki.dev import DevFederation
 
 from .node_world import World, request_draft, world_at
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from broker.devpki import DevFederation
 from broker.node.model import OutboxState
 from broker.node.service import KeyedLocks
+from broker.pki.dev import DevFederation
 
 from .node_world import World, request_draft, world_at
 

@@ -18,7 +18,6 @@ from structlog.testing import capture_logs
 
 from broker.cli import main
 from broker.core.envelope import OpenedMessage
-from broker.devpki import DevFederation
 from broker.errors import InvalidMessage, Reason
 from broker.node import audit_log
 from broker.node.api import create_app
@@ -26,6 +25,7 @@ from broker.node.errors import JustificationRequired, NotFound
 from broker.node.policy import HonestyCheck
 from broker.node.progress import LaneProgress
 from broker.node.service import Node, RetryPolicy, retried_only
+from broker.pki.dev import DevFederation
 
 from .node_world import REGISTRY, World, request_draft, world_at
 

@@ -15,7 +15,6 @@ from broker.core.directory import Directory
 from broker.core.envelope import OpenedMessage, seal
 from broker.core.evidence import EvidenceKind
 from broker.core.header import Header
-from broker.devpki import DevFederation
 from broker.errors import PolicyDenied
 from broker.node.errors import JustificationRequired, NotFound
 from broker.node.model import (
@@ -25,6 +24,7 @@ from broker.node.peek import unverified_header
 from broker.node.policy import Clearance
 from broker.node.runtime import watch_loops
 from broker.node.service import Node
+from broker.pki.dev import DevFederation
 
 from .node_world import World, request_draft, world_at
 

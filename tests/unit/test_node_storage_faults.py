@@ -22,7 +22,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from broker.devpki import DevFederation
 from broker.node import lawful_jobs
 from broker.node.api import create_app
 from broker.node.errors import StorageUnavailable
@@ -31,6 +30,7 @@ from broker.node.observe import StoreCollector
 from broker.node.retention import RetentionPolicy
 from broker.node.service import Node
 from broker.node.store import Store
+from broker.pki.dev import DevFederation
 
 from .node_world import World, request_draft, world_at
 

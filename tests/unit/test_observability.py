@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry
 from broker import tracing
 from broker.core.envelope import seal
 from broker.core.policy import Decision, Point, Verdict
-from broker.devpki import DevFederation
 from broker.errors import PolicyDenied
 from broker.gateway.border import Outcome
 from broker.gateway.observe import record_outcome
@@ -32,6 +31,7 @@ from broker.node.observe import NodeObserver, OutboxCollector
 from broker.node.peek import unverified_header
 from broker.node.service import Node
 from broker.node.transport import MSG_ID_HEADER
+from broker.pki.dev import DevFederation
 
 from .node_world import World, request_draft, world_at
 

@@ -12,8 +12,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from broker.core import pki
 from broker.core.pki import CertifiedKey, CertUsage
-from broker.devpki import DevFederation
 from broker.errors import InvalidMessage, PKIError, Reason
+from broker.pki import issuing
+from broker.pki.dev import DevFederation
 
 DAY = timedelta(days=1)
 
@@ -32,41 +33,41 @@ def _rogue_agency_cert(
     issuer: CertifiedKey, *, country: str, agency_id: str, now: datetime
 ) -> x509.Certificate:
     """An agency signing certificate signed by ``issuer`` with no issuing guard at all."""
-    return pki.sign_certificate(
+    return issuing.sign_certificate(
         issuer,
         subject=_name(C=country, O="Rogue", OU="law_enforcement", CN=agency_id),
-        public_key=pki.generate_key().public_key(),
+        public_key=issuing.generate_key().public_key(),
         now=now,
         lifetime=DAY,
         ca=False,
-        usage=pki.key_usage("digital_signature", "content_commitment"),
+        usage=issuing.key_usage("digital_signature", "content_commitment"),
         extended_usage=(pki.DOCUMENT_SIGNING,),
         san=[x509.UniformResourceIdentifier(pki.AGENCY_URN_PREFIX + agency_id)],
     )
 
 
 def _empty_crl(ca: CertifiedKey, now: datetime) -> x509.CertificateRevocationList:
-    return pki.build_crl(ca.key, ca.cert, [], now, now + DAY)
+    return issuing.build_crl(ca.key, ca.cert, [], now, now + DAY)
 
 
 @pytest.fixture(scope="module")
 def root(fixed_now: datetime) -> CertifiedKey:
-    return pki.create_root_ca("testfed", now=fixed_now)
+    return issuing.create_root_ca("testfed", now=fixed_now)
 
 
 @pytest.fixture(scope="module")
 def de_ca(root: CertifiedKey, fixed_now: datetime) -> CertifiedKey:
-    return pki.issue_country_ca(root, country="DE", now=fixed_now)
+    return issuing.issue_country_ca(root, country="DE", now=fixed_now)
 
 
 @pytest.fixture(scope="module")
 def at_ca(root: CertifiedKey, fixed_now: datetime) -> CertifiedKey:
-    return pki.issue_country_ca(root, country="AT", now=fixed_now)
+    return issuing.issue_country_ca(root, country="AT", now=fixed_now)
 
 
 @pytest.fixture(scope="module")
 def lka(de_ca: CertifiedKey, fixed_now: datetime) -> pki.AgencyCredentials:
-    return pki.issue_agency(
+    return issuing.issue_agency(
         de_ca, agency_id="de.lka-berlin", kind="law_enforcement", name="LKA Berlin", now=fixed_now
     )
 
@@ -80,7 +81,7 @@ class TestRootAndCountryCA:
     def test_root_refuses_invalid_federation_id(self, fixed_now: datetime) -> None:
         """A federation id outside the allowed syntax is refused at creation."""
         with pytest.raises(PKIError):
-            pki.create_root_ca("Not Valid!", now=fixed_now)
+            issuing.create_root_ca("Not Valid!", now=fixed_now)
 
     def test_country_ca_is_name_constrained_to_its_country(self, de_ca: CertifiedKey) -> None:
         """A country CA permits directoryName C=<CC> and its ccTLD, and excludes every IP."""
@@ -102,7 +103,7 @@ class TestRootAndCountryCA:
         self, root: CertifiedKey, fixed_now: datetime
     ) -> None:
         """allow_loopback permits localhost, 127.0.0.0/8 and ::1 (and nothing else by IP)."""
-        ca = pki.issue_country_ca(root, country="NL", now=fixed_now, allow_loopback=True)
+        ca = issuing.issue_country_ca(root, country="NL", now=fixed_now, allow_loopback=True)
         nc = ca.cert.extensions.get_extension_for_class(x509.NameConstraints).value
         permitted = nc.permitted_subtrees or []
         assert x509.DNSName("localhost") in permitted
@@ -119,14 +120,14 @@ class TestRootAndCountryCA:
         self, de_ca: CertifiedKey, fixed_now: datetime
     ) -> None:
         """A country CA does not validate against another federation's root."""
-        other = pki.create_root_ca("otherfed", now=fixed_now)
+        other = issuing.create_root_ca("otherfed", now=fixed_now)
         with pytest.raises(InvalidMessage) as err:
             pki.validate_country_ca(de_ca.cert, other.cert, now=fixed_now)
         assert err.value.reason is Reason.CERT_INVALID
 
     def test_expired_country_ca_is_refused(self, root: CertifiedKey, fixed_now: datetime) -> None:
         """A country CA past its notAfter is refused."""
-        ca = pki.issue_country_ca(root, country="FR", now=fixed_now, lifetime=DAY)
+        ca = issuing.issue_country_ca(root, country="FR", now=fixed_now, lifetime=DAY)
         with pytest.raises(InvalidMessage) as err:
             pki.validate_country_ca(ca.cert, root.cert, now=fixed_now + 2 * DAY)
         assert err.value.reason is Reason.CERT_INVALID
@@ -135,7 +136,7 @@ class TestRootAndCountryCA:
         self, root: CertifiedKey, fixed_now: datetime
     ) -> None:
         """The secretariat TLS CA carries no country and cannot pass as a country CA."""
-        sec = pki.issue_secretariat_ca(root, now=fixed_now, dns_domains=["casebridge.test"])
+        sec = issuing.issue_secretariat_ca(root, now=fixed_now, dns_domains=["casebridge.test"])
         with pytest.raises(InvalidMessage) as err:
             pki.validate_country_ca(sec.cert, root.cert, now=fixed_now)
         assert err.value.reason is Reason.CERT_INVALID
@@ -166,15 +167,15 @@ class TestRootAndCountryCA:
                 ],
                 excluded_subtrees=None,
             )
-        cert = pki.sign_certificate(
+        cert = issuing.sign_certificate(
             root,
             subject=_name(C="DE", O=pki.federation_org("testfed"), CN="rogue"),
-            public_key=pki.generate_key().public_key(),
+            public_key=issuing.generate_key().public_key(),
             now=fixed_now,
             lifetime=DAY,
             ca=True,
             path_length=path_length,
-            usage=pki.key_usage("key_cert_sign", "crl_sign"),
+            usage=issuing.key_usage("key_cert_sign", "crl_sign"),
             name_constraints=nc,
         )
         with pytest.raises(InvalidMessage) as err:
@@ -220,25 +221,27 @@ class TestAgencyIssuance:
     ) -> None:
         """AT's CA refuses to issue for a de. agency."""
         with pytest.raises(PKIError, match="cannot issue"):
-            pki.issue_agency(
+            issuing.issue_agency(
                 at_ca, agency_id="de.bka", kind="law_enforcement", name="BKA", now=fixed_now
             )
 
     def test_refuses_unknown_kind(self, de_ca: CertifiedKey, fixed_now: datetime) -> None:
         """An agency kind outside AGENCY_KINDS is refused."""
         with pytest.raises(PKIError, match="kind"):
-            pki.issue_agency(de_ca, agency_id="de.x", kind="spy_agency", name="X", now=fixed_now)
+            issuing.issue_agency(
+                de_ca, agency_id="de.x", kind="spy_agency", name="X", now=fixed_now
+            )
 
     def test_refuses_task_force_shaped_id(self, root: CertifiedKey, fixed_now: datetime) -> None:
         """An id of the form tf.<name> is a task force, never an agency (even for country TF)."""
-        tf_ca = pki.issue_country_ca(root, country="TF", now=fixed_now)
+        tf_ca = issuing.issue_country_ca(root, country="TF", now=fixed_now)
         with pytest.raises(PKIError, match="invalid agency id"):
-            pki.issue_agency(tf_ca, agency_id="tf.x", kind="ngo", name="X", now=fixed_now)
+            issuing.issue_agency(tf_ca, agency_id="tf.x", kind="ngo", name="X", now=fixed_now)
 
     def test_refuses_non_p256_key(self, de_ca: CertifiedKey, fixed_now: datetime) -> None:
         """Only P-256 keys are certified."""
         with pytest.raises(PKIError, match="P-256"):
-            pki.issue_agency(
+            issuing.issue_agency(
                 de_ca,
                 agency_id="de.x",
                 kind="ngo",
@@ -250,7 +253,7 @@ class TestAgencyIssuance:
     def test_refuses_naive_now(self, de_ca: CertifiedKey) -> None:
         """A naive datetime is refused rather than guessed."""
         with pytest.raises(PKIError, match="timezone"):
-            pki.issue_agency(
+            issuing.issue_agency(
                 de_ca,
                 agency_id="de.x",
                 kind="ngo",
@@ -260,8 +263,8 @@ class TestAgencyIssuance:
 
     def test_lifetime_is_clipped_to_issuer(self, root: CertifiedKey, fixed_now: datetime) -> None:
         """No certificate outlives the CA that issued it."""
-        ca = pki.issue_country_ca(root, country="BE", now=fixed_now, lifetime=10 * DAY)
-        creds = pki.issue_agency(ca, agency_id="be.x", kind="ngo", name="X", now=fixed_now)
+        ca = issuing.issue_country_ca(root, country="BE", now=fixed_now, lifetime=10 * DAY)
+        creds = issuing.issue_agency(ca, agency_id="be.x", kind="ngo", name="X", now=fixed_now)
         assert creds.signing.cert.not_valid_after_utc == ca.cert.not_valid_after_utc
 
 
@@ -294,7 +297,7 @@ class TestValidateAgencyCert:
         self, de_ca: CertifiedKey, root: CertifiedKey, fixed_now: datetime
     ) -> None:
         """An agency TLS client certificate validates for TLS_CLIENT."""
-        tls = pki.issue_agency_tls(de_ca, agency_id="de.x", kind="ngo", name="X", now=fixed_now)
+        tls = issuing.issue_agency_tls(de_ca, agency_id="de.x", kind="ngo", name="X", now=fixed_now)
         crl = _empty_crl(de_ca, fixed_now)
         info = pki.validate_agency_cert(
             tls.cert, de_ca.cert, root.cert, crl, now=fixed_now, usage=CertUsage.TLS_CLIENT
@@ -335,14 +338,14 @@ class TestValidateAgencyCert:
         self, de_ca: CertifiedKey, root: CertifiedKey, fixed_now: datetime
     ) -> None:
         """A documentSigning cert without nonRepudiation is not a signing certificate."""
-        cert = pki.sign_certificate(
+        cert = issuing.sign_certificate(
             de_ca,
             subject=_name(C="DE", O="X", OU="ngo", CN="de.x"),
-            public_key=pki.generate_key().public_key(),
+            public_key=issuing.generate_key().public_key(),
             now=fixed_now,
             lifetime=DAY,
             ca=False,
-            usage=pki.key_usage("digital_signature"),
+            usage=issuing.key_usage("digital_signature"),
             extended_usage=(pki.DOCUMENT_SIGNING,),
             san=[x509.UniformResourceIdentifier(pki.AGENCY_URN_PREFIX + "de.x")],
         )
@@ -361,10 +364,10 @@ class TestValidateAgencyCert:
         self, root: CertifiedKey, fixed_now: datetime
     ) -> None:
         """A root-signed AT CA that omitted its name constraints cannot vouch for a de. agency."""
-        rogue_key = pki.generate_key()
+        rogue_key = issuing.generate_key()
         rogue = CertifiedKey(
             key=rogue_key,
-            cert=pki.sign_certificate(
+            cert=issuing.sign_certificate(
                 root,
                 subject=_name(C="AT", O=pki.federation_org("testfed"), CN="rogue AT CA"),
                 public_key=rogue_key.public_key(),
@@ -372,7 +375,7 @@ class TestValidateAgencyCert:
                 lifetime=DAY,
                 ca=True,
                 path_length=0,
-                usage=pki.key_usage("key_cert_sign", "crl_sign"),
+                usage=issuing.key_usage("key_cert_sign", "crl_sign"),
             ),
         )
         cert = _rogue_agency_cert(rogue, country="DE", agency_id="de.bka", now=fixed_now)
@@ -421,7 +424,7 @@ class TestValidateAgencyCert:
         self, de_ca: CertifiedKey, root: CertifiedKey, fixed_now: datetime
     ) -> None:
         """A certificate past its notAfter is CERT_INVALID (even with a fresh CRL)."""
-        creds = pki.issue_agency(
+        creds = issuing.issue_agency(
             de_ca, agency_id="de.x", kind="ngo", name="X", now=fixed_now, lifetime=DAY
         )
         later = fixed_now + 2 * DAY
@@ -440,7 +443,9 @@ class TestValidateAgencyCert:
         self, de_ca: CertifiedKey, root: CertifiedKey, fixed_now: datetime
     ) -> None:
         """A certificate before its notBefore is CERT_INVALID."""
-        creds = pki.issue_agency(de_ca, agency_id="de.x", kind="ngo", name="X", now=fixed_now + DAY)
+        creds = issuing.issue_agency(
+            de_ca, agency_id="de.x", kind="ngo", name="X", now=fixed_now + DAY
+        )
         with pytest.raises(InvalidMessage) as err:
             pki.validate_agency_cert(
                 creds.signing.cert,
@@ -491,7 +496,7 @@ class TestValidateAgencyCert:
         self, de_ca: CertifiedKey, root: CertifiedKey, fixed_now: datetime
     ) -> None:
         """A certificate naming the DE CA as issuer but signed by another key is refused."""
-        impostor = CertifiedKey(key=pki.generate_key(), cert=de_ca.cert)
+        impostor = CertifiedKey(key=issuing.generate_key(), cert=de_ca.cert)
         cert = _rogue_agency_cert(impostor, country="DE", agency_id="de.x", now=fixed_now)
         with pytest.raises(InvalidMessage) as err:
             pki.validate_agency_cert(
@@ -512,7 +517,7 @@ class TestValidateAgencyCert:
         fixed_now: datetime,
     ) -> None:
         """A CRL past its next_update means revocation status is unknown: DIRECTORY_STALE."""
-        crl = pki.build_crl(de_ca.key, de_ca.cert, [], fixed_now, fixed_now + DAY)
+        crl = issuing.build_crl(de_ca.key, de_ca.cert, [], fixed_now, fixed_now + DAY)
         later = fixed_now + 2 * DAY
         with pytest.raises(InvalidMessage) as err:
             pki.validate_agency_cert(
@@ -529,7 +534,7 @@ class TestValidateAgencyCert:
         fixed_now: datetime,
     ) -> None:
         """A CRL not signed by the issuing CA cannot clear (or revoke) its certificates."""
-        forged = pki.build_crl(at_ca.key, de_ca.cert, [], fixed_now, fixed_now + DAY)
+        forged = issuing.build_crl(at_ca.key, de_ca.cert, [], fixed_now, fixed_now + DAY)
         with pytest.raises(InvalidMessage) as err:
             pki.validate_agency_cert(
                 lka.signing.cert,
@@ -550,7 +555,7 @@ class TestValidateAgencyCert:
     ) -> None:
         """A certificate listed in its CA's CRL is SENDER_REVOKED."""
         entry = (lka.signing.cert.serial_number, fixed_now, x509.ReasonFlags.key_compromise)
-        crl = pki.build_crl(de_ca.key, de_ca.cert, [entry], fixed_now, fixed_now + DAY)
+        crl = issuing.build_crl(de_ca.key, de_ca.cert, [entry], fixed_now, fixed_now + DAY)
         with pytest.raises(InvalidMessage) as err:
             pki.validate_agency_cert(
                 lka.signing.cert, de_ca.cert, root.cert, crl, now=fixed_now, usage=CertUsage.SIGNING
@@ -566,7 +571,7 @@ class TestValidateAgencyCert:
     ) -> None:
         """Revoking the agreement cert leaves the signing cert valid on its own."""
         entry = (lka.agreement.cert.serial_number, fixed_now, None)
-        crl = pki.build_crl(de_ca.key, de_ca.cert, [entry], fixed_now, fixed_now + DAY)
+        crl = issuing.build_crl(de_ca.key, de_ca.cert, [entry], fixed_now, fixed_now + DAY)
         info = pki.validate_agency_cert(
             lka.signing.cert, de_ca.cert, root.cert, crl, now=fixed_now, usage=CertUsage.SIGNING
         )
@@ -578,7 +583,7 @@ class TestCRL:
         self, de_ca: CertifiedKey, fixed_now: datetime
     ) -> None:
         """CRL entries carry their reason; 'unspecified' is expressed by omission (RFC 5280)."""
-        crl = pki.build_crl(
+        crl = issuing.build_crl(
             de_ca.key,
             de_ca.cert,
             [
@@ -601,7 +606,7 @@ class TestCRL:
     def test_next_update_must_follow_now(self, de_ca: CertifiedKey, fixed_now: datetime) -> None:
         """A CRL that is stale on issue is refused."""
         with pytest.raises(PKIError):
-            pki.build_crl(de_ca.key, de_ca.cert, [], fixed_now, fixed_now)
+            issuing.build_crl(de_ca.key, de_ca.cert, [], fixed_now, fixed_now)
 
 
 class TestTLS:
@@ -652,18 +657,18 @@ class TestTLS:
     ) -> None:
         """A country CA is refused as issuer of hub or leaf-node certificates."""
         with pytest.raises(PKIError, match="secretariat"):
-            pki.issue_leaf_tls(de_ca, country="DE", now=fixed_now)
+            issuing.issue_leaf_tls(de_ca, country="DE", now=fixed_now)
         with pytest.raises(PKIError, match="secretariat"):
-            pki.issue_hub_tls(de_ca, host_names=["localhost"], now=fixed_now)
+            issuing.issue_hub_tls(de_ca, host_names=["localhost"], now=fixed_now)
 
     def test_server_name_outside_subtrees_is_refused_at_issue(
         self, de_ca: CertifiedKey, fixed_now: datetime
     ) -> None:
         """DE's CA will not issue for a host outside its DNS subtrees, nor for loopback."""
         with pytest.raises(PKIError, match="outside"):
-            pki.issue_server_tls(de_ca, host_names=["nats.example.at"], now=fixed_now)
+            issuing.issue_server_tls(de_ca, host_names=["nats.example.at"], now=fixed_now)
         with pytest.raises(PKIError, match="outside"):
-            pki.issue_server_tls(
+            issuing.issue_server_tls(
                 de_ca,
                 host_names=["nats.bka.de"],
                 ip_addresses=[ipaddress.ip_address("127.0.0.1")],
@@ -688,14 +693,14 @@ class TestTLS:
         server_name: str,
     ) -> None:
         """A server cert the DE CA signed for a foreign name or any IP fails validation."""
-        cert = pki.sign_certificate(
+        cert = issuing.sign_certificate(
             de_ca,
             subject=_name(C="DE", CN="x"),
-            public_key=pki.generate_key().public_key(),
+            public_key=issuing.generate_key().public_key(),
             now=fixed_now,
             lifetime=DAY,
             ca=False,
-            usage=pki.key_usage("digital_signature"),
+            usage=issuing.key_usage("digital_signature"),
             extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
             san=[san],
         )

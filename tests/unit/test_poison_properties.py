@@ -28,12 +28,12 @@ from hypothesis import strategies as st
 from broker.core import jose
 from broker.core.envelope import INNER_TYP, JWE_TYP, OUTER_TYP
 from broker.core.header import Header
-from broker.devpki import DevFederation
 from broker.errors import CasebridgeError, Reason
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, MemoryCrossings, Outcome
 from broker.node.service import Node
 from broker.node.store import Receipt
+from broker.pki.dev import DevFederation
 
 from .gateway_world import build, policies, sender
 from .node_world import ManualClock, World

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.cli import main
-from broker.devpki import DevFederation
+from broker.pki.dev import DevFederation
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "docs" / "policies"

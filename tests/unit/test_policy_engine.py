@@ -28,8 +28,8 @@ from broker.core.policy import (
     parse_policy,
     preflight,
 )
-from broker.devpki import DevFederation
 from broker.errors import PolicyDenied, Reason, SchemaInvalid
+from broker.pki.dev import DevFederation
 from tests.unit.test_policy_cases import case_federation, make_header, registry
 
 REPO = Path(__file__).resolve().parents[2]

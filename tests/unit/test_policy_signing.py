@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.core import jose, pki
+from broker.core import jose
 from broker.core.policy import (
     POLICY_TYP,
     load_signed_policy,
@@ -15,8 +15,9 @@ from broker.core.policy import (
     sign_policy,
     verify_policy,
 )
-from broker.devpki import DevFederation
 from broker.errors import PolicyError
+from broker.pki import issuing
+from broker.pki.dev import DevFederation
 
 REPO = Path(__file__).resolve().parents[2]
 DE_POLICY = (REPO / "docs" / "policies" / "de.yaml").read_bytes()
@@ -128,8 +129,8 @@ class TestVerifyRefusals:
         self, dev_federation: DevFederation, fixed_now: datetime
     ) -> None:
         """A DE CA under another root does not chain to the pinned root."""
-        other_root = pki.create_root_ca("other", now=fixed_now)
-        other_de = pki.issue_country_ca(other_root, country="DE", now=fixed_now)
+        other_root = issuing.create_root_ca("other", now=fixed_now)
+        other_de = issuing.issue_country_ca(other_root, country="DE", now=fixed_now)
         token = sign_policy(DE_POLICY, ca_key=other_de.key, ca_cert=other_de.cert)
         with pytest.raises(PolicyError) as info:
             verify_policy(

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from broker.core import jose
 from broker.core.policy import POLICY_TYP, policy_kid, sign_policy
-from broker.devpki import DevFederation
+from broker.pki.dev import DevFederation
 from broker.policy_store import LoadFailure, PolicyStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from broker.devpki import DevFederation
 from broker.node.api import create_app
 from broker.node.service import Node
+from broker.pki.dev import DevFederation
 from broker.sdk import NO_RETRIES, Draft, NodeClient, NodeError, Retries
 
 from .lossy_proxy import LossyProxy

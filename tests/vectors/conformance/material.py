@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from jwcrypto import jwk
 
-from broker.core import pki
 from broker.core.directory import AgencyEntry, CountryEntry, TaskForce, build_directory
 from broker.core.pki import CertifiedKey
 from broker.core.trust import cert_kid
+from broker.pki import issuing
 
 HERE: Final = Path(__file__).resolve().parent
 TEST_ONLY: Final = (
@@ -146,7 +146,7 @@ class Material:
                 if a.agency_id in REVOKED and a.agency_id[:2].upper() == code
             ]
             until = (crl_next_update or {}).get(code, next_update)
-            crl = pki.build_crl(ca.key, ca.cert, revoked, issued_at, until, number=serial)
+            crl = issuing.build_crl(ca.key, ca.cert, revoked, issued_at, until, number=serial)
             countries.append(CountryEntry(code=code, name=name, eu=eu, ca_cert=ca.cert, crl=crl))
         return build_directory(
             root=root or self.root,
@@ -164,12 +164,14 @@ class Material:
 
 def create_material() -> Material:
     """Fresh keys and certificates for the whole vector federation."""
-    root = pki.create_root_ca(FED, now=ISSUED)
-    other_root = pki.create_root_ca(FED, now=ISSUED)
-    cas = {code: pki.issue_country_ca(root, country=code, now=ISSUED) for code, _, _ in COUNTRIES}
+    root = issuing.create_root_ca(FED, now=ISSUED)
+    other_root = issuing.create_root_ca(FED, now=ISSUED)
+    cas = {
+        code: issuing.issue_country_ca(root, country=code, now=ISSUED) for code, _, _ in COUNTRIES
+    }
     agencies: dict[str, VectorAgency] = {}
     for agency_id, kind, name in AGENCIES:
-        creds = pki.issue_agency(
+        creds = issuing.issue_agency(
             cas[agency_id[:2].upper()], agency_id=agency_id, kind=kind, name=name, now=ISSUED
         )
         agencies[agency_id] = VectorAgency(
@@ -179,10 +181,10 @@ def create_material() -> Material:
             signing=creds.signing,
             agreement=creds.agreement,
         )
-    rogue_root = pki.create_root_ca("rogue-fed", now=ISSUED)
-    rogue_ca = pki.issue_country_ca(rogue_root, country="DE", now=ISSUED)
+    rogue_root = issuing.create_root_ca("rogue-fed", now=ISSUED)
+    rogue_ca = issuing.issue_country_ca(rogue_root, country="DE", now=ISSUED)
     rogue_id, rogue_kind, rogue_name = ROGUE
-    creds = pki.issue_agency(
+    creds = issuing.issue_agency(
         rogue_ca, agency_id=rogue_id, kind=rogue_kind, name=rogue_name, now=ISSUED
     )
     agencies[rogue_id] = VectorAgency(

@@ -5,7 +5,7 @@ root and secretariat CAs, one CA per country, every agency's keys and certificat
 certificates (loopback by default), the signed directory and the loaded :class:`Directory`.
 The structure is deterministic (same spec, same entities, same names); the keys are fresh
 random P-256 keys every time, so nothing here is a secret worth keeping and no key is ever
-committed. Writing to disk (optional) goes through :mod:`broker.pki_store`.
+committed. Writing to disk (optional) goes through :mod:`broker.pki.store`.
 
 Dev only: loopback names are allowed on every country CA, keys may be written unencrypted.
 """
@@ -21,8 +21,6 @@ from typing import Final
 
 from cryptography import x509
 
-from broker import pki_store
-from broker.core import pki
 from broker.core.directory import (
     AgencyEntry,
     CountryEntry,
@@ -34,6 +32,8 @@ from broker.core.header import agency_country
 from broker.core.pki import AgencyCredentials, CertifiedKey
 from broker.core.trust import cert_kid
 from broker.errors import PKIError
+from broker.pki import issuing
+from broker.pki import store as pki_store
 
 DEFAULT_HUB_DOMAIN: Final = "casebridge.test"
 LOOPBACK_IPS: Final = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
@@ -75,7 +75,7 @@ class FederationSpec:
     countries: tuple[CountrySpec, ...]
     task_forces: tuple[TaskForceSpec, ...] = ()
     hub_domain: str = DEFAULT_HUB_DOMAIN
-    # Loopback SANs on every country server and the hub (dev only, see pki.issue_country_ca).
+    # Loopback SANs on every country server and the hub (dev only, see issuing.issue_country_ca).
     allow_loopback: bool = True
     directory_validity: timedelta = timedelta(days=7)
 
@@ -242,7 +242,7 @@ class DevFederation:
 
     def write(self, out_dir: Path) -> None:
         """Write everything to a PKI directory (layout: ``certs/README.md``)."""
-        pki_store.write_dev_federation(pki_store.PkiStore.from_env(out_dir), self)
+        write_dev_federation(pki_store.PkiStore.from_env(out_dir), self)
 
 
 def _agency_entries(agencies: Mapping[str, DevAgency]) -> list[AgencyEntry]:
@@ -283,7 +283,7 @@ def _sign_directory(
             if agency_country(agency_id) == country.code
             for serial_no in agencies[agency_id].serials()
         ]
-        crl = pki.build_crl(country.ca.key, country.ca.cert, crl_entries, now, next_update)
+        crl = issuing.build_crl(country.ca.key, country.ca.cert, crl_entries, now, next_update)
         country_entries.append(
             CountryEntry(
                 code=country.code,
@@ -312,19 +312,19 @@ def _build_country(
     now: datetime,
     loopback: bool,
 ) -> tuple[DevCountry, list[DevAgency]]:
-    ca = pki.issue_country_ca(root, country=spec.code, now=now, allow_loopback=loopback)
-    domain = pki.default_dns_domains(spec.code)[0]
+    ca = issuing.issue_country_ca(root, country=spec.code, now=now, allow_loopback=loopback)
+    domain = issuing.default_dns_domains(spec.code)[0]
     hosts = ("localhost",) if loopback else (f"nats.{domain}",)
-    server = pki.issue_server_tls(
+    server = issuing.issue_server_tls(
         ca, host_names=hosts, ip_addresses=LOOPBACK_IPS if loopback else (), now=now
     )
-    leaf = pki.issue_leaf_tls(secretariat, country=spec.code, now=now)
+    leaf = issuing.issue_leaf_tls(secretariat, country=spec.code, now=now)
     agencies = []
     for agency in spec.agencies:
-        creds = pki.issue_agency(
+        creds = issuing.issue_agency(
             ca, agency_id=agency.agency_id, kind=agency.kind, name=agency.name, now=now
         )
-        tls = pki.issue_agency_tls(
+        tls = issuing.issue_agency_tls(
             ca, agency_id=agency.agency_id, kind=agency.kind, name=agency.name, now=now
         )
         agencies.append(
@@ -351,12 +351,12 @@ def build_dev_federation(
 
     The directory (serial 1) is valid from ``now`` for ``spec.directory_validity``.
     """
-    root = pki.create_root_ca(spec.federation_id, now=now)
+    root = issuing.create_root_ca(spec.federation_id, now=now)
     loopback = spec.allow_loopback
-    secretariat = pki.issue_secretariat_ca(
+    secretariat = issuing.issue_secretariat_ca(
         root, now=now, dns_domains=(spec.hub_domain,), allow_loopback=loopback
     )
-    hub = pki.issue_hub_tls(
+    hub = issuing.issue_hub_tls(
         secretariat,
         host_names=("localhost",) if loopback else (f"hub.{spec.hub_domain}",),
         ip_addresses=LOOPBACK_IPS if loopback else (),
@@ -403,3 +403,110 @@ def build_dev_federation(
     if out_dir is not None:
         fed.write(out_dir)
     return fed
+
+
+# --------------------------------------------------------- a dev federation ---
+
+
+SECRETARIAT_PARTY: Final = "secretariat"
+HUB_PARTY: Final = "hub"
+
+
+def write_dev_federation(
+    store: pki_store.PkiStore, fed: DevFederation, *, party: str | None = None
+) -> None:
+    """Write a :class:`DevFederation` in the same layout the CLI manages, with its state.
+
+    ``party`` None writes every key (the one-machine dev PKI). Otherwise only that party's
+    private keys are written and every other certificate as a public file: ``"secretariat"``
+    (root and secretariat CAs), ``"hub"`` (the hub's TLS key) or a country code (its CA,
+    server and leaf keys and its agencies' keys; its state lists only itself). Each country's
+    CRL is written too, so a secretariat without country keys can sign directories.
+    """
+    spec = fed.spec
+
+    def put(
+        stem: str, certified: CertifiedKey, owner: str, chain: Sequence[x509.Certificate] = ()
+    ) -> None:
+        if party is None or party == owner:
+            store.write_certified(stem, certified, chain)
+        else:
+            store.write_cert(stem, certified.cert, chain)
+
+    put(pki_store.ROOT, fed.root, SECRETARIAT_PARTY)
+    put(pki_store.SECRETARIAT, fed.secretariat, SECRETARIAT_PARTY)
+    put(pki_store.HUB, fed.hub_tls, HUB_PARTY, [fed.secretariat.cert])
+    state = pki_store.StoreState(
+        federation_id=fed.federation_id,
+        hub_domains=(spec.hub_domain,),
+        allow_loopback=spec.allow_loopback,
+        directory_serial=fed.directory.serial,
+    )
+    own = [
+        c for c in fed.countries.values() if party in (None, SECRETARIAT_PARTY, HUB_PARTY, c.code)
+    ]
+    for country in fed.countries.values():
+        code = country.code
+        put(pki_store.country_stem(code, "ca"), country.ca, code)
+        put(pki_store.country_stem(code, "server"), country.server_tls, code, [country.ca.cert])
+        put(pki_store.country_stem(code, "leaf"), country.leaf_tls, code, [fed.secretariat.cert])
+        store.write_crl(
+            code,
+            issuing.build_crl(
+                country.ca.key, country.ca.cert, [], fed.now, fed.now + spec.directory_validity
+            ),
+        )
+    for country in own:
+        state = state.with_country(
+            pki_store.CountryRecord(
+                code=country.code,
+                name=country.name,
+                eu=country.eu,
+                dns_domains=_dns_domains(country.ca.cert),
+                allow_loopback=spec.allow_loopback,
+            )
+        )
+    codes = {c.code for c in own}
+    for agency in fed.agencies.values():
+        ca_cert = fed.countries[agency.country].ca.cert
+        for usage, certified in (
+            ("signing", agency.signing),
+            ("agreement", agency.agreement),
+            ("tls", agency.tls),
+        ):
+            put(
+                pki_store.agency_stem(agency.agency_id, usage), certified, agency.country, [ca_cert]
+            )
+        if agency.country not in codes:
+            continue
+        state = state.with_agency(
+            pki_store.AgencyRecord(
+                agency_id=agency.agency_id,
+                kind=agency.kind,
+                name=agency.name,
+                serials={
+                    "signing": agency.signing.cert.serial_number,
+                    "agreement": agency.agreement.cert.serial_number,
+                    "tls": agency.tls.cert.serial_number,
+                },
+            )
+        )
+    # Task forces are the secretariat's records (their members span countries).
+    for tf in fed.task_forces if party in (None, SECRETARIAT_PARTY, HUB_PARTY) else ():
+        state = state.with_task_force(
+            pki_store.TaskForceRecord(
+                task_force_id=tf.task_force_id, name=tf.name, members=tf.members
+            )
+        )
+    store.write_bytes(pki_store.DIRECTORY_FILE, fed.directory_bytes)
+    store.write_state(state)
+
+
+def _dns_domains(ca_cert: x509.Certificate) -> tuple[str, ...]:
+    nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    loopback = {"localhost"}
+    return tuple(
+        g.value
+        for g in nc.permitted_subtrees or []
+        if isinstance(g, x509.DNSName) and g.value not in loopback
+    )

@@ -8,6 +8,7 @@ Layout of a PKI directory (default ``certs/dev/``; documented in ``certs/README.
     secretariat/ca.key, ca.pem          secretariat TLS CA (hub + leaf-node certificates)
     hub/hub.key, hub.pem, hub-chain.pem hub leaf-node listener (server) certificate
     countries/<cc>/ca.key, ca.pem       country CA;  crl.pem: its last CRL
+                                        (ca.pkcs11 instead of ca.key: the key is in a token)
     countries/<cc>/server.*             the country's nats-server certificate
     countries/<cc>/leaf.*               the country server's client certificate towards the hub
     agencies/<id>/signing.*             message signing key + certificate
@@ -18,7 +19,7 @@ Layout of a PKI directory (default ``certs/dev/``; documented in ``certs/README.
 PKI may be unencrypted). ``*.pem``: the certificate; ``*-chain.pem``: certificate + issuing CA
 (what a TLS server or client presents). Directories are created 0700.
 
-This module only reads and writes; it decides nothing about what to issue (``broker.core.pki``)
+This module only reads and writes; it decides nothing about what to issue (``broker.pki.issuing``)
 and never prints. It must never log or print key material.
 """
 
@@ -32,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -41,9 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.core import canonical
 from broker.core.pki import CertifiedKey
 from broker.errors import ConfigError, InvalidMessage
-
-if TYPE_CHECKING:
-    from broker.devpki import DevFederation
+from broker.pki.signer import Pkcs11Key, TokenAccess, TokenKeyRef
 
 DEFAULT_DIR: Final = Path("certs/dev")
 KEY_ENV_VAR: Final = "CASEBRIDGE_KEY_PASSPHRASE"
@@ -332,7 +331,20 @@ class PkiStore:
         )
         return self._write(f"{stem}.key", pem, mode=0o600)
 
+    def write_token_ref(self, stem: str, ref: TokenKeyRef) -> Path:
+        """``<stem>.pkcs11``: the key lives in a PKCS#11 token (no ``<stem>.key`` is kept)."""
+        self.path(f"{stem}.key").unlink(missing_ok=True)
+        return self.write_bytes(f"{stem}.pkcs11", ref.to_uri().encode("ascii") + b"\n")
+
+    def has_key(self, stem: str) -> bool:
+        """Whether this store holds the private key of ``stem`` (a file or a token reference)."""
+        return self.path(f"{stem}.key").is_file() or self.path(f"{stem}.pkcs11").is_file()
+
     def read_key(self, stem: str) -> ec.EllipticCurvePrivateKey:
+        """The key of ``stem``: in a token if ``<stem>.pkcs11`` names one, else the PEM file."""
+        if self.path(f"{stem}.pkcs11").is_file():
+            ref = TokenKeyRef.parse(self.read_bytes(f"{stem}.pkcs11").decode("ascii", "replace"))
+            return Pkcs11Key.open(ref, TokenAccess.from_env())
         data = self.read_bytes(f"{stem}.key")
         try:
             key = serialization.load_pem_private_key(data, password=self._passphrase)
@@ -379,72 +391,3 @@ class PkiStore:
     def write_crl(self, code: str, crl: x509.CertificateRevocationList) -> Path:
         pem = crl.public_bytes(serialization.Encoding.PEM)
         return self.write_bytes(f"{country_stem(code, 'crl')}.pem", pem)
-
-
-# --------------------------------------------------------- a dev federation ---
-
-
-def write_dev_federation(store: PkiStore, fed: DevFederation) -> None:
-    """Write a :class:`DevFederation` in the same layout the CLI manages, with its state."""
-    spec = fed.spec
-    store.write_certified(ROOT, fed.root)
-    store.write_certified(SECRETARIAT, fed.secretariat)
-    store.write_certified(HUB, fed.hub_tls, [fed.secretariat.cert])
-    state = StoreState(
-        federation_id=fed.federation_id,
-        hub_domains=(spec.hub_domain,),
-        allow_loopback=spec.allow_loopback,
-        directory_serial=fed.directory.serial,
-    )
-    for country in fed.countries.values():
-        store.write_certified(country_stem(country.code, "ca"), country.ca)
-        store.write_certified(
-            country_stem(country.code, "server"), country.server_tls, [country.ca.cert]
-        )
-        store.write_certified(
-            country_stem(country.code, "leaf"), country.leaf_tls, [fed.secretariat.cert]
-        )
-        state = state.with_country(
-            CountryRecord(
-                code=country.code,
-                name=country.name,
-                eu=country.eu,
-                dns_domains=_dns_domains(country.ca.cert),
-                allow_loopback=spec.allow_loopback,
-            )
-        )
-    for agency in fed.agencies.values():
-        ca_cert = fed.countries[agency.country].ca.cert
-        store.write_certified(agency_stem(agency.agency_id, "signing"), agency.signing, [ca_cert])
-        store.write_certified(
-            agency_stem(agency.agency_id, "agreement"), agency.agreement, [ca_cert]
-        )
-        store.write_certified(agency_stem(agency.agency_id, "tls"), agency.tls, [ca_cert])
-        state = state.with_agency(
-            AgencyRecord(
-                agency_id=agency.agency_id,
-                kind=agency.kind,
-                name=agency.name,
-                serials={
-                    "signing": agency.signing.cert.serial_number,
-                    "agreement": agency.agreement.cert.serial_number,
-                    "tls": agency.tls.cert.serial_number,
-                },
-            )
-        )
-    for tf in fed.task_forces:
-        state = state.with_task_force(
-            TaskForceRecord(task_force_id=tf.task_force_id, name=tf.name, members=tf.members)
-        )
-    store.write_bytes(DIRECTORY_FILE, fed.directory_bytes)
-    store.write_state(state)
-
-
-def _dns_domains(ca_cert: x509.Certificate) -> tuple[str, ...]:
-    nc = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
-    loopback = {"localhost"}
-    return tuple(
-        g.value
-        for g in nc.permitted_subtrees or []
-        if isinstance(g, x509.DNSName) and g.value not in loopback
-    )
