@@ -35,12 +35,12 @@ from typing import Any, Final
 import yaml
 from cryptography import x509
 
-from broker import pki_store
-from broker.core.pki import _agency_subject, leaf_subject  # the one definition of each DN
 from broker.errors import ConfigError
 from broker.federation import natsconf
 from broker.federation import subjects as s
 from broker.federation.spec import GATEWAY_KIND, FederationDescription
+from broker.pki import store as pki_store
+from broker.pki.issuing import agency_subject, leaf_subject  # the one definition of each DN
 
 TLS_DIR: Final = PurePosixPath("/etc/nats/tls")
 CONFIG_DIR: Final = PurePosixPath("/etc/nats")
@@ -152,7 +152,7 @@ def country_values(
         if pki is not None:
             return _cert_dn(pki, pki_store.agency_stem(agency_id, "tls"))
         agency = spec[agency_id]
-        return _agency_subject(agency_id, country.code, agency.kind, agency.name).rfc4514_string()
+        return agency_subject(agency_id, country.code, agency.kind, agency.name).rfc4514_string()
 
     conf = natsconf.CountryConf(
         federation_id=description.federation_id,

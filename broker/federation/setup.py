@@ -29,8 +29,8 @@ from broker.core.header import agency_country
 from broker.errors import CasebridgeError, ConfigError
 from broker.federation import subjects
 from broker.federation.streams import CountryStreams, ensure_country_streams
-from broker.keyfiles import read_bytes, read_certificate
 from broker.node.settings import Settings
+from broker.pki.keyfiles import read_bytes, read_certificate
 from broker.transport_nats import connect, tls_context
 
 RETRY_SECONDS: Final = 2.0
