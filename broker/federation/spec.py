@@ -16,6 +16,7 @@ Format (``docs/federation.example.yaml``)::
       - code: DE
         name: Germany
         eu: true
+        servers: 3                          # optional: 1 (default) or a 3-server cluster
         agencies:
           - {id: de.lka-berlin, kind: law_enforcement, name: LKA Berlin}
     task_forces:
@@ -51,6 +52,8 @@ from broker.errors import ConfigError
 GATEWAY_KIND: Final = "gateway"
 GATEWAY_NAME: Final = "gateway"
 DEFAULT_DIRECTORY_DAYS: Final = 30
+# A clustered country runs this many NATS servers (JetStream R3: one may fail).
+CLUSTER_SIZE: Final = 3
 MAX_NAME: Final = 64
 # Characters RFC 4514 / Go's pkix.Name.String() would escape, quotes, and control characters.
 _UNSAFE_NAME: Final = re.compile(r"[,+\"\\<>;=#\x00-\x1f\x7f]")
@@ -81,6 +84,8 @@ class CountryDescription:
     name: str
     eu: bool
     agencies: tuple[AgencyDescription, ...]
+    # NATS servers of the country: 1, or a cluster of CLUSTER_SIZE (R3 streams).
+    servers: int = 1
 
     @property
     def domain(self) -> str:
@@ -173,6 +178,7 @@ class FederationDescription:
                         {"id": a.agency_id, "kind": a.kind, "name": a.name} for a in c.agencies
                     ],
                 }
+                | ({"servers": c.servers} if c.servers != 1 else {})
                 for c in self.countries
             ],
             "task_forces": [
@@ -238,16 +244,23 @@ def _agency(raw: object, where: str, code: str) -> AgencyDescription:
 
 
 def _country(raw: object, where: str) -> CountryDescription:
-    entry = _mapping(raw, where, {"code", "name", "eu"}, {"agencies"})
+    entry = _mapping(raw, where, {"code", "name", "eu"}, {"agencies", "servers"})
     code = _matching(entry["code"], COUNTRY_RE, f"{where}.code")
     if not isinstance(entry["eu"], bool):
         raise ConfigError(f"{where}.eu: expected true or false")
+    servers = entry.get("servers", 1)
+    if isinstance(servers, bool) or servers not in (1, CLUSTER_SIZE):
+        raise ConfigError(f"{where}.servers: expected 1 or {CLUSTER_SIZE} (a cluster)")
     agencies = tuple(
         _agency(a, f"{where}.agencies[{i}]", code)
         for i, a in enumerate(_list(entry.get("agencies"), f"{where}.agencies"))
     )
     return CountryDescription(
-        code=code, name=_name(entry["name"], f"{where}.name"), eu=entry["eu"], agencies=agencies
+        code=code,
+        name=_name(entry["name"], f"{where}.name"),
+        eu=entry["eu"],
+        agencies=agencies,
+        servers=int(servers),
     )
 
 
