@@ -372,3 +372,36 @@ class PublicationWatcher:
             self._metrics.last_ok.set(0)
         else:
             self._metrics.peer_failures.labels(reason=exc.refusal.value).inc()
+
+
+def watcher_for(
+    js: JetStreamContext,
+    *,
+    country: str,
+    root_cert: x509.Certificate,
+    directory: Directory,
+    swap: Callable[[Directory], None],
+    policies: PolicyStore | None,
+    registry: CollectorRegistry | None,
+    clock: Callable[[], datetime],
+    poll_seconds: float = POLL_SECONDS,
+) -> PublicationWatcher:
+    """The watcher of a gateway or node of ``country``: ``directory`` is the one in force,
+    ``swap`` puts a newer one in force (and remembers its serial), ``policies`` holds the
+    country's own policy (None: the process runs without one)."""
+
+    async def apply(new: Directory) -> None:
+        swap(new)
+
+    return PublicationWatcher(
+        js,
+        published=pub.Published(root_cert=root_cert, directory=directory),
+        own_country=country,
+        directory=apply,
+        own_policy=None
+        if policies is None
+        else own_policy_loader(policies, country=country, root_cert=root_cert, clock=clock),
+        metrics=DirectoryMetrics(registry) if registry is not None else None,
+        clock=clock,
+        poll_seconds=poll_seconds,
+    )

@@ -34,6 +34,7 @@ from broker.node.clock_check import (
     measure_once,
     run_clock_check,
 )
+from broker.node.live import NodeLive, run_updates
 from broker.node.observe import (
     LaneCollector,
     NodeObserver,
@@ -88,6 +89,30 @@ def build_node(
 
     ``registry``/``metrics``: where the policy gauges and the node's metrics go (none: a
     private registry nobody scrapes)."""
+    node, _live = build_live_node(
+        settings,
+        transport=transport,
+        now=now,
+        store=store,
+        metrics=metrics,
+        registry=registry,
+        clock=clock,
+    )
+    return node
+
+
+def build_live_node(
+    settings: Settings,
+    *,
+    transport: Transport,
+    now: datetime,
+    store: Store,
+    metrics: NodeMetrics | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: ClockDiscipline | None = None,
+) -> tuple[Node, NodeLive]:
+    """:func:`build_node`, and the :class:`NodeLive` that hot-swaps its directory and policies
+    (published over the federation: broker/node/live.py)."""
     clock = clock or ClockDiscipline(_offset_clock(settings.clock_offset_seconds))
     root = read_certificate(settings.root_cert)
     # Never an older directory than one accepted before (a revocation must not be undone by
@@ -103,6 +128,7 @@ def build_node(
     agency = settings.agency
     preflight: Preflight | None = None
     recipient_check: RecipientCheck | None = None
+    live = NodeLive(directory=directory, policies=None)
     if settings.policy_file is not None and settings.policy_ca_cert is not None:
         policies = PolicyStore(
             country=agency_country(agency),
@@ -113,16 +139,19 @@ def build_node(
             settings.policy_file, ca_cert=read_certificate(settings.policy_ca_cert), now=now
         ):
             raise ConfigError(f"{settings.policy_file}: policy refused (see the log)")
+        live.policies = policies
         engine = EnginePolicy(
             policy=lambda: policies.current,
-            federation=lambda: Federation.from_directory(directory),
+            # The directory and the peers' policies in force now (hot-swapped).
+            federation=lambda: Federation.from_directory(live.directory),
             schemas=schemas,
             original_onward=_onward_lookup(store),
+            peer_policies=lambda: live.peer_policies,
         )
         preflight, recipient_check = engine.preflight, engine.recipient_check
     signing_cert = read_certificate(settings.keys.signing_cert)
     agreement_cert = read_certificate(settings.keys.agreement_cert)
-    return Node(
+    node = Node(
         sender=SenderIdentity(
             agency_id=agency,
             signing_kid=cert_kid(agency, signing_cert),
@@ -144,6 +173,12 @@ def build_node(
         clock=clock.now,
         time_problem=clock.problem,
     )
+
+    def resolve_with(new: Directory) -> None:
+        node.resolver = new  # the node looks every key up through its resolver
+
+    live.swapped.append(resolve_with)
+    return node, live
 
 
 def _offset_clock(seconds: float) -> Callable[[], datetime]:
@@ -167,9 +202,13 @@ def _register_collectors(
     """Scrape-time metrics: outbox backlog per destination, the store's failed writes and free
     disk space, certificate and CRL expiry."""
     country = agency_country(settings.agency)
-    directory = node.resolver if isinstance(node.resolver, Directory) else None
+
+    def current() -> Directory | None:
+        # Read at every scrape: the directory may have been replaced (broker/node/live.py).
+        return node.resolver if isinstance(node.resolver, Directory) else None
 
     def destinations() -> list[str]:
+        directory = current()
         return [c.code for c in directory.countries()] if directory is not None else []
 
     own = [
@@ -181,6 +220,7 @@ def _register_collectors(
 
     def expiries() -> list[Expiry]:
         items = certificate_expiries(own, country=country)
+        directory = current()
         if directory is not None:
             items.extend(directory_expiries(directory))
         return items
@@ -223,7 +263,7 @@ async def running_node(
         metrics = node_metrics(registry, settings)
     try:
         clock = ClockDiscipline(_offset_clock(settings.clock_offset_seconds))
-        node = build_node(
+        node, live = build_live_node(
             settings,
             transport=transport,
             now=datetime.now(UTC),
@@ -252,17 +292,34 @@ async def running_node(
             tasks.append(
                 asyncio.create_task(run_clock_check(clock, server_time), name="clock-check")
             )
+        if server_time is not None and settings.nats.cert_file is not None:
+            # A node on NATS follows the published directory and policies (live.py).
+            tasks.append(
+                asyncio.create_task(
+                    run_updates(
+                        settings,
+                        live,
+                        store=store,
+                        root_cert=read_certificate(settings.root_cert),
+                        registry=registry,
+                        clock=clock.now,
+                    ),
+                    name="publications",
+                )
+            )
         watch_loops(node, tasks)
         if registry is not None:
             registry.register(ClockCollector(clock))
         if registry is not None and metrics is not None:
             _register_collectors(registry, settings, node, store)
             if isinstance(node.resolver, Directory):
-                directory = node.resolver
                 tasks.append(
                     asyncio.create_task(
                         run_audit_verification(
-                            store, metrics, agency=settings.agency, directory=lambda: directory
+                            store,
+                            metrics,
+                            agency=settings.agency,
+                            directory=lambda: live.directory,
                         ),
                         name="audit-verification",
                     )
