@@ -1,6 +1,7 @@
 """Published directories and policies: what may replace the one in force
-(broker/core/publication.py), the permissions and stream layout that carry them (broker/federation/natsconf.py,
-distribution.py), and clustered countries in the federation file and the server configuration."""
+(broker/core/publication.py), the permissions and stream layout that carry them
+(broker/federation/natsconf.py, distribution.py), and clustered countries in the federation
+file and the server configuration."""
 
 from __future__ import annotations
 
