@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -52,6 +53,7 @@ from broker.core.policy import parse_policy
 from broker.core.policy.signing import verify_policy_payload
 from broker.errors import CasebridgeError, PolicyError
 from broker.federation import subjects as s
+from broker.federation.directory_cache import write_cache
 from broker.policy_store import PolicyStore
 
 POLL_SECONDS: Final = 1.0
@@ -203,7 +205,8 @@ class DirectoryMetrics:
 
 # ------------------------------------------------------------------ watching ---
 
-ApplyDirectory = Callable[[Directory], Awaitable[None]]
+# (directory now in force, its signed bytes)
+ApplyDirectory = Callable[[Directory, bytes], Awaitable[None]]
 # (signed policy, directory in force, initial catch-up) -> whether it is in force now
 ApplyOwnPolicy = Callable[[bytes, Directory, bool], Awaitable[bool]]
 
@@ -332,7 +335,7 @@ class PublicationWatcher:
         if change is None:
             return
         if change.directory is not None:
-            await self._apply_directory(change.directory)
+            await self._apply_directory(change.directory, change.signed)
             if self._metrics is not None:
                 self._metrics.serial.set(change.directory.serial)
                 self._metrics.last_ok.set(1)
@@ -384,14 +387,18 @@ def watcher_for(
     policies: PolicyStore | None,
     registry: CollectorRegistry | None,
     clock: Callable[[], datetime],
+    cache: Path | None = None,
     poll_seconds: float = POLL_SECONDS,
 ) -> PublicationWatcher:
     """The watcher of a gateway or node of ``country``: ``directory`` is the one in force,
     ``swap`` puts a newer one in force (and remembers its serial), ``policies`` holds the
-    country's own policy (None: the process runs without one)."""
+    country's own policy (None: the process runs without one); ``cache``: where the signed
+    directory in force is kept for the next start (:func:`startup_directory`)."""
 
-    async def apply(new: Directory) -> None:
+    async def apply(new: Directory, signed: bytes) -> None:
         swap(new)
+        if cache is not None:
+            await asyncio.to_thread(write_cache, cache, signed)
 
     return PublicationWatcher(
         js,

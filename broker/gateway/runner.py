@@ -41,6 +41,7 @@ from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError
 from broker.federation import subjects
+from broker.federation.directory_cache import directory_cache, startup_directory
 from broker.federation.distribution import watcher_for
 from broker.federation.streams import ensure_consumer, submit_consumer
 from broker.gateway.audit import GatewayLedger
@@ -135,7 +136,16 @@ def build_border(
         path=settings.directory_file,
         root_pem=settings.root_cert,
         directory=Directory.load(
-            read_bytes(settings.directory_file), root_cert=root, now=now, min_serial=min_serial
+            # The file, or the newer directory accepted from the federation before a restart.
+            startup_directory(
+                settings.directory_file,
+                directory_cache(settings.store_path),
+                root_cert=root,
+                now=now,
+            ),
+            root_cert=root,
+            now=now,
+            min_serial=min_serial,
         ),
         mtime=settings.directory_file.stat().st_mtime,
         accepted=accepted,
@@ -732,6 +742,7 @@ async def run_gateway(
         policies=_policies,
         registry=registry,
         clock=clock,
+        cache=directory_cache(settings.store_path),
     )
     prefix = "cb.submit."
 

@@ -30,6 +30,7 @@ from broker.core.directory import Directory
 from broker.core.policy import Policy
 from broker.errors import CasebridgeError
 from broker.federation import subjects
+from broker.federation.directory_cache import directory_cache
 from broker.node.settings import Settings
 from broker.node.store import Store
 from broker.policy_store import PolicyStore
@@ -104,6 +105,7 @@ async def run_updates(
         policies=live.policies,
         registry=registry,
         clock=clock,
+        cache=directory_cache(settings.store_path),
     )
     # The peers' policies accepted by the watcher are the ones pre-flight reads.
     watcher.published.policies = live.peer_policies

@@ -24,7 +24,8 @@ from broker.core.policy import Federation
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
-from broker.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.federation.directory_cache import directory_cache, startup_directory
+from broker.keyfiles import read_certificate, read_private_key
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
 from broker.node.clock import system_clock
@@ -118,7 +119,12 @@ def build_live_node(
     # Never an older directory than one accepted before (a revocation must not be undone by
     # restarting with an old file): DIRECTORY_STALE, the node does not start.
     directory = Directory.load(
-        read_bytes(settings.directory_file),
+        startup_directory(
+            settings.directory_file,
+            directory_cache(settings.store_path),
+            root_cert=root,
+            now=now,
+        ),
         root_cert=root,
         now=now,
         min_serial=store.directory_serial(),

@@ -10,7 +10,8 @@ goes through the cases of issue 14 in order, without restarting any gateway or n
    is refused by the DE node's pre-flight with UA's new rule id (peer policy), and one sealed
    outside any node by the UA border with the same rule id;
 4. a UA policy with a bad signature: refused, counted, the previous one stays in force;
-5. the UA server down while a newer directory is published: back, its gateway and node catch up.
+5. the UA server down while a newer directory is published: back, its gateway and node catch up;
+6. both restarted afterwards: they start on the directory taken from the federation.
 """
 
 from __future__ import annotations
@@ -319,3 +320,14 @@ class TestLiveUpdates:
                 60.0,  # the sourcing consumers are re-created after the leaf reconnects
                 what=f"{process} catching up to serial 3",
             )
+
+    def test_restart_after_a_hot_swap(self, live: Running) -> None:
+        """Gateway and node restarted after taking serial 3 from the federation start on it
+        (kept next to their store), not on the older file their settings name."""
+        # The file their settings name goes back to serial 1 (as if never copied around):
+        # started from it they would refuse to start (serial 3 accepted before).
+        live.fed.settings.directory.write_bytes((live.fed.base / SERIAL_1).read_bytes())
+        for name in ("gateway-ua", f"node-{NPU}"):
+            live.fed.stop(name)
+            live.restart(name, country="UA")
+        assert _metric(live, "UA", "casebridge_directory_serial_loaded") == 3

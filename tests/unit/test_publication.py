@@ -16,6 +16,7 @@ from broker.core.policy import sign_policy
 from broker.devpki import DevFederation
 from broker.errors import ConfigError
 from broker.federation import distribution, natsconf
+from broker.federation.directory_cache import directory_cache, startup_directory, write_cache
 from broker.federation.spec import parse_description
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,3 +271,30 @@ class TestClusteredCountry:
         assert 'server_name: "cb-de-2"' in text
         assert '"nats-route://route:pw@127.0.0.1:5"' in text
         assert 'password: "pw"' in text
+
+
+class TestStartupDirectory:
+    """A restarted process starts on the newest verified directory: file or cache."""
+
+    def test_newer_cache_wins_older_or_bad_cache_ignored(
+        self, tmp_path: Path, dev_federation: DevFederation, fixed_now: datetime
+    ) -> None:
+        """Cache serial 5 over file serial 4; cache serial 3 or garbage: the file."""
+        configured = tmp_path / "directory.jws"
+        configured.write_bytes(dev_federation.sign_directory(now=fixed_now, serial=4))
+        cache = directory_cache(tmp_path / "node.sqlite")
+        root = dev_federation.root.cert
+        assert startup_directory(configured, cache, root_cert=root, now=fixed_now) == (
+            configured.read_bytes()
+        )
+        newer = dev_federation.sign_directory(now=fixed_now, serial=5)
+        write_cache(cache, newer)
+        assert startup_directory(configured, cache, root_cert=root, now=fixed_now) == newer
+        write_cache(cache, dev_federation.sign_directory(now=fixed_now, serial=3))
+        assert startup_directory(configured, cache, root_cert=root, now=fixed_now) == (
+            configured.read_bytes()
+        )
+        write_cache(cache, b"not a directory")
+        assert startup_directory(configured, cache, root_cert=root, now=fixed_now) == (
+            configured.read_bytes()
+        )
