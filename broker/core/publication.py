@@ -11,7 +11,8 @@ Rules (issue 14, section 9.4 of docs/protocol.md for the directory checks):
 
 - a directory must verify against the pinned root, be unexpired, and have a serial **greater**
   than the one in force (an older one is refused even if valid: it could undo a revocation);
-  the same serial with the same bytes is a no-op, with other bytes it is refused;
+  the document in force published again is a no-op; another document under the same serial
+  is refused;
 - a policy must be signed by its own country's CA as listed in the directory in force
   (a policy signed by another country is refused), be valid, and not be older than the
   version in force (the same version with other content is refused too).
@@ -149,8 +150,12 @@ class Published:
                 _directory_refusal(exc), exc.detail, what="directory"
             ) from None
         if directory.serial == self.directory.serial:
-            # The serial in force with other bytes: either a replay of it (same content,
-            # re-serialised) or a second directory under one serial; never swap.
+            if directory.issued_at == self.directory.issued_at:
+                # The document in force, published again (e.g. the file a process started
+                # from): nothing to do, and nothing refused.
+                self.directory_digest = digest
+                return None
+            # Another document under the serial in force: never swap.
             raise PublicationRefused(
                 Refusal.ROLLBACK,
                 f"directory serial {directory.serial} is already in force",

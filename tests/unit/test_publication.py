@@ -66,16 +66,29 @@ class TestDirectoryUpdates:
         """Serial 2 in force, another document with serial 2: refused, the first stays; the
         very same bytes again are no change and no refusal."""
         published = _published(dev_federation, fixed_now)
-        again = dev_federation.sign_directory(now=fixed_now, serial=2)
+        again = dev_federation.sign_directory(now=fixed_now - timedelta(minutes=1), serial=2)
         first = published.directory
         with pytest.raises(pub.PublicationRefused) as caught:
-            # Another signature over serial 2 (ECDSA is randomised): not the same bytes.
+            # Another document (issued at another time) under serial 2.
             published.offer(pub.DIRECTORY_SUBJECT, again, now=fixed_now)
         assert caught.value.refusal is pub.Refusal.ROLLBACK
         assert published.directory is first
         signed = dev_federation.sign_directory(now=fixed_now, serial=3)
         assert published.offer(pub.DIRECTORY_SUBJECT, signed, now=fixed_now) is not None
         assert published.offer(pub.DIRECTORY_SUBJECT, signed, now=fixed_now) is None
+
+    def test_document_in_force_published_again_is_no_change(
+        self, dev_federation: DevFederation, fixed_now: datetime
+    ) -> None:
+        """The directory a process started from, published later: no change, no refusal."""
+        published = pub.Published(
+            root_cert=dev_federation.root.cert, directory=dev_federation.directory
+        )
+        change = published.offer(
+            pub.DIRECTORY_SUBJECT, dev_federation.directory_bytes, now=fixed_now
+        )
+        assert change is None
+        assert published.directory is dev_federation.directory
 
     def test_older_directory_is_refused_even_if_valid(
         self, dev_federation: DevFederation, fixed_now: datetime
