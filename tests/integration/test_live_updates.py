@@ -242,6 +242,8 @@ class TestLiveUpdates:
         with pytest.raises(NodeCallError, match="policy_denied") as caught:
             live.client(LKA).call("POST", "/v1/messages", body=bulletin([NPU]))
         assert caught.value.rule_id == "ua.in.no-bulletins"
+        explained = live.client(LKA).call("POST", "/v1/explain", body=bulletin([NPU]))
+        assert (explained["allowed"], explained["rule_id"]) == (False, "ua.in.no-bulletins")
         # The UA border, for a bulletin that skipped pre-flight.
         forged = live.seal_as(LKA, [NPU], example("bulletin"))
         live.publish(LKA, s.submit_subject(LKA), [(forged.message_id, forged.wire)])
