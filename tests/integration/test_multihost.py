@@ -23,6 +23,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -201,6 +202,11 @@ def _prepare(base: Path) -> tuple[Federation, dict[str, Api]]:
     return fed, clients
 
 
+def _log(fed: Federation, name: str) -> str:
+    path = fed.log_file(name)
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def _inbox(fed: Federation, agency: str) -> list[str]:
     path = fed.base / processes.STORE_DIR / f"{agency}.sqlite"
     if not path.exists():
@@ -227,18 +233,21 @@ class TestMultiHost:
                 net.run_in("hub", *cli, "--only", "hub")
                 net.run_in("de", *cli, "--only", "DE")
                 net.run_in("ua", *cli, "--only", "UA")
-                for api in clients.values():
+                for agency, api in clients.items():
+                    # The log first (no process spawned per poll), then the API once.
                     wait_until(
-                        lambda a=api: net.call(a, "GET", "/readyz"),  # type: ignore[misc]
+                        lambda a=agency: "node_started" in _log(fed, f"node-{a}"),  # type: ignore[misc]
                         TIMEOUT,
-                        what="node ready",
+                        what=f"node {agency} started",
                     )
+                    wait_until(lambda a=api: net.call(a, "GET", "/readyz"), TIMEOUT, what="ready")  # type: ignore[misc]
                 sent = net.call(clients[LKA], "POST", "/v1/messages", bulletin([NPU]))
                 assert sent is not None
                 message_id = str(sent["message_id"])
                 wait_until(lambda: message_id in _inbox(fed, NPU), TIMEOUT, what="NPU inbox")
 
                 def trail() -> set[tuple[str, str]]:
+                    time.sleep(0.5)  # each look is a process started in the namespace
                     found = net.call(clients[LKA], "GET", f"/v1/messages/{message_id}/evidence")
                     entries = found["evidence"] if found is not None else []
                     return {(e["kind"], e["actor"]) for e in entries}
