@@ -99,7 +99,8 @@ async def connect(
 
     try:
         return await nats.connect(
-            servers=[url],
+            # A clustered country: several comma-separated URLs (docs/federation.md).
+            servers=url.split(","),
             tls=tls,
             inbox_prefix=inbox_prefix,
             name=name,

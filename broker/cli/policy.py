@@ -579,3 +579,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--pki", type=Path, default=Path("certs/dev"), metavar="DIR")
     p.set_defaults(func=_guard(_cmd_verify))
+
+    # Imported here: publishing needs NATS, the other policy commands do not.
+    from broker.cli.directory import add_policy_publish  # noqa: PLC0415
+
+    add_policy_publish(sub)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -45,14 +46,24 @@ from typing import Any, Final
 
 import nats
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nats.aio.client import Client as NatsClient
 
+from broker.core import pki
 from broker.errors import ConfigError
 from broker.federation import natsconf
 from broker.federation import subjects as s
 from broker.federation.bundles import write_dev_bundles
-from broker.federation.spec import FederationDescription, gateway_id, parse_description
+from broker.federation.distribution import ensure_hub_stream, ensure_published_stream
+from broker.federation.spec import (
+    CountryDescription,
+    FederationDescription,
+    ServerAddress,
+    gateway_id,
+    parse_description,
+)
 from broker.federation.streams import CountryStreams, ensure_country_streams
+from broker.pki import issuing
 from broker.pki import store as pki_store
 from broker.pki.dev import build_dev_federation, write_dev_federation
 from broker.transport_nats import quiet_tls_eof_warning
@@ -148,10 +159,25 @@ class ServerSettings:
     leaf_port: int | None = None
     store_dir: Path | None = None
     peers: tuple[str, ...] = ()
+    # A clustered country (docs/federation.md, "Clustered country servers"): this entry is
+    # member 1, ``members`` the others (names ``<CC>-2``, ``<CC>-3``), all with a cluster port.
+    cluster_port: int | None = None
+    route_password: str | None = None
+    members: tuple[ServerSettings, ...] = ()
 
     @property
     def url(self) -> str:
         return f"tls://{self.host}:{self.client_port}"
+
+    @property
+    def urls(self) -> str:
+        """Client URLs of every member, comma-separated (what nodes and gateways connect to)."""
+        return ",".join(m.url for m in self.cluster)
+
+    @property
+    def cluster(self) -> tuple[ServerSettings, ...]:
+        """Every server of this country: itself and its cluster members."""
+        return (self, *self.members)
 
     @property
     def monitor_url(self) -> str:
@@ -266,10 +292,14 @@ class FederationSettings:
             out |= {"leaf_port": server.leaf_port, "leaf_url": server.leaf_url}
         if server.store_dir is not None:
             out |= {
-                "domain": s.domain(server.name),
+                "domain": s.domain(server.name.split("-", 1)[0]),
                 "store_dir": self._rel(server.store_dir),
                 "peers": list(server.peers),
             }
+        if server.cluster_port is not None:
+            out |= {"cluster_port": server.cluster_port, "route_password": server.route_password}
+        if server.members:
+            out["members"] = [self._server_json(m) for m in server.members]
         return out
 
     def _client_json(self, client: ClientSettings) -> dict[str, Any]:
@@ -328,6 +358,9 @@ def settings_from_json(raw: object, base: Path) -> FederationSettings:
             leaf_port=None if d.get("leaf_port") is None else int(d["leaf_port"]),
             store_dir=None if d.get("store_dir") is None else path(d["store_dir"]),
             peers=tuple(d.get("peers", ())),
+            cluster_port=None if d.get("cluster_port") is None else int(d["cluster_port"]),
+            route_password=d.get("route_password"),
+            members=tuple(server(m) for m in d.get("members") or ()),
         )
 
     def client(d: dict[str, Any]) -> ClientSettings:
@@ -398,7 +431,7 @@ def _client_settings(
     return ClientSettings(
         agency_id=agency_id,
         country=country.name,
-        nats_url=country.url,
+        nats_url=country.urls,
         tls_cert=stem("tls", "-chain.pem"),
         tls_key=stem("tls", ".key"),
         ca_file=pki / f"{pki_store.country_stem(country.name, 'ca')}.pem",
@@ -410,6 +443,51 @@ def _client_settings(
         agreement_cert=stem("agreement", ".pem"),
         http_port=free_port(),
     )
+
+
+def country_servers(country: CountryDescription) -> int:
+    """How many NATS servers the country runs (1, or 3 for a cluster)."""
+    return country.servers
+
+
+def _country_server(
+    code: str,
+    domain: str,
+    base: Path,
+    *,
+    host: str,
+    address: ServerAddress | None,
+    peers: tuple[str, ...],
+    servers: int,
+) -> ServerSettings:
+    if servers == 1:
+        # An address named in the description wins (a country on its own machine).
+        return ServerSettings(
+            name=code,
+            host=address.host if address else host,
+            client_port=address.client_port if address else free_port(host),
+            http_port=address.http_port if address else free_port(host),
+            config=base / "nats" / f"{domain}.conf",
+            store_dir=base / "data" / domain,
+            peers=peers,
+        )
+    password = secrets.token_urlsafe(18)
+    cluster = [
+        ServerSettings(
+            name=code if n == 1 else f"{code}-{n}",
+            host=host,
+            client_port=free_port(host),
+            http_port=free_port(host),
+            config=base / "nats" / (f"{domain}.conf" if n == 1 else f"{domain}-{n}.conf"),
+            store_dir=base / "data" / (domain if n == 1 else f"{domain}-{n}"),
+            peers=peers,
+            cluster_port=free_port(host),
+            route_password=password,
+        )
+        for n in range(1, servers + 1)
+    ]
+    first, *others = cluster
+    return dataclasses.replace(first, members=tuple(others))
 
 
 def new_settings(
@@ -428,16 +506,18 @@ def new_settings(
         http_port=named.http_port if named else free_port(host),
         leaf_port=named.leaf_port if named and named.leaf_port else free_port(host),
         config=base / "nats" / "hub.conf",
+        # The hub keeps the published directories (JetStream domain "hub"), nothing else.
+        store_dir=base / "data" / "hub",
     )
     countries = {
-        c.code: ServerSettings(
-            name=c.code,
-            host=c.server.host if c.server else host,
-            client_port=c.server.client_port if c.server else free_port(host),
-            http_port=c.server.http_port if c.server else free_port(host),
-            config=base / "nats" / f"{c.domain}.conf",
-            store_dir=base / "data" / c.domain,
+        c.code: _country_server(
+            c.code,
+            c.domain,
+            base,
+            host=host,
+            address=c.server,
             peers=tuple(p for p in description.codes if p != c.code),
+            servers=country_servers(c),
         )
         for c in description.countries
     }
@@ -466,6 +546,36 @@ def new_settings(
 # ----------------------------------------------------------- configurations ---
 
 
+PUBLISHER: Final = "secretariat/publisher"
+
+
+def issue_publisher_tls(store: pki_store.PkiStore, *, now: datetime) -> None:
+    """The secretariat's client certificate for publishing directories on the hub
+    (``secretariat/publisher``): issued by the secretariat TLS CA, clientAuth only, no SAN
+    (its subject DN is the identity the hub maps to the publisher user)."""
+    secretariat = store.read_certified(pki_store.SECRETARIAT)
+    key = issuing.generate_key()
+    fed = pki.federation_id_of(secretariat.cert)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, pki.federation_org(fed)),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, pki.SECRETARIAT_OU),
+            x509.NameAttribute(NameOID.COMMON_NAME, "directory publisher"),
+        ]
+    )
+    cert = issuing.sign_certificate(
+        secretariat,
+        subject=subject,
+        public_key=key.public_key(),
+        now=now,
+        lifetime=issuing.TLS_LIFETIME,
+        ca=False,
+        usage=issuing.key_usage("digital_signature"),
+        extended_usage=(ExtendedKeyUsageOID.CLIENT_AUTH,),
+    )
+    store.write_certified(PUBLISHER, pki.CertifiedKey(key=key, cert=cert), [secretariat.cert])
+
+
 def _dn(pki: pki_store.PkiStore, stem: str) -> str:
     cert: x509.Certificate = pki.read_cert(stem)
     return cert.subject.rfc4514_string()
@@ -483,6 +593,20 @@ def party_dir(settings: FederationSettings, party: str) -> Path:
         return settings.pki_dir
     path = Path(where)
     return path if path.is_absolute() else settings.base / path
+
+
+def _cluster_conf(primary: ServerSettings, server: ServerSettings) -> natsconf.ClusterConf | None:
+    if server.cluster_port is None:
+        return None
+    members = primary.cluster
+    return natsconf.ClusterConf(
+        name=f"cb-{s.domain(primary.name)}",
+        member=members.index(server) + 1,
+        port=server.cluster_port,
+        routes=[f"{m.host}:{m.cluster_port}" for m in members if m is not server],
+        route_user="route",
+        route_password=server.route_password or "",
+    )
 
 
 def render_configs(settings: FederationSettings) -> dict[Path, str]:
@@ -511,36 +635,48 @@ def render_configs(settings: FederationSettings) -> dict[Path, str]:
                     natsconf.CertUser(name=cc, dn=_dn(store, pki_store.country_stem(cc, "leaf")))
                     for cc in settings.countries
                 ],
+                store_dir=hub.store_dir,
+                # The secretariat publishes directories with its publisher certificate.
+                publisher=None
+                if hub.store_dir is None
+                else natsconf.CertUser(name="secretariat", dn=_dn(store, PUBLISHER)),
             )
         )
     }
-    for cc, server in settings.countries.items():
+    for cc, primary in settings.countries.items():
         country = settings.description.country(cc)
         store = pki_store.PkiStore(party_dir(settings, cc))
-        out[server.config] = natsconf.render_country(
-            natsconf.CountryConf(
-                federation_id=settings.federation_id,
-                code=cc,
-                listen=natsconf.Listen(
-                    host=server.host, client_port=server.client_port, http_port=server.http_port
-                ),
-                store_dir=server.store_dir or settings.base / "data" / country.domain,
-                tls=files(pki_store.country_stem(cc, "server"), pki_store.country_stem(cc, "ca")),
-                leaf_tls=files(pki_store.country_stem(cc, "leaf"), pki_store.ROOT),
-                hub_leaf_url=hub.leaf_url or "",
-                peers=server.peers,
-                agencies=[
-                    natsconf.CertUser(
-                        name=a.agency_id, dn=_dn(store, pki_store.agency_stem(a.agency_id, "tls"))
-                    )
-                    for a in country.agencies
-                ],
-                gateway=natsconf.CertUser(
-                    name=country.gateway_id,
-                    dn=_dn(store, pki_store.agency_stem(country.gateway_id, "tls")),
-                ),
+        for server in primary.cluster:
+            out[server.config] = natsconf.render_country(
+                natsconf.CountryConf(
+                    federation_id=settings.federation_id,
+                    code=cc,
+                    listen=natsconf.Listen(
+                        host=server.host,
+                        client_port=server.client_port,
+                        http_port=server.http_port,
+                    ),
+                    store_dir=server.store_dir or settings.base / "data" / country.domain,
+                    tls=files(
+                        pki_store.country_stem(cc, "server"), pki_store.country_stem(cc, "ca")
+                    ),
+                    leaf_tls=files(pki_store.country_stem(cc, "leaf"), pki_store.ROOT),
+                    hub_leaf_url=hub.leaf_url or "",
+                    peers=server.peers,
+                    agencies=[
+                        natsconf.CertUser(
+                            name=a.agency_id,
+                            dn=_dn(store, pki_store.agency_stem(a.agency_id, "tls")),
+                        )
+                        for a in country.agencies
+                    ],
+                    gateway=natsconf.CertUser(
+                        name=country.gateway_id,
+                        dn=_dn(store, pki_store.agency_stem(country.gateway_id, "tls")),
+                    ),
+                    cluster=_cluster_conf(primary, server),
+                )
             )
-        )
     return out
 
 
@@ -625,6 +761,7 @@ class Federation:
         dev = build_dev_federation(description.to_pki_spec(), now=now)
         # Unencrypted on purpose: nats-server cannot read encrypted keys (dev federation only).
         write_dev_federation(pki_store.PkiStore(pki_dir, passphrase=None), dev)
+        issue_publisher_tls(pki_store.PkiStore(pki_dir, passphrase=None), now=now)
         settings = new_settings(description, base, host=host)
         # What each party would take to its own machine (docs/joining.md); the dev launcher
         # itself keeps running from pki/.
@@ -669,6 +806,9 @@ class Federation:
             return str(self.settings.hub.config)
         if name in self.settings.countries:
             return str(self.settings.countries[name].config)
+        member = self.member(name)
+        if member is not None:
+            return str(member.config)
         for proc in self.settings.processes:
             if proc.name == name:
                 # Without the interpreter: the same process started through another path to
@@ -827,18 +967,46 @@ class Federation:
     def stop_hub(self, *, kill: bool = False) -> None:
         self.stop(HUB, kill=kill)
 
+    def member(self, name: str) -> ServerSettings | None:
+        """The cluster member called ``name`` (``DE-2``...), None if there is none."""
+        for country in self.settings.countries.values():
+            for server in country.members:
+                if server.name == name:
+                    return server
+        return None
+
     def start_country(
         self, code: str, *, timeout: float = READY_TIMEOUT, wait_leaf: bool = True
     ) -> None:
-        """Start a country server, wait until healthy and (if the hub runs) connected to it."""
-        server = self.settings.country(code)
-        self._start_server(server, timeout=timeout)
+        """Start a country's server(s), wait until healthy and (if the hub runs) connected.
+
+        A cluster's members are all started before any is waited for: a member reports
+        healthy only once its JetStream cluster has a quorum."""
+        primary = self.settings.country(code)
+        if not primary.members:
+            self._start_server(primary, timeout=timeout)
+        else:
+            self.write_configs()
+            for server in primary.cluster:
+                if not self.is_running(server.name):
+                    self._spawn(server.name, [str(self._binary()), "-c", str(server.config)])
+            for server in primary.cluster:
+                self._wait_healthy(server, timeout=timeout)
         if wait_leaf and self.is_running(HUB):
-            self.wait_leaf(server.name, timeout=timeout)
+            self.wait_leaf(primary.name, timeout=timeout)
+
+    def start_member(self, name: str, *, timeout: float = READY_TIMEOUT) -> None:
+        """Start one cluster member again (after :meth:`stop`), and wait until healthy."""
+        server = self.member(name) or self.settings.country(name)
+        self.write_configs()
+        if not self.is_running(server.name):
+            self._spawn(server.name, [str(self._binary()), "-c", str(server.config)])
+        self._wait_healthy(server, timeout=timeout)
 
     def stop_country(self, code: str, *, kill: bool = False) -> None:
-        """Stop a country server (SIGTERM; ``kill=True``: SIGKILL, a crash)."""
-        self.stop(self.settings.country(code).name, kill=kill)
+        """Stop a country's server(s) (SIGTERM; ``kill=True``: SIGKILL, a crash)."""
+        for server in reversed(self.settings.country(code).cluster):
+            self.stop(server.name, kill=kill)
 
     # ------------------------------------------------------------ up / down
 
@@ -874,6 +1042,8 @@ class Federation:
         names = self._selected(only)
         if HUB in names:
             self.start_hub(timeout=timeout)
+            if self.settings.hub.store_dir is not None:
+                asyncio.run(self.ensure_hub_stream())
         countries = [n for n in names if n != HUB]
         for code in countries:
             self.start_country(code, timeout=timeout, wait_leaf=False)
@@ -895,12 +1065,18 @@ class Federation:
         for proc in reversed(self._processes_for(names, only)):
             self.stop(proc.name, timeout=timeout)
         for name in reversed(names):
+            if name != HUB:
+                for member in reversed(self.settings.country(name).members):
+                    self.stop(member.name, timeout=timeout)
             self.stop(name, timeout=timeout)
 
     def status(self) -> list[ProcessStatus]:
         """Every process of the federation: pid, alive, main port, URL."""
         rows = []
-        for server in (self.settings.hub, *self.settings.countries.values()):
+        servers = [self.settings.hub]
+        for country in self.settings.countries.values():
+            servers += country.cluster
+        for server in servers:
             pid = self.pid(server.name)
             rows.append(
                 ProcessStatus(
@@ -942,7 +1118,41 @@ class Federation:
         }
         params.update(options)
         quiet_tls_eof_warning()
-        return await nats.connect(servers=[client.nats_url], **params)
+        return await nats.connect(servers=client.nats_url.split(","), **params)
+
+    def secretariat_ssl_context(self) -> ssl.SSLContext:
+        """mTLS context of the secretariat's publishing client on the hub (its publisher
+        certificate; trusting the secretariat CA, which issued the hub's certificate)."""
+        store = pki_store.PkiStore(self.settings.pki_dir)
+        context = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(store.path(f"{pki_store.SECRETARIAT}.pem"))
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.load_cert_chain(
+            str(store.path(f"{PUBLISHER}-chain.pem")), str(store.path(f"{PUBLISHER}.key"))
+        )
+        return context
+
+    async def connect_secretariat(self, **options: Any) -> NatsClient:
+        """A nats-py client connected to the hub as the secretariat (directory publisher)."""
+        params: dict[str, Any] = {
+            "name": "secretariat",
+            "tls": self.secretariat_ssl_context(),
+            "inbox_prefix": f"{s.INBOX_ROOT}.{natsconf.PUBLISHER_INBOX}",
+            "connect_timeout": 2,
+        }
+        params.update(options)
+        quiet_tls_eof_warning()
+        return await nats.connect(servers=[self.settings.hub.url], **params)
+
+    async def ensure_hub_stream(self) -> None:
+        """Create/update the hub's ``DIRECTORY`` stream (as the secretariat)."""
+        nc = await self.connect_secretariat(allow_reconnect=False)
+        try:
+            await ensure_hub_stream(nc.jetstream())
+        finally:
+            await nc.close()
 
     async def connect_gateway(self, code: str, **options: Any) -> NatsClient:
         """A nats-py client connected as country ``code``'s border gateway."""
@@ -951,15 +1161,20 @@ class Federation:
     async def ensure_streams(self, code: str) -> None:
         """Create/update country ``code``'s streams and consumers (as its gateway)."""
         country = self.settings.description.country(code)
+        server = self.settings.country(code)
+        replicas = len(server.cluster)
         nc = await self.connect_gateway(code, allow_reconnect=False)
         try:
+            js = nc.jetstream()
             await ensure_country_streams(
-                nc.jetstream(),
+                js,
                 CountryStreams(
                     code=country.code,
-                    peers=self.settings.country(code).peers,
+                    peers=server.peers,
                     agencies=[a.agency_id for a in country.agencies],
+                    replicas=replicas,
                 ),
             )
+            await ensure_published_stream(js, country.code, server.peers, replicas=replicas)
         finally:
             await nc.close()

@@ -24,9 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from broker.core import publication as pub
 from broker.federation import subjects as s
 
 TLS_TIMEOUT_SECONDS: Final = 2
+# Inbox prefix of the secretariat's publishing client on the hub (``_INBOX.secretariat``).
+PUBLISHER_INBOX: Final = "secretariat"
+# The hub keeps directories only: a small, fixed JetStream budget.
+HUB_JETSTREAM_MAX_FILE: Final = "256M"
 # Reply subjects nats-server uses for JetStream API requests across domains (stream sourcing).
 CROSS_DOMAIN_REPLIES: Final = "$JSC.R.>"
 # Flow-control replies of the push consumers that stream sourcing creates in the peer domain.
@@ -63,13 +68,36 @@ class Listen:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class HubConf:
-    """Everything the hub configuration is made of. ``leaf_users``: one per country code."""
+    """Everything the hub configuration is made of. ``leaf_users``: one per country code.
+
+    ``store_dir`` (with ``publisher``): the hub keeps the signed directories the secretariat
+    publishes (JetStream domain ``hub``, stream ``DIRECTORY``, nothing else); ``publisher`` is
+    the secretariat's certificate user, the only one that may publish them. Without them the
+    hub is relay only, as before."""
 
     federation_id: str
     listen: Listen
     leaf_port: int
     tls: TlsFiles
     leaf_users: Sequence[CertUser]
+    store_dir: Path | None = None
+    publisher: CertUser | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterConf:
+    """One member of a country's NATS cluster: its number, cluster port and its peers' routes.
+
+    ``routes``: ``host:port`` of every other member's cluster listener. Routes authenticate
+    with ``route_user``/``route_password`` (generated per federation), so no stranger joins
+    the country's cluster (and its JetStream domain)."""
+
+    name: str
+    member: int
+    port: int
+    routes: Sequence[str]
+    route_user: str
+    route_password: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,6 +114,7 @@ class CountryConf:
     peers: Sequence[str]
     agencies: Sequence[CertUser]
     gateway: CertUser
+    cluster: ClusterConf | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -117,8 +146,57 @@ def agency_permissions(agency_id: str) -> Permissions:
             s.submit_subject(agency_id),
             s.audit_subject(agency_id),  # signed audit checkpoints for the gateway
             *consumers,
+            # Read-only: the directory and policies in force (public federation material),
+            # by direct get; no consumer, no publish on cb.pub.>.
+            *published_read(),
         ),
         subscribe=(f"{s.inbox_prefix(agency_id)}.>",),
+    )
+
+
+def published_read() -> tuple[str, ...]:
+    """Direct gets on the country's ``PUBLISHED`` stream (what a node reads to follow the
+    directory and the policies; broker/federation/distribution.py)."""
+    api = f"$JS.API.DIRECT.GET.{pub.PUBLISHED_STREAM}"
+    return (api, f"{api}.>")
+
+
+def publication_permissions(code: str, peers: Sequence[str]) -> Permissions:
+    """What the hub lets country ``code``'s leaf connection do for publications.
+
+    publish: create the sourcing consumer on the hub's ``DIRECTORY`` and on each peer's
+    ``PUBLISHED``, deliver from its own ``PUBLISHED`` (``cb.xp.<code>.>``). subscribe: consumer
+    creates on its own ``PUBLISHED`` (peers sourcing its policy), deliveries addressed to it
+    (``cb.xp.*.<code>.>``). It can never publish on ``cb.pub.>``: its policy is published in
+    its own domain and travels by sourcing, so no country writes another's document."""
+    me = code.lower()
+    hub = f"$JS.{pub.HUB_DOMAIN}.API.CONSUMER.CREATE.{pub.HUB_DIRECTORY_STREAM}"
+    publish = [hub, f"{hub}.>"]
+    for peer in peers:
+        theirs = f"{s.domain_api(peer)}.CONSUMER.CREATE.{pub.PUBLISHED_STREAM}"
+        publish += [theirs, f"{theirs}.>"]
+    mine = f"{s.domain_api(me)}.CONSUMER.CREATE.{pub.PUBLISHED_STREAM}"
+    publish.append(f"{pub.PUBLICATION_DELIVERY_ROOT}.{me}.>")
+    subscribe = [mine, f"{mine}.>", f"{pub.PUBLICATION_DELIVERY_ROOT}.*.{me}.>"]
+    return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
+
+
+def publisher_permissions() -> Permissions:
+    """The secretariat's user on the hub: publish directories, manage and read ``DIRECTORY``.
+    Replies come to ``_INBOX.secretariat`` (connect with that inbox prefix)."""
+    api = "$JS.API"
+    stream = pub.HUB_DIRECTORY_STREAM
+    return Permissions(
+        publish=(
+            pub.DIRECTORY_SUBJECT,
+            f"{api}.INFO",
+            f"{api}.STREAM.INFO.{stream}",
+            f"{api}.STREAM.CREATE.{stream}",
+            f"{api}.STREAM.UPDATE.{stream}",
+            f"{api}.DIRECT.GET.{stream}",
+            f"{api}.DIRECT.GET.{stream}.>",
+        ),
+        subscribe=(f"{s.INBOX_ROOT}.{PUBLISHER_INBOX}.>",),
     )
 
 
@@ -140,6 +218,9 @@ def hub_leaf_permissions(code: str, peers: Sequence[str]) -> Permissions:
         subscribe += [mine, f"{mine}.>"]
     publish += [f"cb.xd.{s.domain(me)}.>", CROSS_DOMAIN_REPLIES, FLOW_CONTROL]
     subscribe += [f"cb.xd.*.{s.domain(me)}.>", CROSS_DOMAIN_REPLIES, FLOW_CONTROL]
+    published = publication_permissions(code, peers)
+    publish += published.publish
+    subscribe += published.subscribe
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
 
 
@@ -178,6 +259,8 @@ def leaf_deny_imports(code: str) -> tuple[str, ...]:
         s.OUT_SUBJECTS,
         s.AUDIT_SUBJECTS,
         s.KV_SUBJECTS,
+        # Publications travel only by sourcing (cb.xp.*), never as plain subjects.
+        pub.PUBLISHED_SUBJECTS,
         f"{s.INBOX_ROOT}.>",
     )
 
@@ -190,6 +273,7 @@ def leaf_deny_exports() -> tuple[str, ...]:
         s.OUT_SUBJECTS,
         s.AUDIT_SUBJECTS,
         s.KV_SUBJECTS,
+        pub.PUBLISHED_SUBJECTS,
         f"{s.INBOX_ROOT}.>",
         "$JS.API.>",
         "$JS.ACK.>",
@@ -251,6 +335,17 @@ def render_hub(conf: HubConf) -> str:
         _user(u, hub_leaf_permissions(u.name, [c for c in codes if c != u.name]), "      ")
         for u in conf.leaf_users
     )
+    jetstream = ""
+    account_js = ""
+    if conf.store_dir is not None:
+        jetstream = (
+            "# Only the signed directories the secretariat publishes (stream DIRECTORY).\n"
+            f"jetstream {{\n  store_dir: {_q(conf.store_dir)}\n"
+            f"  domain: {_q(pub.HUB_DOMAIN)}\n  max_file_store: {HUB_JETSTREAM_MAX_FILE}\n}}\n"
+        )
+        account_js = "    jetstream: enabled\n"
+    if conf.publisher is not None:
+        users += _user(conf.publisher, publisher_permissions(), "      ")
     return (
         _header("hub (relay only, no JetStream)", conf.federation_id)
         + f"server_name: {_q('cb-hub')}\n"
@@ -258,9 +353,11 @@ def render_hub(conf: HubConf) -> str:
         f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
         "# Clients too must present a secretariat-issued certificate that maps to a user.\n"
         f"tls {_tls_block(conf.tls, '', verify_and_map=True)}\n"
+        f"{jetstream}"
         "accounts {\n"
         f"  {s.SYSTEM_ACCOUNT} {{ }}\n"
         f"  {s.ACCOUNT} {{\n"
+        f"{account_js}"
         "    # One user per country: its leaf-node certificate DN. The permissions are the\n"
         "    # border: what the country may send into the hub and receive from it.\n"
         "    users: [\n"
@@ -277,6 +374,24 @@ def render_hub(conf: HubConf) -> str:
     )
 
 
+def _cluster_block(conf: CountryConf) -> str:
+    cluster = conf.cluster
+    if cluster is None:
+        return ""
+    auth = f"{cluster.route_user}:{cluster.route_password}@"
+    routes = [f"nats-route://{auth}{r}" for r in cluster.routes]
+    return (
+        "# One of the country's clustered servers (R3 streams): routes to the other members.\n"
+        "cluster {\n"
+        f"  name: {_q(cluster.name)}\n"
+        f"  listen: {_q(f'{conf.listen.host}:{cluster.port}')}\n"
+        f"  authorization {{ user: {_q(cluster.route_user)}, "
+        f"password: {_q(cluster.route_password)} }}\n"
+        f"  routes: {_strings(routes, '  ')}\n"
+        "}\n"
+    )
+
+
 def render_country(conf: CountryConf) -> str:
     """A country server's configuration: its JetStream domain, agencies, gateway, leaf remote."""
     listen = conf.listen
@@ -285,15 +400,17 @@ def render_country(conf: CountryConf) -> str:
         conf.gateway, None, "      "
     )
     remote_tls = _tls_block(conf.leaf_tls, "      ", verify_and_map=False)
+    server_name = f"cb-{dom}" if conf.cluster is None else f"cb-{dom}-{conf.cluster.member}"
     return (
         _header(f"country server {conf.code} (JetStream domain {dom!r})", conf.federation_id)
-        + f"server_name: {_q(f'cb-{dom}')}\n"
+        + f"server_name: {_q(server_name)}\n"
         f"listen: {_q(f'{listen.host}:{listen.client_port}')}\n"
         f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
         "# Agencies and the gateway: mTLS against this country's CA only (certs/README.md).\n"
         f"tls {_tls_block(conf.tls, '', verify_and_map=True)}\n"
         f"jetstream {{\n  store_dir: {_q(conf.store_dir)}\n  domain: {_q(dom)}\n}}\n"
-        "accounts {\n"
+        + _cluster_block(conf)
+        + "accounts {\n"
         f"  {s.SYSTEM_ACCOUNT} {{ }}\n"
         f"  {s.ACCOUNT} {{\n"
         "    jetstream: enabled\n"

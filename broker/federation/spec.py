@@ -18,6 +18,7 @@ Format (``docs/federation.example.yaml``)::
         name: Germany
         eu: true
         server: {host: 192.0.2.10, client_port: 4222, http_port: 8222}   # optional
+        servers: 3                          # optional: 1 (default) or a 3-server cluster
         agencies:
           - {id: de.lka-berlin, kind: law_enforcement, name: LKA Berlin}
     task_forces:
@@ -59,6 +60,8 @@ from broker.pki.dev import (
 GATEWAY_KIND: Final = "gateway"
 GATEWAY_NAME: Final = "gateway"
 DEFAULT_DIRECTORY_DAYS: Final = 30
+# A clustered country runs this many NATS servers (JetStream R3: one may fail).
+CLUSTER_SIZE: Final = 3
 MAX_NAME: Final = 64
 # Characters RFC 4514 / Go's pkix.Name.String() would escape, quotes, and control characters.
 _UNSAFE_NAME: Final = re.compile(r"[,+\"\\<>;=#\x00-\x1f\x7f]")
@@ -110,6 +113,8 @@ class CountryDescription:
     eu: bool
     agencies: tuple[AgencyDescription, ...]
     server: ServerAddress | None = None
+    # NATS servers of the country: 1, or a cluster of CLUSTER_SIZE (R3 streams).
+    servers: int = 1
 
     @property
     def domain(self) -> str:
@@ -207,6 +212,7 @@ class FederationDescription:
                     ],
                     **({"server": c.server.to_json()} if c.server else {}),
                 }
+                | ({"servers": c.servers} if c.servers != 1 else {})
                 for c in self.countries
             ],
             "task_forces": [
@@ -293,10 +299,13 @@ def _agency(raw: object, where: str, code: str) -> AgencyDescription:
 
 
 def _country(raw: object, where: str) -> CountryDescription:
-    entry = _mapping(raw, where, {"code", "name", "eu"}, {"agencies", "server"})
+    entry = _mapping(raw, where, {"code", "name", "eu"}, {"agencies", "server", "servers"})
     code = _matching(entry["code"], COUNTRY_RE, f"{where}.code")
     if not isinstance(entry["eu"], bool):
         raise ConfigError(f"{where}.eu: expected true or false")
+    servers = entry.get("servers", 1)
+    if isinstance(servers, bool) or servers not in (1, CLUSTER_SIZE):
+        raise ConfigError(f"{where}.servers: expected 1 or {CLUSTER_SIZE} (a cluster)")
     agencies = tuple(
         _agency(a, f"{where}.agencies[{i}]", code)
         for i, a in enumerate(_list(entry.get("agencies"), f"{where}.agencies"))
@@ -312,6 +321,7 @@ def _country(raw: object, where: str) -> CountryDescription:
         eu=entry["eu"],
         agencies=agencies,
         server=server,
+        servers=int(servers),
     )
 
 

@@ -81,6 +81,8 @@ class CountryStreams:
     code: str
     peers: Sequence[str]
     agencies: Sequence[str]
+    # 3 on a clustered country (R3 streams: docs/federation.md, "Clustered country servers").
+    replicas: int = 1
 
 
 def submit_config() -> StreamConfig:
@@ -191,12 +193,14 @@ def crossings_config() -> KeyValueConfig:
     )
 
 
-async def ensure_crossings_bucket(js: JetStreamContext) -> None:
+async def ensure_crossings_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
     """Create the ``CROSSINGS`` bucket unless it exists."""
     try:
         await js.key_value(s.CROSSINGS_BUCKET)
     except BucketNotFoundError:
-        await js.create_key_value(crossings_config())
+        config = crossings_config()
+        config.replicas = replicas
+        await js.create_key_value(config)
 
 
 def _pull(durable: str, filter_subject: str | None, description: str) -> ConsumerConfig:
@@ -322,9 +326,10 @@ async def _replace_legacy_inbox_consumer(js: JetStreamContext, country: CountryS
 async def ensure_country_streams(js: JetStreamContext, country: CountryStreams) -> None:
     """Create or update every stream of ``country`` and create its missing consumers."""
     for config in stream_configs(country):
+        config.num_replicas = country.replicas
         await _ensure_stream(js, config)
     await _drop_legacy_submit_consumer(js)
     await _replace_legacy_inbox_consumer(js, country)
-    await ensure_crossings_bucket(js)
+    await ensure_crossings_bucket(js, replicas=country.replicas)
     for stream, consumer in consumer_configs(country):
         await ensure_consumer(js, stream, consumer)

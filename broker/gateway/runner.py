@@ -41,6 +41,8 @@ from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError
 from broker.federation import subjects
+from broker.federation.directory_cache import directory_cache, startup_directory
+from broker.federation.distribution import watcher_for
 from broker.federation.streams import ensure_consumer, submit_consumer
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
@@ -134,7 +136,16 @@ def build_border(
         path=settings.directory_file,
         root_pem=settings.root_cert,
         directory=Directory.load(
-            read_bytes(settings.directory_file), root_cert=root, now=now, min_serial=min_serial
+            # The file, or the newer directory accepted from the federation before a restart.
+            startup_directory(
+                settings.directory_file,
+                directory_cache(settings.store_path),
+                root_cert=root,
+                now=now,
+            ),
+            root_cert=root,
+            now=now,
+            min_serial=min_serial,
         ),
         mtime=settings.directory_file.stat().st_mtime,
         accepted=accepted,
@@ -713,6 +724,26 @@ async def run_gateway(
     )
     js = nc.jetstream()
     shared.attach(await open_bucket(js))
+
+    def swap_directory(directory: Directory) -> None:
+        if directory.serial <= holder.directory.serial:
+            return  # the file reload put a newer one in force meanwhile: never go back
+        holder.directory = directory
+        if holder.accepted is not None:
+            holder.accepted(directory.serial)
+
+    # Directory and policy published over the federation, hot-swapped (distribution.py).
+    watcher = watcher_for(
+        js,
+        country=country,
+        root_cert=read_certificate(settings.root_cert),
+        directory=holder.directory,
+        swap=swap_directory,
+        policies=_policies,
+        registry=registry,
+        clock=clock,
+        cache=directory_cache(settings.store_path),
+    )
     prefix = "cb.submit."
 
     def egress(data: bytes, subject: str) -> Outcome:
@@ -794,6 +825,7 @@ async def run_gateway(
             )
         ),
         asyncio.create_task(refresh()),
+        asyncio.create_task(watcher.run(stop)),
         asyncio.create_task(
             run_retries(
                 quarantine,

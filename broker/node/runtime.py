@@ -25,6 +25,7 @@ from broker.core.policy import Federation
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
+from broker.federation.directory_cache import directory_cache, startup_directory
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
 from broker.node.clock import system_clock
@@ -34,6 +35,7 @@ from broker.node.clock_check import (
     measure_once,
     run_clock_check,
 )
+from broker.node.live import NodeLive, run_updates
 from broker.node.observe import (
     LaneCollector,
     NodeObserver,
@@ -49,7 +51,7 @@ from broker.node.service import Node
 from broker.node.settings import Settings
 from broker.node.store import Store
 from broker.node.transport import Transport
-from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.pki.keyfiles import read_certificate, read_private_key
 from broker.policy_store import PolicyStore
 
 TransportFactory = Callable[[Settings], Transport]
@@ -89,12 +91,41 @@ def build_node(
 
     ``registry``/``metrics``: where the policy gauges and the node's metrics go (none: a
     private registry nobody scrapes)."""
+    node, _live = build_live_node(
+        settings,
+        transport=transport,
+        now=now,
+        store=store,
+        metrics=metrics,
+        registry=registry,
+        clock=clock,
+    )
+    return node
+
+
+def build_live_node(
+    settings: Settings,
+    *,
+    transport: Transport,
+    now: datetime,
+    store: Store,
+    metrics: NodeMetrics | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: ClockDiscipline | None = None,
+) -> tuple[Node, NodeLive]:
+    """:func:`build_node`, and the :class:`NodeLive` that hot-swaps its directory and policies
+    (published over the federation: broker/node/live.py)."""
     clock = clock or ClockDiscipline(_offset_clock(settings.clock_offset_seconds))
     root = read_certificate(settings.root_cert)
     # Never an older directory than one accepted before (a revocation must not be undone by
     # restarting with an old file): DIRECTORY_STALE, the node does not start.
     directory = Directory.load(
-        read_bytes(settings.directory_file),
+        startup_directory(
+            settings.directory_file,
+            directory_cache(settings.store_path),
+            root_cert=root,
+            now=now,
+        ),
         root_cert=root,
         now=now,
         min_serial=store.directory_serial(),
@@ -104,6 +135,7 @@ def build_node(
     agency = settings.agency
     preflight: Preflight | None = None
     recipient_check: RecipientCheck | None = None
+    live = NodeLive(directory=directory, policies=None)
     if settings.policy_file is not None and settings.policy_ca_cert is not None:
         policies = PolicyStore(
             country=agency_country(agency),
@@ -114,16 +146,19 @@ def build_node(
             settings.policy_file, ca_cert=read_certificate(settings.policy_ca_cert), now=now
         ):
             raise ConfigError(f"{settings.policy_file}: policy refused (see the log)")
+        live.policies = policies
         engine = EnginePolicy(
             policy=lambda: policies.current,
-            federation=lambda: Federation.from_directory(directory),
+            # The directory and the peers' policies in force now (hot-swapped).
+            federation=lambda: Federation.from_directory(live.directory),
             schemas=schemas,
             original_onward=_onward_lookup(store),
+            peer_policies=lambda: live.peer_policies,
         )
         preflight, recipient_check = engine.preflight, engine.recipient_check
     signing_cert = read_certificate(settings.keys.signing_cert)
     agreement_cert = read_certificate(settings.keys.agreement_cert)
-    return Node(
+    node = Node(
         sender=SenderIdentity(
             agency_id=agency,
             signing_kid=cert_kid(agency, signing_cert),
@@ -146,6 +181,12 @@ def build_node(
         clock=clock.now,
         time_problem=clock.problem,
     )
+
+    def resolve_with(new: Directory) -> None:
+        node.resolver = new  # the node looks every key up through its resolver
+
+    live.swapped.append(resolve_with)
+    return node, live
 
 
 def previous_agreement_keys(
@@ -185,9 +226,13 @@ def _register_collectors(
     """Scrape-time metrics: outbox backlog per destination, the store's failed writes and free
     disk space, certificate and CRL expiry."""
     country = agency_country(settings.agency)
-    directory = node.resolver if isinstance(node.resolver, Directory) else None
+
+    def current() -> Directory | None:
+        # Read at every scrape: the directory may have been replaced (broker/node/live.py).
+        return node.resolver if isinstance(node.resolver, Directory) else None
 
     def destinations() -> list[str]:
+        directory = current()
         return [c.code for c in directory.countries()] if directory is not None else []
 
     own = [
@@ -199,6 +244,7 @@ def _register_collectors(
 
     def expiries() -> list[Expiry]:
         items = certificate_expiries(own, country=country)
+        directory = current()
         if directory is not None:
             items.extend(directory_expiries(directory))
         return items
@@ -241,7 +287,7 @@ async def running_node(
         metrics = node_metrics(registry, settings)
     try:
         clock = ClockDiscipline(_offset_clock(settings.clock_offset_seconds))
-        node = build_node(
+        node, live = build_live_node(
             settings,
             transport=transport,
             now=datetime.now(UTC),
@@ -270,17 +316,34 @@ async def running_node(
             tasks.append(
                 asyncio.create_task(run_clock_check(clock, server_time), name="clock-check")
             )
+        if server_time is not None and settings.nats.cert_file is not None:
+            # A node on NATS follows the published directory and policies (live.py).
+            tasks.append(
+                asyncio.create_task(
+                    run_updates(
+                        settings,
+                        live,
+                        store=store,
+                        root_cert=read_certificate(settings.root_cert),
+                        registry=registry,
+                        clock=clock.now,
+                    ),
+                    name="publications",
+                )
+            )
         watch_loops(node, tasks)
         if registry is not None:
             registry.register(ClockCollector(clock))
         if registry is not None and metrics is not None:
             _register_collectors(registry, settings, node, store)
             if isinstance(node.resolver, Directory):
-                directory = node.resolver
                 tasks.append(
                     asyncio.create_task(
                         run_audit_verification(
-                            store, metrics, agency=settings.agency, directory=lambda: directory
+                            store,
+                            metrics,
+                            agency=settings.agency,
+                            directory=lambda: live.directory,
                         ),
                         name="audit-verification",
                     )
