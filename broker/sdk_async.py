@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -180,7 +180,9 @@ class AsyncNodeClient:
         query = events_query(after, limit, types)
         return cast(EventPage, await self.call("GET", "/v1/events", query=query))
 
-    async def stream(self, *, after: int = 0, types: Sequence[str] = ()) -> AsyncIterator[Event]:
+    async def stream(
+        self, *, after: int = 0, types: Sequence[str] = ()
+    ) -> AsyncGenerator[Event, None]:
         """Every event after ``after``, live (server-sent events), each once and in order.
         A dropped connection is resumed from the last event seen (``Last-Event-ID``)."""
         attempt = 0
