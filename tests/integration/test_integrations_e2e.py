@@ -28,8 +28,13 @@ pytestmark = pytest.mark.integration
 LKA: Final = "de.lka-berlin"
 NPU: Final = "ua.npu"
 DELIVERY: Final = 60.0
-# Fast retries for the tests (the defaults back off up to 10 minutes).
-FAST_WEBHOOKS: Final = {"backoff_base_seconds": 0.2, "backoff_max_seconds": 2.0}
+# Fast retries for the tests (the defaults back off up to 10 minutes), enough of them to
+# outlast a 30 s outage (at about 1 s per attempt they would be parked after 12).
+FAST_WEBHOOKS: Final = {
+    "backoff_base_seconds": 0.2,
+    "backoff_max_seconds": 2.0,
+    "max_attempts": 100,
+}
 
 
 def free_port() -> int:
