@@ -146,8 +146,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error_response(exc)
     except web.HTTPNotFound:
         return _error_response(NotFound(f"no route {request.method} {request.path}"))
-    except web.HTTPMethodNotAllowed:
-        return _error_response(BadRequest(f"{request.method} is not allowed on {request.path}"))
+    except web.HTTPMethodNotAllowed as exc:
+        # 405 with Allow (RFC 9110), still an error document with reason bad_request.
+        refused = _error_response(BadRequest(f"{request.method} is not allowed on {request.path}"))
+        refused.set_status(405)
+        refused.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return refused
     except web.HTTPRequestEntityTooLarge:
         too_large = PayloadTooLarge(f"the request body exceeds {MAX_BODY} bytes")
         return await _answer_and_close(request, too_large)
