@@ -478,6 +478,7 @@ class Store:
                     yield db
                 return
             outcome: StorageOutcome = "not_stored"
+            changes = self._db.total_changes
             try:
                 self._rollback()  # a failed ROLLBACK earlier may have left one open
                 self._db.execute("BEGIN IMMEDIATE")
@@ -509,8 +510,9 @@ class Store:
                 ) from exc
             self._write_error = None
             self.commits += 1
-            for listener in tuple(self._commit_listeners):
-                listener()
+            if self._db.total_changes != changes:  # a transaction that wrote nothing: no news
+                for listener in tuple(self._commit_listeners):
+                    listener()
 
     @contextmanager
     def _savepoint(self, *, counted: bool = True) -> Iterator[sqlite3.Connection]:
@@ -1275,10 +1277,28 @@ class Store:
                 == 1
             )
 
-    def fan_out(self, *, limit: int, now: float, at: str) -> int:
-        """Queue a delivery of each new event (at most ``limit`` events) to every subscription
-        whose filter takes it, and move the cursors, in one transaction. How many queued."""
+    def fan_out(
+        self,
+        *,
+        limit: int,
+        now: float,
+        at: str,
+        outcomes: Sequence[tuple[int, str | None, float | None]] = (),
+    ) -> int:
+        """Record delivery ``outcomes`` (as :meth:`record_deliveries`), then queue a delivery
+        of each new event (at most ``limit`` events) to every subscription whose filter takes
+        it and move the cursors: one transaction (one commit per round of the delivery loop).
+        How many were queued. Nothing to record and no subscription behind: no write at all."""
+        behind = self._read(
+            lambda db: db.execute(
+                "SELECT 1 FROM webhook_subscriptions WHERE cursor < "
+                "(SELECT last FROM event_counter WHERE only = 1) LIMIT 1"
+            ).fetchone()
+        )
+        if behind is None and not outcomes:
+            return 0
         with self._write() as db:
+            _record_deliveries(db, outcomes, at=at)
             subs = db.execute(
                 "SELECT id, event_types, cursor FROM webhook_subscriptions"
             ).fetchall()
@@ -1360,25 +1380,7 @@ class Store:
         delivered; an error with a retry time stays pending; without one it is parked
         ``failed`` (replayable)."""
         with self._write() as db:
-            for delivery_id, error, retry_at in outcomes:
-                if error is None:
-                    db.execute(
-                        "UPDATE webhook_deliveries SET state = 'delivered', attempts = "
-                        "attempts + 1, last_error = NULL, delivered_at = ? WHERE id = ?",
-                        (at, delivery_id),
-                    )
-                else:
-                    db.execute(
-                        "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, "
-                        "last_error = ?, next_at = COALESCE(?, next_at) WHERE id = ? "
-                        "AND state = 'pending'",
-                        (
-                            "pending" if retry_at is not None else "failed",
-                            error,
-                            retry_at,
-                            delivery_id,
-                        ),
-                    )
+            _record_deliveries(db, outcomes, at=at)
 
     def list_deliveries(
         self, subscription_id: str, *, state: str | None, limit: int
@@ -1583,6 +1585,25 @@ _ANSWERED: Final = (
     "AND o.type NOT LIKE 'evidence.%')"
 )
 _INBOX_COLUMNS: Final = f"*, {_ANSWERED} AS answered"
+
+
+def _record_deliveries(
+    db: sqlite3.Connection, outcomes: Sequence[tuple[int, str | None, float | None]], *, at: str
+) -> None:
+    for delivery_id, error, retry_at in outcomes:
+        if error is None:
+            db.execute(
+                "UPDATE webhook_deliveries SET state = 'delivered', attempts = attempts + 1, "
+                "last_error = NULL, delivered_at = ? WHERE id = ?",
+                (at, delivery_id),
+            )
+        else:
+            db.execute(
+                "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, "
+                "last_error = ?, next_at = COALESCE(?, next_at) WHERE id = ? "
+                "AND state = 'pending'",
+                ("pending" if retry_at is not None else "failed", error, retry_at, delivery_id),
+            )
 
 
 def _remember(db: sqlite3.Connection, message_id: str, expires_at: int, now: datetime) -> bool:

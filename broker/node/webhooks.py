@@ -263,16 +263,19 @@ class Deliverer:
 
     async def step(self, post: Post) -> None:
         """One round: record finished attempts, fan out new events, start what is due."""
-        if self._outcomes:
-            done, self._outcomes = self._outcomes, []
-            try:
-                await asyncio.to_thread(self._store.record_deliveries, done, at=iso(self._clock()))
-            finally:
-                # Only now (recorded, or not: then due again) may they be picked up again.
-                self._in_flight.difference_update(d for d, _, _ in done)
-        await asyncio.to_thread(
-            self._store.fan_out, limit=self._settings.batch, now=time.time(), at=iso(self._clock())
-        )
+        done, self._outcomes = self._outcomes, []
+        try:
+            # One commit: the finished attempts and the new events' deliveries.
+            await asyncio.to_thread(
+                self._store.fan_out,
+                limit=self._settings.batch,
+                now=time.time(),
+                at=iso(self._clock()),
+                outcomes=done,
+            )
+        finally:
+            # Only now (recorded, or not: then due again) may they be picked up again.
+            self._in_flight.difference_update(d for d, _, _ in done)
         room = self._settings.concurrency - len(self._in_flight)
         if room <= 0:
             return
