@@ -20,7 +20,7 @@ from typing import Any, Final
 import pytest
 from aiohttp import web
 
-from broker.sdk import NodeClient, NodeError, WebhookVerificationError, verify_webhook
+from broker.sdk import Event, NodeClient, NodeError, WebhookVerificationError, verify_webhook
 from tests.integration.e2e_helpers import Running, bulletin, wait_until
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,7 @@ def test_feed_resumed_from_a_cursor_returns_every_event_once_in_order(running: R
     start = npu.events()["last"]
     first = send_bulletins(running, 6)
     received(running, first)
-    seen: list[dict[str, Any]] = []
+    seen: list[Event] = []
     page = npu.events(after=start, limit=4)
     seen += page["events"]
     cursor = page["next"]
