@@ -171,7 +171,7 @@ def test_feed_resumed_from_a_cursor_returns_every_event_once_in_order(running: R
         cursor = page["next"]
     seqs = [e["seq"] for e in seen]
     assert seqs == list(range(start + 1, start + 1 + len(seqs)))
-    got = [e["message_id"] for e in seen if e["type"] == "message.received"]
+    got = [str(e["message_id"]) for e in seen if e["type"] == "message.received"]
     assert sorted(got) == sorted(first + second)
     assert len(got) == len(set(got))
 
