@@ -26,7 +26,7 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -179,11 +179,3 @@ class EventSignal:
         except TimeoutError:
             return False
         return True
-
-
-def summary(events: Sequence[StoredEvent]) -> Mapping[str, int]:
-    """How many events of each type (for logs and the benchmark)."""
-    counts: dict[str, int] = {}
-    for event in events:
-        counts[event.type] = counts.get(event.type, 0) + 1
-    return counts

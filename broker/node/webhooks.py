@@ -25,6 +25,7 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import secrets
@@ -98,8 +99,6 @@ class WebhookSettings:
 
 def new_secret() -> str:
     """A fresh Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
-    import base64  # noqa: PLC0415 - only here
-
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
