@@ -227,7 +227,6 @@ def test_out_of_scope_and_revoked_clients_are_refused_and_audited(running: Runni
     assert "read" not in kinds
 
 
-@pytest.mark.slow
 def test_receiver_stopped_for_30_s_gets_every_event_once(running: Running) -> None:
     """A webhook receiver stopped for 30 s in the middle of a run gets every
     message.received event once per message id, each with a valid signature."""
