@@ -260,9 +260,15 @@ class _Handlers:
                     for _ in range(int(STREAM_WAIT)):
                         if await wake.wait(1.0) or not _connected(request):
                             break
-                page = await asyncio.to_thread(
-                    events.read_page, node.store, after=after, limit=STREAM_PAGE, types=types
-                )
+                try:
+                    page = await asyncio.to_thread(
+                        events.read_page, node.store, after=after, limit=STREAM_PAGE, types=types
+                    )
+                except CasebridgeError as exc:
+                    # Purged under a slow reader, or the store failed: end the stream; the
+                    # client's reconnection gets the error as a JSON answer (410, 503).
+                    log.info("event_stream_ended", reason=exc.reason.value)
+                    break
         return response
 
     async def read(self, request: web.Request) -> web.Response:

@@ -1200,8 +1200,13 @@ class Store:
 
     def purge_events(self, *, before: str) -> int:
         """Drop events older than ``before`` (RFC 3339) that no webhook delivery still needs
-        (pending, or failed and replayable); the counter never goes back. How many."""
+        (pending, or failed and replayable), and the records of deliveries made before it;
+        the counter never goes back. How many events were dropped."""
         with self._write() as db:
+            db.execute(
+                "DELETE FROM webhook_deliveries WHERE state = 'delivered' AND delivered_at < ?",
+                (before,),
+            )
             return db.execute(
                 "DELETE FROM events WHERE at < ? AND seq < COALESCE((SELECT MIN(seq) FROM "
                 "webhook_deliveries WHERE state != 'delivered'), 9223372036854775807)",

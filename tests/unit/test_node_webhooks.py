@@ -241,3 +241,29 @@ class TestSubscriptions:
         for raw in bad:
             with pytest.raises(ConfigError):
                 WebhookSettings.from_json(raw)
+
+
+class TestRetention:
+    def test_purge_keeps_what_deliveries_need(self, tmp_path: Path) -> None:
+        """Old events are purged except those a pending delivery needs; old delivered
+        records go with them."""
+        with Store(tmp_path / "s.sqlite") as store:
+            sub = webhooks.add(
+                store,
+                system="cms",
+                url="https://cms.example/h",
+                event_types=[],
+                after=None,
+                now=NOW,
+            )
+            mark(store, 3)
+            store.fan_out(limit=10, now=0.0, at="2026-11-28T12:00:00Z")
+            (first, *_rest) = sorted(
+                d["id"] for d in store.list_deliveries(sub["subscription_id"], state=None, limit=9)
+            )
+            store.record_deliveries([(first, None, None)], at="2026-11-28T12:00:00Z")
+            dropped = store.purge_events(before="2027-01-01T00:00:00Z")
+            assert dropped == 1  # event 1 (delivered); 2 and 3 are still pending
+            assert [e.seq for e in store.events_after(0, limit=10)] == [2, 3]
+            remaining = store.list_deliveries(sub["subscription_id"], state=None, limit=9)
+            assert sorted(d["seq"] for d in remaining) == [2, 3]
