@@ -51,6 +51,7 @@ from broker.node.service import Node
 from broker.node.settings import Settings
 from broker.node.store import Store
 from broker.node.transport import Transport
+from broker.node.webhooks import Deliverer
 from broker.pki.keyfiles import read_certificate, read_private_key
 from broker.policy_store import PolicyStore
 
@@ -310,6 +311,16 @@ async def running_node(
             ),
             asyncio.create_task(
                 lawful_jobs.run_retention(node, settings.retention), name="retention"
+            ),
+            # Webhooks: a loop of its own, never in the receive path (broker.node.webhooks).
+            asyncio.create_task(
+                Deliverer(
+                    store,
+                    settings.webhooks,
+                    clock=clock.now,
+                    retention_days=settings.events_retention_days,
+                ).run(),
+                name="webhooks",
             ),
         ]
         if server_time is not None:
