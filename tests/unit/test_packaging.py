@@ -25,7 +25,8 @@ def test_package_list_matches_the_source_tree() -> None:
     found = {
         ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "broker").rglob("__init__.py")
     }
-    assert _configured_packages() == found | {"broker.schemas", "broker.schemas.examples"}
+    shipped = {"broker.schemas", "broker.schemas.examples", "broker.adapters"}
+    assert _configured_packages() == found | shipped
 
 
 def test_registry_loads_from_another_working_directory(tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> Non
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    for name in ("broker", "schemas"):
+    for name in ("broker", "schemas", "adapters"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
@@ -62,6 +63,7 @@ def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> Non
     names = zipfile.ZipFile(wheel).namelist()
     assert "broker/schemas/bulletin.v1.json" in names
     assert "broker/schemas/examples/bulletin.json" in names
+    assert "broker/adapters/folder.py" in names
     site = tmp_path / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
