@@ -1,0 +1,187 @@
+"""The adapters on a real federation: DE and NL servers, hub, gateways and nodes (issue 15).
+
+The folder adapter runs as its own process (``casebridge adapter folder``) and is killed with
+SIGKILL mid-way through a batch: after a restart every draft reaches NL exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+from tests.integration.e2e_helpers import REPO, Running, bulletin, example, wait_until
+
+pytestmark = pytest.mark.integration
+
+LKA: Final = "de.lka-berlin"
+POLITIE: Final = "nl.politie"
+DE_NL: Final[dict[str, Any]] = {
+    "federation": "adapters",
+    "countries": [
+        {
+            "code": "DE",
+            "name": "Germany",
+            "eu": True,
+            "agencies": [{"id": LKA, "kind": "law_enforcement", "name": "LKA Berlin"}],
+        },
+        {
+            "code": "NL",
+            "name": "Netherlands",
+            "eu": True,
+            "agencies": [{"id": POLITIE, "kind": "law_enforcement", "name": "Politie"}],
+        },
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def de_nl(nats_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """DE + NL with both gateways and the LKA and Politie nodes, for this module's tests."""
+    del nats_binary
+    running = Running.start(
+        tmp_path_factory.mktemp("adapters"), nodes=[LKA, POLITIE], description=DE_NL
+    )
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+class Adapter:
+    """One `casebridge adapter folder` process over ``root`` for ``agency``'s node."""
+
+    def __init__(self, fed: Running, agency: str, root: Path, *, receive: bool) -> None:
+        client = fed.client(agency)
+        root.mkdir(parents=True, exist_ok=True)
+        (root.parent / f"{agency}.token").write_text(client.token)
+        self.settings = root.parent / f"{agency}-folder.yaml"
+        self.settings.write_text(
+            yaml.safe_dump(
+                {
+                    "folder": root.name,
+                    "node": {"url": client.base_url, "token_file": f"{agency}.token"},
+                    "stable_seconds": 0.2,
+                    "receive": receive,
+                    "receive_seconds": 0.5,
+                }
+            )
+        )
+        self.root = root
+        self.log = root.parent / f"{agency}-folder.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env.pop("CASEBRIDGE_TOKEN", None)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "broker.cli", "adapter", "folder", "--settings",
+                 str(self.settings)],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def results(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in (self.root / "sent").glob("*.result.json")]
+
+    def waiting(self) -> list[str]:
+        outgoing = self.root / "outgoing"
+        return [p.name for p in outgoing.iterdir()] if outgoing.exists() else []
+
+
+def _drop_bulletins(root: Path, count: int, tag: str) -> None:
+    """``count`` distinct bulletins, each written as ``.part`` and renamed (the convention)."""
+    outgoing = root / "outgoing"
+    outgoing.mkdir(parents=True, exist_ok=True)
+    body = example("bulletin")
+    for i in range(count):
+        draft = bulletin([POLITIE], body=body | {"title": f"Adapter bulletin {tag} {i:04d}"})
+        part = outgoing / f"b-{i:04d}.json.part"
+        part.write_text(json.dumps(draft))
+        part.rename(outgoing / f"b-{i:04d}.json")
+
+
+def _folder_exactly_once(fed: Running, tmp_path: Path, count: int) -> None:
+    """Drop ``count`` drafts, SIGKILL the adapter after about a quarter was sent, restart it:
+    every draft reaches NL once, with the ids the adapter reported."""
+    before_nl = set(fed.inbox_ids(POLITIE))
+    before_de = set(fed.outbox_states(LKA))
+    de = Adapter(fed, LKA, tmp_path / "de" / "drop", receive=False)
+    nl = Adapter(fed, POLITIE, tmp_path / "nl" / "drop", receive=True)
+    _drop_bulletins(de.root, count, tmp_path.name)
+    started = time.monotonic()
+    try:
+        nl.start()
+        de.start()
+        wait_until(
+            lambda: len(list((de.root / "sent").glob("*.result.json"))) >= count // 4,
+            60,
+            what="a quarter of the drafts sent",
+        )
+        de.kill()
+        left = de.waiting()
+        print(f"\nkilled with {count - len(left)} of {count} drafts moved to sent/")
+        assert left, "the adapter finished before it was killed: nothing was tested"
+        de.start()
+        wait_until(lambda: not de.waiting(), 120, what="outgoing/ empty after the restart")
+        results = de.results()
+        sent_ids = [r["result"]["message_id"] for r in results]
+        assert len(results) == count
+        assert len(set(sent_ids)) == count
+        assert list((de.root / "failed").iterdir()) == []
+        wait_until(
+            lambda: len(set(fed.inbox_ids(POLITIE)) - before_nl) >= count,
+            120,
+            what=f"{count} messages in NL's inbox",
+        )
+        arrived = [i for i in fed.inbox_ids(POLITIE) if i not in before_nl]
+        assert sorted(arrived) == sorted(sent_ids)  # each once, and only those
+        created = set(fed.outbox_states(LKA)) - before_de
+        assert created == set(sent_ids)  # the DE node sealed each draft once
+        # NL's folder adapter writes each received message to incoming/ once.
+        wait_until(
+            lambda: len(list((nl.root / "incoming").glob("*.json"))) >= count,
+            120,
+            what="NL incoming/ files",
+        )
+        written = sorted(p.stem for p in (nl.root / "incoming").glob("*.json"))
+        assert written == sorted(sent_ids)
+        print(f"{count} drafts through kill -9 in {time.monotonic() - started:.1f} s")
+    finally:
+        de.stop()
+        nl.stop()
+
+
+def test_folder_adapter_kill_9_exactly_once(de_nl: Running, tmp_path: Path) -> None:
+    """20 drafts dropped in DE reach NL exactly once although the adapter is SIGKILLed
+    mid-way and restarted; NL's folder adapter writes each to incoming/ once."""
+    _folder_exactly_once(de_nl, tmp_path, 20)
+
+
+@pytest.mark.slow
+def test_folder_adapter_kill_9_exactly_once_200(de_nl: Running, tmp_path: Path) -> None:
+    """The same with 200 drafts (the acceptance figure)."""
+    _folder_exactly_once(de_nl, tmp_path, 200)
