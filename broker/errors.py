@@ -74,6 +74,8 @@ class Reason(StrEnum):
     AUDIT_UNAVAILABLE = "audit_unavailable"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL_ERROR = "internal_error"
+    FORBIDDEN = "forbidden"  # an API client lacks the scope a route needs (403)
+    CURSOR_EXPIRED = "cursor_expired"  # a change-feed cursor older than what is retained (410)
     # local
     CONFIG_INVALID = "config_invalid"
     PKI_ERROR = "pki_error"

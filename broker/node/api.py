@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import re
 import time
@@ -45,7 +44,7 @@ from prometheus_client import CollectorRegistry
 from broker.core import canonical
 from broker.errors import CasebridgeError, InvalidMessage, PolicyDenied, Reason, SchemaInvalid
 from broker.metrics import REGISTRY_KEY, NodeMetrics, metrics_response
-from broker.node import corrections
+from broker.node import api_integrations, corrections
 from broker.node.errors import (
     BadRequest,
     InternalError,
@@ -53,7 +52,6 @@ from broker.node.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
-    Unauthorized,
 )
 from broker.node.model import Draft, OutboxState
 from broker.node.service import Node
@@ -96,6 +94,8 @@ _DRAFT_FIELDS: Final = frozenset(
         "task_force",
         "categories",
         "onward_allowed",
+        "onward_exclude",
+        "derived_from",
     }
 )
 
@@ -181,13 +181,11 @@ def _route(request: web.Request) -> str:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in PUBLIC_PATHS:
-        expected = request.app[TOKEN_KEY]
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode("utf-8"), expected.encode("utf-8")
-        ):
-            raise Unauthorized("send Authorization: Bearer <node API token>")
+        # The settings token (built-in client ``node``) or a registered client with the
+        # route's scope; refusals are audited (broker.node.api_integrations).
+        await api_integrations.authenticate(
+            request, node=request.app[NODE_KEY], settings_token=request.app[TOKEN_KEY]
+        )
     return await handler(request)
 
 
@@ -242,6 +240,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(node_lifecycle)
+    api_integrations.setup(app, NODE_KEY)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/v1/messages", _submit)
@@ -375,6 +374,8 @@ def parse_draft(raw: Mapping[str, Any]) -> Draft:
         in_reply_to=_str(raw, "in_reply_to"),
         categories=_str_list(raw, "categories"),
         onward_allowed=onward,
+        onward_exclude=_str_list(raw, "onward_exclude"),
+        derived_from=_str(raw, "derived_from"),
     )
 
 
@@ -471,6 +472,17 @@ async def _message(request: web.Request) -> web.Response:
         return web.json_response({"direction": "sent", **sent.to_json(), **lawful})
     if node.store.inbox_message(message_id) is None:
         raise NotFound(f"no message {message_id}")
+    who = api_integrations.principal(request)
+    if not who.builtin:
+        # A case system importing the body: a transfer to it, not a person's consultation.
+        fetched = await api_integrations.system_fetch(node, message_id, who)
+        return web.json_response(
+            {
+                "direction": "received",
+                **fetched.to_json(today=node.today(), with_body=True),
+                **lawful,
+            }
+        )
     justification = _justification(request)
     actor = _actor(request) or DEFAULT_ACTOR
     received = await node.read(message_id, actor=actor, justification=justification)

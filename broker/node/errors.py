@@ -54,6 +54,13 @@ class Unauthorized(NodeError):
     reason_code = Reason.UNAUTHORIZED
 
 
+class Forbidden(NodeError):
+    """An authenticated API client lacks the scope the route needs."""
+
+    http_status = 403
+    reason_code = Reason.FORBIDDEN
+
+
 class JustificationRequired(NodeError):
     """Opening a received message is a consultation: it needs a stated justification."""
 

@@ -49,6 +49,10 @@ class Draft:
     in_reply_to: str | None = None
     categories: tuple[str, ...] = ()
     onward_allowed: bool = False
+    # Derived data (broker.node.derived): the received message this one is derived from, and
+    # the countries this message's own onward marking excludes.
+    derived_from: str | None = None
+    onward_exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

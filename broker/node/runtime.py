@@ -49,6 +49,7 @@ from broker.node.service import Node
 from broker.node.settings import Settings
 from broker.node.store import Store
 from broker.node.transport import Transport
+from broker.node.webhooks import Deliverer
 from broker.policy_store import PolicyStore
 
 TransportFactory = Callable[[Settings], Transport]
@@ -246,6 +247,16 @@ async def running_node(
             ),
             asyncio.create_task(
                 lawful_jobs.run_retention(node, settings.retention), name="retention"
+            ),
+            # Webhooks: a loop of its own, never in the receive path (broker.node.webhooks).
+            asyncio.create_task(
+                Deliverer(
+                    store,
+                    settings.webhooks,
+                    clock=clock.now,
+                    retention_days=settings.events_retention_days,
+                ).run(),
+                name="webhooks",
             ),
         ]
         if server_time is not None:

@@ -71,12 +71,12 @@ from broker.core.envelope import (
     seal,
 )
 from broker.core.evidence import EvidenceKind
-from broker.core.header import Header, Onward, agency_country
+from broker.core.header import Header, Onward, agency_country, parse_header
 from broker.core.trust import KeyResolver
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
 from broker.federation.subjects import submit_subject
 from broker.logs import DistinctFaults, FaultLog
-from broker.node import audit_log, corrections
+from broker.node import audit_log, corrections, derived
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
 from broker.node.errors import (
     BadRequest,
@@ -372,7 +372,8 @@ class Node:
             purpose=draft.purpose,
             legal_basis=legal_basis,
             categories=tuple(sorted(set(draft.categories))),
-            onward=Onward(allowed=draft.onward_allowed),
+            onward=Onward(allowed=draft.onward_allowed, exclude=draft.onward_exclude),
+            derived_from=draft.derived_from,
             iat=iat,
             exp=iat + int(self._lifetime.total_seconds()),
             due=draft.due,
@@ -396,8 +397,14 @@ class Node:
         """Build the header of a draft and run pre-flight on it (raises ``PolicyDenied``)."""
         now = self._clock()
         header = self._draft_header(draft, now)
+        derived.refuse_excluded(header, self._original_onward)
         clearance = self._preflight(header, draft.body)
         return replace(header, categories=clearance.categories), clearance
+
+    def _original_onward(self, message_id: str) -> Onward | None:
+        """The onward marking of a message we received (None: not one of ours)."""
+        found = self.store.inbox_message(message_id)
+        return parse_header(found.header).onward if found is not None else None
 
     def explain(self, draft: Draft) -> dict[str, Any]:
         """What pre-flight would decide about ``draft``, without sealing or storing anything."""

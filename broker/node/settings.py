@@ -17,7 +17,9 @@ from typing import Any, Final
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
 from broker.gateway.fairness import FairShare
+from broker.node.events import DEFAULT_RETENTION_DAYS, retention_days
 from broker.node.retention import RetentionPolicy
+from broker.node.webhooks import WebhookSettings
 
 TOKEN_ENV: Final = "CASEBRIDGE_NODE_TOKEN"  # noqa: S105 - a variable name, not a secret
 DEFAULT_PORT: Final = 8470
@@ -35,6 +37,8 @@ _TOP: Final = frozenset(
         "audit",
         "fair_share",
         "clock_offset_seconds",
+        "events",
+        "webhooks",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -94,6 +98,9 @@ class Settings:
     # Fault tests only (the chaos suite's "node clock 5 minutes off"): added to the wall clock
     # the node seals, verifies and stamps with. Never set it in production.
     clock_offset_seconds: float = 0.0
+    # The change feed's retention and webhook delivery (broker.node.events, .webhooks)
+    events_retention_days: int = DEFAULT_RETENTION_DAYS
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -191,4 +198,6 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         checkpoint_seconds=float(checkpoint_seconds),
         fair_share=FairShare.from_json(top.get("fair_share")),
         clock_offset_seconds=float(offset),
+        events_retention_days=retention_days(top.get("events")),
+        webhooks=WebhookSettings.from_json(top.get("webhooks")),
     )

@@ -58,6 +58,110 @@ from broker.node.model import (
 
 T = TypeVar("T")
 
+
+def _event_trigger(
+    *, name: str, when: str, type_sql: str, at: str, message_id: str, data: str
+) -> str:
+    """A trigger appending one event (next number of the counter) for a row change."""
+    return f"""
+    CREATE TRIGGER {name} {when}
+    BEGIN
+        UPDATE event_counter SET last = last + 1 WHERE only = 1;
+        INSERT INTO events (seq, type, at, message_id, data)
+        VALUES ((SELECT last FROM event_counter WHERE only = 1), {type_sql}, {at},
+                {message_id}, {data});
+    END;
+    """  # noqa: S608 - fixed fragments of this module only
+
+
+# The events carry ids and header fields, never a body (a body is fetched with credentials).
+# Outbox: the message stored (``outbox.stored``) and acknowledged by JetStream; the attempts
+# in between (queued <-> submitted) are not events. Evidence we produce is not an event.
+_EVENT_TABLES: Final = """
+    CREATE TABLE event_counter (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        last INTEGER NOT NULL,
+        feed TEXT NOT NULL
+    );
+    INSERT INTO event_counter (only, last, feed) VALUES (1, 0, lower(hex(randomblob(8))));
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        at TEXT NOT NULL,
+        message_id TEXT,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX events_at ON events (at);
+    """
+
+EVENTS_MIGRATION: Final = "".join(
+    (
+        _EVENT_TABLES,
+        _event_trigger(
+            name="event_message_received",
+            when="AFTER INSERT ON inbox",
+            type_sql="'message.received'",
+            at="NEW.received_at",
+            message_id="NEW.id",
+            data="json_object('message_id', NEW.id, 'type', NEW.type, 'sender', NEW.sender, "
+            "'conversation', NEW.conversation, 'in_reply_to', NEW.in_reply_to, 'due', NEW.due, "
+            "'digest', NEW.digest, 'header', json(NEW.header))",
+        ),
+        _event_trigger(
+            name="event_message_rejected",
+            when="AFTER INSERT ON rejections",
+            type_sql="'message.rejected'",
+            at="NEW.at",
+            message_id="NEW.message_id",
+            data="json_object('message_id', NEW.message_id, 'sender', NEW.sender, "
+            "'type', NEW.type, 'reason', NEW.reason, 'rule_id', NEW.rule_id, 'detail', NEW.detail, "
+            "'digest', NEW.digest, 'sequence', NEW.sequence)",
+        ),
+        _event_trigger(
+            name="event_evidence_received",
+            when="AFTER INSERT ON evidence WHEN NEW.direction = 'received'",
+            type_sql="'evidence.received'",
+            at="NEW.at",
+            message_id="NEW.subject_id",
+            data="json_object('message_id', NEW.subject_id, 'kind', NEW.kind, 'actor', NEW.actor, "
+            "'at', NEW.at, 'reason', NEW.reason, 'rule_id', NEW.rule_id, "
+            "'evidence_id', NEW.evidence_id, 'digest_matches', "
+            "CASE WHEN NEW.digest_matches IS NULL THEN NULL "
+            "WHEN NEW.digest_matches THEN json('true') ELSE json('false') END)",
+        ),
+        _event_trigger(
+            name="event_message_marked",
+            when="AFTER INSERT ON message_marks",
+            type_sql="'message.' || NEW.mark",
+            at="NEW.at",
+            message_id="NEW.message_id",
+            data="json_object('message_id', NEW.message_id, 'by_message_id', NEW.by_message_id, "
+            "'reason', NEW.reason, 'action', NEW.action)",
+        ),
+        _event_trigger(
+            name="event_outbox_stored",
+            when="AFTER INSERT ON outbox WHEN NEW.type NOT LIKE 'evidence.%'",
+            type_sql="'outbox.stored'",
+            at="NEW.created_at",
+            message_id="NEW.id",
+            data="json_object('message_id', NEW.id, 'type', NEW.type, "
+            "'conversation', NEW.conversation, 'in_reply_to', NEW.in_reply_to, 'state', NEW.state, "
+            "'recipients', json_extract(NEW.header, '$.recipients'), "
+            "'derived_from', json_extract(NEW.header, '$.derived_from'))",
+        ),
+        _event_trigger(
+            name="event_outbox_acknowledged",
+            when="AFTER UPDATE OF state ON outbox WHEN NEW.state = 'acknowledged' "
+            "AND OLD.state != 'acknowledged' AND NEW.type NOT LIKE 'evidence.%'",
+            type_sql="'outbox.acknowledged'",
+            at="NEW.updated_at",
+            message_id="NEW.id",
+            data="json_object('message_id', NEW.id, 'type', NEW.type, "
+            "'conversation', NEW.conversation, 'state', NEW.state, 'attempts', NEW.attempts)",
+        ),
+    )
+)
+
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: initial schema
     """
@@ -184,6 +288,56 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         serial INTEGER NOT NULL
     );
     """,
+    # 6: the change feed (broker.node.events): every change a case system may care about is
+    # an event, written by a trigger in the very transaction of the change, numbered by one
+    # counter (gap-free: a rolled-back change rolls back its number too).
+    EVENTS_MIGRATION,
+    # 7: webhook subscriptions and their deliveries, queued here so that they survive a
+    # restart (broker.node.webhooks). ``cursor``: the last event fanned out to a subscription.
+    """
+    CREATE TABLE webhook_subscriptions (
+        id TEXT PRIMARY KEY,
+        system TEXT NOT NULL,
+        url TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        event_types TEXT NOT NULL,
+        cursor INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        subscription_id TEXT NOT NULL REFERENCES webhook_subscriptions (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        delivered_at TEXT,
+        UNIQUE (subscription_id, seq)
+    );
+    CREATE INDEX webhook_due ON webhook_deliveries (next_at) WHERE state = 'pending';
+    CREATE INDEX webhook_unsettled ON webhook_deliveries (seq) WHERE state != 'delivered';
+    """,
+    # 8: per-system API clients and their secrets (hashes only; broker.node.clients).
+    """
+    CREATE TABLE api_clients (
+        id TEXT PRIMARY KEY,
+        system TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE api_client_secrets (
+        id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL REFERENCES api_clients (id),
+        hash BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT
+    );
+    CREATE INDEX api_client_secrets_client ON api_client_secrets (client_id);
+    """,
 )
 
 
@@ -262,6 +416,9 @@ class Store:
         self.commits = 0  # write transactions committed since start (what batching saves)
         self._write_error: str | None = None  # the last write's failure; None: it committed
         self._probe_interval = probe_interval
+        # Called (on the committing thread) after every committed write: the change feed's
+        # waiters wake on it instead of polling (broker.node.events.EventSignal).
+        self._commit_listeners: list[Callable[[], None]] = []
         self._probed_at = float("-inf")
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never implicit.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -352,6 +509,8 @@ class Store:
                 ) from exc
             self._write_error = None
             self.commits += 1
+            for listener in tuple(self._commit_listeners):
+                listener()
 
     @contextmanager
     def _savepoint(self, *, counted: bool = True) -> Iterator[sqlite3.Connection]:
@@ -444,6 +603,12 @@ class Store:
                     db.execute("DELETE FROM replay WHERE id = ?", (_PROBE_ID,))
         error = self._write_error
         return (True, "ok") if error is None else (False, error)
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after every commit (on the committing thread; it must be quick
+        and never raise); returns a function that removes it."""
+        self._commit_listeners.append(listener)
+        return lambda: self._commit_listeners.remove(listener)
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction for modules that keep their own tables here (audit log,
@@ -997,6 +1162,419 @@ class Store:
             ).fetchall()
         )
         return received, [_outbox(r) for r in rows]
+
+    # ------------------------------------------------------------- change feed
+
+    def events_after(
+        self, after: int, *, limit: int, types: Sequence[str] = ()
+    ) -> list[StoredEvent]:
+        """Events numbered above ``after``, oldest first (``types``: only those types)."""
+        where = "seq > ?"
+        params: list[Any] = [after]
+        if types:
+            where += f" AND type IN ({', '.join('?' * len(types))})"
+            params.extend(types)
+        params.append(limit)
+        rows = self._read(
+            lambda db: db.execute(
+                f"SELECT seq, type, at, message_id, data FROM events WHERE {where} "  # noqa: S608 - placeholders only
+                "ORDER BY seq LIMIT ?",
+                params,
+            ).fetchall()
+        )
+        return [_event(r) for r in rows]
+
+    def event_bounds(self) -> tuple[str, int, int]:
+        """``(feed id, first retained seq (0: none), last seq ever given)``."""
+
+        def read(db: sqlite3.Connection) -> tuple[str, int, int]:
+            feed, last = db.execute(
+                "SELECT feed, last FROM event_counter WHERE only = 1"
+            ).fetchone()
+            first = db.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            return str(feed), int(first or 0), int(last)
+
+        return self._read(read)
+
+    def purge_events(self, *, before: str) -> int:
+        """Drop events older than ``before`` (RFC 3339) that no webhook delivery still needs
+        (pending, or failed and replayable); the counter never goes back. How many."""
+        with self._write() as db:
+            return db.execute(
+                "DELETE FROM events WHERE at < ? AND seq < COALESCE((SELECT MIN(seq) FROM "
+                "webhook_deliveries WHERE state != 'delivered'), 9223372036854775807)",
+                (before,),
+            ).rowcount
+
+    # ---------------------------------------------------------------- webhooks
+
+    def add_subscription(
+        self,
+        *,
+        subscription_id: str,
+        system: str,
+        url: str,
+        secret: str,
+        event_types: Sequence[str],
+        after: int | None,
+        now: str,
+    ) -> int:
+        """Store a webhook subscription; it gets the events after ``after`` (None: only those
+        after now). Returns its starting cursor."""
+        with self._write() as db:
+            if after is None:
+                after = int(db.execute("SELECT last FROM event_counter").fetchone()[0])
+            db.execute(
+                "INSERT INTO webhook_subscriptions (id, system, url, secret, event_types, "
+                "cursor, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (subscription_id, system, url, secret, _json(list(event_types)), after, now),
+            )
+            return after
+
+    def list_subscriptions(self) -> list[dict[str, Any]]:
+        """Every subscription (without its secret) with its deliveries counted by state."""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT s.id, s.system, s.url, s.event_types, s.cursor, s.created_at, "
+                "(SELECT COUNT(*) FROM webhook_deliveries d WHERE d.subscription_id = s.id "
+                "AND d.state = 'pending') AS pending, "
+                "(SELECT COUNT(*) FROM webhook_deliveries d WHERE d.subscription_id = s.id "
+                "AND d.state = 'failed') AS failed, "
+                "(SELECT COUNT(*) FROM webhook_deliveries d WHERE d.subscription_id = s.id "
+                "AND d.state = 'delivered') AS delivered "
+                "FROM webhook_subscriptions s ORDER BY s.created_at, s.id"
+            ).fetchall()
+        )
+        return [
+            {
+                "subscription_id": r["id"],
+                "system": r["system"],
+                "url": r["url"],
+                "event_types": json.loads(r["event_types"]),
+                "cursor": r["cursor"],
+                "created_at": r["created_at"],
+                "deliveries": {
+                    "pending": r["pending"],
+                    "failed": r["failed"],
+                    "delivered": r["delivered"],
+                },
+            }
+            for r in rows
+        ]
+
+    def remove_subscription(self, subscription_id: str) -> bool:
+        """Delete a subscription and its queued deliveries. False if there was none."""
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM webhook_deliveries WHERE subscription_id = ?", (subscription_id,)
+            )
+            return (
+                db.execute(
+                    "DELETE FROM webhook_subscriptions WHERE id = ?", (subscription_id,)
+                ).rowcount
+                == 1
+            )
+
+    def fan_out(self, *, limit: int, now: float, at: str) -> int:
+        """Queue a delivery of each new event (at most ``limit`` events) to every subscription
+        whose filter takes it, and move the cursors, in one transaction. How many queued."""
+        with self._write() as db:
+            subs = db.execute(
+                "SELECT id, event_types, cursor FROM webhook_subscriptions"
+            ).fetchall()
+            if not subs:
+                return 0
+            low = min(int(r["cursor"]) for r in subs)
+            events = db.execute(
+                "SELECT seq, type FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (low, limit)
+            ).fetchall()
+            if not events:
+                return 0
+            top = int(events[-1]["seq"])
+            queued: list[tuple[str, int, float, str]] = []
+            for sub in subs:
+                types = set(json.loads(sub["event_types"]))
+                cursor = int(sub["cursor"])
+                queued.extend(
+                    (sub["id"], int(e["seq"]), now, at)
+                    for e in events
+                    if int(e["seq"]) > cursor and (not types or e["type"] in types)
+                )
+            db.executemany(
+                "INSERT INTO webhook_deliveries (subscription_id, seq, state, next_at, "
+                "created_at) VALUES (?, ?, 'pending', ?, ?) "
+                "ON CONFLICT (subscription_id, seq) DO NOTHING",
+                queued,
+            )
+            db.execute("UPDATE webhook_subscriptions SET cursor = ? WHERE cursor < ?", (top, top))
+            return len(queued)
+
+    def due_deliveries(
+        self, *, now: float, limit: int, skip: Sequence[int] = ()
+    ) -> list[dict[str, Any]]:
+        """Pending deliveries due by ``now`` (oldest event first), with their event and the
+        subscription's url and secret; ``skip``: delivery ids in flight."""
+        excluded = f" AND d.id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT d.id, d.subscription_id, d.seq, d.attempts, s.url, s.secret, "  # noqa: S608 - placeholders only
+                "e.type, e.at, e.message_id, e.data FROM webhook_deliveries d "
+                "JOIN webhook_subscriptions s ON s.id = d.subscription_id "
+                "JOIN events e ON e.seq = d.seq "
+                f"WHERE d.state = 'pending' AND d.next_at <= ?{excluded} "
+                "ORDER BY d.next_at, d.seq LIMIT ?",
+                (now, *skip, limit),
+            ).fetchall()
+        )
+        return [
+            {
+                "delivery_id": int(r["id"]),
+                "subscription_id": r["subscription_id"],
+                "attempts": int(r["attempts"]),
+                "url": r["url"],
+                "secret": r["secret"],
+                "event": StoredEvent(
+                    seq=int(r["seq"]),
+                    type=r["type"],
+                    at=r["at"],
+                    message_id=r["message_id"],
+                    data=json.loads(r["data"]),
+                ),
+            }
+            for r in rows
+        ]
+
+    def next_delivery_at(self) -> float | None:
+        """When the earliest pending delivery is due (None: nothing pending)."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT MIN(next_at) FROM webhook_deliveries WHERE state = 'pending'"
+            ).fetchone()
+        )
+        return float(row[0]) if row is not None and row[0] is not None else None
+
+    def record_deliveries(
+        self, outcomes: Sequence[tuple[int, str | None, float | None]], *, at: str
+    ) -> None:
+        """Record attempts ``(delivery id, error, retry at)`` in one transaction: no error is
+        delivered; an error with a retry time stays pending; without one it is parked
+        ``failed`` (replayable)."""
+        with self._write() as db:
+            for delivery_id, error, retry_at in outcomes:
+                if error is None:
+                    db.execute(
+                        "UPDATE webhook_deliveries SET state = 'delivered', attempts = "
+                        "attempts + 1, last_error = NULL, delivered_at = ? WHERE id = ?",
+                        (at, delivery_id),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1, "
+                        "last_error = ?, next_at = COALESCE(?, next_at) WHERE id = ? "
+                        "AND state = 'pending'",
+                        (
+                            "pending" if retry_at is not None else "failed",
+                            error,
+                            retry_at,
+                            delivery_id,
+                        ),
+                    )
+
+    def list_deliveries(
+        self, subscription_id: str, *, state: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """A subscription's deliveries, newest event first (``state``: only those)."""
+        where = "subscription_id = ?" + (" AND state = ?" if state is not None else "")
+        params: list[Any] = [subscription_id] + ([state] if state is not None else [])
+        rows = self._read(
+            lambda db: db.execute(
+                "SELECT id, seq, state, attempts, next_at, last_error, created_at, "  # noqa: S608 - fixed fragments
+                f"delivered_at FROM webhook_deliveries WHERE {where} "
+                "ORDER BY seq DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    def replay_deliveries(
+        self, subscription_id: str, *, after: int | None, now: float, at: str
+    ) -> int | None:
+        """Queue again: the failed deliveries (``after`` None), or every retained event after
+        ``after`` (delivered ones too, with the same webhook-id). None: no such subscription."""
+        with self._write() as db:
+            sub = db.execute(
+                "SELECT event_types, cursor FROM webhook_subscriptions WHERE id = ?",
+                (subscription_id,),
+            ).fetchone()
+            if sub is None:
+                return None
+            if after is None:
+                return db.execute(
+                    "UPDATE webhook_deliveries SET state = 'pending', attempts = 0, next_at = ? "
+                    "WHERE subscription_id = ? AND state = 'failed'",
+                    (now, subscription_id),
+                ).rowcount
+            types = json.loads(sub["event_types"])
+            where = "seq > ? AND seq <= ?"
+            params: list[Any] = [after, int(sub["cursor"])]
+            if types:
+                where += f" AND type IN ({', '.join('?' * len(types))})"
+                params.extend(types)
+            seqs = [
+                int(r[0])
+                for r in db.execute(
+                    f"SELECT seq FROM events WHERE {where}",  # noqa: S608 - placeholders only
+                    params,
+                )
+            ]
+            db.executemany(
+                "INSERT INTO webhook_deliveries (subscription_id, seq, state, next_at, "
+                "created_at) VALUES (?, ?, 'pending', ?, ?) "
+                "ON CONFLICT (subscription_id, seq) DO UPDATE SET state = 'pending', "
+                "attempts = 0, next_at = excluded.next_at",
+                [(subscription_id, seq, now, at) for seq in seqs],
+            )
+            return len(seqs)
+
+    # ------------------------------------------------------------- API clients
+
+    def add_client(
+        self,
+        *,
+        client_id: str,
+        system: str,
+        purpose: str,
+        scopes: Sequence[str],
+        secret_id: str,
+        secret_hash: bytes,
+        now: str,
+    ) -> bool:
+        """Register a client with its first secret; False if the id is taken."""
+        with self._write() as db:
+            inserted = db.execute(
+                "INSERT INTO api_clients (id, system, purpose, scopes, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (client_id, system, purpose, _json(list(scopes)), now),
+            ).rowcount
+            if inserted != 1:
+                return False
+            db.execute(
+                "INSERT INTO api_client_secrets (id, client_id, hash, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (secret_id, client_id, secret_hash, now),
+            )
+            return True
+
+    def rotate_client(
+        self, client_id: str, *, secret_id: str, secret_hash: bytes, now: str, old_until: str
+    ) -> bool:
+        """Add a secret; the current ones expire at ``old_until`` (the overlap). False if
+        there is no active client of that id."""
+        with self._write() as db:
+            active = db.execute(
+                "SELECT 1 FROM api_clients WHERE id = ? AND revoked_at IS NULL", (client_id,)
+            ).fetchone()
+            if active is None:
+                return False
+            db.execute(
+                "UPDATE api_client_secrets SET expires_at = ? WHERE client_id = ? AND "
+                "(expires_at IS NULL OR expires_at > ?)",
+                (old_until, client_id, old_until),
+            )
+            db.execute(
+                "INSERT INTO api_client_secrets (id, client_id, hash, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (secret_id, client_id, secret_hash, now),
+            )
+            return True
+
+    def revoke_client(self, client_id: str, *, now: str) -> bool:
+        """Revoke a client (every secret ends now). False if there is no active one."""
+        with self._write() as db:
+            return (
+                db.execute(
+                    "UPDATE api_clients SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (now, client_id),
+                ).rowcount
+                == 1
+            )
+
+    def list_clients(self) -> list[dict[str, Any]]:
+        """Every client with its secrets' ids and times (never a hash)."""
+
+        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            clients = db.execute("SELECT * FROM api_clients ORDER BY created_at, id").fetchall()
+            found = []
+            for c in clients:
+                keys = db.execute(
+                    "SELECT id, created_at, expires_at FROM api_client_secrets "
+                    "WHERE client_id = ? ORDER BY created_at, id",
+                    (c["id"],),
+                ).fetchall()
+                found.append(
+                    {
+                        "client_id": c["id"],
+                        "system": c["system"],
+                        "purpose": c["purpose"],
+                        "scopes": tuple(json.loads(c["scopes"])),
+                        "created_at": c["created_at"],
+                        "revoked_at": c["revoked_at"],
+                        "secrets": tuple(
+                            {
+                                "secret_id": k["id"],
+                                "created_at": k["created_at"],
+                                "expires_at": k["expires_at"],
+                            }
+                            for k in keys
+                        ),
+                    }
+                )
+            return found
+
+        return self._read(read)
+
+    def client_by_secret(self, secret_id: str) -> dict[str, Any] | None:
+        """The secret's hash, expiry and its client's row (None: unknown secret id)."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT s.hash, s.expires_at, c.id AS client_id, c.system, c.purpose, c.scopes, "
+                "c.revoked_at FROM api_client_secrets s JOIN api_clients c ON c.id = s.client_id "
+                "WHERE s.id = ?",
+                (secret_id,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return {
+            "hash": bytes(row["hash"]),
+            "expires_at": row["expires_at"],
+            "client_id": row["client_id"],
+            "system": row["system"],
+            "purpose": row["purpose"],
+            "scopes": tuple(json.loads(row["scopes"])),
+            "revoked_at": row["revoked_at"],
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoredEvent:
+    """One row of the change feed: its number, type, time, message id and data (JSON)."""
+
+    seq: int
+    type: str
+    at: str
+    message_id: str | None
+    data: Mapping[str, Any]
+
+
+def _event(row: sqlite3.Row) -> StoredEvent:
+    return StoredEvent(
+        seq=int(row["seq"]),
+        type=str(row["type"]),
+        at=str(row["at"]),
+        message_id=row["message_id"],
+        data=json.loads(row["data"]),
+    )
 
 
 # A received message counts as answered once we sent a (non-evidence) reply to it.
