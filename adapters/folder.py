@@ -8,8 +8,9 @@ Layout under the configured ``folder``::
     failed/     each draft refused, moved here, next to ``NAME.error.json`` (reason, detail,
                 rule id, schema errors)
     incoming/   each received message as ``<message id>.json`` (header, body, evidence trail),
-                written atomically (a hidden temporary file, then a rename)
-    .casebridge/  the adapter's own state (lock, ids already written to incoming/)
+                written atomically (a hidden temporary file, then a rename), found through
+                the node's change feed (``message.received`` events)
+    .casebridge/  the adapter's own state (lock, feed cursor, ids already written)
 
 Rules
     *Complete files only*: a draft is taken when its name ends in ``.json`` (not hidden, not
@@ -70,6 +71,8 @@ FAILED: Final = "failed"
 INCOMING: Final = "incoming"
 STATE: Final = ".casebridge"
 RECEIVED_LOG: Final = "received"
+CURSOR: Final = "cursor"
+FEED_PAGE: Final = 200
 DRAFT_SUFFIX: Final = ".json"
 KEY_PREFIX: Final = "folder-sha256:"
 # The node refuses bodies over 2 MiB; a bigger file fails here without a round trip.
@@ -361,30 +364,44 @@ class FolderAdapter:
         return self._received
 
     def receive(self) -> int:
-        """Write every received message not yet written to ``incoming/`` (oldest first);
-        returns how many were written."""
+        """Write every message received since the last run to ``incoming/`` (oldest first),
+        following the node's change feed (``message.received`` events) from the cursor kept in
+        ``.casebridge/cursor``; returns how many were written."""
         known = self._received_ids()
-        waiting = [
-            e for e in self.client.inbox(unread=True, limit=1000) if e["message_id"] not in known
-        ]
+        cursor_file = self.folder(STATE) / CURSOR
+        cursor = int(cursor_file.read_text(encoding="ascii")) if cursor_file.exists() else 0
         written = 0
-        for entry in reversed(waiting):  # the inbox lists newest first
-            message_id = entry["message_id"]
-            message = self.client.show(
-                message_id, justification=self.settings.justification, actor=self.settings.actor
-            )
-            trail = self.client.evidence(message_id)
-            document = {"message": message, "evidence": trail["evidence"]}
-            write_atomically(self.folder(INCOMING) / f"{message_id}.json", dumps(document))
-            # Remembered after the file is there: a crash between writes the same file again.
-            with (self.folder(STATE) / RECEIVED_LOG).open("a", encoding="ascii") as out:
-                out.write(message_id + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            known.add(message_id)
-            written += 1
-            log.info("message_written", message_id=message_id, type=entry["type"])
-        return written
+        while True:
+            query = {"after": str(cursor), "limit": str(FEED_PAGE), "types": "message.received"}
+            page = self.client.call("GET", "/v1/events", query=query)
+            for event in page["events"]:
+                message_id = event["message_id"]
+                if message_id in known:
+                    continue
+                self._write_incoming(message_id)
+                known.add(message_id)
+                written += 1
+            if page["next"] != cursor:
+                cursor = int(page["next"])
+                write_atomically(cursor_file, str(cursor).encode("ascii"))
+            if len(page["events"]) < FEED_PAGE:
+                return written
+
+    def _write_incoming(self, message_id: str) -> None:
+        # A system client's fetch is a transfer to the case system (no read evidence); with
+        # the node's own token it would be a person's consultation, hence the justification.
+        message = self.client.show(
+            message_id, justification=self.settings.justification, actor=self.settings.actor
+        )
+        trail = self.client.evidence(message_id)
+        document = {"message": message, "evidence": trail["evidence"]}
+        write_atomically(self.folder(INCOMING) / f"{message_id}.json", dumps(document))
+        # Remembered after the file is there: a crash between writes the same file again.
+        with (self.folder(STATE) / RECEIVED_LOG).open("a", encoding="ascii") as out:
+            out.write(message_id + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        log.info("message_written", message_id=message_id, type=message.get("type"))
 
     # -------------------------------------------------------------------- loop
 

@@ -58,15 +58,21 @@ def served(dev_federation: DevFederation, tmp_path: Path, fixed_now: datetime) -
 
 
 def _adapter(
-    served: Served, agency: str, root: Path, *, stable: float = 0.0, clock: Ticks | None = None
+    served: Served,
+    agency: str,
+    root: Path,
+    *,
+    stable: float = 0.0,
+    clock: Ticks | None = None,
+    token: str = TOKEN,
 ) -> FolderAdapter:
     settings = FolderSettings(
         folder=root,
-        node=NodeAccess(url=served.urls[agency], token=TOKEN),
+        node=NodeAccess(url=served.urls[agency], token=token),
         stable_seconds=stable,
         receive_seconds=0.0,
     )
-    client = NodeClient(served.urls[agency], TOKEN, timeout=5, retries=NO_RETRIES)
+    client = NodeClient(served.urls[agency], token, timeout=5, retries=NO_RETRIES)
     adapter = FolderAdapter(settings, client, clock=clock or Ticks())
     adapter.prepare()
     return adapter
@@ -204,20 +210,28 @@ class TestReceiving:
         self, served: Served, tmp_path: Path
     ) -> None:
         """A message received by NL is written to incoming/<id>.json (header, body, evidence
-        trail) once; no temporary file is left behind."""
+        trail) once, found through the change feed and fetched as a transfer to the case
+        system (no `read` evidence); no temporary file is left behind."""
         sent = served.client(LKA).send(request_draft())
         served.pump()
-        adapter = _adapter(served, POLITIE, tmp_path / "nl")
+        system = {
+            "client_id": "folder",
+            "system": "Synthetic file-based case system",
+            "purpose": "import received messages",
+            "scopes": ["read", "events", "send"],
+        }
+        token = served.client(POLITIE).call("POST", "/v1/clients", body=system)["token"]
+        adapter = _adapter(served, POLITIE, tmp_path / "nl", token=token)
         assert adapter.receive() == 1
         written = adapter.root / INCOMING / f"{sent['message_id']}.json"
         document = json.loads(written.read_text())
         assert document["message"]["body"] == request_draft()["body"]
-        assert {e["kind"] for e in document["evidence"]} >= {"delivered"}
+        assert [e["kind"] for e in document["evidence"]] == ["delivered"]
         assert [p.name for p in (adapter.root / INCOMING).iterdir()] == [written.name]
         assert adapter.receive() == 0
         # A restarted adapter remembers what it wrote, even after the file was taken away.
         written.unlink()
-        assert _adapter(served, POLITIE, tmp_path / "nl").receive() == 0
+        assert _adapter(served, POLITIE, tmp_path / "nl", token=token).receive() == 0
 
 
 class TestSettingsAndLock:
