@@ -4,7 +4,10 @@ What it is for
     Scripts, case systems, the focal-point CLI (:mod:`broker.cli.focal`), the federation demo
     and the benchmark talk to *their own* node through :class:`NodeClient`: send a draft,
     list the inbox and outbox, open a message (with a justification), read its evidence trail,
-    explain what pre-flight would decide. Standard library only (``urllib``): no dependency.
+    explain what pre-flight would decide; follow the change feed, manage webhooks and API
+    clients, report a person's reading, verify a webhook delivery (:func:`verify_webhook`).
+    Standard library only (``urllib``): no dependency. :mod:`broker.sdk_async` is its aiohttp
+    twin with the same types.
 
 Errors
     Everything that goes wrong raises one :class:`NodeError`, carrying the node's stable
@@ -24,13 +27,16 @@ What it must never do
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import http.client
 import json
 import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NotRequired, TypedDict, cast
 
@@ -42,20 +48,29 @@ _RETRIED_STATUSES: Final = frozenset({503})
 __all__ = [
     "DEFAULT_TIMEOUT",
     "NO_RETRIES",
+    "ApiClient",
     "Draft",
+    "Event",
+    "EventPage",
     "EvidenceEntry",
     "EvidenceTrail",
     "Explanation",
     "InboxEntry",
+    "IssuedSecret",
     "NodeClient",
     "NodeError",
     "OutboxEntry",
+    "ReadReport",
     "Readiness",
     "Rejection",
     "Retries",
     "SendResult",
     "Thread",
+    "WebhookSubscription",
+    "WebhookVerificationError",
+    "events_query",
     "new_idempotency_key",
+    "verify_webhook",
 ]
 
 
@@ -78,6 +93,8 @@ class Draft(TypedDict):
     task_force: NotRequired[str]
     categories: NotRequired[list[str]]
     onward_allowed: NotRequired[bool]
+    onward_exclude: NotRequired[list[str]]
+    derived_from: NotRequired[str]
 
 
 class SendResult(TypedDict):
@@ -193,6 +210,66 @@ class Readiness(TypedDict):
 
     status: str
     detail: str
+
+
+class Event(TypedDict):
+    """One change-feed event (``GET /v1/events``, the stream, a webhook's ``data``)."""
+
+    seq: int
+    type: str
+    at: str
+    message_id: str | None
+    data: dict[str, Any]
+
+
+class EventPage(TypedDict):
+    """A page of the feed: ``next`` is the cursor to ask with next time."""
+
+    feed: str
+    events: list[Event]
+    next: int
+    last: int
+
+
+class WebhookSubscription(TypedDict):
+    """A webhook subscription (``secret`` only in the answer that created it)."""
+
+    subscription_id: str
+    system: str
+    url: str
+    event_types: list[str]
+    cursor: int
+    secret: NotRequired[str]
+    created_at: NotRequired[str]
+    deliveries: NotRequired[dict[str, int]]
+
+
+class IssuedSecret(TypedDict):
+    """A client's new token (shown once, when issued or rotated)."""
+
+    client_id: str
+    secret_id: str
+    token: str
+
+
+class ApiClient(TypedDict):
+    """A registered API client (never with a secret)."""
+
+    client_id: str
+    system: str
+    purpose: str
+    scopes: list[str]
+    created_at: str
+    revoked_at: str | None
+    secrets: list[dict[str, Any]]
+
+
+class ReadReport(TypedDict):
+    """The answer to a person's reading reported by a case system."""
+
+    message_id: str
+    read_at: str | None
+    read_by: str | None
 
 
 # ------------------------------------------------------------------- errors ---
@@ -360,6 +437,91 @@ class NodeClient:
         query = {"limit": None if limit is None else str(limit)}
         return cast(list[Rejection], self.call("GET", "/v1/rejections", query=query)["rejections"])
 
+    def mark_read(self, message_id: str, *, person: str, purpose: str) -> ReadReport:
+        """Report that ``person`` read a received message (for ``purpose``): the node logs the
+        consultation and, the first time, sends ``read`` evidence. (Fetching the body with a
+        case system's credentials does neither: that is a transfer to the case system.)"""
+        body = {"person": person, "purpose": purpose}
+        path = _path("messages", message_id) + "/read"
+        return cast(ReadReport, self.call("POST", path, body=body, retry=True))
+
+    # ---------------------------------------------------------------- feed
+
+    def events(
+        self, *, after: int = 0, limit: int | None = None, types: Sequence[str] = ()
+    ) -> EventPage:
+        """Events after the cursor ``after``, oldest first (``types``: only these)."""
+        return cast(
+            EventPage, self.call("GET", "/v1/events", query=events_query(after, limit, types))
+        )
+
+    def follow(
+        self, *, after: int = 0, types: Sequence[str] = (), poll: float = 1.0
+    ) -> Iterator[Event]:
+        """Every event after ``after``, forever, each once and in order (polling the feed;
+        the async client streams instead). Keep the last ``seq`` to resume."""
+        while True:
+            page = self.events(after=after, limit=1000, types=types)
+            yield from page["events"]
+            after = page["next"]
+            if not page["events"]:
+                self._sleep(poll)
+
+    # ------------------------------------------------------------ webhooks
+
+    def add_webhook(
+        self, url: str, *, system: str, event_types: Sequence[str] = (), after: int | None = None
+    ) -> WebhookSubscription:
+        """Subscribe ``url``; the answer's ``secret`` verifies deliveries (shown once)."""
+        body: dict[str, Any] = {"url": url, "system": system, "event_types": list(event_types)}
+        if after is not None:
+            body["after"] = after
+        return cast(WebhookSubscription, self.call("POST", "/v1/webhooks", body=body))
+
+    def webhooks(self) -> list[WebhookSubscription]:
+        return cast(list[WebhookSubscription], self.call("GET", "/v1/webhooks")["subscriptions"])
+
+    def remove_webhook(self, subscription_id: str) -> None:
+        self.call("DELETE", _path("webhooks", subscription_id), retry=True)
+
+    def replay_webhook(self, subscription_id: str, *, after: int | None = None) -> int:
+        """Queue again the failed deliveries (or every retained event after ``after``)."""
+        body = {} if after is None else {"after": after}
+        path = _path("webhooks", subscription_id) + "/replay"
+        return int(self.call("POST", path, body=body, retry=True)["queued"])
+
+    def webhook_deliveries(
+        self, subscription_id: str, *, state: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"state": state, "limit": None if limit is None else str(limit)}
+        path = _path("webhooks", subscription_id) + "/deliveries"
+        return cast(list[dict[str, Any]], self.call("GET", path, query=query)["deliveries"])
+
+    # ------------------------------------------------------------- clients
+
+    def add_client(
+        self, client_id: str, *, system: str, purpose: str, scopes: Sequence[str]
+    ) -> IssuedSecret:
+        body = {
+            "client_id": client_id,
+            "system": system,
+            "purpose": purpose,
+            "scopes": list(scopes),
+        }
+        return cast(IssuedSecret, self.call("POST", "/v1/clients", body=body))
+
+    def clients(self) -> list[ApiClient]:
+        return cast(list[ApiClient], self.call("GET", "/v1/clients")["clients"])
+
+    def rotate_client(self, client_id: str, *, overlap_seconds: int | None = None) -> IssuedSecret:
+        body = {} if overlap_seconds is None else {"overlap_seconds": overlap_seconds}
+        return cast(
+            IssuedSecret, self.call("POST", _path("clients", client_id) + "/rotate", body=body)
+        )
+
+    def revoke_client(self, client_id: str) -> None:
+        self.call("POST", _path("clients", client_id) + "/revoke", retry=True)
+
     # -------------------------------------------------------------- health
 
     def health(self) -> bool:
@@ -490,6 +652,64 @@ class NodeClient:
         # A client dropped without close(): no socket left to the garbage collector.
         if hasattr(self, "_open"):
             self.close()
+
+
+def events_query(after: int, limit: int | None, types: Sequence[str]) -> dict[str, str | None]:
+    """The query of ``GET /v1/events`` (shared with the async client)."""
+    return {
+        "after": str(after),
+        "limit": None if limit is None else str(limit),
+        "types": ",".join(types) or None,
+    }
+
+
+class WebhookVerificationError(NodeError):
+    """A webhook delivery that does not verify (bad signature, stale timestamp, no headers)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("webhook_invalid", detail)
+
+
+def verify_webhook(
+    secret: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    now: float | None = None,
+    tolerance: float = 300.0,
+) -> Event:
+    """Verify a Standard Webhooks delivery from a node and return its event.
+
+    Checks, before parsing anything: the three headers are there, the timestamp is within
+    ``tolerance`` seconds of ``now`` (default: the wall clock; a replay of an old delivery
+    fails), and one ``v1`` signature is the HMAC-SHA256 of ``id.timestamp.body`` under the
+    subscription's ``secret``. Raises :class:`WebhookVerificationError`. Deduplicate on
+    ``webhook-id`` afterwards: delivery is at least once."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id, stamp = lower.get("webhook-id"), lower.get("webhook-timestamp")
+    signatures = lower.get("webhook-signature")
+    if not msg_id or not stamp or not signatures:
+        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or signature")
+    if not stamp.isdigit():
+        raise WebhookVerificationError("webhook-timestamp is not a Unix time")
+    current = time.time() if now is None else now
+    if abs(current - int(stamp)) > tolerance:
+        raise WebhookVerificationError("webhook-timestamp outside the tolerance (replay?)")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_") + "==", validate=False)
+    except ValueError:
+        raise WebhookVerificationError("the secret is not a whsec_ secret") from None
+    expected = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    for candidate in signatures.split():
+        version, _, value = candidate.partition(",")
+        try:
+            given = base64.b64decode(value, validate=True)
+        except ValueError:
+            continue
+        if version == "v1" and hmac.compare_digest(given, expected):
+            document = json.loads(body)
+            return cast(Event, document["data"])
+    raise WebhookVerificationError("no valid signature")
 
 
 def new_idempotency_key() -> str:

@@ -96,6 +96,9 @@ def _draft(args: argparse.Namespace, *, in_reply_to: str | None = None) -> dict[
         "task_force": getattr(args, "task_force", None),
         "categories": args.category or None,
         "in_reply_to": in_reply_to,
+        "derived_from": args.derived_from,
+        "onward_allowed": True if args.onward_allowed else None,
+        "onward_exclude": args.onward_exclude or None,
     }
     draft.update({k: v for k, v in optional.items() if v is not None})
     return draft
@@ -199,6 +202,21 @@ def _draft_options(parser: argparse.ArgumentParser, *, reply: bool) -> None:
     )
     parser.add_argument("--due", help="due date YYYY-MM-DD (requests)")
     parser.add_argument("--category", action="append", help="extra declared data category")
+    parser.add_argument(
+        "--derived-from",
+        help="id of the received message this one is derived from (onward-transfer rule)",
+    )
+    parser.add_argument(
+        "--onward-allowed",
+        action="store_true",
+        help="let recipients pass data derived from this message on (default: not allowed)",
+    )
+    parser.add_argument(
+        "--onward-exclude",
+        action="append",
+        metavar="CC",
+        help="country that data derived from this message must never reach (repeatable)",
+    )
     if not reply:
         parser.add_argument("--task-force", help="send to every other member of a task force")
     source = parser.add_mutually_exclusive_group()

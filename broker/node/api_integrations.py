@@ -67,7 +67,8 @@ def required_scope(method: str, route: str) -> str:
 
 def principal(request: web.Request) -> Principal:
     """Who made this request (set by :func:`authenticate`)."""
-    return request.get(PRINCIPAL, BUILTIN)
+    found: Principal = request.get(PRINCIPAL, BUILTIN)
+    return found
 
 
 async def authenticate(request: web.Request, *, node: Node, settings_token: str) -> None:
@@ -149,6 +150,11 @@ async def system_fetch(node: Node, message_id: str, who: Principal) -> InboxMess
     )
     await asyncio.to_thread(clients.record, node.store, [entry], now=node.now())
     return message
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 # ------------------------------------------------------------------ parsing ---
@@ -240,7 +246,7 @@ class _Handlers:
             events.read_page, node.store, after=after, limit=STREAM_PAGE, types=types
         )
         async with sse_response(request) as response:
-            while response.is_connected():
+            while _connected(request):
                 for event in page.events:
                     await response.send(
                         json.dumps(events.event_json(event), separators=(",", ":")),
@@ -249,7 +255,11 @@ class _Handlers:
                     )
                 after = page.next
                 if len(page.events) < STREAM_PAGE:
-                    await wake.wait(STREAM_WAIT)
+                    # Short waits: a client that went away is noticed within a second (aiohttp
+                    # does not cancel a handler when its client disconnects).
+                    for _ in range(int(STREAM_WAIT)):
+                        if await wake.wait(1.0) or not _connected(request):
+                            break
                 page = await asyncio.to_thread(
                     events.read_page, node.store, after=after, limit=STREAM_PAGE, types=types
                 )
