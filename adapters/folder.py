@@ -24,8 +24,9 @@ Rules
     first result, so nothing is sent twice and nothing is lost. Two files with the same bytes
     are one message: that is what the key means.
     *Nothing stops the adapter*: a malformed, oversized, schema-invalid or policy-denied draft
-    goes to ``failed/`` with its error; a node that cannot be reached (or says 401, 5xx) leaves
-    the draft where it is, and the adapter retries with a growing pause.
+    goes to ``failed/`` with its error; a node that cannot be reached (or says 401, 5xx, or
+    that the client lacks the ``send`` scope) leaves the draft where it is, and the adapter
+    retries with a growing pause.
 
 What it must never do
     Send a draft before it is complete, send one twice, delete one (drafts are moved, never
@@ -80,6 +81,8 @@ MAX_DRAFT: Final = 2 * 1024 * 1024
 MAX_PAUSE: Final = 30.0
 # Node answers that are our side's fault or passing: the draft waits, it never "fails".
 _WAIT_STATUSES: Final = frozenset({401, 408, 429})
+# A client without the send scope is a configuration fault of ours, not the draft's.
+_WAIT_REASONS: Final = frozenset({"forbidden", "unauthorized"})
 
 log = structlog.get_logger("casebridge.adapters.folder")
 
@@ -449,7 +452,13 @@ class FolderAdapter:
 
 def _waits(exc: NodeError) -> bool:
     """Whether a refusal is passing or ours (unreachable, 401, 5xx): the draft waits."""
-    return exc.retryable or exc.status is None or exc.status in _WAIT_STATUSES or exc.status >= 500
+    return (
+        exc.retryable
+        or exc.status is None
+        or exc.status in _WAIT_STATUSES
+        or exc.status >= 500
+        or exc.reason in _WAIT_REASONS
+    )
 
 
 def _error_document(exc: NodeError) -> dict[str, Any]:

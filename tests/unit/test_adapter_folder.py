@@ -204,6 +204,25 @@ class TestSending:
         assert (adapter.root / OUTGOING / "r.json").exists()
         assert adapter.tick() == []  # paused: no hammering
 
+    def test_client_without_send_scope_leaves_drafts_waiting(
+        self, served: Served, tmp_path: Path
+    ) -> None:
+        """A 403 for a missing scope is our configuration's fault: the draft waits in
+        outgoing/ instead of failing."""
+        system = {
+            "client_id": "reader",
+            "system": "Synthetic case system",
+            "purpose": "reading only",
+            "scopes": ["read"],
+        }
+        token = served.client(LKA).call("POST", "/v1/clients", body=system)["token"]
+        adapter = _adapter(served, LKA, tmp_path / "drop", token=token)
+        _drop(adapter.root, "r.json", request_draft())
+        (outcome,) = adapter.tick()
+        assert (outcome.fate, outcome.reason) == ("waiting", "forbidden")
+        assert (adapter.root / OUTGOING / "r.json").exists()
+        assert list((adapter.root / FAILED).iterdir()) == []
+
 
 class TestReceiving:
     def test_received_message_written_once_with_its_evidence(
