@@ -59,8 +59,17 @@ def de_nl(nats_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         tmp_path_factory.mktemp("adapters"),
         nodes=[LKA, POLITIE],
         description=DE_NL,
-        # Retries every 0.2-2 s: a receiver back after a pause gets its events within seconds.
-        settings={POLITIE: {"webhooks": {"backoff_base_seconds": 0.2, "backoff_max_seconds": 2}}},
+        # Retries every 0.2-2 s (a receiver back after a pause gets its events within seconds),
+        # up to 100 times: a 30 s pause must not park them (12 attempts would, in about 12 s).
+        settings={
+            POLITIE: {
+                "webhooks": {
+                    "backoff_base_seconds": 0.2,
+                    "backoff_max_seconds": 2,
+                    "max_attempts": 100,
+                }
+            }
+        },
     )
     try:
         yield running
@@ -360,8 +369,10 @@ def _receiver_through_a_pause(fed: Running, tmp_path: Path, pause: float) -> Non
             lambda: set(second) <= set(fed.inbox_ids(POLITIE)), 60, what="NL received the rest"
         )
         time.sleep(pause)  # the receiver stays down while the node retries
+        back = time.monotonic()
         receiver.start()
         wait_until(lambda: set(second) <= set(receiver.imported()), 60, what="the rest imported")
+        print(f"\nafter a {pause:.0f} s stop, caught up in {time.monotonic() - back:.1f} s")
         imported = receiver.imported()
         assert sorted(imported) == sorted(first + second)  # each once (and nothing else)
         assert len(receiver.events()) == len(set(receiver.events())) == 20

@@ -26,7 +26,7 @@ from broker.node.webhooks import new_secret, sign
 from broker.sdk import NO_RETRIES, NodeClient
 
 from .node_world import world_at
-from .test_sdk import TOKEN, Served, request_draft
+from .test_sdk import Served, request_draft
 
 POLITIE = "nl.politie"
 
