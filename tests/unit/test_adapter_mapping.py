@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -185,3 +188,31 @@ class TestSending:
         dry = run(spec, text, dry_run=True, client=client, out=io.StringIO())
         assert all(r.sent is None for r in dry)
         assert all(r.decision is not None for r in dry if r.ok)
+
+
+class TestCommandLine:
+    def test_casebridge_adapter_mapping_dry_run(self) -> None:
+        """`casebridge adapter mapping --dry-run` runs from a source checkout, prints the JSON
+        lines and exits 1 because rows failed."""
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        done = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "adapter", "mapping", "--settings",
+             str(EXAMPLE), "--dry-run"],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        summary = json.loads(done.stdout.splitlines()[-1])["summary"]
+        assert summary["failed_rows"] == [4, 6, 7]
+
+    def test_a_broken_mapping_is_a_configuration_error(self, tmp_path: Path) -> None:
+        """A mapping that does not load exits 2 with `error [config_error]`."""
+        broken = tmp_path / "m.yaml"
+        broken.write_text("fields: []\n")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        done = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "adapter", "mapping", "--settings",
+             str(broken), "--dry-run"],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert "fields must be a non-empty list" in done.stderr
