@@ -46,7 +46,8 @@ def test_registry_loads_from_another_working_directory(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> None:
-    """A built wheel holds broker/schemas/*.json; installed alone, the registry loads from it."""
+    """A built wheel holds broker/schemas/*.json and broker/adapters; installed alone, the
+    registry loads from it and the adapters import."""
     # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
     source = tmp_path / "source"
     source.mkdir()
@@ -74,6 +75,10 @@ def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> Non
     code = (
         "import broker, sys; from broker.core.schemas import SchemaRegistry, default_schema_dir;"
         f"assert broker.__file__.startswith({str(site)!r}), broker.__file__;"
+        # The adapters import as installed (broker.adapters), with their relative imports.
+        "import broker.adapters.folder, broker.adapters.mapping, broker.adapters.webhook_receiver;"
+        "from broker.cli.adapter import adapter_module;"
+        "assert adapter_module('folder') is broker.adapters.folder;"
         "print(default_schema_dir()); print(len(SchemaRegistry.load().types()))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("CASEBRIDGE_SCHEMAS", "PYTHONPATH")}
