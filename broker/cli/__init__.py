@@ -29,6 +29,7 @@ GROUPS = (
     "demo",
     "directory",
     "integrations",
+    "adapter",
 )
 
 

@@ -25,7 +25,8 @@ def test_package_list_matches_the_source_tree() -> None:
     found = {
         ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "broker").rglob("__init__.py")
     }
-    assert _configured_packages() == found | {"broker.schemas", "broker.schemas.examples"}
+    shipped = {"broker.schemas", "broker.schemas.examples", "broker.adapters"}
+    assert _configured_packages() == found | shipped
 
 
 def test_registry_loads_from_another_working_directory(tmp_path: Path) -> None:
@@ -45,13 +46,14 @@ def test_registry_loads_from_another_working_directory(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> None:
-    """A built wheel holds broker/schemas/*.json; installed alone, the registry loads from it."""
+    """A built wheel holds broker/schemas/*.json and broker/adapters; installed alone, the
+    registry loads from it and the adapters import."""
     # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    for name in ("broker", "schemas"):
+    for name in ("broker", "schemas", "adapters"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
@@ -62,6 +64,7 @@ def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> Non
     names = zipfile.ZipFile(wheel).namelist()
     assert "broker/schemas/bulletin.v1.json" in names
     assert "broker/schemas/examples/bulletin.json" in names
+    assert "broker/adapters/folder.py" in names
     site = tmp_path / "site"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
@@ -72,6 +75,10 @@ def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> Non
     code = (
         "import broker, sys; from broker.core.schemas import SchemaRegistry, default_schema_dir;"
         f"assert broker.__file__.startswith({str(site)!r}), broker.__file__;"
+        # The adapters import as installed (broker.adapters), with their relative imports.
+        "import broker.adapters.folder, broker.adapters.mapping, broker.adapters.webhook_receiver;"
+        "from broker.cli.adapter import adapter_module;"
+        "assert adapter_module('folder') is broker.adapters.folder;"
         "print(default_schema_dir()); print(len(SchemaRegistry.load().types()))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("CASEBRIDGE_SCHEMAS", "PYTHONPATH")}

@@ -1,0 +1,487 @@
+"""The folder adapter: a watched drop folder for case systems that can only write and read files.
+
+Layout under the configured ``folder``::
+
+    outgoing/   the case system drops draft files here (``*.json``, one draft each, the JSON of
+                ``POST /v1/messages``)
+    sent/       each draft sent, moved here, next to ``NAME.result.json`` (the node's answer)
+    failed/     each draft refused, moved here, next to ``NAME.error.json`` (reason, detail,
+                rule id, schema errors)
+    incoming/   each received message as ``<message id>.json`` (header, body, evidence trail),
+                written atomically (a hidden temporary file, then a rename), found through
+                the node's change feed (``message.received`` events)
+    .casebridge/  the adapter's own state (lock, feed cursor, ids already written)
+
+Rules
+    *Complete files only*: a draft is taken when its name ends in ``.json`` (not hidden, not
+    ``*.part``: write ``x.json.part`` and rename it, the safest convention) and its size and
+    modification time have not changed for ``stable_seconds`` as watched by this process, so
+    a file half-written when the adapter starts, or still being copied, waits.
+    *Exactly once*: every send carries an ``Idempotency-Key`` computed from the file's bytes
+    (``folder-sha256:<hex>``), and the draft leaves ``outgoing/`` only after its result file is
+    on disk. A crash (even ``kill -9``) anywhere in between leaves the draft in ``outgoing/``;
+    the restarted adapter sends it again with the same key and the node answers with the
+    first result, so nothing is sent twice and nothing is lost. Two files with the same bytes
+    are one message: that is what the key means.
+    *Nothing stops the adapter*: a malformed, oversized, schema-invalid or policy-denied draft
+    goes to ``failed/`` with its error; a node that cannot be reached (or says 401, 5xx, or
+    that the client lacks the ``send`` scope) leaves the draft where it is, and the adapter
+    retries with a growing pause.
+
+What it must never do
+    Send a draft before it is complete, send one twice, delete one (drafts are moved, never
+    removed), write into ``incoming/`` a file a reader could see half-written, or put message
+    content in its log.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import structlog
+import watchfiles
+
+from broker.core import canonical
+from broker.errors import ConfigError, InvalidMessage
+from broker.sdk import NodeClient, NodeError
+
+from .common import (
+    NodeAccess,
+    dumps,
+    load_document,
+    node_access,
+    reject_unknown,
+    sync_directory,
+    write_atomically,
+)
+
+OUTGOING: Final = "outgoing"
+SENT: Final = "sent"
+FAILED: Final = "failed"
+INCOMING: Final = "incoming"
+STATE: Final = ".casebridge"
+RECEIVED_LOG: Final = "received"
+CURSOR: Final = "cursor"
+FEED_PAGE: Final = 200
+DRAFT_SUFFIX: Final = ".json"
+KEY_PREFIX: Final = "folder-sha256:"
+# The node refuses bodies over 2 MiB; a bigger file fails here without a round trip.
+MAX_DRAFT: Final = 2 * 1024 * 1024
+MAX_PAUSE: Final = 30.0
+# Node answers that are our side's fault or passing: the draft waits, it never "fails".
+_WAIT_STATUSES: Final = frozenset({401, 408, 429})
+# A client without the send scope is a configuration fault of ours, not the draft's.
+_WAIT_REASONS: Final = frozenset({"forbidden", "unauthorized"})
+
+log = structlog.get_logger("casebridge.adapters.folder")
+
+Fate = Literal["sent", "failed", "waiting", "gone"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FolderSettings:
+    """The folder adapter's settings (``casebridge adapter folder --settings FILE``)."""
+
+    folder: Path
+    node: NodeAccess
+    stable_seconds: float = 1.0
+    receive: bool = True
+    receive_seconds: float = 5.0
+    actor: str = "folder-adapter"
+    justification: str = "imported into the case system by the folder adapter"
+
+    @classmethod
+    def load(cls, path: Path) -> FolderSettings:
+        """Read a settings file (YAML or JSON; relative paths are relative to the file)::
+
+        folder: /srv/casebridge/drop
+        node: {url: "http://127.0.0.1:8470", token_file: token.txt}
+        stable_seconds: 1.0      # unchanged this long = complete
+        receive: true            # write received messages to incoming/
+        receive_seconds: 5.0
+        actor: folder-adapter    # X-Actor on sends and openings
+        justification: "..."     # logged with every opening of a received message
+        """
+        raw = load_document(path)
+        reject_unknown(
+            raw,
+            {"folder", "node", "stable_seconds", "receive", "receive_seconds", "actor",
+             "justification"},
+            str(path),
+        )  # fmt: skip
+        base = path.parent
+        folder = raw.get("folder")
+        if not isinstance(folder, str) or not folder:
+            raise ConfigError(f"{path}: folder (the drop folder) is required")
+        access = node_access(raw.get("node"), base=base)
+        return cls(
+            folder=base / folder,
+            node=access,
+            stable_seconds=_seconds(raw, "stable_seconds", 1.0),
+            receive=_flag(raw, "receive", default=True),
+            receive_seconds=_seconds(raw, "receive_seconds", 5.0),
+            actor=_text(raw, "actor", "folder-adapter"),
+            justification=_text(
+                raw, "justification", "imported into the case system by the folder adapter"
+            ),
+        )
+
+
+def _seconds(raw: Mapping[str, Any], name: str, default: float) -> float:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+        raise ConfigError(f"{name} must be a number of seconds from 0 to 3600")
+    return float(value)
+
+
+def _flag(raw: Mapping[str, Any], name: str, *, default: bool) -> bool:
+    value = raw.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false")
+    return value
+
+
+def _text(raw: Mapping[str, Any], name: str, default: str) -> str:
+    value = raw.get(name, default)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be a non-empty string")
+    return value
+
+
+def idempotency_key(data: bytes) -> str:
+    """The Idempotency-Key of a draft file: from its bytes, so a resend after a crash is the
+    same request to the node."""
+    return KEY_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def is_draft_name(name: str) -> bool:
+    """Whether a file in ``outgoing/`` is a draft (not hidden, not ``*.part``, ``*.json``)."""
+    return not name.startswith(".") and name.endswith(DRAFT_SUFFIX)
+
+
+class Stability:
+    """The half-written rule: a file is complete once its size and modification time have
+    stayed the same for ``stable_seconds`` of this process's (monotonic) clock."""
+
+    def __init__(self, stable_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._stable = stable_seconds
+        self._clock = clock
+        self._seen: dict[str, tuple[tuple[int, int], float]] = {}
+
+    def complete(self, present: Mapping[str, tuple[int, int]]) -> list[str]:
+        """Of ``present`` (name -> (size, mtime_ns)), the names complete now, sorted."""
+        now = self._clock()
+        for name in set(self._seen) - set(present):
+            del self._seen[name]
+        ready = []
+        for name, signature in present.items():
+            known = self._seen.get(name)
+            if known is None or known[0] != signature:
+                self._seen[name] = (signature, now)
+                if self._stable > 0:
+                    continue
+            elif now - known[1] < self._stable:
+                continue
+            ready.append(name)
+        return sorted(ready)
+
+    def forget(self, name: str) -> None:
+        """``name`` left the folder (sent or failed)."""
+        self._seen.pop(name, None)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outcome:
+    """What became of one draft file: ``sent``, ``failed``, ``waiting`` (retry later) or
+    ``gone`` (removed by someone else meanwhile); ``moved_to`` for sent and failed."""
+
+    name: str
+    fate: Fate
+    message_id: str | None = None
+    reason: str | None = None
+    moved_to: Path | None = None
+
+
+class FolderAdapter:
+    """The adapter over one folder. :meth:`run` loops until ``stop`` is set; :meth:`tick` is
+    one pass (take complete drafts, then receive), which tests drive directly."""
+
+    def __init__(
+        self,
+        settings: FolderSettings,
+        client: NodeClient,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.root = settings.folder
+        self._clock = clock
+        self._wall = wall_clock
+        self._stability = Stability(settings.stable_seconds, clock)
+        self._pause = 0.0
+        self._paused_until = 0.0
+        self._next_receive = 0.0
+        self._received: set[str] | None = None
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def prepare(self) -> None:
+        """Create the sub-folders (an existing layout is kept as it is)."""
+        for name in (OUTGOING, SENT, FAILED, INCOMING, STATE):
+            self.folder(name).mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's lock: two adapters on one folder would race on every file. The
+        kernel drops the lock when the process dies, even by ``kill -9``."""
+        self.prepare()
+        handle = (self.folder(STATE) / "lock").open("a")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"another folder adapter runs on {self.root}") from None
+            yield
+        finally:
+            handle.close()
+
+    # ---------------------------------------------------------------- outgoing
+
+    def complete_drafts(self) -> list[Path]:
+        """The draft files of ``outgoing/`` that are complete now (oldest name first)."""
+        present: dict[str, tuple[int, int]] = {}
+        with os.scandir(self.folder(OUTGOING)) as entries:
+            for entry in entries:
+                if not is_draft_name(entry.name):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(info.st_mode):
+                    present[entry.name] = (info.st_size, info.st_mtime_ns)
+        return [self.folder(OUTGOING) / name for name in self._stability.complete(present)]
+
+    def process(self, path: Path) -> Outcome:
+        """Send one complete draft file and move it to ``sent/`` or ``failed/``."""
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_DRAFT + 1)
+        except FileNotFoundError:
+            self._stability.forget(path.name)
+            return Outcome(name=path.name, fate="gone")
+        if len(data) > MAX_DRAFT:
+            return self._fail(
+                path, data, {"reason": "too_large", "detail": f"over {MAX_DRAFT} bytes"}
+            )
+        try:
+            draft = canonical.loads_strict(data, what="draft file")
+        except InvalidMessage as exc:
+            return self._fail(path, data, {"reason": "malformed", "detail": exc.detail})
+        if not isinstance(draft, dict):
+            return self._fail(
+                path, data, {"reason": "malformed", "detail": "a draft file holds a JSON object"}
+            )
+        key = idempotency_key(data)
+        try:
+            # The SDK's send() with an X-Actor: the same key on every retry.
+            result = self.client.call(
+                "POST",
+                "/v1/messages",
+                body=draft,
+                headers={"Idempotency-Key": key, "X-Actor": self.settings.actor},
+                retry=True,
+            )
+        except NodeError as exc:
+            if _waits(exc):
+                self._back_off()
+                log.warning(
+                    "draft_waiting", file=path.name, reason=exc.reason, status=exc.status,
+                    retry_in=round(self._pause, 1),
+                )  # fmt: skip
+                return Outcome(name=path.name, fate="waiting", reason=exc.reason)
+            return self._fail(path, data, _error_document(exc))
+        self._pause = 0.0
+        document = {
+            "file": path.name,
+            "idempotency_key": key,
+            "sent_at": self._now(),
+            "result": dict(result),
+        }
+        moved = self._move(path, data, SENT, document, ".result.json")
+        log.info(
+            "draft_sent", file=path.name, message_id=result["message_id"], state=result["state"]
+        )
+        return Outcome(name=path.name, fate="sent", message_id=result["message_id"], moved_to=moved)
+
+    def _fail(self, path: Path, data: bytes, error: dict[str, Any]) -> Outcome:
+        document = {"file": path.name, "failed_at": self._now(), "error": error}
+        moved = self._move(path, data, FAILED, document, ".error.json")
+        log.warning(
+            "draft_failed", file=path.name, reason=error.get("reason"), rule_id=error.get("rule_id")
+        )
+        return Outcome(name=path.name, fate="failed", reason=str(error["reason"]), moved_to=moved)
+
+    def _move(
+        self, path: Path, data: bytes, where: str, document: dict[str, Any], suffix: str
+    ) -> Path:
+        """Result first, then the draft: a crash between leaves the draft in ``outgoing/``
+        (it is sent again with the same key, the result rewritten), never a draft in
+        ``sent/`` without its result."""
+        target = _target(self.folder(where), path.name, data)
+        write_atomically(target.with_name(target.name + suffix), dumps(document))
+        os.replace(path, target)
+        sync_directory(target.parent)
+        sync_directory(path.parent)
+        self._stability.forget(path.name)
+        return target
+
+    def _back_off(self) -> None:
+        self._pause = min(MAX_PAUSE, max(1.0, self._pause * 2))
+        self._paused_until = self._clock() + self._pause
+
+    def _now(self) -> str:
+        return self._wall().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # ---------------------------------------------------------------- incoming
+
+    def _received_ids(self) -> set[str]:
+        if self._received is None:
+            path = self.folder(STATE) / RECEIVED_LOG
+            text = path.read_text(encoding="ascii") if path.exists() else ""
+            self._received = {line for line in text.split("\n") if line}
+        return self._received
+
+    def receive(self) -> int:
+        """Write every message received since the last run to ``incoming/`` (oldest first),
+        following the node's change feed (``message.received`` events) from the cursor kept in
+        ``.casebridge/cursor``; returns how many were written."""
+        known = self._received_ids()
+        cursor_file = self.folder(STATE) / CURSOR
+        cursor = int(cursor_file.read_text(encoding="ascii")) if cursor_file.exists() else 0
+        written = 0
+        while True:
+            query = {"after": str(cursor), "limit": str(FEED_PAGE), "types": "message.received"}
+            page = self.client.call("GET", "/v1/events", query=query)
+            for event in page["events"]:
+                message_id = event["message_id"]
+                if message_id in known:
+                    continue
+                self._write_incoming(message_id)
+                known.add(message_id)
+                written += 1
+            if page["next"] != cursor:
+                cursor = int(page["next"])
+                write_atomically(cursor_file, str(cursor).encode("ascii"))
+            if len(page["events"]) < FEED_PAGE:
+                return written
+
+    def _write_incoming(self, message_id: str) -> None:
+        # A system client's fetch is a transfer to the case system (no read evidence); with
+        # the node's own token it would be a person's consultation, hence the justification.
+        message = self.client.show(
+            message_id, justification=self.settings.justification, actor=self.settings.actor
+        )
+        trail = self.client.evidence(message_id)
+        document = {"message": message, "evidence": trail["evidence"]}
+        write_atomically(self.folder(INCOMING) / f"{message_id}.json", dumps(document))
+        # Remembered after the file is there: a crash between writes the same file again.
+        with (self.folder(STATE) / RECEIVED_LOG).open("a", encoding="ascii") as out:
+            out.write(message_id + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        log.info("message_written", message_id=message_id, type=message.get("type"))
+
+    # -------------------------------------------------------------------- loop
+
+    def tick(self, stop: threading.Event | None = None) -> list[Outcome]:
+        """One pass: take the complete drafts (unless the node asked us to wait), then receive
+        when it is time."""
+        outcomes: list[Outcome] = []
+        if self._clock() >= self._paused_until:
+            for path in self.complete_drafts():
+                if stop is not None and stop.is_set():
+                    break
+                outcome = self.process(path)
+                outcomes.append(outcome)
+                if outcome.fate == "waiting":
+                    break
+        if self.settings.receive and self._clock() >= self._next_receive:
+            self._next_receive = self._clock() + self.settings.receive_seconds
+            try:
+                self.receive()
+            except NodeError as exc:
+                log.warning("receive_waiting", reason=exc.reason, status=exc.status)
+        return outcomes
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch ``outgoing/`` until ``stop`` is set. Events wake the loop at once; a tick every
+        quarter of ``stable_seconds`` (at most 1 s) lets files become complete and catches
+        anything an event missed."""
+        with self.locked():
+            log.info("folder_adapter_started", folder=str(self.root), node=self.settings.node.url)
+            tick_ms = int(max(50, min(1000, self.settings.stable_seconds * 250)))
+            self.tick(stop)
+            for _changes in watchfiles.watch(
+                self.folder(OUTGOING),
+                stop_event=stop,
+                yield_on_timeout=True,
+                rust_timeout=tick_ms,
+                debounce=tick_ms,
+                step=min(50, tick_ms),
+                recursive=False,
+                raise_interrupt=False,
+            ):
+                self.tick(stop)
+            log.info("folder_adapter_stopped", folder=str(self.root))
+
+
+def _waits(exc: NodeError) -> bool:
+    """Whether a refusal is passing or ours (unreachable, 401, 5xx): the draft waits."""
+    return (
+        exc.retryable
+        or exc.status is None
+        or exc.status in _WAIT_STATUSES
+        or exc.status >= 500
+        or exc.reason in _WAIT_REASONS
+    )
+
+
+def _error_document(exc: NodeError) -> dict[str, Any]:
+    error: dict[str, Any] = {"reason": exc.reason, "detail": exc.detail, "status": exc.status}
+    if exc.rule_id:
+        error["rule_id"] = exc.rule_id
+    if exc.errors:
+        error["errors"] = [dict(e) for e in exc.errors]
+    return error
+
+
+def _target(folder: Path, name: str, data: bytes) -> Path:
+    """Where a draft goes: its own name, or (another file of that name is there already) the
+    name with a content tag, so the same draft always lands on the same name."""
+    plain = folder / name
+    if not plain.exists() or _same_bytes(plain, data):
+        return plain
+    stem = name.removesuffix(DRAFT_SUFFIX)
+    return folder / f"{stem}.{hashlib.sha256(data).hexdigest()[:12]}{DRAFT_SUFFIX}"
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.read_bytes() == data
+    except OSError:
+        return False

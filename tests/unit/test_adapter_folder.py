@@ -1,0 +1,297 @@
+"""The folder adapter against real node APIs (two in-memory nodes behind loopback HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.common import NodeAccess
+from adapters.folder import (
+    FAILED,
+    INCOMING,
+    OUTGOING,
+    SENT,
+    FolderAdapter,
+    FolderSettings,
+    Stability,
+    idempotency_key,
+    is_draft_name,
+)
+from broker.devpki import DevFederation
+from broker.errors import ConfigError
+from broker.sdk import NO_RETRIES, NodeClient
+
+from .node_world import world_at
+from .test_sdk import TOKEN, Served, request_draft
+
+LKA = "de.lka-berlin"
+POLITIE = "nl.politie"
+
+
+class Ticks:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def served(dev_federation: DevFederation, tmp_path: Path, fixed_now: datetime) -> Iterator[Served]:
+    """de.lka-berlin and nl.politie behind their APIs; stopped after the test."""
+    for world in world_at(dev_federation, tmp_path, fixed_now):
+        running = Served(world)
+        running.start()
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+def _adapter(
+    served: Served,
+    agency: str,
+    root: Path,
+    *,
+    stable: float = 0.0,
+    clock: Ticks | None = None,
+    token: str = TOKEN,
+) -> FolderAdapter:
+    settings = FolderSettings(
+        folder=root,
+        node=NodeAccess(url=served.urls[agency], token=token),
+        stable_seconds=stable,
+        receive_seconds=0.0,
+    )
+    client = NodeClient(served.urls[agency], token, timeout=5, retries=NO_RETRIES)
+    adapter = FolderAdapter(settings, client, clock=clock or Ticks())
+    adapter.prepare()
+    return adapter
+
+
+def _drop(root: Path, name: str, draft: Any) -> Path:
+    path = root / OUTGOING / name
+    path.write_bytes(draft if isinstance(draft, bytes) else json.dumps(draft).encode("utf-8"))
+    return path
+
+
+class TestCompleteFiles:
+    def test_growing_file_waits_until_stable(self) -> None:
+        """A file whose size or mtime changed within stable_seconds is not complete."""
+        clock = Ticks()
+        rule = Stability(1.0, clock)
+        assert rule.complete({"a.json": (10, 1)}) == []
+        clock.now += 0.6
+        assert rule.complete({"a.json": (20, 2)}) == []  # still growing: timer restarts
+        clock.now += 0.6
+        assert rule.complete({"a.json": (20, 2)}) == []
+        clock.now += 0.5
+        assert rule.complete({"a.json": (20, 2)}) == ["a.json"]
+
+    def test_only_finished_draft_names_count(self) -> None:
+        """`*.json` drafts count; `.part` files, hidden temporaries and other names do not."""
+        assert is_draft_name("case-17.json")
+        assert not is_draft_name("case-17.json.part")
+        assert not is_draft_name(".case-17.json")
+        assert not is_draft_name("case-17.txt")
+
+    def test_file_half_written_at_start_is_not_sent(self, served: Served, tmp_path: Path) -> None:
+        """A draft present when the adapter starts is sent only after it stayed unchanged."""
+        clock = Ticks()
+        adapter = _adapter(served, LKA, tmp_path / "drop", stable=1.0, clock=clock)
+        path = _drop(adapter.root, "r.json", b'{"to": ["nl.pol')
+        assert adapter.tick() == []
+        path.write_bytes(json.dumps(request_draft()).encode())  # the writer finishes
+        os.utime(path, ns=(1, 1))
+        clock.now += 0.5
+        assert adapter.tick() == []
+        clock.now += 1.0
+        (outcome,) = adapter.tick()
+        assert outcome.fate == "sent"
+
+
+class TestSending:
+    def test_draft_sent_once_and_moved_with_its_result(
+        self, served: Served, tmp_path: Path
+    ) -> None:
+        """A draft is sent, moved to sent/ next to its result, and reaches the recipient."""
+        adapter = _adapter(served, LKA, tmp_path / "drop")
+        _drop(adapter.root, "r1.json", request_draft())
+        (outcome,) = adapter.tick()
+        assert outcome.fate == "sent"
+        assert not (adapter.root / OUTGOING / "r1.json").exists()
+        result = json.loads((adapter.root / SENT / "r1.json.result.json").read_text())
+        assert result["result"]["message_id"] == outcome.message_id
+        assert (adapter.root / SENT / "r1.json").exists()
+        served.pump()
+        inbox = served.client(POLITIE).inbox()
+        assert [m["message_id"] for m in inbox] == [outcome.message_id]
+
+    def test_resend_after_a_crash_gives_the_first_result(
+        self, served: Served, tmp_path: Path
+    ) -> None:
+        """A draft sent before a crash (still in outgoing/) is sent again with the same key:
+        the node answers with the first message, and only one is in the outbox."""
+        adapter = _adapter(served, LKA, tmp_path / "drop")
+        data = json.dumps(request_draft()).encode()
+        first = served.client(LKA).send(json.loads(data), idempotency_key=idempotency_key(data))
+        _drop(adapter.root, "r.json", data)
+        (outcome,) = adapter.tick()
+        assert outcome.message_id == first["message_id"]
+        assert [m["message_id"] for m in served.client(LKA).outbox()] == [first["message_id"]]
+
+    def test_same_name_again_does_not_overwrite(self, served: Served, tmp_path: Path) -> None:
+        """A second draft under a name already in sent/ lands beside it with a content tag."""
+        adapter = _adapter(served, LKA, tmp_path / "drop")
+        _drop(adapter.root, "r.json", request_draft())
+        adapter.tick()
+        _drop(adapter.root, "r.json", request_draft(due="2026-12-20"))
+        (outcome,) = adapter.tick()
+        assert outcome.moved_to is not None
+        assert outcome.moved_to.name != "r.json"
+        assert len(list((adapter.root / SENT).glob("r*.result.json"))) == 2
+
+    def test_bad_files_fail_alone_with_their_reasons(self, served: Served, tmp_path: Path) -> None:
+        """Malformed, non-object and schema-invalid drafts go to failed/ with the error; the
+        good draft after them is still sent in the same pass."""
+        adapter = _adapter(served, LKA, tmp_path / "drop")
+        _drop(adapter.root, "a-malformed.json", b'{"to": [}')
+        _drop(adapter.root, "b-list.json", [1, 2])
+        _drop(adapter.root, "c-schema.json", request_draft(body={"nonsense": True}))
+        _drop(adapter.root, "d-unknown.json", request_draft() | {"colour": "red"})
+        _drop(adapter.root, "e-good.json", request_draft())
+        outcomes = {o.name: o for o in adapter.tick()}
+        assert {n: o.fate for n, o in outcomes.items()} == {
+            "a-malformed.json": "failed",
+            "b-list.json": "failed",
+            "c-schema.json": "failed",
+            "d-unknown.json": "failed",
+            "e-good.json": "sent",
+        }
+        schema = json.loads((adapter.root / FAILED / "c-schema.json.error.json").read_text())
+        assert schema["error"]["reason"] == "schema_invalid"
+        assert schema["error"]["status"] == 422
+        assert schema["error"]["errors"]
+        malformed = json.loads((adapter.root / FAILED / "a-malformed.json.error.json").read_text())
+        assert malformed["error"]["reason"] == "malformed"
+        assert (adapter.root / FAILED / "a-malformed.json").read_bytes() == b'{"to": [}'
+        assert list((adapter.root / OUTGOING).iterdir()) == []
+
+    def test_unreachable_node_leaves_the_draft_waiting(self, tmp_path: Path) -> None:
+        """With no node listening the draft stays in outgoing/ and the adapter pauses."""
+        settings = FolderSettings(
+            folder=tmp_path / "drop",
+            node=NodeAccess(url="http://127.0.0.1:9", token=TOKEN),
+            stable_seconds=0,
+            receive=False,
+        )
+        client = NodeClient("http://127.0.0.1:9", TOKEN, timeout=1, retries=NO_RETRIES)
+        adapter = FolderAdapter(settings, client, clock=Ticks())
+        adapter.prepare()
+        _drop(adapter.root, "r.json", request_draft())
+        (outcome,) = adapter.tick()
+        assert outcome.fate == "waiting"
+        assert outcome.reason == "node_unreachable"
+        assert (adapter.root / OUTGOING / "r.json").exists()
+        assert adapter.tick() == []  # paused: no hammering
+
+    def test_client_without_send_scope_leaves_drafts_waiting(
+        self, served: Served, tmp_path: Path
+    ) -> None:
+        """A 403 for a missing scope is our configuration's fault: the draft waits in
+        outgoing/ instead of failing."""
+        system = {
+            "client_id": "reader",
+            "system": "Synthetic case system",
+            "purpose": "reading only",
+            "scopes": ["read"],
+        }
+        token = served.client(LKA).call("POST", "/v1/clients", body=system)["token"]
+        adapter = _adapter(served, LKA, tmp_path / "drop", token=token)
+        _drop(adapter.root, "r.json", request_draft())
+        (outcome,) = adapter.tick()
+        assert (outcome.fate, outcome.reason) == ("waiting", "forbidden")
+        assert (adapter.root / OUTGOING / "r.json").exists()
+        assert list((adapter.root / FAILED).iterdir()) == []
+
+
+class TestReceiving:
+    def test_received_message_written_once_with_its_evidence(
+        self, served: Served, tmp_path: Path
+    ) -> None:
+        """A message received by NL is written to incoming/<id>.json (header, body, evidence
+        trail) once, found through the change feed and fetched as a transfer to the case
+        system (no `read` evidence); no temporary file is left behind."""
+        sent = served.client(LKA).send(request_draft())
+        served.pump()
+        system = {
+            "client_id": "folder",
+            "system": "Synthetic file-based case system",
+            "purpose": "import received messages",
+            "scopes": ["read", "events", "send"],
+        }
+        token = served.client(POLITIE).call("POST", "/v1/clients", body=system)["token"]
+        adapter = _adapter(served, POLITIE, tmp_path / "nl", token=token)
+        assert adapter.receive() == 1
+        written = adapter.root / INCOMING / f"{sent['message_id']}.json"
+        document = json.loads(written.read_text())
+        assert document["message"]["body"] == request_draft()["body"]
+        assert [e["kind"] for e in document["evidence"]] == ["delivered"]
+        assert [p.name for p in (adapter.root / INCOMING).iterdir()] == [written.name]
+        assert adapter.receive() == 0
+        # A restarted adapter remembers what it wrote, even after the file was taken away.
+        written.unlink()
+        assert _adapter(served, POLITIE, tmp_path / "nl", token=token).receive() == 0
+
+
+class TestSettingsAndLock:
+    def test_settings_file_is_read_and_checked(self, tmp_path: Path) -> None:
+        """Paths are relative to the settings file; the token comes from its file; an unknown
+        member is refused."""
+        (tmp_path / "token.txt").write_text(TOKEN + "\n")
+        path = tmp_path / "folder.yaml"
+        path.write_text("folder: drop\nnode: {url: 'http://127.0.0.1:1', token_file: token.txt}\n")
+        settings = FolderSettings.load(path)
+        assert settings.folder == tmp_path / "drop"
+        assert settings.node.token == TOKEN
+        assert TOKEN not in repr(settings)
+        path.write_text("folder: drop\nstable_second: 1\n")
+        with pytest.raises(ConfigError, match="stable_second"):
+            FolderSettings.load(path)
+
+    def test_second_adapter_on_one_folder_is_refused(self, tmp_path: Path) -> None:
+        """Two adapters on one folder would race: the second is refused while the first runs."""
+        settings = FolderSettings(
+            folder=tmp_path / "drop", node=NodeAccess(url="http://127.0.0.1:9", token=TOKEN)
+        )
+        first = FolderAdapter(settings, NodeClient("http://127.0.0.1:9", TOKEN))
+        second = FolderAdapter(settings, NodeClient("http://127.0.0.1:9", TOKEN))
+        with first.locked(), pytest.raises(ConfigError, match="another folder adapter"):
+            second.locked().__enter__()
+
+    def test_run_stops_when_asked(self, served: Served, tmp_path: Path) -> None:
+        """`run` watches the folder, sends a dropped draft and returns once stop is set."""
+        adapter = _adapter(served, LKA, tmp_path / "drop")
+        stop = threading.Event()
+        runner = threading.Thread(target=adapter.run, args=(stop,))
+        runner.start()
+        try:
+            _drop(adapter.root, "r.json", request_draft())
+            deadline = 200
+            while not (adapter.root / SENT / "r.json").exists() and deadline:
+                threading.Event().wait(0.05)
+                deadline -= 1
+            assert (adapter.root / SENT / "r.json").exists()
+        finally:
+            stop.set()
+            runner.join(timeout=10)
+        assert not runner.is_alive()
