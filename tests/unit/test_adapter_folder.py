@@ -24,8 +24,8 @@ from adapters.folder import (
     idempotency_key,
     is_draft_name,
 )
-from broker.devpki import DevFederation
 from broker.errors import ConfigError
+from broker.pki.dev import DevFederation
 from broker.sdk import NO_RETRIES, NodeClient
 
 from .node_world import world_at

@@ -16,8 +16,8 @@ import pytest
 
 from adapters.common import NodeAccess
 from adapters.mapping import Export, MappingSpec, RowErrors, main, run
-from broker.devpki import DevFederation
 from broker.errors import ConfigError
+from broker.pki.dev import DevFederation
 from broker.sdk import NodeClient
 
 from .node_world import world_at

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from adapters.common import NodeAccess
 from adapters.webhook_receiver import ReceiverSettings, create_app
-from broker.devpki import DevFederation
 from broker.errors import ConfigError
 from broker.node.webhooks import new_secret, sign
+from broker.pki.dev import DevFederation
 from broker.sdk import NO_RETRIES, NodeClient
 
 from .node_world import world_at

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from broker.pki.dev import DevFederation
 
 from broker.node import clients, events
 from broker.node.api import create_app
 from broker.node.service import Node
 from broker.node.store import MIGRATIONS, Store
+from broker.pki.dev import DevFederation
 
 from .node_world import World, example, world_at
 

@@ -14,7 +14,6 @@ from typing import Any, Final
 import pytest
 import schemathesis
 from aiohttp import web
-from broker.pki.dev import DevFederation
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
@@ -29,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from broker.node.api import create_app
 from broker.node.service import Node
+from broker.pki.dev import DevFederation
 
 from .node_world import ManualClock, World
 

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from broker.pki.dev import DevFederation
 
 from broker.node import webhooks
+from broker.pki.dev import DevFederation
 from broker.sdk import NodeClient, NodeError, WebhookVerificationError, verify_webhook
 from broker.sdk_async import AsyncNodeClient
 
