@@ -37,6 +37,7 @@ from broker.pki.dev import HUB_PARTY, SECRETARIAT_PARTY, DevFederation, write_de
 from broker.pki.store import (
     DIRECTORY_FILE,
     HUB,
+    PUBLISHER,
     ROOT,
     SECRETARIAT,
     PkiStore,
@@ -77,6 +78,18 @@ def write_dev_bundles(
     return written
 
 
+def add_publisher(pki: PkiStore, bundles: dict[str, Path]) -> None:
+    """Give the directory publisher's certificate to the hub (public: the hub maps its DN to
+    the one user allowed to publish directories) and its key to the secretariat, whose
+    credential it is. No other party gets either."""
+    publisher = pki.read_certified(PUBLISHER)
+    chain = [pki.read_cert(SECRETARIAT)]
+    PkiStore(bundles[SECRETARIAT_PARTY], passphrase=None).write_certified(
+        PUBLISHER, publisher, chain
+    )
+    PkiStore(bundles[HUB_PARTY], passphrase=None).write_cert(PUBLISHER, publisher.cert)
+
+
 def write_hub_bundle(
     secretariat: PkiStore,
     out: Path,
@@ -99,5 +112,7 @@ def write_hub_bundle(
             raise ConfigError(f"no leaf-node certificate for {code}: sign its request first")
         store.write_cert(stem, secretariat.read_cert(stem))
     store.write_bytes(DIRECTORY_FILE, secretariat.read_bytes(DIRECTORY_FILE))
+    if secretariat.has(PUBLISHER):
+        store.write_cert(PUBLISHER, secretariat.read_cert(PUBLISHER))
     write_manifest(store, party=HUB_PARTY, description=description)
     return out

@@ -53,7 +53,7 @@ from broker.core import pki
 from broker.errors import ConfigError
 from broker.federation import natsconf
 from broker.federation import subjects as s
-from broker.federation.bundles import write_dev_bundles
+from broker.federation.bundles import add_publisher, write_dev_bundles
 from broker.federation.distribution import ensure_hub_stream, ensure_published_stream
 from broker.federation.spec import (
     CountryDescription,
@@ -546,7 +546,7 @@ def new_settings(
 # ----------------------------------------------------------- configurations ---
 
 
-PUBLISHER: Final = "secretariat/publisher"
+PUBLISHER: Final = pki_store.PUBLISHER
 
 
 def issue_publisher_tls(store: pki_store.PkiStore, *, now: datetime) -> None:
@@ -765,7 +765,8 @@ class Federation:
         settings = new_settings(description, base, host=host)
         # What each party would take to its own machine (docs/joining.md); the dev launcher
         # itself keeps running from pki/.
-        write_dev_bundles(dev, description, base / BUNDLES_KEY)
+        bundles = write_dev_bundles(dev, description, base / BUNDLES_KEY)
+        add_publisher(pki_store.PkiStore(pki_dir, passphrase=None), bundles)
         write_settings(settings)
         fed = cls(settings)
         fed.write_configs()

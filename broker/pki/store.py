@@ -52,6 +52,8 @@ STATE_VERSION: Final = 1
 
 ROOT: Final = "root/ca"
 SECRETARIAT: Final = "secretariat/ca"
+# The secretariat's client credential that alone may publish directories into the hub.
+PUBLISHER: Final = "secretariat/publisher"
 HUB: Final = "hub/hub"
 
 

@@ -129,6 +129,7 @@ class TestDevBundles:
         ) == [
             "root/ca.key",
             "secretariat/ca.key",
+            "secretariat/publisher.key",  # its directory-publishing credential
         ]
         for code in ("de", "ua"):
             for path in by_party[code].values():
