@@ -37,9 +37,6 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import json
 import re
 import sqlite3
@@ -55,7 +52,13 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from broker.errors import ConfigError
-from broker.sdk import NodeClient, NodeError
+from broker.sdk import (
+    NodeClient,
+    NodeError,
+    WebhookVerificationError,
+    verify_webhook_delivery,
+    webhook_signer,
+)
 
 from .common import NodeAccess, load_document, node_access, reject_unknown
 
@@ -151,16 +154,12 @@ class ReceiverSettings:
 
 
 def verifier(secret: str) -> Webhook:
-    """The Standard Webhooks signer of ``secret`` (``whsec_`` + base64 of 16+ bytes). Checked
-    strictly here: the library skips characters that are not base64, so a mangled secret
-    would otherwise become a short or empty key."""
+    """The Standard Webhooks signer of ``secret`` (:func:`broker.sdk.webhook_signer`: checked
+    strictly, a mangled secret fails at start)."""
     try:
-        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except (ValueError, binascii.Error):
-        key = b""
-    if not secret.startswith("whsec_") or len(key) < 16:
-        raise ConfigError("the webhook secret is not a whsec_ base64 secret of 16 bytes or more")
-    return Webhook(key)
+        return webhook_signer(secret)
+    except WebhookVerificationError as exc:
+        raise ConfigError(exc.detail) from None
 
 
 def verify(
@@ -171,44 +170,15 @@ def verify(
     now: datetime,
     tolerance_seconds: int,
 ) -> tuple[str, dict[str, Any]]:
-    """``(webhook-id, payload)`` of a verified request, else :class:`Refused` saying why.
-
-    The timestamp is checked against ``now`` first (a replay outside the window is refused
-    whatever its signature), then every ``v1`` signature is compared in constant time; only
-    then is the body parsed."""
-    unverified_id = headers.get("webhook-id", "")
-    unverified_ts = headers.get("webhook-timestamp", "")
-    unverified_signatures = headers.get("webhook-signature", "")
-    if not _ID.fullmatch(unverified_id) or not _TIMESTAMP.fullmatch(unverified_ts):
-        raise Refused("missing or malformed webhook-id or webhook-timestamp")
-    age = now.timestamp() - int(unverified_ts)
-    if abs(age) > tolerance_seconds:
-        raise Refused(f"timestamp {'too old' if age > 0 else 'in the future'} ({int(age)} s)")
+    """``(webhook-id, payload)`` of a verified request, else :class:`Refused` saying why: the
+    SDK's one verification (:func:`broker.sdk.verify_webhook_delivery`: timestamp window first,
+    then every ``v1`` signature in constant time, only then the body)."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeError:
-        raise Refused("body is not UTF-8") from None
-    signed_at = datetime.fromtimestamp(int(unverified_ts), tz=UTC)
-    expected = base64.b64decode(webhook.sign(unverified_id, signed_at, text).split(",", 1)[1])
-    matched = False
-    for candidate in unverified_signatures.split(" "):
-        version, _, value = candidate.partition(",")
-        if version != "v1":
-            continue
-        try:
-            given = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        matched = hmac.compare_digest(expected, given) or matched
-    if not matched:
-        raise Refused("no valid v1 signature")
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        raise Refused("signed body is not JSON") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
-        raise Refused("signed body is not a webhook event")
-    return unverified_id, payload
+        return verify_webhook_delivery(
+            webhook, body, headers, now=now.timestamp(), tolerance=tolerance_seconds
+        )
+    except WebhookVerificationError as exc:
+        raise Refused(exc.detail) from None
 
 
 class CaseSystem:

@@ -28,17 +28,21 @@ What it must never do
 from __future__ import annotations
 
 import base64
-import hashlib
+import binascii
 import hmac
 import http.client
 import json
+import re
 import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, NotRequired, TypedDict, cast
+
+from standardwebhooks.webhooks import Webhook
 
 DEFAULT_TIMEOUT: Final = 30.0
 # What a retry may fix: the node was unreachable (or timed out), or it said 503.
@@ -71,6 +75,8 @@ __all__ = [
     "events_query",
     "new_idempotency_key",
     "verify_webhook",
+    "verify_webhook_delivery",
+    "webhook_signer",
 ]
 
 
@@ -670,6 +676,86 @@ class WebhookVerificationError(NodeError):
         super().__init__("webhook_invalid", detail)
 
 
+# Standard Webhooks header shapes (bounded: nothing unverified is parsed beyond them).
+_WEBHOOK_ID: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,255}")  # printable, no comma
+_WEBHOOK_TS: Final = re.compile(r"[0-9]{1,12}")
+
+
+def webhook_signer(secret: str) -> Webhook:
+    """The Standard Webhooks signer of a subscription's ``secret`` (``whsec_`` + base64 of 16
+    bytes or more). Checked strictly: the ``standardwebhooks`` library skips characters that
+    are not base64, so a mangled secret would otherwise become a short or empty key and every
+    verification would fail for a reason nobody could see."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (ValueError, binascii.Error):
+        key = b""
+    if not secret.startswith("whsec_") or len(key) < 16:
+        raise WebhookVerificationError(
+            "the webhook secret is not a whsec_ base64 secret of 16 bytes or more"
+        )
+    return Webhook(key)
+
+
+def verify_webhook_delivery(
+    signer: Webhook,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    now: float,
+    tolerance: float = 300.0,
+) -> tuple[str, dict[str, Any]]:
+    """``(webhook-id, payload)`` of a verified delivery, else :class:`WebhookVerificationError`
+    saying why. The one verification both the SDK and the reference receiver use.
+
+    Checks, before parsing anything: the three headers are there, the timestamp is within
+    ``tolerance`` seconds of ``now`` (a replay of an old delivery fails whatever its
+    signature), and one ``v1`` signature is the HMAC-SHA256 of ``id.timestamp.body``
+    (``standardwebhooks`` computes it), compared in constant time; only then is the body
+    parsed, and it must be a webhook event (``type`` and ``data``)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    unverified_id = lower.get("webhook-id", "")
+    unverified_ts = lower.get("webhook-timestamp", "")
+    unverified_signatures = lower.get("webhook-signature", "")
+    if not _WEBHOOK_ID.fullmatch(unverified_id) or not unverified_signatures:
+        raise WebhookVerificationError("missing or malformed webhook-id or webhook-signature")
+    if not _WEBHOOK_TS.fullmatch(unverified_ts):
+        raise WebhookVerificationError("webhook-timestamp is not a Unix time")
+    age = now - int(unverified_ts)
+    if abs(age) > tolerance:
+        when = "too old" if age > 0 else "in the future"
+        raise WebhookVerificationError(f"webhook-timestamp {when} ({int(age)} s): replay?")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeError:
+        raise WebhookVerificationError("body is not UTF-8") from None
+    signed_at = datetime.fromtimestamp(int(unverified_ts), tz=UTC)
+    expected = base64.b64decode(signer.sign(unverified_id, signed_at, text).split(",", 1)[1])
+    matched = False
+    for candidate in unverified_signatures.split(" "):
+        version, _, value = candidate.partition(",")
+        if version != "v1":
+            continue
+        try:
+            given = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        matched = hmac.compare_digest(expected, given) or matched
+    if not matched:
+        raise WebhookVerificationError("no valid v1 signature")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        raise WebhookVerificationError("the signed body is not JSON") from None
+    if (
+        not isinstance(payload, dict)
+        or not isinstance(payload.get("type"), str)
+        or not isinstance(payload.get("data"), dict)
+    ):
+        raise WebhookVerificationError("the signed body is not a webhook event")
+    return unverified_id, payload
+
+
 def verify_webhook(
     secret: str,
     body: bytes,
@@ -678,38 +764,15 @@ def verify_webhook(
     now: float | None = None,
     tolerance: float = 300.0,
 ) -> Event:
-    """Verify a Standard Webhooks delivery from a node and return its event.
-
-    Checks, before parsing anything: the three headers are there, the timestamp is within
-    ``tolerance`` seconds of ``now`` (default: the wall clock; a replay of an old delivery
-    fails), and one ``v1`` signature is the HMAC-SHA256 of ``id.timestamp.body`` under the
-    subscription's ``secret``. Raises :class:`WebhookVerificationError`. Deduplicate on
-    ``webhook-id`` afterwards: delivery is at least once."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    msg_id, stamp = lower.get("webhook-id"), lower.get("webhook-timestamp")
-    signatures = lower.get("webhook-signature")
-    if not msg_id or not stamp or not signatures:
-        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or signature")
-    if not stamp.isdigit():
-        raise WebhookVerificationError("webhook-timestamp is not a Unix time")
+    """Verify a Standard Webhooks delivery from a node and return its event
+    (:func:`verify_webhook_delivery` with the wall clock unless ``now`` is given). Raises
+    :class:`WebhookVerificationError`. Deduplicate on ``webhook-id`` afterwards: delivery is
+    at least once."""
     current = time.time() if now is None else now
-    if abs(current - int(stamp)) > tolerance:
-        raise WebhookVerificationError("webhook-timestamp outside the tolerance (replay?)")
-    try:
-        key = base64.b64decode(secret.removeprefix("whsec_") + "==", validate=False)
-    except ValueError:
-        raise WebhookVerificationError("the secret is not a whsec_ secret") from None
-    expected = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
-    for candidate in signatures.split():
-        version, _, value = candidate.partition(",")
-        try:
-            given = base64.b64decode(value, validate=True)
-        except ValueError:
-            continue
-        if version == "v1" and hmac.compare_digest(given, expected):
-            document = json.loads(body)
-            return cast(Event, document["data"])
-    raise WebhookVerificationError("no valid signature")
+    _, payload = verify_webhook_delivery(
+        webhook_signer(secret), body, headers, now=current, tolerance=tolerance
+    )
+    return cast(Event, payload["data"])
 
 
 def new_idempotency_key() -> str:

@@ -173,3 +173,19 @@ class TestVerifyWebhook:
             verify_webhook(secret, body, headers, now=time.time() + 600)
         with pytest.raises(WebhookVerificationError):
             verify_webhook(secret, body, {k: v for k, v in headers.items() if k != "webhook-id"})
+
+    def test_mangled_secret_and_non_event_body_are_verification_errors(self) -> None:
+        """A secret that is not whsec_ base64 of 16+ bytes, and a correctly signed body that is
+        not a webhook event, raise WebhookVerificationError (never a silent wrong key, never
+        a KeyError or ValueError)."""
+        secret = webhooks.new_secret()
+        now = datetime.now(UTC)
+        for bad in ("whsec_!!not-base64!!", "whsec_", "not-a-secret", "whsec_" + "QUJD"):
+            body = b"{}"
+            headers = webhooks.sign(secret, msg_id="evt_f_1", timestamp=now, body=body)
+            with pytest.raises(WebhookVerificationError, match="secret"):
+                verify_webhook(bad, body, headers)
+        for body in (b"[]", b'{"type": "message.received"}', b'{"data": {}}', b"not json"):
+            headers = webhooks.sign(secret, msg_id="evt_f_2", timestamp=now, body=body)
+            with pytest.raises(WebhookVerificationError):
+                verify_webhook(secret, body, headers)
