@@ -47,13 +47,13 @@ from cryptography import x509
 from nats.aio.client import Client as NatsClient
 
 from broker import pki_store
+from broker.core import wire as s
 from broker.devpki import build_dev_federation
 from broker.errors import ConfigError
 from broker.federation import natsconf
-from broker.federation import subjects as s
 from broker.federation.spec import FederationDescription, gateway_id, parse_description
 from broker.federation.streams import CountryStreams, ensure_country_streams
-from broker.transport_nats import quiet_tls_eof_warning
+from broker.nats import quiet_tls_eof_warning
 
 SETTINGS_FILE: Final = "federation.json"
 SETTINGS_VERSION: Final = 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from broker.federation import subjects as s
+from broker.core import wire as s
 
 TLS_TIMEOUT_SECONDS: Final = 2
 # Reply subjects nats-server uses for JetStream API requests across domains (stream sourcing).

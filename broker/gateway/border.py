@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Final, Protocol
 
 from broker.core import canonical, jose
+from broker.core import wire as subjects
 from broker.core.directory import Directory
 from broker.core.envelope import (
     DEFAULT_LIMITS,
@@ -66,7 +67,6 @@ from broker.core.policy import (
     evaluate_ingress,
 )
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, Reason
-from broker.federation import subjects
 
 # Deterministic evidence ids: the same decision about the same message always gets the same
 # id, so a redelivered input produces duplicates that JetStream and the node de-duplicate.

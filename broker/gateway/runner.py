@@ -33,6 +33,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 from prometheus_client import CollectorRegistry
 
+from broker.core import wire as subjects
 from broker.core.directory import Directory
 from broker.core.envelope import SenderIdentity
 from broker.core.header import agency_country
@@ -40,7 +41,6 @@ from broker.core.policy import Policy
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError
-from broker.federation import subjects
 from broker.federation.streams import ensure_consumer, submit_consumer
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
@@ -55,14 +55,14 @@ from broker.gateway.quarantine import (
     publish_permanent,
     run_retries,
 )
+from broker.gateway.settings import GatewaySettings
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
-from broker.node.settings import Settings
+from broker.nats import PUBLISH_TIMEOUT, connect, tls_context
 from broker.node.store import store_unavailable
 from broker.policy_store import PolicyStore
 from broker.tracing import TRACEPARENT, from_headers
-from broker.transport_nats import PUBLISH_TIMEOUT, connect, tls_context
 
 FETCH_BATCH: Final = 32
 FETCH_TIMEOUT: Final = 1.0
@@ -115,7 +115,7 @@ def local_agencies(directory: Directory, country: str) -> list[str]:
 
 
 def build_border(
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     now: datetime,
     crossings: CrossingLog,
@@ -652,7 +652,7 @@ async def run_audit_roots(
 
 
 async def run_gateway(
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     stop: asyncio.Event | None = None,
     clock: Callable[[], datetime] = utc_now,

@@ -3,14 +3,13 @@
 Reads the key, certificate, directory and policy files named in the settings (and only
 those), builds the :class:`~broker.node.service.Node`, and runs its receiver and outbox loops
 next to the HTTP API. The NATS transport is injected (``transport_factory``); the default
-imports ``broker.transport_nats.NatsTransport`` lazily.
+imports ``broker.node.transport_nats.NatsTransport`` lazily.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,15 +54,11 @@ TransportFactory = Callable[[Settings], Transport]
 
 
 def nats_transport(settings: Settings) -> Transport:
-    """The real transport (``broker.transport_nats.NatsTransport``), imported on first use."""
-    try:
-        module = importlib.import_module("broker.transport_nats")
-    except ModuleNotFoundError as exc:
-        if exc.name != "broker.transport_nats":
-            raise
-        raise ConfigError("the NATS transport (broker.transport_nats) is not available") from None
-    transport: Transport = module.NatsTransport(settings)
-    return transport
+    """The real transport (:class:`broker.node.transport_nats.NatsTransport`), imported on
+    first use: a node built on another transport (tests, the offline demo) never loads nats-py."""
+    from broker.node.transport_nats import NatsTransport  # noqa: PLC0415 - lazy, see above
+
+    return NatsTransport(settings)
 
 
 def _onward_lookup(store: Store) -> Callable[[str], Onward | None]:

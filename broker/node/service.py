@@ -73,8 +73,8 @@ from broker.core.envelope import (
 from broker.core.evidence import EvidenceKind
 from broker.core.header import Header, Onward, agency_country
 from broker.core.trust import KeyResolver
+from broker.core.wire import submit_subject
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
-from broker.federation.subjects import submit_subject
 from broker.logs import DistinctFaults, FaultLog
 from broker.node import audit_log, corrections
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock

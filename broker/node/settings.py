@@ -17,7 +17,10 @@ from typing import Any, Final
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
 from broker.gateway.fairness import FairShare
+from broker.nats.settings import NatsSettings
 from broker.node.retention import RetentionPolicy
+
+__all__ = ["ApiSettings", "KeySettings", "NatsSettings", "Settings", "load_settings"]
 
 TOKEN_ENV: Final = "CASEBRIDGE_NODE_TOKEN"  # noqa: S105 - a variable name, not a secret
 DEFAULT_PORT: Final = 8470
@@ -38,16 +41,6 @@ _TOP: Final = frozenset(
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class NatsSettings:
-    """Where the country NATS server is and the node's mTLS material."""
-
-    url: str
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -89,7 +82,7 @@ class Settings:
     # docs/data-protection.md: body retention per message type, audit checkpoint interval
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
-    # Border gateways only: per-sender rate limits (broker/gateway/fairness.py)
+    # Read for older settings files only: gateways have their own (broker/gateway/settings.py)
     fair_share: FairShare = field(default_factory=FairShare)
     # Fault tests only (the chaos suite's "node clock 5 minutes off"): added to the wall clock
     # the node seals, verifies and stamps with. Never set it in production.

@@ -24,8 +24,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig
 
+from broker.core import wire as s
 from broker.devpki import build_dev_federation
-from broker.federation import subjects as s
 from broker.federation.launcher import ClientSettings, Federation, _is_zombie, client_ssl_context
 from broker.pki_store import PkiStore, agency_stem
 from tests.integration.conftest import EXAMPLE, connect, run

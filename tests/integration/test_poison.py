@@ -20,16 +20,16 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from broker.core import wire as s
 from broker.core.envelope import OpenedMessage
 from broker.federation import processes
-from broker.federation import subjects as s
 from broker.node.api import create_app
 from broker.node.policy import RecipientCheck
 from broker.node.runtime import build_node
 from broker.node.service import Node, RetryPolicy
 from broker.node.settings import Settings, load_settings
 from broker.node.store import Store
-from broker.transport_nats import NatsTransport
+from broker.node.transport_nats import NatsTransport
 from tests.integration.conftest import run
 from tests.integration.e2e_helpers import Running, Sealed, example
 

@@ -26,12 +26,12 @@ from broker.gateway.border import Outcome
 from broker.gateway.observe import record_outcome
 from broker.logs import FaultLog, configure_logging
 from broker.metrics import GatewayMetrics, NodeMetrics, country_label, type_label
-from broker.nats_exporter import MonitoredServer, NatsCollector
 from broker.node.api import create_app
 from broker.node.observe import NodeObserver, OutboxCollector
 from broker.node.peek import unverified_header
 from broker.node.service import Node
 from broker.node.transport import MSG_ID_HEADER
+from broker.ops.nats_exporter import MonitoredServer, NatsCollector
 
 from .node_world import World, request_draft, world_at
 
