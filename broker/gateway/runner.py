@@ -38,7 +38,6 @@ from broker.core.directory import Directory
 from broker.core.envelope import SenderIdentity
 from broker.core.header import agency_country
 from broker.core.policy import Policy
-from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError
 from broker.federation.streams import ensure_consumer, submit_consumer
@@ -57,6 +56,7 @@ from broker.gateway.quarantine import (
 )
 from broker.gateway.settings import GatewaySettings
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.loaders import load_schema_registry
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
 from broker.nats import PUBLISH_TIMEOUT, connect, tls_context
@@ -141,7 +141,7 @@ def build_border(
     )
     if accepted is not None:
         accepted(holder.directory.serial)
-    SchemaRegistry.load()  # fail at start, not at the first message, if schemas are broken
+    load_schema_registry()  # fail at start, not at the first message, if schemas are broken
     policies = PolicyStore(
         country=country,
         root_cert=root,

@@ -20,10 +20,10 @@ from broker.core.directory import Directory
 from broker.core.envelope import RecipientIdentity, SenderIdentity
 from broker.core.header import Onward, agency_country, parse_header
 from broker.core.policy import Federation
-from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
+from broker.loaders import load_schema_registry
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
 from broker.node.clock import system_clock
@@ -94,7 +94,7 @@ def build_node(
         min_serial=store.directory_serial(),
     )
     store.accept_directory_serial(directory.serial)
-    schemas = SchemaRegistry.load()
+    schemas = load_schema_registry()
     agency = settings.agency
     preflight: Preflight | None = None
     recipient_check: RecipientCheck | None = None

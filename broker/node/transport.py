@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from broker.core.evidence import is_evidence
+from broker.core.peek import unverified_header
 from broker.core.wire import audit_subject, submit_subject
 from broker.node.errors import TransportUnavailable
-from broker.node.peek import unverified_header
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 # Subject names are the federation's (docs/federation.md), defined once.

@@ -77,9 +77,9 @@ async def _scenario(
         node = build_node(settings, transport=transport, now=datetime.now(UTC), store=store)
         # Fault injection through the node's recipient-check seam, and a short retry bound
         # (0.5 s, 1 s, 2 s, then quarantine) so the test does not wait the default 30 s.
-        faulty = FaultyCheck(node._recipient_check)  # test seam
+        faulty = FaultyCheck(node.core.recipient_check)  # test seam
         faulty.ids.add(poison.message_id)
-        node._recipient_check = faulty  # test seam
+        node.core.recipient_check = faulty  # test seam
         node._retry = RetryPolicy(nak_delay=0.5, max_attempts=4)  # test seam
         receiver = asyncio.create_task(node.run_receiver())
         publisher = await running.fed.connect_as(SENDER, allow_reconnect=False)

@@ -24,6 +24,7 @@ from broker.core.schemas import SchemaRegistry
 from broker.core.trust import KeyResolver
 from broker.devpki import DevFederation
 from broker.errors import InvalidMessage, Reason
+from broker.loaders import load_schema_registry
 
 BODY = json.loads(
     (Path(__file__).resolve().parents[2] / "schemas" / "examples" / "bulletin.json").read_text()
@@ -71,7 +72,7 @@ def _header(
 
 @pytest.fixture(scope="module")
 def registry() -> SchemaRegistry:
-    return SchemaRegistry.load()
+    return load_schema_registry()
 
 
 def _seal(

@@ -16,6 +16,7 @@ from broker.core import jose
 from broker.core.envelope import authenticated_header, seal
 from broker.core.evidence import EvidenceFacts, EvidenceKind, evidence_header
 from broker.core.header import Header, Onward
+from broker.core.peek import unverified_header
 from broker.devpki import DevFederation
 from broker.gateway.border import (
     EVIDENCE_SUBJECT_RULE,
@@ -24,7 +25,6 @@ from broker.gateway.border import (
     MemoryCrossings,
     Outcome,
 )
-from broker.node.peek import unverified_header
 
 from .gateway_world import GatewayWorld, build, policies, sender
 from .test_gateway import evidence_of

@@ -14,10 +14,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from broker.devpki import DevFederation
+from broker.node.core import wire_digest
 from broker.node.errors import StorageUnavailable
-from broker.node.model import OutboxState
-from broker.node.service import Node, wire_digest
-from broker.node.store import Receipt
+from broker.node.model import OutboxState, Receipt
+from broker.node.service import Node
 from broker.node.transport import MemoryDelivery
 
 from .node_world import World, request_draft, world_at

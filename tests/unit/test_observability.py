@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from broker import tracing
 from broker.core.envelope import seal
+from broker.core.peek import unverified_header
 from broker.core.policy import Decision, Point, Verdict
 from broker.devpki import DevFederation
 from broker.errors import PolicyDenied
@@ -28,7 +29,6 @@ from broker.logs import FaultLog, configure_logging
 from broker.metrics import GatewayMetrics, NodeMetrics, country_label, type_label
 from broker.node.api import create_app
 from broker.node.observe import NodeObserver, OutboxCollector
-from broker.node.peek import unverified_header
 from broker.node.service import Node
 from broker.node.transport import MSG_ID_HEADER
 from broker.ops.nats_exporter import MonitoredServer, NatsCollector

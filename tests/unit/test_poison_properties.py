@@ -32,8 +32,8 @@ from broker.devpki import DevFederation
 from broker.errors import CasebridgeError, Reason
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, MemoryCrossings, Outcome
+from broker.node.model import Receipt
 from broker.node.service import Node
-from broker.node.store import Receipt
 
 from .gateway_world import build, policies, sender
 from .node_world import ManualClock, World

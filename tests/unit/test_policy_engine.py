@@ -24,12 +24,12 @@ from broker.core.policy import (
     evaluate_egress,
     evaluate_ingress,
     evaluate_recipient,
-    load_policy_file,
     parse_policy,
     preflight,
 )
 from broker.devpki import DevFederation
 from broker.errors import PolicyDenied, Reason, SchemaInvalid
+from broker.loaders import load_policy_file
 from tests.unit.test_policy_cases import case_federation, make_header, registry
 
 REPO = Path(__file__).resolve().parents[2]

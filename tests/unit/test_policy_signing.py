@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 
 from broker.core import jose, pki
-from broker.core.policy import (
-    POLICY_TYP,
-    load_signed_policy,
-    policy_kid,
-    sign_policy,
-    verify_policy,
-)
+from broker.core.policy import POLICY_TYP, policy_kid, sign_policy, verify_policy
 from broker.devpki import DevFederation
 from broker.errors import PolicyError
+from broker.loaders import load_signed_policy
 
 REPO = Path(__file__).resolve().parents[2]
 DE_POLICY = (REPO / "docs" / "policies" / "de.yaml").read_bytes()
