@@ -29,7 +29,7 @@ from broker.devpki import DEMO_SPEC, DevFederation, build_dev_federation
 from broker.errors import CasebridgeError
 from broker.loaders import load_schema_registry
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "schemas" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
