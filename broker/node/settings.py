@@ -16,7 +16,6 @@ from typing import Any, Final
 
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
-from broker.gateway.fairness import FairShare
 from broker.nats.settings import NatsSettings
 from broker.node.retention import RetentionPolicy
 
@@ -36,7 +35,7 @@ _TOP: Final = frozenset(
         "message_lifetime_days",
         "retention",
         "audit",
-        "fair_share",
+        "fair_share",  # gateway-only (broker/gateway/settings.py): accepted, never read
         "clock_offset_seconds",
     }
 )
@@ -82,8 +81,6 @@ class Settings:
     # docs/data-protection.md: body retention per message type, audit checkpoint interval
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
-    # Read for older settings files only: gateways have their own (broker/gateway/settings.py)
-    fair_share: FairShare = field(default_factory=FairShare)
     # Fault tests only (the chaos suite's "node clock 5 minutes off"): added to the wall clock
     # the node seals, verifies and stamps with. Never set it in production.
     clock_offset_seconds: float = 0.0
@@ -182,6 +179,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         message_lifetime_days=lifetime,
         retention=RetentionPolicy.from_json(top.get("retention")),
         checkpoint_seconds=float(checkpoint_seconds),
-        fair_share=FairShare.from_json(top.get("fair_share")),
         clock_offset_seconds=float(offset),
     )
