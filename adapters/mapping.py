@@ -49,6 +49,7 @@ from typing import Any, Final, Literal, TextIO
 from broker.core import canonical
 from broker.core.schemas import SchemaRegistry
 from broker.errors import CasebridgeError, ConfigError, SchemaInvalid
+from broker.loaders import load_schema_registry
 from broker.sdk import NodeClient, NodeError
 
 from .common import NodeAccess, load_document, node_access, reject_unknown
@@ -488,7 +489,7 @@ def run(
 ) -> list[RowReport]:
     """Check every row and (unless ``dry_run``) send each that passed; one JSON line per row
     on ``out`` and a summary line last."""
-    registry = schemas or SchemaRegistry.load()
+    registry = schemas or load_schema_registry()
     reports = []
     for row, record, error in records(spec.export, text):
         if record is None:

@@ -49,10 +49,10 @@ from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 from nats.aio.msg import Msg
 
+from broker.core.peek import unverified_header
 from broker.federation.launcher import Federation
 from broker.federation.processes import endpoints, prepare
 from broker.federation.spec import load_description
-from broker.node.peek import unverified_header
 from broker.sdk import Draft, NodeClient, NodeError
 
 ROOT = Path(__file__).resolve().parents[1]

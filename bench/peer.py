@@ -38,8 +38,8 @@ from cryptography.x509.oid import NameOID
 from broker.core import jose
 from broker.core.envelope import RecipientIdentity, SenderIdentity, open_message, seal
 from broker.core.header import Header
-from broker.core.schemas import SchemaRegistry
 from broker.core.trust import AgencyKeys, StaticResolver
+from broker.loaders import load_schema_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = json.loads((ROOT / "schemas" / "examples" / "request.assistance.json").read_text())
@@ -136,7 +136,7 @@ class _Replay:
 def serve(directory: Path, port: int) -> None:
     """The recipient: open, validate, one commit, signed receipt."""
     resolver = _resolver(directory)
-    registry = SchemaRegistry.load()
+    registry = load_schema_registry()
     me = RecipientIdentity(
         agency_id=RECIPIENT,
         agreement_kid=f"{RECIPIENT}#ka",
@@ -199,7 +199,7 @@ async def send(
     """The sender: seal, one commit, POST over a kept-alive HTTPS connection, verify the
     receipt. Open loop at ``rate`` per second, or as fast as ``concurrency`` allows."""
     resolver = _resolver(directory)
-    registry = SchemaRegistry.load()
+    registry = load_schema_registry()
     me = SenderIdentity(
         agency_id=SENDER, signing_kid=f"{SENDER}#sig", signing_key=_key(directory, SENDER, "sig")
     )

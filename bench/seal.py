@@ -30,8 +30,8 @@ from jwcrypto.jwa import JWA
 from broker.core.envelope import RecipientIdentity, SenderIdentity, open_message, seal
 from broker.core.header import Header
 from broker.core.replay import MemoryReplayStore
-from broker.core.schemas import SchemaRegistry
 from broker.core.trust import AgencyKeys, StaticResolver
+from broker.loaders import load_schema_registry
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "schemas" / "examples" / "request.assistance.json"
 AGENCIES = (
@@ -90,7 +90,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    registry = SchemaRegistry.load()
+    registry = load_schema_registry()
     body: dict[str, Any] = json.loads(EXAMPLE.read_text())
     keys = {
         a: (ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1()))

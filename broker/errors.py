@@ -10,6 +10,8 @@ and carries a stable, machine-readable ``reason`` (a :class:`Reason` value, docu
     │   │   └── PolicyError             a policy file refused at load (carries line numbers)
     │   ├── PKIError                    certificate issuance or validation of our own material
     │   ├── SchemaRegistryError         a schema file is missing or itself invalid
+    │   ├── TransportError              NATS unreachable or a publish not acknowledged
+    │   │                               (broker/nats; the node raises its own subclass)
     │   └── NodeError                   the node's edges (broker/node/errors.py): bad request,
     │                                   unauthorized, justification required, not found,
     │                                   idempotency conflict, transport, audit or storage
@@ -119,6 +121,16 @@ class SchemaRegistryError(LocalError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(Reason.SCHEMA_REGISTRY, detail)
+
+
+class TransportError(LocalError):
+    """The NATS edge failed: server unreachable, publish or request not acknowledged in time.
+    Never the peer's fault; retried (broker/nats/client.py maps nats-py's errors to it)."""
+
+    http_status = 503
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(Reason.TRANSPORT_UNAVAILABLE, detail)
 
 
 class RemoteError(CasebridgeError):

@@ -58,6 +58,7 @@ from broker.core.replay import MemoryReplayStore, ReplayStore
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import KeyResolver
 from broker.errors import CasebridgeError, LocalError, PolicyDenied, Reason
+from broker.loaders import load_schema_registry
 
 __all__ = [
     "HONESTY_RULE",
@@ -98,7 +99,7 @@ class Schemas(Protocol):
 
 def load_schemas() -> SchemaRegistry:
     """The catalogue shipped with the package (works from an installed wheel)."""
-    return SchemaRegistry.load()
+    return load_schema_registry()
 
 
 def load_directory(

@@ -1,8 +1,8 @@
 """``casebridge demo``: the federation demo on real servers (default) or the in-process one.
 
-``casebridge demo`` runs :mod:`broker.demo_federation` (hub, DE/NL/UA servers, gateways and
+``casebridge demo`` runs :mod:`broker.demo.federation` (hub, DE/NL/UA servers, gateways and
 nodes on loopback, scripted traffic, a table; it keeps running until Ctrl-C unless
-``--no-wait``); ``casebridge demo --offline`` runs :mod:`broker.demo_offline` (no servers).
+``--no-wait``); ``casebridge demo --offline`` runs :mod:`broker.demo.offline` (no servers).
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.offline:
         return _offline(args)
-    from broker.demo_federation import run  # noqa: PLC0415 - lazy: fast CLI start
+    from broker.demo.federation import run  # noqa: PLC0415 - lazy: fast CLI start
 
     outcomes = run(args.dir, wait=not args.no_wait, out=sys.stdout)
     return 0 if outcomes and all(o.complete() for o in outcomes) else 1
 
 
 def _offline(args: argparse.Namespace) -> int:
-    from broker.demo_offline import format_table, run  # noqa: PLC0415 - lazy: fast CLI start
+    from broker.demo.offline import format_table, run  # noqa: PLC0415 - lazy: fast CLI start
 
     now = datetime.now(UTC)
     rows = run(out_dir=args.pki_dir, now=now)

@@ -36,8 +36,8 @@ from broker.core.policy.signing import verify_policy_payload
 from broker.errors import ConfigError, PolicyError
 from broker.federation import distribution
 from broker.federation.launcher import Federation
+from broker.nats import quiet_tls_eof_warning
 from broker.pki.keyfiles import read_bytes, read_certificate
-from broker.transport_nats import quiet_tls_eof_warning
 
 
 def _tls(args: argparse.Namespace) -> ssl.SSLContext:

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Consume the country's SUBMIT and INBOX streams, verify each message's outer "
         "layer, apply the country's signed policy, route it on, and emit signed evidence. "
         "The settings file has the node settings format (docs/node-api.md) with agency "
-        "<cc>.gateway and a policy file.",
+        "<cc>.gateway and a policy file, and without a key-agreement key or API token "
+        "(broker/gateway/settings.py).",
     )
     parser.add_argument("--settings", type=Path, help="gateway settings JSON (required to run)")
     parser.add_argument(
@@ -128,14 +129,14 @@ def _quarantine_drop(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from broker.gateway.runner import run_gateway  # noqa: PLC0415 - lazy: fast CLI start
+    from broker.gateway.settings import load_gateway_settings  # noqa: PLC0415
     from broker.logs import configure_logging  # noqa: PLC0415
-    from broker.node.settings import load_settings  # noqa: PLC0415
 
     if args.settings is None:
         print("error [bad_request]: give --settings FILE to run the gateway", file=sys.stderr)
         return 2
     configure_logging(args.log_format)
-    settings = load_settings(args.settings)
+    settings = load_gateway_settings(args.settings)
 
     async def main() -> None:
         stop = asyncio.Event()

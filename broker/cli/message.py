@@ -152,8 +152,8 @@ def _open(args: argparse.Namespace) -> int:
         from broker.core.policy import (  # noqa: PLC0415 - only with --policy
             Federation,
             evaluate_recipient,
-            load_policy_file,
         )
+        from broker.loaders import load_policy_file  # noqa: PLC0415 - only with --policy
 
         loaded = load_policy_file(args.policy)
         federation = Federation.from_directory(directory)

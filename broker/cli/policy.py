@@ -43,14 +43,13 @@ from broker.core.policy import (
     evaluate_ingress,
     evaluate_recipient,
     lint,
-    load_policy_file,
     parse_policy,
     preflight,
     sign_policy,
     verify_policy,
 )
 from broker.core.policy.signing import policy_kid, unverified_policy_country
-from broker.core.schemas import SchemaRegistry, default_schema_dir
+from broker.core.schemas import SchemaRegistry
 from broker.errors import (
     CasebridgeError,
     ConfigError,
@@ -58,6 +57,7 @@ from broker.errors import (
     PolicyError,
     PolicyProblem,
 )
+from broker.loaders import default_schema_dir, load_policy_file, load_schema_registry
 from broker.pki.dev import DEMO_SPEC
 from broker.pki.store import DIRECTORY_FILE, ROOT, PkiStore, country_stem
 
@@ -97,7 +97,7 @@ def _read(path: Path) -> bytes:
 
 def _schemas(args: argparse.Namespace) -> SchemaRegistry:
     directory: Path | None = args.schemas
-    return SchemaRegistry.load(directory or default_schema_dir())
+    return load_schema_registry(directory or default_schema_dir())
 
 
 # ----------------------------------------------------------------- federation ---

@@ -10,11 +10,21 @@ Evidence is small and closed: exactly the five :class:`EvidenceKind` types exist
 ids, a digest, a time, and for refusals a reason code, a rule id and at most
 :data:`MAX_DETAIL` characters of explanation, so evidence cannot carry case content past a
 policy that would refuse it as a case message.
+
+:func:`build_evidence` is the one builder of an evidence message (header and body), used by
+the nodes (``delivered``, ``rejected``, ``read``) and the border gateways (``relay_*``); the
+caller seals it. Ids and time are passed in: this module never draws an id or reads a clock.
+
+Marking: always **H0 / TLP:GREEN**, not inherited from the subject. The body holds no case
+content (ids, a digest, an agency id, a time, a reason code), and an inherited TLP:RED or H3
+would need a border rule naming the recipient exactly (``builtin.red-h3-explicit``), so
+evidence about the most sensitive messages would be dropped at the border exactly when the
+sender most needs it. Must never put body content of the subject into evidence (``detail``
+comes from error details, which never carry content).
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -97,6 +107,25 @@ class EvidenceFacts:
         return body
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Subject:
+    """What evidence needs to know about the message it is about."""
+
+    message_id: str
+    conversation: str
+    sender: str
+    digest: str
+
+    @classmethod
+    def of(cls, header: Header, digest: str) -> Subject:
+        return cls(
+            message_id=header.id,
+            conversation=header.conversation,
+            sender=header.sender,
+            digest=digest,
+        )
+
+
 def evidence_header(
     *,
     federation_id: str,
@@ -106,13 +135,15 @@ def evidence_header(
     subject_id: str,
     conversation: str,
     now: datetime,
-    message_id: str | None = None,
+    message_id: str,
+    lifetime: timedelta = EVIDENCE_LIFETIME,
 ) -> Header:
-    """Header of an evidence message from ``actor`` to ``to`` about message ``subject_id``."""
+    """Header of an evidence message from ``actor`` to ``to`` about message ``subject_id``
+    (``message_id``: drawn by the caller, at random or derived)."""
     t = int(now.timestamp())
     return Header(
         fed=federation_id,
-        id=message_id or str(uuid.uuid4()),
+        id=message_id,
         type=kind.message_type,
         type_version=1,
         conversation=conversation,
@@ -125,5 +156,45 @@ def evidence_header(
         legal_basis="Casebridge protocol evidence (docs/protocol.md section 10)",
         categories=(),
         iat=t,
-        exp=t + int(EVIDENCE_LIFETIME.total_seconds()),
+        exp=t + int(lifetime.total_seconds()),
     )
+
+
+def build_evidence(
+    *,
+    federation_id: str,
+    kind: EvidenceKind,
+    subject: Subject,
+    actor: str,
+    message_id: str,
+    now: datetime,
+    reason: str | None = None,
+    rule_id: str | None = None,
+    detail: str = "",
+    lifetime: timedelta = EVIDENCE_LIFETIME,
+) -> tuple[Header, dict[str, Any]]:
+    """The header and body of evidence from ``actor`` to the subject's sender, ready to seal.
+    ``reason``/``rule_id``/``detail`` count for refusals only; ``detail`` is cut to
+    :data:`MAX_DETAIL`."""
+    header = evidence_header(
+        federation_id=federation_id,
+        actor=actor,
+        to=subject.sender,
+        kind=kind,
+        subject_id=subject.message_id,
+        conversation=subject.conversation,
+        now=now,
+        message_id=message_id,
+        lifetime=lifetime,
+    )
+    facts = EvidenceFacts(
+        kind=kind,
+        subject_id=subject.message_id,
+        subject_digest=subject.digest,
+        actor=actor,
+        at=now,
+        reason=reason,
+        rule_id=rule_id,
+        detail=detail,
+    )
+    return header, facts.body()

@@ -1,7 +1,8 @@
 """The message catalogue: one JSON Schema per message type, body validation, data categories.
 
 What it is for
-    :class:`SchemaRegistry` loads ``schemas/<type>.v<N>.json`` (JSON Schema 2020-12) once,
+    :class:`SchemaRegistry` compiles ``schemas/<type>.v<N>.json`` (JSON Schema 2020-12, read
+    at the edge by :mod:`broker.loaders` and handed over as parsed documents) once,
     checks every document against the 2020-12 metaschema, and then answers three questions on
     the hot path: is this body valid for its declared type (:meth:`~SchemaRegistry.validate`),
     which data categories does it really contain (:meth:`~SchemaRegistry.categories`), and,
@@ -9,7 +10,7 @@ What it is for
     (:meth:`~SchemaRegistry.path_patterns`, :meth:`~SchemaRegistry.annotated_paths`).
 
 What it must never do
-    Read files outside ``load_*`` functions and :meth:`SchemaRegistry.load`, fetch a schema
+    Read a file or an environment variable (the edge does: ``broker/loaders.py``), fetch a schema
     from the network (both validators resolve ``$ref`` only inside the loaded documents),
     import asyncio/nats/aiohttp, or put body content into an error message: errors name a
     JSON pointer, the keyword and what the schema expects, never the offending value.
@@ -56,13 +57,10 @@ Path patterns are JSON pointers with ``*`` for every array item, e.g. ``/victims
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from itertools import islice
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
@@ -88,7 +86,6 @@ if TYPE_CHECKING:
 
 SCHEMA_BASE: Final = "https://schemas.casebridge.org/"
 METASCHEMA: Final = "https://json-schema.org/draft/2020-12/schema"
-SCHEMAS_ENV: Final = "CASEBRIDGE_SCHEMAS"
 CORRECTION_TYPE: Final = "correction"
 MAX_ERRORS: Final = 20
 # Bounds the Python explanation pass (the slow path) on a body with very many violations.
@@ -122,21 +119,6 @@ def schema_id_for(message_type: str, version: int) -> str:
     return f"{SCHEMA_BASE}{message_type}/v{version}.json"
 
 
-def default_schema_dir() -> Path:
-    """``$CASEBRIDGE_SCHEMAS`` if set, else the catalogue shipped with the package.
-
-    An installed wheel holds the schemas as package data (``broker/schemas/``, from the
-    top-level ``schemas/`` of the source tree); a checkout has them at its top level.
-    """
-    configured = os.environ.get(SCHEMAS_ENV)
-    if configured:
-        return Path(configured)
-    packaged = Path(str(resources.files("broker") / "schemas"))
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[2] / "schemas"
-
-
 def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
@@ -146,21 +128,19 @@ def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def load_documents(directory: Path) -> dict[str, Any]:
-    """Read every ``<name>.v<N>.json`` directly in ``directory``: file name -> parsed JSON."""
-    if not directory.is_dir():
-        raise SchemaRegistryError(f"{directory}: not a directory")
+def parse_documents(files: Mapping[str, str]) -> dict[str, Any]:
+    """Parse schema files given as file name -> JSON text (read at the edge, see
+    ``broker/loaders.py``): every name must be ``<name>.v<N>.json``, no member may repeat."""
     documents: dict[str, Any] = {}
-    for path in sorted(directory.glob("*.json")):
-        if not _FILE_RE.fullmatch(path.name):
-            raise SchemaRegistryError(f"{path.name}: file name must be <type>.v<N>.json")
+    for name in sorted(files):
+        if not _FILE_RE.fullmatch(name):
+            raise SchemaRegistryError(f"{name}: file name must be <type>.v<N>.json")
         try:
-            text = path.read_text(encoding="utf-8")
-            documents[path.name] = json.loads(text, object_pairs_hook=_no_duplicate_members)
-        except (OSError, ValueError) as exc:
-            raise SchemaRegistryError(f"{path.name}: unreadable: {exc}") from exc
+            documents[name] = json.loads(files[name], object_pairs_hook=_no_duplicate_members)
+        except ValueError as exc:
+            raise SchemaRegistryError(f"{name}: unreadable: {exc}") from exc
     if not documents:
-        raise SchemaRegistryError(f"{directory}: no schema files")
+        raise SchemaRegistryError("no schema files")
     return documents
 
 
@@ -547,16 +527,12 @@ def _check_document(file_name: str, document: object) -> tuple[str, int]:
 
 
 class SchemaRegistry:
-    """The loaded message catalogue. Build with :meth:`load` (files) or :meth:`from_documents`."""
+    """The loaded message catalogue. Build with :meth:`from_documents` (from files at the
+    edge: :func:`broker.loaders.load_schema_registry`)."""
 
     def __init__(self, entries: Mapping[tuple[str, int], _Entry]) -> None:
         self._entries = dict(entries)
         self._types = tuple(sorted({t for t, _ in self._entries}))
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> SchemaRegistry:
-        """Load and check every schema in ``path`` (default: :func:`default_schema_dir`)."""
-        return cls.from_documents(load_documents(path or default_schema_dir()))
 
     @classmethod
     def from_documents(cls, documents: Mapping[str, Any]) -> SchemaRegistry:
@@ -743,10 +719,8 @@ def _compile(
 
 __all__ = [
     "CORRECTION_TYPE",
-    "SCHEMAS_ENV",
     "SCHEMA_BASE",
     "SchemaRegistry",
-    "default_schema_dir",
-    "load_documents",
+    "parse_documents",
     "schema_id_for",
 ]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from broker.core import wire as s
 from broker.errors import ConfigError
-from broker.federation import subjects as s
 from broker.federation.launcher import (
     BUNDLES_KEY,
     HUB,

@@ -35,9 +35,9 @@ from typing import Any, Final
 import yaml
 from cryptography import x509
 
+from broker.core import wire as s
 from broker.errors import ConfigError
 from broker.federation import natsconf
-from broker.federation import subjects as s
 from broker.federation.spec import GATEWAY_KIND, FederationDescription
 from broker.pki import store as pki_store
 from broker.pki.issuing import agency_subject, leaf_subject  # the one definition of each DN

@@ -48,11 +48,11 @@ from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from broker.core import publication as pub
+from broker.core import wire as s
 from broker.core.directory import Directory
 from broker.core.policy import parse_policy
 from broker.core.policy.signing import verify_policy_payload
 from broker.errors import CasebridgeError, PolicyError
-from broker.federation import subjects as s
 from broker.federation.directory_cache import write_cache
 from broker.policy_store import PolicyStore
 

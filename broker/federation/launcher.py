@@ -50,9 +50,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nats.aio.client import Client as NatsClient
 
 from broker.core import pki
+from broker.core import wire as s
 from broker.errors import ConfigError
 from broker.federation import natsconf
-from broker.federation import subjects as s
 from broker.federation.bundles import add_publisher, write_dev_bundles
 from broker.federation.distribution import ensure_hub_stream, ensure_published_stream
 from broker.federation.spec import (
@@ -63,10 +63,10 @@ from broker.federation.spec import (
     parse_description,
 )
 from broker.federation.streams import CountryStreams, ensure_country_streams
+from broker.nats import quiet_tls_eof_warning
 from broker.pki import issuing
 from broker.pki import store as pki_store
 from broker.pki.dev import build_dev_federation, write_dev_federation
-from broker.transport_nats import quiet_tls_eof_warning
 
 SETTINGS_FILE: Final = "federation.json"
 SETTINGS_VERSION: Final = 1

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from broker.core import publication as pub
-from broker.federation import subjects as s
+from broker.core import wire as s
 
 TLS_TIMEOUT_SECONDS: Final = 2
 # Inbox prefix of the secretariat's publishing client on the hub (``_INBOX.secretariat``).

@@ -2,7 +2,7 @@
 
 ``exporter_process(fed)`` writes ``DIR/settings/nats-exporter.json`` (a free port, every
 server's monitoring URL) and returns the process spec that ``prepare`` registers, so ``federation
-up`` runs ``python -m broker.nats_exporter`` next to the gateways and nodes.
+up`` runs ``python -m broker.ops.nats_exporter`` next to the gateways and nodes.
 ``metrics_targets(fed)`` lists every ``/metrics`` endpoint by Prometheus job (nodes: their API
 port; gateways: their ``api.port``; the exporter), and ``prometheus_config`` renders a
 Prometheus configuration scraping them (the demo prints it, the observability test runs it).
@@ -19,7 +19,7 @@ from typing import Final
 import yaml
 
 from broker.federation.launcher import LOOPBACK, Federation, ProcessSpec, free_port
-from broker.nats_exporter import ExporterConfig, MonitoredServer, load_config
+from broker.ops.nats_exporter import ExporterConfig, MonitoredServer, load_config
 
 EXPORTER_NAME: Final = "nats-exporter"
 EXPORTER_FILE: Final = "settings/nats-exporter.json"
@@ -61,7 +61,7 @@ def exporter_process(fed: Federation) -> ProcessSpec:
     path.write_text(json.dumps(exporter_config(fed).to_json(), indent=2) + "\n", encoding="utf-8")
     return ProcessSpec(
         name=EXPORTER_NAME,
-        argv=("{python}", "-m", "broker.nats_exporter", "--config", str(path)),
+        argv=("{python}", "-m", "broker.ops.nats_exporter", "--config", str(path)),
     )
 
 

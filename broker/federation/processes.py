@@ -3,7 +3,9 @@
 ``prepare(fed, policy_dir=...)`` runs after ``Federation.init``: it signs each country's policy
 file with that country's CA key (``DIR/policies/<cc>.policy.jws``), writes one settings file per
 border gateway and per agency node (``DIR/settings/<id>.json``, the node settings format of
-docs/node-api.md), an API token per node (``DIR/settings/<id>.token``, mode 0600), and registers
+docs/node-api.md; a gateway's without key-agreement key and API token, see
+``broker/gateway/settings.py``), an API token per node (``DIR/settings/<id>.token``, mode
+0600), and registers
 the processes that ``federation up`` starts after the NATS servers and streams (plus the NATS
 metrics exporter, ``broker.federation.observability``).
 """
@@ -52,8 +54,9 @@ def _settings_json(
     fed: Federation,
     policy: Path | None,
     policy_ca: Path | None,
-    token_file: Path,
+    token_file: Path | None,
 ) -> dict[str, Any]:
+    """A settings document; ``token_file`` None: a gateway's (no decryption key, no API)."""
     here = base / SETTINGS_DIR
     # From the party's own bundle when the federation runs from bundles (each country keeps
     # its copy of the directory and root), else the one-machine PKI's.
@@ -76,16 +79,18 @@ def _settings_json(
         "keys": {
             "signing_key": rel(client.signing_key),
             "signing_cert": rel(client.signing_cert),
-            "agreement_key": rel(client.agreement_key),
-            "agreement_cert": rel(client.agreement_cert),
         },
         "directory": {
             "file": rel(directory),
             "root_cert": rel(root_cert),
         },
         "store": rel(base / STORE_DIR / f"{client.agency_id}.sqlite"),
-        "api": {"host": "127.0.0.1", "port": client.http_port, "token_file": rel(token_file)},
+        "api": {"host": "127.0.0.1", "port": client.http_port},
     }
+    if token_file is not None:  # a node: it decrypts and serves the API
+        doc["keys"]["agreement_key"] = rel(client.agreement_key)
+        doc["keys"]["agreement_cert"] = rel(client.agreement_cert)
+        doc["api"]["token_file"] = rel(token_file)
     if policy is not None and policy_ca is not None:
         doc["policy"] = {"file": rel(policy), "ca_cert": rel(policy_ca)}
     return doc
@@ -118,8 +123,6 @@ def prepare(fed: Federation, *, policy_dir: Path | None) -> list[NodeEndpoint]:
         if code not in signed:
             raise ConfigError(f"no policy for {code} in {policy_dir}: its gateway would deny all")
         ca_cert = party_dir(fed.settings, code) / f"{country_stem(code, 'ca')}.pem"
-        token_file = base / SETTINGS_DIR / f"{gateway.agency_id}.token"
-        _write_private(token_file, secrets.token_urlsafe(24))
         path = base / SETTINGS_DIR / f"{gateway.agency_id}.json"
         doc = _settings_json(
             gateway,
@@ -127,7 +130,7 @@ def prepare(fed: Federation, *, policy_dir: Path | None) -> list[NodeEndpoint]:
             fed=fed,
             policy=signed[code],
             policy_ca=ca_cert,
-            token_file=token_file,
+            token_file=None,
         )
         _write_private(path, json.dumps(doc, indent=2) + "\n")
         processes.append(

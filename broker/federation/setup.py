@@ -24,14 +24,14 @@ import structlog
 from nats.errors import Error as NatsError
 from nats.js.errors import Error as JetStreamError
 
+from broker.core import wire as subjects
 from broker.core.directory import Directory
 from broker.core.header import agency_country
 from broker.errors import CasebridgeError, ConfigError
-from broker.federation import subjects
 from broker.federation.streams import CountryStreams, ensure_country_streams
+from broker.nats import connect, tls_context
 from broker.node.settings import Settings
 from broker.pki.keyfiles import read_bytes, read_certificate
-from broker.transport_nats import connect, tls_context
 
 RETRY_SECONDS: Final = 2.0
 log = structlog.get_logger("casebridge.federation.setup")

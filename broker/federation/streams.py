@@ -48,8 +48,8 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
+from broker.core import wire as s
 from broker.errors import ConfigError
-from broker.federation import subjects as s
 
 DAY: Final = 24 * 3600.0
 # No message lives longer than 90 days (protocol: maximum lifetime), so no stream keeps one longer.

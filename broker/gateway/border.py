@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Protocol
 
-from broker.core import canonical, jose
+from broker.core import jose
+from broker.core import wire as subjects
 from broker.core.directory import Directory
 from broker.core.envelope import (
     DEFAULT_LIMITS,
@@ -45,15 +46,16 @@ from broker.core.envelope import (
 )
 from broker.core.evidence import (
     EVIDENCE_PREFIX,
-    EvidenceFacts,
     EvidenceKind,
-    evidence_header,
+    Subject,
+    build_evidence,
     evidence_kind,
     is_evidence,
     wants_evidence,
 )
-from broker.core.header import AGENCY_RE, Header, Onward, agency_country
+from broker.core.header import Header, Onward, agency_country
 from broker.core.ids import derived_uuid4
+from broker.core.peek import unverified_sender
 from broker.core.policy import (
     Builtin,
     Decision,
@@ -66,7 +68,6 @@ from broker.core.policy import (
     evaluate_ingress,
 )
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, Reason
-from broker.federation import subjects
 
 # Deterministic evidence ids: the same decision about the same message always gets the same
 # id, so a redelivered input produces duplicates that JetStream and the node de-duplicate.
@@ -172,25 +173,6 @@ class MemoryCrossings:
         return dropped
 
 
-def _unverified_sender(data: bytes) -> tuple[str, str] | None:
-    """(id, sender agency) a message that failed verification claims, if legible.
-
-    For the log and the audit record only; never for a decision or to address evidence.
-    """
-    try:
-        wire = canonical.loads_strict(data, what="message", max_depth=None)
-        outer = wire["outer"].split(".")
-        payload = canonical.loads_strict(jose.b64url_decode(outer[1], what="p"), max_depth=8)
-        header = payload["header"]
-        msg_id, sender = header["id"], header["sender"]["agency"]
-        uuid.UUID(msg_id)
-    except (CasebridgeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
-        return None
-    if not isinstance(sender, str) or not AGENCY_RE.match(sender) or sender.startswith("tf."):
-        return None
-    return str(msg_id), sender
-
-
 def _merged_onward(received: Sequence[Crossing]) -> Onward:
     """The strictest marking of every received copy (a peer cannot loosen one by resending)."""
     return Onward(
@@ -240,22 +222,15 @@ class Border:
         evidence_id = derived_uuid4(
             EVIDENCE_NAMESPACE, f"{subject_id}|{kind.value}|{self.identity.agency_id}|{scope}"
         )
-        header = evidence_header(
+        header, body = build_evidence(
             federation_id=directory.federation_id,
-            actor=self.identity.agency_id,
-            to=to,
             kind=kind,
-            subject_id=subject_id,
-            conversation=conversation,
-            now=now,
+            subject=Subject(
+                message_id=subject_id, conversation=conversation, sender=to, digest=subject_digest
+            ),
+            actor=self.identity.agency_id,
             message_id=evidence_id,
-        )
-        facts = EvidenceFacts(
-            kind=kind,
-            subject_id=subject_id,
-            subject_digest=subject_digest,
-            actor=self.identity.agency_id,
-            at=now,
+            now=now,
             reason=reason,
             rule_id=rule_id,
             detail=detail,
@@ -263,7 +238,7 @@ class Border:
         try:
             wire = seal(
                 header=header,
-                body=facts.body(),
+                body=body,
                 sender=self.identity,
                 resolver=directory,
                 now=now,
@@ -301,7 +276,7 @@ class Border:
         about evidence, and never for our own fault."""
         digest = jose.sha256_b64url(data)
         header = authenticated_header(data, resolver=self._directory(), now=now)
-        claimed = _unverified_sender(data) if header is None else (header.id, header.sender)
+        claimed = unverified_sender(data) if header is None else (header.id, header.sender)
         publishes: list[Publish] = []
         if (
             header is not None

@@ -31,12 +31,12 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from broker.core import wire as s
 from broker.core.evidence import is_evidence
 from broker.core.header import Onward
-from broker.federation import subjects as s
+from broker.core.peek import unverified_header
 from broker.federation.streams import ensure_crossings_bucket
 from broker.gateway.border import Crossing, Outcome
-from broker.node.peek import unverified_header
 
 DIRECTIONS: Final = ("egress", "ingress")
 CACHE_SIZE: Final = 50_000

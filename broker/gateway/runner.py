@@ -33,14 +33,13 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 from prometheus_client import CollectorRegistry
 
+from broker.core import wire as subjects
 from broker.core.directory import Directory
 from broker.core.envelope import SenderIdentity
 from broker.core.header import agency_country
 from broker.core.policy import Policy
-from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError
-from broker.federation import subjects
 from broker.federation.directory_cache import directory_cache, startup_directory
 from broker.federation.distribution import watcher_for
 from broker.federation.streams import ensure_consumer, submit_consumer
@@ -57,14 +56,15 @@ from broker.gateway.quarantine import (
     publish_permanent,
     run_retries,
 )
+from broker.gateway.settings import GatewaySettings
+from broker.loaders import load_schema_registry
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
-from broker.node.settings import Settings
+from broker.nats import PUBLISH_TIMEOUT, connect, tls_context
 from broker.node.store import store_unavailable
 from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.policy_store import PolicyStore
 from broker.tracing import TRACEPARENT, from_headers
-from broker.transport_nats import PUBLISH_TIMEOUT, connect, tls_context
 
 FETCH_BATCH: Final = 32
 FETCH_TIMEOUT: Final = 1.0
@@ -117,7 +117,7 @@ def local_agencies(directory: Directory, country: str) -> list[str]:
 
 
 def build_border(
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     now: datetime,
     crossings: CrossingLog,
@@ -152,7 +152,7 @@ def build_border(
     )
     if accepted is not None:
         accepted(holder.directory.serial)
-    SchemaRegistry.load()  # fail at start, not at the first message, if schemas are broken
+    load_schema_registry()  # fail at start, not at the first message, if schemas are broken
     policies = PolicyStore(
         country=country,
         root_cert=root,
@@ -663,7 +663,7 @@ async def run_audit_roots(
 
 
 async def run_gateway(
-    settings: Settings,
+    settings: GatewaySettings,
     *,
     stop: asyncio.Event | None = None,
     clock: Callable[[], datetime] = utc_now,

@@ -27,9 +27,9 @@ from datetime import datetime
 from typing import Any, Final
 
 from broker.core import audit
+from broker.core import wire as subjects
 from broker.core.audit import ActorKind, AuditEntry, AuditRecord, Operation, StoredRecord
 from broker.errors import Reason
-from broker.federation import subjects
 from broker.node.errors import NodeError
 
 Within = Callable[[sqlite3.Connection], None]

@@ -43,7 +43,8 @@ from typing import Any, Final
 from broker.core.audit import ActorKind, AuditEntry, Operation
 from broker.node import audit_log
 from broker.node.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from broker.node.store import Store, iso
+from broker.node.model import iso
+from broker.node.store import Store
 
 SCOPES: Final = ("send", "read", "events", "admin")
 BUILTIN_CLIENT: Final = "node"

@@ -22,16 +22,14 @@ import json
 import sqlite3
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from broker.core.audit import ActorKind, AuditEntry, Operation, rfc3339
 from broker.node import audit_log, retention
 from broker.node.audit_log import Within
 from broker.node.errors import BadRequest, NotFound
 from broker.node.model import Draft, SendResult, is_evidence_type
-
-if TYPE_CHECKING:  # the service imports this module for its delivery hook
-    from broker.node.service import Node
+from broker.node.store import Store
 
 CORRECTION: Final = "correction"
 WITHDRAWAL: Final = "withdrawal"
@@ -68,8 +66,19 @@ def recipients_of(db: sqlite3.Connection, message_id: str, *, agency: str) -> li
     return sorted(peers)
 
 
+class NoticeSender(Protocol):
+    """What sending a notice needs of the node (:class:`broker.node.service.Node` is one):
+    named here so that this module, which the node imports for its delivery hook, never
+    imports the node back (no import cycle)."""
+
+    agency_id: str
+    store: Store
+
+    async def send(self, draft: Draft, *, actor: str | None = None) -> SendResult: ...
+
+
 async def send_notice(
-    node: Node,
+    node: NoticeSender,
     *,
     kind: str,
     message_id: str,

@@ -33,7 +33,8 @@ from typing import Any, Final
 
 from broker.errors import Reason
 from broker.node.errors import BadRequest, NodeError
-from broker.node.store import Store, StoredEvent, iso
+from broker.node.model import iso
+from broker.node.store import Store, StoredEvent
 
 EVENT_TYPES: Final = (
     "message.received",

@@ -26,10 +26,10 @@ import structlog
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from broker.core import wire as subjects
 from broker.core.directory import Directory
 from broker.core.policy import Policy
 from broker.errors import CasebridgeError
-from broker.federation import subjects
 from broker.federation.directory_cache import directory_cache
 from broker.node.settings import Settings
 from broker.node.store import Store
@@ -71,7 +71,7 @@ async def run_updates(
 ) -> None:
     """Follow the country's ``PUBLISHED`` stream until cancelled (reconnecting as needed)."""
     # Imported on first use: the node runs without NATS in the in-memory tests.
-    nats_edge: Any = importlib.import_module("broker.transport_nats")
+    nats_edge: Any = importlib.import_module("broker.nats")
     distribution: Any = importlib.import_module("broker.federation.distribution")
 
     def swap(directory: Directory) -> None:

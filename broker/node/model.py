@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final
 
@@ -261,3 +262,30 @@ class Quarantined:
             "first_at": self.first_at,
             "last_at": self.last_at,
         }
+
+
+def iso(when: datetime) -> str:
+    """The store's (and the API's) time format: RFC 3339 UTC with a ``Z``, whole seconds."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SealedRecord:
+    """A sealed message ready for the outbox: its header (JSON form), body, bytes, digest."""
+
+    header: Mapping[str, Any]
+    body: Mapping[str, Any]
+    wire: bytes
+    digest: str
+
+    @property
+    def message_id(self) -> str:
+        return str(self.header["id"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Receipt:
+    """Where a delivery came from: its stream sequence and the digest of its bytes."""
+
+    digest: str
+    sequence: int

@@ -3,14 +3,13 @@
 Reads the key, certificate, directory and policy files named in the settings (and only
 those), builds the :class:`~broker.node.service.Node`, and runs its receiver and outbox loops
 next to the HTTP API. The NATS transport is injected (``transport_factory``); the default
-imports ``broker.transport_nats.NatsTransport`` lazily.
+imports ``broker.node.transport_nats.NatsTransport`` lazily.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,10 +21,10 @@ from broker.core.directory import Directory
 from broker.core.envelope import RecipientIdentity, RetiredAgreementKey, SenderIdentity
 from broker.core.header import Onward, agency_country, parse_header
 from broker.core.policy import Federation
-from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError, ConfigError
 from broker.federation.directory_cache import directory_cache, startup_directory
+from broker.loaders import load_schema_registry
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
 from broker.node.clock import system_clock
@@ -59,15 +58,11 @@ TransportFactory = Callable[[Settings], Transport]
 
 
 def nats_transport(settings: Settings) -> Transport:
-    """The real transport (``broker.transport_nats.NatsTransport``), imported on first use."""
-    try:
-        module = importlib.import_module("broker.transport_nats")
-    except ModuleNotFoundError as exc:
-        if exc.name != "broker.transport_nats":
-            raise
-        raise ConfigError("the NATS transport (broker.transport_nats) is not available") from None
-    transport: Transport = module.NatsTransport(settings)
-    return transport
+    """The real transport (:class:`broker.node.transport_nats.NatsTransport`), imported on
+    first use: a node built on another transport (tests, the offline demo) never loads nats-py."""
+    from broker.node.transport_nats import NatsTransport  # noqa: PLC0415 - lazy, see above
+
+    return NatsTransport(settings)
 
 
 def _onward_lookup(store: Store) -> Callable[[str], Onward | None]:
@@ -132,7 +127,7 @@ def build_live_node(
         min_serial=store.directory_serial(),
     )
     store.accept_directory_serial(directory.serial)
-    schemas = SchemaRegistry.load()
+    schemas = load_schema_registry()
     agency = settings.agency
     preflight: Preflight | None = None
     recipient_check: RecipientCheck | None = None

@@ -1,12 +1,16 @@
-"""The node: sending, receiving, evidence and reading, with NATS and HTTP kept outside.
+"""The node's thin shell around :class:`~broker.node.core.NodeCore`: loops, writes, acks.
 
 What it is for
-    :class:`Node` turns a case worker's :class:`~broker.node.model.Draft` into a sealed,
-    policy-cleared message in the outbox and submits it until JetStream acknowledges it; and
-    turns each :class:`~broker.node.transport.Delivery` into exactly one stored message (or one
-    recorded refusal), with evidence back to the sender, acknowledging only after the commit.
+    :class:`Node` runs the loops around the node's decisions (``broker/node/core.py``): it
+    turns a case worker's :class:`~broker.node.model.Draft` into a message the core cleared
+    and sealed, commits it to the outbox and submits it until JetStream acknowledges it; and
+    hands each :class:`~broker.node.transport.Delivery` to the core, writes the
+    :class:`~broker.node.core.Settlement` it returns (exactly one stored message, or one
+    recorded refusal, with evidence back to the sender) and acknowledges only after the
+    commit. NATS is behind :class:`~broker.node.transport.Transport`, SQLite behind
+    :class:`~broker.node.store.Store`; the HTTP API (``broker/node/api.py``) calls this class.
 
-Receiving, per delivery
+Receiving, per delivery (steps 1-4: :meth:`broker.node.core.NodeCore.on_delivery`)
     1. Same bytes and same stream sequence already settled (a crash between commit and ack)?
        ack, nothing else.
     2. :func:`~broker.core.envelope.open_message` with the SQLite replay store (through a
@@ -23,7 +27,7 @@ Receiving, per delivery
 Receiving in batches
     The transport hands over whatever is ready on a lane (never waiting to fill a batch). One
     worker-thread hop per batch: every delivery is decided first (steps 1-4, crypto outside
-    the store lock) with its writes planned; then all planned writes run in ONE transaction,
+    the store lock), each a Settlement naming its write; then the writes run in ONE transaction,
     each delivery in its own savepoint (a delivery that fails spoils no other; a copy of an id
     accepted earlier in the same batch is decided again inside the transaction and seen as a
     copy). Decision logs and metrics are emitted after that commit. If the commit fails, each
@@ -48,45 +52,55 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import structlog
 
-from broker.core import jose
 from broker.core.audit import ActorKind, AuditEntry, Checkpoint, Operation, sign_checkpoint
 from broker.core.envelope import (
     DEFAULT_LIMITS,
     Limits,
-    OpenedMessage,
     RecipientIdentity,
     SenderIdentity,
-    authenticated_header,
-    open_message,
-    seal,
 )
-from broker.core.evidence import EvidenceKind
-from broker.core.header import Header, Onward, agency_country, parse_header
+from broker.core.evidence import EvidenceKind, Subject
+from broker.core.header import Header
+from broker.core.peek import unverified_header
 from broker.core.trust import KeyResolver
+from broker.core.wire import submit_subject
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
-from broker.federation.subjects import submit_subject
 from broker.logs import DistinctFaults, FaultLog
-from broker.node import audit_log, corrections, derived
+from broker.node import audit_log, corrections
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
+from broker.node.core import (
+    TRANSIENT_REASONS,
+    Delivered,
+    Event,
+    EvidenceDropped,
+    EvidenceNotSealed,
+    EvidenceReceived,
+    NodeCore,
+    Outcome,
+    Refused,
+    Schemas,
+    Settlement,
+    StoreDelivery,
+    StoreEvidence,
+    Write,
+    wire_digest,
+)
 from broker.node.errors import (
-    BadRequest,
     IdempotencyConflict,
     JustificationRequired,
     NotFound,
     StorageUnavailable,
     TransportUnavailable,
 )
-from broker.node.evidence import Subject, evidence_body, evidence_header
 from broker.node.model import (
     Draft,
     EvidenceRecord,
@@ -94,27 +108,23 @@ from broker.node.model import (
     OutboxMessage,
     OutboxState,
     Quarantined,
-    Rejection,
+    Receipt,
+    SealedRecord,
     SendResult,
-    is_evidence_type,
+    iso,
 )
 from broker.node.observe import NodeObserver
-from broker.node.peek import unverified_header
 from broker.node.policy import (
     Clearance,
-    HonestyCheck,
     Preflight,
     RecipientCheck,
     SchemaOnlyPreflight,
 )
 from broker.node.progress import LANES, LaneProgress, lane_name
-from broker.node.store import Receipt, SealedRecord, Store, iso, store_unavailable
+from broker.node.store import Store, store_unavailable
 from broker.node.transport import Delivery, Transport
 from broker.tracing import TRACEPARENT, from_headers
 
-# Refusals that say our side is not ready (not that the peer's message is bad): retry later.
-TRANSIENT_REASONS: Final = frozenset({Reason.DIRECTORY_STALE})
-GATEWAY_KIND: Final = "gateway"
 MAX_FAILING_TRACKED: Final = 10_000  # first-failure times of deliveries being retried
 SUBMIT_WINDOW: Final = 64  # publishes awaiting JetStream's acknowledgement at once
 
@@ -135,14 +145,6 @@ def _text(value: object, limit: int = 2000) -> str:
 
 def _maybe_text(value: object) -> str | None:
     return None if value is None else _text(value, 300)
-
-
-class Schemas(Protocol):
-    """What the node needs from ``broker.core.schemas.SchemaRegistry``."""
-
-    def validate(self, message_type: str, version: int, body: object) -> None: ...
-
-    def categories(self, message_type: str, version: int, body: object) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -193,42 +195,22 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-class _PendingReplay:
-    """The replay store as :func:`open_message` sees it: ``remember`` only notes the id; the
-    store writes it inside the delivery's commit, so a crash never leaves an id remembered for
-    a message that was not stored."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.expires_at: int | None = None
-
-    def seen(self, message_id: str, *, now: datetime) -> bool:
-        return self._store.seen(message_id, now=now)
-
-    def remember(self, message_id: str, *, expires_at: int, now: datetime) -> bool:
-        if self._store.seen(message_id, now=now):
-            return False
-        self.expires_at = expires_at
-        return True
-
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Settled:
     """What one delivery of a batch came to (decided on the worker thread)."""
 
     redelivery: bool = False  # settled before (a lost ack): acknowledge only
     sealed: SealedRecord | None = None  # evidence we produced, to submit after the ack
     error: Exception | None = None  # not settled: retried later or quarantined
-    effects: list[Callable[[], None]] = field(default_factory=list)
+    events: tuple[Event, ...] = ()  # emitted after the commit
 
-    def run_effects(self) -> None:
-        for effect in self.effects:
-            effect()
-
-
-def wire_digest(data: bytes) -> str:
-    """Digest of wire bytes as evidence names them (base64url SHA-256)."""
-    return jose.sha256_b64url(data)
+    @classmethod
+    def of(cls, settlement: Settlement) -> _Settled:
+        return cls(
+            redelivery=settlement.outcome is Outcome.SETTLED_BEFORE,
+            sealed=settlement.sealed,
+            events=settlement.events,
+        )
 
 
 class Node:
@@ -257,25 +239,29 @@ class Node:
         observer: NodeObserver | None = None,
         monotonic: Callable[[], float] | None = None,
     ) -> None:
-        if sender.agency_id != recipient.agency_id:
-            raise BadRequest("signing and decryption identities belong to different agencies")
+        # The decisions; this class only carries them out (module docstring).
+        self.core = NodeCore(
+            sender=sender,
+            recipient=recipient,
+            resolver=resolver,
+            schemas=schemas,
+            view=store,
+            preflight=preflight or SchemaOnlyPreflight(schemas),
+            recipient_check=recipient_check,
+            new_id=new_id,
+            salt=salt,
+            lifetime=lifetime,
+            limits=limits,
+        )
         self.agency_id = sender.agency_id
         self._sender = sender
-        self._recipient = recipient
         self.resolver = resolver
-        self._schemas = schemas
         self.store = store
         self.transport = transport
-        self._preflight = preflight or SchemaOnlyPreflight(schemas)
-        self._recipient_check = recipient_check or HonestyCheck(schemas)
         self._clock = clock
         self._time_problem = time_problem
-        self._new_id = new_id
-        self._salt = salt
-        self._lifetime = lifetime
         self._retry = retry
         self._sleep = sleep
-        self._limits = limits
         self._idempotency = KeyedLocks()
         # Outbox ids some coroutine is submitting now (or the API is about to): the outbox
         # loop and evidence submission skip them instead of submitting them a second time.
@@ -289,7 +275,6 @@ class Node:
         }
         self._faults = DistinctFaults(self._log, "delivery_failed")
         self._failing: OrderedDict[tuple[str, int], str] = OrderedDict()  # first failure time
-        self._local = threading.local()  # a worker thread's deferred decision effects
         self._acks_to_record: list[tuple[str, asyncio.Future[None]]] = []
         self._recording_acks = False
         self._ack_flush: asyncio.Task[None] | None = None  # referenced while it runs
@@ -328,83 +313,16 @@ class Node:
 
     # -------------------------------------------------------------------- send
 
-    def _draft_header(self, draft: Draft, now: datetime) -> Header:
-        if is_evidence_type(draft.type):
-            raise BadRequest("evidence is produced by the node, never submitted")
-        conversation = self._new_id()
-        recipients = tuple(draft.to)
-        legal_basis = draft.legal_basis
-        if draft.in_reply_to is not None:
-            original: Mapping[str, Any]
-            received = self.store.inbox_message(draft.in_reply_to)
-            if received is not None:
-                original = received.header
-                default_to: tuple[str, ...] = (received.sender,)
-            else:
-                sent = self.store.outbox_message(draft.in_reply_to)
-                if sent is None or is_evidence_type(sent.type):
-                    raise NotFound(f"no message {draft.in_reply_to} to reply to")
-                original = sent.header
-                default_to = tuple(sent.header["recipients"])
-            conversation = str(original["conversation"])
-            recipients = recipients or default_to
-            legal_basis = legal_basis or str(original["legal_basis"])
-        if draft.task_force is not None:
-            members = self.resolver.task_force(draft.task_force, now=now)
-            recipients = tuple(m for m in members if m != self.agency_id)
-        if not recipients:
-            raise BadRequest("a message needs recipients (to, task_force, or in_reply_to)")
-        if not legal_basis:
-            raise BadRequest("legal_basis is required")
-        iat = int(now.timestamp())
-        return Header(
-            fed=self.resolver.federation_id,
-            id=self._new_id(),
-            type=draft.type,
-            type_version=draft.type_version,
-            conversation=conversation,
-            in_reply_to=draft.in_reply_to,
-            sender=self.agency_id,
-            recipients=tuple(sorted(set(recipients))),
-            task_force=draft.task_force,
-            handling=draft.handling,
-            tlp=draft.tlp,
-            purpose=draft.purpose,
-            legal_basis=legal_basis,
-            categories=tuple(sorted(set(draft.categories))),
-            onward=Onward(allowed=draft.onward_allowed, exclude=draft.onward_exclude),
-            derived_from=draft.derived_from,
-            iat=iat,
-            exp=iat + int(self._lifetime.total_seconds()),
-            due=draft.due,
-        ).validate()
-
     def _seal(self, header: Header, body: Mapping[str, Any], now: datetime) -> SealedRecord:
         elapsed = self.observe.timer()
-        wire = seal(
-            header=header,
-            body=body,
-            sender=self._sender,
-            resolver=self.resolver,
-            now=now,
-            salt=self._salt(),
-        )
+        sealed = self.core.seal(header, body, now)
         if self.observe.metrics is not None:
             self.observe.metrics.seal_seconds.observe(elapsed())
-        return SealedRecord(header=header.to_json(), body=body, wire=wire, digest=wire_digest(wire))
+        return sealed
 
     def clear(self, draft: Draft) -> tuple[Header, Clearance]:
         """Build the header of a draft and run pre-flight on it (raises ``PolicyDenied``)."""
-        now = self._clock()
-        header = self._draft_header(draft, now)
-        derived.refuse_excluded(header, self._original_onward)
-        clearance = self._preflight(header, draft.body)
-        return replace(header, categories=clearance.categories), clearance
-
-    def _original_onward(self, message_id: str) -> Onward | None:
-        """The onward marking of a message we received (None: not one of ours)."""
-        found = self.store.inbox_message(message_id)
-        return parse_header(found.header).onward if found is not None else None
+        return self.core.clear(draft, self._clock())
 
     def explain(self, draft: Draft) -> dict[str, Any]:
         """What pre-flight would decide about ``draft``, without sealing or storing anything."""
@@ -856,35 +774,29 @@ class Node:
             await self.submit_many(evidence)
 
     def _settle_batch(self, work: Sequence[tuple[bytes, Receipt, str | None]]) -> list[_Settled]:
-        """Settle a batch on the worker thread, in two phases. First every delivery is decided
-        (crypto, checks, evidence sealed) with its store writes planned, not done: the store
-        stays free for the API meanwhile. Then the planned writes of all of them run in ONE
-        transaction, each delivery in its own savepoint. A delivery whose write finds its id
-        accepted meanwhile (a second copy in the same batch) is decided again inside the
-        transaction, where it sees the first. Logs and metrics of each decision are emitted only
-        after the commit."""
-        outcomes: list[_Settled] = []
-        plans: list[list[Callable[[], None]] | None] = []
+        """Settle a batch on the worker thread, in two phases. First the core decides every
+        delivery (crypto, checks, evidence sealed): a :class:`~broker.node.core.Settlement`
+        naming its write, nothing written yet, so the store stays free for the API meanwhile.
+        Then the writes of all of them run in ONE transaction, each delivery in its own
+        savepoint. A delivery whose write finds its id accepted meanwhile (a second copy in the
+        same batch) is decided again inside the transaction, where it sees the first. Logs and
+        metrics of each decision are emitted only after the commit (dropped if it fails)."""
+        decided: list[Settlement | Exception] = []
         for data, receipt, trace in work:
-            outcome = _Settled()
-            plan: list[Callable[[], None]] = []
             try:
-                with self._deferring(outcome.effects), self._planning(plan):
-                    outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+                decided.append(self._decide(data, receipt, trace))
             except Exception as exc:  # noqa: BLE001 - settled later by _failed
-                outcomes.append(_Settled(error=exc))
-                plans.append(None)
-                continue
-            outcomes.append(outcome)
-            plans.append(plan)
+                decided.append(exc)
+        outcomes = [
+            _Settled(error=d) if isinstance(d, Exception) else _Settled.of(d) for d in decided
+        ]
         with self.store.batch() as scope:
-            for index, (item, planned) in enumerate(zip(work, plans, strict=True)):
-                if planned is None:
+            for index, (item, settlement) in enumerate(zip(work, decided, strict=True)):
+                if isinstance(settlement, Exception) or settlement.write is None:
                     continue
                 try:
                     with scope():
-                        for write in planned:
-                            write()
+                        self._write(settlement.write)
                 except InvalidMessage as exc:
                     if exc.reason is not Reason.REPLAY:
                         outcomes[index] = _Settled(error=exc)
@@ -892,8 +804,7 @@ class Node:
                     outcomes[index] = self._settle_within(scope, *item)
                 except Exception as exc:  # noqa: BLE001 - settled later by _failed
                     outcomes[index] = _Settled(error=exc)
-        for outcome in outcomes:
-            outcome.run_effects()
+        self._emit_all(outcomes)
         return outcomes
 
     def _settle_within(
@@ -904,71 +815,133 @@ class Node:
         trace: str | None,
     ) -> _Settled:
         """Decide and write one delivery inside the batch's transaction (its own savepoint)."""
-        outcome = _Settled()
         try:
-            with scope(), self._deferring(outcome.effects):
-                outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+            with scope():
+                settlement = self._decide(data, receipt, trace)
+                if settlement.write is not None:
+                    self._write(settlement.write)
         except Exception as exc:  # noqa: BLE001 - settled later by _failed
             return _Settled(error=exc)
-        return outcome
+        return _Settled.of(settlement)
 
     def _settle_alone(self, data: bytes, receipt: Receipt, trace: str | None) -> _Settled:
         """One delivery with its own commit (the fallback when a batch commit failed)."""
-        outcome = _Settled()
         try:
-            with self._deferring(outcome.effects):
-                outcome.redelivery, outcome.sealed = self._settle(data, receipt, trace)
+            settlement = self._decide(data, receipt, trace)
+            if settlement.write is not None:
+                self._write(settlement.write)
         except Exception as exc:  # noqa: BLE001 - settled later by _failed
             return _Settled(error=exc)
-        outcome.run_effects()
+        outcome = _Settled.of(settlement)
+        self._emit_all([outcome])
         return outcome
 
-    @contextmanager
-    def _planning(self, plan: list[Callable[[], None]]) -> Iterator[None]:
-        """Collect this thread's settlement writes in ``plan`` instead of running them."""
-        previous = getattr(self._local, "plan", None)
-        self._local.plan = plan
+    def _emit_all(self, outcomes: Sequence[_Settled]) -> None:
+        for outcome in outcomes:
+            for event in outcome.events:
+                self._emit(event)
+
+    def _decide(
+        self, data: bytes, receipt: Receipt, trace: str | None, *, retry: bool = False
+    ) -> Settlement:
+        """The core's decision about one delivery, timed for the ``open`` metric."""
+        elapsed = self.observe.timer()
+        label: str | None = "refused"
         try:
-            yield
-        finally:
-            self._local.plan = previous
-
-    def _commit(self, write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        """A delivery's settlement write: run now, or planned for the batch's transaction."""
-        plan: list[Callable[[], None]] | None = getattr(self._local, "plan", None)
-        if plan is None:
-            write(*args, **kwargs)
+            settlement = self.core.on_delivery(
+                data, receipt, self._clock(), trace=trace, retry=retry
+            )
+        except CasebridgeError as exc:
+            if isinstance(exc, LocalError) or exc.reason in TRANSIENT_REASONS:
+                label = "retried"
+            raise
         else:
-            plan.append(lambda: write(*args, **kwargs))
-
-    @contextmanager
-    def _deferring(self, effects: list[Callable[[], None]]) -> Iterator[None]:
-        """Collect this thread's decision logs and metrics in ``effects`` instead of emitting
-        them (they are emitted after the commit, and dropped if it fails)."""
-        previous = getattr(self._local, "effects", None)
-        self._local.effects = effects
-        try:
-            yield
+            label = settlement.opened
+            return settlement
         finally:
-            self._local.effects = previous
+            if label is not None and self.observe.metrics is not None:
+                self.observe.metrics.open_seconds.labels(outcome=label).observe(elapsed())
 
-    def _defer(self, effect: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Emit a decision's log line or metric after its commit (at once outside a batch)."""
-        effects: list[Callable[[], None]] | None = getattr(self._local, "effects", None)
-        if effects is None:
-            effect(*args, **kwargs)
+    def _write(self, write: Write) -> None:
+        """Carry out the store write a settlement names (in the caller's transaction)."""
+        if isinstance(write, StoreDelivery):
+            self.store.commit_delivery(
+                header=write.header,
+                body=write.body,
+                receipt=write.receipt,
+                replay_expires_at=write.replay_expires_at,
+                now=write.now,
+                evidence=write.evidence,
+                sealed=write.sealed,
+                within=corrections.on_delivery(
+                    write.header,
+                    write.body,
+                    write.receipt.digest,
+                    agency=self.agency_id,
+                    now=write.now,
+                ),
+                wire=write.wire,
+            )
+        elif isinstance(write, StoreEvidence):
+            self.store.commit_evidence_received(
+                message_id=write.message_id,
+                receipt=write.receipt,
+                replay_expires_at=write.replay_expires_at,
+                now=write.now,
+                evidence=write.evidence,
+                wire=write.wire,
+            )
         else:
-            effects.append(lambda: effect(*args, **kwargs))
+            self.store.commit_rejection(
+                write.rejection, now=write.now, evidence=write.evidence, sealed=write.sealed
+            )
 
-    def _settle(
-        self, data: bytes, receipt: Receipt, trace: str | None
-    ) -> tuple[bool, SealedRecord | None]:
-        """(already settled earlier, evidence to submit) for one delivery. A delivery in the
-        quarantine counts as settled: it is in an operator's hands (a lost ack brought it
-        back)."""
-        if self.store.processed(receipt) or self.store.quarantined(receipt):
-            return True, None
-        return False, self._receive(data, receipt, trace)
+    def _emit(self, event: Event) -> None:
+        """A decision's log line and metric (after its commit)."""
+        if isinstance(event, Delivered):
+            self.observe.delivered(sender=event.sender, recipient=self.agency_id, type_=event.type)
+            self._log.info(
+                "message_delivered",
+                message_id=event.message_id,
+                sender=event.sender,
+                type=event.type,
+                traceparent=event.trace,
+            )
+        elif isinstance(event, Refused):
+            self.observe.rejected(
+                claimed_sender=event.claimed_sender,
+                recipient=self.agency_id,
+                reason=event.reason,
+                rule_id=event.rule_id,
+            )
+            self._log.warning(
+                "message_rejected",
+                claimed_message_id=event.claimed_message_id,
+                claimed_sender=event.claimed_sender,
+                reason=event.reason,
+                rule_id=event.rule_id,
+                traceparent=event.trace,
+            )
+        elif isinstance(event, EvidenceReceived):
+            self.observe.evidence(
+                kind=event.kind,
+                subject_id=event.subject_id,
+                subject_created_at=event.subject_created_at,
+                sender=self.agency_id,
+                actor=event.actor,
+                at=event.at,
+            )
+        elif isinstance(event, EvidenceDropped):
+            self._log.warning("evidence_dropped", subject=event.subject_id, why=event.why)
+        elif isinstance(event, EvidenceNotSealed):
+            self._log.warning("evidence_not_sealed", subject=event.subject_id, reason=event.reason)
+        else:
+            self.observe.redelivered("duplicate")
+            self._log.info(
+                "duplicate_acknowledged",
+                message_id=event.claimed_message_id,
+                sequence=event.sequence,
+            )
 
     async def _failed(
         self, delivery: Delivery, receipt: Receipt, lane: str, exc: Exception
@@ -1078,8 +1051,7 @@ class Node:
         return {"id": item_id, "outcome": outcome or "delivered"}
 
     def _retry_item(self, item: Quarantined, receipt: Receipt) -> str | None:
-        if self.store.processed(receipt):
-            return None  # settled by an earlier retry that crashed before releasing the item
+        # Settled before: by an earlier retry that crashed before releasing the item.
         sealed = self._receive(item.wire, receipt, None)
         return sealed.message_id if sealed is not None else None
 
@@ -1116,113 +1088,15 @@ class Node:
     def _receive(
         self, data: bytes, receipt: Receipt, trace: str | None = None
     ) -> SealedRecord | None:
-        now = self._clock()
-        pending = _PendingReplay(self.store)
-        elapsed = self.observe.timer()
-        outcome = "refused"
-        try:
-            opened = open_message(
-                data,
-                recipient=self._recipient,
-                resolver=self.resolver,
-                replay=pending,
-                validator=self._schemas,
-                now=now,
-                limits=self._limits,
-                admit=self._admit,
-            )
-            if pending.expires_at is None:  # pragma: no cover - open_message always remembers
-                raise InvalidMessage(Reason.REPLAY, "replay store was not consulted")
-            outcome = "accepted"
-            if is_evidence_type(opened.header.type):
-                self._accept_evidence(opened, receipt, pending.expires_at, now, wire=data)
-                return None
-            return self._accept(opened, receipt, pending.expires_at, now, trace, wire=data)
-        except CasebridgeError as exc:
-            if isinstance(exc, LocalError) or exc.reason in TRANSIENT_REASONS:
-                outcome = "retried"
-                raise
-            if exc.reason is Reason.REPLAY and self._copy_of_accepted(data, receipt, now):
-                outcome = "duplicate"
-                return None
-            return self._reject(data, receipt, exc, now, trace)
-        finally:
-            if self.observe.metrics is not None:
-                self.observe.metrics.open_seconds.labels(outcome=outcome).observe(elapsed())
-
-    def _copy_of_accepted(self, data: bytes, receipt: Receipt, now: datetime) -> bool:
-        """Whether a delivery refused as a replay is only a copy of what we already accepted:
-        the same bytes (JetStream stored a republication again, e.g. after a server restart
-        lost its duplicate window), or a border gateway's evidence decided again (the same
-        derived id, sealed anew). Such a copy is acknowledged and nothing else: no rejection,
-        no ``rejected`` evidence, no replay alarm. Anything else with a known id is a replay."""
-        duplicate = self.store.accepted_copy(receipt.digest)
-        if not duplicate:
-            header = authenticated_header(
-                data, resolver=self.resolver, now=now, limits=self._limits
-            )
-            duplicate = (
-                header is not None
-                and is_evidence_type(header.type)
-                and self.store.accepted_evidence(header.id)
-            )
-        if duplicate:
-            claimed = unverified_header(data)
-            self._defer(self.observe.redelivered, "duplicate")
-            self._defer(
-                self._log.info,
-                "duplicate_acknowledged",
-                message_id=claimed.id if claimed is not None else None,
-                sequence=receipt.sequence,
-            )
-        return duplicate
-
-    def _admit(self, opened: OpenedMessage) -> None:
-        if not is_evidence_type(opened.header.type):
-            self._recipient_check(opened)
-
-    def _accept(
-        self,
-        opened: OpenedMessage,
-        receipt: Receipt,
-        expires_at: int,
-        now: datetime,
-        trace: str | None = None,
-        *,
-        wire: bytes | None = None,
-    ) -> SealedRecord | None:
-        header = opened.header
-        subject = Subject.of(header, opened.routed.digest)
-        record, sealed = self._evidence(EvidenceKind.DELIVERED, subject, now)
-        self._commit(
-            self.store.commit_delivery,
-            header=header.to_json(),
-            body=opened.body,
-            receipt=receipt,
-            replay_expires_at=expires_at,
-            now=now,
-            evidence=record,
-            sealed=sealed,
-            within=corrections.on_delivery(
-                header.to_json(), opened.body, receipt.digest, agency=self.agency_id, now=now
-            ),
-            wire=wire,
-        )
-        self._defer(
-            self.observe.delivered,
-            sender=header.sender,
-            recipient=self.agency_id,
-            type_=header.type,
-        )
-        self._defer(
-            self._log.info,
-            "message_delivered",
-            message_id=header.id,
-            sender=header.sender,
-            type=header.type,
-            traceparent=trace,
-        )
-        return sealed
+        """Decide and settle one delivery now, with its own commit (an operator's retry of a
+        quarantined delivery): the evidence to submit, if any. Its quarantine entry does not
+        count as settled; an earlier settlement does."""
+        settlement = self._decide(data, receipt, trace, retry=True)
+        if settlement.write is not None:
+            self._write(settlement.write)
+        for event in settlement.events:
+            self._emit(event)
+        return settlement.sealed
 
     def _evidence(
         self,
@@ -1234,184 +1108,13 @@ class Node:
         rule_id: str | None = None,
         detail: str | None = None,
     ) -> tuple[EvidenceRecord, SealedRecord | None]:
-        """The local record of evidence we produce, and the sealed message carrying it (None
-        when the subject's sender cannot be addressed: the record says why)."""
-        record = EvidenceRecord(
-            subject_id=subject.message_id,
-            kind=kind,
-            actor=self.agency_id,
-            at=iso(now),
-            reason=reason,
-            rule_id=rule_id,
-            detail=detail,
+        """Evidence we produce (:meth:`NodeCore.evidence`), its events emitted."""
+        produced = self.core.evidence(
+            kind, subject, now, reason=reason, rule_id=rule_id, detail=detail
         )
-        body = evidence_body(
-            kind=kind,
-            subject=subject,
-            actor=self.agency_id,
-            at=now,
-            reason=reason,
-            rule_id=rule_id,
-            detail=detail,
-        )
-        iat = int(now.timestamp())
-        try:
-            header = evidence_header(
-                fed=self.resolver.federation_id,
-                message_id=self._new_id(),
-                kind=kind,
-                producer=self.agency_id,
-                subject=subject,
-                iat=iat,
-                exp=iat + int(self._lifetime.total_seconds()),
-            )
-            self._schemas.validate(header.type, header.type_version, body)
-            sealed = self._seal(header, body, now)
-        except CasebridgeError as exc:
-            self._defer(
-                self._log.warning,
-                "evidence_not_sealed",
-                subject=subject.message_id,
-                reason=exc.reason.value,
-            )
-            note = f"evidence not sent to {subject.sender}: {exc.reason.value}"
-            return replace(record, detail=f"{detail}; {note}" if detail else note), None
-        return replace(record, evidence_id=sealed.message_id), sealed
-
-    def _reject(
-        self,
-        data: bytes,
-        receipt: Receipt,
-        exc: CasebridgeError,
-        now: datetime,
-        trace: str | None = None,
-    ) -> SealedRecord | None:
-        claimed = unverified_header(data)
-        rule_id = exc.rule_id if isinstance(exc, PolicyDenied) else None
-        rejection = Rejection(
-            digest=receipt.digest,
-            sequence=receipt.sequence,
-            message_id=claimed.id if claimed is not None else None,
-            sender=claimed.sender if claimed is not None else None,
-            type=claimed.type if claimed is not None else None,
-            reason=exc.reason.value,
-            rule_id=rule_id,
-            detail=exc.detail,
-            at=iso(now),
-        )
-        record: EvidenceRecord | None = None
-        sealed: SealedRecord | None = None
-        # Evidence only to a sender whose signature verified: junk merely naming an agency
-        # as its sender must not make us send signed evidence to that agency.
-        sender = authenticated_header(data, resolver=self.resolver, now=now, limits=self._limits)
-        if sender is not None and not is_evidence_type(sender.type):
-            record, sealed = self._evidence(
-                EvidenceKind.REJECTED,
-                Subject.of(sender, receipt.digest),
-                now,
-                reason=exc.reason.value,
-                rule_id=rule_id,
-                detail=exc.detail,
-            )
-        elif claimed is not None and not is_evidence_type(claimed.type):
-            record = EvidenceRecord(
-                subject_id=claimed.id,
-                kind=EvidenceKind.REJECTED,
-                actor=self.agency_id,
-                at=iso(now),
-                reason=exc.reason.value,
-                rule_id=rule_id,
-                detail=f"{exc.detail}; evidence not sent to {claimed.sender}: "
-                "its signature did not verify",
-            )
-        self._commit(
-            self.store.commit_rejection, rejection, now=now, evidence=record, sealed=sealed
-        )
-        self._defer(
-            self.observe.rejected,
-            claimed_sender=rejection.sender,
-            recipient=self.agency_id,
-            reason=rejection.reason,
-            rule_id=rule_id,
-        )
-        self._defer(
-            self._log.warning,
-            "message_rejected",
-            claimed_message_id=rejection.message_id,
-            claimed_sender=rejection.sender,
-            reason=rejection.reason,
-            rule_id=rule_id,
-            traceparent=trace,
-        )
-        return sealed
-
-    def _accept_evidence(
-        self,
-        opened: OpenedMessage,
-        receipt: Receipt,
-        expires_at: int,
-        now: datetime,
-        *,
-        wire: bytes | None = None,
-    ) -> None:
-        header, body = opened.header, opened.body
-        kind = EvidenceKind(header.type.removeprefix("evidence."))
-        subject_id = str(body["subject_message_id"])
-        subject = self.store.outbox_message(subject_id)
-        record: EvidenceRecord | None = None
-        if subject is None or is_evidence_type(subject.type):
-            self._defer(
-                self._log.warning,
-                "evidence_dropped",
-                subject=subject_id,
-                why="not a message we sent",
-            )
-        elif not self._may_attest(opened, subject):
-            self._defer(
-                self._log.warning, "evidence_dropped", subject=subject_id, why="sender not involved"
-            )
-        else:
-            record = EvidenceRecord(
-                subject_id=subject_id,
-                kind=kind,
-                actor=str(body["actor"]),
-                at=str(body["at"]),
-                reason=body.get("reason"),
-                rule_id=body.get("rule_id"),
-                detail=body.get("detail"),
-                evidence_id=header.id,
-                direction="received",
-                digest_matches=body["subject_digest"] == subject.digest,
-            )
-            self._defer(
-                self.observe.evidence,
-                kind=kind.value,
-                subject_id=subject_id,
-                subject_created_at=subject.created_at,
-                sender=self.agency_id,
-                actor=str(body["actor"]),
-                at=str(body["at"]),
-            )
-        self._commit(
-            self.store.commit_evidence_received,
-            message_id=header.id,
-            receipt=receipt,
-            replay_expires_at=expires_at,
-            now=now,
-            evidence=record,
-            wire=wire,
-        )
-
-    @staticmethod
-    def _may_attest(opened: OpenedMessage, subject: OutboxMessage) -> bool:
-        """Evidence about our message comes from one of its recipients, or from a border
-        gateway of a country it passes through."""
-        producer = opened.header.sender
-        if producer in subject.header["recipients"]:
-            return True
-        countries = {agency_country(subject.header["sender"]["agency"])}
-        countries.update(subject.header["countries"])
-        return opened.routed.sender.kind == GATEWAY_KIND and agency_country(producer) in countries
+        for event in produced.events:
+            self._emit(event)
+        return produced.record, produced.sealed
 
     # -------------------------------------------------------------------- read
 

@@ -17,10 +17,12 @@ from typing import Any, Final
 
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
-from broker.gateway.fairness import FairShare
+from broker.nats.settings import NatsSettings
 from broker.node.events import DEFAULT_RETENTION_DAYS, retention_days
 from broker.node.retention import RetentionPolicy
 from broker.node.webhooks import WebhookSettings
+
+__all__ = ["ApiSettings", "KeySettings", "NatsSettings", "Settings", "load_settings"]
 
 TOKEN_ENV: Final = "CASEBRIDGE_NODE_TOKEN"  # noqa: S105 - a variable name, not a secret
 DEFAULT_PORT: Final = 8470
@@ -36,7 +38,7 @@ _TOP: Final = frozenset(
         "message_lifetime_days",
         "retention",
         "audit",
-        "fair_share",
+        "fair_share",  # gateway-only (broker/gateway/settings.py): accepted, never read
         "clock_offset_seconds",
         "events",
         "webhooks",
@@ -50,15 +52,6 @@ _PREVIOUS: Final = frozenset({"key", "cert"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class NatsSettings:
-    """Where the country NATS server is and the node's mTLS material."""
-
-    url: str
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PreviousAgreementKey:
     """A key-agreement key the current one replaced (PEM files), kept for messages in flight."""
@@ -113,8 +106,6 @@ class Settings:
     # docs/data-protection.md: body retention per message type, audit checkpoint interval
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
-    # Border gateways only: per-sender rate limits (broker/gateway/fairness.py)
-    fair_share: FairShare = field(default_factory=FairShare)
     # Fault tests only (the chaos suite's "node clock 5 minutes off"): added to the wall clock
     # the node seals, verifies and stamps with. Never set it in production.
     clock_offset_seconds: float = 0.0
@@ -242,7 +233,6 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         message_lifetime_days=lifetime,
         retention=RetentionPolicy.from_json(top.get("retention")),
         checkpoint_seconds=float(checkpoint_seconds),
-        fair_share=FairShare.from_json(top.get("fair_share")),
         clock_offset_seconds=float(offset),
         events_retention_days=retention_days(top.get("events")),
         webhooks=WebhookSettings.from_json(top.get("webhooks")),

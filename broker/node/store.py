@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -53,7 +53,10 @@ from broker.node.model import (
     OutboxMessage,
     OutboxState,
     Quarantined,
+    Receipt,
     Rejection,
+    SealedRecord,
+    iso,
 )
 
 T = TypeVar("T")
@@ -361,33 +364,6 @@ def storage_fault(exc: BaseException) -> sqlite3.Error | None:
                 return seen
         seen = seen.__cause__
     return None
-
-
-def iso(when: datetime) -> str:
-    """The store's (and the API's) time format: RFC 3339 UTC with a ``Z``, whole seconds."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SealedRecord:
-    """A sealed message ready for the outbox: its header (JSON form), body, bytes, digest."""
-
-    header: Mapping[str, Any]
-    body: Mapping[str, Any]
-    wire: bytes
-    digest: str
-
-    @property
-    def message_id(self) -> str:
-        return str(self.header["id"])
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Receipt:
-    """Where a delivery came from: its stream sequence and the digest of its bytes."""
-
-    digest: str
-    sequence: int
 
 
 def store_unavailable(exc: BaseException) -> bool:

@@ -6,7 +6,7 @@ JetStream acknowledged them, and consume its own two delivery lanes (case messag
 ``cb.deliver.<agency>``, evidence on ``cb.deliver.<agency>.evidence``, each with its durable
 consumer), acknowledging each message only once it is safely stored.
 :class:`Transport` and :class:`Delivery` say precisely that; the real implementation lives in
-``broker.transport_nats``.
+``broker.node.transport_nats``.
 
 :class:`MemoryBus` / :class:`MemoryTransport` are a **test double**: an in-process bus that hands
 every message submitted on ``cb.submit.<a>`` to the delivery queue of each recipient named in
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from broker.core.evidence import is_evidence
-from broker.federation.subjects import audit_subject, submit_subject
+from broker.core.peek import unverified_header
+from broker.core.wire import audit_subject, submit_subject
 from broker.node.errors import TransportUnavailable
-from broker.node.peek import unverified_header
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 # Subject names are the federation's (docs/federation.md), defined once.

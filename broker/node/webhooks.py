@@ -43,7 +43,8 @@ from standardwebhooks.webhooks import Webhook
 from broker.errors import ConfigError
 from broker.node import events
 from broker.node.errors import BadRequest, NotFound, StorageUnavailable
-from broker.node.store import Store, StoredEvent, iso
+from broker.node.model import iso
+from broker.node.store import Store, StoredEvent
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - a format prefix, not a secret
 MAX_URL: Final = 2000

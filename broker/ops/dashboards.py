@@ -580,7 +580,7 @@ NATS: Final = Dashboard(
     uid="casebridge-nats",
     title="Casebridge / NATS",
     description="The hub and country nats-servers, from their monitoring endpoints under the "
-    "standard prometheus-nats-exporter names (broker.nats_exporter).",
+    "standard prometheus-nats-exporter names (broker.ops.nats_exporter).",
     tags=("casebridge", "nats"),
     panels=(
         Panel(

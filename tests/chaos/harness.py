@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from broker.federation import subjects as s
+from broker.core import wire as s
 from broker.federation.launcher import HUB
 from broker.sdk import NO_RETRIES, NodeClient, NodeError, new_idempotency_key
 from tests.integration.conftest import run

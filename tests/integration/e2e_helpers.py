@@ -29,15 +29,15 @@ from nats.js.errors import NotFoundError
 
 from broker.cli.focal import NodeCallError, NodeClient
 from broker.core import canonical
+from broker.core import wire as s
 from broker.core.directory import Directory
 from broker.core.envelope import SenderIdentity, seal
 from broker.core.header import Header
+from broker.core.peek import unverified_header
 from broker.core.trust import cert_kid
 from broker.federation import processes
-from broker.federation import subjects as s
 from broker.federation.launcher import Federation
 from broker.federation.spec import parse_description
-from broker.node.peek import unverified_header
 from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from tests.integration.conftest import run
 

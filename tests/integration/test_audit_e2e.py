@@ -27,8 +27,8 @@ import pytest
 
 from broker.cli.focal import NodeCallError
 from broker.core import audit
+from broker.core import wire as s
 from broker.federation import processes
-from broker.federation import subjects as s
 from broker.node import audit_log
 from tests.integration.e2e_helpers import Running, bulletin, example, wait_until
 

@@ -20,10 +20,10 @@ from typing import Any, Final
 import pytest
 
 from broker.core import jose
+from broker.core import wire as s
 from broker.core.evidence import EvidenceFacts, EvidenceKind
-from broker.federation import subjects as s
+from broker.core.peek import unverified_header
 from broker.gateway.border import EVIDENCE_SUBJECT_RULE, ONWARD_RULE
-from broker.node.peek import unverified_header
 from tests.integration.e2e_helpers import Running, Sealed, bulletin, example, wait_until
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from typing import Any, Final
 import pytest
 
 from broker.cli.focal import NodeCallError
-from broker.federation import subjects as s
+from broker.core import wire as s
 from tests.integration.conftest import run
 from tests.integration.e2e_helpers import DESCRIPTION, Running, bulletin, wait_until
 

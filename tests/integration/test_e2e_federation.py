@@ -24,7 +24,7 @@ from typing import Any, Final
 import pytest
 
 from broker.cli.focal import NodeCallError
-from broker.federation import subjects as s
+from broker.core import wire as s
 from broker.federation.launcher import ProcessSpec, free_port
 from broker.node.store import Store
 from broker.sdk import NodeClient, NodeError

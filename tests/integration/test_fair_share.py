@@ -19,7 +19,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import APIError
 
-from broker.federation import subjects as s
+from broker.core import wire as s
 from broker.federation.streams import (
     DELIVER_PER_LANE,
     SUBMIT_PER_AGENCY,

@@ -9,20 +9,20 @@ from typing import Any
 
 import pytest
 
-from broker.federation import subjects
+from broker.core import wire as subjects
 from broker.federation.launcher import Federation
 from broker.federation.processes import prepare
 from broker.gateway import runner
-from broker.node.settings import load_settings
+from broker.gateway.settings import GatewaySettings, load_gateway_settings
 
 from .conftest import run
 
 POLICIES = Path(__file__).resolve().parents[2] / "docs" / "policies"
 
 
-def _gateway_settings(fed: Federation) -> Any:
+def _gateway_settings(fed: Federation) -> GatewaySettings:
     prepare(fed, policy_dir=POLICIES)
-    return load_settings(fed.settings.base / "settings" / "de.gateway.json")
+    return load_gateway_settings(fed.settings.base / "settings" / "de.gateway.json")
 
 
 def test_gateway_stops_cleanly_when_asked(small_federation: Federation) -> None:

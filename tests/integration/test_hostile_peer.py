@@ -20,9 +20,9 @@ from typing import Any, Final
 import pytest
 
 from broker.core import jose
+from broker.core import wire as s
 from broker.core.envelope import INNER_TYP, JWE_TYP, OUTER_TYP
 from broker.core.trust import cert_kid
-from broker.federation import subjects as s
 from broker.pki.keyfiles import read_certificate, read_private_key
 from tests.integration.conftest import run
 from tests.integration.e2e_helpers import (

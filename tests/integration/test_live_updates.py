@@ -27,9 +27,9 @@ import pytest
 
 from broker.cli.focal import NodeCallError
 from broker.core import publication as pub
+from broker.core import wire as s
 from broker.core.policy import sign_policy
 from broker.federation import distribution
-from broker.federation import subjects as s
 from broker.pki.keyfiles import read_bytes
 from broker.pki.store import PkiStore, country_stem
 from tests.integration.conftest import run

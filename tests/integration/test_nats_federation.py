@@ -24,7 +24,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig
 
-from broker.federation import subjects as s
+from broker.core import wire as s
 from broker.federation.launcher import ClientSettings, Federation, _is_zombie, client_ssl_context
 from broker.pki.dev import build_dev_federation
 from broker.pki.store import PkiStore, agency_stem

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from broker import demo_federation as demo
+from broker.demo import federation as demo
 from broker.federation.launcher import free_port
 from broker.federation.observability import metrics_targets, prometheus_config
 from broker.ops import dashboards

@@ -20,16 +20,16 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from broker.core import wire as s
 from broker.core.envelope import OpenedMessage
 from broker.federation import processes
-from broker.federation import subjects as s
 from broker.node.api import create_app
 from broker.node.policy import RecipientCheck
 from broker.node.runtime import build_node
 from broker.node.service import Node, RetryPolicy
 from broker.node.settings import Settings, load_settings
 from broker.node.store import Store
-from broker.transport_nats import NatsTransport
+from broker.node.transport_nats import NatsTransport
 from tests.integration.conftest import run
 from tests.integration.e2e_helpers import Running, Sealed, example
 
@@ -77,9 +77,9 @@ async def _scenario(
         node = build_node(settings, transport=transport, now=datetime.now(UTC), store=store)
         # Fault injection through the node's recipient-check seam, and a short retry bound
         # (0.5 s, 1 s, 2 s, then quarantine) so the test does not wait the default 30 s.
-        faulty = FaultyCheck(node._recipient_check)  # test seam
+        faulty = FaultyCheck(node.core.recipient_check)  # test seam
         faulty.ids.add(poison.message_id)
-        node._recipient_check = faulty  # test seam
+        node.core.recipient_check = faulty  # test seam
         node._retry = RetryPolicy(nak_delay=0.5, max_attempts=4)  # test seam
         receiver = asyncio.create_task(node.run_receiver())
         publisher = await running.fed.connect_as(SENDER, allow_reconnect=False)

@@ -16,9 +16,9 @@ from typing import Any
 from broker.core.envelope import RecipientIdentity, SenderIdentity, seal
 from broker.core.header import Header, agency_country
 from broker.core.policy import Policy, parse_policy
-from broker.core.schemas import SchemaRegistry
 from broker.federation.spec import load_description
 from broker.gateway.border import Border, MemoryCrossings, Outcome
+from broker.loaders import load_schema_registry
 from broker.pki.dev import DevFederation, build_dev_federation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +76,7 @@ class GatewayWorld:
     def seal(
         self, agency: str, recipients: tuple[str, ...], example: str, **kw: Any
     ) -> tuple[Header, bytes]:
-        registry = SchemaRegistry.load()
+        registry = load_schema_registry()
         body = json.loads((EXAMPLES / f"{example}.json").read_text())
         t = int(self.now.timestamp())
         fields: dict[str, Any] = {

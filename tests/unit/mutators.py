@@ -32,15 +32,15 @@ from broker.core import canonical, jose
 from broker.core.envelope import INNER_TYP, JWE_TYP, OUTER_TYP, open_message, verify_routing
 from broker.core.header import Header
 from broker.core.replay import MemoryReplayStore
-from broker.core.schemas import SchemaRegistry
 from broker.errors import InvalidMessage, RemoteError
+from broker.loaders import load_schema_registry
 
 from . import forge
 from .forge import NOW
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 WORLD: Final = forge.make_world()
-REGISTRY: Final = SchemaRegistry.load()
+REGISTRY: Final = load_schema_registry()
 SENDER: Final = "de.lka-berlin"
 RECIPIENT: Final = "nl.politie-nec"
 OTHER: Final = "ua.npu-ctd"

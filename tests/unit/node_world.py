@@ -11,7 +11,7 @@ from typing import Any
 
 from broker.core.directory import Directory
 from broker.core.envelope import RecipientIdentity, SenderIdentity
-from broker.core.schemas import SchemaRegistry
+from broker.loaders import load_schema_registry
 from broker.node.model import Draft
 from broker.node.policy import Preflight, RecipientCheck
 from broker.node.service import Node, RetryPolicy
@@ -20,7 +20,7 @@ from broker.node.transport import MemoryBus, MemoryTransport
 from broker.pki.dev import DevFederation
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
-REGISTRY = SchemaRegistry.load()
+REGISTRY = load_schema_registry()
 
 
 def example(name: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import cert_kid
 from broker.errors import InvalidMessage, Reason
+from broker.loaders import load_schema_registry
 from broker.pki import issuing
 from broker.pki.dev import DevFederation
 from tests.unit.test_envelope_directory import BODY, _header, _sender
@@ -24,7 +25,7 @@ AGENCY = "ua.npu"
 
 @pytest.fixture(scope="module")
 def registry() -> SchemaRegistry:
-    return SchemaRegistry.load()
+    return load_schema_registry()
 
 
 @pytest.fixture(scope="module")

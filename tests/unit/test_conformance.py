@@ -20,15 +20,15 @@ from broker.core.directory import Directory
 from broker.core.envelope import RecipientIdentity, open_message, verify_routing
 from broker.core.policy import Federation, evaluate_recipient, parse_policy
 from broker.core.replay import MemoryReplayStore
-from broker.core.schemas import SchemaRegistry
 from broker.errors import CasebridgeError, PolicyDenied, Reason
+from broker.loaders import load_schema_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "tests" / "vectors" / "conformance"
 VECTORS = conformance.load_vectors(BASE)
 PKI = json.loads((BASE / "pki.json").read_text())
 ROOT_CERT = x509.load_pem_x509_certificate((BASE / "root.pem").read_bytes())
-REGISTRY = SchemaRegistry.load()
+REGISTRY = load_schema_registry()
 # Codes that never describe a peer's message (node API and local faults).
 LOCAL = {
     "bad_request", "unauthorized", "justification_required", "not_found",

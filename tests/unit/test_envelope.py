@@ -28,6 +28,7 @@ from broker.core.envelope import (
 from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
 from broker.errors import CasebridgeError, InvalidMessage, Reason, SchemaInvalid
+from broker.loaders import load_schema_registry
 
 from . import forge
 from .forge import NOW, World
@@ -42,7 +43,7 @@ def world() -> World:
 
 @pytest.fixture(scope="module")
 def registry() -> SchemaRegistry:
-    return SchemaRegistry.load()
+    return load_schema_registry()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
 from broker.core.trust import KeyResolver
 from broker.errors import InvalidMessage, Reason
+from broker.loaders import load_schema_registry
 from broker.pki.dev import DevFederation
 
 BODY = json.loads(
@@ -71,7 +72,7 @@ def _header(
 
 @pytest.fixture(scope="module")
 def registry() -> SchemaRegistry:
-    return SchemaRegistry.load()
+    return load_schema_registry()
 
 
 def _seal(

@@ -11,15 +11,15 @@ from hypothesis import strategies as st
 
 from broker.core.envelope import open_message, verify_routing
 from broker.core.replay import MemoryReplayStore
-from broker.core.schemas import SchemaRegistry
 from broker.errors import CasebridgeError
+from broker.loaders import load_schema_registry
 
 from . import forge
 from .forge import NOW
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 WORLD = forge.make_world()
-REGISTRY = SchemaRegistry.load()
+REGISTRY = load_schema_registry()
 BODY: dict[str, Any] = json.loads((EXAMPLES / "bulletin.json").read_text())
 WIRE = forge.seal_for(WORLD, forge.header(recipients=("nl.politie-nec", "ua.npu-ctd")), BODY)
 OUTER, JWE_TEXT = forge.split(WIRE)

@@ -35,16 +35,16 @@ from broker.core.envelope import (
     verify_routing,
 )
 from broker.core.replay import MemoryReplayStore
-from broker.core.schemas import SchemaRegistry
 from broker.core.trust import AgencyKeys, KeyResolver, StaticResolver
 from broker.errors import InvalidMessage, Reason
+from broker.loaders import load_schema_registry
 
 from . import forge
 from .forge import NOW, Agency, World
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 BODY: dict[str, Any] = json.loads((EXAMPLES / "bulletin.json").read_text())
-REGISTRY = SchemaRegistry.load()
+REGISTRY = load_schema_registry()
 Serialise = Callable[[Any], bytes]
 
 

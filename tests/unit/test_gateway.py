@@ -9,10 +9,10 @@ import pytest
 
 from broker.core.directory import Directory
 from broker.core.envelope import OpenedMessage, open_message
+from broker.core.peek import unverified_header
 from broker.core.replay import MemoryReplayStore
-from broker.core.schemas import SchemaRegistry
 from broker.gateway.border import Border, MemoryCrossings
-from broker.node.peek import unverified_header
+from broker.loaders import load_schema_registry
 from broker.pki.dev import DevFederation
 
 from .gateway_world import GatewayWorld, build, policies, recipient, sender
@@ -32,7 +32,7 @@ def world(dev: DevFederation) -> GatewayWorld:
 
 
 def open_all(world: GatewayWorld, agency: str) -> list[OpenedMessage]:
-    registry = SchemaRegistry.load()
+    registry = load_schema_registry()
     store = MemoryReplayStore()
     return [
         open_message(

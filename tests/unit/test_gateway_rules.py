@@ -16,6 +16,7 @@ from broker.core import jose
 from broker.core.envelope import authenticated_header, seal
 from broker.core.evidence import EvidenceFacts, EvidenceKind, evidence_header
 from broker.core.header import Header, Onward
+from broker.core.peek import unverified_header
 from broker.gateway.border import (
     EVIDENCE_SUBJECT_RULE,
     ONWARD_RULE,
@@ -23,7 +24,6 @@ from broker.gateway.border import (
     MemoryCrossings,
     Outcome,
 )
-from broker.node.peek import unverified_header
 from broker.pki.dev import DevFederation
 
 from .gateway_world import GatewayWorld, build, policies, sender

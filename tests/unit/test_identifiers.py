@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from broker import metrics, tracing
 from broker.core import directory, header, ids, schemas
-from broker.federation import spec, subjects
+from broker.core import wire as subjects
+from broker.federation import spec
 from broker.pki import issuing
 
 # (name, pattern, a string it accepts). Every identifier or id pattern in broker/.

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from broker.node.core import wire_digest
 from broker.node.errors import StorageUnavailable
-from broker.node.model import OutboxState
-from broker.node.service import Node, wire_digest
-from broker.node.store import Receipt
+from broker.node.model import OutboxState, Receipt
+from broker.node.service import Node
 from broker.node.transport import MemoryDelivery
 from broker.pki.dev import DevFederation
 

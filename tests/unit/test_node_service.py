@@ -15,12 +15,12 @@ from broker.core.directory import Directory
 from broker.core.envelope import OpenedMessage, seal
 from broker.core.evidence import EvidenceKind
 from broker.core.header import Header
+from broker.core.peek import unverified_header
 from broker.errors import PolicyDenied
 from broker.node.errors import JustificationRequired, NotFound
 from broker.node.model import (
     OutboxState,
 )
-from broker.node.peek import unverified_header
 from broker.node.policy import Clearance
 from broker.node.runtime import watch_loops
 from broker.node.service import Node

@@ -15,8 +15,10 @@ from broker.errors import ConfigError, InvalidMessage, Reason
 from broker.node.model import (
     EvidenceRecord,
     OutboxState,
+    Receipt,
+    SealedRecord,
 )
-from broker.node.store import MIGRATIONS, Receipt, SealedRecord, Store
+from broker.node.store import MIGRATIONS, Store
 
 NOW = datetime(2026, 11, 28, 12, tzinfo=UTC)
 ID = "00000000-0000-4000-8000-000000000001"

@@ -19,18 +19,18 @@ from prometheus_client import CollectorRegistry
 
 from broker import tracing
 from broker.core.envelope import seal
+from broker.core.peek import unverified_header
 from broker.core.policy import Decision, Point, Verdict
 from broker.errors import PolicyDenied
 from broker.gateway.border import Outcome
 from broker.gateway.observe import record_outcome
 from broker.logs import FaultLog, configure_logging
 from broker.metrics import GatewayMetrics, NodeMetrics, country_label, type_label
-from broker.nats_exporter import MonitoredServer, NatsCollector
 from broker.node.api import create_app
 from broker.node.observe import NodeObserver, OutboxCollector
-from broker.node.peek import unverified_header
 from broker.node.service import Node
 from broker.node.transport import MSG_ID_HEADER
+from broker.ops.nats_exporter import MonitoredServer, NatsCollector
 from broker.pki.dev import DevFederation
 
 from .node_world import World, request_draft, world_at

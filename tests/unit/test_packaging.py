@@ -30,9 +30,9 @@ def test_package_list_matches_the_source_tree() -> None:
 
 
 def test_registry_loads_from_another_working_directory(tmp_path: Path) -> None:
-    """SchemaRegistry.load() does not depend on the current directory."""
+    """load_schema_registry() does not depend on the current directory."""
     code = (
-        "from broker.core.schemas import SchemaRegistry; print(len(SchemaRegistry.load().types()))"
+        "from broker.loaders import load_schema_registry;print(len(load_schema_registry().types()))"
     )
     env = {k: v for k, v in os.environ.items() if k != "CASEBRIDGE_SCHEMAS"}
     env["PYTHONPATH"] = str(ROOT)
@@ -73,13 +73,13 @@ def test_installed_wheel_loads_schemas_without_a_checkout(tmp_path: Path) -> Non
     )  # fmt: skip
     assert install.returncode == 0, install.stderr
     code = (
-        "import broker, sys; from broker.core.schemas import SchemaRegistry, default_schema_dir;"
+        "import broker, sys; from broker.loaders import load_schema_registry, default_schema_dir;"
         f"assert broker.__file__.startswith({str(site)!r}), broker.__file__;"
         # The adapters import as installed (broker.adapters), with their relative imports.
         "import broker.adapters.folder, broker.adapters.mapping, broker.adapters.webhook_receiver;"
         "from broker.cli.adapter import adapter_module;"
         "assert adapter_module('folder') is broker.adapters.folder;"
-        "print(default_schema_dir()); print(len(SchemaRegistry.load().types()))"
+        "print(default_schema_dir()); print(len(load_schema_registry().types()))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("CASEBRIDGE_SCHEMAS", "PYTHONPATH")}
     env["PYTHONPATH"] = str(site)

@@ -31,8 +31,8 @@ from broker.core.header import Header
 from broker.errors import CasebridgeError, Reason
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, MemoryCrossings, Outcome
+from broker.node.model import Receipt
 from broker.node.service import Node
-from broker.node.store import Receipt
 from broker.pki.dev import DevFederation
 
 from .gateway_world import build, policies, sender

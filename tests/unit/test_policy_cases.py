@@ -27,6 +27,7 @@ from broker.core.policy import (
 )
 from broker.core.policy.redaction import reaches
 from broker.core.schemas import SchemaRegistry
+from broker.loaders import load_schema_registry
 
 CASES_FILE = Path(__file__).resolve().parents[1] / "policy_cases.yaml"
 MESSAGE_ID = "22222222-2222-4222-8222-222222222222"
@@ -40,7 +41,7 @@ def table() -> dict[str, Any]:
 
 @functools.cache
 def registry() -> SchemaRegistry:
-    return SchemaRegistry.load()
+    return load_schema_registry()
 
 
 @functools.cache

@@ -24,11 +24,11 @@ from broker.core.policy import (
     evaluate_egress,
     evaluate_ingress,
     evaluate_recipient,
-    load_policy_file,
     parse_policy,
     preflight,
 )
 from broker.errors import PolicyDenied, Reason, SchemaInvalid
+from broker.loaders import load_policy_file
 from broker.pki.dev import DevFederation
 from tests.unit.test_policy_cases import case_federation, make_header, registry
 

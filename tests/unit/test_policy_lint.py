@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.core.policy import Finding, Policy, Severity, lint, load_policy_file, parse_policy
+from broker.core.policy import Finding, Policy, Severity, lint, parse_policy
 from broker.core.policy.lint import categories_imply
 from broker.core.policy.model import CategoryCondition
 from broker.core.schemas import SchemaRegistry
+from broker.loaders import load_policy_file, load_schema_registry
 
 REPO = Path(__file__).resolve().parents[2]
 EU = {"DE": True, "NL": True, "FR": True, "UA": False, "MD": False}
@@ -190,7 +191,7 @@ class TestOtherFindings:
 @pytest.fixture(scope="module")
 def catalogue() -> SchemaRegistry:
     """The repository's message catalogue."""
-    return SchemaRegistry.load()
+    return load_schema_registry()
 
 
 class TestCatalogue:

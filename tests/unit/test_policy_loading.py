@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from broker.core.header import DATA_CATEGORIES, HANDLING_CODES, PURPOSES, TLP_MARKINGS
-from broker.core.policy import Direction, Verdict, load_policy_file, parse_policy
-from broker.core.policy.loading import MAX_POLICY_BYTES, SCHEMA_PATH
+from broker.core.policy import Direction, Verdict, parse_policy
+from broker.core.policy.loading import MAX_POLICY_BYTES
+from broker.core.policy.schema import POLICY_SCHEMA
 from broker.core.trust import AGENCY_KINDS
 from broker.errors import ConfigError, PolicyError
+from broker.loaders import load_policy_file
 
 REPO = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO / "schemas" / "policy.v1.json"
 EXAMPLES = sorted((REPO / "docs" / "policies").glob("*.yaml"))
 
 GOOD = """\
@@ -354,6 +357,10 @@ class TestFiles:
         with pytest.raises(ConfigError) as info:
             load_policy_file(tmp_path / "absent.yaml")
         assert "absent.yaml" in str(info.value)
+
+    def test_schema_held_as_data_is_the_published_file(self) -> None:
+        """The core's copy of the policy schema is exactly schemas/policy.v1.json."""
+        assert json.loads(SCHEMA_PATH.read_text(encoding="utf-8")) == POLICY_SCHEMA
 
     def test_schema_document(self) -> None:
         """The policy schema has its versioned $id and the federation's vocabularies."""

@@ -8,7 +8,7 @@ import pytest
 
 from broker.core.policy import Redaction, apply_redactions
 from broker.core.policy.redaction import PRECISE_LOCATION_MEMBERS, parse_path, reaches
-from broker.core.schemas import SchemaRegistry
+from broker.loaders import load_schema_registry
 
 
 def drop(path: str) -> Redaction:
@@ -121,7 +121,7 @@ class TestAgainstSchemas:
 
     def test_precise_location_members_match_the_schema(self) -> None:
         """location_to_city removes exactly what common.v1.json annotates precise_location."""
-        registry = SchemaRegistry.load()
+        registry = load_schema_registry()
         annotated = registry.annotated_paths("referral.victim", 1)
         precise = {
             parse_path(p)[-1]
@@ -132,7 +132,7 @@ class TestAgainstSchemas:
 
     def test_coarse_request_stays_valid_and_loses_categories(self) -> None:
         """A request with precise data, coarsened, validates and no longer has those categories."""
-        registry = SchemaRegistry.load()
+        registry = load_schema_registry()
         body = {
             "title": "t",
             "offences": ["forced_labour"],

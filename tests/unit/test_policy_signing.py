@@ -10,12 +10,12 @@ import pytest
 from broker.core import jose
 from broker.core.policy import (
     POLICY_TYP,
-    load_signed_policy,
     policy_kid,
     sign_policy,
     verify_policy,
 )
 from broker.errors import PolicyError
+from broker.loaders import load_signed_policy
 from broker.pki import issuing
 from broker.pki.dev import DevFederation
 

@@ -27,8 +27,9 @@ from referencing.jsonschema import DRAFT202012
 
 from broker.core import schemas as schemas_module
 from broker.core.header import DATA_CATEGORIES
-from broker.core.schemas import SCHEMA_BASE, SchemaRegistry, load_documents, schema_id_for
+from broker.core.schemas import SCHEMA_BASE, SchemaRegistry, schema_id_for
 from broker.errors import InvalidMessage, Reason, SchemaInvalid, SchemaRegistryError
+from broker.loaders import load_documents, load_schema_registry
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 EXAMPLE_DIR = SCHEMA_DIR / "examples"
@@ -136,7 +137,7 @@ _DELETE = object()
 
 @cache
 def registry() -> SchemaRegistry:
-    return SchemaRegistry.load(SCHEMA_DIR)
+    return load_schema_registry(SCHEMA_DIR)
 
 
 @cache
@@ -733,12 +734,12 @@ class TestLoading:
         target = copy_schemas(tmp_path)
         (target / "withdrawal.v1.json").unlink()
         monkeypatch.setenv("CASEBRIDGE_SCHEMAS", str(target))
-        assert "withdrawal" not in SchemaRegistry.load().types()
+        assert "withdrawal" not in load_schema_registry().types()
 
     def test_default_directory_is_the_repository(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without a path or the variable, load() reads the repository's schemas/."""
         monkeypatch.delenv("CASEBRIDGE_SCHEMAS", raising=False)
-        assert set(SchemaRegistry.load().types()) == MESSAGE_TYPES
+        assert set(load_schema_registry().types()) == MESSAGE_TYPES
 
     @pytest.mark.parametrize(
         ("file_name", "change", "complaint"),
@@ -780,7 +781,7 @@ class TestLoading:
         target = copy_schemas(tmp_path)
         rewrite(target / file_name, change)
         with pytest.raises(SchemaRegistryError) as caught:
-            SchemaRegistry.load(target)
+            load_schema_registry(target)
         assert caught.value.reason == Reason.SCHEMA_REGISTRY
         assert caught.value.detail.startswith(f"{file_name}: ")
         assert complaint in caught.value.detail
@@ -795,14 +796,14 @@ class TestLoading:
             ),
         )
         with pytest.raises(SchemaRegistryError, match=r"recursive \$ref"):
-            SchemaRegistry.load(target)
+            load_schema_registry(target)
 
     def test_duplicate_members_are_refused(self, tmp_path: Path) -> None:
         """A schema file with a duplicated JSON member is refused, naming the file."""
         target = copy_schemas(tmp_path)
         (target / "feedback.v1.json").write_text('{"a": 1, "a": 2}', encoding="utf-8")
         with pytest.raises(SchemaRegistryError, match=r"^schema_registry: feedback\.v1\.json"):
-            SchemaRegistry.load(target)
+            load_schema_registry(target)
 
     @pytest.mark.parametrize("file_name", ["notes.json", "bulletin.json", "Bulletin.v1.json"])
     def test_unexpected_file_names_are_refused(self, tmp_path: Path, file_name: str) -> None:
@@ -810,14 +811,14 @@ class TestLoading:
         target = copy_schemas(tmp_path)
         (target / file_name).write_text("{}", encoding="utf-8")
         with pytest.raises(SchemaRegistryError, match="file name"):
-            SchemaRegistry.load(target)
+            load_schema_registry(target)
 
     def test_missing_directory(self, tmp_path: Path) -> None:
         """A directory that does not exist, or holds no schema, is a registry error."""
         with pytest.raises(SchemaRegistryError):
-            SchemaRegistry.load(tmp_path / "absent")
+            load_schema_registry(tmp_path / "absent")
         with pytest.raises(SchemaRegistryError):
-            SchemaRegistry.load(tmp_path)
+            load_schema_registry(tmp_path)
 
     def test_core_import_stays_sans_io(self) -> None:
         """Importing the registry loads no asyncio, nats or aiohttp."""

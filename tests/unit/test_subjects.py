@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.core import wire as s
 from broker.federation import natsconf
-from broker.federation import subjects as s
 
 AGENCY = st.from_regex(r"[a-z]{2}\.[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?", fullmatch=True)
 

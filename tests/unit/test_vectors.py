@@ -11,8 +11,8 @@ import pytest
 
 from broker.core.envelope import RecipientIdentity, open_message
 from broker.core.replay import MemoryReplayStore
-from broker.core.schemas import SchemaRegistry
 from broker.errors import CasebridgeError
+from broker.loaders import load_schema_registry
 from tests.vectors.generate import load_keys, private_keys, resolver_from
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -20,7 +20,7 @@ VALID = sorted(VECTORS.glob("valid-*.json"))
 INVALID = sorted(VECTORS.glob("invalid-*.json"))
 KEYS = load_keys()
 RESOLVER = resolver_from(KEYS)
-REGISTRY = SchemaRegistry.load()
+REGISTRY = load_schema_registry()
 
 
 def _open(doc: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from broker.core import canonical, jose
 from broker.core.envelope import INNER_TYP, JWE_TYP, OUTER_TYP, SenderIdentity, seal
 from broker.core.header import Header
 from broker.core.trust import AgencyKeys, StaticResolver
+from broker.loaders import load_schema_registry
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parents[1] / "schemas" / "examples"
@@ -119,9 +120,7 @@ def _body(name: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    from broker.core.schemas import SchemaRegistry
-
-    registry = SchemaRegistry.load()
+    registry = load_schema_registry()
     keys = load_keys()
     resolver = resolver_from(keys)
     sign_key = {a: private_keys(keys[a])[0] for a in AGENCIES}

@@ -15,8 +15,8 @@ Rule order: rules are tried in file order and the **first rule that matches deci
 firewall; a deny is final; no matching rule means deny (``builtin.default-deny``). Safeguards
 run around the rules (see ``engine``) and cannot be overridden. Full guide: ``docs/policy.md``.
 
-This package never imports asyncio, nats or aiohttp, never reads a clock, and reads files only
-in functions named ``load_*``.
+This package never imports asyncio, nats or aiohttp, never reads a clock, and never reads a
+file (policy files are read by ``broker/loaders.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from broker.core.policy.engine import (
     preflight,
 )
 from broker.core.policy.lint import Finding, Severity, lint
-from broker.core.policy.loading import load_policy_file, parse_policy
+from broker.core.policy.loading import parse_policy
 from broker.core.policy.model import (
     DEFAULT_SMALL_CELL_K,
     Builtin,
@@ -49,7 +49,6 @@ from broker.core.policy.model import (
 from broker.core.policy.redaction import apply_redactions
 from broker.core.policy.signing import (
     POLICY_TYP,
-    load_signed_policy,
     policy_kid,
     sign_policy,
     verify_policy,
@@ -79,8 +78,6 @@ __all__ = [
     "evaluate_ingress",
     "evaluate_recipient",
     "lint",
-    "load_policy_file",
-    "load_signed_policy",
     "parse_policy",
     "policy_kid",
     "preflight",

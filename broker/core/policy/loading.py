@@ -4,17 +4,16 @@ The YAML is read with a restricted loader: one document, string keys, no duplica
 anchors, aliases, merge keys or custom tags, and YAML 1.2 scalars (``NO`` is Norway, not
 ``false``; dates stay strings). The result is checked against ``schemas/policy.v1.json`` and
 then semantically (unique rule ids, known groups). Every refusal is a :class:`PolicyError`
-listing each problem with its 1-based line. Only ``load_*`` functions touch the file system.
+listing each problem with its 1-based line. Files are read at the edge (``broker/loaders.py``);
+never here.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import jsonschema_rs
@@ -32,10 +31,10 @@ from broker.core.policy.model import (
     Rule,
     Verdict,
 )
+from broker.core.policy.schema import POLICY_SCHEMA
 from broker.errors import PolicyError, PolicyProblem
 
 MAX_POLICY_BYTES: Final = 1 << 20
-SCHEMA_PATH: Final = Path(__file__).resolve().parents[3] / "schemas" / "policy.v1.json"
 
 _BOOL_TAG: Final = "tag:yaml.org,2002:bool"
 _TIMESTAMP_TAG: Final = "tag:yaml.org,2002:timestamp"
@@ -221,15 +220,8 @@ def _message(error: _Error) -> str:
     return f"{prefix}{message}"
 
 
-@functools.cache
-def load_policy_schema(path: Path = SCHEMA_PATH) -> str:
-    """The policy file's JSON Schema, as JSON text (read once per path)."""
-    return path.read_text(encoding="utf-8")
-
-
-@functools.cache
-def _validator(schema_json: str) -> jsonschema_rs.Draft202012Validator:
-    return jsonschema_rs.Draft202012Validator(json.loads(schema_json))
+# Compiled once at import from the schema held as data: a constant, not a cache.
+_VALIDATOR: Final = jsonschema_rs.Draft202012Validator(POLICY_SCHEMA)
 
 
 def _one_or_many(value: object) -> tuple[str, ...] | None:
@@ -324,13 +316,16 @@ def _rule(
 def parse_policy(data: bytes, *, source: str = "<policy>", schema: str | None = None) -> Policy:
     """Parse and check policy YAML bytes; raise :class:`PolicyError` listing every problem.
 
-    ``schema`` is the policy JSON Schema as text (default: ``schemas/policy.v1.json``).
+    ``schema`` is the policy JSON Schema as text (default: ``schemas/policy.v1.json``, held
+    as data in :mod:`broker.core.policy.schema`).
     """
     try:
         parsed, marks = parse_yaml(data)
     except _RefusedError as refused:
         raise PolicyError(source, [refused.problem]) from None
-    validator = _validator(schema if schema is not None else load_policy_schema())
+    validator = (
+        _VALIDATOR if schema is None else jsonschema_rs.Draft202012Validator(json.loads(schema))
+    )
     found = []
     for error in validator.iter_errors(parsed):
         chosen = _specific(error)
@@ -367,14 +362,3 @@ def parse_policy(data: bytes, *, source: str = "<policy>", schema: str | None = 
         digest=b64url_encode(hashlib.sha256(data).digest()),
         source=source,
     )
-
-
-def load_policy_file(path: Path | str) -> Policy:
-    """Read and parse an unsigned policy YAML file (tooling and tests; nodes use signed files)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        why = exc.strerror or "unreadable"
-        raise PolicyError(str(path), [PolicyProblem(line=None, message=why)]) from None
-    return parse_policy(data, source=str(path))

@@ -8,13 +8,12 @@ refer to the file the focal point wrote).
 A policy is accepted only if the CA certificate chains to the pinned federation root (checked
 by :func:`broker.core.pki.validate_country_ca`), the ``kid`` names that certificate, the
 signature verifies, the YAML is a valid policy, and its ``country`` is the CA's country. Every
-refusal is a :class:`~broker.errors.PolicyError`. Only ``load_*`` functions read files.
+refusal is a :class:`~broker.errors.PolicyError`. Never reads a file (``broker/loaders.py`` does).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Final
 
 from cryptography import x509
@@ -136,19 +135,3 @@ def verify_policy(
         token, ca_cert=ca_cert, root_cert=root_cert, now=now, source=source
     )
     return check_policy_country(parse_policy(payload, source=source), cc)
-
-
-def load_signed_policy(
-    path: Path | str,
-    *,
-    ca_cert: x509.Certificate,
-    root_cert: x509.Certificate,
-    now: datetime,
-) -> Policy:
-    """Read and verify a signed policy file (see :func:`verify_policy`)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _refuse(str(path), exc.strerror or "unreadable") from None
-    return verify_policy(data, ca_cert=ca_cert, root_cert=root_cert, now=now, source=str(path))

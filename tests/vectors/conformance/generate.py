@@ -29,6 +29,7 @@ from broker.core import canonical, jose
 from broker.core.envelope import INNER_TYP, JWE_TYP, OUTER_TYP
 from broker.core.header import Header
 from broker.core.schemas import SchemaRegistry
+from broker.loaders import load_schema_registry
 from tests.vectors.conformance.material import (
     DIRECTORY_ISSUED,
     FED,
@@ -333,7 +334,7 @@ def main(argv: list[str]) -> None:
     VECTORS.mkdir(exist_ok=True)
     for old in VECTORS.glob("*.json"):
         old.unlink()
-    g = Gen(m=m, registry=SchemaRegistry.load())
+    g = Gen(m=m, registry=load_schema_registry())
     from tests.vectors.conformance import cases
 
     cases.write_all(g)

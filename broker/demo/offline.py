@@ -26,9 +26,10 @@ from broker.core.header import Header
 from broker.core.replay import MemoryReplayStore
 from broker.core.schemas import SchemaRegistry
 from broker.errors import CasebridgeError
+from broker.loaders import load_schema_registry
 from broker.pki.dev import DEMO_SPEC, DevFederation, build_dev_federation
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "schemas" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "schemas" / "examples"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -152,7 +153,7 @@ def _header(
 def run(*, out_dir: Path | None, now: datetime) -> list[Row]:
     """Build the dev PKI (written to ``out_dir`` if given) and push every sample through."""
     dev = build_dev_federation(DEMO_SPEC, now=now, out_dir=out_dir)
-    registry = SchemaRegistry.load()
+    registry = load_schema_registry()
     rows: list[Row] = []
     for sample in SAMPLES:
         body = json.loads((EXAMPLES / f"{sample.example}.json").read_text())

@@ -1,9 +1,11 @@
-"""The real NATS edge: mTLS connections, JetStream publish with de-duplication, pull consumers.
+"""The node's NATS transport: JetStream publish with de-duplication, its pull consumers.
 
 :class:`NatsTransport` implements the node's :class:`broker.node.transport.Transport` seam
 against a country server (docs/federation.md): submit on ``cb.submit.<agency>`` with
-``Nats-Msg-Id``, consume the agency's durable ``node-<agency>`` on ``DELIVER``. Every NATS
-failure is translated into ``TransportUnavailable`` here; nothing else in the node sees nats-py.
+``Nats-Msg-Id``, consume the agency's durables ``node-<agency>`` and ``evidence-<agency>`` on
+``DELIVER``. Connections come from the shared edge :mod:`broker.nats`; every NATS failure is
+translated into ``TransportUnavailable`` here (:func:`broker.nats.map_exceptions`): nothing
+else in the node sees nats-py. Must never decide about a message (that is the node's core).
 """
 
 from __future__ import annotations
@@ -11,16 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import re
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -28,8 +26,9 @@ from nats.errors import Error as NatsError
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
-from broker.federation import subjects
+from broker.core import wire as subjects
 from broker.logs import FaultLog
+from broker.nats import MSG_ID, PUBLISH_TIMEOUT, connect, map_exceptions, tls_context
 from broker.node.errors import TransportUnavailable
 from broker.node.settings import Settings
 
@@ -41,78 +40,6 @@ log = structlog.get_logger("casebridge.transport")
 
 FETCH_BATCH: Final = 64
 FETCH_TIMEOUT: Final = 1.0
-PUBLISH_TIMEOUT: Final = 5.0
-MSG_ID: Final = "Nats-Msg-Id"
-
-
-def tls_context(
-    *, ca_file: Path | None, cert_file: Path | None, key_file: Path | None
-) -> ssl.SSLContext:
-    """Client mTLS context trusting ``ca_file`` (the country CA) as the anchor."""
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # The country CA is the trust anchor even though it chains to the root (see certs/README).
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    if cert_file is not None and key_file is not None:
-        context.load_cert_chain(str(cert_file), str(key_file))
-    return context
-
-
-class _NatsTlsEofFilter(logging.Filter):
-    """Drops asyncio's "returning true from eof_received() has no effect when using ssl".
-
-    nats-py's TLS transport never tells its stream protocol that it runs over TLS, so every
-    orderly close of a TLS connection logs this warning (nats-io/nats.py#574); it is harmless
-    and drowned real warnings in the demo and benchmark output. Only this message is dropped.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "eof_received() has no effect when using ssl" not in record.getMessage()
-
-
-_EOF_FILTER: Final = _NatsTlsEofFilter()
-
-
-def quiet_tls_eof_warning() -> None:
-    """Install the filter on asyncio's logger (idempotent)."""
-    asyncio_log = logging.getLogger("asyncio")
-    if _EOF_FILTER not in asyncio_log.filters:
-        asyncio_log.addFilter(_EOF_FILTER)
-
-
-async def connect(
-    url: str,
-    *,
-    tls: ssl.SSLContext,
-    inbox_prefix: str,
-    name: str,
-    **options: Any,
-) -> NatsClient:
-    """Connect with reconnects forever (a country server restart must not end the process)."""
-    quiet_tls_eof_warning()
-
-    async def _quiet(_exc: Exception) -> None:
-        # Connection errors are visible through ``is_connected`` / readiness; no log spam.
-        return None
-
-    try:
-        return await nats.connect(
-            # A clustered country: several comma-separated URLs (docs/federation.md).
-            servers=url.split(","),
-            tls=tls,
-            inbox_prefix=inbox_prefix,
-            name=name,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-            error_cb=_quiet,
-            allow_reconnect=True,
-            **options,
-        )
-    except (NatsError, OSError, TimeoutError) as exc:
-        raise TransportUnavailable(f"cannot connect to {url}: {exc}") from exc
 
 
 @dataclass(slots=True)
@@ -141,10 +68,8 @@ class NatsDelivery:
     async def ack(self) -> None:
         # Not awaited by the server (no round trip per message): the node acks only after its
         # commit, and a lost ack means a redelivery the node recognises by its receipt.
-        try:
+        with map_exceptions("ack failed", into=TransportUnavailable):
             await self.msg.ack()
-        except (NatsError, JetStreamError) as exc:
-            raise TransportUnavailable(f"ack failed: {exc}") from exc
 
     async def nak(self, delay: float) -> None:
         with contextlib.suppress(NatsError, JetStreamError):
@@ -180,6 +105,7 @@ class NatsTransport:
                     ),
                     inbox_prefix=subjects.inbox_prefix(s.agency),
                     name=f"node {s.agency}",
+                    into=TransportUnavailable,
                 )
                 self._js = self._nc.jetstream()
             return self._js
@@ -188,15 +114,13 @@ class NatsTransport:
         self, subject: str, data: bytes, msg_id: str, *, headers: Mapping[str, str] | None = None
     ) -> None:
         js = await self._client()
-        try:
+        with map_exceptions(f"publish on {subject} not acknowledged", into=TransportUnavailable):
             await js.publish(
                 subject,
                 data,
                 timeout=PUBLISH_TIMEOUT,
                 headers={**(headers or {}), MSG_ID: msg_id},
             )
-        except (NatsError, JetStreamError, TimeoutError) as exc:
-            raise TransportUnavailable(f"publish on {subject} not acknowledged: {exc}") from exc
 
     async def deliveries(self, *, evidence: bool = False) -> AsyncIterator[NatsDelivery]:
         async for batch in self.batches(evidence=evidence):
@@ -210,10 +134,8 @@ class NatsTransport:
         a ``fetch(32, timeout=1)`` is returned after 0.2 s)."""
         js = await self._client()
         durable = subjects.node_durable(self._settings.agency, evidence=evidence)
-        try:
+        with map_exceptions(f"cannot bind to {durable}", into=TransportUnavailable):
             sub = await js.pull_subscribe_bind(durable=durable, stream=subjects.DELIVER_STREAM)
-        except (NatsError, JetStreamError, TimeoutError) as exc:
-            raise TransportUnavailable(f"cannot bind to {durable}: {exc}") from exc
         faults = FaultLog(log, "fetch", durable=durable)
         while not self._closed:
             try:

@@ -40,7 +40,7 @@ from broker.federation.processes import NodeEndpoint, prepare
 from broker.federation.spec import load_description
 from broker.sdk import Draft, EvidenceEntry, NodeClient, NodeError, SendResult
 
-ROOT: Final = Path(__file__).resolve().parents[1]
+ROOT: Final = Path(__file__).resolve().parents[2]
 EXAMPLES: Final = ROOT / "schemas" / "examples"
 DESCRIPTION: Final = ROOT / "docs" / "federation.example.yaml"
 POLICIES: Final = ROOT / "docs" / "policies"

@@ -1,8 +1,10 @@
-"""Names of the federation's NATS subjects, streams, durable consumers and inbox prefixes.
+"""Wire names: the federation's NATS subjects, streams, durable consumers and inbox prefixes.
 
-One place for the layout of ``docs/federation.md`` so that the server configuration
+They are protocol (a peer implementation must use the same ones), so they live beside the core:
+one place for the layout of ``docs/federation.md`` so that the server configuration
 (:mod:`broker.federation.natsconf`), the stream setup (:mod:`broker.federation.streams`), the
-border gateway and the adapter node agree on every name. Pure string functions, no I/O.
+border gateway and the adapter node agree on every name. Pure string functions: must never do
+I/O or import a NATS client.
 
 Country codes are accepted in either case; subjects and domains use lower case, stream names
 upper case (``OUT_UA``).

@@ -22,7 +22,7 @@ What it is for
             a lower bound after an exporter restart)
         casebridge_nats_monitor_up{server_id}   1 if the server's monitoring port answered
 
-Run as one more process of a local federation (``python -m broker.nats_exporter --config
+Run as one more process of a local federation (``python -m broker.ops.nats_exporter --config
 DIR/settings/nats-exporter.json``; ``broker.federation.processes`` registers it).
 
 What it must never do
@@ -482,7 +482,7 @@ async def serve(config: ExporterConfig, *, stop: asyncio.Event) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``casebridge-nats-exporter`` (= ``python -m broker.nats_exporter``)."""
+    """The command line of ``casebridge-nats-exporter`` (``python -m broker.ops.nats_exporter``)."""
     parser = argparse.ArgumentParser(prog="casebridge-nats-exporter", description=__doc__)
     parser.add_argument("--config", type=Path, required=True, help="nats-exporter.json")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="json")

@@ -1,0 +1,115 @@
+"""Connecting to a country's NATS server and translating nats-py's exceptions.
+
+Shared by the node (``broker/node/transport_nats.py``) and the border gateway
+(``broker/gateway/runner.py``). Must never decide anything about a message: it only opens
+connections and maps exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js.errors import Error as JetStreamError
+
+from broker.errors import TransportError
+
+PUBLISH_TIMEOUT: Final = 5.0
+CONNECT_TIMEOUT: Final = 5
+RECONNECT_WAIT: Final = 0.5
+MSG_ID: Final = "Nats-Msg-Id"
+# What nats-py raises when a server is unreachable, a request times out or JetStream refuses.
+NATS_ERRORS: Final = (NatsError, JetStreamError, TimeoutError)
+
+
+@contextmanager
+def map_exceptions(
+    what: str, *, into: Callable[[str], Exception] = TransportError
+) -> Iterator[None]:
+    """Turn a nats-py failure inside the block into ``into(f"{what}: {exc}")`` (chained).
+
+    ``into``: the caller's error type (the node's ``TransportUnavailable``, which its API maps
+    to 503); the shared :class:`~broker.errors.TransportError` by default."""
+    try:
+        yield
+    except NATS_ERRORS as exc:
+        raise into(f"{what}: {exc}") from exc
+
+
+def tls_context(
+    *, ca_file: Path | None, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext:
+    """Client mTLS context trusting ``ca_file`` (the country CA) as the anchor."""
+    context = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # The country CA is the trust anchor even though it chains to the root (see certs/README).
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if cert_file is not None and key_file is not None:
+        context.load_cert_chain(str(cert_file), str(key_file))
+    return context
+
+
+class _NatsTlsEofFilter(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl".
+
+    nats-py's TLS transport never tells its stream protocol that it runs over TLS, so every
+    orderly close of a TLS connection logs this warning (nats-io/nats.py#574); it is harmless
+    and drowned real warnings in the demo and benchmark output. Only this message is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received() has no effect when using ssl" not in record.getMessage()
+
+
+_EOF_FILTER: Final = _NatsTlsEofFilter()
+
+
+def quiet_tls_eof_warning() -> None:
+    """Install the filter on asyncio's logger (idempotent)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _EOF_FILTER not in asyncio_log.filters:
+        asyncio_log.addFilter(_EOF_FILTER)
+
+
+async def connect(
+    url: str,
+    *,
+    tls: ssl.SSLContext,
+    inbox_prefix: str,
+    name: str,
+    into: Callable[[str], Exception] = TransportError,
+    **options: Any,
+) -> NatsClient:
+    """Connect with reconnects forever (a country server restart must not end the process).
+    An unreachable server raises ``into`` (see :func:`map_exceptions`)."""
+    quiet_tls_eof_warning()
+
+    async def _quiet(_exc: Exception) -> None:
+        # Connection errors are visible through ``is_connected`` / readiness; no log spam.
+        return None
+
+    try:
+        return await nats.connect(
+            # A clustered country: several comma-separated URLs (docs/federation.md).
+            servers=url.split(","),
+            tls=tls,
+            inbox_prefix=inbox_prefix,
+            name=name,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_WAIT,
+            connect_timeout=CONNECT_TIMEOUT,
+            error_cb=_quiet,
+            allow_reconnect=True,
+            **options,
+        )
+    except (*NATS_ERRORS, OSError) as exc:
+        raise into(f"cannot connect to {url}: {exc}") from exc
