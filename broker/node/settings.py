@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from broker.console.settings import ConsoleSettings, parse_console
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
 from broker.gateway.fairness import FairShare
@@ -35,6 +36,7 @@ _TOP: Final = frozenset(
         "audit",
         "fair_share",
         "clock_offset_seconds",
+        "console",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -94,6 +96,8 @@ class Settings:
     # Fault tests only (the chaos suite's "node clock 5 minutes off"): added to the wall clock
     # the node seals, verifies and stamps with. Never set it in production.
     clock_offset_seconds: float = 0.0
+    # The focal-point console (broker/console/settings.py); None: not served
+    console: ConsoleSettings | None = None
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -191,4 +195,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         checkpoint_seconds=float(checkpoint_seconds),
         fair_share=FairShare.from_json(top.get("fair_share")),
         clock_offset_seconds=float(offset),
+        console=parse_console(top.get("console"), base),
     )

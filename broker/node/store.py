@@ -184,6 +184,39 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         serial INTEGER NOT NULL
     );
     """,
+    # 6: the focal-point console (broker.console): people and their roles, and drafts that
+    # wait for a supervisor's four-eyes release. Password hashes only (argon2id), never a
+    # password; the TOTP secret is the person's second factor, readable only by this node.
+    """
+    CREATE TABLE console_users (
+        username TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('officer', 'supervisor', 'auditor')),
+        password_hash TEXT NOT NULL,
+        totp_secret TEXT,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until TEXT,
+        must_change INTEGER NOT NULL DEFAULT 0,
+        time_zone TEXT NOT NULL DEFAULT 'UTC',
+        language TEXT NOT NULL DEFAULT 'en',
+        email TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE console_releases (
+        id TEXT PRIMARY KEY,
+        author TEXT NOT NULL,
+        draft TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('waiting', 'released', 'refused')),
+        decided_by TEXT,
+        message_id TEXT,
+        created_at TEXT NOT NULL,
+        decided_at TEXT
+    );
+    CREATE INDEX console_releases_state ON console_releases (state);
+    """,
 )
 
 

@@ -1,0 +1,386 @@
+"""The focal-point console through aiohttp's test client, on two in-memory nodes (DE and NL)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from argon2 import PasswordHasher
+
+from broker.console.accounts import Accounts, Role
+from broker.console.app import create_console_app
+from broker.console.settings import ConsoleSettings
+from broker.devpki import DevFederation
+from broker.node.service import Node
+
+from .node_world import World, request_draft, world_at
+
+PASSWORD = "correct horse battery"  # noqa: S105 - a test password
+Client = TestClient[Any, Any]
+# Still argon2id, with small parameters: the default costs ~0.3 s a hash on the test machine.
+FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+@pytest.fixture
+def world(dev_federation: DevFederation, tmp_path: Path, fixed_now: datetime) -> Iterator[World]:
+    yield from world_at(dev_federation, tmp_path, fixed_now)
+
+
+def people(node: Node, world: World) -> Accounts:
+    accounts = Accounts(node.store, agency=node.agency_id, clock=world.clock, hasher=FAST)
+    for name, role in (("olga", Role.OFFICER), ("sven", Role.SUPERVISOR), ("ada", Role.AUDITOR)):
+        accounts.add(name, display_name=name.title(), role=role, password=PASSWORD, by="setup")
+    return accounts
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+async def sign_in(client: Client, username: str, password: str = PASSWORD) -> str:
+    page = await client.get("/login")
+    token = csrf_of(await page.text())
+    response = await client.post(
+        "/login",
+        data={"csrf": token, "username": username, "password": password},
+        allow_redirects=False,
+    )
+    assert response.status == 303, await response.text()
+    page = await client.get("/directory")
+    return csrf_of(await page.text())
+
+
+Scenario = Callable[[World, Client, Client], Awaitable[None]]
+
+
+def serve(world: World, scenario: Scenario, settings: ConsoleSettings | None = None) -> None:
+    de, nl = world.node("de.lka-berlin"), world.node("nl.politie")
+    people(de, world)
+    people(nl, world)
+    settings = settings or ConsoleSettings(lockout_attempts=3)
+
+    async def run() -> None:
+        async with (
+            TestClient(TestServer(create_console_app(de, settings, hasher=FAST))) as de_c,
+            TestClient(TestServer(create_console_app(nl, settings, hasher=FAST))) as nl_c,
+        ):
+            await scenario(world, de_c, nl_c)
+
+    asyncio.run(run())
+
+
+def audit_details(node: Node) -> list[tuple[str, str, str]]:
+    return node.store.query(
+        lambda db: [
+            (r[0], r[1], r[2] or "")
+            for r in db.execute("SELECT operation, actor, detail FROM audit ORDER BY seq")
+        ]
+    )
+
+
+class TestSecurity:
+    def test_pages_need_a_session_and_carry_a_strict_csp(self, world: World) -> None:
+        """Without a session every page redirects to sign-in; every response has a CSP without unsafe-inline."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            response = await de.get("/inbox", allow_redirects=False)
+            assert response.status == 303
+            assert response.headers["Location"] == "/login"
+            login = await de.get("/login")
+            csp = login.headers["Content-Security-Policy"]
+            assert "unsafe-inline" not in csp
+            assert "script-src 'self'" in csp
+            assert "frame-ancestors 'none'" in csp
+            cookie = login.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie
+            assert "SameSite=Strict" in cookie
+            assert "Secure" not in cookie
+
+        serve(world, scenario)
+
+    def test_missing_or_wrong_csrf_token_is_refused_and_changes_nothing(self, world: World) -> None:
+        """A POST without the session's CSRF token gets 403, opens nothing and is audited."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            await w.nodes["de.lka-berlin"].send(request_draft())
+            await w.pump()
+            message_id = w.nodes["nl.politie"].store.list_inbox()[0].message_id
+            await sign_in(nl, "olga")
+            for token in (None, "forged"):
+                data = {"purpose": "Handling this request"} | ({"csrf": token} if token else {})
+                response = await nl.post(
+                    f"/messages/{message_id}/open", data=data, allow_redirects=False
+                )
+                assert response.status == 403
+            assert w.nodes["nl.politie"].store.inbox_message(message_id).read_at is None  # type: ignore[union-attr]
+            refused = [d for d in audit_details(w.nodes["nl.politie"]) if "CSRF" in d[2]]
+            assert len(refused) == 2
+            assert refused[0][1] == "olga"
+
+        serve(world, scenario)
+
+    def test_lockout_after_repeated_failures(self, world: World) -> None:
+        """Three wrong passwords lock the account; even the right one is then refused, and audited."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            page = await de.get("/login")
+            token = csrf_of(await page.text())
+            for _ in range(3):
+                bad = await de.post(
+                    "/login",
+                    data={"csrf": token, "username": "olga", "password": "wrong password!!"},
+                )
+                assert bad.status == 401
+            locked = await de.post(
+                "/login", data={"csrf": token, "username": "olga", "password": PASSWORD}
+            )
+            assert locked.status == 401
+            assert "locked" in (await locked.text())
+            details = [d[2] for d in audit_details(w.nodes["de.lka-berlin"]) if d[1] == "olga"]
+            assert any("locked until" in d for d in details)
+            assert "sign-in refused: locked" in details
+            w.clock.advance(timedelta(minutes=16))
+            await sign_in(de, "olga")
+
+        serve(world, scenario)
+
+    def test_session_refused_after_logout_and_idle_timeout(self, world: World) -> None:
+        """A session cookie stops working after sign-out and after the idle timeout."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            token = await sign_in(de, "olga")
+            cookie = de.session.cookie_jar.filter_cookies(de.make_url("/"))[
+                "casebridge_console"
+            ].value
+            await de.post("/logout", data={"csrf": token})
+            again = await de.get(
+                "/inbox", cookies={"casebridge_console": cookie}, allow_redirects=False
+            )
+            assert again.status == 303
+            await sign_in(de, "olga")
+            w.clock.advance(timedelta(minutes=31))
+            idle = await de.get("/inbox", allow_redirects=False)
+            assert idle.status == 303
+
+        serve(world, scenario)
+
+    def test_auditor_never_reads_content_and_officer_never_releases(self, world: World) -> None:
+        """An auditor is refused message pages, an officer the audit log and a release; each refusal is audited."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            await w.nodes["de.lka-berlin"].send(request_draft())
+            await w.pump()
+            message_id = w.nodes["nl.politie"].store.list_inbox()[0].message_id
+            await sign_in(nl, "ada")
+            assert (await nl.get(f"/messages/{message_id}")).status == 403
+            assert (await nl.get("/inbox")).status == 403
+            assert (await nl.get("/audit")).status == 200
+            await sign_in(de, "olga")
+            assert (await de.get("/audit")).status == 403
+            refused = [
+                d
+                for d in audit_details(w.nodes["nl.politie"])
+                if d[1] == "ada" and "refused" in d[2]
+            ]
+            assert len(refused) == 2
+
+        serve(world, scenario)
+
+
+class TestReading:
+    def test_body_html_renders_as_text_and_opening_sends_read_evidence(self, world: World) -> None:
+        """A peer's <script> shows as text; opening asks a purpose, logs it and the sender sees `read`."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            draft = request_draft()
+            body = dict(draft.body) | {"title": "<script>alert(1)</script><b>x</b>"}
+            from dataclasses import replace
+
+            sent = await w.nodes["de.lka-berlin"].send(replace(draft, body=body))
+            await w.pump()
+            token = await sign_in(nl, "olga")
+            listing = await nl.get("/inbox")
+            text = await listing.text()
+            assert "Request for assistance" in text
+            assert "2026-12-15" in text
+            closed = await (await nl.get(f"/messages/{sent.message_id}")).text()
+            assert "Why are you opening this message?" in closed
+            assert "alert(1)" not in closed
+            await nl.post(
+                f"/messages/{sent.message_id}/open",
+                data={"csrf": token, "purpose": "Handling this request", "detail": "case 17"},
+            )
+            page = await (await nl.get(f"/messages/{sent.message_id}")).text()
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+            assert "<script>alert" not in page
+            assert "Facts" in page or "facts" in page.lower()
+            await w.pump()
+            await sign_in(de, "olga")
+            timeline = await (await de.get(f"/messages/{sent.message_id}")).text()
+            assert "Opened by a person" in timeline
+
+        serve(world, scenario)
+
+
+class TestCompose:
+    def _form(self, token: str, **extra: Any) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "csrf": token,
+            "type": "request.assistance",
+            "to": "nl.politie",
+            "purpose": "investigation",
+            "legal_basis": "Council Framework Decision 2006/960/JHA",
+            "handling": "H2",
+            "tlp": "AMBER",
+            "due": "2026-12-15",
+            "b/title": "Workers at a farm",
+            "b/offences": "forced_labour",
+            "b/facts": "Workers report withheld passports.",
+            "n/requested_measures": "1",
+            "b/requested_measures/0/measure": "identify_person",
+            "b/requested_measures/0/description": "Identify the farm manager.",
+            "b/due_date": "2026-12-15",
+            "b/urgency": "routine",
+        }
+        data.update(extra)
+        return data
+
+    def test_invalid_fields_show_errors_and_keep_typed_values(self, world: World) -> None:
+        """A form with a missing required field and a bad date is shown again with inline errors and the typed text."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            token = await sign_in(de, "olga")
+            form = await (await de.get("/compose?type=request.assistance")).text()
+            assert 'name="b/title"' in form
+            assert "<select" in form
+            assert 'name="n/requested_measures"' in form
+            data = self._form(token, op="send")
+            data["b/title"] = ""
+            data["b/due_date"] = "15.12.2026"
+            response = await de.post("/compose", data=data)
+            assert response.status == 422
+            page = await response.text()
+            assert "This field is required." in page
+            assert "Workers report withheld passports." in page
+            assert 'value="15.12.2026"' in page
+            assert "Must be a valid date." in page
+            assert (
+                w.nodes["de.lka-berlin"].store.list_outbox() == []
+                if hasattr(w.nodes["de.lka-berlin"].store, "list_outbox")
+                else True
+            )
+
+        serve(world, scenario)
+
+    def test_array_add_and_remove_keep_the_rest(self, world: World) -> None:
+        """Adding a requested measure adds an empty item; removing the first moves the second up."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            token = await sign_in(de, "olga")
+            added = await (
+                await de.post("/compose", data=self._form(token, op="add:/requested_measures"))
+            ).text()
+            assert 'name="b/requested_measures/1/measure"' in added
+            data = self._form(token, op="remove:/requested_measures/0")
+            data["n/requested_measures"] = "2"
+            data["b/requested_measures/1/description"] = "Second measure"
+            removed = await (await de.post("/compose", data=data)).text()
+            assert 'name="b/requested_measures/1/measure"' not in removed
+            assert "Second measure" in removed
+            assert "Identify the farm manager." not in removed
+
+        serve(world, scenario)
+
+    def test_preview_and_send_then_reply_keeps_the_thread(self, world: World) -> None:
+        """The preview names the rule per recipient; sending lands in NL; NL's reply joins the thread."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            token = await sign_in(de, "olga")
+            preview = await (await de.post("/compose", data=self._form(token, op="preview"))).text()
+            assert "node.no-policy" in preview
+            assert "allowed" in preview
+            sent = await de.post(
+                "/compose", data=self._form(token, op="send"), allow_redirects=False
+            )
+            assert sent.status == 303
+            message_id = sent.headers["Location"].split("/")[2].split("?")[0]
+            await w.pump()
+            assert w.nodes["nl.politie"].store.inbox_message(message_id) is not None
+            nl_token = await sign_in(nl, "olga")
+            await nl.post(
+                f"/messages/{message_id}/open",
+                data={"csrf": nl_token, "purpose": "Preparing an answer"},
+            )
+            reply = await (await nl.get(f"/compose?reply_to={message_id}")).text()
+            assert "Response to a request for assistance" in reply
+            data = {
+                "csrf": nl_token,
+                "type": "response.assistance",
+                "reply_to": message_id,
+                "to": "de.lka-berlin",
+                "purpose": "investigation",
+                "legal_basis": "",
+                "handling": "H2",
+                "tlp": "AMBER",
+                "due": "",
+                "b/request_id": message_id,
+                "b/outcome": "completed",
+                "n/results": "1",
+                "b/results/0/measure": "identify_person",
+                "b/results/0/status": "executed",
+                "b/results/0/findings": "Manager identified.",
+                "op": "send",
+            }
+            answered = await nl.post("/compose", data=data, allow_redirects=False)
+            assert answered.status == 303, await answered.text()
+            await w.pump()
+            conversation = (
+                w.nodes["de.lka-berlin"].store.outbox_message(message_id).header["conversation"]
+            )  # type: ignore[union-attr]
+            thread = await (await de.get(f"/threads/{conversation}")).text()
+            assert "Response to a request for assistance" in thread
+            assert "Request for assistance" in thread
+            card = await (await de.get("/scorecard?from=2000-01-01&to=2100-01-01")).text()
+            assert 'data-partner="nl.politie"' in card
+            assert " h</td>" in card
+            csv_text = await (await de.get("/scorecard.csv?from=2000-01-01&to=2100-01-01")).text()
+            assert csv_text.startswith("partner,country,sent")
+            assert "nl.politie,NL,1,1,1" in csv_text
+
+        serve(world, scenario)
+
+    def test_four_eyes_release_by_a_supervisor_only(self, world: World) -> None:
+        """A TLP:RED draft waits; the officer cannot release it, the supervisor can, and it is audited."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            token = await sign_in(de, "olga")
+            held = await de.post(
+                "/compose", data=self._form(token, op="send", tlp="RED"), allow_redirects=False
+            )
+            assert held.status == 303
+            assert held.headers["Location"].startswith("/releases?held=")
+            release_id = held.headers["Location"].split("=")[1]
+            await w.pump()
+            assert w.nodes["nl.politie"].store.list_inbox() == []
+            refused = await de.post(f"/releases/{release_id}/release", data={"csrf": token})
+            assert refused.status == 403
+            sup = await sign_in(de, "sven")
+            done = await de.post(
+                f"/releases/{release_id}/release", data={"csrf": sup}, allow_redirects=False
+            )
+            assert done.status == 303
+            await w.pump()
+            assert len(w.nodes["nl.politie"].store.list_inbox()) == 1
+            details = audit_details(w.nodes["de.lka-berlin"])
+            assert any(a == "sven" and "four-eyes released" in d for _, a, d in details)
+            assert any(a == "olga" and "refused for role officer" in d for _, a, d in details)
+
+        serve(world, scenario)
