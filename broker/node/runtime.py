@@ -253,6 +253,12 @@ async def running_node(
                 asyncio.create_task(run_clock_check(clock, server_time), name="clock-check")
             )
         watch_loops(node, tasks)
+        # The focal-point console, on its own listener, only when the settings ask for it.
+        console = contextlib.AsyncExitStack()
+        if settings.console is not None:
+            from broker.console.app import serving_console  # noqa: PLC0415 - jinja2 on demand
+
+            await console.enter_async_context(serving_console(node, settings.console))
         if registry is not None:
             registry.register(ClockCollector(clock))
         if registry is not None and metrics is not None:
@@ -270,6 +276,7 @@ async def running_node(
         try:
             yield node
         finally:
+            await console.aclose()
             for task in tasks:
                 task.cancel()
             for task in tasks:
