@@ -173,7 +173,7 @@ def build_form(
                 f.options = tuple((str(v), humanize(str(v))) for v in items["enum"])
                 f.values = tuple(values.get(f.name, []))
                 return f
-            if submitted:
+            if submitted and f.count_name in values:
                 try:
                     count = int((values.get(f.count_name) or ["0"])[0])
                 except ValueError:
