@@ -86,7 +86,8 @@ def _by(args: argparse.Namespace) -> str:
 
 def _password(args: argparse.Namespace) -> str:
     if args.password_file is not None:
-        return args.password_file.read_text(encoding="utf-8").strip()
+        path: Path = args.password_file
+        return path.read_text(encoding="utf-8").strip()
     first = getpass.getpass("New password: ")
     if getpass.getpass("Repeat it: ") != first:
         print("error: the two passwords differ", file=sys.stderr)
@@ -157,7 +158,7 @@ def _role(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     accounts, store = _accounts(args)
     with store:
-        users = accounts.list()
+        users = accounts.all()
     if args.json:
         print(json.dumps([u.to_json() for u in users], indent=2))
         return 0

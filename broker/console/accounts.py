@@ -40,6 +40,16 @@ _HASHER: Final = PasswordHasher()  # argon2id
 _DUMMY_HASH: Final = _HASHER.hash("casebridge-no-such-user")
 
 
+_RESET_KEEP_TOTP: Final = (
+    "UPDATE console_users SET password_hash = ?, failed_logins = 0, locked_until = NULL, "
+    "updated_at = ? WHERE username = ?"
+)
+_RESET_NEW_TOTP: Final = (
+    "UPDATE console_users SET password_hash = ?, failed_logins = 0, locked_until = NULL, "
+    "totp_secret = ?, updated_at = ? WHERE username = ?"
+)
+
+
 class Role(StrEnum):
     """What a person may do in the console."""
 
@@ -184,7 +194,7 @@ class Accounts:
         )
         return _user(row) if row is not None else None
 
-    def list(self) -> list[User]:
+    def all(self) -> list[User]:
         rows = self._store.query(
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM console_users ORDER BY username"  # noqa: S608
@@ -194,7 +204,7 @@ class Accounts:
 
     def email_recipients(self, roles: tuple[Role, ...]) -> list[str]:
         """E-mail addresses of enabled people with one of ``roles`` (for notices)."""
-        return [u.email for u in self.list() if u.email and not u.disabled and u.role in roles]
+        return [u.email for u in self.all() if u.email and not u.disabled and u.role in roles]
 
     # ----------------------------------------------------------------- changes
 
@@ -284,9 +294,7 @@ class Accounts:
             f"account {username} reset"
             + ("" if keep else f" (second factor {'on' if totp else 'off'})"),
             by,
-            "UPDATE console_users SET password_hash = ?, failed_logins = 0, locked_until = NULL, "
-            + ("" if keep else "totp_secret = ?, ")
-            + "updated_at = ? WHERE username = ?",
+            _RESET_KEEP_TOTP if keep else _RESET_NEW_TOTP,
             (self._hasher.hash(password),) if keep else (self._hasher.hash(password), secret),
         )
         return secret

@@ -206,7 +206,8 @@ async def _sessions(request: web.Request, handler: Handler) -> web.StreamRespons
             return _error_page(
                 request,
                 403,
-                "The form has expired or did not come from this console. Reload the page and try again.",
+                "The form has expired or did not come from this console. "
+                "Reload the page and try again.",
             )
     if request.path not in PUBLIC and request.get(USER_KEY) is None:
         if request.path == "/events":

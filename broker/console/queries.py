@@ -267,7 +267,8 @@ def audit_page(store: Store, *, page: int, actor: str = "") -> tuple[list[dict[s
         total = db.execute(f"SELECT count(*) FROM audit WHERE {where}", args).fetchone()[0]  # noqa: S608
         rows = db.execute(
             "SELECT seq, at, operation, actor, actor_kind, justification, message_id, "  # noqa: S608
-            f"message_type, peer, detail FROM audit WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+            f"message_type, peer, detail FROM audit WHERE {where} "
+            "ORDER BY seq DESC LIMIT ? OFFSET ?",
             [*args, PAGE, offset],
         ).fetchall()
         keys = (
@@ -292,14 +293,16 @@ def exchange_rows(
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Rows the scorecard is computed from, for messages dated in ``[since, until)``:
     sent ``(id, type, recipients json, created_at, due, first answer received_at, answer type,
-    answer outcome, decline reason)`` and received ``(id, type, sender, received_at, due, answered)``."""
+    answer outcome, decline reason)`` and received ``(id, type, sender, received_at, due,
+    answered)``."""
 
     def run(db: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         sent = db.execute(
             "SELECT o.id, o.type, json_extract(o.header, '$.recipients'), o.created_at, "
             "json_extract(o.header, '$.due'), "
             "(SELECT min(i.received_at) FROM inbox i WHERE i.in_reply_to = o.id), "
-            "(SELECT i.type FROM inbox i WHERE i.in_reply_to = o.id ORDER BY i.received_at LIMIT 1), "
+            "(SELECT i.type FROM inbox i WHERE i.in_reply_to = o.id "
+            " ORDER BY i.received_at LIMIT 1), "
             "(SELECT json_extract(i.body, '$.outcome') FROM inbox i WHERE i.in_reply_to = o.id "
             " ORDER BY i.received_at LIMIT 1), "
             "(SELECT json_extract(i.body, '$.declined.reason') FROM inbox i "

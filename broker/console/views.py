@@ -196,10 +196,10 @@ async def preferences(request: web.Request) -> web.Response:
     form = await request.post()
     zone = str(form.get("time_zone", user.time_zone))
     language = str(form.get("language", user.language))
+    if language not in LANGUAGES:
+        raise web.HTTPBadRequest(text="unknown language")
     try:
         check_zone(zone)
-        if language not in LANGUAGES:
-            raise AccountError("language")
         await asyncio.to_thread(
             console.accounts.set_preferences, user.username, time_zone=zone, language=language
         )
@@ -412,7 +412,7 @@ def _candidates(console: Console) -> list[dict[str, str]]:
     out = []
     agencies = getattr(directory, "agencies", lambda: ())()
     for keys in agencies:
-        if keys.agency_id != console.agency:
+        if keys.agency_id != console.agency and keys.kind != "gateway":
             out.append(
                 {
                     "id": keys.agency_id,
@@ -562,7 +562,7 @@ async def _preview(
     recipients: list[str] = list(state["to"])
     if state["task_force"]:
         try:
-            members = console.node.resolver.task_force(state["task_force"], now=console.node.now())  # type: ignore[attr-defined]
+            members = console.node.resolver.task_force(state["task_force"], now=console.node.now())
             recipients += [m for m in members if m != console.agency and m not in recipients]
         except (CasebridgeError, AttributeError):
             pass
@@ -766,7 +766,8 @@ def _releases(console: Console) -> list[dict[str, Any]]:
                 )
             )
             for r in db.execute(
-                "SELECT id, author, summary, state, decided_by, message_id, created_at, decided_at, draft "
+                "SELECT id, author, summary, state, decided_by, message_id, created_at, "
+                "decided_at, draft "
                 "FROM console_releases ORDER BY created_at DESC LIMIT 200"
             ).fetchall()
         ]
@@ -832,7 +833,8 @@ async def decide_release(request: web.Request) -> web.Response:
     entry = console.accounts.audit_entry(
         Operation.ADMINISTRATION,
         actor=user.username,
-        detail=f"four-eyes {'released' if decision == 'release' else 'refused'} {release_id} by {user.username} (author {item['author']})",
+        detail=f"four-eyes {'released' if decision == 'release' else 'refused'} {release_id} "
+        f"by {user.username} (author {item['author']})",
         message_id=message_id,
         message_type=raw["type"],
     )
@@ -842,7 +844,8 @@ async def decide_release(request: web.Request) -> web.Response:
 
         with console.node.store.transaction() as db:
             db.execute(
-                "UPDATE console_releases SET state = ?, decided_by = ?, message_id = ?, decided_at = ? WHERE id = ?",
+                "UPDATE console_releases SET state = ?, decided_by = ?, message_id = ?, "
+                "decided_at = ? WHERE id = ?",
                 (
                     "released" if decision == "release" else "refused",
                     user.username,

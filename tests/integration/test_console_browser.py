@@ -85,7 +85,7 @@ def federation(nats_binary: Path, tmp_path: Path) -> Iterator[tuple[Running, dic
                 accounts = Accounts(
                     store,
                     agency=agency,
-                    clock=running.fed.now if hasattr(running.fed, "now") else _now,
+                    clock=_now,
                 )
                 accounts.add(
                     "officer",
@@ -129,8 +129,8 @@ def sign_in(page: Any, base: str) -> None:
 def test_request_read_reply_and_scorecard_in_chromium(
     federation: tuple[Running, dict[str, str]],
 ) -> None:
-    """DE sends through the generated form (NGO denied with its rule), NL reads with a purpose, DE sees `read`, NL replies, DE's scorecard shows the response time."""
-    from axe_playwright_python.sync_playwright import Axe
+    """DE sends via the form (NGO denied, rule shown); NL reads; DE sees it read; NL replies."""
+    from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]
     from playwright.sync_api import sync_playwright
 
     running, url = federation

@@ -88,7 +88,7 @@ def audit_details(node: Node) -> list[tuple[str, str, str]]:
 
 class TestSecurity:
     def test_pages_need_a_session_and_carry_a_strict_csp(self, world: World) -> None:
-        """Without a session every page redirects to sign-in; every response has a CSP without unsafe-inline."""
+        """Without a session pages redirect to sign-in; responses carry a strict CSP."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             response = await de.get("/inbox", allow_redirects=False)
@@ -128,7 +128,7 @@ class TestSecurity:
         serve(world, scenario)
 
     def test_lockout_after_repeated_failures(self, world: World) -> None:
-        """Three wrong passwords lock the account; even the right one is then refused, and audited."""
+        """Three wrong passwords lock the account; then even the right one is refused (audited)."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             page = await de.get("/login")
@@ -173,7 +173,7 @@ class TestSecurity:
         serve(world, scenario)
 
     def test_auditor_never_reads_content_and_officer_never_releases(self, world: World) -> None:
-        """An auditor is refused message pages, an officer the audit log and a release; each refusal is audited."""
+        """An auditor is refused content, an officer the audit log; each refusal is audited."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             await w.nodes["de.lka-berlin"].send(request_draft())
@@ -197,7 +197,7 @@ class TestSecurity:
 
 class TestReading:
     def test_body_html_renders_as_text_and_opening_sends_read_evidence(self, world: World) -> None:
-        """A peer's <script> shows as text; opening asks a purpose, logs it and the sender sees `read`."""
+        """A peer's <script> shows as text; opening asks a purpose and the sender sees `read`."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             draft = request_draft()
@@ -254,7 +254,7 @@ class TestCompose:
         return data
 
     def test_invalid_fields_show_errors_and_keep_typed_values(self, world: World) -> None:
-        """A form with a missing required field and a bad date is shown again with inline errors and the typed text."""
+        """Missing and bad fields show inline errors; the typed text stays."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             token = await sign_in(de, "olga")
@@ -281,7 +281,7 @@ class TestCompose:
         serve(world, scenario)
 
     def test_array_add_and_remove_keep_the_rest(self, world: World) -> None:
-        """Adding a requested measure adds an empty item; removing the first moves the second up."""
+        """Adding a measure adds an empty item; removing the first moves the second up."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             token = await sign_in(de, "olga")
@@ -300,7 +300,7 @@ class TestCompose:
         serve(world, scenario)
 
     def test_preview_and_send_then_reply_keeps_the_thread(self, world: World) -> None:
-        """The preview names the rule per recipient; sending lands in NL; NL's reply joins the thread."""
+        """The preview names the rule; the message lands in NL; the reply joins the thread."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             token = await sign_in(de, "olga")
@@ -342,9 +342,9 @@ class TestCompose:
             answered = await nl.post("/compose", data=data, allow_redirects=False)
             assert answered.status == 303, await answered.text()
             await w.pump()
-            conversation = (
-                w.nodes["de.lka-berlin"].store.outbox_message(message_id).header["conversation"]
-            )  # type: ignore[union-attr]
+            stored = w.nodes["de.lka-berlin"].store.outbox_message(message_id)
+            assert stored is not None
+            conversation = stored.header["conversation"]
             thread = await (await de.get(f"/threads/{conversation}")).text()
             assert "Response to a request for assistance" in thread
             assert "Request for assistance" in thread
@@ -358,7 +358,7 @@ class TestCompose:
         serve(world, scenario)
 
     def test_four_eyes_release_by_a_supervisor_only(self, world: World) -> None:
-        """A TLP:RED draft waits; the officer cannot release it, the supervisor can, and it is audited."""
+        """A TLP:RED draft waits; an officer cannot release it, a supervisor can (audited)."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             token = await sign_in(de, "olga")

@@ -68,7 +68,9 @@ def test_add_list_disable_reset_role_are_audited(
     assert main(["users", "list", "--json", *common]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed == [listed[0]]
-    assert listed[0]["role"] == "supervisor" and listed[0]["disabled"] and not listed[0]["totp"]
+    assert listed[0]["role"] == "supervisor"
+    assert listed[0]["disabled"]
+    assert not listed[0]["totp"]
     with Store(tmp_path / "node.sqlite") as store:
         records = store.query(
             lambda db: db.execute(
