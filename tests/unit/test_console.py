@@ -384,3 +384,65 @@ class TestCompose:
             assert any(a == "olga" and "refused for role officer" in d for _, a, d in details)
 
         serve(world, scenario)
+
+
+class TestLanguage:
+    # Navigation, markings, buttons and errors: what the issue asks in every language.
+    REQUIRED = (
+        "Inbox",
+        "Awaiting our answer",
+        "Overdue",
+        "Sent",
+        "New message",
+        "Releases",
+        "Directory",
+        "Scorecard",
+        "Audit log",
+        "Sign in",
+        "Sign out",
+        "Handling code",
+        "TLP marking",
+        "Withdrawn by the sender",
+        "Reply",
+        "Send",
+        "Check",
+        "Add",
+        "Remove",
+        "Release",
+        "Refuse",
+        "Your role does not allow this.",
+        "User name, password or code not accepted.",
+        "Some fields need your attention.",
+        "Choose at least one recipient.",
+    )
+
+    @pytest.mark.parametrize("language", ["de", "uk"])
+    def test_catalogues_cover_navigation_markings_buttons_errors(self, language: str) -> None:
+        """German and Ukrainian translate every navigation, marking, button and error text."""
+        from broker.console.i18n import translations
+
+        gettext = translations(language).gettext
+        missing = [m for m in self.REQUIRED if gettext(m) == m]
+        assert missing == []
+
+    def test_a_person_switches_to_german_and_sees_times_in_their_zone(self, world: World) -> None:
+        """After choosing Deutsch the navigation is German; times show in the person's zone."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            await w.nodes["de.lka-berlin"].send(request_draft())
+            await w.pump()
+            token = await sign_in(nl, "olga")
+            await nl.post(
+                "/preferences",
+                data={
+                    "csrf": token,
+                    "language": "de",
+                    "time_zone": "Europe/Kyiv",
+                    "back": "/inbox",
+                },
+            )
+            page = await (await nl.get("/inbox")).text()
+            assert "Posteingang" in page and "Abmelden" in page
+            assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d EET", page)
+
+        serve(world, scenario)
