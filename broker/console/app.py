@@ -17,6 +17,7 @@ What it must never do
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import ssl
@@ -35,6 +36,7 @@ from argon2 import PasswordHasher
 from broker.console.accounts import Accounts, Role, User
 from broker.console.forms import SchemaWalker
 from broker.console.i18n import LANGUAGE_NAMES, local_time, translations
+from broker.console.notify import run_notices
 from broker.console.queries import Counts
 from broker.console.sessions import COOKIE, Session, Sessions
 from broker.console.settings import ConsoleSettings
@@ -217,9 +219,15 @@ async def _sessions(request: web.Request, handler: Handler) -> web.StreamRespons
 
 
 async def _to_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    import asyncio  # noqa: PLC0415 - the edge module may; kept local to this helper
-
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def type_title(registry: SchemaRegistry, message_type: str) -> str:
+    """A message type in plain words: its schema's title (the type name if unknown)."""
+    versions = registry.versions(message_type)
+    if not versions:
+        return message_type
+    return str(registry.schema(message_type, versions[-1]).get("title", message_type))
 
 
 def _error_page(request: web.Request, status: int, text: str) -> web.Response:
@@ -320,6 +328,26 @@ async def serving_console(node: Node, settings: ConsoleSettings) -> AsyncIterato
         structlog.get_logger("casebridge.console").info(
             "console_started", agency=node.agency_id, url=settings.url
         )
-        yield runner
+        notices = None
+        if settings.smtp is not None:
+            console = app[CONSOLE_KEY]
+            notices = asyncio.create_task(
+                run_notices(
+                    store=node.store,
+                    accounts=console.accounts,
+                    smtp=settings.smtp,
+                    agency=node.agency_id,
+                    url=settings.url,
+                    title_of=lambda t: type_title(console.registry, t),
+                ),
+                name="console-notices",
+            )
+        try:
+            yield runner
+        finally:
+            if notices is not None:
+                notices.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await notices
     finally:
         await runner.cleanup()
