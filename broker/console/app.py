@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -215,7 +216,11 @@ async def _sessions(request: web.Request, handler: Handler) -> web.StreamRespons
         if request.path == "/events":
             raise web.HTTPUnauthorized(text="sign in")
         raise web.HTTPSeeOther("/login")
-    return await handler(request)
+    started = time.perf_counter()
+    response = await handler(request)
+    # Server-Timing: what the page cost here (bench/console.py reads it; browsers show it)
+    response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+    return response
 
 
 async def _to_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -121,7 +121,11 @@ def inbox_page(store: Store, f: Filters, *, today: str) -> tuple[list[Row], int]
             "SELECT id, type, sender, conversation, due, received_at, read_at, "  # noqa: S608
             "json_extract(header, '$.handling'), json_extract(header, '$.tlp'), "
             f"{_ANSWERED}, {_MARK.format(table='inbox')} "
-            f"FROM inbox WHERE {where} ORDER BY received_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            # The page's rows are picked on the covering index first, so that skipped rows
+            # (page 100) never have their columns and subqueries computed.
+            "FROM inbox WHERE rowid IN (SELECT rowid FROM inbox "
+            f"WHERE {where} ORDER BY received_at DESC, rowid DESC LIMIT ? OFFSET ?) "
+            "ORDER BY received_at DESC, rowid DESC",
             [*args, PAGE, offset],
         ).fetchall()
         return [
@@ -177,7 +181,9 @@ def outbox_page(store: Store, f: Filters, *, today: str) -> tuple[list[Row], int
             "json_extract(header, '$.due'), created_at, state, "
             "json_extract(header, '$.handling'), json_extract(header, '$.tlp'), "
             f"{answered}, {_MARK.format(table='outbox')} "
-            f"FROM outbox WHERE {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            "FROM outbox WHERE rowid IN (SELECT rowid FROM outbox "
+            f"WHERE {where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?) "
+            "ORDER BY created_at DESC, rowid DESC",
             [*args, PAGE, offset],
         ).fetchall()
         out = []
@@ -317,5 +323,58 @@ def exchange_rows(
             (since, until),
         ).fetchall()
         return [tuple(r) for r in sent], [tuple(r) for r in received]
+
+    return store.query(run)
+
+
+def thread_items(store: Store, conversation: str, *, agency: str) -> list[dict[str, Any]]:
+    """Every application message of a conversation, received and sent, oldest first: header
+    facts only (never a body: the thread page shows who, what, when and the markings)."""
+
+    def run(db: sqlite3.Connection) -> list[dict[str, Any]]:
+        received = db.execute(
+            "SELECT id, type, received_at, sender, due, read_at, "
+            "json_extract(header, '$.handling'), json_extract(header, '$.tlp') "
+            "FROM inbox WHERE conversation = ?",
+            (conversation,),
+        ).fetchall()
+        sent = db.execute(
+            "SELECT id, type, created_at, json_extract(header, '$.recipients'), "
+            "json_extract(header, '$.due'), json_extract(header, '$.handling'), "
+            "json_extract(header, '$.tlp') FROM outbox "
+            "WHERE conversation = ? AND type NOT LIKE 'evidence.%'",
+            (conversation,),
+        ).fetchall()
+        items = [
+            {
+                "id": r[0],
+                "type": r[1],
+                "at": r[2],
+                "from": r[3],
+                "to": [agency],
+                "direction": "in",
+                "due": r[4],
+                "read": r[5] is not None,
+                "handling": r[6] or "",
+                "tlp": r[7] or "",
+            }
+            for r in received
+        ] + [
+            {
+                "id": r[0],
+                "type": r[1],
+                "at": r[2],
+                "from": agency,
+                "to": json.loads(r[3] or "[]"),
+                "direction": "out",
+                "due": r[4],
+                "read": True,
+                "handling": r[5] or "",
+                "tlp": r[6] or "",
+            }
+            for r in sent
+        ]
+        items.sort(key=lambda i: (i["at"], i["id"]))
+        return items
 
     return store.query(run)

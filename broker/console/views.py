@@ -368,37 +368,11 @@ async def thread(request: web.Request) -> web.Response:
     conversation = request.match_info["conversation"][:64]
     if user.role is Role.AUDITOR:
         return await forbid(request, f"read thread {conversation}")
-    received, sent = await asyncio.to_thread(console.node.store.thread, conversation)
-    if not received and not sent:
+    items = await asyncio.to_thread(
+        queries.thread_items, console.node.store, conversation, agency=console.agency
+    )
+    if not items:
         raise web.HTTPNotFound(text="no such conversation")
-    items = [
-        {
-            "id": m.message_id,
-            "type": m.type,
-            "at": m.received_at,
-            "from": m.sender,
-            "to": [console.agency],
-            "direction": "in",
-            "due": m.due,
-            "read": m.read_at is not None,
-            "header": m.header,
-        }
-        for m in received
-    ] + [
-        {
-            "id": m.message_id,
-            "type": m.type,
-            "at": m.created_at,
-            "from": console.agency,
-            "to": list(m.header["recipients"]),
-            "direction": "out",
-            "due": m.header.get("due"),
-            "read": True,
-            "header": m.header,
-        }
-        for m in sent
-    ]
-    items.sort(key=lambda i: (i["at"], i["id"]))
     return await _render(
         request, "thread.html", conversation=conversation, items=items, **_helpers(console)
     )

@@ -216,6 +216,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         decided_at TEXT
     );
     CREATE INDEX console_releases_state ON console_releases (state);
+    -- the console's lists and counts: without these every page scans whole rows (bodies too)
+    -- (covering: lists, counts and the scorecard read these columns, never the wide row)
+    CREATE INDEX inbox_console ON inbox (received_at, id, type, sender, due, read_at);
+    CREATE INDEX inbox_due_id ON inbox (due, id) WHERE due IS NOT NULL;
+    CREATE INDEX inbox_sender ON inbox (sender, received_at);
+    CREATE INDEX outbox_created ON outbox (created_at);
     """,
 )
 
