@@ -141,7 +141,7 @@ def _helpers(console: Console) -> dict[str, Any]:
 async def login_form(request: web.Request) -> web.Response:
     console = _console(request)
     if request.get(USER_KEY) is not None:
-        raise web.HTTPSeeOther("/inbox")
+        raise web.HTTPSeeOther("/")
     session = session_of(request)
     cookie = None
     if session is None:
@@ -173,7 +173,7 @@ async def login(request: web.Request) -> web.Response:
     if old is not None:
         console.sessions.end(old)  # a new id at sign-in: no session fixation
     cookie, _session = console.sessions.new(result.user.username)
-    raise_to = web.HTTPSeeOther("/inbox")
+    raise_to = web.HTTPSeeOther("/")  # the start page of the person's role
     set_cookie(request, raise_to, cookie)
     raise raise_to
 

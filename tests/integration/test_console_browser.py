@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]
+from playwright.sync_api import sync_playwright
 
 from broker.console.accounts import Accounts, Role
 from broker.core.header import agency_country
@@ -80,21 +82,26 @@ def federation(nats_binary: Path, tmp_path: Path) -> Iterator[tuple[Running, dic
         },
     )
     try:
+        people = {
+            "de.lka-berlin": (("officer", Role.OFFICER), ("supervisor", Role.SUPERVISOR)),
+            "nl.politie": (
+                ("officer", Role.OFFICER),
+                ("auditor", Role.AUDITOR),
+                ("guest", Role.OFFICER),
+            ),
+        }
         for agency in ports:
             with Store(running.store_path(agency)) as store:
-                accounts = Accounts(
-                    store,
-                    agency=agency,
-                    clock=_now,
-                )
-                accounts.add(
-                    "officer",
-                    display_name=f"Officer {agency_country(agency)}",
-                    role=Role.OFFICER,
-                    password=PASSWORD,
-                    by="test",
-                    time_zone="Europe/Berlin",
-                )
+                accounts = Accounts(store, agency=agency, clock=_now)
+                for username, role in people[agency]:
+                    accounts.add(
+                        username,
+                        display_name=f"{username.title()} {agency_country(agency)}",
+                        role=role,
+                        password=PASSWORD,
+                        by="test",
+                        time_zone="Europe/Berlin",
+                    )
         yield running, {a: f"http://127.0.0.1:{p}" for a, p in ports.items()}
     finally:
         running.close()
@@ -118,20 +125,18 @@ def check_axe(page: Any, axe: Any, shots: Path | None, name: str) -> None:
         page.screenshot(path=str(shots / f"console-{name}.png"), full_page=True)
 
 
-def sign_in(page: Any, base: str) -> None:
+def sign_in(page: Any, base: str, username: str = "officer") -> None:
     page.goto(f"{base}/login")
-    page.fill("#username", "officer")
+    page.fill("#username", username)
     page.fill("#password", PASSWORD)
     page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/inbox")
+    page.wait_for_url(lambda address: "/login" not in address)
 
 
 def test_request_read_reply_and_scorecard_in_chromium(
     federation: tuple[Running, dict[str, str]],
 ) -> None:
     """DE sends via the form (NGO denied, rule shown); NL reads; DE sees it read; NL replies."""
-    from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]
-    from playwright.sync_api import sync_playwright
 
     running, url = federation
     de, nl = url["de.lka-berlin"], url["nl.politie"]
@@ -226,5 +231,89 @@ def test_request_read_reply_and_scorecard_in_chromium(
             check_axe(de_page, axe, shots, "directory")
             de_page.goto(f"{de}/outbox")
             check_axe(de_page, axe, shots, "outbox")
+        finally:
+            browser.close()
+
+
+def test_four_eyes_xss_csrf_roles_and_lockout_in_chromium(
+    federation: tuple[Running, dict[str, str]],
+) -> None:
+    """A person alert waits for a DE supervisor; script stays text in NL; bad cases refused."""
+
+    running, url = federation
+    de, nl = url["de.lka-berlin"], url["nl.politie"]
+    axe = Axe()
+    payload = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            officer = browser.new_context().new_page()
+            sign_in(officer, de)
+            officer.goto(f"{de}/compose?type=alert.person")
+            officer.select_option("[name='b/alert_kind']", "person_of_interest")
+            officer.click("#f-person_of_interest > summary")
+            officer.fill("[name='b/person_of_interest/family_name']", "Doe-Synthetic")
+            officer.fill("[name='b/reason']", payload)
+            officer.check("[name='b/requested_actions'][value='report_sightings']")
+            officer.fill("[name='b/valid_until']", "2099-01-01")
+            officer.fill("[name='b/contact_point/unit']", "LKA 42 desk")
+            officer.fill("#legal_basis", "Council Framework Decision 2006/960/JHA")
+            officer.check("input[name='to'][value='nl.politie']")
+            officer.click("button[name='op'][value='send']")
+            officer.wait_for_url("**/releases?held=*")
+            release_id = officer.url.split("held=")[1]
+            check_axe(officer, axe, None, "releases")
+            token = officer.locator("input[name='csrf']").first.get_attribute("value")
+            refused = officer.request.post(
+                f"{de}/releases/{release_id}/release", form={"csrf": token or ""}
+            )
+            assert refused.status == 403  # an officer never releases
+
+            supervisor = browser.new_context().new_page()
+            sign_in(supervisor, de, "supervisor")
+            forged = supervisor.request.post(f"{de}/releases/{release_id}/release", form={})
+            assert forged.status == 403  # no CSRF token: refused, nothing released
+            supervisor.goto(f"{de}/releases")
+            assert "waiting" in supervisor.inner_text(f"#release-{release_id}")
+            supervisor.click(f"#release-{release_id} form[action$='/release'] button")
+            supervisor.wait_for_url("**/messages/*")
+
+            reader = browser.new_context().new_page()
+            sign_in(reader, nl)
+            row = reader.locator("table.messages tbody tr", has_text="Person alert")
+            wait_until(lambda: (reader.reload(), row.count() == 1)[1], 60, what="alert in NL")
+            row.locator("a").click()
+            reader.click("form[action$='/open'] button[type=submit]")
+            reader.locator("article.document").wait_for()
+            assert payload in reader.inner_text("article.document")
+            assert reader.evaluate("window.__xss") is None
+            message_path = reader.url.split(nl)[1]
+
+            auditor = browser.new_context().new_page()
+            sign_in(auditor, nl, "auditor")
+            assert auditor.url == f"{nl}/audit"  # an auditor starts at the audit log
+            response = auditor.goto(f"{nl}{message_path}")
+            assert response is not None
+            assert response.status == 403
+            assert "Doe-Synthetic" not in auditor.content()
+            check_axe(auditor, axe, None, "refused")
+            audit = auditor.goto(f"{nl}/audit")
+            assert audit is not None
+            assert audit.status == 200
+            assert "refused for role auditor" in auditor.inner_text("table.messages")
+            check_axe(auditor, axe, None, "audit")
+
+            guest = browser.new_context().new_page()
+            for _ in range(5):
+                guest.goto(f"{nl}/login")
+                guest.fill("#username", "guest")
+                guest.fill("#password", "not the password")
+                guest.click("button[type=submit]")
+            guest.goto(f"{nl}/login")
+            guest.fill("#username", "guest")
+            guest.fill("#password", PASSWORD)
+            guest.click("button[type=submit]")
+            assert "locked" in guest.inner_text("#login-error")
+            assert running is not None
         finally:
             browser.close()
