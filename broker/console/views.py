@@ -928,6 +928,41 @@ async def audit_page(request: web.Request) -> web.Response:
     )
 
 
+async def people(request: web.Request) -> web.Response:
+    """Accounts of this node (supervisors: change roles, disable, enable/unlock)."""
+    console = _console(request)
+    user = user_of(request)
+    if user.role is not Role.SUPERVISOR:
+        return await forbid(request, "see the accounts")
+    accounts = await asyncio.to_thread(console.accounts.all)
+    return await _render(request, "people.html", accounts=accounts, roles=list(Role))
+
+
+async def change_person(request: web.Request) -> web.Response:
+    """A supervisor changes a role or disables/enables an account (audited under them)."""
+    console = _console(request)
+    user = user_of(request)
+    username = request.match_info["username"][:64]
+    action = request.match_info["action"]
+    if user.role is not Role.SUPERVISOR:
+        return await forbid(request, f"{action} account {username}")
+    if username == user.username:
+        return await forbid(request, f"{action} own account")
+    form = await request.post()
+    try:
+        if action == "role":
+            role = Role(str(form.get("role", "")))
+            await asyncio.to_thread(console.accounts.set_role, username, role, by=user.username)
+        elif action == "disable":
+            await asyncio.to_thread(console.accounts.disable, username, by=user.username)
+            console.sessions.end_all(username)
+        else:
+            await asyncio.to_thread(console.accounts.enable, username, by=user.username)
+    except (ValueError, AccountError) as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    raise web.HTTPSeeOther("/people")
+
+
 async def home(request: web.Request) -> web.Response:
     user = user_of(request)
     raise web.HTTPSeeOther("/audit" if user.role is Role.AUDITOR else "/inbox")
@@ -961,6 +996,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/scorecard", scorecard_page)
     r.add_get("/scorecard.csv", scorecard_csv)
     r.add_get("/audit", audit_page)
+    r.add_get("/people", people)
+    r.add_post("/people/{username}/{action:role|disable|enable}", change_person)
 
 
 __all__ = ["add_routes", "replace"]

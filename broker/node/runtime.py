@@ -237,6 +237,13 @@ async def running_node(
             # Before anything is received or sealed: never act on a clock known to be wrong.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(measure_once(clock, server_time), timeout=10)
+        # The focal-point console, on its own listener, only when the settings ask for it
+        # (started before the loops: a listener that cannot open leaves nothing running).
+        console = contextlib.AsyncExitStack()
+        if settings.console is not None:
+            from broker.console.app import serving_console  # noqa: PLC0415 - jinja2 on demand
+
+            await console.enter_async_context(serving_console(node, settings.console))
         tasks = [
             asyncio.create_task(node.run_receiver(), name="receiver"),
             asyncio.create_task(node.run_outbox(), name="outbox"),
@@ -253,12 +260,6 @@ async def running_node(
                 asyncio.create_task(run_clock_check(clock, server_time), name="clock-check")
             )
         watch_loops(node, tasks)
-        # The focal-point console, on its own listener, only when the settings ask for it.
-        console = contextlib.AsyncExitStack()
-        if settings.console is not None:
-            from broker.console.app import serving_console  # noqa: PLC0415 - jinja2 on demand
-
-            await console.enter_async_context(serving_console(node, settings.console))
         if registry is not None:
             registry.register(ClockCollector(clock))
         if registry is not None and metrics is not None:

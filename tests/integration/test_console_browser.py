@@ -277,6 +277,8 @@ def test_four_eyes_xss_csrf_roles_and_lockout_in_chromium(
             assert "waiting" in supervisor.inner_text(f"#release-{release_id}")
             supervisor.click(f"#release-{release_id} form[action$='/release'] button")
             supervisor.wait_for_url("**/messages/*")
+            supervisor.goto(f"{de}/people")
+            check_axe(supervisor, axe, None, "people")
 
             reader = browser.new_context().new_page()
             sign_in(reader, nl)

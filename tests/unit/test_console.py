@@ -447,3 +447,60 @@ class TestLanguage:
             assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d EET", page)
 
         serve(world, scenario)
+
+
+class TestPeople:
+    def test_only_a_supervisor_changes_roles_and_a_disabled_person_is_signed_out(
+        self, world: World
+    ) -> None:
+        """An officer's role change is refused and audited; a supervisor's works and is audited."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            officer = await sign_in(de, "olga")
+            refused = await de.post("/people/ada/role", data={"csrf": officer, "role": "officer"})
+            assert refused.status == 403
+            accounts = Accounts(
+                w.nodes["de.lka-berlin"].store, agency="de.lka-berlin", clock=w.clock
+            )
+            ada = accounts.get("ada")
+            assert ada is not None
+            assert ada.role is Role.AUDITOR
+            supervisor = await sign_in(nl, "sven")  # NL's console, NL's accounts
+            done = await nl.post(
+                "/people/ada/role",
+                data={"csrf": supervisor, "role": "officer"},
+                allow_redirects=False,
+            )
+            assert done.status == 303
+            nl_ada = Accounts(w.nodes["nl.politie"].store, agency="nl.politie", clock=w.clock).get(
+                "ada"
+            )
+            assert nl_ada is not None
+            assert nl_ada.role is Role.OFFICER
+            de_details = audit_details(w.nodes["de.lka-berlin"])
+            nl_details = audit_details(w.nodes["nl.politie"])
+            assert any(
+                a == "olga" and "refused for role officer: role account ada" in d
+                for _, a, d in de_details
+            )
+            assert any(a == "sven" and "role set to officer" in d for _, a, d in nl_details)
+
+        serve(world, scenario)
+
+    def test_second_factor_is_required_when_set(self, world: World) -> None:
+        """An account with TOTP signs in only with the current code."""
+        import pyotp
+
+        de = world.node("de.lka-berlin")
+        world.node("nl.politie")
+        accounts = Accounts(de.store, agency="de.lka-berlin", clock=world.clock, hasher=FAST)
+        secret = accounts.add(
+            "tom", display_name="Tom", role=Role.OFFICER, password=PASSWORD, totp=True, by="setup"
+        )
+        assert secret is not None
+        assert accounts.sign_in("tom", PASSWORD).user is None
+        assert accounts.sign_in("tom", PASSWORD, "000000").user is None
+        code = pyotp.TOTP(secret).at(world.clock())
+        signed = accounts.sign_in("tom", PASSWORD, code).user
+        assert signed is not None
+        assert signed.username == "tom"
