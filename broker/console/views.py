@@ -423,6 +423,20 @@ async def compose(request: web.Request) -> web.Response:
         return await forbid(request, "compose a message")
     mtype = request.query.get("type", "")
     reply_to = request.query.get("reply_to", "")[:64]
+    draft_id = request.query.get("draft", "")[:32]
+    if draft_id:
+        saved = await asyncio.to_thread(_load_draft, console, user, draft_id)
+        if saved is None:
+            raise web.HTTPNotFound(text="no such draft of yours")
+        saved_type, typed, saved_state = saved
+        schema = console.registry.schema(saved_type, console.registry.versions(saved_type)[-1])
+        return await _compose_page(
+            request,
+            build_form(console.walker, schema, typed),
+            {**saved_state, "draft_id": draft_id},
+            preview=None,
+            errors={},
+        )
     original = None
     if reply_to:
         original = await asyncio.to_thread(console.node.store.inbox_message, reply_to)
@@ -443,7 +457,10 @@ async def compose(request: web.Request) -> web.Response:
             for t in console.registry.types()
             if not is_evidence_type(t) and t not in COMPOSABLE_EXCLUDED
         ]
-        return await _render(request, "pick_type.html", types=types, **_helpers(console))
+        drafts = await asyncio.to_thread(_drafts_of, console, user)
+        return await _render(
+            request, "pick_type.html", types=types, drafts=drafts, **_helpers(console)
+        )
     if mtype not in console.registry.types() or is_evidence_type(mtype):
         raise web.HTTPNotFound(text="unknown message type")
     purpose, handling, tlp, due_days = DEFAULTS.get(mtype, ("investigation", "H2", "AMBER", None))
@@ -473,6 +490,7 @@ async def compose(request: web.Request) -> web.Response:
         "due": due,
         "onward": False,
         "confirm_partial": False,
+        "draft_id": "",
     }
     return await _compose_page(request, root, state, preview=None, errors={})
 
@@ -494,6 +512,7 @@ async def _compose_page(
         request,
         "compose.html",
         status=status,
+        ok=status < 400,
         root=root,
         state=state,
         schema_title=str(schema.get("title", mtype)),
@@ -571,6 +590,7 @@ def _state_from(form: MultiDictProxy[Any], mtype: str) -> dict[str, Any]:
         "due": one("due", limit=10),
         "onward": form.get("onward") == "yes",
         "confirm_partial": form.get("confirm_partial") == "yes",
+        "draft_id": one("draft_id", limit=32),
     }
 
 
@@ -589,6 +609,14 @@ async def compose_post(request: web.Request) -> web.Response:
     root = build_form(console.walker, schema, _form_lists(form), ops=[op])
     if op.startswith(("add:", "remove:")):
         return await _compose_page(request, root, state, preview=None, errors={})
+    if op == "save":
+        state["draft_id"] = await asyncio.to_thread(
+            _save_draft, console, user, mtype, _form_lists(form) or {}, state
+        )
+        _ = page_context(request)["_"]
+        return await _compose_page(
+            request, root, state, preview=None, errors={}, notice=_("Draft saved.")
+        )
     body = parse_body(root, console.walker, schema)
     errors: dict[str, str] = {}
     _ = page_context(request)["_"]
@@ -646,6 +674,8 @@ async def compose_post(request: web.Request) -> web.Response:
             },
         )
     draft = _draft({**state, "task_force": ""}, body, allowed)
+    if state["draft_id"]:
+        await asyncio.to_thread(_drop_draft, console, user, state["draft_id"])
     if console.settings.four_eyes.needs_release(
         handling=draft.handling, tlp=draft.tlp, message_type=mtype
     ):
@@ -680,6 +710,75 @@ async def compose_preview(request: web.Request) -> web.Response:
     body = parse_body(root, console.walker, schema)
     preview = await _preview(console, state, body)
     return await _render(request, "preview.html", preview=preview, **_helpers(console))
+
+
+# -------------------------------------------------------------------- drafts ---
+
+_STATE_KEYS: Final = (
+    "reply_to",
+    "to",
+    "task_force",
+    "purpose",
+    "legal_basis",
+    "handling",
+    "tlp",
+    "due",
+    "onward",
+)
+
+
+def _save_draft(
+    console: Console, user: User, mtype: str, values: dict[str, list[str]], state: dict[str, Any]
+) -> str:
+    """Keep what the person typed (their own drafts only); returns the draft's id."""
+    draft_id = state["draft_id"] or secrets.token_hex(8)
+    document = json.dumps({"values": values, "state": {k: state[k] for k in _STATE_KEYS}})
+    now = iso(console.node.now())
+    with console.node.store.transaction() as db:
+        db.execute(
+            "INSERT INTO console_drafts (id, author, type, form, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET form = excluded.form, updated_at = excluded.updated_at "
+            "WHERE console_drafts.author = excluded.author",
+            (draft_id, user.username, mtype, document, now),
+        )
+    return draft_id
+
+
+def _load_draft(
+    console: Console, user: User, draft_id: str
+) -> tuple[str, dict[str, list[str]], dict[str, Any]] | None:
+    row = console.node.store.query(
+        lambda db: db.execute(
+            "SELECT type, form FROM console_drafts WHERE id = ? AND author = ?",
+            (draft_id, user.username),
+        ).fetchone()
+    )
+    if row is None:
+        return None
+    document = json.loads(row[1])
+    state = {**document["state"], "type": row[0], "confirm_partial": False}
+    return row[0], document["values"], state
+
+
+def _drop_draft(console: Console, user: User, draft_id: str) -> None:
+    with console.node.store.transaction() as db:
+        db.execute(
+            "DELETE FROM console_drafts WHERE id = ? AND author = ?", (draft_id, user.username)
+        )
+
+
+def _drafts_of(console: Console, user: User) -> list[tuple[str, str, str]]:
+    return console.node.store.query(
+        lambda db: [
+            (r[0], r[1], r[2])
+            for r in db.execute(
+                "SELECT id, type, updated_at FROM console_drafts WHERE author = ? "
+                "ORDER BY updated_at DESC LIMIT 100",
+                (user.username,),
+            ).fetchall()
+        ]
+    )
 
 
 # ----------------------------------------------------------- four-eyes release ---

@@ -184,9 +184,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         serial INTEGER NOT NULL
     );
     """,
-    # 6: the focal-point console (broker.console): people and their roles, and drafts that
-    # wait for a supervisor's four-eyes release. Password hashes only (argon2id), never a
-    # password; the TOTP secret is the person's second factor, readable only by this node.
+    # 6: the focal-point console (broker.console): people and their roles, drafts that wait
+    # for a supervisor's four-eyes release, drafts a person saved; indexes for its lists.
+    # Password hashes only (argon2id), never a password; the TOTP secret is the person's
+    # second factor, readable only by this node.
     """
     CREATE TABLE console_users (
         username TEXT PRIMARY KEY,
@@ -216,6 +217,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         decided_at TEXT
     );
     CREATE INDEX console_releases_state ON console_releases (state);
+    CREATE TABLE console_drafts (
+        id TEXT PRIMARY KEY,
+        author TEXT NOT NULL,
+        type TEXT NOT NULL,
+        form TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX console_drafts_author ON console_drafts (author, updated_at);
     -- the console's lists and counts: without these every page scans whole rows (bodies too)
     -- (covering: lists, counts and the scorecard read these columns, never the wide row)
     CREATE INDEX inbox_console ON inbox (received_at, id, type, sender, due, read_at);

@@ -504,3 +504,32 @@ class TestPeople:
         signed = accounts.sign_in("tom", PASSWORD, code).user
         assert signed is not None
         assert signed.username == "tom"
+
+
+class TestDrafts:
+    def test_a_saved_draft_comes_back_for_its_author_only_and_goes_when_sent(
+        self, world: World
+    ) -> None:
+        """Save keeps the typed form; only its author reopens it; sending removes it."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            token = await sign_in(de, "olga")
+            form = TestCompose()._form(token, op="save")
+            form["b/title"] = "Half-written request"
+            saved = await (await de.post("/compose", data=form)).text()
+            assert "Draft saved." in saved
+            draft_id = re.search(r'name="draft_id" value="([0-9a-f]+)"', saved)
+            assert draft_id is not None
+            listing = await (await de.get("/compose")).text()
+            assert f"/compose?draft={draft_id.group(1)}" in listing
+            reopened = await (await de.get(f"/compose?draft={draft_id.group(1)}")).text()
+            assert 'value="Half-written request"' in reopened
+            sven = await sign_in(de, "sven")
+            assert (await de.get(f"/compose?draft={draft_id.group(1)}")).status == 404
+            del sven
+            token = await sign_in(de, "olga")
+            sent = TestCompose()._form(token, op="send", draft_id=draft_id.group(1))
+            assert (await de.post("/compose", data=sent, allow_redirects=False)).status == 303
+            assert (await de.get(f"/compose?draft={draft_id.group(1)}")).status == 404
+
+        serve(world, scenario)
