@@ -424,6 +424,9 @@ async def compose(request: web.Request) -> web.Response:
     mtype = request.query.get("type", "")
     reply_to = request.query.get("reply_to", "")[:64]
     draft_id = request.query.get("draft", "")[:32]
+    forward = request.query.get("forward", "")[:64]
+    if forward:
+        return await _forward(request, forward)
     if draft_id:
         saved = await asyncio.to_thread(_load_draft, console, user, draft_id)
         if saved is None:
@@ -491,6 +494,7 @@ async def compose(request: web.Request) -> web.Response:
         "onward": False,
         "confirm_partial": False,
         "draft_id": "",
+        "derived_from": "",
     }
     return await _compose_page(request, root, state, preview=None, errors={})
 
@@ -545,6 +549,7 @@ def _draft(state: Mapping[str, Any], body: Mapping[str, Any], to: tuple[str, ...
         due=state["due"] or None,
         in_reply_to=state["reply_to"] or None,
         onward_allowed=state["onward"],
+        derived_from=state.get("derived_from") or None,
     )
 
 
@@ -591,6 +596,7 @@ def _state_from(form: MultiDictProxy[Any], mtype: str) -> dict[str, Any]:
         "onward": form.get("onward") == "yes",
         "confirm_partial": form.get("confirm_partial") == "yes",
         "draft_id": one("draft_id", limit=32),
+        "derived_from": one("derived_from", limit=64),
     }
 
 
@@ -712,6 +718,55 @@ async def compose_preview(request: web.Request) -> web.Response:
     return await _render(request, "preview.html", preview=preview, **_helpers(console))
 
 
+async def _forward(request: web.Request, message_id: str) -> web.Response:
+    """Pass a received message on: refused with the reason when its sender did not allow
+    onward transfer; otherwise the form comes filled, marked ``derived_from`` (so the policy
+    preview applies the sender's onward marking per country, and corrections follow)."""
+    console = _console(request)
+    original = await asyncio.to_thread(console.node.store.inbox_message, message_id)
+    if original is None:
+        raise web.HTTPNotFound(text="no received message to forward")
+    onward = original.header.get("onward") or {}
+    if not onward.get("allowed", False):
+        _ = page_context(request)["_"]
+        await _audit(
+            request,
+            Operation.ACCESS,
+            "refused: forward a message marked for no onward transfer",
+            message_id=message_id,
+            message_type=original.type,
+        )
+        return await _render(
+            request,
+            "error.html",
+            status=403,
+            title="403",
+            message=_(
+                "The sender marked this message for no onward transfer: it cannot be "
+                "forwarded. Ask the sender if the case needs it elsewhere."
+            ),
+        )
+    schema = console.registry.schema(original.type, int(original.header.get("type_version", 1)))
+    values = fill_from_body(build_form(console.walker, schema), original.body)
+    state = {
+        "type": original.type,
+        "reply_to": "",
+        "to": [],
+        "task_force": "",
+        "purpose": str(original.header.get("purpose", "investigation")),
+        "legal_basis": str(original.header.get("legal_basis", "")),
+        "handling": str(original.header.get("handling", "H2")),
+        "tlp": str(original.header.get("tlp", "AMBER")),
+        "due": "",
+        "onward": False,
+        "confirm_partial": False,
+        "draft_id": "",
+        "derived_from": message_id,
+    }
+    root = build_form(console.walker, schema, values)
+    return await _compose_page(request, root, state, preview=None, errors={})
+
+
 # -------------------------------------------------------------------- drafts ---
 
 _STATE_KEYS: Final = (
@@ -724,6 +779,7 @@ _STATE_KEYS: Final = (
     "tlp",
     "due",
     "onward",
+    "derived_from",
 )
 
 
@@ -757,7 +813,12 @@ def _load_draft(
     if row is None:
         return None
     document = json.loads(row[1])
-    state = {**document["state"], "type": row[0], "confirm_partial": False}
+    state = {
+        "derived_from": "",
+        **document["state"],
+        "type": row[0],
+        "confirm_partial": False,
+    }
     return row[0], document["values"], state
 
 
@@ -798,6 +859,7 @@ def _hold_for_release(console: Console, user: User, draft: Draft) -> str:
         "due": draft.due,
         "in_reply_to": draft.in_reply_to,
         "onward_allowed": draft.onward_allowed,
+        "derived_from": draft.derived_from,
     }
     summary = f"{draft.type} {draft.handling} TLP:{draft.tlp} to {', '.join(draft.to)}"
     entry = console.accounts.audit_entry(
@@ -893,6 +955,7 @@ async def decide_release(request: web.Request) -> web.Response:
             due=raw["due"],
             in_reply_to=raw["in_reply_to"],
             onward_allowed=raw["onward_allowed"],
+            derived_from=raw.get("derived_from"),
         )
         try:
             result = await console.node.send(draft, actor=item["author"])

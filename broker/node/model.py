@@ -49,6 +49,7 @@ class Draft:
     in_reply_to: str | None = None
     categories: tuple[str, ...] = ()
     onward_allowed: bool = False
+    derived_from: str | None = None  # a forward: the received message it passes on
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

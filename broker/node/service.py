@@ -364,6 +364,7 @@ class Node:
             type_version=draft.type_version,
             conversation=conversation,
             in_reply_to=draft.in_reply_to,
+            derived_from=draft.derived_from,
             sender=self.agency_id,
             recipients=tuple(sorted(set(recipients))),
             task_force=draft.task_force,

@@ -533,3 +533,46 @@ class TestDrafts:
             assert (await de.get(f"/compose?draft={draft_id.group(1)}")).status == 404
 
         serve(world, scenario)
+
+
+class TestForward:
+    def test_no_onward_transfer_refuses_forward_with_the_reason(self, world: World) -> None:
+        """A message marked for no onward transfer cannot be forwarded; the refusal is audited."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            sent = await w.nodes["de.lka-berlin"].send(request_draft())
+            await w.pump()
+            await sign_in(nl, "olga")
+            refused = await nl.get(f"/compose?forward={sent.message_id}")
+            assert refused.status == 403
+            assert "no onward transfer" in await refused.text()
+            details = audit_details(w.nodes["nl.politie"])
+            assert any(a == "olga" and "no onward transfer" in d for _, a, d in details)
+
+        serve(world, scenario)
+
+    def test_allowed_forward_carries_derived_from(self, world: World) -> None:
+        """A forwardable message opens filled in; what is sent names the original it derives from."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            from dataclasses import replace
+
+            sent = await w.nodes["de.lka-berlin"].send(
+                replace(request_draft(), onward_allowed=True)
+            )
+            await w.pump()
+            token = await sign_in(nl, "olga")
+            page = await (await nl.get(f"/compose?forward={sent.message_id}")).text()
+            assert f'name="derived_from" value="{sent.message_id}"' in page
+            title = str(request_draft().body["title"])
+            assert f'value="{title}"' in page
+            form = TestCompose()._form(token, op="send", derived_from=sent.message_id)
+            form.update({"to": "nl.arbeidsinspectie", "legal_basis": "Arbeidsomstandighedenwet"})
+            done = await nl.post("/compose", data=form, allow_redirects=False)
+            assert done.status == 303
+            forwarded_id = done.headers["Location"].split("/")[2].split("?")[0]
+            stored = w.nodes["nl.politie"].store.outbox_message(forwarded_id)
+            assert stored is not None
+            assert stored.header["derived_from"] == sent.message_id
+
+        serve(world, scenario)
