@@ -552,7 +552,7 @@ class TestForward:
         serve(world, scenario)
 
     def test_allowed_forward_carries_derived_from(self, world: World) -> None:
-        """A forwardable message opens filled in; the sent copy names the original (derived_from)."""
+        """A forwardable message opens filled in; the copy names its original (derived_from)."""
 
         async def scenario(w: World, de: Client, nl: Client) -> None:
             from dataclasses import replace
