@@ -11,6 +11,7 @@ What it must never do
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -79,30 +80,80 @@ class DocItem:
     description: str = ""
     text: str = ""
     items: list[DocItem] = field(default_factory=list)
-    redacted: bool = False
+    corrected: bool = False  # changed by a correction from the sender (shown applied, marked)
+
+
+def _tokens(pointer: str) -> list[str]:
+    return [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
+
+
+def apply_corrections(
+    body: Mapping[str, Any], corrections: list[Mapping[str, Any]]
+) -> tuple[dict[str, Any], set[str]]:
+    """``body`` with a correction message's changes applied (``replace``/``add``/``remove`` at
+    JSON pointers), for display, and the pointers it changed. A change that does not fit the
+    body (a path that is not there) is skipped: the banner still says the message was
+    corrected, and the stored body is never altered here."""
+    result: Any = copy.deepcopy(dict(body))
+    changed: set[str] = set()
+    for change in corrections:
+        path = str(change.get("path", ""))
+        tokens = _tokens(path)
+        if not tokens:
+            continue
+        parent: Any = result
+        try:
+            for token in tokens[:-1]:
+                parent = parent[int(token)] if isinstance(parent, list) else parent[token]
+            last = tokens[-1]
+            op = change.get("op")
+            if isinstance(parent, list):
+                index = len(parent) if last == "-" else int(last)
+                if op == "remove":
+                    del parent[index]
+                elif op == "add":
+                    parent.insert(index, change.get("value"))
+                else:
+                    parent[index] = change.get("value")
+            elif op == "remove":
+                del parent[last]
+            else:
+                parent[last] = change.get("value")
+        except (KeyError, IndexError, ValueError, TypeError):
+            continue
+        changed.add(path)
+    return result, changed
 
 
 def document(
-    walker: SchemaWalker, schema: Mapping[str, Any], body: Mapping[str, Any]
+    walker: SchemaWalker,
+    schema: Mapping[str, Any],
+    body: Mapping[str, Any],
+    corrected: frozenset[str] = frozenset(),
 ) -> list[DocItem]:
-    """``body`` as titled items following the schema's order; unknown members last, as text."""
+    """``body`` as titled items following the schema's order; unknown members last, as text.
+    Items at (or holding) a ``corrected`` pointer are marked."""
 
-    def render(name: str, s_in: Mapping[str, Any], value: Any, depth: int) -> DocItem:
+    def render(name: str, s_in: Mapping[str, Any], value: Any, depth: int, at: str) -> DocItem:
         s = walker.resolve(s_in) if depth < 8 else {}
         item = DocItem(
-            title=str(s.get("title") or humanize(name)), description=str(s.get("description", ""))
+            title=str(s.get("title") or humanize(name)),
+            description=str(s.get("description", "")),
+            corrected=any(c == at or c.startswith(at + "/") for c in corrected),
         )
         if isinstance(value, dict):
             props = s.get("properties", {})
             ordered = [k for k in props if k in value] + [k for k in value if k not in props]
-            item.items = [render(k, props.get(k, {}), value[k], depth + 1) for k in ordered]
+            item.items = [
+                render(k, props.get(k, {}), value[k], depth + 1, f"{at}/{k}") for k in ordered
+            ]
         elif isinstance(value, list):
             items_schema = s.get("items", {})
             if all(not isinstance(v, (dict, list)) for v in value):
                 item.text = ", ".join(_scalar(v) for v in value)
             else:
                 item.items = [
-                    render(f"{item.title} {i + 1}", items_schema, v, depth + 1)
+                    render(f"{item.title} {i + 1}", items_schema, v, depth + 1, f"{at}/{i}")
                     for i, v in enumerate(value)
                 ]
         else:
@@ -111,7 +162,7 @@ def document(
 
     props = walker.resolve(schema).get("properties", {})
     ordered = [k for k in props if k in body] + [k for k in body if k not in props]
-    return [render(k, props.get(k, {}), body[k], 0) for k in ordered]
+    return [render(k, props.get(k, {}), body[k], 0, f"/{k}") for k in ordered]
 
 
 def _scalar(value: Any) -> str:

@@ -312,13 +312,25 @@ async def message(request: web.Request) -> web.Response:
     )
     body = (received.body if received is not None else sent.body) if opened else {}  # type: ignore[union-attr]
     mtype = str(header["type"])
+    marks = await asyncio.to_thread(queries.marks, store, message_id)
+    changed: set[str] = set()
+    if opened and received is not None:
+        # Corrections from the sender are shown applied (and marked); the stored body stays.
+        for mark, by_message_id, _reason, _at in marks:
+            if mark != "corrected":
+                continue
+            correction = await asyncio.to_thread(store.inbox_message, by_message_id)
+            if correction is not None:
+                body, paths = present.apply_corrections(
+                    body, list(correction.body.get("corrections", []))
+                )
+                changed |= paths
     try:
         schema = console.registry.schema(mtype, int(header.get("type_version", 1)))
-        doc = present.document(console.walker, schema, body) if opened else []
+        doc = present.document(console.walker, schema, body, frozenset(changed)) if opened else []
     except InvalidMessage:
         doc = []
     trail = await asyncio.to_thread(store.evidence_for, message_id)
-    marks = await asyncio.to_thread(queries.marks, store, message_id)
     consultations = await asyncio.to_thread(store.consultations, message_id) if received else []
     return await _render(
         request,

@@ -576,3 +576,51 @@ class TestForward:
             assert stored.header["derived_from"] == sent.message_id
 
         serve(world, scenario)
+
+
+class TestCorrections:
+    def test_correction_shown_applied_and_marked_withdrawal_shown_as_withdrawn(
+        self, world: World
+    ) -> None:
+        """A corrected field shows its new value marked `corrected`; a withdrawn message says so."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            from broker.node import corrections
+
+            de_node = w.nodes["de.lka-berlin"]
+            sent = await de_node.send(request_draft())
+            await w.pump()
+            await corrections.send_notice(
+                de_node,
+                kind="correction",
+                message_id=sent.message_id,
+                body={
+                    "corrections": [{"op": "replace", "path": "/title", "value": "Fixed title"}],
+                    "reason": "factual_error",
+                },
+                actor="olga",
+            )
+            await w.pump()
+            token = await sign_in(nl, "olga")
+            await nl.post(
+                f"/messages/{sent.message_id}/open",
+                data={"csrf": token, "purpose": "Handling this request"},
+            )
+            page = await (await nl.get(f"/messages/{sent.message_id}")).text()
+            assert "Fixed title" in page
+            assert re.search(r'class="corrected"><dt>Title <span class="tag mark-corrected">', page)
+            assert "Corrected by the sender" in page
+            listing = await (await nl.get("/inbox")).text()
+            assert "mark-corrected" in listing
+            await corrections.send_notice(
+                de_node,
+                kind="withdrawal",
+                message_id=sent.message_id,
+                body={"reason": "wrong_recipient", "action_requested": "disregard"},
+                actor="olga",
+            )
+            await w.pump()
+            page = await (await nl.get(f"/messages/{sent.message_id}")).text()
+            assert "Withdrawn by the sender" in page
+
+        serve(world, scenario)
