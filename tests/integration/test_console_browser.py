@@ -180,13 +180,25 @@ def test_request_read_reply_and_scorecard_in_chromium(
             de_page.wait_for_url("**/messages/*")
             message_id = de_page.url.split("/messages/")[1].split("?")[0]
 
-            sign_in(nl_page, nl)
+            # The NL officer signs in with the keyboard alone: skip link, user name, password,
+            # code, Enter.
+            nl_page.goto(f"{nl}/login")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.type("officer")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.type(PASSWORD)
+            nl_page.keyboard.press("Enter")
+            nl_page.wait_for_url(f"{nl}/inbox")
             row = nl_page.locator("table.messages tbody tr", has_text="Request for assistance")
             wait_until(
                 lambda: (nl_page.reload(), row.count() == 1)[1], 60, what="NL inbox shows it"
             )
             assert running is not None
             check_axe(nl_page, axe, shots, "inbox")
+            badge = row.locator(".badge").first
+            badge.focus()
+            assert "H2" in (badge.get_attribute("aria-label") or "")
             row.locator("a").click()
             check_axe(nl_page, axe, shots, "purpose")
             nl_page.fill("#detail", "case NL-2026-17")
@@ -227,6 +239,10 @@ def test_request_read_reply_and_scorecard_in_chromium(
                 what="DE scorecard shows the response time",
             )
             check_axe(de_page, axe, shots, "scorecard")
+            de_page.goto(f"{de}/messages/{message_id}")
+            de_page.click("a[href^='/threads/']")
+            assert de_page.locator("ol.thread li").count() == 2
+            check_axe(de_page, axe, shots, "thread")
             de_page.goto(f"{de}/directory")
             check_axe(de_page, axe, shots, "directory")
             de_page.goto(f"{de}/outbox")
