@@ -124,8 +124,9 @@ def _agency_label(console: Console) -> Any:
 
 
 def _helpers(console: Console) -> dict[str, Any]:
+    titles = {t: _type_title(console, t) for t in console.registry.types()}
     return {
-        "type_title": lambda t: _type_title(console, t),
+        "type_title": lambda t: titles.get(t, t),
         "agency_label": _agency_label(console),
         "handling_meaning": present.HANDLING,
         "tlp_meaning": present.TLP,
