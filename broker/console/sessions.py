@@ -70,7 +70,10 @@ class Sessions:
             language=language,
         )
         if len(self._table) >= MAX_SESSIONS:
-            oldest = min(self._table.values(), key=lambda s: s.last_seen)
+            # Sign-in pages (no person yet) go first: a flood of them must not sign people out.
+            anonymous = [s for s in self._table.values() if s.username is None]
+            pool = anonymous or list(self._table.values())
+            oldest = min(pool, key=lambda s: s.last_seen)
             del self._table[oldest.key]
         self._table[session.key] = session
         return cookie, session

@@ -210,7 +210,9 @@ async def preferences(request: web.Request) -> web.Response:
     if session is not None:
         console.sessions.set_language(session, language)
     back = str(form.get("back", "/inbox"))
-    raise web.HTTPSeeOther(back if back.startswith("/") and not back.startswith("//") else "/inbox")
+    # Only a path of this console: never "//host" or "/\\host" (browsers read both as a host).
+    local = back.startswith("/") and not back.startswith(("//", "/\\")) and "\\" not in back
+    raise web.HTTPSeeOther(back if local else "/inbox")
 
 
 # --------------------------------------------------------------------- lists ---
@@ -922,6 +924,27 @@ def _releases(console: Console) -> list[dict[str, Any]]:
     )
 
 
+def _claim_release(console: Console, release_id: str, username: str) -> bool:
+    with console.node.store.transaction() as db:
+        return (
+            db.execute(
+                "UPDATE console_releases SET state = 'deciding', decided_by = ? "
+                "WHERE id = ? AND state = 'waiting'",
+                (username, release_id),
+            ).rowcount
+            == 1
+        )
+
+
+def _unclaim_release(console: Console, release_id: str) -> None:
+    with console.node.store.transaction() as db:
+        db.execute(
+            "UPDATE console_releases SET state = 'waiting', decided_by = NULL "
+            "WHERE id = ? AND state = 'deciding'",
+            (release_id,),
+        )
+
+
 async def releases(request: web.Request) -> web.Response:
     console = _console(request)
     user = user_of(request)
@@ -956,6 +979,11 @@ async def decide_release(request: web.Request) -> web.Response:
         )
     raw = json.loads(item["draft"])
     message_id = None
+    # Claim it first (one supervisor wins; a second click or a second supervisor finds it
+    # taken), so that a message is never sent twice.
+    claimed = await asyncio.to_thread(_claim_release, console, release_id, user.username)
+    if not claimed:
+        raise web.HTTPConflict(text="another supervisor is deciding this message")
     if decision == "release":
         draft = Draft(
             type=raw["type"],
@@ -973,6 +1001,7 @@ async def decide_release(request: web.Request) -> web.Response:
         try:
             result = await console.node.send(draft, actor=item["author"])
         except CasebridgeError as exc:
+            await asyncio.to_thread(_unclaim_release, console, release_id)
             await _audit(
                 request, Operation.ADMINISTRATION, f"release {release_id} failed: {exc.detail}"
             )

@@ -210,7 +210,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         author TEXT NOT NULL,
         draft TEXT NOT NULL,
         summary TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('waiting', 'released', 'refused')),
+        state TEXT NOT NULL CHECK (state IN ('waiting', 'deciding', 'released', 'refused')),
         decided_by TEXT,
         message_id TEXT,
         created_at TEXT NOT NULL,

@@ -624,3 +624,73 @@ class TestCorrections:
             assert "Withdrawn by the sender" in page
 
         serve(world, scenario)
+
+
+class TestReleaseRace:
+    def test_two_supervisors_releasing_at_once_send_one_message(self, world: World) -> None:
+        """Concurrent releases of one held message: exactly one is sent, the other refused."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            Accounts(
+                w.nodes["de.lka-berlin"].store, agency="de.lka-berlin", clock=w.clock, hasher=FAST
+            ).add("vera", display_name="Vera", role=Role.SUPERVISOR, password=PASSWORD, by="setup")
+            token = await sign_in(de, "olga")
+            held = await de.post(
+                "/compose",
+                data=TestCompose()._form(token, op="send", tlp="RED"),
+                allow_redirects=False,
+            )
+            release_id = held.headers["Location"].split("=")[1]
+            async with TestClient(TestServer(de.app)) as other:  # a second browser, same node
+                first = await sign_in(de, "sven")
+                second = await sign_in(other, "vera")
+                results = await asyncio.gather(
+                    de.post(
+                        f"/releases/{release_id}/release",
+                        data={"csrf": first},
+                        allow_redirects=False,
+                    ),
+                    other.post(
+                        f"/releases/{release_id}/release",
+                        data={"csrf": second},
+                        allow_redirects=False,
+                    ),
+                )
+            assert sorted(r.status for r in results)[0] == 303
+            assert sorted(r.status for r in results)[1] in (404, 409)
+            await w.pump()
+            assert len(w.nodes["nl.politie"].store.list_inbox()) == 1
+
+        serve(world, scenario)
+
+
+class TestRedirects:
+    @pytest.mark.parametrize(
+        "back", ["//evil.example/", "/\\evil.example/", "https://evil.example/"]
+    )
+    def test_preferences_never_redirect_off_the_console(self, world: World, back: str) -> None:
+        """The page to return to after changing preferences is always a path of this console."""
+
+        async def scenario(w: World, de: Client, nl: Client) -> None:
+            token = await sign_in(de, "olga")
+            response = await de.post(
+                "/preferences",
+                data={"csrf": token, "language": "en", "time_zone": "UTC", "back": back},
+                allow_redirects=False,
+            )
+            assert response.headers["Location"] == "/inbox"
+
+        serve(world, scenario)
+
+
+def test_a_flood_of_sign_in_pages_does_not_sign_people_out(fixed_now: datetime) -> None:
+    """When the session table is full, sessions without a person are dropped first."""
+    from broker.console import sessions as module
+
+    table = module.Sessions(
+        idle=timedelta(hours=1), absolute=timedelta(hours=2), clock=lambda: fixed_now
+    )
+    cookie, _ = table.new("olga")
+    for _ in range(module.MAX_SESSIONS + 10):
+        table.new(None)
+    assert table.get(cookie) is not None
