@@ -108,5 +108,9 @@ class Sessions:
             del self._table[key]
         return len(keys)
 
+    def alive(self, key: str) -> bool:
+        """Whether a session (by its key) is still in the table (expiry is checked on use)."""
+        return key in self._table
+
     def __len__(self) -> int:
         return len(self._table)

@@ -373,6 +373,10 @@ async def open_message(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=exc.detail) from None
     session = session_of(request)
     if session is not None:
+        if len(console.consulted) > len(console.sessions):
+            # sessions that ended by timeout leave their openings behind: drop those
+            for key in [k for k in console.consulted if not console.sessions.alive(k)]:
+                del console.consulted[key]
         console.consulted.setdefault(session.key, set()).add(message_id)
     raise web.HTTPSeeOther(f"/messages/{message_id}")
 
