@@ -30,6 +30,7 @@ GROUPS = (
     "directory",
     "integrations",
     "adapter",
+    "users",
 )
 
 

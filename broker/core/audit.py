@@ -53,6 +53,8 @@ class Operation(StrEnum):
     REFUSAL = "refusal"  # a border gateway refused to relay a message
     ALTERATION = "alteration"  # a correction or withdrawal was applied to a stored message
     ERASURE = "erasure"  # a body was erased (retention, withdrawal)
+    ACCESS = "access"  # console: a person signed in or out, or was refused (broker.console)
+    ADMINISTRATION = "administration"  # console: accounts changed, a four-eyes release decided
 
 
 class ActorKind(StrEnum):

@@ -564,6 +564,7 @@ class Demo:
         self.clients: dict[str, NodeClient] = {}
         self.endpoints: list[NodeEndpoint] = []
         self.outcomes: dict[str, Outcome] = {}
+        self.consoles: list[Any] = []  # broker.console.demo.ConsoleLogin, one per node
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -576,6 +577,9 @@ class Demo:
         fed = Federation.init(load_description(DESCRIPTION), self.base, now=self.now())
         self.fed = fed
         self.endpoints = prepare(fed, policy_dir=POLICIES)
+        from broker.console.demo import enable_consoles  # noqa: PLC0415 - console on demand
+
+        self.consoles = enable_consoles((e.agency_id, e.settings) for e in self.endpoints)
         countries = ", ".join(
             f"{c.code}{' (EU)' if c.eu else ' (non-EU)'}"
             for c in fed.settings.description.countries
@@ -808,6 +812,9 @@ class Demo:
         for code, server in settings.countries.items():
             self.say(f"  {code:<22} {server.monitor_url}")
         self.print_metrics()
+        from broker.console.demo import format_logins  # noqa: PLC0415
+
+        self.say(format_logins(self.consoles))
         self.say(
             "Try: casebridge inbox --node URL --token $(cat TOKEN_FILE); "
             "casebridge status ID --node URL --token ..."

@@ -297,6 +297,13 @@ async def running_node(
             # Before anything is received or sealed: never act on a clock known to be wrong.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(measure_once(clock, server_time), timeout=10)
+        # The focal-point console, on its own listener, only when the settings ask for it
+        # (started before the loops: a listener that cannot open leaves nothing running).
+        console = contextlib.AsyncExitStack()
+        if settings.console is not None:
+            from broker.console.app import serving_console  # noqa: PLC0415 - jinja2 on demand
+
+            await console.enter_async_context(serving_console(node, settings.console))
         tasks = [
             asyncio.create_task(node.run_receiver(), name="receiver"),
             asyncio.create_task(node.run_outbox(), name="outbox"),
@@ -357,6 +364,7 @@ async def running_node(
         try:
             yield node
         finally:
+            await console.aclose()
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from broker.console.settings import ConsoleSettings, parse_console
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
 from broker.nats.settings import NatsSettings
@@ -42,6 +43,7 @@ _TOP: Final = frozenset(
         "clock_offset_seconds",
         "events",
         "webhooks",
+        "console",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -112,6 +114,8 @@ class Settings:
     # The change feed's retention and webhook delivery (broker.node.events, .webhooks)
     events_retention_days: int = DEFAULT_RETENTION_DAYS
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    # The focal-point console (broker/console/settings.py); None: not served
+    console: ConsoleSettings | None = None
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -236,4 +240,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         clock_offset_seconds=float(offset),
         events_retention_days=retention_days(top.get("events")),
         webhooks=WebhookSettings.from_json(top.get("webhooks")),
+        console=parse_console(top.get("console"), base),
     )

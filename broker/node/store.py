@@ -341,6 +341,54 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX api_client_secrets_client ON api_client_secrets (client_id);
     """,
+    # 9: the focal-point console (broker.console): people and their roles, drafts that wait
+    # for a supervisor's four-eyes release, drafts a person saved; indexes for its lists.
+    # Password hashes only (argon2id), never a password; the TOTP secret is the person's
+    # second factor, readable only by this node.
+    """
+    CREATE TABLE console_users (
+        username TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('officer', 'supervisor', 'auditor')),
+        password_hash TEXT NOT NULL,
+        totp_secret TEXT,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        failed_logins INTEGER NOT NULL DEFAULT 0,
+        locked_until TEXT,
+        must_change INTEGER NOT NULL DEFAULT 0,
+        time_zone TEXT NOT NULL DEFAULT 'UTC',
+        language TEXT NOT NULL DEFAULT 'en',
+        email TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE console_releases (
+        id TEXT PRIMARY KEY,
+        author TEXT NOT NULL,
+        draft TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('waiting', 'deciding', 'released', 'refused')),
+        decided_by TEXT,
+        message_id TEXT,
+        created_at TEXT NOT NULL,
+        decided_at TEXT
+    );
+    CREATE INDEX console_releases_state ON console_releases (state);
+    CREATE TABLE console_drafts (
+        id TEXT PRIMARY KEY,
+        author TEXT NOT NULL,
+        type TEXT NOT NULL,
+        form TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX console_drafts_author ON console_drafts (author, updated_at);
+    -- the console's lists and counts: without these every page scans whole rows (bodies too)
+    -- (covering: lists, counts and the scorecard read these columns, never the wide row)
+    CREATE INDEX inbox_console ON inbox (received_at, id, type, sender, due, read_at);
+    CREATE INDEX inbox_due_id ON inbox (due, id) WHERE due IS NOT NULL;
+    CREATE INDEX inbox_sender ON inbox (sender, received_at);
+    CREATE INDEX outbox_created ON outbox (created_at);
+    """,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,12 @@ class TestDemo:
         assert "ua.npu" in output
         assert "settings/ua.npu.token" in output
         assert "NATS monitoring:" in output
+
+    def test_prints_console_urls_with_demo_logins(self, demo_run: tuple[Path, str]) -> None:
+        """The demo prints a console URL per node with the synthetic logins."""
+        output = demo_run[1]
+        assert "Consoles (sign in as officer, supervisor, auditor" in output
+        assert re.search(r"ua\.npu\s+http://127\.0\.0\.1:\d+", output.split("Consoles")[1])
 
     def test_prints_every_metrics_url(self, demo_run: tuple[Path, str]) -> None:
         """The demo lists a /metrics URL per node and gateway, the exporter's, and a config."""

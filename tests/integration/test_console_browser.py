@@ -1,0 +1,337 @@
+"""The console in real headless Chromium (Playwright) against a running federation: real
+nats-server processes, border gateways and DE/NL nodes each serving its console.
+
+DE officer composes a request.assistance through the generated form, sees the denied NGO with
+its rule, sends to the allowed NL police; the NL officer sees it with its due date and opens it
+with a purpose; DE sees the ``read`` step; NL replies; the DE scorecard shows the response
+time. axe-core runs on every page visited: no serious or critical violation.
+``CASEBRIDGE_SCREENSHOTS=DIR`` saves screenshots of the main pages (docs/img/ was made so).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-untyped]
+from playwright.sync_api import sync_playwright
+
+from broker.console.accounts import Accounts, Role
+from broker.core.header import agency_country
+from broker.node.store import Store
+from tests.integration.e2e_helpers import Running, wait_until
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "synthetic demo password"  # noqa: S105 - synthetic test account
+DESCRIPTION: dict[str, Any] = {
+    "federation": "console",
+    "countries": [
+        {
+            "code": "DE",
+            "name": "Germany",
+            "eu": True,
+            "agencies": [{"id": "de.lka-berlin", "kind": "law_enforcement", "name": "LKA Berlin"}],
+        },
+        {
+            "code": "NL",
+            "name": "Netherlands",
+            "eu": True,
+            "agencies": [
+                {"id": "nl.politie", "kind": "law_enforcement", "name": "Politie Nederland"},
+                {"id": "nl.fairwork", "kind": "ngo", "name": "FairWork"},
+            ],
+        },
+    ],
+}
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def federation(nats_binary: Path, tmp_path: Path) -> Iterator[tuple[Running, dict[str, str]]]:
+    del nats_binary
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail("the browser tests need /usr/bin/chromium in CI")
+        pytest.skip("chromium not installed")
+    ports = {a: free_port() for a in ("de.lka-berlin", "nl.politie")}
+    running = Running.start(
+        tmp_path,
+        nodes=ports,
+        description=DESCRIPTION,
+        settings={
+            a: {"console": {"port": p, "time_zone": "Europe/Berlin"}} for a, p in ports.items()
+        },
+    )
+    try:
+        people = {
+            "de.lka-berlin": (("officer", Role.OFFICER), ("supervisor", Role.SUPERVISOR)),
+            "nl.politie": (
+                ("officer", Role.OFFICER),
+                ("auditor", Role.AUDITOR),
+                ("guest", Role.OFFICER),
+            ),
+        }
+        for agency in ports:
+            with Store(running.store_path(agency)) as store:
+                accounts = Accounts(store, agency=agency, clock=_now)
+                for username, role in people[agency]:
+                    accounts.add(
+                        username,
+                        display_name=f"{username.title()} {agency_country(agency)}",
+                        role=role,
+                        password=PASSWORD,
+                        by="test",
+                        time_zone="Europe/Berlin",
+                    )
+        yield running, {a: f"http://127.0.0.1:{p}" for a, p in ports.items()}
+    finally:
+        running.close()
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def check_axe(page: Any, axe: Any, shots: Path | None, name: str) -> None:
+    results = axe.run(page)
+    bad = [
+        (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert bad == [], f"{name}: {bad}"
+    if shots is not None:
+        page.screenshot(path=str(shots / f"console-{name}.png"), full_page=True)
+
+
+def sign_in(page: Any, base: str, username: str = "officer") -> None:
+    page.goto(f"{base}/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda address: "/login" not in address)
+
+
+def test_request_read_reply_and_scorecard_in_chromium(
+    federation: tuple[Running, dict[str, str]],
+) -> None:
+    """DE sends via the form (NGO denied, rule shown); NL reads; DE sees it read; NL replies."""
+
+    running, url = federation
+    de, nl = url["de.lka-berlin"], url["nl.politie"]
+    shots_dir = os.environ.get("CASEBRIDGE_SCREENSHOTS")
+    shots = Path(shots_dir) if shots_dir else None
+    axe = Axe()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            de_page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            nl_page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            de_page.goto(f"{de}/login")
+            check_axe(de_page, axe, shots, "login")
+            sign_in(de_page, de)
+            de_page.goto(f"{de}/compose")
+            check_axe(de_page, axe, shots, "pick-type")
+            de_page.click("a[href='/compose?type=request.assistance']")
+            de_page.fill("[name='b/title']", "Workers at a vegetable farm")
+            de_page.check("[name='b/offences'][value='forced_labour']")
+            de_page.fill(
+                "[name='b/facts']", "Seasonal workers report withheld passports and unpaid wages."
+            )
+            de_page.select_option("[name='b/requested_measures/0/measure']", "identify_person")
+            de_page.fill(
+                "[name='b/requested_measures/0/description']", "Identify the farm manager."
+            )
+            de_page.select_option("[name='b/urgency']", "routine")
+            de_page.fill("#legal_basis", "Council Framework Decision 2006/960/JHA")
+            de_page.check("input[name='to'][value='nl.politie']")
+            de_page.check("input[name='to'][value='nl.fairwork']")
+            de_page.click("button[name='op'][value='preview']")
+            denied = de_page.locator("tr.denied[data-recipient='nl.fairwork']")
+            denied.wait_for()
+            assert "de." in denied.inner_text() or "builtin." in denied.inner_text()
+            assert de_page.locator("tr.allowed[data-recipient='nl.politie']").count() == 1
+            check_axe(de_page, axe, shots, "compose")
+            de_page.click("button[name='op'][value='send']")
+            assert de_page.locator("#cp-err").count() == 1  # denied ones need an explicit choice
+            de_page.check("#confirm_partial")
+            de_page.click("button[name='op'][value='send']")
+            de_page.wait_for_url("**/messages/*")
+            message_id = de_page.url.split("/messages/")[1].split("?")[0]
+
+            # The NL officer signs in with the keyboard alone: skip link, user name, password,
+            # code, Enter.
+            nl_page.goto(f"{nl}/login")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.type("officer")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.type(PASSWORD)
+            nl_page.keyboard.press("Enter")
+            nl_page.wait_for_url(f"{nl}/inbox")
+            row = nl_page.locator("table.messages tbody tr", has_text="Request for assistance")
+            wait_until(
+                lambda: (nl_page.reload(), row.count() == 1)[1], 60, what="NL inbox shows it"
+            )
+            assert running is not None
+            check_axe(nl_page, axe, shots, "inbox")
+            badge = row.locator(".badge").first
+            badge.focus()
+            assert "H2" in (badge.get_attribute("aria-label") or "")
+            row.locator("a").click()
+            check_axe(nl_page, axe, shots, "purpose")
+            nl_page.fill("#detail", "case NL-2026-17")
+            nl_page.click("form[action$='/open'] button[type=submit]")
+            nl_page.locator("article.document").wait_for()
+            assert "Workers at a vegetable farm" in nl_page.inner_text("article.document")
+            check_axe(nl_page, axe, shots, "message")
+
+            de_page.goto(f"{de}/messages/{message_id}")
+            wait_until(
+                lambda: (
+                    de_page.reload(),
+                    "Opened by a person" in de_page.inner_text("ol.timeline"),
+                )[1],
+                60,
+                what="DE sees the read evidence",
+            )
+            check_axe(de_page, axe, shots, "timeline")
+
+            nl_page.click("a[href^='/compose?reply_to=']")
+            nl_page.select_option("[name='b/outcome']", "completed")
+            nl_page.click("button[name='op'][value='add:/results']")
+            nl_page.select_option("[name='b/results/0/measure']", "identify_person")
+            nl_page.select_option("[name='b/results/0/status']", "executed")
+            nl_page.fill(
+                "[name='b/results/0/findings']", "Manager identified through the trade register."
+            )
+            nl_page.click("button[name='op'][value='send']")
+            nl_page.wait_for_url("**/messages/*")
+
+            de_page.goto(f"{de}/scorecard?from=2000-01-01&to=2100-01-01")
+            wait_until(
+                lambda: (
+                    de_page.reload(),
+                    " h" in de_page.inner_text("tr[data-partner='nl.politie'] td.median"),
+                )[1],
+                60,
+                what="DE scorecard shows the response time",
+            )
+            check_axe(de_page, axe, shots, "scorecard")
+            de_page.goto(f"{de}/messages/{message_id}")
+            de_page.click("a[href^='/threads/']")
+            assert de_page.locator("ol.thread li").count() == 2
+            check_axe(de_page, axe, shots, "thread")
+            de_page.goto(f"{de}/directory")
+            check_axe(de_page, axe, shots, "directory")
+            de_page.goto(f"{de}/outbox")
+            check_axe(de_page, axe, shots, "outbox")
+        finally:
+            browser.close()
+
+
+def test_four_eyes_xss_csrf_roles_and_lockout_in_chromium(
+    federation: tuple[Running, dict[str, str]],
+) -> None:
+    """A person alert waits for a DE supervisor; script stays text in NL; bad cases refused."""
+
+    running, url = federation
+    de, nl = url["de.lka-berlin"], url["nl.politie"]
+    axe = Axe()
+    payload = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            officer = browser.new_context().new_page()
+            sign_in(officer, de)
+            officer.goto(f"{de}/compose?type=alert.person")
+            officer.select_option("[name='b/alert_kind']", "person_of_interest")
+            officer.click("#f-person_of_interest > summary")
+            officer.fill("[name='b/person_of_interest/family_name']", "Doe-Synthetic")
+            officer.fill("[name='b/reason']", payload)
+            officer.check("[name='b/requested_actions'][value='report_sightings']")
+            officer.fill("[name='b/valid_until']", "2099-01-01")
+            officer.fill("[name='b/contact_point/unit']", "LKA 42 desk")
+            officer.fill("#legal_basis", "Council Framework Decision 2006/960/JHA")
+            officer.check("input[name='to'][value='nl.politie']")
+            officer.click("button[name='op'][value='send']")
+            officer.wait_for_url("**/releases?held=*")
+            release_id = officer.url.split("held=")[1]
+            check_axe(officer, axe, None, "releases")
+            token = officer.locator("input[name='csrf']").first.get_attribute("value")
+            refused = officer.request.post(
+                f"{de}/releases/{release_id}/release", form={"csrf": token or ""}
+            )
+            assert refused.status == 403  # an officer never releases
+
+            supervisor = browser.new_context().new_page()
+            sign_in(supervisor, de, "supervisor")
+            forged = supervisor.request.post(f"{de}/releases/{release_id}/release", form={})
+            assert forged.status == 403  # no CSRF token: refused, nothing released
+            supervisor.goto(f"{de}/releases")
+            assert "waiting" in supervisor.inner_text(f"#release-{release_id}")
+            supervisor.click(f"#release-{release_id} form[action$='/release'] button")
+            supervisor.wait_for_url("**/messages/*")
+            supervisor.goto(f"{de}/people")
+            check_axe(supervisor, axe, None, "people")
+
+            reader = browser.new_context().new_page()
+            sign_in(reader, nl)
+            row = reader.locator("table.messages tbody tr", has_text="Person alert")
+            wait_until(lambda: (reader.reload(), row.count() == 1)[1], 60, what="alert in NL")
+            row.locator("a").click()
+            reader.click("form[action$='/open'] button[type=submit]")
+            reader.locator("article.document").wait_for()
+            assert payload in reader.inner_text("article.document")
+            assert reader.evaluate("window.__xss") is None
+            message_path = reader.url.split(nl)[1]
+
+            auditor = browser.new_context().new_page()
+            sign_in(auditor, nl, "auditor")
+            assert auditor.url == f"{nl}/audit"  # an auditor starts at the audit log
+            response = auditor.goto(f"{nl}{message_path}")
+            assert response is not None
+            assert response.status == 403
+            assert "Doe-Synthetic" not in auditor.content()
+            check_axe(auditor, axe, None, "refused")
+            audit = auditor.goto(f"{nl}/audit")
+            assert audit is not None
+            assert audit.status == 200
+            assert "refused for role auditor" in auditor.inner_text("table.messages")
+            check_axe(auditor, axe, None, "audit")
+
+            guest = browser.new_context().new_page()
+            for _ in range(5):
+                guest.goto(f"{nl}/login")
+                guest.fill("#username", "guest")
+                guest.fill("#password", "not the password")
+                guest.click("button[type=submit]")
+            guest.goto(f"{nl}/login")
+            guest.fill("#username", "guest")
+            guest.fill("#password", PASSWORD)
+            guest.click("button[type=submit]")
+            assert "locked" in guest.inner_text("#login-error")
+            assert running is not None
+        finally:
+            browser.close()
