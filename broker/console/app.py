@@ -92,7 +92,8 @@ COUNTS_KEY: Final = web.RequestKey("console_counts", Counts)
 def _catalogue() -> tuple[SchemaRegistry, SchemaWalker]:
     """The message catalogue, compiled once per process (the files ship with the package)."""
     documents = load_documents(default_schema_dir())
-    return SchemaRegistry.from_documents(documents), SchemaWalker(d for d in documents.values() if isinstance(d, dict))
+    schemas = [d for d in documents.values() if isinstance(d, dict)]
+    return SchemaRegistry.from_documents(documents), SchemaWalker(schemas)
 
 
 def console_state(
