@@ -54,7 +54,6 @@ _PREVIOUS: Final = frozenset({"key", "cert"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-@dataclass(frozen=True, kw_only=True, slots=True)
 class PreviousAgreementKey:
     """A key-agreement key the current one replaced (PEM files), kept for messages in flight."""
 
