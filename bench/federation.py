@@ -19,7 +19,9 @@ CPU per delivered message as a ratio to it; the NATS floor (the country servers 
 bare client that batches: per delivered message the publishes and batched fetches the
 federation makes, no Python work); the crypto floor (the protocol's operations per delivered
 message with ``cryptography``). Prints tables, never asserts.
-Run: ``.venv/bin/python bench/federation.py [--messages N] [--rate R ...]``.
+``--commits`` also counts every node's and gateway's SQLite write commits per delivered message;
+``--profile DIR`` profiles them (both change the CPU figures a little: measure without).
+Run: ``.venv/bin/python bench/federation.py [--messages N] [--rate R ...] [--commits]``.
 """
 
 from __future__ import annotations
@@ -435,15 +437,75 @@ if _out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _argv):
 """
 
 
-def _install_profile_hook(directory: Path) -> None:
-    """Make the federation's Python processes profile themselves into ``directory``."""
-    hook = directory / "hook"
+# Installed as ``sitecustomize`` (``--commits``): every node and gateway process counts the
+# SQLite transactions it commits that wrote something (a COMMIT after an INSERT, UPDATE,
+# DELETE or REPLACE on that connection), whatever module opened the connection, and writes
+# the count when it exits.
+_COMMITS_HOOK = """
+import atexit, os, sqlite3, sys
+_argv = " ".join(getattr(sys, "orig_argv", sys.argv))
+_commits_out = os.environ.get("CASEBRIDGE_BENCH_COMMITS")
+if _commits_out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _argv):
+    _commits = [0]
+    _connect = sqlite3.connect
+    _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+    def _counting_connect(*args, **kwargs):
+        db = _connect(*args, **kwargs)
+        wrote = [False]
+        def trace(statement):
+            verb = statement.lstrip()[:7].upper()
+            if verb.startswith(_WRITES):
+                wrote[0] = True
+            elif verb.startswith(("COMMIT", "END")):
+                _commits[0] += wrote[0]
+                wrote[0] = False
+            elif verb.startswith("ROLLBAC"):
+                wrote[0] = False
+        db.set_trace_callback(trace)
+        return db
+    sqlite3.connect = _counting_connect
+    def _dump_commits():
+        name = _argv.split("--settings")[-1].strip().rsplit("/", 1)[-1].removesuffix(".json")
+        with open(os.path.join(_commits_out, name + ".commits"), "w") as f:
+            f.write(str(_commits[0]))
+    atexit.register(_dump_commits)
+"""
+
+
+def _install_hooks(hook: Path, *, profile: Path | None, commits: Path | None) -> None:
+    """Make the federation's Python processes profile themselves into ``profile`` and/or
+    count their write commits into ``commits``."""
     hook.mkdir(parents=True, exist_ok=True)
-    (hook / "sitecustomize.py").write_text(_PROFILE_HOOK)
-    os.environ["CASEBRIDGE_BENCH_PROFILE"] = str(directory)
+    code = ""
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        os.environ["CASEBRIDGE_BENCH_PROFILE"] = str(profile)
+        code += _PROFILE_HOOK
+    if commits is not None:
+        commits.mkdir(parents=True, exist_ok=True)
+        os.environ["CASEBRIDGE_BENCH_COMMITS"] = str(commits)
+        code += _COMMITS_HOOK
+    (hook / "sitecustomize.py").write_text(code)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p
     )
+
+
+def _commit_counts(directory: Path) -> dict[str, int]:
+    return {path.stem: int(path.read_text() or 0) for path in sorted(directory.glob("*.commits"))}
+
+
+def _print_commits(counts: dict[str, int], delivered: int) -> None:
+    """Write commits per delivered message, by process and summed (the whole life of each
+    process: warm-up, max and paced runs, and idle work such as audit checkpoints)."""
+    if not counts or not delivered:
+        print("\nno commit counts written", file=sys.stderr)
+        return
+    print(f"\nSQLite write commits per delivered message ({delivered} delivered in all runs):")
+    for name, count in sorted(counts.items(), key=lambda item: -item[1]):
+        if count:
+            print(f"  {name:<36} {count / delivered:8.2f}")
+    print(f"  {'total (federation)':<36} {sum(counts.values()) / delivered:8.2f}")
 
 
 def _print_profiles(directory: Path, top: int) -> None:
@@ -493,11 +555,17 @@ def main() -> int:
         default=None,
         help="cProfile every node and gateway into this directory and print the top",
     )
+    parser.add_argument(
+        "--commits",
+        action="store_true",
+        help="count every node's and gateway's SQLite write commits (per delivered message)",
+    )
     args = parser.parse_args()
-    if args.profile is not None:
-        _install_profile_hook(args.profile)
 
     with tempfile.TemporaryDirectory(prefix="cb-bench-") as tmp:
+        commits_dir = Path(tmp) / "commits" if args.commits else None
+        if args.profile is not None or commits_dir is not None:
+            _install_hooks(Path(tmp) / "hook", profile=args.profile, commits=commits_dir)
         fed = Federation.init(
             load_description(ROOT / "docs" / "federation.example.yaml"),
             Path(tmp) / "fed",
@@ -533,6 +601,7 @@ def main() -> int:
             sys_after = cpu_seconds(fed, system_only=True)
             paced = [load(rate) for rate in args.rate]
             load_after = os.getloadavg()
+            delivered_in_all_runs = len(watcher.delivered)
             nats_ms, nats_rate = floor_nats(fed, 2000)
             crypto_ms = floor_crypto(200)
         finally:
@@ -548,6 +617,7 @@ def main() -> int:
             concurrency=args.concurrency,
             rates=args.rate,
         )
+        commits = _commit_counts(commits_dir) if commits_dir is not None else None
 
     print(f"Federation end to end ({len(PAIRS)} cross-border pairs, request.assistance):")
     print(
@@ -610,6 +680,8 @@ def main() -> int:
         "  load average before / after the Casebridge runs: "
         + " / ".join(" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
     )
+    if commits is not None:
+        _print_commits(commits, delivered_in_all_runs)
     if args.profile is not None:
         _print_profiles(args.profile, 25)
     return 0
