@@ -439,16 +439,27 @@ if _out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _argv):
 
 # Installed as ``sitecustomize`` (``--commits``): every node and gateway process counts the
 # SQLite transactions it commits that wrote something (a COMMIT after an INSERT, UPDATE,
-# DELETE or REPLACE on that connection), whatever module opened the connection, and writes
-# the count when it exits.
+# DELETE or REPLACE on that connection), whatever module opened the connection, and keeps the
+# count in a file (replaced atomically at each commit, so the bench reads it between runs).
 _COMMITS_HOOK = """
-import atexit, os, sqlite3, sys
+import os, sqlite3, sys, threading
 _argv = " ".join(getattr(sys, "orig_argv", sys.argv))
 _commits_out = os.environ.get("CASEBRIDGE_BENCH_COMMITS")
 if _commits_out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _argv):
     _commits = [0]
+    _commits_lock = threading.Lock()
+    _commits_name = os.path.join(
+        _commits_out,
+        _argv.split("--settings")[-1].strip().rsplit("/", 1)[-1].removesuffix(".json"),
+    )
     _connect = sqlite3.connect
     _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+    def _counted():
+        with _commits_lock:
+            _commits[0] += 1
+            with open(_commits_name + ".tmp", "w") as f:
+                f.write(str(_commits[0]))
+            os.replace(_commits_name + ".tmp", _commits_name + ".commits")
     def _counting_connect(*args, **kwargs):
         db = _connect(*args, **kwargs)
         wrote = [False]
@@ -457,18 +468,14 @@ if _commits_out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _
             if verb.startswith(_WRITES):
                 wrote[0] = True
             elif verb.startswith(("COMMIT", "END")):
-                _commits[0] += wrote[0]
+                if wrote[0]:
+                    _counted()
                 wrote[0] = False
             elif verb.startswith("ROLLBAC"):
                 wrote[0] = False
         db.set_trace_callback(trace)
         return db
     sqlite3.connect = _counting_connect
-    def _dump_commits():
-        name = _argv.split("--settings")[-1].strip().rsplit("/", 1)[-1].removesuffix(".json")
-        with open(os.path.join(_commits_out, name + ".commits"), "w") as f:
-            f.write(str(_commits[0]))
-    atexit.register(_dump_commits)
 """
 
 
@@ -495,17 +502,19 @@ def _commit_counts(directory: Path) -> dict[str, int]:
     return {path.stem: int(path.read_text() or 0) for path in sorted(directory.glob("*.commits"))}
 
 
-def _print_commits(counts: dict[str, int], delivered: int) -> None:
-    """Write commits per delivered message, by process and summed (the whole life of each
-    process: warm-up, max and paced runs, and idle work such as audit checkpoints)."""
-    if not counts or not delivered:
-        print("\nno commit counts written", file=sys.stderr)
-        return
-    print(f"\nSQLite write commits per delivered message ({delivered} delivered in all runs):")
-    for name, count in sorted(counts.items(), key=lambda item: -item[1]):
+def _commit_table(
+    before: dict[str, int], after: dict[str, int], delivered: float, what: str
+) -> str:
+    """Write commits per delivered message between two readings, by process and summed."""
+    used = {name: count - before.get(name, 0) for name, count in after.items()}
+    if not delivered:
+        return f"\nno delivered message in {what}: no commit figure"
+    lines = [f"\nSQLite write commits per delivered message, {what} ({delivered:.0f} delivered):"]
+    for name, count in sorted(used.items(), key=lambda item: -item[1]):
         if count:
-            print(f"  {name:<36} {count / delivered:8.2f}")
-    print(f"  {'total (federation)':<36} {sum(counts.values()) / delivered:8.2f}")
+            lines.append(f"  {name:<36} {count / delivered:8.2f}")
+    lines.append(f"  {'total (federation)':<36} {sum(used.values()) / delivered:8.2f}")
+    return "\n".join(lines)
 
 
 def _print_profiles(directory: Path, top: int) -> None:
@@ -594,14 +603,16 @@ def main() -> int:
                 )
 
             load_before = os.getloadavg()
+            commits_before = _commit_counts(commits_dir) if commits_dir else {}
             cpu_before = cpu_seconds(fed)
             sys_before = cpu_seconds(fed, system_only=True)
             burst = load(None)  # as fast as the clients can
             cpu_after = cpu_seconds(fed)
             sys_after = cpu_seconds(fed, system_only=True)
+            commits_burst = _commit_counts(commits_dir) if commits_dir else {}
             paced = [load(rate) for rate in args.rate]
+            commits_paced = _commit_counts(commits_dir) if commits_dir else {}
             load_after = os.getloadavg()
-            delivered_in_all_runs = len(watcher.delivered)
             nats_ms, nats_rate = floor_nats(fed, 2000)
             crypto_ms = floor_crypto(200)
         finally:
@@ -617,7 +628,6 @@ def main() -> int:
             concurrency=args.concurrency,
             rates=args.rate,
         )
-        commits = _commit_counts(commits_dir) if commits_dir is not None else None
 
     print(f"Federation end to end ({len(PAIRS)} cross-border pairs, request.assistance):")
     print(
@@ -680,8 +690,16 @@ def main() -> int:
         "  load average before / after the Casebridge runs: "
         + " / ".join(" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
     )
-    if commits is not None:
-        _print_commits(commits, delivered_in_all_runs)
+    if commits_dir is not None:
+        print(_commit_table(commits_before, commits_burst, burst["delivered"], "max run"))
+        print(
+            _commit_table(
+                commits_burst,
+                commits_paced,
+                sum(r["delivered"] for r in paced),
+                "paced run(s) at " + ", ".join(f"{r:.0f}/s" for r in args.rate),
+            )
+        )
     if args.profile is not None:
         _print_profiles(args.profile, 25)
     return 0
