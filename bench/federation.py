@@ -19,7 +19,9 @@ CPU per delivered message as a ratio to it; the NATS floor (the country servers 
 bare client that batches: per delivered message the publishes and batched fetches the
 federation makes, no Python work); the crypto floor (the protocol's operations per delivered
 message with ``cryptography``). Prints tables, never asserts.
-Run: ``.venv/bin/python bench/federation.py [--messages N] [--rate R ...]``.
+``--commits`` also counts every node's and gateway's SQLite write commits per delivered message;
+``--profile DIR`` profiles them (both change the CPU figures a little: measure without).
+Run: ``.venv/bin/python bench/federation.py [--messages N] [--rate R ...] [--commits]``.
 """
 
 from __future__ import annotations
@@ -435,15 +437,84 @@ if _out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _argv):
 """
 
 
-def _install_profile_hook(directory: Path) -> None:
-    """Make the federation's Python processes profile themselves into ``directory``."""
-    hook = directory / "hook"
+# Installed as ``sitecustomize`` (``--commits``): every node and gateway process counts the
+# SQLite transactions it commits that wrote something (a COMMIT after an INSERT, UPDATE,
+# DELETE or REPLACE on that connection), whatever module opened the connection, and keeps the
+# count in a file (replaced atomically at each commit, so the bench reads it between runs).
+_COMMITS_HOOK = """
+import os, sqlite3, sys, threading
+_argv = " ".join(getattr(sys, "orig_argv", sys.argv))
+_commits_out = os.environ.get("CASEBRIDGE_BENCH_COMMITS")
+if _commits_out and "broker.cli" in _argv and ("node" in _argv or "gateway" in _argv):
+    _commits = [0]
+    _commits_lock = threading.Lock()
+    _commits_name = os.path.join(
+        _commits_out,
+        _argv.split("--settings")[-1].strip().rsplit("/", 1)[-1].removesuffix(".json"),
+    )
+    _connect = sqlite3.connect
+    _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+    def _counted():
+        with _commits_lock:
+            _commits[0] += 1
+            with open(_commits_name + ".tmp", "w") as f:
+                f.write(str(_commits[0]))
+            os.replace(_commits_name + ".tmp", _commits_name + ".commits")
+    def _counting_connect(*args, **kwargs):
+        db = _connect(*args, **kwargs)
+        wrote = [False]
+        def trace(statement):
+            verb = statement.lstrip()[:7].upper()
+            if verb.startswith(_WRITES):
+                wrote[0] = True
+            elif verb.startswith(("COMMIT", "END")):
+                if wrote[0]:
+                    _counted()
+                wrote[0] = False
+            elif verb.startswith("ROLLBAC"):
+                wrote[0] = False
+        db.set_trace_callback(trace)
+        return db
+    sqlite3.connect = _counting_connect
+"""
+
+
+def _install_hooks(hook: Path, *, profile: Path | None, commits: Path | None) -> None:
+    """Make the federation's Python processes profile themselves into ``profile`` and/or
+    count their write commits into ``commits``."""
     hook.mkdir(parents=True, exist_ok=True)
-    (hook / "sitecustomize.py").write_text(_PROFILE_HOOK)
-    os.environ["CASEBRIDGE_BENCH_PROFILE"] = str(directory)
+    code = ""
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        os.environ["CASEBRIDGE_BENCH_PROFILE"] = str(profile)
+        code += _PROFILE_HOOK
+    if commits is not None:
+        commits.mkdir(parents=True, exist_ok=True)
+        os.environ["CASEBRIDGE_BENCH_COMMITS"] = str(commits)
+        code += _COMMITS_HOOK
+    (hook / "sitecustomize.py").write_text(code)
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p
     )
+
+
+def _commit_counts(directory: Path) -> dict[str, int]:
+    return {path.stem: int(path.read_text() or 0) for path in sorted(directory.glob("*.commits"))}
+
+
+def _commit_table(
+    before: dict[str, int], after: dict[str, int], delivered: float, what: str
+) -> str:
+    """Write commits per delivered message between two readings, by process and summed."""
+    used = {name: count - before.get(name, 0) for name, count in after.items()}
+    if not delivered:
+        return f"\nno delivered message in {what}: no commit figure"
+    lines = [f"\nSQLite write commits per delivered message, {what} ({delivered:.0f} delivered):"]
+    for name, count in sorted(used.items(), key=lambda item: -item[1]):
+        if count:
+            lines.append(f"  {name:<36} {count / delivered:8.2f}")
+    lines.append(f"  {'total (federation)':<36} {sum(used.values()) / delivered:8.2f}")
+    return "\n".join(lines)
 
 
 def _print_profiles(directory: Path, top: int) -> None:
@@ -493,11 +564,17 @@ def main() -> int:
         default=None,
         help="cProfile every node and gateway into this directory and print the top",
     )
+    parser.add_argument(
+        "--commits",
+        action="store_true",
+        help="count every node's and gateway's SQLite write commits (per delivered message)",
+    )
     args = parser.parse_args()
-    if args.profile is not None:
-        _install_profile_hook(args.profile)
 
     with tempfile.TemporaryDirectory(prefix="cb-bench-") as tmp:
+        commits_dir = Path(tmp) / "commits" if args.commits else None
+        if args.profile is not None or commits_dir is not None:
+            _install_hooks(Path(tmp) / "hook", profile=args.profile, commits=commits_dir)
         fed = Federation.init(
             load_description(ROOT / "docs" / "federation.example.yaml"),
             Path(tmp) / "fed",
@@ -526,12 +603,15 @@ def main() -> int:
                 )
 
             load_before = os.getloadavg()
+            commits_before = _commit_counts(commits_dir) if commits_dir else {}
             cpu_before = cpu_seconds(fed)
             sys_before = cpu_seconds(fed, system_only=True)
             burst = load(None)  # as fast as the clients can
             cpu_after = cpu_seconds(fed)
             sys_after = cpu_seconds(fed, system_only=True)
+            commits_burst = _commit_counts(commits_dir) if commits_dir else {}
             paced = [load(rate) for rate in args.rate]
+            commits_paced = _commit_counts(commits_dir) if commits_dir else {}
             load_after = os.getloadavg()
             nats_ms, nats_rate = floor_nats(fed, 2000)
             crypto_ms = floor_crypto(200)
@@ -610,6 +690,16 @@ def main() -> int:
         "  load average before / after the Casebridge runs: "
         + " / ".join(" ".join(f"{x:.2f}" for x in load) for load in (load_before, load_after))
     )
+    if commits_dir is not None:
+        print(_commit_table(commits_before, commits_burst, burst["delivered"], "max run"))
+        print(
+            _commit_table(
+                commits_burst,
+                commits_paced,
+                sum(r["delivered"] for r in paced),
+                "paced run(s) at " + ", ".join(f"{r:.0f}/s" for r in args.rate),
+            )
+        )
     if args.profile is not None:
         _print_profiles(args.profile, 25)
     return 0

@@ -24,6 +24,13 @@ MAX_DEPTH = 64
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
+# One encoder for every canonical dump: ``json.dumps`` with options builds a new JSONEncoder
+# per call. Stateless (a constant, like the decoder below), so safe to share.
+_CANONICAL_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def dumps(value: Any) -> bytes:
     """Serialise ``value`` canonically (sorted keys, compact, UTF-8).
 
@@ -31,9 +38,7 @@ def dumps(value: Any) -> bytes:
     structure has no canonical form: ``InvalidMessage(MALFORMED)``.
     """
     try:
-        return json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        return _CANONICAL_ENCODER.encode(value).encode("utf-8")
     except ValueError as exc:  # UnicodeEncodeError (lone surrogate), NaN, circular reference
         raise InvalidMessage(Reason.MALFORMED, "value has no canonical JSON form") from exc
 

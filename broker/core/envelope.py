@@ -127,7 +127,8 @@ def seal(
     ``salt`` must be fresh randomness (``secrets.token_bytes(16)``); it is an argument so that
     test vectors are reproducible up to the JWE's own randomness.
     """
-    header.validate()
+    header_json = header.to_json()  # encoded once, checked and signed in both layers
+    parse_header(header_json)  # every member valid (Header.validate, without a second to_json)
     if header.sender != sender.agency_id:
         raise InvalidMessage(Reason.SENDER_MISMATCH, "header.sender is not the sealing agency")
     if header.fed != resolver.federation_id:
@@ -137,7 +138,6 @@ def seal(
     if not MIN_SALT_BYTES <= len(salt) <= MAX_SALT_BYTES:
         raise InvalidMessage(Reason.MALFORMED, f"salt must be {MIN_SALT_BYTES}-64 bytes")
     keys = check_addressing(header, resolver=resolver, now=now)
-    header_json = header.to_json()
     inner = jose.sign_compact(
         canonical.dumps({"header": header_json, "body": body, "salt": jose.b64url_encode(salt)}),
         sender.signing_key,

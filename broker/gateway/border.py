@@ -183,7 +183,8 @@ def _merged_onward(received: Sequence[Crossing]) -> Onward:
 
 class Border:
     """One country's border decisions. Cheap to construct; its only state is read through
-    ``crossings`` (written by the caller from each :class:`Outcome`)."""
+    ``crossings`` (written by the caller from each :class:`Outcome`), apart from the policy
+    engine's view of the directory in force, derived once per directory."""
 
     def __init__(
         self,
@@ -201,6 +202,9 @@ class Border:
         self._policy = policy
         self._crossings = crossings
         self._random = random
+        # The policy engine's view of the federation, built once per directory in force (a
+        # reloaded directory is a new object) instead of once per decision.
+        self._federation_of: tuple[Directory, Federation] | None = None
 
     # ------------------------------------------------------------------ evidence ---
 
@@ -638,4 +642,7 @@ class Border:
         return out
 
     def _federation(self) -> Federation:
-        return Federation.from_directory(self._directory())
+        directory = self._directory()
+        if self._federation_of is None or self._federation_of[0] is not directory:
+            self._federation_of = (directory, Federation.from_directory(directory))
+        return self._federation_of[1]

@@ -45,7 +45,7 @@ from broker.federation.distribution import watcher_for
 from broker.federation.streams import ensure_consumer, submit_consumer
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
-from broker.gateway.crossings import SharedCrossings, open_bucket, referenced_ids
+from broker.gateway.crossings import SharedCrossings, open_bucket, wanted
 from broker.gateway.fairness import TokenBucket
 from broker.gateway.observe import StoreSpaceCollector, gateway_expiries, record_outcome
 from broker.gateway.quarantine import (
@@ -205,7 +205,8 @@ def _log_outcome(direction: str, outcome: Outcome, trace: str | None = None) -> 
             recipient=decision.recipient,
             **fields,
         )
-    log.info(
+    # Per message, at debug: the decisions above are what an operator must see (once each).
+    log.debug(
         "message_routed",
         relayed_to=list(outcome.relayed_to),
         rejected_for=list(outcome.rejected_for),
@@ -213,22 +214,35 @@ def _log_outcome(direction: str, outcome: Outcome, trace: str | None = None) -> 
     )
 
 
+def _publication(js: JetStreamContext, p: Publish, trace: str | None) -> Awaitable[object]:
+    # The input's traceparent goes on every output (the message relayed, and our evidence).
+    headers = {"Nats-Msg-Id": p.msg_id}
+    if trace is not None:
+        headers[TRACEPARENT] = trace
+    return js.publish(p.subject, p.data, timeout=PUBLISH_TIMEOUT, headers=headers)
+
+
 async def _publish_all(
     js: JetStreamContext, publishes: tuple[Publish, ...], trace: str | None = None
 ) -> None:
-    # The input's traceparent goes on every output (the message relayed, and our evidence).
-    extra = {TRACEPARENT: trace} if trace is not None else {}
-    await asyncio.gather(
-        *(
-            js.publish(
-                p.subject,
-                p.data,
-                timeout=PUBLISH_TIMEOUT,
-                headers={**extra, "Nats-Msg-Id": p.msg_id},
-            )
-            for p in publishes
-        )
+    await asyncio.gather(*(_publication(js, p, trace) for p in publishes))
+
+
+async def _publish_batch(
+    js: JetStreamContext, outputs: Sequence[tuple[tuple[Publish, ...], str | None]]
+) -> list[BaseException | None]:
+    """Publish the outputs of every input of a batch concurrently (one gather, one task per
+    publication); per input, the first failure of its publications, or None."""
+    owners = [n for n, (publishes, _) in enumerate(outputs) for _ in publishes]
+    results = await asyncio.gather(
+        *(_publication(js, p, trace) for publishes, trace in outputs for p in publishes),
+        return_exceptions=True,
     )
+    failed: list[BaseException | None] = [None] * len(outputs)
+    for owner, result in zip(owners, results, strict=True):
+        if isinstance(result, BaseException) and failed[owner] is None:
+            failed[owner] = result
+    return failed
 
 
 async def _pull_loop(
@@ -464,7 +478,7 @@ async def _settle_batch(
     if crossings is not None:
         # What the border rules will ask about (shared by the country's gateway instances).
         try:
-            await crossings.prefetch(referenced_ids(msg.data for msg in batch))
+            await crossings.prefetch(wanted(msg.data for msg in batch))
         except (NatsError, JetStreamError, TimeoutError) as exc:
             for msg in batch:
                 await setback.failed(
@@ -538,12 +552,11 @@ async def _settle_batch(
                     msg, exc, direction=direction, stream=stream, stage="crossings", permanent=False
                 )
             return
-    results = await asyncio.gather(
-        *(_publish_all(js, outcome.publishes, trace) for _, outcome, trace in decided),
-        return_exceptions=True,
+    results = await _publish_batch(
+        js, [(outcome.publishes, trace) for _, outcome, trace in decided]
     )
     for (msg, _, _), result in zip(decided, results, strict=True):
-        if isinstance(result, BaseException):
+        if result is not None:
             if metrics is not None:
                 metrics.publish_failures.labels(direction=direction).inc()
             await setback.failed(
@@ -584,7 +597,7 @@ def _retrier(
             )
             return
         if crossings is not None:
-            await crossings.prefetch(referenced_ids([item.data]))
+            await crossings.prefetch(wanted([item.data]))
         outcome = decide[item.direction](item.data, item.subject)
         _log_outcome(item.direction, outcome)
         record(item.direction, [outcome])

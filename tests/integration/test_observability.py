@@ -264,10 +264,13 @@ class TestTraceparent:
             ]
 
         assert traced("gateway-nl", "border_decision", message_id=message_id, direction="egress")
-        assert traced("gateway-de", "message_routed", message_id=message_id, direction="ingress")
+        assert traced("gateway-de", "border_decision", message_id=message_id, direction="ingress")
         assert traced("node-de.lka-berlin", "message_delivered", message_id=message_id)
-        # The `delivered` evidence travels back under the same trace (a child span).
-        assert traced("gateway-de", "message_routed", type="evidence.delivered", direction="egress")
+        # The `delivered` evidence travels back under the same trace (a child span). Gateways
+        # log each decision at info; `message_routed` (one per message) is at debug.
         assert traced(
-            "gateway-nl", "message_routed", type="evidence.delivered", direction="ingress"
+            "gateway-de", "border_decision", type="evidence.delivered", direction="egress"
+        )
+        assert traced(
+            "gateway-nl", "border_decision", type="evidence.delivered", direction="ingress"
         )
