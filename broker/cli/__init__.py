@@ -27,6 +27,7 @@ GROUPS = (
     "conformance",
     "evidence",
     "demo",
+    "statistics",
 )
 
 
