@@ -35,6 +35,7 @@ _TOP: Final = frozenset(
         "audit",
         "fair_share",
         "clock_offset_seconds",
+        "lookup",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -94,6 +95,9 @@ class Settings:
     # Fault tests only (the chaos suite's "node clock 5 minutes off"): added to the wall clock
     # the node seals, verifies and stamps with. Never set it in production.
     clock_offset_seconds: float = 0.0
+    # Hit/no-hit lookups (broker/node/lookup.py): the lookup settings file, with the pairwise
+    # keys; None: this node neither answers nor sends lookups.
+    lookup_file: Path | None = None
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -163,6 +167,7 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
     offset = top.get("clock_offset_seconds", 0)
     if not isinstance(offset, int | float) or isinstance(offset, bool) or abs(offset) > 86400:
         raise ConfigError("settings: clock_offset_seconds must be a number within a day")
+    lookup = _obj(top["lookup"], "lookup", frozenset({"file"})) if "lookup" in top else None
     store = top.get("store")
     if not isinstance(store, str) or not store:
         raise ConfigError("settings: store must be the SQLite file path")
@@ -191,4 +196,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         checkpoint_seconds=float(checkpoint_seconds),
         fair_share=FairShare.from_json(top.get("fair_share")),
         clock_offset_seconds=float(offset),
+        lookup_file=file(_text(lookup, "file", "lookup")) if lookup else None,
     )
