@@ -107,9 +107,11 @@ class TestLookupAcrossTheFederation:
         # message's across a freshly started federation (consumers and sourcing set up).
         for sender, recipient in ((NPU, LKA), (LKA, NPU)):
             sent = fed.client(sender).send(bulletin([recipient]))["message_id"]
-            wait_until(
-                lambda r=recipient, m=sent: m in fed.inbox_ids(r), 30.0, what="warm-up bulletin"
-            )
+
+            def arrived(r: str = recipient, m: str = sent) -> bool:
+                return m in fed.inbox_ids(r)
+
+            wait_until(arrived, 30.0, what="warm-up bulletin")
         registered = lka.lookup_register("document_number", DOC, REFERENCE, actor="officer.k")
         assert registered["partners"] == ["UA"]
 
@@ -127,11 +129,7 @@ class TestLookupAcrossTheFederation:
                 purpose_note="recruiter in a labour case",
                 actor="analyst.o",
             )
-            answer = wait_until(
-                lambda q=query_id: (a := npu.lookup_answer(q))["status"] != "pending" and a,
-                20.0,
-                what=f"{name} answer",
-            )
+            answer = npu.lookup_wait(query_id, timeout=20.0, interval=0.02)
             timings[name] = time.monotonic() - started
             answers[name] = (query_id, answer)
 
