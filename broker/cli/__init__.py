@@ -28,6 +28,7 @@ GROUPS = (
     "evidence",
     "demo",
     "statistics",
+    "lookup",
 )
 
 

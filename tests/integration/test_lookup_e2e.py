@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import pytest
 
+from broker.cli import main
 from broker.core.lookup import normalise
 from broker.federation import subjects as s
 from tests.integration.e2e_helpers import Running, bulletin, wait_until
@@ -98,7 +99,7 @@ def dump(path: Path) -> bytes:
 
 
 class TestLookupAcrossTheFederation:
-    def test_hit_and_miss(self, fed: Running) -> None:
+    def test_hit_and_miss(self, fed: Running, capsys: pytest.CaptureFixture[str]) -> None:
         """A hit returns only a reference and the agency to contact, a miss only no_hit, both
         within 2 s; both sides log every step; no identifier (or unkeyed hash) crosses the
         border or lands in a store."""
@@ -112,8 +113,19 @@ class TestLookupAcrossTheFederation:
                 return m in fed.inbox_ids(r)
 
             wait_until(arrived, 30.0, what="warm-up bulletin")
-        registered = lka.lookup_register("document_number", DOC, REFERENCE, actor="officer.k")
+        # The holder registers through the CLI, the identifier read from a file.
+        value_file = fed.fed.base / "doc.txt"
+        value_file.write_text(DOC)
+        node = ["--node", lka.base_url, "--token", lka.token]
+        code = main(
+            ["lookup", "register", "--kind", "document_number", "--value-file", str(value_file),
+             "--reference", REFERENCE, "--actor", "officer.k", *node, "--json"]
+        )  # fmt: skip
+        assert code == 0
+        registered = json.loads(capsys.readouterr().out)
         assert registered["partners"] == ["UA"]
+        assert registered["added"] == 1
+        value_file.unlink()
 
         timings = {}
         answers = {}
@@ -170,6 +182,11 @@ class TestLookupAcrossTheFederation:
             ]
         )
         assert {e["actor"] for e in npu.lookup_log() if e["event"] == "query_sent"} == {"analyst.o"}
+        npu_node = ["--node", npu.base_url, "--token", npu.token]
+        assert main(["lookup", "answer", hit_id, *npu_node]) == 0
+        shown = capsys.readouterr().out
+        assert f"{hit_id}: hit" in shown
+        assert REFERENCE in shown
 
         # Every byte that crossed the border: the four messages are there, and no identifier.
         crossed = border_bytes(fed)

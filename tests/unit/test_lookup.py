@@ -234,3 +234,62 @@ class TestNodes:
 
         asyncio.run(run())
         assert ua.node.store.list_outbox() == []
+
+
+class TestConfiguration:
+    def test_new_secret_is_private_and_loadable(self, tmp_path: Path) -> None:
+        """casebridge lookup new-secret writes 32 random bytes, mode 0600, never overwrites,
+        and lookup settings naming it load."""
+        from broker.cli import main
+
+        path = tmp_path / "de-ua.key"
+        assert main(["lookup", "new-secret", str(path)]) == 0
+        assert path.stat().st_mode & 0o777 == 0o600
+        text = path.read_text().strip()
+        assert len(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))) == 32
+        with pytest.raises(FileExistsError):
+            main(["lookup", "new-secret", str(path)])
+        doc = {"partners": {"UA": {"key_id": "de-ua.2026", "secret_file": path.name}}}
+        (tmp_path / "lookup.json").write_text(json.dumps(doc))
+        loaded = LookupSettings.load(tmp_path / "lookup.json")
+        assert loaded.partners["UA"][0] == "de-ua.2026"
+        assert "partners" not in repr(loaded)  # the secrets never show in a repr or log
+
+    @pytest.mark.parametrize(
+        "doc",
+        [
+            {"partners": {"UA": {"key_id": "de-ua.2026", "secret_file": "short.key"}}},
+            {"partners": {"UA": {"key_id": "Bad Id", "secret_file": "ok.key"}}},
+            {"partners": {}, "surprise": 1},
+        ],
+    )
+    def test_bad_settings_are_refused(self, tmp_path: Path, doc: dict[str, Any]) -> None:
+        """A short secret, a bad key id or an unknown member: ConfigError at start-up."""
+        from broker.errors import ConfigError
+
+        (tmp_path / "short.key").write_text(base64.urlsafe_b64encode(b"x" * 8).decode())
+        (tmp_path / "ok.key").write_text(base64.urlsafe_b64encode(SECRET).decode())
+        (tmp_path / "lookup.json").write_text(json.dumps(doc))
+        with pytest.raises(ConfigError):
+            LookupSettings.load(tmp_path / "lookup.json")
+
+    def test_node_settings_name_the_lookup_file(self, tmp_path: Path) -> None:
+        """The node settings' lookup.file is resolved against the settings file."""
+        from broker.node.settings import load_settings
+
+        doc = {
+            "agency": "de.lka-berlin",
+            "nats": {"url": "nats://127.0.0.1:4222"},
+            "keys": {
+                "signing_key": "k",
+                "signing_cert": "c",
+                "agreement_key": "k",
+                "agreement_cert": "c",
+            },
+            "directory": {"file": "d", "root_cert": "r"},
+            "store": "s.sqlite",
+            "lookup": {"file": "lookup.json"},
+        }
+        (tmp_path / "node.json").write_text(json.dumps(doc))
+        settings = load_settings(tmp_path / "node.json", env={"CASEBRIDGE_NODE_TOKEN": "t" * 20})
+        assert settings.lookup_file == (tmp_path / "lookup.json").resolve()
