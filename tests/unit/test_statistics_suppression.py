@@ -244,3 +244,14 @@ class TestComplementarySuppression:
         body = body_of([["a", "b"], ["x", "y"]], {("a", "x"): None, ("a", "y"): 30})
         body["cells"][1]["key"] = ["a"]
         assert suppress_complements(body) == (body, 0)
+
+    def test_too_many_withheld_cells_withholds_everything(self) -> None:
+        """Beyond the elimination bound the sender fails closed: every cell is withheld."""
+        axes = [[f"r{i}" for i in range(30)], [f"c{j}" for j in range(30)]]
+        truth: dict[Coord, int | None] = {
+            (r, c): (3 if (i + j) % 2 else 500)
+            for i, r in enumerate(axes[0])
+            for j, c in enumerate(axes[1])
+        }
+        body, _ = suppress_small_cells(body_of(axes, truth), K)
+        assert withheld(body) == set(truth)
