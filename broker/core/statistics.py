@@ -24,7 +24,8 @@ The attacker's knowledge (conservative)
 How complements are chosen
     Every line holding exactly one withheld cell gets a second one; then, while the
     elimination still finds a determined withheld cell, one more cell in one of its lines is
-    withheld (or, when its lines are all withheld already, the nearest disclosed cell). Candidates are disclosed cells; the smallest positive count is preferred
+    withheld (or, when its lines are all withheld already, the nearest disclosed cell).
+    Candidates are disclosed cells; the smallest positive count is preferred
     (least information lost), zeros only when nothing else is left; ties break on the key,
     so the result is deterministic. Complements are marked ``suppressed: true`` like the
     primary cells: a recipient must not be able to tell which cells were small.
