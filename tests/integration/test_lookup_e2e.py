@@ -188,6 +188,29 @@ class TestLookupAcrossTheFederation:
         assert f"{hit_id}: hit" in shown
         assert REFERENCE in shown
 
+        # The messages themselves are in both nodes' hash-chained audit logs (disclosure by
+        # the sender, collection by the recipient; the query's disclosure names the analyst).
+        def audited(agency: str) -> set[tuple[str, str, str]]:
+            sql = "SELECT operation || ' ' || message_id || ' ' || actor FROM audit"
+            found = set()
+            for row in fed._query(agency, sql):
+                operation, message_id, actor = row.split(" ", 2)
+                found.add((operation, message_id, actor))
+            return found
+
+        def operations(agency: str, message_id: str) -> set[str]:
+            return {o for o, m, _ in audited(agency) if m == message_id}
+
+        for query_id, answer_id in ((hit_id, hit["answer_id"]), (miss_id, miss["answer_id"])):
+            assert ("disclosure", query_id, "analyst.o") in audited(NPU)
+            assert "collection" in operations(LKA, query_id)
+            assert "disclosure" in operations(LKA, answer_id)
+
+            def collected(a: str = answer_id) -> bool:
+                return "collection" in operations(NPU, a)
+
+            wait_until(collected, 10.0, what="answer collected")
+
         # Every byte that crossed the border: the four messages are there, and no identifier.
         crossed = border_bytes(fed)
         ids = {key.rsplit("/", 1)[1] for key in crossed}
