@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS log (
 );
 """
 EVENTS: Final = ("query_sent", "query_received", "answer_sent", "answer_received")
+# Lookup messages looked at per round, newest first: more than arrive between two rounds.
+POLL_LIMIT: Final = 100
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -385,9 +387,18 @@ class LookupService:
 
     async def poll_once(self) -> int:
         """Handle every lookup message not handled yet; how many were handled."""
-        inbox = await asyncio.to_thread(self.node.store.list_inbox, limit=200)
+
+        def recent() -> list[Any]:
+            # Indexed by type (store migration "inbox_lookup"): cheap however full the inbox.
+            store = self.node.store
+            queries = store.list_inbox(message_type=core.QUERY_TYPE, limit=POLL_LIMIT)
+            answers = store.list_inbox(message_type=core.ANSWER_TYPE, limit=POLL_LIMIT)
+            # Oldest first; equal times keep the store's order (rowid), reversed to oldest first.
+            return sorted([*reversed(queries), *reversed(answers)], key=lambda m: m.received_at)
+
+        inbox = await asyncio.to_thread(recent)
         handled = 0
-        for message in reversed(inbox):  # oldest first
+        for message in inbox:  # oldest first
             if message.type == core.QUERY_TYPE and not message.answered:
                 await self._answer(message)
                 handled += 1

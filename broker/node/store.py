@@ -184,6 +184,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         serial INTEGER NOT NULL
     );
     """,
+    # issue 19: the lookup loop lists hit/no-hit messages by type several times a second.
+    """
+    CREATE INDEX inbox_lookup ON inbox (type, received_at)
+        WHERE type IN ('lookup.query', 'lookup.answer');
+    """,
 )
 
 
@@ -869,11 +874,15 @@ class Store:
         overdue_before: str | None = None,
         conversation: str | None = None,
         limit: int = 100,
+        message_type: str | None = None,
     ) -> list[InboxMessage]:
         """Newest first. ``overdue_before`` (``YYYY-MM-DD``): only unanswered messages due
-        before that date."""
+        before that date. ``message_type``: only messages of that type."""
         clauses: list[str] = []
         params: list[Any] = []
+        if message_type is not None:
+            clauses.append("type = ?")
+            params.append(message_type)
         if unread:
             clauses.append("read_at IS NULL")
         if overdue_before is not None:
