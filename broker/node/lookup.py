@@ -23,6 +23,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,7 +52,9 @@ CREATE TABLE IF NOT EXISTS log (
     result TEXT NOT NULL, actor TEXT, UNIQUE (event, message_id)
 );
 """
-EVENTS: Final = ("query_sent", "query_received", "answer_sent", "answer_received")
+EVENTS: Final = (
+    "query_sent", "query_refused", "query_received", "answer_sent", "answer_received"
+)  # fmt: skip
 # Lookup messages looked at per round, newest first: more than arrive between two rounds.
 POLL_LIMIT: Final = 100
 
@@ -323,18 +326,31 @@ class LookupService:
             )
         except core.LookupInputError as exc:
             raise BadRequest(str(exc)) from None
-        result = await self.node.send(
-            Draft(
-                type=core.QUERY_TYPE,
-                body=body,
-                purpose=purpose,
-                handling="H2",
-                tlp="AMBER",
-                legal_basis=self.settings.legal_basis,
-                to=(recipient,),
-            ),
-            actor=actor,
-        )
+        try:
+            result = await self.node.send(
+                Draft(
+                    type=core.QUERY_TYPE,
+                    body=body,
+                    purpose=purpose,
+                    handling="H2",
+                    tlp="AMBER",
+                    legal_basis=self.settings.legal_basis,
+                    to=(recipient,),
+                ),
+                actor=actor,
+            )
+        except CasebridgeError as exc:  # e.g. our own policy refused it: logged, then raised
+            attempt = f"refused:{uuid.uuid4()}"
+            await asyncio.to_thread(
+                self.store.log,
+                {
+                    "at": _iso(self.node.now()), "event": "query_refused",
+                    "message_id": attempt, "query_id": attempt, "counterpart": recipient,
+                    "purpose": purpose, "probes": len(body["probes"]),
+                    "result": exc.reason.value, "actor": actor,
+                },
+            )  # fmt: skip
+            raise
         await asyncio.to_thread(
             self.store.log,
             {

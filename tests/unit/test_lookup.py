@@ -293,3 +293,35 @@ class TestConfiguration:
         (tmp_path / "node.json").write_text(json.dumps(doc))
         settings = load_settings(tmp_path / "node.json", env={"CASEBRIDGE_NODE_TOKEN": "t" * 20})
         assert settings.lookup_file == (tmp_path / "lookup.json").resolve()
+
+
+class TestOwnPolicy:
+    def test_query_refused_by_our_policy_is_logged(self, world: World, tmp_path: Path) -> None:
+        """A lookup our own country policy refuses is not sent, and the attempt is logged."""
+        from broker.core.policy import Federation, parse_policy
+        from broker.errors import PolicyDenied
+        from broker.node.policy_engine import EnginePolicy
+        from tests.unit.node_world import REGISTRY
+
+        engine = EnginePolicy(
+            policy=lambda: parse_policy(b"country: UA\nversion: 1\nrules: []\n"),
+            federation=lambda: Federation.from_directory(world.fed.directory),
+            schemas=REGISTRY,
+            original_onward=lambda _m: None,
+        )
+        node = world.node("ua.npu", preflight=engine.preflight)
+        ua = LookupService(node, settings_for(tmp_path, "ua", "DE"), LookupStore(tmp_path / "u.db"))
+
+        async def run() -> None:
+            with pytest.raises(PolicyDenied):
+                await ua.query("de.lka-berlin", [("document_number", DOC)], actor="analyst.b")
+
+        asyncio.run(run())
+        assert node.store.list_outbox() == []
+        [entry] = ua.store.entries()
+        assert (entry.event, entry.result, entry.actor) == (
+            "query_refused",
+            "policy_denied",
+            "analyst.b",
+        )
+        assert entry.counterpart == "de.lka-berlin"
