@@ -33,6 +33,8 @@ PHONE: Final = "+49 30 5550 1987"  # synthetic, not registered anywhere
 REFERENCE: Final = "LKA-2025-3307"
 ANSWER_SECONDS: Final = 2.0
 
+pytestmark = pytest.mark.integration
+
 
 def lookup_files(base: Path) -> dict[str, dict[str, Any]]:
     """One shared DE-UA secret; each node's lookup settings name the other country."""
