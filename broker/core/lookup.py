@@ -1,4 +1,4 @@
-"""Hit/no-hit lookups: normalised identifiers, pairwise keys, keyed probes, answers, limits.
+"""Hit/no-hit lookups: normalised identifiers, pairwise keys, keyed probes and answers.
 
 What it is for
     An agency asks another country "do you hold anything on X?" without sending X. Both
@@ -12,8 +12,7 @@ What it is for
     not a PSI construction, and what each side learns.
 
 What it must never do
-    I/O, reading the clock (``now`` is passed in), or logging or returning an identifier in
-    clear.
+    I/O, reading the clock or randomness, or logging or returning an identifier in clear.
 """
 
 from __future__ import annotations
@@ -24,10 +23,8 @@ import hmac
 import json
 import re
 import unicodedata
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from typing import Any, Final
 
 from cryptography.hazmat.primitives import hashes
@@ -189,24 +186,3 @@ def answer_body(
     size = len(json.dumps({**body, "pad": ""}, separators=(",", ":"), ensure_ascii=False))
     body["pad"] = "=" * max(0, min(MAX_PAD, ANSWER_SIZE - size))
     return body
-
-
-class RateLimiter:
-    """At most ``limit`` events per ``window`` for each key (a requester agency); time in."""
-
-    def __init__(self, *, limit: int, window: timedelta) -> None:
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        self.limit = limit
-        self.window = window
-        self._events: dict[str, deque[datetime]] = {}
-
-    def allow(self, key: str, now: datetime) -> bool:
-        """Record an event for ``key`` at ``now`` if it is within the limit; say whether."""
-        events = self._events.setdefault(key, deque())
-        while events and events[0] <= now - self.window:
-            events.popleft()
-        if len(events) >= self.limit:
-            return False
-        events.append(now)
-        return True

@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS log (
     query_id TEXT NOT NULL, counterpart TEXT NOT NULL, purpose TEXT, probes INTEGER NOT NULL,
     result TEXT NOT NULL, actor TEXT, UNIQUE (event, message_id)
 );
+CREATE INDEX IF NOT EXISTS log_recent ON log (event, at);
 """
 EVENTS: Final = (
     "query_sent", "query_refused", "query_received", "answer_sent", "answer_received"
@@ -216,6 +217,31 @@ class LookupStore:
             )  # fmt: skip
             return cursor.rowcount == 1
 
+    def recent(
+        self,
+        event: str,
+        since: str,
+        *,
+        counterpart: str | None = None,
+        actor: str | None = None,
+        answered: bool = False,
+    ) -> int:
+        """Log lines of ``event`` at or after ``since``, for one counterpart or one actor (the
+        rate limits: kept in the log, so a restart does not reset them). ``answered``: leave
+        out queries that were refused."""
+        sql = "SELECT COUNT(*) FROM log WHERE event = ? AND at >= ?"
+        params: list[Any] = [event, since]
+        if counterpart is not None:
+            sql += " AND counterpart = ?"
+            params.append(counterpart)
+        else:
+            sql += " AND actor IS ?"
+            params.append(actor)
+        if answered:
+            sql += " AND result != 'refused'"
+        with self._lock:
+            return int(self._db.execute(sql, params).fetchone()[0])
+
     def logged(self, event: str, message_id: str) -> bool:
         with self._lock:
             row = self._db.execute(
@@ -267,8 +293,6 @@ class LookupService:
             )
             for country, (key_id, secret) in settings.partners.items()
         }
-        self._incoming = core.RateLimiter(limit=settings.per_requester, window=settings.window)
-        self._outgoing = core.RateLimiter(limit=settings.per_requester, window=settings.window)
         self._log = structlog.get_logger("casebridge.lookup").bind(agency=node.agency_id)
 
     # --------------------------------------------------------------- register
@@ -318,7 +342,9 @@ class LookupService:
             raise BadRequest(f"no lookup key with the country of {recipient!r}")
         if purpose not in self.settings.purposes:
             raise BadRequest(f"purpose {purpose!r} is not allowed for lookups here")
-        if not self._outgoing.allow(actor or "system", self.node.now()):
+        since = _iso(self.node.now() - self.settings.window)
+        sent = await asyncio.to_thread(self.store.recent, "query_sent", since, actor=actor)
+        if sent >= self.settings.per_requester:
             raise BadRequest("lookup rate limit reached for this requester; try later")
         try:
             body = core.query_body(
@@ -446,7 +472,13 @@ class LookupService:
             or body.get("key_id") != partner.key_id
             or purpose not in self.settings.purposes
             or not probes
-            or not self._incoming.allow(sender, self.node.now())
+            or self.store.recent(
+                "query_received",
+                _iso(self.node.now() - self.settings.window),
+                counterpart=sender,
+                answered=True,
+            )
+            >= self.settings.per_requester
         ):
             return "refused", []
 

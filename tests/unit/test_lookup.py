@@ -9,7 +9,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +109,6 @@ class TestAnswers:
 
         assert size(hit) == size(miss) == core.ANSWER_SIZE
 
-    def test_rate_limit_per_requester(self) -> None:
-        """The limit counts per requester and frees up after the window."""
-        limiter = core.RateLimiter(limit=2, window=timedelta(minutes=1))
-        t = datetime(2026, 1, 1, tzinfo=UTC)
-        assert limiter.allow("ua.npu", t)
-        assert limiter.allow("ua.npu", t)
-        assert not limiter.allow("ua.npu", t + timedelta(seconds=59))
-        assert limiter.allow("ua.other", t)
-        assert limiter.allow("ua.npu", t + timedelta(seconds=61))
-
 
 def settings_for(tmp: Path, name: str, partner: str, **extra: Any) -> LookupSettings:
     secret = tmp / f"{name}.key"
@@ -203,7 +193,8 @@ class TestNodes:
                 assert clear not in text, path.name
 
     def test_refused_without_purpose_or_over_the_limit(self, world: World, tmp_path: Path) -> None:
-        """A query beyond the requester's limit is answered refused (nothing about the index)."""
+        """A query beyond the requester's limit is answered refused (nothing about the index),
+        also after a restart: the limit is counted in the lookup log."""
         de, ua = services(world, tmp_path, rate_limit={"per_requester": 1, "window_seconds": 3600})
 
         async def run() -> list[str]:
@@ -219,6 +210,17 @@ class TestNodes:
             return [ua.answer_to(i)["status"] for i in ids]
 
         assert asyncio.run(run()) == ["hit", "refused"]
+
+        async def after_restart() -> str:
+            # A new service on the same lookup file (a restarted node) keeps counting.
+            again = LookupService(de.node, de.settings, de.store)
+            query_id = (await ua.query("de.lka-berlin", [("document_number", DOC)]))["query_id"]
+            await world.pump()
+            await again.poll_once()
+            await world.pump()
+            return str(ua.answer_to(query_id)["status"])
+
+        assert asyncio.run(after_restart()) == "refused"
 
     def test_requester_checks_before_sending(self, world: World, tmp_path: Path) -> None:
         """No key for the country, a bad identifier or another purpose: refused locally."""
