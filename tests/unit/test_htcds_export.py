@@ -23,8 +23,7 @@ def rows_of(text: str) -> list[dict[str, str]]:
 
 class TestMapping:
     def test_demo_statistics_export(self) -> None:
-        """The demo's statistics (the catalogue example, k = 15 as NL sends it) export with
-        HTCDS codes; every cell the protected message withholds is withheld in the CSV."""
+        """The demo's statistics at k = 15 export in HTCDS codes, withheld cells kept withheld."""
         rows = rows_of(export_csv(example("statistics.aggregate"), k=15))
         assert len(rows) == len(example("statistics.aggregate")["cells"])
         assert {r["gender"] for r in rows} == {"Female", "Male"}

@@ -55,8 +55,7 @@ class TestNormalise:
         ],
     )
     def test_unusable_identifiers_are_refused_without_echo(self, kind: str, value: str) -> None:
-        """A national phone number, a name without birth date... are refused; the error does
-        not repeat the value."""
+        """Unusable identifiers are refused and the error does not repeat them."""
         with pytest.raises(core.LookupInputError) as info:
             core.normalise(kind, value)
         assert value not in str(info.value)
@@ -149,8 +148,7 @@ def dump(path: Path) -> str:
 
 class TestNodes:
     def test_hit_and_miss_between_two_nodes(self, world: World, tmp_path: Path) -> None:
-        """UA asks DE twice: the registered document hits with only a reference and an agency;
-        the unknown phone misses with nothing else; neither node stores the identifiers."""
+        """A hit returns a reference and agency, a miss nothing; no store holds an identifier."""
         de, ua = services(world, tmp_path)
 
         async def run() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -193,8 +191,7 @@ class TestNodes:
                 assert clear not in text, path.name
 
     def test_refused_without_purpose_or_over_the_limit(self, world: World, tmp_path: Path) -> None:
-        """A query beyond the requester's limit is answered refused (nothing about the index),
-        also after a restart: the limit is counted in the lookup log."""
+        """Beyond the per-requester limit the answer is refused, also after a restart."""
         de, ua = services(world, tmp_path, rate_limit={"per_requester": 1, "window_seconds": 3600})
 
         async def run() -> list[str]:
@@ -240,8 +237,7 @@ class TestNodes:
 
 class TestConfiguration:
     def test_new_secret_is_private_and_loadable(self, tmp_path: Path) -> None:
-        """casebridge lookup new-secret writes 32 random bytes, mode 0600, never overwrites,
-        and lookup settings naming it load."""
+        """lookup new-secret writes a private 32-byte secret that lookup settings load."""
         from broker.cli import main
 
         path = tmp_path / "de-ua.key"

@@ -144,8 +144,7 @@ class TestComplementarySuppression:
     def test_two_way_tables_resist_recovery(
         self, table: tuple[list[list[str]], dict[Coord, int]]
     ) -> None:
-        """Two-way table: no withheld cell is a bridge, peeled, or alone in its line; a second
-        table with the same published numbers and a different value exists for each."""
+        """Two-way tables: no withheld cell is recoverable; a second consistent table exists."""
         axes, truth = table
         body, _ = suppress_small_cells(body_of(axes, truth), K)
         hidden = withheld(body)
@@ -171,8 +170,7 @@ class TestComplementarySuppression:
     def test_three_way_tables_resist_recovery(
         self, table: tuple[list[list[str]], dict[Coord, int]]
     ) -> None:
-        """Three-way table: every line holds zero or at least two withheld cells, peeling
-        recovers nothing and exact elimination over all line totals fixes no withheld cell."""
+        """Three-way tables: no line with one withheld cell; no withheld cell is determined."""
         axes, truth = table
         body, _ = suppress_small_cells(body_of(axes, truth), K)
         hidden = withheld(body)
@@ -199,8 +197,7 @@ class TestComplementarySuppression:
         assert determined_cells(table) == bridges(hidden)
 
     def test_two_per_line_is_not_enough(self) -> None:
-        """Two withheld cycles joined by one withheld cell: every line has two, the join is
-        still fixed by the totals, and complementary suppression withholds more."""
+        """Two withheld cells per line can still expose a bridge cell; complements fix it."""
         axes = [["a", "b", "c", "d"], ["w", "x", "y", "z"]]
         truth = {(r, c): 40 for r in axes[0] for c in axes[1]}
         pattern = {("a", "w"), ("a", "x"), ("b", "w"), ("b", "x"), ("b", "y")}
@@ -218,8 +215,7 @@ class TestComplementarySuppression:
         assert determined_cells(parsed) == set()
 
     def test_demo_table_gets_complements(self) -> None:
-        """The catalogue example (two cells withheld, one per line) gets complements, all
-        marked suppressed like the primary cells, and nothing else changes."""
+        """The catalogue example gets complements marked suppressed; nothing else changes."""
         from tests.unit.test_schemas import example, registry
 
         body = example("statistics.aggregate")
