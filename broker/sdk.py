@@ -528,6 +528,66 @@ class NodeClient:
     def revoke_client(self, client_id: str) -> None:
         self.call("POST", _path("clients", client_id) + "/revoke", retry=True)
 
+    # ------------------------------------------------------------- lookups
+
+    def lookup_register(
+        self, kind: str, value: str, reference: str, *, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Index an identifier of one of our records (the node stores it keyed only)."""
+        headers = {"X-Actor": actor} if actor else None
+        body = {"kind": kind, "value": value, "reference": reference}
+        return cast(
+            dict[str, Any], self.call("POST", "/v1/lookups/index", body=body, headers=headers)
+        )
+
+    def lookup_unregister(self, reference: str) -> int:
+        """Remove every indexed identifier of ``reference``; how many entries went."""
+        answer = self.call("DELETE", _path("lookups/index", reference))
+        return int(answer["removed"])
+
+    def lookup_query(
+        self,
+        to: str,
+        identifiers: Sequence[tuple[str, str]],
+        *,
+        purpose: str = "investigation",
+        case_ref: str | None = None,
+        purpose_note: str | None = None,
+        actor: str | None = None,
+    ) -> str:
+        """Ask ``to`` (an agency abroad) whether it holds records matching (kind, value)
+        pairs; the node keys them before they leave. The query id."""
+        body: dict[str, Any] = {
+            "to": to,
+            "identifiers": [{"kind": k, "value": v} for k, v in identifiers],
+            "purpose": purpose,
+        }
+        if case_ref:
+            body["case_ref"] = case_ref
+        if purpose_note:
+            body["purpose_note"] = purpose_note
+        headers = {"X-Actor": actor} if actor else None
+        return str(self.call("POST", "/v1/lookups", body=body, headers=headers)["query_id"])
+
+    def lookup_answer(self, query_id: str) -> dict[str, Any]:
+        """``{"status": pending|hit|no_hit|refused, "hits": [{probe, reference, agency}]}``."""
+        return cast(dict[str, Any], self.call("GET", _path("lookups", query_id)))
+
+    def lookup_wait(
+        self, query_id: str, *, timeout: float = 10.0, interval: float = 0.05
+    ) -> dict[str, Any]:
+        """Poll :meth:`lookup_answer` until it is no longer pending (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.lookup_answer(query_id)
+            if answer["status"] != "pending" or time.monotonic() >= deadline:
+                return answer
+            self._sleep(interval)
+
+    def lookup_log(self) -> list[dict[str, Any]]:
+        """The node's lookup log, newest first (no identifiers in it)."""
+        return cast(list[dict[str, Any]], self.call("GET", "/v1/lookups/log")["entries"])
+
     # -------------------------------------------------------------- health
 
     def health(self) -> bool:

@@ -31,6 +31,8 @@ GROUPS = (
     "integrations",
     "adapter",
     "users",
+    "statistics",
+    "lookup",
 )
 
 

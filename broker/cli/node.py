@@ -116,6 +116,10 @@ async def serve(settings: Settings, transport_factory: TransportFactory = nats_t
         registry=registry,
         metrics=metrics,
     )
+    if settings.lookup_file is not None:
+        from broker.node.lookup_api import add_lookups  # noqa: PLC0415 - only when configured
+
+        add_lookups(app, settings.lookup_file, store_path=settings.store_path)
     runner = web.AppRunner(app, **SERVER_OPTIONS)
     await runner.setup()
     stop = asyncio.Event()

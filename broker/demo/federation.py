@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any, Final, TextIO
 
 from broker.core.header import agency_country
+from broker.demo import catalogue as demo_catalogue
 from broker.federation.launcher import Federation
 from broker.federation.observability import metrics_targets, prometheus_config
 from broker.federation.processes import NodeEndpoint, prepare
@@ -318,6 +319,7 @@ SCRIPT: Final = (
         label="request.assistance (redacted)",
         story="to a non-EU partner a victim's date of birth goes as the year",
     ),
+    *(Step(**fields) for fields in demo_catalogue.STEPS),  # issue 19: one of each new type
 )
 
 # Sent while UA's server is stopped, after everything above was delivered.

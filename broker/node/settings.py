@@ -44,6 +44,7 @@ _TOP: Final = frozenset(
         "events",
         "webhooks",
         "console",
+        "lookup",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -115,6 +116,9 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     # The focal-point console (broker/console/settings.py); None: not served
     console: ConsoleSettings | None = None
+    # Hit/no-hit lookups (broker/node/lookup.py): the lookup settings file, with the pairwise
+    # keys; None: this node neither answers nor sends lookups.
+    lookup_file: Path | None = None
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -208,6 +212,7 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
     offset = top.get("clock_offset_seconds", 0)
     if not isinstance(offset, int | float) or isinstance(offset, bool) or abs(offset) > 86400:
         raise ConfigError("settings: clock_offset_seconds must be a number within a day")
+    lookup = _obj(top["lookup"], "lookup", frozenset({"file"})) if "lookup" in top else None
     store = top.get("store")
     if not isinstance(store, str) or not store:
         raise ConfigError("settings: store must be the SQLite file path")
@@ -240,4 +245,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         events_retention_days=retention_days(top.get("events")),
         webhooks=WebhookSettings.from_json(top.get("webhooks")),
         console=parse_console(top.get("console"), base),
+        lookup_file=file(_text(lookup, "file", "lookup")) if lookup else None,
     )

@@ -389,6 +389,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX inbox_sender ON inbox (sender, received_at);
     CREATE INDEX outbox_created ON outbox (created_at);
     """,
+    # 10: hit/no-hit lookups (issue 19): the lookup loop lists their messages by type several
+    # times a second.
+    """
+    CREATE INDEX inbox_lookup ON inbox (type, received_at)
+        WHERE type IN ('lookup.query', 'lookup.answer');
+    """,
 )
 
 
@@ -1060,11 +1066,15 @@ class Store:
         overdue_before: str | None = None,
         conversation: str | None = None,
         limit: int = 100,
+        message_type: str | None = None,
     ) -> list[InboxMessage]:
         """Newest first. ``overdue_before`` (``YYYY-MM-DD``): only unanswered messages due
-        before that date."""
+        before that date. ``message_type``: only messages of that type."""
         clauses: list[str] = []
         params: list[Any] = []
+        if message_type is not None:
+            clauses.append("type = ?")
+            params.append(message_type)
         if unread:
             clauses.append("read_at IS NULL")
         if overdue_before is not None:

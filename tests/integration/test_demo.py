@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.demo import catalogue as demo_catalogue
 from broker.federation.launcher import Federation
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,7 @@ APPLICATION_TYPES = (
     "feedback",
     "correction",
     "withdrawal",
+    *demo_catalogue.TYPES,  # issue 19
 )
 
 
@@ -84,7 +86,7 @@ def demo_run(nats_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 class TestDemo:
     def test_every_application_type_is_delivered(self, demo_run: tuple[Path, str]) -> None:
-        """Each of the 16 application types has a row whose outcome is `delivered`."""
+        """Each application type has a row whose outcome is `delivered`."""
         rows = _rows(demo_run[1])
         for message_type in APPLICATION_TYPES:
             assert message_type in rows, f"no row for {message_type}"

@@ -59,6 +59,19 @@ MESSAGE_TYPES = frozenset(
         "evidence.read",
     }
 )
+# The cooperation catalogue and hit/no-hit lookups (issue 19; tests/unit/test_catalogue_areas.py).
+MESSAGE_TYPES |= {
+    "brief.policy",
+    "response.legal_remedy",
+    "capacity.query",
+    "capacity.update",
+    "meeting.notice",
+    "meeting.minutes",
+    "feedback.survivor",
+    "review.partnership",
+    "lookup.query",
+    "lookup.answer",
+}
 # Files this catalogue owns (schemas/ also holds other components' schemas, e.g. policy).
 OWN_FILES = frozenset({f"{t}.v1.json" for t in MESSAGE_TYPES} | {"common.v1.json"})
 
@@ -113,6 +126,19 @@ EXPECTED_CATEGORIES: dict[str, frozenset[str]] = {
     "response.assistance.2": frozenset(),
     "statistics.aggregate": frozenset({"aggregate_statistics"}),
     "withdrawal": frozenset(),
+    # issue 19
+    "brief.policy": frozenset({"case_facts"}),
+    "capacity.query": frozenset(),
+    "capacity.update": frozenset(),
+    "feedback.survivor": frozenset(),
+    "feedback.survivor.2": frozenset({"minor"}),
+    "lookup.answer": frozenset(),
+    "lookup.answer.2": frozenset(),
+    "lookup.query": frozenset({"case_facts", "suspect_identity"}),
+    "meeting.minutes": frozenset({"case_facts"}),
+    "meeting.notice": frozenset({"precise_location"}),
+    "response.legal_remedy": frozenset({"case_facts", "financial"}),
+    "review.partnership": frozenset({"case_facts"}),
 }
 # Agency ids the examples may use: all fictitious.
 FICTITIOUS_AGENCIES = frozenset(

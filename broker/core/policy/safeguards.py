@@ -4,8 +4,10 @@
   origin country. Pre-flight strips every field annotated ``reporter_identity``; a border or
   recipient seeing that category declared on such a report crossing a border denies it.
 * ``builtin.small-cells``: ``statistics.aggregate`` cells with a count from 1 to k-1 are
-  suppressed at the sender (count null, suppressed true); a recipient refuses a body that still
-  has one. k is the federation floor 11, or higher if the policy says so.
+  suppressed at the sender (count null, suppressed true), then complementary cells until no
+  suppressed cell can be derived from row/column totals (:mod:`broker.core.statistics`); a
+  recipient refuses a body that still has a small cell. k is the federation floor 11, or higher
+  if the policy says so.
 * ``builtin.onward-transfer``: a message derived from a received one may not go to a country
   the original's onward marking excludes, nor anywhere abroad if onward transfer is not
   allowed; unknown original at the sender means deny (fail closed).
@@ -24,6 +26,7 @@ from typing import Any, Final
 
 from broker.core.header import Onward
 from broker.core.policy.model import DEFAULT_SMALL_CELL_K, Builtin, Redaction
+from broker.core.statistics import suppress_complements
 
 REPORT_TYPE: Final = "report.confidential"
 STATS_TYPE: Final = "statistics.aggregate"
@@ -72,6 +75,9 @@ def suppress_small_cells(body: Mapping[str, Any], k: int) -> tuple[dict[str, Any
                 cell["count"] = None
                 cell["suppressed"] = True
                 changed += 1
+    # Complementary suppression (issue 19): withheld cells must not be derivable from totals.
+    out, complements = suppress_complements(out)
+    changed += complements
     threshold = out.get("k_threshold")
     if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < k:
         out["k_threshold"] = k
