@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 import time
 import urllib.parse
@@ -42,9 +41,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from broker.core import canonical
-from broker.errors import CasebridgeError, InvalidMessage, PolicyDenied, Reason, SchemaInvalid
+from broker.errors import CasebridgeError, PolicyDenied, Reason, SchemaInvalid
 from broker.metrics import REGISTRY_KEY, NodeMetrics, metrics_response
 from broker.node import api_integrations, corrections
+from broker.node.api_parsing import (
+    BODY_TIMEOUT_KEY,
+    DEFAULT_BODY_TIMEOUT,
+    MAX_BODY,
+)
+from broker.node.api_parsing import actor as _actor
+from broker.node.api_parsing import json_body as _json_body
+from broker.node.api_parsing import message_id as _id
 from broker.node.errors import (
     BadRequest,
     InternalError,
@@ -60,19 +67,13 @@ NODE_KEY: Final = web.AppKey("node", Node)
 TOKEN_KEY: Final = web.AppKey("token", str)
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 METRICS_KEY: Final = web.AppKey("node_metrics", NodeMetrics)
-BODY_TIMEOUT_KEY: Final = web.AppKey("body_timeout", float)
 MAX_LIMIT: Final = 1000
 DEFAULT_ACTOR: Final = "api"
-MAX_BODY: Final = 2 * 1024 * 1024
-# Seconds a client has to deliver a request body once its headers arrived.
-DEFAULT_BODY_TIMEOUT: Final = 10.0
 # For the server (``web.AppRunner(app, **SERVER_OPTIONS)``): a connection that has not
 # completed a request's headers within this many seconds is closed (aiohttp's default is an
 # hour).
 SERVER_OPTIONS: Final[Mapping[str, Any]] = {"keepalive_timeout": 15.0}
 DEFAULT_RETRY_AFTER: Final = 10
-# Who acts (X-Actor): 1-128 printable ASCII characters, no leading or trailing space.
-ACTOR_PATTERN: Final = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,126}[\x21-\x7e])?")
 # Idempotency-Key: 1-255 printable ASCII characters.
 IDEMPOTENCY_KEY_PATTERN: Final = re.compile(r"[\x20-\x7e]{1,255}")
 MAX_JUSTIFICATION: Final = 2000
@@ -266,47 +267,6 @@ def create_app(
 # ------------------------------------------------------------------ parsing ---
 
 
-async def _body(request: web.Request) -> bytes:
-    """The request body, within the size limit and the body timeout."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise PayloadTooLarge(f"the request body exceeds {MAX_BODY} bytes")
-    timeout = request.app[BODY_TIMEOUT_KEY]
-    try:
-        async with asyncio.timeout(timeout):
-            return await request.read()
-    except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await _body(request)
-    try:
-        value = canonical.loads_strict(raw, what="request")
-        # A lone surrogate escape ("\ud800") parses into a str that is not Unicode text:
-        # refused here, whatever the parser lets through.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except InvalidMessage as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc.detail}") from None
-    except UnicodeError:
-        raise BadRequest("request body holds a lone surrogate escape (not Unicode)") from None
-    if not isinstance(value, dict):
-        raise BadRequest("request body must be a JSON object")
-    return value
-
-
-def _actor(request: web.Request) -> str | None:
-    """``X-Actor`` (who acts), checked against :data:`ACTOR_PATTERN`; None when absent."""
-    value = request.headers.get("X-Actor")
-    if not value:
-        return None
-    if ACTOR_PATTERN.fullmatch(value) is None:
-        raise BadRequest(
-            "X-Actor must be 1-128 printable ASCII characters "
-            "(no control characters, no leading or trailing space)"
-        )
-    return value
-
-
 def _justification(request: web.Request) -> str:
     """``X-Justification`` or the ``justification`` query parameter, as strict UTF-8 text:
     bytes that are not UTF-8 are refused, never stored as replacement characters."""
@@ -392,13 +352,6 @@ def _limit(request: web.Request) -> int:
     if not text.isdigit() or not 0 < int(text) <= MAX_LIMIT:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
     return int(text)
-
-
-def _id(request: web.Request, name: str = "id") -> str:
-    value = request.match_info[name]
-    if len(value) != 36:
-        raise NotFound(f"no message {value[:64]}")
-    return value
 
 
 # ------------------------------------------------------------------- routes ---

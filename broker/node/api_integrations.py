@@ -31,6 +31,7 @@ from aiohttp_sse import sse_response
 
 from broker.errors import CasebridgeError
 from broker.node import clients, events, webhooks
+from broker.node.api_parsing import ACTOR_PATTERN, json_body, message_id
 from broker.node.clients import BUILTIN, Principal
 from broker.node.errors import BadRequest, NotFound, Unauthorized
 from broker.node.model import InboxMessage
@@ -175,11 +176,10 @@ def _types(request: web.Request) -> tuple[str, ...]:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    from broker.node.api import _json_body  # noqa: PLC0415 - one body parser for the API
 
     if not request.can_read_body:
         return {}
-    return await _json_body(request)
+    return await json_body(request)
 
 
 def _text(raw: dict[str, Any], name: str, *, required: bool = True) -> str | None:
@@ -273,10 +273,8 @@ class _Handlers:
 
     async def read(self, request: web.Request) -> web.Response:
         """A person's reading, reported by a case system: consultation + ``read`` evidence."""
-        from broker.node.api import ACTOR_PATTERN, _id  # noqa: PLC0415 - shared parsing
-
         node = request.app[self._key]
-        message_id = _id(request)
+        read_id = message_id(request)
         raw = await _json(request)
         _known(raw, {"person", "purpose"})
         person = _text(raw, "person") or ""
@@ -287,7 +285,7 @@ class _Handlers:
             raise BadRequest("purpose must be at most 2000 printable characters")
         who = principal(request)
         message = await node.read(
-            message_id, actor=person, justification=f"{purpose} (reported by {who.client_id})"
+            read_id, actor=person, justification=f"{purpose} (reported by {who.client_id})"
         )
         return web.json_response(
             {

@@ -23,7 +23,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from broker.node.api import NODE_KEY, _actor, _json_body
+from broker.node.api import NODE_KEY
+from broker.node.api_parsing import actor as _actor
+from broker.node.api_parsing import json_body as _json_body
 from broker.node.errors import BadRequest, NotFound
 from broker.node.lookup import LookupService, LookupSettings, LookupStore
 

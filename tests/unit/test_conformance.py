@@ -34,6 +34,7 @@ LOCAL = {
     "bad_request", "unauthorized", "justification_required", "not_found",
     "idempotency_conflict", "transport_unavailable", "audit_unavailable",
     "storage_unavailable", "internal_error", "config_invalid", "pki_error", "schema_registry",
+    "forbidden", "cursor_expired",  # node API only (issue 15): never on the wire
 }  # fmt: skip
 
 

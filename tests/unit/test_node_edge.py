@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from broker.node.api import MAX_BODY, create_app
+from broker.node.api import create_app
+from broker.node.api_parsing import MAX_BODY
 from broker.node.service import Node
 from broker.pki.dev import DevFederation
 
