@@ -30,7 +30,7 @@ from multidict import MultiDictProxy
 
 from broker.console import present, queries, scorecard
 from broker.console.accounts import LANGUAGES, AccountError, Role, User, check_zone
-from broker.console.app import (
+from broker.console.context import (
     CONSOLE_KEY,
     COUNTS_KEY,
     SESSION_KEY,
