@@ -4,12 +4,13 @@ catalogue, page context shared by every view (the factory is :mod:`broker.consol
 What it is for
     :func:`broker.console.app.create_console_app` builds the application around a running
     :class:`~broker.node.service.Node`; :func:`broker.console.app.serving_console` runs it on
-    its own listener (the node runtime starts it when the settings have a ``console``
-    section). Every response carries a Content-Security-Policy without ``unsafe-inline`` (scripts and styles are static
-    files), ``nosniff``, ``frame-ancestors 'none'`` and ``no-store``. Every state-changing
-    request must carry the session's CSRF token (403 and an audit record otherwise, nothing
-    changed). Pages other than sign-in need a live session of an enabled account; the person's
-    role is read from the store on every request (a disabled account stops at once).
+    its own listener (the node runtime starts it when the settings have a ``console`` section).
+    Every response carries a Content-Security-Policy without ``unsafe-inline`` (scripts and
+    styles are static files), ``nosniff``, ``frame-ancestors 'none'`` and ``no-store``. Every
+    state-changing request must carry the session's CSRF token (403 and an audit record
+    otherwise, nothing changed). Pages other than sign-in need a live session of an enabled
+    account; the person's role is read from the store on every request (a disabled account stops
+    at once).
 
 What it must never do
     Serve a page without those headers, act on a POST without its token, or take the acting
