@@ -313,6 +313,22 @@ class ChunkSealer:
         return last, manifest
 
 
+def open_chunk(manifest: Manifest, index: int, data: bytes) -> bytes:
+    """Decrypt chunk ``index`` on its own (random access, e.g. a range of a stored file that
+    verified whole on arrival). Checks the chunk, not the file: use :class:`ChunkOpener` to
+    accept a file."""
+    d = manifest.descriptor
+    if not 0 <= index < d.chunks or len(data) != d.chunk_plain_size(index) + CHUNK_OVERHEAD:
+        raise InvalidMessage(Reason.ATTACHMENT_CHUNK_INVALID, f"chunk {index} of {d.id}: bad size")
+    aad = chunk_aad(d.id, index, final=index == d.chunks - 1)
+    try:
+        return AESGCM(manifest.key).decrypt(data[:NONCE_BYTES], data[NONCE_BYTES:], aad)
+    except InvalidTag:
+        raise InvalidMessage(
+            Reason.ATTACHMENT_CHUNK_INVALID, f"chunk {index} of {d.id} does not authenticate"
+        ) from None
+
+
 class ChunkOpener:
     """Checks and decrypts one file's chunks, in order, against its manifest.
 
