@@ -42,6 +42,7 @@ from broker.core.trust import cert_kid
 from broker.errors import CasebridgeError
 from broker.federation import subjects
 from broker.federation.streams import ensure_consumer, submit_consumer
+from broker.gateway.attachments import run_chunk_relay
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
 from broker.gateway.crossings import SharedCrossings, open_bucket, referenced_ids
@@ -737,6 +738,15 @@ async def run_gateway(
         metrics=f"http://{settings.api.host}:{settings.api.port}/metrics",
     )
     tasks = [
+        # Attachment chunks follow their messages (broker/gateway/attachments.py).
+        *(
+            asyncio.create_task(
+                run_chunk_relay(
+                    js, direction=d, code=country, crossings=shared, stop=stop, clock=clock
+                )
+            )
+            for d in ("egress", "ingress")
+        ),
         asyncio.create_task(
             _run_lanes(
                 js,

@@ -71,6 +71,35 @@ class Progress:
     verified: bool
 
 
+class Staging:
+    """An outgoing file being written: ``write`` sealed chunks, then ``commit`` (durable,
+    renamed into place) or ``abort`` (nothing left)."""
+
+    def __init__(self, part: Path, final: Path) -> None:
+        self._part = part
+        self._final = final
+        self._file: BinaryIO | None = part.open("xb")
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None  # noqa: S101 - not after commit or abort
+        self._file.write(data)
+
+    def commit(self) -> None:
+        assert self._file is not None  # noqa: S101 - once
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        self._part.rename(self._final)
+        _fsync_dir(self._final.parent)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._part.unlink(missing_ok=True)
+
+
 class AttachmentSpool:
     """The node's attachment directory (``<store dir>/attachments`` by default)."""
 
@@ -127,6 +156,12 @@ class AttachmentSpool:
         part.rename(final)
         _fsync_dir(final.parent)
         return manifest
+
+    def open_staging(self, attachment_id: str) -> Staging:
+        """A staged file written chunk by chunk by an async upload (:meth:`stage` is the
+        same for a synchronous source)."""
+        final = self._outgoing(attachment_id)
+        return Staging(final.with_suffix(".part"), final)
 
     def staged(self, attachment_id: str) -> bool:
         return self._outgoing(attachment_id).exists()

@@ -49,6 +49,7 @@ class Draft:
     in_reply_to: str | None = None
     categories: tuple[str, ...] = ()
     onward_allowed: bool = False
+    attachments: tuple[str, ...] = ()  # handles of uploaded files (docs/api.md, attachments)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -27,6 +27,13 @@ from broker.errors import CasebridgeError, ConfigError
 from broker.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
+from broker.node.attachment_transfer import (
+    NatsChunkFeed,
+    NodeAttachments,
+    run_chunk_feed,
+    run_uploads,
+)
+from broker.node.attachments import AttachmentSpool
 from broker.node.clock import system_clock
 from broker.node.clock_check import (
     ClockCollector,
@@ -143,6 +150,10 @@ def build_node(
         observer=NodeObserver(metrics),
         clock=clock.now,
         time_problem=clock.problem,
+        # Files sealed at rest next to the store (broker/node/attachments.py).
+        attachments=NodeAttachments(
+            store, AttachmentSpool(settings.store_path.with_suffix(".attachments"))
+        ),
     )
 
 
@@ -252,6 +263,14 @@ async def running_node(
             tasks.append(
                 asyncio.create_task(run_clock_check(clock, server_time), name="clock-check")
             )
+        if node.attachments is not None and transport_factory is nats_transport:
+            feed = NatsChunkFeed(settings)
+            tasks += [
+                asyncio.create_task(run_uploads(node, node.attachments), name="attachments-out"),
+                asyncio.create_task(
+                    run_chunk_feed(node, node.attachments, feed), name="attachments-in"
+                ),
+            ]
         watch_loops(node, tasks)
         if registry is not None:
             registry.register(ClockCollector(clock))

@@ -59,6 +59,7 @@ from typing import Any, Final, Protocol
 import structlog
 
 from broker.core import jose
+from broker.core.attachments import Descriptor
 from broker.core.audit import ActorKind, AuditEntry, Checkpoint, Operation, sign_checkpoint
 from broker.core.envelope import (
     DEFAULT_LIMITS,
@@ -77,6 +78,7 @@ from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDen
 from broker.federation.subjects import submit_subject
 from broker.logs import DistinctFaults, FaultLog
 from broker.node import audit_log, corrections
+from broker.node.attachment_transfer import NodeAttachments
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
 from broker.node.errors import (
     BadRequest,
@@ -256,6 +258,7 @@ class Node:
         logger: Any = None,
         observer: NodeObserver | None = None,
         monotonic: Callable[[], float] | None = None,
+        attachments: NodeAttachments | None = None,
     ) -> None:
         if sender.agency_id != recipient.agency_id:
             raise BadRequest("signing and decryption identities belong to different agencies")
@@ -266,6 +269,8 @@ class Node:
         self._schemas = schemas
         self.store = store
         self.transport = transport
+        # Files of messages (broker/node/attachment_transfer.py); None: attachments refused.
+        self.attachments = attachments
         self._preflight = preflight or SchemaOnlyPreflight(schemas)
         self._recipient_check = recipient_check or HonestyCheck(schemas)
         self._clock = clock
@@ -376,10 +381,19 @@ class Node:
             iat=iat,
             exp=iat + int(self._lifetime.total_seconds()),
             due=draft.due,
+            attachments=self._draft_files(draft),
         ).validate()
+
+    def _draft_files(self, draft: Draft) -> tuple[Descriptor, ...]:
+        if not draft.attachments:
+            return ()
+        if self.attachments is None:
+            raise BadRequest("this node does not carry attachments")
+        return tuple(m.descriptor for m in self.attachments.staged_manifests(draft.attachments))
 
     def _seal(self, header: Header, body: Mapping[str, Any], now: datetime) -> SealedRecord:
         elapsed = self.observe.timer()
+        files = self.attachments.manifests_for(header) if self.attachments else ()
         wire = seal(
             header=header,
             body=body,
@@ -387,7 +401,10 @@ class Node:
             resolver=self.resolver,
             now=now,
             salt=self._salt(),
+            attachments=files,
         )
+        if files and self.attachments is not None:
+            self.attachments.bind(header.id, files)
         if self.observe.metrics is not None:
             self.observe.metrics.seal_seconds.observe(elapsed())
         return SealedRecord(header=header.to_json(), body=body, wire=wire, digest=wire_digest(wire))
@@ -1185,6 +1202,14 @@ class Node:
         wire: bytes | None = None,
     ) -> SealedRecord | None:
         header = opened.header
+        if opened.attachments:
+            # Delivered only once every file verified (docs/protocol.md 16.3): until then the
+            # message is held, without evidence; a refused file refuses it (raises).
+            if self.attachments is None:
+                raise InvalidMessage(Reason.POLICY_DENIED, "this node accepts no attachments")
+            if not self.attachments.files_ready(opened):
+                self._commit(self.attachments.hold, opened, receipt, wire or b"", now)
+                return None
         subject = Subject.of(header, opened.routed.digest)
         record, sealed = self._evidence(EvidenceKind.DELIVERED, subject, now)
         self._commit(
