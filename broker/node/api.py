@@ -96,6 +96,7 @@ _DRAFT_FIELDS: Final = frozenset(
         "task_force",
         "categories",
         "onward_allowed",
+        "attachments",
     }
 )
 
