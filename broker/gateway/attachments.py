@@ -217,16 +217,28 @@ async def run_chunk_relay(
             ids = {r[0] for m in batch if (r := _routing(dict(m.headers or {}))) is not None}
             await crossings.prefetch(ids)
             idle: dict[str, bool] = {}
+            waiting: set[str] = set()
             for msg in batch:
-                await _settle(
-                    js,
-                    msg,
-                    direction=direction,
-                    code=code,
-                    crossings=crossings,
-                    now=clock(),
-                    idle=idle,
-                )
+                headers = dict(msg.headers or {})
+                attachment = headers.get(aw.ATTACHMENT_HEADER, "")
+                if attachment in waiting:
+                    # An earlier chunk of this file waits: this one waits too, so that the
+                    # file keeps its order (the recipient also copes with reordering).
+                    await msg.nak(delay=1.0)
+                    continue
+                if (
+                    await _settle(
+                        js,
+                        msg,
+                        direction=direction,
+                        code=code,
+                        crossings=crossings,
+                        now=clock(),
+                        idle=idle,
+                    )
+                    == "waiting"
+                ):
+                    waiting.add(attachment)
         except (NatsError, JetStreamError, RuntimeError) as exc:
             # Unsettled chunks come back after ack_wait; nothing is lost.
             log.warning("chunk_relay_fault", direction=direction, error=repr(exc))

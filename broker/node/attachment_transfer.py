@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -49,7 +50,7 @@ from broker.core.attachments import (
 from broker.core.envelope import OpenedMessage
 from broker.core.header import Header
 from broker.errors import InvalidMessage, Reason
-from broker.node.attachments import AttachmentSpool
+from broker.node.attachments import AttachmentSpool, ChunkAhead
 from broker.node.errors import BadRequest, NotFound
 from broker.node.store import Receipt, Store, iso
 
@@ -74,6 +75,10 @@ FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
 # only covers the two consumers' lag.
 WAIT_FOR_MESSAGE: Final = 2.0
+# A chunk ahead of a missing one is offered again up to this many times (about 25 s with
+# gap_delay): long enough for a reordering in transit to heal, short enough to refuse a file
+# whose sender skipped a chunk.
+GAP_ATTEMPTS: Final = 7
 
 
 def _manifest(row: sqlite3.Row | tuple[Any, ...], column: int = 0) -> Manifest:
@@ -454,9 +459,17 @@ async def settle_holds(node: Node, files: NodeAttachments) -> int:
     return count
 
 
-def receive_chunk(files: NodeAttachments, headers: Mapping[str, str], data: bytes) -> str:
-    """Verify one chunk into the spool: ``ack``, ``wait`` (its message is not here yet) or
-    ``done`` (refused or already settled: acknowledge and forget)."""
+def gap_delay(attempts: int) -> float:
+    """How long a chunk that arrived ahead of a missing one waits before it is offered again."""
+    return float(min(0.5 * 2 ** max(attempts - 1, 0), 10.0))
+
+
+def receive_chunk(
+    files: NodeAttachments, headers: Mapping[str, str], data: bytes, *, attempts: int = 1
+) -> str:
+    """Verify one chunk into the spool: ``ack``, ``wait`` (its message or an earlier chunk is
+    not here yet) or ``done`` (refused or already settled: acknowledge and forget). A chunk
+    still ahead of a missing one after :data:`GAP_ATTEMPTS` offers refuses the file."""
     attachment_id = headers.get(aw.ATTACHMENT_HEADER, "")
     index = headers.get(aw.INDEX_HEADER, "")
     if not index.isdigit():
@@ -468,7 +481,16 @@ def receive_chunk(files: NodeAttachments, headers: Mapping[str, str], data: byte
     if state != RECEIVING:
         return "done"
     try:
-        files.spool.receive(manifest, int(index), data)
+        try:
+            files.spool.receive(manifest, int(index), data)
+        except ChunkAhead as ahead:
+            if attempts < GAP_ATTEMPTS:
+                return "gap"
+            raise InvalidMessage(
+                Reason.ATTACHMENT_CHUNK_INVALID,
+                f"attachment {attachment_id}: chunk {ahead.expected} missing "
+                f"(chunk {index} arrived {attempts} times without it)",
+            ) from None
     except InvalidMessage as exc:
         files.set_state(attachment_id, REFUSED, reason=exc.reason.value, detail=exc.detail)
         log.warning("attachment_refused", attachment=attachment_id, reason=exc.reason.value)
@@ -483,11 +505,16 @@ async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
     async for batch in feed.batches():
         touched = False
         for msg in batch:
+            attempts = msg.metadata.num_delivered or 1
             outcome = await asyncio.to_thread(
-                receive_chunk, files, dict(msg.headers or {}), msg.data
+                functools.partial(
+                    receive_chunk, files, dict(msg.headers or {}), msg.data, attempts=attempts
+                )
             )
             if outcome == "wait":
                 await msg.nak(delay=WAIT_FOR_MESSAGE)
+            elif outcome == "gap":
+                await msg.nak(delay=gap_delay(attempts))
             else:
                 await msg.ack()
                 touched = True

@@ -61,6 +61,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class ChunkAhead(Exception):
+    """A chunk arrived before an earlier one of its file: not kept; offer it again later (the
+    transport may reorder; a chunk that stays missing is the caller's refusal to make)."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__(f"chunk {expected} not received yet")
+        self.expected = expected
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Progress:
     """How far an incoming file is: chunks verified and kept, out of ``chunks``."""
@@ -237,6 +246,8 @@ class AttachmentSpool:
         if index < opener.next_index:
             self._same_as_kept(self._part(d.id), d, index, data)
             return self.progress(d)
+        if opener.next_index < index < d.chunks:
+            raise ChunkAhead(opener.next_index)
         try:
             opener.open(index, data)
             with self._part(d.id).open("ab") as f:

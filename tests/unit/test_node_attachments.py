@@ -14,7 +14,7 @@ import pytest
 
 from broker.core.attachments import CHUNK_OVERHEAD, Manifest, SealedChunk
 from broker.errors import InvalidMessage, Reason
-from broker.node.attachments import AttachmentSpool
+from broker.node.attachments import AttachmentSpool, ChunkAhead
 
 CHUNK = 16 * 1024
 
@@ -140,6 +140,21 @@ class TestReceiving:
             receiver.receive(m, 1, bytes(bad))
         assert info.value.reason == Reason.ATTACHMENT_CHUNK_INVALID
         assert list((receiver.root / "incoming").iterdir()) == []
+
+    def test_a_chunk_ahead_is_not_kept_until_the_gap_is_filled(
+        self, sender: AttachmentSpool, receiver: AttachmentSpool
+    ) -> None:
+        """A chunk arriving before an earlier one is handed back (ChunkAhead), then accepted."""
+        data = os.urandom(3 * CHUNK)
+        m = _stage(sender, data)
+        chunks = _chunks(sender, m)
+        receiver.receive(m, 0, chunks[0].data)
+        with pytest.raises(ChunkAhead) as info:
+            receiver.receive(m, 2, chunks[2].data)
+        assert info.value.expected == 1
+        for c in chunks[1:]:
+            receiver.receive(m, c.index, c.data)
+        assert b"".join(receiver.read(m)) == data
 
     def test_a_kept_index_with_other_bytes_is_refused(
         self, sender: AttachmentSpool, receiver: AttachmentSpool
