@@ -38,7 +38,9 @@ DUPLICATE_WINDOW_SECONDS: Final = 1 * DAY
 # Counted per subject (per agency in, per peer abroad, per agency out). At 256 KiB a chunk,
 # 200,000 chunks are 50 GiB: the server's max_file_store is the real bound of a country.
 CHUNKS_PER_SUBJECT: Final = 200_000
-ACK_WAIT_SECONDS: Final = 60.0
+# Short: a chunk whose relay failed while a server was away (the nak could not be sent) is
+# offered again this soon; relaying one chunk takes milliseconds.
+ACK_WAIT_SECONDS: Final = 15.0
 # A gateway waiting for a message's decision holds its chunks un-acked (nak with delay):
 # room for several large files in flight.
 GATEWAY_MAX_ACK_PENDING: Final = 20_000

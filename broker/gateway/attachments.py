@@ -189,6 +189,11 @@ async def _settle(
     return "relayed"
 
 
+async def _nak(msg: Msg, delay: float) -> None:
+    with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+        await msg.nak(delay=delay)
+
+
 async def run_chunk_relay(
     js: JetStreamContext,
     *,
@@ -224,10 +229,10 @@ async def run_chunk_relay(
                 if attachment in waiting:
                     # An earlier chunk of this file waits: this one waits too, so that the
                     # file keeps its order (the recipient also copes with reordering).
-                    await msg.nak(delay=1.0)
+                    await _nak(msg, 1.0)
                     continue
-                if (
-                    await _settle(
+                try:
+                    outcome = await _settle(
                         js,
                         msg,
                         direction=direction,
@@ -236,8 +241,12 @@ async def run_chunk_relay(
                         now=clock(),
                         idle=idle,
                     )
-                    == "waiting"
-                ):
+                except (NatsError, JetStreamError, TimeoutError) as exc:
+                    # Offered again soon (not after ack_wait): the recipient is waiting for it.
+                    log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
+                    outcome = "waiting"
+                    await _nak(msg, 1.0)
+                if outcome == "waiting":
                     waiting.add(attachment)
         except (NatsError, JetStreamError, RuntimeError) as exc:
             # Unsettled chunks come back after ack_wait; nothing is lost.

@@ -75,10 +75,11 @@ FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
 # only covers the two consumers' lag.
 WAIT_FOR_MESSAGE: Final = 2.0
-# A chunk ahead of a missing one is offered again up to this many times (about 25 s with
-# gap_delay): long enough for a reordering in transit to heal, short enough to refuse a file
-# whose sender skipped a chunk.
-GAP_ATTEMPTS: Final = 7
+# A chunk ahead of a missing one is offered again up to this many times (about 165 s with
+# gap_delay): longer than a gateway takes to offer a chunk again after a fault (its consumers
+# ack_wait is 15 s), so a reordering in transit heals; a file whose sender skipped a chunk is
+# refused after that.
+GAP_ATTEMPTS: Final = 20
 
 
 def _manifest(row: sqlite3.Row | tuple[Any, ...], column: int = 0) -> Manifest:
@@ -506,20 +507,28 @@ async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
         touched = False
         for msg in batch:
             attempts = msg.metadata.num_delivered or 1
-            outcome = await asyncio.to_thread(
-                functools.partial(
-                    receive_chunk, files, dict(msg.headers or {}), msg.data, attempts=attempts
+            try:
+                outcome = await asyncio.to_thread(
+                    functools.partial(
+                        receive_chunk, files, dict(msg.headers or {}), msg.data, attempts=attempts
+                    )
                 )
-            )
-            if outcome == "wait":
-                await msg.nak(delay=WAIT_FOR_MESSAGE)
-            elif outcome == "gap":
-                await msg.nak(delay=gap_delay(attempts))
-            else:
-                await msg.ack()
-                touched = True
+                if outcome == "wait":
+                    await msg.nak(delay=WAIT_FOR_MESSAGE)
+                elif outcome == "gap":
+                    await msg.nak(delay=gap_delay(attempts))
+                else:
+                    await msg.ack()
+                    touched = True
+            except Exception as exc:  # noqa: BLE001 - ours (store, NATS): offered again later
+                log.warning("chunk_not_settled", error=repr(exc))
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=WAIT_FOR_MESSAGE)
         if touched:
-            await settle_holds(node, files)
+            try:
+                await settle_holds(node, files)
+            except Exception as exc:  # noqa: BLE001 - retried at the next chunk or sweep
+                log.warning("holds_not_settled", error=repr(exc))
 
 
 class NatsChunkFeed:
