@@ -46,7 +46,7 @@ from broker.gateway.crossings import SharedCrossings
 
 log = structlog.get_logger("casebridge.gateway.attachments")
 
-FETCH_BATCH: Final = 16  # x 512 KiB at most: the most chunk bytes the relay holds at once
+FETCH_BATCH: Final = 4  # x 512 KiB at most: the most chunk bytes the relay holds at once
 FETCH_TIMEOUT: Final = 1.0
 PUBLISH_TIMEOUT: Final = 10.0
 MAX_CHUNK_BYTES: Final = max(CHUNK_SIZES) + CHUNK_OVERHEAD

@@ -409,7 +409,6 @@ def _outage_transfer(base: Path, size: int) -> None:
             assert _sha(out) == want
         over = {name: rss for name, rss in watch.peak.items() if rss >= RSS_LIMIT}
         assert watch.peak, "no process was measured"
-        print({k: v // 2**20 for k, v in watch.peak.items()})
         assert over == {}, f"resident memory over 100 MB: {over} (all: {watch.peak})"
     finally:
         running.close()
