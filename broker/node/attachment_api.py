@@ -23,7 +23,7 @@ from typing import Final
 from aiohttp import web
 
 from broker.core.attachments import MEDIA_TYPE_RE
-from broker.node.attachment_transfer import VERIFIED, FileState, NodeAttachments
+from broker.node.attachment_transfer import FileState, NodeAttachments
 from broker.node.errors import BadRequest, NotFound
 from broker.node.service import Node
 
@@ -95,10 +95,18 @@ async def download(
     match = next((f for f in found if f.manifest.id == attachment_id), None)
     if match is None:
         raise NotFound(f"no attachment {attachment_id[:64]} in message {message_id}")
-    if received and match.state != VERIFIED:
+    if received and not match.openable:
+        why = (
+            f"{match.reason}: {match.detail}"
+            if match.reason
+            else f"scanner: {match.scan_reason}"
+            if match.scan_reason
+            else match.scan or ""
+        )
         raise BadRequest(
             f"attachment {attachment_id} is {match.state}"
-            + (f" ({match.reason}: {match.detail})" if match.reason else "")
+            + (f", scan {match.scan}" if match.scan else "")
+            + (f" ({why})" if why else "")
         )
     d = match.manifest.descriptor
     span = _range(request.headers.get("Range"), d.size)

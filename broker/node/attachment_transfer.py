@@ -50,9 +50,11 @@ from broker.core.attachments import (
 from broker.core.envelope import OpenedMessage
 from broker.core.header import Header
 from broker.errors import InvalidMessage, Reason
+from broker.node.attachment_scan import APPROVED, PENDING, scan
 from broker.node.attachments import AttachmentSpool, ChunkAhead
 from broker.node.errors import BadRequest, NotFound
 from broker.node.store import Receipt, Store, iso
+from broker.sniff import HEAD_BYTES, sniff_bytes
 
 if TYPE_CHECKING:
     from broker.node.service import Node
@@ -94,6 +96,14 @@ class FileState:
     state: str
     reason: str | None
     detail: str | None
+    sniffed: str | None = None  # what the content looks like (broker/sniff.py)
+    scan: str | None = None  # None (no scanner), pending, approved or quarantined
+    scan_reason: str | None = None
+
+    @property
+    def openable(self) -> bool:
+        """May a person download it: verified, and approved by the scanner if there is one."""
+        return self.state == VERIFIED and self.scan in (None, APPROVED)
 
     def to_json(self) -> dict[str, Any]:
         d = self.manifest.descriptor
@@ -106,16 +116,29 @@ class FileState:
             "state": self.state,
             "reason": self.reason,
             "detail": self.detail,
+            "sniffed_type": self.sniffed,
+            "scan": self.scan,
+            "scan_reason": self.scan_reason,
         }
 
 
 class NodeAttachments:
     """The node's attachment records (own tables in the node's store) and its spool."""
 
-    def __init__(self, store: Store, spool: AttachmentSpool, *, max_size: int = 1 << 32) -> None:
+    def __init__(
+        self,
+        store: Store,
+        spool: AttachmentSpool,
+        *,
+        max_size: int = 1 << 32,
+        scanner: Sequence[str] = (),
+        scan_timeout: float = 120.0,
+    ) -> None:
         self.store = store
         self.spool = spool
         self.max_size = max_size
+        self.scanner = tuple(scanner)
+        self.scan_timeout = scan_timeout
 
     def _one(self, sql: str, *args: object) -> Any:
         return self.store.query(lambda db: db.execute(sql, args).fetchone())
@@ -294,6 +317,32 @@ class NodeAttachments:
                 (state, reason, detail or None, attachment_id),
             )
 
+    def verified(self, manifest: Manifest) -> None:
+        """A received file verified whole: record its sniffed type; queue it for the scanner."""
+        head = b"".join(self.spool.read(manifest, end=HEAD_BYTES))
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE attachments SET state = ?, sniffed = ?, scan = ? WHERE id = ?",
+                (VERIFIED, sniff_bytes(head), PENDING if self.scanner else None, manifest.id),
+            )
+
+    def to_scan(self) -> list[Manifest]:
+        rows = self.store.query(
+            lambda db: db.execute(
+                "SELECT manifest FROM attachments WHERE direction = 'in' AND state = ? "
+                "AND scan = ?",
+                (VERIFIED, PENDING),
+            ).fetchall()
+        )
+        return [_manifest(r) for r in rows]
+
+    def set_scan(self, attachment_id: str, result: str, reason: str) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE attachments SET scan = ?, scan_reason = ? WHERE id = ?",
+                (result, reason, attachment_id),
+            )
+
     def held(self, message_id: str) -> tuple[bytes, Receipt] | None:
         row = self.store.query(
             lambda db: db.execute(
@@ -359,13 +408,22 @@ class NodeAttachments:
     def files(self, message_id: str) -> list[FileState]:
         rows = self.store.query(
             lambda db: db.execute(
-                "SELECT manifest, state, reason, detail FROM attachments "
-                "WHERE message_id = ? ORDER BY position",
+                "SELECT manifest, state, reason, detail, sniffed, scan, scan_reason "
+                "FROM attachments WHERE message_id = ? ORDER BY position",
                 (message_id,),
             ).fetchall()
         )
         return [
-            FileState(manifest=_manifest(r), state=r[1], reason=r[2], detail=r[3]) for r in rows
+            FileState(
+                manifest=_manifest(r),
+                state=r[1],
+                reason=r[2],
+                detail=r[3],
+                sniffed=r[4],
+                scan=r[5],
+                scan_reason=r[6],
+            )
+            for r in rows
         ]
 
     def erase(self, message_id: str) -> int:
@@ -497,7 +555,7 @@ def receive_chunk(
         log.warning("attachment_refused", attachment=attachment_id, reason=exc.reason.value)
         return "done"
     if files.spool.progress(manifest.descriptor).verified:
-        files.set_state(attachment_id, VERIFIED)
+        files.verified(manifest)
     return "ack"
 
 
@@ -529,6 +587,27 @@ async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
                 await settle_holds(node, files)
             except Exception as exc:  # noqa: BLE001 - retried at the next chunk or sweep
                 log.warning("holds_not_settled", error=repr(exc))
+
+
+async def run_scans(files: NodeAttachments, *, interval: float = 1.0) -> None:
+    """Hand every verified received file to the scanner once (approve or quarantine)."""
+    while True:
+        try:
+            for manifest in await asyncio.to_thread(files.to_scan):
+                result, reason = await asyncio.to_thread(
+                    functools.partial(
+                        scan,
+                        files.spool,
+                        manifest,
+                        argv=files.scanner,
+                        timeout=files.scan_timeout,
+                    )
+                )
+                await asyncio.to_thread(files.set_scan, manifest.id, result, reason)
+                log.info("attachment_scanned", attachment=manifest.id, result=result)
+        except Exception as exc:  # noqa: BLE001 - store fault: retried
+            log.warning("attachment_scan_failed", error=repr(exc))
+        await asyncio.sleep(interval)
 
 
 class NatsChunkFeed:

@@ -31,6 +31,7 @@ from broker.node.attachment_transfer import (
     NatsChunkFeed,
     NodeAttachments,
     run_chunk_feed,
+    run_scans,
     run_uploads,
 )
 from broker.node.attachments import AttachmentSpool
@@ -152,7 +153,11 @@ def build_node(
         time_problem=clock.problem,
         # Files sealed at rest next to the store (broker/node/attachments.py).
         attachments=NodeAttachments(
-            store, AttachmentSpool(settings.store_path.with_suffix(".attachments"))
+            store,
+            AttachmentSpool(settings.store_path.with_suffix(".attachments")),
+            max_size=settings.attachments.max_size,
+            scanner=settings.attachments.scanner,
+            scan_timeout=settings.attachments.scan_timeout_seconds,
         ),
     )
 
@@ -271,6 +276,10 @@ async def running_node(
                     run_chunk_feed(node, node.attachments, feed), name="attachments-in"
                 ),
             ]
+            if node.attachments.scanner:
+                tasks.append(
+                    asyncio.create_task(run_scans(node.attachments), name="attachments-scan")
+                )
         watch_loops(node, tasks)
         if registry is not None:
             registry.register(ClockCollector(clock))

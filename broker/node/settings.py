@@ -17,6 +17,7 @@ from typing import Any, Final
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
 from broker.gateway.fairness import FairShare
+from broker.node.attachment_scan import AttachmentSettings
 from broker.node.retention import RetentionPolicy
 
 TOKEN_ENV: Final = "CASEBRIDGE_NODE_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -35,6 +36,7 @@ _TOP: Final = frozenset(
         "audit",
         "fair_share",
         "clock_offset_seconds",
+        "attachments",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -94,6 +96,8 @@ class Settings:
     # Fault tests only (the chaos suite's "node clock 5 minutes off"): added to the wall clock
     # the node seals, verifies and stamps with. Never set it in production.
     clock_offset_seconds: float = 0.0
+    # Files of messages: upload limit and scanner hook (broker/node/attachment_scan.py)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -191,4 +195,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         checkpoint_seconds=float(checkpoint_seconds),
         fair_share=FairShare.from_json(top.get("fair_share")),
         clock_offset_seconds=float(offset),
+        attachments=AttachmentSettings.from_json(top.get("attachments")),
     )

@@ -197,6 +197,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         sent INTEGER NOT NULL DEFAULT 0,
         reason TEXT,
         detail TEXT,
+        sniffed TEXT,
+        scan TEXT,
+        scan_reason TEXT,
         created_at TEXT NOT NULL
     );
     CREATE INDEX attachments_message ON attachments (message_id);
