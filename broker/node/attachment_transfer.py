@@ -426,6 +426,19 @@ class NodeAttachments:
             for r in rows
         ]
 
+    def erase_erased(self) -> int:
+        """Files follow their message's erasure (retention purge, withdrawal): the files of
+        every message in the erasure register are removed with their records and keys."""
+        rows = self.store.query(
+            lambda db: db.execute(
+                "SELECT DISTINCT a.message_id FROM attachments a "
+                "JOIN erasures e ON e.message_id = a.message_id "
+                "AND e.direction = CASE a.direction WHEN 'in' THEN 'received' ELSE 'sent' END "
+                "LIMIT 100"
+            ).fetchall()
+        )
+        return sum(self.erase(r[0]) for r in rows)
+
     def erase(self, message_id: str) -> int:
         """Retention and erasure: remove a message's files and their records."""
         found = self.files(message_id)
@@ -472,10 +485,12 @@ def _take(chunks: Iterator[SealedChunk], n: int) -> list[SealedChunk]:
 
 
 async def run_uploads(node: Node, files: NodeAttachments, *, interval: float = 1.0) -> None:
-    """Send files behind their acknowledged messages, forever; faults retry."""
+    """Send files behind their acknowledged messages, and remove the files of erased
+    messages, forever; faults retry."""
     while True:
         try:
             if await send_files(node, files) == 0:
+                await asyncio.to_thread(files.erase_erased)
                 await asyncio.sleep(interval)
         except Exception as exc:  # noqa: BLE001 - transport or store fault: retried
             log.warning("attachment_send_failed", error=repr(exc))

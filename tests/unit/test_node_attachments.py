@@ -6,7 +6,7 @@ import hashlib
 import os
 import tracemalloc
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -215,3 +215,37 @@ class TestRanges:
         assert len(b"".join(sender.read(m, end=CHUNK))) == CHUNK
         with pytest.raises(InvalidMessage):
             list(sender.read(m, start=CHUNK))
+
+
+class TestRecords:
+    def test_files_follow_their_message_erasure(self, tmp_path: Path) -> None:
+        """Once a message is in the erasure register, its files, records and keys are gone."""
+        import asyncio
+        from datetime import UTC, datetime
+
+        from broker.node.attachment_transfer import NodeAttachments
+        from broker.node.store import Store
+
+        store = Store(tmp_path / "node.sqlite")
+        files = NodeAttachments(store, AttachmentSpool(tmp_path / "node.attachments"))
+        now = datetime(2026, 12, 2, tzinfo=UTC)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield os.urandom(3 * CHUNK)
+
+        manifest = asyncio.run(
+            files.upload(pieces(), name="a.pdf", media_type="application/pdf", now=now)
+        )
+        message_id = str(uuid.uuid4())
+        files.bind(message_id, [manifest])
+        assert files.erase_erased() == 0
+        assert files.spool.staged(manifest.id)
+        with store.transaction() as db:
+            db.execute(
+                "INSERT INTO erasures (message_id, direction, at, why) VALUES (?, 'sent', ?, ?)",
+                (message_id, now.isoformat(), "retention: test"),
+            )
+        assert files.erase_erased() == 1
+        assert not files.spool.staged(manifest.id)
+        assert files.files(message_id) == []
+        store.close()
