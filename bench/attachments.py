@@ -82,7 +82,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="casebridge-att-bench-") as tmp:
         base = Path(tmp)
         fed = Running.start(
-            base / "fed", nodes=[DE, NL], description=DESCRIPTION, policy_dir=_policies(base)
+            base / "fed",
+            nodes=[DE, NL],
+            description=DESCRIPTION,
+            policy_dir=_policies(base, max_size=1 << 32),
         )
         try:
             for mb in args.sizes:

@@ -120,7 +120,8 @@ def plan_chunk(
         return ChunkPlan(drop=f"message {message_id} went nowhere chunks can follow")
     if age_seconds > ORPHAN_SECONDS or (direction == "egress" and lane_idle):
         return ChunkPlan(drop=f"message {message_id} did not cross this border")
-    return ChunkPlan(delay=min(2.0 ** min(deliveries, 5), MAX_WAIT_SECONDS))
+    # Usually the message is a few hundred milliseconds ahead: start short, back off.
+    return ChunkPlan(delay=min(0.25 * 2.0 ** min(deliveries - 1, 8), MAX_WAIT_SECONDS))
 
 
 async def _lane_idle(js: JetStreamContext, agency: str) -> bool:

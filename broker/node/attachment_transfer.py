@@ -31,6 +31,7 @@ import functools
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,8 @@ FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
 # only covers the two consumers' lag.
 WAIT_FOR_MESSAGE: Final = 2.0
+BUSY_SECONDS: Final = 30.0
+BUSY_POLL: Final = 0.05
 # A chunk ahead of a missing one is offered again up to this many times (about 165 s with
 # gap_delay): longer than a gateway takes to offer a chunk again after a fault (its consumers
 # ack_wait is 15 s), so a reordering in transit heals; a file whose sender skipped a chunk is
@@ -139,6 +142,9 @@ class NodeAttachments:
         self.max_size = max_size
         self.scanner = tuple(scanner)
         self.scan_timeout = scan_timeout
+        # When files were last bound to a message being sent: the upload loop then looks for
+        # the message's acknowledgement often, so that the files follow it at once.
+        self.bound_at = -BUSY_SECONDS
 
     def _one(self, sql: str, *args: object) -> Any:
         return self.store.query(lambda db: db.execute(sql, args).fetchone())
@@ -226,6 +232,7 @@ class NodeAttachments:
                     "WHERE id = ? AND direction = 'out' AND state = ?",
                     (message_id, position, BOUND, m.id, STAGED),
                 )
+        self.bound_at = time.monotonic()
 
     # --------------------------------------------------------------- sending ---
 
@@ -491,7 +498,8 @@ async def run_uploads(node: Node, files: NodeAttachments, *, interval: float = 1
         try:
             if await send_files(node, files) == 0:
                 await asyncio.to_thread(files.erase_erased)
-                await asyncio.sleep(interval)
+                busy = time.monotonic() - files.bound_at < BUSY_SECONDS
+                await asyncio.sleep(BUSY_POLL if busy else interval)
         except Exception as exc:  # noqa: BLE001 - transport or store fault: retried
             log.warning("attachment_send_failed", error=repr(exc))
             await asyncio.sleep(interval)

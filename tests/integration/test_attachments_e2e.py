@@ -54,7 +54,7 @@ attachments:
     direction: any
     decision: allow
     max_count: 4
-    max_size: 268435456
+    max_size: {max_size}
     media_types: [application/pdf, "image/*", application/octet-stream]
 """
 DELIVERY_TIMEOUT: Final = 90.0
@@ -70,12 +70,14 @@ SCANNER: Final = [
 JUSTIFICATION: Final = "Case 2026/77: reviewing the evidence files"
 
 
-def _policies(base: Path) -> Path:
+def _policies(base: Path, max_size: int = 256 * 1024 * 1024) -> Path:
     out = base / "policies"
     out.mkdir()
     for cc in ("de", "nl"):
         text = (POLICIES / f"{cc}.yaml").read_text(encoding="utf-8")
-        (out / f"{cc}.yaml").write_text(text + LIMITS.format(cc=cc), encoding="utf-8")
+        (out / f"{cc}.yaml").write_text(
+            text + LIMITS.format(cc=cc, max_size=max_size), encoding="utf-8"
+        )
     return out
 
 
