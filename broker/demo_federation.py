@@ -34,11 +34,13 @@ from types import FrameType
 from typing import Any, Final, TextIO
 
 from broker.core.header import agency_country
+from broker.demo_files import synthetic_pdf, synthetic_png
 from broker.federation.launcher import Federation
 from broker.federation.observability import metrics_targets, prometheus_config
 from broker.federation.processes import NodeEndpoint, prepare
 from broker.federation.spec import load_description
 from broker.sdk import Draft, EvidenceEntry, NodeClient, NodeError, SendResult
+from broker.sniff import declared_type_for
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 EXAMPLES: Final = ROOT / "schemas" / "examples"
@@ -86,6 +88,7 @@ class Step:
     open_as: str | None = None
     label: str | None = None
     refused: bool = False
+    attach: bool = False  # send with a synthetic photo and PDF (broker/demo_files.py)
 
     @property
     def type(self) -> str:
@@ -332,6 +335,22 @@ OUTAGE_STEP: Final = Step(
     legal_basis=PARTNER_POLICE,
     label="information.spontaneous (UA down)",
     story="sent while UA's server is down; delivered when it is back",
+)
+
+
+ATTACH_STEP: Final = Step(
+    key="files",
+    example="information.spontaneous.2",
+    sender="de.lka-berlin",
+    to=("nl.politie",),
+    purpose="investigation",
+    handling="H2",
+    tlp="AMBER",
+    legal_basis=EU_POLICE,
+    label="information.spontaneous + photo + PDF",
+    story="LKA Berlin sends a (synthetic) photo and statement PDF, sealed per file",
+    open_as="nl.politie",
+    attach=True,
 )
 
 
@@ -634,6 +653,19 @@ class Demo:
             original = self.outcomes[step.reply_to].message_id
             if original is not None:
                 draft["in_reply_to"] = original
+        if step.attach:
+            folder = self.base / "demo-files"
+            folder.mkdir(exist_ok=True)
+            files = [
+                synthetic_png(folder / "scene-photo.png"),
+                synthetic_pdf(folder / "witness-statement.pdf"),
+            ]
+            draft["attachments"] = [
+                self.clients[step.sender].upload_attachment(f, media_type=declared_type_for(f))[
+                    "attachment"
+                ]
+                for f in files
+            ]
         return draft
 
     def send(self, step: Step, number: int) -> Outcome:
@@ -708,6 +740,19 @@ class Demo:
         step = outcome.step
         if step.open_as is None or outcome.message_id is None:
             return
+        if step.attach:
+            files = self.clients[step.open_as].attachments(outcome.message_id)
+            outcome.opened = True
+            outcome.notes.append(
+                f"{step.open_as} received "
+                + "; ".join(
+                    f"{f['name']} ({f['media_type']}, sniffed {f['sniffed_type']}, "
+                    f"{f['size']} bytes, {f['state']})"
+                    for f in files
+                )
+                + ": each sealed with its own key, verified chunk by chunk and by SHA-256"
+            )
+            return
         opened = self.clients[step.open_as].show(
             outcome.message_id, justification=JUSTIFICATION, actor="demo"
         )
@@ -751,6 +796,7 @@ class Demo:
         self.say(f"Sending {len(SCRIPT)} messages through the node APIs ...")
         for number, step in enumerate(SCRIPT, start=1):
             self.send(step, number)
+        self.send(ATTACH_STEP, len(SCRIPT) + 1)
         scripted = list(self.outcomes.values())
         if not self.wait(scripted, timeout=DELIVERY_TIMEOUT):
             self.say("  (some evidence did not arrive in time: see the table)")
@@ -761,7 +807,7 @@ class Demo:
 
         self.say(f"Stopping {DOWN_COUNTRY}'s server to show store-and-forward ...")
         self.fed.stop_country(DOWN_COUNTRY)
-        outage = self.send(OUTAGE_STEP, len(SCRIPT) + 1)
+        outage = self.send(OUTAGE_STEP, len(SCRIPT) + 2)
         # Until UA returns the message can get no further than the sender's border.
         time.sleep(2.0)
         self.refresh(outage)

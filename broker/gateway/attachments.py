@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from nats.aio.msg import Msg
@@ -46,7 +46,7 @@ from broker.gateway.crossings import SharedCrossings
 
 log = structlog.get_logger("casebridge.gateway.attachments")
 
-FETCH_BATCH: Final = 4  # x 512 KiB at most: the most chunk bytes the relay holds at once
+FETCH_BATCH: Final = 8  # x 512 KiB at most: the most chunk bytes the relay holds at once
 FETCH_TIMEOUT: Final = 1.0
 PUBLISH_TIMEOUT: Final = 10.0
 MAX_CHUNK_BYTES: Final = max(CHUNK_SIZES) + CHUNK_OVERHEAD
@@ -143,7 +143,10 @@ async def _settle(
     crossings: SharedCrossings,
     now: datetime,
     idle: dict[str, bool],
+    relays: list[Coroutine[Any, Any, None]],
 ) -> str:
+    """Decide one chunk; a relayed one is queued in ``relays`` (published in order, then
+    acknowledged, by the caller: a batch's publishes are in flight together)."""
     headers = dict(msg.headers or {})
     meta = msg.metadata
     routing = _routing(headers)
@@ -175,19 +178,25 @@ async def _settle(
     assert routing is not None  # noqa: S101 - a relayed plan has valid routing
     forward = {k: headers[k] for k in (aw.MESSAGE_HEADER, aw.ATTACHMENT_HEADER, aw.INDEX_HEADER)}
     msg_id = aw.chunk_msg_id(routing[1], routing[2])
-    await asyncio.gather(
-        *(
-            js.publish(
-                subject,
-                msg.data,
-                timeout=PUBLISH_TIMEOUT,
-                headers={**forward, "Nats-Msg-Id": msg_id},
-            )
-            for subject in plan.to
-        )
-    )
-    await msg.ack()
+    relays.append(_relay(js, msg, plan.to, {**forward, "Nats-Msg-Id": msg_id}))
     return "relayed"
+
+
+async def _relay(
+    js: JetStreamContext, msg: Msg, to: Sequence[str], headers: Mapping[str, str]
+) -> None:
+    try:
+        await asyncio.gather(
+            *(
+                js.publish(subject, msg.data, timeout=PUBLISH_TIMEOUT, headers=dict(headers))
+                for subject in to
+            )
+        )
+        await msg.ack()
+    except (NatsError, JetStreamError, TimeoutError) as exc:
+        # Offered again soon (not after ack_wait): the recipient is waiting for it.
+        log.warning("chunk_relay_fault", error=repr(exc))
+        await _nak(msg, 1.0)
 
 
 async def _nak(msg: Msg, delay: float) -> None:
@@ -224,6 +233,7 @@ async def run_chunk_relay(
             await crossings.prefetch(ids)
             idle: dict[str, bool] = {}
             waiting: set[str] = set()
+            relays: list[Coroutine[Any, Any, None]] = []
             for msg in batch:
                 headers = dict(msg.headers or {})
                 attachment = headers.get(aw.ATTACHMENT_HEADER, "")
@@ -241,6 +251,7 @@ async def run_chunk_relay(
                         crossings=crossings,
                         now=clock(),
                         idle=idle,
+                        relays=relays,
                     )
                 except (NatsError, JetStreamError, TimeoutError) as exc:
                     # Offered again soon (not after ack_wait): the recipient is waiting for it.
@@ -249,6 +260,8 @@ async def run_chunk_relay(
                     await _nak(msg, 1.0)
                 if outcome == "waiting":
                     waiting.add(attachment)
+            # Tasks start in creation order: the chunks are published in the order fetched.
+            await asyncio.gather(*(asyncio.ensure_future(r) for r in relays))
         except (NatsError, JetStreamError, RuntimeError) as exc:
             # Unsettled chunks come back after ack_wait; nothing is lost.
             log.warning("chunk_relay_fault", direction=direction, error=repr(exc))

@@ -72,8 +72,8 @@ SENT: Final = "sent"
 RECEIVING: Final = "receiving"
 VERIFIED: Final = "verified"
 REFUSED: Final = "refused"
-UPLOAD_WINDOW: Final = 4
-FEED_BATCH: Final = 4
+UPLOAD_WINDOW: Final = 8
+FEED_BATCH: Final = 8
 FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
 # only covers the two consumers' lag.
@@ -145,6 +145,9 @@ class NodeAttachments:
         # When files were last bound to a message being sent: the upload loop then looks for
         # the message's acknowledgement often, so that the files follow it at once.
         self.bound_at = -BUSY_SECONDS
+        # Files being received (only this node's chunk loop changes their state): no store
+        # read per chunk.
+        self._receiving: dict[str, tuple[str, Manifest]] = {}
 
     def _one(self, sql: str, *args: object) -> Any:
         return self.store.query(lambda db: db.execute(sql, args).fetchone())
@@ -306,6 +309,9 @@ class NodeAttachments:
             )  # fmt: skip
 
     def incoming(self, attachment_id: str) -> tuple[str, Manifest, str] | None:
+        cached = self._receiving.get(attachment_id)
+        if cached is not None:
+            return cached[0], cached[1], RECEIVING
         row = self.store.query(
             lambda db: db.execute(
                 "SELECT message_id, manifest, state FROM attachments "
@@ -313,11 +319,17 @@ class NodeAttachments:
                 (attachment_id,),
             ).fetchone()
         )
-        return None if row is None else (row[0], _manifest(row, 1), row[2])
+        if row is None:
+            return None
+        found = (row[0], _manifest(row, 1), row[2])
+        if found[2] == RECEIVING:
+            self._receiving[attachment_id] = (found[0], found[1])
+        return found
 
     def set_state(
         self, attachment_id: str, state: str, *, reason: str | None = None, detail: str = ""
     ) -> None:
+        self._receiving.pop(attachment_id, None)
         with self.store.transaction() as db:
             db.execute(
                 "UPDATE attachments SET state = ?, reason = ?, detail = ? WHERE id = ?",
@@ -326,6 +338,7 @@ class NodeAttachments:
 
     def verified(self, manifest: Manifest) -> None:
         """A received file verified whole: record its sniffed type; queue it for the scanner."""
+        self._receiving.pop(manifest.id, None)
         head = b"".join(self.spool.read(manifest, end=HEAD_BYTES))
         with self.store.transaction() as db:
             db.execute(
@@ -394,6 +407,8 @@ class NodeAttachments:
                         RECEIVING,
                     ),
                 )
+        if rows:
+            self._receiving.clear()  # their states changed in the store
         return [r[0] for r in rows]
 
     def release(self, message_id: str) -> None:
@@ -547,7 +562,12 @@ def gap_delay(attempts: int) -> float:
 
 
 def receive_chunk(
-    files: NodeAttachments, headers: Mapping[str, str], data: bytes, *, attempts: int = 1
+    files: NodeAttachments,
+    headers: Mapping[str, str],
+    data: bytes,
+    *,
+    attempts: int = 1,
+    durable: bool = True,
 ) -> str:
     """Verify one chunk into the spool: ``ack``, ``wait`` (its message or an earlier chunk is
     not here yet) or ``done`` (refused or already settled: acknowledge and forget). A chunk
@@ -564,7 +584,7 @@ def receive_chunk(
         return "done"
     try:
         try:
-            files.spool.receive(manifest, int(index), data)
+            files.spool.receive(manifest, int(index), data, durable=durable)
         except ChunkAhead as ahead:
             if attempts < GAP_ATTEMPTS:
                 return "gap"
@@ -582,18 +602,36 @@ def receive_chunk(
     return "ack"
 
 
+def receive_batch(
+    files: NodeAttachments, items: Sequence[tuple[Mapping[str, str], bytes, int]]
+) -> list[str | Exception]:
+    """Receive a fetch batch (one worker-thread hop, one fsync per file touched); the outcome
+    of each chunk, or the exception (ours) that kept it from being settled."""
+    outcomes: list[str | Exception] = []
+    for headers, data, attempts in items:
+        try:
+            outcomes.append(receive_chunk(files, headers, data, attempts=attempts, durable=False))
+        except Exception as exc:  # noqa: BLE001 - settled by the caller (offered again)
+            outcomes.append(exc)
+    try:
+        files.spool.flush()
+    except OSError as exc:
+        return [exc for _ in outcomes]  # nothing acknowledged: every chunk comes again
+    return outcomes
+
+
 async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
     """Receive this agency's chunks (``feed``: :class:`NatsChunkFeed`), forever."""
     async for batch in feed.batches():
         touched = False
-        for msg in batch:
-            attempts = msg.metadata.num_delivered or 1
+        items = [(dict(m.headers or {}), m.data, m.metadata.num_delivered or 1) for m in batch]
+        results = await asyncio.to_thread(receive_batch, files, items)
+        for msg, (_, _, attempts), result in zip(batch, items, results, strict=True):
+            outcome = "wait" if isinstance(result, Exception) else result
+            if isinstance(result, Exception):
+                # Ours (store, disk): offered again later, never refused for it.
+                log.warning("chunk_not_settled", error=repr(result))
             try:
-                outcome = await asyncio.to_thread(
-                    functools.partial(
-                        receive_chunk, files, dict(msg.headers or {}), msg.data, attempts=attempts
-                    )
-                )
                 if outcome == "wait":
                     await msg.nak(delay=WAIT_FOR_MESSAGE)
                 elif outcome == "gap":
@@ -601,10 +639,8 @@ async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
                 else:
                     await msg.ack()
                     touched = True
-            except Exception as exc:  # noqa: BLE001 - ours (store, NATS): offered again later
+            except Exception as exc:  # noqa: BLE001 - NATS: the chunk comes back after ack_wait
                 log.warning("chunk_not_settled", error=repr(exc))
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=WAIT_FOR_MESSAGE)
         if touched:
             try:
                 await settle_holds(node, files)

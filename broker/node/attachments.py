@@ -119,6 +119,8 @@ class AttachmentSpool:
         # Openers of files being received, by id: they carry the running SHA-256, which
         # cannot be saved; after a restart it is rebuilt from the kept chunks (_resume).
         self._openers: dict[str, ChunkOpener] = {}
+        # Parts written but not yet fsynced (receive(durable=False)); flush() makes them durable.
+        self._dirty: set[str] = set()
 
     # ----------------------------------------------------------------- sending ---
 
@@ -231,12 +233,16 @@ class AttachmentSpool:
         self._openers[manifest.id] = opener
         return opener
 
-    def receive(self, manifest: Manifest, index: int, data: bytes) -> Progress:
+    def receive(
+        self, manifest: Manifest, index: int, data: bytes, *, durable: bool = True
+    ) -> Progress:
         """Verify chunk ``index`` and keep it; verify the whole file after its last chunk.
 
         A chunk already kept with the same bytes (a redelivery after a crash between the
         write and the ack) is accepted again without effect. Any failure raises
         ``InvalidMessage`` with an ``attachment_*`` reason and discards the partial file.
+        ``durable=False``: the write is made durable by the next :meth:`flush` (one fsync for
+        a batch; acknowledge the chunks only after it). A whole file is always durable.
         """
         d = manifest.descriptor
         if self._incoming(d.id).exists():
@@ -253,9 +259,13 @@ class AttachmentSpool:
             with self._part(d.id).open("ab") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
+                if durable or opener.complete:
+                    os.fsync(f.fileno())
+                else:
+                    self._dirty.add(d.id)
             if opener.complete:
                 opener.finish()
+                self._dirty.discard(d.id)
                 self._part(d.id).rename(self._incoming(d.id))
                 _fsync_dir(self._incoming(d.id).parent)
                 self._openers.pop(d.id, None)
@@ -277,6 +287,19 @@ class AttachmentSpool:
                     Reason.ATTACHMENT_CHUNK_INVALID,
                     f"attachment {d.id}: chunk {index} arrived twice with different bytes",
                 )
+
+    def flush(self) -> None:
+        """Make every write of ``receive(durable=False)`` durable."""
+        while self._dirty:
+            attachment_id = self._dirty.pop()
+            try:
+                fd = os.open(self._part(attachment_id), os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # refused and discarded meanwhile
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def discard(self, attachment_id: str) -> None:
         """Forget an incoming file, verified or not (refusal, retention, erasure)."""
