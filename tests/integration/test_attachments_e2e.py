@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 import sys
 import threading
 import uuid
@@ -189,6 +190,33 @@ class TestDelivery:
             what="delivered evidence",
         )
         assert kinds
+
+    def test_cli_send_attach_sends_each_file_with_its_sniffed_type(
+        self, fed: Running, tmp_path: Path
+    ) -> None:
+        """`casebridge send --attach A --attach B` uploads both and sends them with the message."""
+        photo, pdf = tmp_path / "photo.jpg", tmp_path / "doc.pdf"
+        _file(photo, 30_000, b"\x89PNG\r\n\x1a\n")  # a PNG, whatever its name says
+        _file(pdf, 20_000, b"%PDF-1.7\n")
+        body = tmp_path / "body.json"
+        body.write_text(json.dumps(bulletin([NL])["body"]), encoding="utf-8")
+        client = fed.client(DE)
+        env = {**os.environ, "CASEBRIDGE_TOKEN": client.token}
+        done = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "send", "--node", client.base_url, "--json",
+             "--to", NL, "--type", "bulletin", "--purpose", "prevention", "--handling", "H1",
+             "--tlp", "GREEN", "--legal-basis", "Directive 2011/36/EU, Art. 18",
+             "--file", str(body), "--attach", str(photo), "--attach", str(pdf)],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        message_id = json.loads(done.stdout)["message_id"]
+        wait_until(lambda: _delivered(fed, message_id), DELIVERY_TIMEOUT, what="delivery")
+        files = fed.client(NL).attachments(message_id)
+        assert [(f["name"], f["media_type"]) for f in files] == [
+            ("photo.jpg", "image/png"),
+            ("doc.pdf", "application/pdf"),
+        ]
 
     def test_file_the_scanner_rejects_is_quarantined_with_its_reason(
         self, fed: Running, tmp_path: Path
