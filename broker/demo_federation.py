@@ -741,8 +741,8 @@ class Demo:
         if step.open_as is None or outcome.message_id is None:
             return
         if step.attach:
+            # Listing files (name, type, size, state) is not opening them: no `read` evidence.
             files = self.clients[step.open_as].attachments(outcome.message_id)
-            outcome.opened = True
             outcome.notes.append(
                 f"{step.open_as} received "
                 + "; ".join(
