@@ -66,6 +66,11 @@ class Reason(StrEnum):
     SCHEMA_INVALID = "schema_invalid"
     CATEGORY_UNDECLARED = "category_undeclared"
     POLICY_DENIED = "policy_denied"
+    # attachments (docs/protocol.md section 16)
+    ATTACHMENT_CHUNK_INVALID = "attachment_chunk_invalid"
+    ATTACHMENT_INCOMPLETE = "attachment_incomplete"
+    ATTACHMENT_SIZE_MISMATCH = "attachment_size_mismatch"
+    ATTACHMENT_DIGEST_MISMATCH = "attachment_digest_mismatch"
     # local: the node's API and edges
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"

@@ -32,6 +32,7 @@ import binascii
 import hmac
 import http.client
 import json
+import os
 import re
 import threading
 import time
@@ -40,7 +41,8 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, NotRequired, TypedDict, cast
+from pathlib import Path
+from typing import Any, BinaryIO, Final, NotRequired, TypedDict, cast
 
 from standardwebhooks.webhooks import Webhook
 
@@ -101,6 +103,7 @@ class Draft(TypedDict):
     onward_allowed: NotRequired[bool]
     onward_exclude: NotRequired[list[str]]
     derived_from: NotRequired[str]
+    attachments: NotRequired[list[str]]  # handles from upload_attachment
 
 
 class SendResult(TypedDict):
@@ -607,6 +610,91 @@ class NodeClient:
             raise
 
     # ----------------------------------------------------------------- raw
+
+    # --------------------------------------------------------- attachments
+
+    def upload_attachment(
+        self, path: str | os.PathLike[str], *, media_type: str, name: str | None = None
+    ) -> dict[str, Any]:
+        """Stream the file at ``path`` to the node (never read whole); the answer's
+        ``attachment`` is the handle to put in a draft's ``attachments``."""
+        file = Path(path)
+        query = urllib.parse.urlencode({"name": name or file.name, "media_type": media_type})
+        with file.open("rb") as body:
+            status, raw, retry_after = self._stream(
+                "POST",
+                f"{self._prefix}/v1/attachments?{query}",
+                body=body,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(file.stat().st_size),
+                },
+            )
+        if status >= 400:
+            raise _http_error(status, raw, retry_after)
+        return cast(dict[str, Any], json.loads(raw))
+
+    def attachments(self, message_id: str) -> list[dict[str, Any]]:
+        """The files of a message: name, type, size, digest and state (never content)."""
+        found: list[dict[str, Any]] = self.call("GET", f"/v1/messages/{message_id}/attachments")[
+            "attachments"
+        ]
+        return found
+
+    def download_attachment(
+        self,
+        message_id: str,
+        attachment_id: str,
+        dest: str | os.PathLike[str],
+        *,
+        justification: str | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> int:
+        """Stream a file (or bytes ``start``..``end``-1 of it) into ``dest``; bytes written.
+        A received file needs a ``justification`` (opening it is a consultation)."""
+        headers = {"X-Justification": justification} if justification else {}
+        if start is not None or end is not None:
+            last = "" if end is None else str(end - 1)
+            headers["Range"] = f"bytes={start or 0}-{last}"
+        target = f"{self._prefix}/v1/messages/{message_id}/attachments/{attachment_id}"
+        written = 0
+        connection = self._fresh()
+        try:
+            connection.request("GET", target, headers={**self._auth(), **headers})
+            response = connection.getresponse()
+            if response.status >= 400:
+                raise _http_error(response.status, response.read(), None)
+            with Path(dest).open("wb") as out:
+                while piece := response.read(256 * 1024):
+                    out.write(piece)
+                    written += len(piece)
+        except (OSError, http.client.HTTPException) as exc:
+            raise NodeError("node_unreachable", f"{self.base_url}: {exc}") from None
+        finally:
+            connection.close()
+        return written
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+
+    def _fresh(self) -> http.client.HTTPConnection:
+        return (http.client.HTTPSConnection if self._https else http.client.HTTPConnection)(
+            self._netloc, timeout=self.timeout
+        )
+
+    def _stream(
+        self, method: str, target: str, *, body: BinaryIO, headers: Mapping[str, str]
+    ) -> tuple[int, bytes, str | None]:
+        connection = self._fresh()
+        try:
+            connection.request(method, target, body=body, headers={**self._auth(), **headers})
+            response = connection.getresponse()
+            return response.status, response.read(), response.getheader("Retry-After")
+        except (OSError, http.client.HTTPException) as exc:
+            raise NodeError("node_unreachable", f"{self.base_url}: {exc}") from None
+        finally:
+            connection.close()
 
     def call(
         self,

@@ -22,6 +22,7 @@ from typing import Any, Final
 from broker.core.header import HANDLING_CODES, PURPOSES, TLP_MARKINGS
 from broker.sdk import NodeClient
 from broker.sdk import NodeError as NodeCallError
+from broker.sniff import declared_type_for
 
 DEFAULT_NODE: Final = "http://127.0.0.1:8470"
 
@@ -115,9 +116,25 @@ def _send_result(args: argparse.Namespace, result: dict[str, Any]) -> int:
     return 0
 
 
+def _attach(args: argparse.Namespace, client: NodeClient, draft: dict[str, Any]) -> None:
+    handles = []
+    for name in args.attach or ():
+        path = Path(name)
+        if not path.is_file():
+            raise NodeCallError("bad_request", f"--attach {name}: no such file")
+        handles.append(
+            client.upload_attachment(path, media_type=declared_type_for(path))["attachment"]
+        )
+    if handles:
+        draft["attachments"] = handles
+
+
 def _cmd_send(args: argparse.Namespace) -> int:
+    client = _client(args)
+    draft = _draft(args)
+    _attach(args, client, draft)
     # No key given: the client makes one for this send and reuses it on every retry.
-    result = _client(args).send(_draft(args), idempotency_key=args.idempotency_key)
+    result = client.send(draft, idempotency_key=args.idempotency_key)
     return _send_result(args, dict(result))
 
 
@@ -219,6 +236,12 @@ def _draft_options(parser: argparse.ArgumentParser, *, reply: bool) -> None:
     )
     if not reply:
         parser.add_argument("--task-force", help="send to every other member of a task force")
+        parser.add_argument(
+            "--attach",
+            action="append",
+            metavar="FILE",
+            help="attach a file (repeatable; streamed, sealed with its own key)",
+        )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--body", help="message body as JSON text")
     source.add_argument("--file", help="file holding the message body JSON")

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from broker.core import audit, canonical, jose
 from broker.core.directory import DIRECTORY_TYP, Directory, root_fingerprint
 from broker.core.envelope import (
+    INNER_ATTACHMENTS,
     INNER_MEMBERS,
     INNER_TYP,
     JWE_TYP,
@@ -510,7 +511,8 @@ def _open_inner(inner: bytes, routed: RoutedMessage) -> tuple[dict[str, Any], di
         jose.verify_compact(parsed, routed.sender.signing_key, what="inner JWS"),
         what="inner payload",
     )
-    if not isinstance(payload, dict) or set(payload) != INNER_MEMBERS:
+    wanted = INNER_MEMBERS | ({INNER_ATTACHMENTS} if routed.header.attachments else set())
+    if not isinstance(payload, dict) or set(payload) != wanted:
         raise InvalidMessage(Reason.MALFORMED, "inner payload must be {header, body, salt}")
     if canonical.dumps(payload["header"]) != canonical.dumps(routed.header.to_json()):
         raise InvalidMessage(Reason.HEADER_MISMATCH, "inner header differs from outer header")

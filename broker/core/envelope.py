@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.core import canonical, jose
+from broker.core.attachments import Manifest, check_manifests
 from broker.core.header import Header, parse_header
 from broker.core.replay import ReplayStore
 from broker.core.trust import GATEWAY_KIND, AgencyKeys, KeyResolver
@@ -35,6 +36,8 @@ JWE_TYP: Final = "casebridge-inner+jwe"
 WIRE_MEMBERS: Final = frozenset({"v", "outer", "jwe"})
 OUTER_MEMBERS: Final = frozenset({"header", "jwe_sha256", "commitment"})
 INNER_MEMBERS: Final = frozenset({"header", "body", "salt"})
+# Present exactly when the header declares attachments (docs/protocol.md 16.1).
+INNER_ATTACHMENTS: Final = "attachments"
 MIN_SALT_BYTES: Final = 16
 MAX_SALT_BYTES: Final = 64
 
@@ -111,6 +114,7 @@ class OpenedMessage:
     header: Header
     body: Mapping[str, Any]
     routed: RoutedMessage
+    attachments: tuple[Manifest, ...] = ()  # one per header.attachments, same order
 
 
 def seal(
@@ -121,11 +125,13 @@ def seal(
     resolver: KeyResolver,
     now: datetime,
     salt: bytes,
+    attachments: Sequence[Manifest] = (),
 ) -> bytes:
     """Sign, encrypt to every recipient in ``header.recipients``, sign again; return wire bytes.
 
     ``salt`` must be fresh randomness (``secrets.token_bytes(16)``); it is an argument so that
-    test vectors are reproducible up to the JWE's own randomness.
+    test vectors are reproducible up to the JWE's own randomness. ``attachments``: the
+    manifests of the files ``header.attachments`` declares, in the same order.
     """
     header_json = header.to_json()  # encoded once, checked and signed in both layers
     parse_header(header_json)  # every member valid (Header.validate, without a second to_json)
@@ -137,9 +143,20 @@ def seal(
         raise InvalidMessage(Reason.EXPIRED, "header.exp is already past")
     if not MIN_SALT_BYTES <= len(salt) <= MAX_SALT_BYTES:
         raise InvalidMessage(Reason.MALFORMED, f"salt must be {MIN_SALT_BYTES}-64 bytes")
+    if tuple(m.descriptor for m in attachments) != header.attachments:
+        raise InvalidMessage(
+            Reason.HEADER_MISMATCH, "attachment manifests differ from header.attachments"
+        )
     keys = check_addressing(header, resolver=resolver, now=now)
+    inner_payload: dict[str, Any] = {
+        "header": header_json,
+        "body": body,
+        "salt": jose.b64url_encode(salt),
+    }
+    if attachments:
+        inner_payload[INNER_ATTACHMENTS] = [m.to_json() for m in attachments]
     inner = jose.sign_compact(
-        canonical.dumps({"header": header_json, "body": body, "salt": jose.b64url_encode(salt)}),
+        canonical.dumps(inner_payload),
         sender.signing_key,
         kid=sender.signing_kid,
         typ=INNER_TYP,
@@ -431,8 +448,11 @@ def _open(
         raise InvalidMessage(Reason.SENDER_MISMATCH, "inner and outer signers differ")
     inner_bytes = jose.verify_compact(parsed_inner, routed.sender.signing_key, what="inner JWS")
     inner_payload = canonical.loads_strict(inner_bytes, what="inner payload")
-    if not isinstance(inner_payload, dict) or set(inner_payload) != INNER_MEMBERS:
-        raise InvalidMessage(Reason.MALFORMED, "inner payload must be {header, body, salt}")
+    wanted = INNER_MEMBERS | ({INNER_ATTACHMENTS} if header.attachments else set())
+    if not isinstance(inner_payload, dict) or set(inner_payload) != wanted:
+        raise InvalidMessage(
+            Reason.MALFORMED, "inner payload must be {header, body, salt[, attachments]}"
+        )
     _require_canonical(inner_payload, inner_bytes, "inner payload")
     if canonical.dumps(inner_payload["header"]) != canonical.dumps(outer_header_json):
         raise InvalidMessage(Reason.HEADER_MISMATCH, "inner header differs from outer header")
@@ -442,9 +462,14 @@ def _open(
     body = inner_payload["body"]
     if not isinstance(body, dict):
         raise InvalidMessage(Reason.MALFORMED, "body must be a JSON object")
+    manifests = (
+        check_manifests(header.attachments, inner_payload[INNER_ATTACHMENTS])
+        if header.attachments
+        else ()
+    )
     at.n = 17
     validator.validate(header.type, header.type_version, body)
-    opened = OpenedMessage(header=header, body=body, routed=routed)
+    opened = OpenedMessage(header=header, body=body, routed=routed, attachments=manifests)
     at.n = 18
     if admit is not None:
         admit(opened)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
 
+from broker.core.attachments import Descriptor, parse_descriptors
 from broker.core.ids import is_uuid, is_uuid4
 from broker.errors import InvalidMessage, Reason
 
@@ -93,6 +94,9 @@ _KEYS: Final = frozenset(
         "due",
     }
 )
+# Optional member, present only on a message that carries files (docs/protocol.md 16.1), so
+# that every header without attachments keeps the exact form of earlier versions.
+ATTACHMENTS_KEY: Final = "attachments"
 
 
 def agency_country(agency_id: str) -> str:
@@ -134,6 +138,7 @@ class Header:
     task_force: str | None = None
     onward: Onward = field(default_factory=Onward)
     due: str | None = None
+    attachments: tuple[Descriptor, ...] = ()
     v: int = PROTOCOL_VERSION
 
     @property
@@ -147,7 +152,7 @@ class Header:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object form, exactly as it goes on the wire (members as in docs/protocol.md)."""
-        return {
+        out: dict[str, Any] = {
             "v": self.v,
             "fed": self.fed,
             "id": self.id,
@@ -170,6 +175,9 @@ class Header:
             "exp": self.exp,
             "due": self.due,
         }
+        if self.attachments:
+            out[ATTACHMENTS_KEY] = [a.to_json() for a in self.attachments]
+        return out
 
     def validate(self) -> Header:
         """Check every member; raise ``InvalidMessage(HEADER_INVALID)`` naming the first bad one."""
@@ -227,7 +235,7 @@ def parse_header(unverified: Any) -> Header:
     """Turn a decoded JSON value into a :class:`Header`, checking every member strictly."""
     if not isinstance(unverified, Mapping):
         raise _fail("", "must be a JSON object")
-    keys = set(unverified)
+    keys = set(unverified) - {ATTACHMENTS_KEY}
     if keys != _KEYS:
         missing = sorted(_KEYS - keys)
         extra = sorted(keys - _KEYS)
@@ -303,6 +311,13 @@ def parse_header(unverified: Any) -> Header:
         except ValueError:
             raise _fail("due", "must be null or a date YYYY-MM-DD") from None
 
+    attachments: tuple[Descriptor, ...] = ()
+    if ATTACHMENTS_KEY in h:
+        try:
+            attachments = parse_descriptors(h[ATTACHMENTS_KEY])
+        except InvalidMessage as exc:
+            raise _fail(ATTACHMENTS_KEY, exc.detail) from None
+
     if conversation is None:  # pragma: no cover - _uuid never returns None here
         raise _fail("conversation", "missing")
     return Header(
@@ -325,4 +340,5 @@ def parse_header(unverified: Any) -> Header:
         iat=iat,
         exp=exp,
         due=due,
+        attachments=attachments,
     )

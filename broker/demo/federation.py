@@ -35,11 +35,13 @@ from typing import Any, Final, TextIO
 
 from broker.core.header import agency_country
 from broker.demo import catalogue as demo_catalogue
+from broker.demo.files import synthetic_pdf, synthetic_png
 from broker.federation.launcher import Federation
 from broker.federation.observability import metrics_targets, prometheus_config
 from broker.federation.processes import NodeEndpoint, prepare
 from broker.federation.spec import load_description
 from broker.sdk import Draft, EvidenceEntry, NodeClient, NodeError, SendResult
+from broker.sniff import declared_type_for
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 EXAMPLES: Final = ROOT / "schemas" / "examples"
@@ -87,6 +89,7 @@ class Step:
     open_as: str | None = None
     label: str | None = None
     refused: bool = False
+    attach: bool = False  # send with a synthetic photo and PDF (broker/demo/files.py)
 
     @property
     def type(self) -> str:
@@ -334,6 +337,22 @@ OUTAGE_STEP: Final = Step(
     legal_basis=PARTNER_POLICE,
     label="information.spontaneous (UA down)",
     story="sent while UA's server is down; delivered when it is back",
+)
+
+
+ATTACH_STEP: Final = Step(
+    key="files",
+    example="information.spontaneous.2",
+    sender="de.lka-berlin",
+    to=("nl.politie",),
+    purpose="investigation",
+    handling="H2",
+    tlp="AMBER",
+    legal_basis=EU_POLICE,
+    label="information.spontaneous + photo + PDF",
+    story="LKA Berlin sends a (synthetic) photo and statement PDF, sealed per file",
+    open_as="nl.politie",
+    attach=True,
 )
 
 
@@ -640,6 +659,19 @@ class Demo:
             original = self.outcomes[step.reply_to].message_id
             if original is not None:
                 draft["in_reply_to"] = original
+        if step.attach:
+            folder = self.base / "demo-files"
+            folder.mkdir(exist_ok=True)
+            files = [
+                synthetic_png(folder / "scene-photo.png"),
+                synthetic_pdf(folder / "witness-statement.pdf"),
+            ]
+            draft["attachments"] = [
+                self.clients[step.sender].upload_attachment(f, media_type=declared_type_for(f))[
+                    "attachment"
+                ]
+                for f in files
+            ]
         return draft
 
     def send(self, step: Step, number: int) -> Outcome:
@@ -714,6 +746,19 @@ class Demo:
         step = outcome.step
         if step.open_as is None or outcome.message_id is None:
             return
+        if step.attach:
+            # Listing files (name, type, size, state) is not opening them: no `read` evidence.
+            files = self.clients[step.open_as].attachments(outcome.message_id)
+            outcome.notes.append(
+                f"{step.open_as} received "
+                + "; ".join(
+                    f"{f['name']} ({f['media_type']}, sniffed {f['sniffed_type']}, "
+                    f"{f['size']} bytes, {f['state']})"
+                    for f in files
+                )
+                + ": each sealed with its own key, verified chunk by chunk and by SHA-256"
+            )
+            return
         opened = self.clients[step.open_as].show(
             outcome.message_id, justification=JUSTIFICATION, actor="demo"
         )
@@ -757,6 +802,7 @@ class Demo:
         self.say(f"Sending {len(SCRIPT)} messages through the node APIs ...")
         for number, step in enumerate(SCRIPT, start=1):
             self.send(step, number)
+        self.send(ATTACH_STEP, len(SCRIPT) + 1)
         scripted = list(self.outcomes.values())
         if not self.wait(scripted, timeout=DELIVERY_TIMEOUT):
             self.say("  (some evidence did not arrive in time: see the table)")
@@ -767,7 +813,7 @@ class Demo:
 
         self.say(f"Stopping {DOWN_COUNTRY}'s server to show store-and-forward ...")
         self.fed.stop_country(DOWN_COUNTRY)
-        outage = self.send(OUTAGE_STEP, len(SCRIPT) + 1)
+        outage = self.send(OUTAGE_STEP, len(SCRIPT) + 2)
         # Until UA returns the message can get no further than the sender's border.
         time.sleep(2.0)
         self.refresh(outage)

@@ -694,6 +694,17 @@ def client_ssl_context(client: ClientSettings) -> ssl.SSLContext:
 # ------------------------------------------------------------------ status ---
 
 
+# Resident memory stays bounded while files stream through (docs/federation.md,
+# "Attachments"), unless the operator's environment says otherwise: nats-server's Go heap is
+# collected towards 64 MiB; glibc returns chunk-sized buffers (256 KiB) to the system at once
+# instead of keeping them on a heap that only grows, in two arenas rather than one per thread.
+MEMORY_ENV: Final = {
+    "GOMEMLIMIT": "64MiB",
+    "MALLOC_ARENA_MAX": "2",
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+}
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ProcessStatus:
     """One row of ``federation status``."""
@@ -857,7 +868,7 @@ class Federation:
                 stderr=subprocess.STDOUT,
                 cwd=self.base,
                 # Unbuffered: a crash (kill -9) must not lose the log lines already written.
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**MEMORY_ENV, **os.environ, "PYTHONUNBUFFERED": "1"},
                 # Own session: survives the CLI that started it; signalled as a group.
                 start_new_session=True,
             )

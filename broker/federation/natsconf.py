@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from broker.core import attachment_wire as aw
 from broker.core import publication as pub
 from broker.core import wire as s
 
@@ -37,7 +38,15 @@ CROSS_DOMAIN_REPLIES: Final = "$JSC.R.>"
 # Flow-control replies of the push consumers that stream sourcing creates in the peer domain.
 FLOW_CONTROL: Final = "$JS.FC.>"
 # Local streams whose consumers must never be created from outside the country.
-LOCAL_STREAMS: Final = (s.SUBMIT_STREAM, s.INBOX_STREAM, s.DELIVER_STREAM, s.AUDIT_STREAM)
+LOCAL_STREAMS: Final = (
+    s.SUBMIT_STREAM,
+    s.INBOX_STREAM,
+    s.DELIVER_STREAM,
+    s.AUDIT_STREAM,
+    aw.ATT_SUBMIT_STREAM,
+    aw.ATT_INBOX_STREAM,
+    aw.ATT_DELIVER_STREAM,
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -141,9 +150,14 @@ def agency_permissions(agency_id: str) -> Permissions:
         durable = s.node_durable(agency_id, evidence=evidence)
         api = f"$JS.API.CONSUMER.%s.{s.DELIVER_STREAM}.{durable}"
         consumers += [api % "INFO", api % "MSG.NEXT", f"$JS.ACK.{s.DELIVER_STREAM}.{durable}.>"]
+    # Attachment chunks (docs/federation.md, "Attachments"): own chunk subject, own consumer.
+    durable = aw.att_node_durable(agency_id)
+    api = f"$JS.API.CONSUMER.%s.{aw.ATT_DELIVER_STREAM}.{durable}"
+    consumers += [api % "INFO", api % "MSG.NEXT", f"$JS.ACK.{aw.ATT_DELIVER_STREAM}.{durable}.>"]
     return Permissions(
         publish=(
             s.submit_subject(agency_id),
+            aw.att_submit_subject(agency_id),
             s.audit_subject(agency_id),  # signed audit checkpoints for the gateway
             *consumers,
             # Read-only: the directory and policies in force (public federation material),
@@ -216,11 +230,18 @@ def hub_leaf_permissions(code: str, peers: Sequence[str]) -> Permissions:
         mine = f"{s.domain_api(me)}.CONSUMER.CREATE.{s.out_stream(peer)}"
         publish += [theirs, f"{theirs}.>"]
         subscribe += [mine, f"{mine}.>"]
+        # The same for the attachment chunk outboxes (ATT_OUT_*), sourced by ATT_INBOX.
+        theirs = f"{s.domain_api(peer)}.CONSUMER.CREATE.{aw.att_out_stream(me)}"
+        mine = f"{s.domain_api(me)}.CONSUMER.CREATE.{aw.att_out_stream(peer)}"
+        publish += [theirs, f"{theirs}.>"]
+        subscribe += [mine, f"{mine}.>"]
     publish += [f"cb.xd.{s.domain(me)}.>", CROSS_DOMAIN_REPLIES, FLOW_CONTROL]
     subscribe += [f"cb.xd.*.{s.domain(me)}.>", CROSS_DOMAIN_REPLIES, FLOW_CONTROL]
     published = publication_permissions(code, peers)
     publish += published.publish
     subscribe += published.subscribe
+    publish += [f"cb.xa.{s.domain(me)}.>"]
+    subscribe += [f"cb.xa.*.{s.domain(me)}.>"]
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
 
 
@@ -262,6 +283,7 @@ def leaf_deny_imports(code: str) -> tuple[str, ...]:
         # Publications travel only by sourcing (cb.xp.*), never as plain subjects.
         pub.PUBLISHED_SUBJECTS,
         f"{s.INBOX_ROOT}.>",
+        aw.ATT_SUBJECTS,
     )
 
 
@@ -277,6 +299,7 @@ def leaf_deny_exports() -> tuple[str, ...]:
         f"{s.INBOX_ROOT}.>",
         "$JS.API.>",
         "$JS.ACK.>",
+        aw.ATT_SUBJECTS,
     )
 
 

@@ -50,6 +50,7 @@ from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
 from broker.core import wire as s
 from broker.errors import ConfigError
+from broker.federation.attachment_streams import ensure_attachment_streams
 
 DAY: Final = 24 * 3600.0
 # No message lives longer than 90 days (protocol: maximum lifetime), so no stream keeps one longer.
@@ -333,3 +334,7 @@ async def ensure_country_streams(js: JetStreamContext, country: CountryStreams) 
     await ensure_crossings_bucket(js, replicas=country.replicas)
     for stream, consumer in consumer_configs(country):
         await ensure_consumer(js, stream, consumer)
+    # Attachment chunks: streams of their own, same shape (attachment_streams.py).
+    await ensure_attachment_streams(
+        js, code=country.code, peers=country.peers, agencies=country.agencies
+    )

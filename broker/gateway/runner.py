@@ -43,6 +43,7 @@ from broker.errors import CasebridgeError
 from broker.federation.directory_cache import directory_cache, startup_directory
 from broker.federation.distribution import watcher_for
 from broker.federation.streams import ensure_consumer, submit_consumer
+from broker.gateway.attachments import run_chunk_relay
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
 from broker.gateway.crossings import SharedCrossings, open_bucket, wanted
@@ -790,6 +791,15 @@ async def run_gateway(
         metrics=f"http://{settings.api.host}:{settings.api.port}/metrics",
     )
     tasks = [
+        # Attachment chunks follow their messages (broker/gateway/attachments.py).
+        *(
+            asyncio.create_task(
+                run_chunk_relay(
+                    js, direction=d, code=country, crossings=shared, stop=stop, clock=clock
+                )
+            )
+            for d in ("egress", "ingress")
+        ),
         asyncio.create_task(
             _run_lanes(
                 js,

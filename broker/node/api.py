@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry
 from broker.core import canonical
 from broker.errors import CasebridgeError, PolicyDenied, Reason, SchemaInvalid
 from broker.metrics import REGISTRY_KEY, NodeMetrics, metrics_response
-from broker.node import api_integrations, corrections
+from broker.node import api_integrations, attachment_api, corrections
 from broker.node.api_parsing import (
     BODY_TIMEOUT_KEY,
     DEFAULT_BODY_TIMEOUT,
@@ -97,6 +97,7 @@ _DRAFT_FIELDS: Final = frozenset(
         "onward_allowed",
         "onward_exclude",
         "derived_from",
+        "attachments",
     }
 )
 
@@ -258,6 +259,9 @@ def create_app(
     app.router.add_get("/v1/threads/{conversation}", _thread)
     app.router.add_post("/v1/messages/{id}/correction", _notice)
     app.router.add_post("/v1/messages/{id}/withdrawal", _notice)
+    app.router.add_post("/v1/attachments", _attachment_upload)
+    app.router.add_get("/v1/messages/{id}/attachments", _attachment_list)
+    app.router.add_get("/v1/messages/{id}/attachments/{attachment}", _attachment_get)
     app.router.add_get("/v1/quarantine", _quarantine)
     app.router.add_post("/v1/quarantine/{id}/retry", _quarantine_retry)
     app.router.add_delete("/v1/quarantine/{id}", _quarantine_drop)
@@ -340,6 +344,7 @@ def parse_draft(raw: Mapping[str, Any]) -> Draft:
         onward_allowed=onward,
         onward_exclude=_str_list(raw, "onward_exclude"),
         derived_from=_str(raw, "derived_from"),
+        attachments=_str_list(raw, "attachments"),
     )
 
 
@@ -449,6 +454,36 @@ async def _message(request: web.Request) -> web.Response:
             **received.to_json(today=node.today(), with_body=True),
             **lawful,
         }
+    )
+
+
+async def _attachment_upload(request: web.Request) -> web.Response:
+    return await attachment_api.upload(request, request.app[NODE_KEY])
+
+
+async def _attachment_list(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    message_id = _id(request)
+    if (
+        node.store.outbox_message(message_id) is None
+        and node.store.inbox_message(message_id) is None
+    ):
+        raise NotFound(f"no message {message_id}")
+    return await attachment_api.listing(request, node, message_id)
+
+
+async def _attachment_get(request: web.Request) -> web.StreamResponse:
+    """A file of a message; for a received one, opening it is reading the message (audited)."""
+    node = request.app[NODE_KEY]
+    message_id = _id(request)
+    received = node.store.outbox_message(message_id) is None
+    if received:
+        if node.store.inbox_message(message_id) is None:
+            raise NotFound(f"no message {message_id}")
+        actor = _actor(request) or DEFAULT_ACTOR
+        await node.read(message_id, actor=actor, justification=_justification(request))
+    return await attachment_api.download(
+        request, node, message_id, request.match_info["attachment"], received=received
     )
 
 

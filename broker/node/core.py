@@ -27,13 +27,14 @@ What it must never do
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, Protocol
 
 from broker.core import jose
+from broker.core.attachments import Descriptor, Manifest
 from broker.core.envelope import (
     DEFAULT_LIMITS,
     Limits,
@@ -111,6 +112,7 @@ class Outcome(StrEnum):
     EVIDENCE = "evidence"  # evidence about a message of ours, recorded (or dropped)
     REJECTED = "rejected"
     DUPLICATE = "duplicate"  # a copy of something accepted before: acknowledge only
+    HELD = "held"  # opened, its files not verified yet: kept (no evidence) until they are
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -149,7 +151,25 @@ class StoreRejection:
     sealed: SealedRecord | None
 
 
-Write = StoreDelivery | StoreEvidence | StoreRejection
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HoldDelivery:
+    """Write: keep an opened message whose files have not all verified (no evidence, no
+    replay entry: it is decided again from its wire bytes once they have,
+    broker/node/attachment_transfer.py)."""
+
+    opened: OpenedMessage
+    receipt: Receipt
+    wire: bytes
+    now: datetime
+
+
+class FilesView(Protocol):
+    """What the core reads of the node's files of messages (the attachment spool)."""
+
+    def files_ready(self, opened: OpenedMessage) -> bool: ...
+
+
+Write = StoreDelivery | StoreEvidence | StoreRejection | HoldDelivery
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -280,6 +300,7 @@ class NodeCore:
         salt: Callable[[], bytes],
         lifetime: timedelta = timedelta(days=30),
         limits: Limits = DEFAULT_LIMITS,
+        files: FilesView | None = None,
     ) -> None:
         if sender.agency_id != recipient.agency_id:
             raise BadRequest("signing and decryption identities belong to different agencies")
@@ -296,10 +317,15 @@ class NodeCore:
         self._salt = salt
         self._lifetime = lifetime
         self._limits = limits
+        # The attachment spool (None: this node carries no files; a message with files is
+        # refused).
+        self.files = files
 
     # -------------------------------------------------------------------- send
 
-    def draft_header(self, draft: Draft, now: datetime) -> Header:
+    def draft_header(
+        self, draft: Draft, now: datetime, *, files: tuple[Descriptor, ...] = ()
+    ) -> Header:
         """The header of ``draft``: recipients (of a reply, of a task force), conversation,
         legal basis, lifetime. Raises ``BadRequest``/``NotFound`` for an unusable draft."""
         if is_evidence_type(draft.type):
@@ -350,11 +376,15 @@ class NodeCore:
             iat=iat,
             exp=iat + int(self._lifetime.total_seconds()),
             due=draft.due,
+            attachments=files,
         ).validate()
 
-    def clear(self, draft: Draft, now: datetime) -> tuple[Header, Clearance]:
-        """Build the header of a draft and run pre-flight on it (raises ``PolicyDenied``)."""
-        header = self.draft_header(draft, now)
+    def clear(
+        self, draft: Draft, now: datetime, *, files: tuple[Descriptor, ...] = ()
+    ) -> tuple[Header, Clearance]:
+        """Build the header of a draft and run pre-flight on it (raises ``PolicyDenied``).
+        ``files``: the descriptors of the draft's uploaded files, in order."""
+        header = self.draft_header(draft, now, files=files)
         derived.refuse_excluded(header, self._original_onward)
         clearance = self._preflight(header, draft.body)
         return replace(header, categories=clearance.categories), clearance
@@ -364,8 +394,16 @@ class NodeCore:
         found = self._view.inbox_message(message_id)
         return parse_header(found.header).onward if found is not None else None
 
-    def seal(self, header: Header, body: Mapping[str, Any], now: datetime) -> SealedRecord:
-        """Seal ``body`` under ``header`` for its recipients."""
+    def seal(
+        self,
+        header: Header,
+        body: Mapping[str, Any],
+        now: datetime,
+        *,
+        attachments: Sequence[Manifest] = (),
+    ) -> SealedRecord:
+        """Seal ``body`` under ``header`` for its recipients (``attachments``: the manifests
+        of the files ``header.attachments`` declares, in the same order)."""
         wire = seal(
             header=header,
             body=body,
@@ -373,6 +411,7 @@ class NodeCore:
             resolver=self.resolver,
             now=now,
             salt=self._salt(),
+            attachments=attachments,
         )
         return SealedRecord(header=header.to_json(), body=body, wire=wire, digest=wire_digest(wire))
 
@@ -516,6 +555,17 @@ class NodeCore:
         wire: bytes,
     ) -> Settlement:
         header = opened.header
+        if opened.attachments:
+            # Delivered only once every file verified (docs/protocol.md 17.3): until then the
+            # message is held, without evidence; a refused file refuses it (files_ready raises).
+            if self.files is None:
+                raise InvalidMessage(Reason.POLICY_DENIED, "this node accepts no attachments")
+            if not self.files.files_ready(opened):
+                return Settlement(
+                    outcome=Outcome.HELD,
+                    write=HoldDelivery(opened=opened, receipt=receipt, wire=wire, now=now),
+                    opened="accepted",
+                )
         produced = self.evidence(
             EvidenceKind.DELIVERED, Subject.of(header, opened.routed.digest), now
         )

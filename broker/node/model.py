@@ -54,6 +54,7 @@ class Draft:
     # the countries this message's own onward marking excludes.
     derived_from: str | None = None
     onward_exclude: tuple[str, ...] = ()
+    attachments: tuple[str, ...] = ()  # handles of uploaded files (docs/api.md, attachments)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

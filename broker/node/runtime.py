@@ -27,6 +27,14 @@ from broker.federation.directory_cache import directory_cache, startup_directory
 from broker.loaders import load_schema_registry
 from broker.metrics import Expiry, ExpiryCollector, NodeMetrics, build_info
 from broker.node import lawful_jobs
+from broker.node.attachment_transfer import (
+    NatsChunkFeed,
+    NodeAttachments,
+    run_chunk_feed,
+    run_scans,
+    run_uploads,
+)
+from broker.node.attachments import AttachmentSpool
 from broker.node.clock import system_clock
 from broker.node.clock_check import (
     ClockCollector,
@@ -176,6 +184,14 @@ def build_live_node(
         observer=NodeObserver(metrics),
         clock=clock.now,
         time_problem=clock.problem,
+        # Files sealed at rest next to the store (broker/node/attachments.py).
+        attachments=NodeAttachments(
+            store,
+            AttachmentSpool(settings.store_path.with_suffix(".attachments")),
+            max_size=settings.attachments.max_size,
+            scanner=settings.attachments.scanner,
+            scan_timeout=settings.attachments.scan_timeout_seconds,
+        ),
     )
 
     def resolve_with(new: Directory) -> None:
@@ -344,6 +360,18 @@ async def running_node(
                     name="publications",
                 )
             )
+        if node.attachments is not None and transport_factory is nats_transport:
+            feed = NatsChunkFeed(settings)
+            tasks += [
+                asyncio.create_task(run_uploads(node, node.attachments), name="attachments-out"),
+                asyncio.create_task(
+                    run_chunk_feed(node, node.attachments, feed), name="attachments-in"
+                ),
+            ]
+            if node.attachments.scanner:
+                tasks.append(
+                    asyncio.create_task(run_scans(node.attachments), name="attachments-scan")
+                )
         watch_loops(node, tasks)
         if registry is not None:
             registry.register(ClockCollector(clock))

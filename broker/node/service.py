@@ -61,6 +61,7 @@ from typing import Any, Final
 
 import structlog
 
+from broker.core.attachments import Descriptor
 from broker.core.audit import ActorKind, AuditEntry, Checkpoint, Operation, sign_checkpoint
 from broker.core.envelope import (
     DEFAULT_LIMITS,
@@ -76,6 +77,7 @@ from broker.core.wire import submit_subject
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
 from broker.logs import DistinctFaults, FaultLog
 from broker.node import audit_log, corrections
+from broker.node.attachment_transfer import NodeAttachments
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
 from broker.node.core import (
     TRANSIENT_REASONS,
@@ -84,6 +86,7 @@ from broker.node.core import (
     EvidenceDropped,
     EvidenceNotSealed,
     EvidenceReceived,
+    HoldDelivery,
     NodeCore,
     Outcome,
     Refused,
@@ -95,6 +98,7 @@ from broker.node.core import (
     wire_digest,
 )
 from broker.node.errors import (
+    BadRequest,
     IdempotencyConflict,
     JustificationRequired,
     NotFound,
@@ -238,6 +242,7 @@ class Node:
         logger: Any = None,
         observer: NodeObserver | None = None,
         monotonic: Callable[[], float] | None = None,
+        attachments: NodeAttachments | None = None,
     ) -> None:
         # The decisions; this class only carries them out (module docstring).
         self.core = NodeCore(
@@ -252,12 +257,15 @@ class Node:
             salt=salt,
             lifetime=lifetime,
             limits=limits,
+            files=attachments,
         )
         self.agency_id = sender.agency_id
         self._sender = sender
         self.resolver = resolver
         self.store = store
         self.transport = transport
+        # Files of messages (broker/node/attachment_transfer.py); None: attachments refused.
+        self.attachments = attachments
         self._clock = clock
         self._time_problem = time_problem
         self._retry = retry
@@ -315,14 +323,25 @@ class Node:
 
     def _seal(self, header: Header, body: Mapping[str, Any], now: datetime) -> SealedRecord:
         elapsed = self.observe.timer()
-        sealed = self.core.seal(header, body, now)
+        files = self.attachments.manifests_for(header) if self.attachments else ()
+        sealed = self.core.seal(header, body, now, attachments=files)
+        if files and self.attachments is not None:
+            self.attachments.bind(header.id, files)
         if self.observe.metrics is not None:
             self.observe.metrics.seal_seconds.observe(elapsed())
         return sealed
 
     def clear(self, draft: Draft) -> tuple[Header, Clearance]:
         """Build the header of a draft and run pre-flight on it (raises ``PolicyDenied``)."""
-        return self.core.clear(draft, self._clock())
+        return self.core.clear(draft, self._clock(), files=self._draft_files(draft))
+
+    def _draft_files(self, draft: Draft) -> tuple[Descriptor, ...]:
+        """The descriptors of the files a draft names (uploaded here, not yet sent)."""
+        if not draft.attachments:
+            return ()
+        if self.attachments is None:
+            raise BadRequest("this node does not carry attachments")
+        return tuple(m.descriptor for m in self.attachments.staged_manifests(draft.attachments))
 
     def explain(self, draft: Draft) -> dict[str, Any]:
         """What pre-flight would decide about ``draft``, without sealing or storing anything."""
@@ -891,6 +910,10 @@ class Node:
                 evidence=write.evidence,
                 wire=write.wire,
             )
+        elif isinstance(write, HoldDelivery):
+            if self.attachments is None:  # pragma: no cover - the core holds only with files
+                raise BadRequest("this node does not carry attachments")
+            self.attachments.hold(write.opened, write.receipt, write.wire, write.now)
         else:
             self.store.commit_rejection(
                 write.rejection, now=write.now, evidence=write.evidence, sealed=write.sealed

@@ -19,6 +19,7 @@ from broker.console.settings import ConsoleSettings, parse_console
 from broker.core.header import AGENCY_RE
 from broker.errors import ConfigError
 from broker.nats.settings import NatsSettings
+from broker.node.attachment_scan import AttachmentSettings
 from broker.node.events import DEFAULT_RETENTION_DAYS, retention_days
 from broker.node.retention import RetentionPolicy
 from broker.node.webhooks import WebhookSettings
@@ -45,6 +46,7 @@ _TOP: Final = frozenset(
         "webhooks",
         "console",
         "lookup",
+        "attachments",
     }
 )
 DEFAULT_CHECKPOINT_SECONDS: Final = 300.0
@@ -119,6 +121,8 @@ class Settings:
     # Hit/no-hit lookups (broker/node/lookup.py): the lookup settings file, with the pairwise
     # keys; None: this node neither answers nor sends lookups.
     lookup_file: Path | None = None
+    # Files of messages: upload limit and scanner hook (broker/node/attachment_scan.py)
+    attachments: AttachmentSettings = field(default_factory=AttachmentSettings)
 
 
 def _obj(raw: Any, what: str, allowed: frozenset[str]) -> dict[str, Any]:
@@ -246,4 +250,5 @@ def load_settings(path: Path | str, *, env: dict[str, str] | None = None) -> Set
         webhooks=WebhookSettings.from_json(top.get("webhooks")),
         console=parse_console(top.get("console"), base),
         lookup_file=file(_text(lookup, "file", "lookup")) if lookup else None,
+        attachments=AttachmentSettings.from_json(top.get("attachments")),
     )

@@ -395,6 +395,34 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX inbox_lookup ON inbox (type, received_at)
         WHERE type IN ('lookup.query', 'lookup.answer');
     """,
+    # 11: attachments (files of messages) and messages held until their files verified
+    # (broker/node/attachment_transfer.py, docs/protocol.md section 17).
+    """
+    CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        direction TEXT NOT NULL CHECK (direction IN ('out', 'in')),
+        message_id TEXT,
+        position INTEGER NOT NULL DEFAULT 0,
+        manifest TEXT NOT NULL,
+        state TEXT NOT NULL,
+        sent INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        detail TEXT,
+        sniffed TEXT,
+        scan TEXT,
+        scan_reason TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX attachments_message ON attachments (message_id);
+    CREATE TABLE attachment_holds (
+        message_id TEXT PRIMARY KEY,
+        wire BLOB NOT NULL,
+        digest TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        exp INTEGER NOT NULL,
+        held_at TEXT NOT NULL
+    );
+    """,
 )
 
 

@@ -147,6 +147,7 @@ class Running:
         no_policy: Iterable[str] = (),
         description: Mapping[str, Any] = DESCRIPTION,
         settings: Mapping[str, Mapping[str, Any]] | None = None,
+        policy_dir: Path = POLICIES,
     ) -> Running:
         """Init under ``base``, start hub, servers, every gateway and the ``nodes`` given.
 
@@ -157,7 +158,7 @@ class Running:
         (e.g. ``{"audit": {"checkpoint_seconds": 1}}``).
         """
         fed = Federation.init(parse_description(dict(description)), base, now=datetime.now(UTC))
-        endpoints = processes.prepare(fed, policy_dir=POLICIES)
+        endpoints = processes.prepare(fed, policy_dir=policy_dir)
         wanted = set(nodes)
         dropped = set(no_policy)
         changes: dict[str, dict[str, Any]] = {a: {} for a in dropped}

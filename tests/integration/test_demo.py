@@ -141,6 +141,16 @@ class TestDemo:
         assert "UA down: message" in output
         assert "evidence so far: relay ok DE" in output
 
+    def test_message_with_photo_and_pdf_is_delivered_with_verified_files(
+        self, demo_run: tuple[Path, str]
+    ) -> None:
+        """The message with a synthetic photo and PDF is delivered; both files verified."""
+        output = demo_run[1]
+        assert "delivered" in _rows(output)["information.spontaneous + photo + PDF"]
+        assert "scene-photo.png (image/png, sniffed image/png" in output
+        assert "witness-statement.pdf (application/pdf, sniffed application/pdf" in output
+        assert output.count(" bytes, verified)") == 2
+
     def test_prints_node_urls_and_monitoring(self, demo_run: tuple[Path, str]) -> None:
         """The demo prints each node's API URL with its token file and the NATS monitors."""
         output = demo_run[1]

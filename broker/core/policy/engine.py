@@ -32,6 +32,7 @@ from typing import Any
 
 from broker.core.header import Header, Onward
 from broker.core.policy import safeguards
+from broker.core.policy.attachments import decide_attachments
 from broker.core.policy.model import (
     Builtin,
     CategoryPaths,
@@ -226,15 +227,30 @@ def _egress_units(
                 federation=federation,
             )
             results.append(
-                decide_unit(
+                _with_files(
                     policy,
                     unit,
-                    point=point,
-                    onward=onward,
-                    check_removes=check_removes,
+                    header,
+                    decide_unit(
+                        policy,
+                        unit,
+                        point=point,
+                        onward=onward,
+                        check_removes=check_removes,
+                    ),
                 )
             )
     return results
+
+
+def _with_files(
+    policy: Policy, unit: Unit, header: Header, result: tuple[Decision, Rule | None]
+) -> tuple[Decision, Rule | None]:
+    """A unit the rules allowed, checked against the policy's attachment limits."""
+    decision, rule = result
+    if not header.attachments or not decision.allowed:
+        return result
+    return decide_attachments(policy.attachment_rules, unit, header.attachments, decision), rule
 
 
 def _ingress_units(
@@ -246,21 +262,25 @@ def _ingress_units(
     check_removes: bool,
 ) -> list[tuple[Decision, Rule | None]]:
     categories = frozenset(header.categories)
-    return [
-        decide_unit(
-            policy,
-            _unit(
-                header,
-                categories,
-                direction=Direction.INGRESS,
-                peer=header.sender_country,
-                recipient=recipient,
-                federation=federation,
-            ),
-            point=point,
-            check_removes=check_removes,
+    units = [
+        _unit(
+            header,
+            categories,
+            direction=Direction.INGRESS,
+            peer=header.sender_country,
+            recipient=recipient,
+            federation=federation,
         )
         for recipient in recipients_in(header.recipients, policy.country)
+    ]
+    return [
+        _with_files(
+            policy,
+            unit,
+            header,
+            decide_unit(policy, unit, point=point, check_removes=check_removes),
+        )
+        for unit in units
     ]
 
 

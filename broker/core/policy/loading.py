@@ -20,6 +20,7 @@ import jsonschema_rs
 import yaml
 
 from broker.core.jose import b64url_encode
+from broker.core.policy.attachments import AttachmentRule, parse_attachment_rule
 from broker.core.policy.model import (
     DEFAULT_SMALL_CELL_K,
     CategoryCondition,
@@ -350,9 +351,18 @@ def parse_policy(data: bytes, *, source: str = "<policy>", schema: str | None = 
             )
         seen[raw["id"]] = line
         rules.append(_rule(raw, line, groups, problems))
+    attachment_rules: list[AttachmentRule] = []
+    for index, raw in enumerate(value.get("attachments", ())):
+        line = marks.get(("attachments", index))
+        if raw["id"] in seen:
+            problems.append(PolicyProblem(line=line, message=f"duplicate rule id {raw['id']!r}"))
+        seen[raw["id"]] = line
+        peer = _peer(raw.get("peer"), groups, line, problems)
+        attachment_rules.append(parse_attachment_rule(raw, line, peer))
     if problems:
         raise PolicyError(source, problems)
     return Policy(
+        attachment_rules=tuple(attachment_rules),
         country=value["country"],
         version=value["version"],
         description=value.get("description", ""),

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from broker.core.header import (
     DATA_CATEGORIES,
@@ -24,6 +24,9 @@ from broker.core.header import (
     agency_country,
 )
 from broker.errors import CasebridgeError, PolicyDenied, Reason
+
+if TYPE_CHECKING:  # the attachment module builds on this one
+    from broker.core.policy.attachments import AttachmentRule
 
 # The floor below which no policy can lower small-cell suppression (DESIGN.md section 3).
 DEFAULT_SMALL_CELL_K: Final = 11
@@ -268,6 +271,7 @@ class Policy:
     # SHA-256 (base64url) of the exact YAML bytes: names the revision in logs and evidence.
     digest: str = ""
     source: str = "<policy>"
+    attachment_rules: tuple[AttachmentRule, ...] = ()  # docs/policy.md section 13
     index: RuleIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

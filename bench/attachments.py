@@ -1,0 +1,126 @@
+"""Attachment throughput across a border (DE -> NL), next to the raw JetStream floor.
+
+Starts a DE + NL federation (hub, both servers and gateways, one node each; policies letting
+files cross) in a temporary directory and, for each ``--sizes`` (MB, default 10 and 500):
+
+- writes a synthetic random file, uploads it to the DE node (streamed, sealed into its spool);
+- sends a message with it to NL and measures send -> delivered at NL (the NL node verified
+  every chunk and the whole-file digest): the **end-to-end** rate;
+- the **floor**: in the same run, the same bytes in chunks of the same size published with
+  acknowledgement (4 in flight, as the node does) into a scratch stream on the DE server and
+  read back with a pull consumer (one store and one read: what any JetStream design must do).
+
+Prints a table, never asserts. Targets (issue 18): >= 30 MB/s end to end and >= 1/3 of the
+floor. On a shared machine the figures move with the load: report them with it.
+Run: ``PYTHONPATH=$PWD .venv/bin/python bench/attachments.py [--sizes 10 500]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nats.js.api import StorageType, StreamConfig
+
+from broker.core.attachments import CHUNK_OVERHEAD, DEFAULT_CHUNK_SIZE
+from tests.integration.e2e_helpers import Running, bulletin, wait_until
+from tests.integration.test_attachments_e2e import DE, DESCRIPTION, NL, _policies
+
+MB = 1_000_000
+WINDOW = 4
+
+
+def _write(path: Path, size: int) -> None:
+    piece = os.urandom(1 << 20)
+    with path.open("wb") as f:
+        left = size
+        while left > 0:
+            f.write(piece[: min(left, len(piece))])
+            left -= len(piece)
+
+
+async def _floor(fed: Running, size: int) -> float:
+    """Seconds to store ``size`` bytes as sealed-chunk-sized messages and read them back."""
+    nc = await fed.fed.connect_gateway("DE")
+    js = nc.jetstream()
+    name = "BENCH_FLOOR"
+    await js.add_stream(StreamConfig(name=name, subjects=["bench.floor"], storage=StorageType.FILE))
+    try:
+        payload = os.urandom(DEFAULT_CHUNK_SIZE + CHUNK_OVERHEAD)
+        count = -(-size // DEFAULT_CHUNK_SIZE)
+        started = time.perf_counter()
+        for at in range(0, count, WINDOW):
+            n = min(WINDOW, count - at)
+            await asyncio.gather(*(js.publish("bench.floor", payload) for _ in range(n)))
+        sub = await js.pull_subscribe("bench.floor", durable="floor", stream=name)
+        got = 0
+        while got < count:
+            for msg in await sub.fetch(WINDOW, timeout=10):
+                await msg.ack()
+                got += 1
+        return time.perf_counter() - started
+    finally:
+        await js.delete_stream(name)
+        await nc.close()
+
+
+def _delivered(fed: Running, message_id: str) -> bool:
+    return message_id in fed.inbox_ids(NL)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 500], help="MB each")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="casebridge-att-bench-") as tmp:
+        base = Path(tmp)
+        fed = Running.start(
+            base / "fed",
+            nodes=[DE, NL],
+            description=DESCRIPTION,
+            policy_dir=_policies(base, max_size=1 << 32),
+        )
+        try:
+            for mb in args.sizes:
+                size = mb * MB
+                path = base / f"file-{mb}"
+                _write(path, size)
+                t0 = time.perf_counter()
+                handle = fed.client(DE).upload_attachment(path, media_type="application/pdf")
+                upload = time.perf_counter() - t0
+                path.unlink()
+                t1 = time.perf_counter()
+                sent = fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))
+                message_id = str(sent["message_id"])
+                wait_until(
+                    functools.partial(_delivered, fed, message_id),
+                    120 + size / (2 * MB),
+                    what="delivery",
+                )
+                transfer = time.perf_counter() - t1
+                floor = asyncio.run(_floor(fed, size))
+                rows.append((mb, upload, transfer, floor))
+        finally:
+            for client in fed.clients.values():
+                client.close()
+            fed.close()
+    print("size MB | upload s | send->delivered s | end-to-end MB/s | floor MB/s | ratio")
+    print("--------|----------|-------------------|-----------------|------------|------")
+    for mb, upload, transfer, floor in rows:
+        e2e, raw = mb / transfer, mb / floor
+        print(
+            f"{mb:7d} | {upload:8.1f} | {transfer:17.1f} | {e2e:15.1f} | {raw:10.1f} | "
+            f"{e2e / raw:5.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""NATS names of the attachment chunk path (docs/federation.md, "Attachments").
+
+Chunks travel the same sovereign path as messages, in streams of their own so that bulk file
+traffic never stands in front of a message and keeps its own limits:
+
+    node --cb.att.submit.<agency>--> ATT_SUBMIT (work queue)
+      gateway (egress, consumer ``att-egress``) --cb.att.out.<cc>.<p>--> ATT_OUT_<P>
+        <== sourced across the hub by <p>'s ATT_INBOX ($JS.<cc>.API, deliver cb.xa.<cc>.<p>)
+      gateway of <p> (ingress, consumer ``att-ingress``) --cb.att.deliver.<agency>--> ATT_DELIVER
+        node (consumer ``att-<agency>``)
+
+Pure string functions and constants; the lead may fold them into the core's wire module.
+Never does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ATT_SUBMIT_STREAM: Final = "ATT_SUBMIT"
+ATT_INBOX_STREAM: Final = "ATT_INBOX"
+ATT_DELIVER_STREAM: Final = "ATT_DELIVER"
+ATT_SUBJECTS: Final = "cb.att.>"
+ATT_SUBMIT_SUBJECTS: Final = "cb.att.submit.>"
+ATT_DELIVER_SUBJECTS: Final = "cb.att.deliver.>"
+EGRESS_DURABLE: Final = "att-egress"
+INGRESS_DURABLE: Final = "att-ingress"
+
+# NATS headers of a chunk. The values are routing only: the recipient authenticates the chunk
+# with the manifest (AAD = attachment id, index, final flag), never with these.
+MESSAGE_HEADER: Final = "Cb-Message"
+ATTACHMENT_HEADER: Final = "Cb-Attachment"
+INDEX_HEADER: Final = "Cb-Chunk"
+
+
+def att_submit_subject(agency_id: str) -> str:
+    return f"cb.att.submit.{agency_id}"
+
+
+def att_out_stream(peer: str) -> str:
+    return f"ATT_OUT_{peer.upper()}"
+
+
+def att_out_subject(code: str, peer: str) -> str:
+    return f"cb.att.out.{code.lower()}.{peer.lower()}"
+
+
+def att_cross_delivery_prefix(source: str, destination: str) -> str:
+    return f"cb.xa.{source.lower()}.{destination.lower()}"
+
+
+def att_deliver_subject(agency_id: str) -> str:
+    return f"cb.att.deliver.{agency_id}"
+
+
+def att_node_durable(agency_id: str) -> str:
+    """The node's consumer of its chunks on ATT_DELIVER (``att-<agency with . as _>``)."""
+    return f"att-{agency_id.replace('.', '_')}"
+
+
+def chunk_msg_id(attachment_id: str, index: int) -> str:
+    """Nats-Msg-Id of a chunk: the same chunk republished after a failure is a duplicate."""
+    return f"{attachment_id}.{index}"

@@ -1,0 +1,189 @@
+"""JetStream streams and consumers of the attachment chunk path (docs/federation.md,
+"Attachments"); called from :func:`broker.federation.streams.ensure_country_streams`.
+
+Chunks get streams of their own rather than extra subjects on the message streams: stream
+sourcing across the hub is ordered per stream, so 200 MB of chunks in ``OUT_<P>`` would stand
+in front of every message behind them; separate streams also carry their own limits. The shape
+is the messages' one (docs/federation.md): a work queue in, one outbox per peer sourced by the
+peer's inbox through ``$JS.<cc>.API``, a work queue out with one consumer per agency.
+
+Idempotent like the message streams. Never creates anything outside these streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    ExternalStream,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+)
+from nats.js.errors import APIError, NotFoundError
+
+from broker.core import attachment_wire as aw
+from broker.core import wire as s
+from broker.errors import ConfigError
+
+DAY: Final = 24 * 3600.0
+MAX_AGE_SECONDS: Final = 90 * DAY  # as the message streams: a file lives as long as its message
+DUPLICATE_WINDOW_SECONDS: Final = 1 * DAY
+# Counted per subject (per agency in, per peer abroad, per agency out). At 256 KiB a chunk,
+# 200,000 chunks are 50 GiB: the server's max_file_store is the real bound of a country.
+CHUNKS_PER_SUBJECT: Final = 200_000
+# Short: a chunk whose relay failed while a server was away (the nak could not be sent) is
+# offered again this soon; relaying one chunk takes milliseconds.
+ACK_WAIT_SECONDS: Final = 15.0
+# A gateway waiting for a message's decision holds its chunks un-acked (nak with delay):
+# room for several large files in flight.
+GATEWAY_MAX_ACK_PENDING: Final = 20_000
+NODE_MAX_ACK_PENDING: Final = 64
+
+
+def _work_queue(name: str, subjects: str, description: str) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=[subjects],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_msgs_per_subject=CHUNKS_PER_SUBJECT,
+        max_age=MAX_AGE_SECONDS,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+def att_submit_config() -> StreamConfig:
+    return _work_queue(
+        aw.ATT_SUBMIT_STREAM, aw.ATT_SUBMIT_SUBJECTS, "attachment chunks of agency submissions"
+    )
+
+
+def att_deliver_config() -> StreamConfig:
+    return _work_queue(
+        aw.ATT_DELIVER_STREAM, aw.ATT_DELIVER_SUBJECTS, "attachment chunks for local agencies"
+    )
+
+
+def att_out_config(code: str, peer: str) -> StreamConfig:
+    return StreamConfig(
+        name=aw.att_out_stream(peer),
+        description=f"attachment chunks {code.upper()} -> {peer.upper()}",
+        subjects=[aw.att_out_subject(code, peer)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_msgs_per_subject=CHUNKS_PER_SUBJECT,
+        max_age=MAX_AGE_SECONDS,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+def att_inbox_config(code: str, peers: Sequence[str]) -> StreamConfig:
+    sources = [
+        StreamSource(
+            name=aw.att_out_stream(code),
+            external=ExternalStream(
+                api=s.domain_api(peer), deliver=aw.att_cross_delivery_prefix(peer, code)
+            ),
+        )
+        for peer in sorted(peers)
+    ]
+    return StreamConfig(
+        name=aw.ATT_INBOX_STREAM,
+        description=f"attachment chunks from abroad for {code.upper()}",
+        sources=sources,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        max_msgs_per_subject=CHUNKS_PER_SUBJECT,
+        max_age=MAX_AGE_SECONDS,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+def _pull(
+    durable: str, filter_subject: str | None, description: str, pending: int
+) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        description=description,
+        filter_subject=filter_subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_SECONDS,
+        max_deliver=-1,
+        max_ack_pending=pending,
+    )
+
+
+def att_node_consumer(agency_id: str) -> ConsumerConfig:
+    return _pull(
+        aw.att_node_durable(agency_id),
+        aw.att_deliver_subject(agency_id),
+        f"adapter node of {agency_id}: attachment chunks",
+        NODE_MAX_ACK_PENDING,
+    )
+
+
+def attachment_stream_configs(code: str, peers: Sequence[str]) -> list[StreamConfig]:
+    ordered = sorted(p.upper() for p in peers)
+    return [
+        att_submit_config(),
+        *(att_out_config(code, p) for p in ordered),
+        att_inbox_config(code, ordered),
+        att_deliver_config(),
+    ]
+
+
+def attachment_consumer_configs(agencies: Sequence[str]) -> list[tuple[str, ConsumerConfig]]:
+    wanted = [
+        (
+            aw.ATT_SUBMIT_STREAM,
+            _pull(aw.EGRESS_DURABLE, None, "border gateway: chunks out", GATEWAY_MAX_ACK_PENDING),
+        ),
+        (
+            aw.ATT_INBOX_STREAM,
+            _pull(aw.INGRESS_DURABLE, None, "border gateway: chunks in", GATEWAY_MAX_ACK_PENDING),
+        ),
+    ]
+    wanted += [(aw.ATT_DELIVER_STREAM, att_node_consumer(a)) for a in sorted(agencies)]
+    return wanted
+
+
+async def ensure_attachment_streams(
+    js: JetStreamContext, *, code: str, peers: Sequence[str], agencies: Sequence[str]
+) -> None:
+    """Create or update the chunk streams of country ``code`` and their missing consumers."""
+    for config in attachment_stream_configs(code, peers):
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            await js.add_stream(config)
+            continue
+        try:
+            await js.update_stream(config)
+        except APIError as exc:
+            raise ConfigError(
+                f"stream {config.name} cannot be updated in place: {exc.description}"
+            ) from None
+    for stream, consumer in attachment_consumer_configs(agencies):
+        try:
+            await js.consumer_info(stream, consumer.durable_name or "")
+        except NotFoundError:
+            await js.add_consumer(stream, consumer)

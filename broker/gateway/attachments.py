@@ -1,0 +1,269 @@
+"""The border gateway's relay of attachment chunks (docs/federation.md, "Attachments").
+
+What it is for
+    A chunk crosses a border only behind its message: the gateway relays it when the
+    country's ``CROSSINGS`` bucket shows that this border let the chunk's message through
+    (egress: submitted by the agency the chunk's subject names; ingress: sent from the country
+    the chunk came from), and only towards where that message went (the peer countries of its
+    recipients, or the local recipient agencies). The policy decision on the files (count,
+    sizes, declared types: docs/policy.md section 13) was taken on the message's signed header;
+    a chunk of a refused message never crosses. :func:`plan_chunk` decides (pure), the loop
+    around it fetches, publishes and settles.
+
+    A chunk whose message is not (yet) recorded waits (nak with a growing delay); it is dropped
+    when its message can no longer be waiting: on egress when the agency's submission lane is
+    idle (its node publishes chunks only after the message was acknowledged, so the message
+    was decided already), and in any case after :data:`ORPHAN_SECONDS`.
+
+What it must never do
+    Read or hold content (chunks are AES-GCM ciphertext under keys it never has), relay a
+    chunk whose message it did not let through, or hold more than one fetch batch in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import structlog
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
+from nats.js.errors import Error as JetStreamError
+from nats.js.errors import NotFoundError
+
+from broker.core import attachment_wire as aw
+from broker.core import wire as subjects
+from broker.core.attachments import CHUNK_OVERHEAD, CHUNK_SIZES
+from broker.core.header import agency_country
+from broker.core.ids import is_uuid, is_uuid4
+from broker.gateway.border import Crossing
+from broker.gateway.crossings import SharedCrossings
+
+log = structlog.get_logger("casebridge.gateway.attachments")
+
+FETCH_BATCH: Final = 8  # x 512 KiB at most: the most chunk bytes the relay holds at once
+FETCH_TIMEOUT: Final = 1.0
+PUBLISH_TIMEOUT: Final = 10.0
+MAX_CHUNK_BYTES: Final = max(CHUNK_SIZES) + CHUNK_OVERHEAD
+ORPHAN_SECONDS: Final = 3600.0
+MAX_WAIT_SECONDS: Final = 30.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChunkPlan:
+    """What to do with one chunk: publish to ``to`` (then ack), wait ``delay`` s, or drop."""
+
+    to: tuple[str, ...] = ()
+    delay: float | None = None
+    drop: str | None = None  # why, for the log
+
+
+def _routing(headers: Mapping[str, str]) -> tuple[str, str, int] | None:
+    message_id = headers.get(aw.MESSAGE_HEADER, "")
+    attachment_id = headers.get(aw.ATTACHMENT_HEADER, "")
+    index = headers.get(aw.INDEX_HEADER, "")
+    if not (is_uuid(message_id) and is_uuid4(attachment_id) and index.isdigit()):
+        return None
+    return message_id, attachment_id, int(index)
+
+
+def plan_chunk(
+    *,
+    direction: str,
+    code: str,
+    subject: str,
+    headers: Mapping[str, str],
+    size: int,
+    crossings: Sequence[Crossing],
+    age_seconds: float,
+    deliveries: int,
+    lane_idle: bool,
+) -> ChunkPlan:
+    """Decide one chunk. ``crossings``: the records of its message; ``lane_idle``: (egress)
+    the sending agency's submission lane has nothing pending."""
+    routing = _routing(headers)
+    if routing is None:
+        return ChunkPlan(drop="chunk headers missing or malformed")
+    if size > MAX_CHUNK_BYTES:
+        return ChunkPlan(drop=f"chunk of {size} bytes is over {MAX_CHUNK_BYTES}")
+    message_id = routing[0]
+    me = code.upper()
+    if direction == "egress":
+        sender = subject.removeprefix(aw.att_submit_subject(""))
+        found = [c for c in crossings if c.direction == "egress" and c.sender == sender]
+        to = sorted(
+            {aw.att_out_subject(me, agency_country(r)) for c in found for r in c.recipients}
+            - {aw.att_out_subject(me, me)}
+        )
+    else:
+        parts = subject.split(".")  # cb.att.out.<from>.<to>
+        origin = parts[3].upper() if len(parts) == 5 else ""
+        found = [
+            c for c in crossings if c.direction == "ingress" and agency_country(c.sender) == origin
+        ]
+        to = sorted(
+            {
+                aw.att_deliver_subject(r)
+                for c in found
+                for r in c.recipients
+                if agency_country(r) == me
+            }
+        )
+    if found and to:
+        return ChunkPlan(to=tuple(to))
+    if found:
+        return ChunkPlan(drop=f"message {message_id} went nowhere chunks can follow")
+    if age_seconds > ORPHAN_SECONDS or (direction == "egress" and lane_idle):
+        return ChunkPlan(drop=f"message {message_id} did not cross this border")
+    # Usually the message is a few hundred milliseconds ahead: start short, back off.
+    return ChunkPlan(delay=min(0.25 * 2.0 ** min(deliveries - 1, 8), MAX_WAIT_SECONDS))
+
+
+async def _lane_idle(js: JetStreamContext, agency: str) -> bool:
+    try:
+        info = await js.consumer_info(
+            subjects.SUBMIT_STREAM, subjects.gateway_submit_durable(agency)
+        )
+    except NotFoundError:
+        return True
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def _settle(
+    js: JetStreamContext,
+    msg: Msg,
+    *,
+    direction: str,
+    code: str,
+    crossings: SharedCrossings,
+    now: datetime,
+    idle: dict[str, bool],
+    relays: list[Coroutine[Any, Any, None]],
+) -> str:
+    """Decide one chunk; a relayed one is queued in ``relays`` (published in order, then
+    acknowledged, by the caller: a batch's publishes are in flight together)."""
+    headers = dict(msg.headers or {})
+    meta = msg.metadata
+    routing = _routing(headers)
+    found: Sequence[Crossing] = crossings.crossings(routing[0]) if routing else ()
+    lane_idle = False
+    if direction == "egress" and routing is not None and not found:
+        agency = msg.subject.removeprefix(aw.att_submit_subject(""))
+        if agency not in idle:
+            idle[agency] = await _lane_idle(js, agency)
+        lane_idle = idle[agency]
+    plan = plan_chunk(
+        direction=direction,
+        code=code,
+        subject=msg.subject,
+        headers=headers,
+        size=len(msg.data),
+        crossings=found,
+        age_seconds=(now - meta.timestamp).total_seconds(),
+        deliveries=meta.num_delivered or 1,
+        lane_idle=lane_idle,
+    )
+    if plan.drop is not None:
+        log.warning("chunk_dropped", direction=direction, why=plan.drop, subject=msg.subject)
+        await msg.term()
+        return "dropped"
+    if plan.delay is not None:
+        await msg.nak(delay=plan.delay)
+        return "waiting"
+    assert routing is not None  # noqa: S101 - a relayed plan has valid routing
+    forward = {k: headers[k] for k in (aw.MESSAGE_HEADER, aw.ATTACHMENT_HEADER, aw.INDEX_HEADER)}
+    msg_id = aw.chunk_msg_id(routing[1], routing[2])
+    relays.append(_relay(js, msg, plan.to, {**forward, "Nats-Msg-Id": msg_id}))
+    return "relayed"
+
+
+async def _relay(
+    js: JetStreamContext, msg: Msg, to: Sequence[str], headers: Mapping[str, str]
+) -> None:
+    try:
+        await asyncio.gather(
+            *(
+                js.publish(subject, msg.data, timeout=PUBLISH_TIMEOUT, headers=dict(headers))
+                for subject in to
+            )
+        )
+        await msg.ack()
+    except (NatsError, JetStreamError, TimeoutError) as exc:
+        # Offered again soon (not after ack_wait): the recipient is waiting for it.
+        log.warning("chunk_relay_fault", error=repr(exc))
+        await _nak(msg, 1.0)
+
+
+async def _nak(msg: Msg, delay: float) -> None:
+    with contextlib.suppress(NatsError, JetStreamError, TimeoutError):
+        await msg.nak(delay=delay)
+
+
+async def run_chunk_relay(
+    js: JetStreamContext,
+    *,
+    direction: str,
+    code: str,
+    crossings: SharedCrossings,
+    stop: asyncio.Event,
+    clock: Callable[[], datetime],
+) -> None:
+    """Relay chunks in one direction until ``stop`` (egress: ATT_SUBMIT -> ATT_OUT_*;
+    ingress: ATT_INBOX -> ATT_DELIVER). NATS faults are retried; nothing is acked unrelayed."""
+    stream, durable = (
+        (aw.ATT_SUBMIT_STREAM, aw.EGRESS_DURABLE)
+        if direction == "egress"
+        else (aw.ATT_INBOX_STREAM, aw.INGRESS_DURABLE)
+    )
+    sub = None
+    while not stop.is_set():
+        try:
+            if sub is None:
+                sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+            try:
+                batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
+            except TimeoutError:
+                continue
+            ids = {r[0] for m in batch if (r := _routing(dict(m.headers or {}))) is not None}
+            await crossings.prefetch(ids)
+            idle: dict[str, bool] = {}
+            waiting: set[str] = set()
+            relays: list[Coroutine[Any, Any, None]] = []
+            for msg in batch:
+                headers = dict(msg.headers or {})
+                attachment = headers.get(aw.ATTACHMENT_HEADER, "")
+                if attachment in waiting:
+                    # An earlier chunk of this file waits: this one waits too, so that the
+                    # file keeps its order (the recipient also copes with reordering).
+                    await _nak(msg, 1.0)
+                    continue
+                try:
+                    outcome = await _settle(
+                        js,
+                        msg,
+                        direction=direction,
+                        code=code,
+                        crossings=crossings,
+                        now=clock(),
+                        idle=idle,
+                        relays=relays,
+                    )
+                except (NatsError, JetStreamError, TimeoutError) as exc:
+                    # Offered again soon (not after ack_wait): the recipient is waiting for it.
+                    log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
+                    outcome = "waiting"
+                    await _nak(msg, 1.0)
+                if outcome == "waiting":
+                    waiting.add(attachment)
+            # Tasks start in creation order: the chunks are published in the order fetched.
+            await asyncio.gather(*(asyncio.ensure_future(r) for r in relays))
+        except (NatsError, JetStreamError, RuntimeError) as exc:
+            # Unsettled chunks come back after ack_wait; nothing is lost.
+            log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)

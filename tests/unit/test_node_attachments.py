@@ -1,0 +1,251 @@
+"""The node's attachment spool: staged sealed, received verified, resumable, read by range."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from broker.core.attachments import CHUNK_OVERHEAD, Manifest, SealedChunk
+from broker.errors import InvalidMessage, Reason
+from broker.node.attachments import AttachmentSpool, ChunkAhead
+
+CHUNK = 16 * 1024
+
+
+def _pieces(data: bytes, size: int = 5000) -> Iterator[bytes]:
+    for at in range(0, len(data), size):
+        yield data[at : at + size]
+
+
+def _stage(spool: AttachmentSpool, data: bytes) -> Manifest:
+    return spool.stage(
+        _pieces(data),
+        attachment_id=str(uuid.uuid4()),
+        key=os.urandom(32),
+        name="statement.pdf",
+        media_type="application/pdf",
+        chunk_size=CHUNK,
+        max_size=1 << 30,
+    )
+
+
+@pytest.fixture
+def sender(tmp_path: Path) -> AttachmentSpool:
+    return AttachmentSpool(tmp_path / "sender")
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> AttachmentSpool:
+    return AttachmentSpool(tmp_path / "receiver")
+
+
+def _chunks(spool: AttachmentSpool, m: Manifest) -> list[SealedChunk]:
+    return list(spool.sealed_chunks(m.descriptor))
+
+
+class TestStaging:
+    def test_staged_file_is_sealed_at_rest_and_reads_back(self, sender: AttachmentSpool) -> None:
+        """A staged file holds only ciphertext, and reads back to the uploaded bytes."""
+        data = os.urandom(3 * CHUNK + 100)
+        m = _stage(sender, data)
+        stored = (sender.root / "outgoing" / f"{m.id}.sealed").read_bytes()
+        assert len(stored) == m.descriptor.sealed_size
+        assert data[:64] not in stored
+        assert b"".join(sender.read(m)) == data
+
+    def test_upload_cut_off_leaves_nothing(self, sender: AttachmentSpool) -> None:
+        """An upload whose source fails half-way leaves no staged file behind."""
+        attachment_id = str(uuid.uuid4())
+
+        def cut() -> Iterator[bytes]:
+            yield os.urandom(2 * CHUNK)
+            raise ConnectionResetError("client went away")
+
+        with pytest.raises(ConnectionResetError):
+            sender.stage(
+                cut(), attachment_id=attachment_id, key=os.urandom(32), name="x.pdf",
+                media_type="application/pdf", chunk_size=CHUNK, max_size=1 << 30,
+            )  # fmt: skip
+        assert not sender.staged(attachment_id)
+        assert list((sender.root / "outgoing").iterdir()) == []
+
+    def test_staging_never_holds_the_file_in_memory(self, sender: AttachmentSpool) -> None:
+        """Staging 24 MiB from a generator peaks far below the file size (tracemalloc)."""
+        size = 24 * 1024 * 1024
+        piece = os.urandom(64 * 1024)
+        tracemalloc.start()
+        try:
+            m = sender.stage(
+                (piece for _ in range(size // len(piece))), attachment_id=str(uuid.uuid4()),
+                key=os.urandom(32), name="big.bin", media_type="application/octet-stream",
+                chunk_size=256 * 1024, max_size=1 << 30,
+            )  # fmt: skip
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert m.descriptor.size == size
+        assert peak < 4 * 1024 * 1024
+
+
+class TestReceiving:
+    def test_all_chunks_make_a_verified_file(
+        self, sender: AttachmentSpool, receiver: AttachmentSpool
+    ) -> None:
+        """Chunks received in order verify, and only the last makes the file readable."""
+        data = os.urandom(2 * CHUNK + 7)
+        m = _stage(sender, data)
+        chunks = _chunks(sender, m)
+        for c in chunks[:-1]:
+            assert not receiver.receive(m, c.index, c.data).verified
+            with pytest.raises(FileNotFoundError):
+                list(receiver.read(m))
+        assert receiver.receive(m, chunks[-1].index, chunks[-1].data).verified
+        assert hashlib.sha256(b"".join(receiver.read(m))).digest() == m.sha256
+
+    def test_restart_mid_file_resumes_from_what_was_kept(
+        self, sender: AttachmentSpool, receiver: AttachmentSpool
+    ) -> None:
+        """After a crash (new spool, torn write left behind) the transfer resumes and verifies."""
+        data = os.urandom(4 * CHUNK + 1)
+        m = _stage(sender, data)
+        chunks = _chunks(sender, m)
+        for c in chunks[:2]:
+            receiver.receive(m, c.index, c.data)
+        with (receiver.root / "incoming" / f"{m.id}.part").open("ab") as f:
+            f.write(chunks[2].data[:1000])  # torn write of chunk 2 at the crash
+        restarted = AttachmentSpool(receiver.root)
+        assert restarted.progress(m.descriptor).received == 2
+        restarted.receive(m, 1, chunks[1].data)  # redelivered: already kept, same bytes
+        for c in chunks[2:]:
+            restarted.receive(m, c.index, c.data)
+        assert b"".join(restarted.read(m)) == data
+
+    def test_altered_chunk_is_refused_and_nothing_is_kept(
+        self, sender: AttachmentSpool, receiver: AttachmentSpool
+    ) -> None:
+        """A chunk with one bit flipped is refused (attachment_chunk_invalid); the part is gone."""
+        m = _stage(sender, os.urandom(2 * CHUNK))
+        chunks = _chunks(sender, m)
+        receiver.receive(m, 0, chunks[0].data)
+        bad = bytearray(chunks[1].data)
+        bad[100] ^= 1
+        with pytest.raises(InvalidMessage) as info:
+            receiver.receive(m, 1, bytes(bad))
+        assert info.value.reason == Reason.ATTACHMENT_CHUNK_INVALID
+        assert list((receiver.root / "incoming").iterdir()) == []
+
+    def test_a_chunk_ahead_is_not_kept_until_the_gap_is_filled(
+        self, sender: AttachmentSpool, receiver: AttachmentSpool
+    ) -> None:
+        """A chunk arriving before an earlier one is handed back (ChunkAhead), then accepted."""
+        data = os.urandom(3 * CHUNK)
+        m = _stage(sender, data)
+        chunks = _chunks(sender, m)
+        receiver.receive(m, 0, chunks[0].data)
+        with pytest.raises(ChunkAhead) as info:
+            receiver.receive(m, 2, chunks[2].data)
+        assert info.value.expected == 1
+        for c in chunks[1:]:
+            receiver.receive(m, c.index, c.data)
+        assert b"".join(receiver.read(m)) == data
+
+    def test_a_kept_index_with_other_bytes_is_refused(
+        self, sender: AttachmentSpool, receiver: AttachmentSpool
+    ) -> None:
+        """A second, different chunk 0 is refused, not silently ignored."""
+        m = _stage(sender, os.urandom(2 * CHUNK))
+        chunks = _chunks(sender, m)
+        receiver.receive(m, 0, chunks[0].data)
+        with pytest.raises(InvalidMessage) as info:
+            receiver.receive(m, 0, chunks[1].data)
+        assert info.value.reason == Reason.ATTACHMENT_CHUNK_INVALID
+
+    def test_digest_mismatch_refuses_the_whole_file(
+        self, sender: AttachmentSpool, receiver: AttachmentSpool
+    ) -> None:
+        """Chunks that authenticate but whose plaintext differs from the manifest's digest fail."""
+        m = _stage(sender, os.urandom(CHUNK + 5))
+        lying = replace(m, sha256=bytes(32))
+        chunks = _chunks(sender, m)
+        receiver.receive(lying, 0, chunks[0].data)
+        with pytest.raises(InvalidMessage) as info:
+            receiver.receive(lying, 1, chunks[1].data)
+        assert info.value.reason == Reason.ATTACHMENT_DIGEST_MISMATCH
+        assert not receiver.progress(m.descriptor).verified
+
+    def test_chunk_longer_than_declared_is_a_size_mismatch(
+        self, sender: AttachmentSpool, receiver: AttachmentSpool
+    ) -> None:
+        """A final chunk carrying more bytes than the manifest declares is refused."""
+        m = _stage(sender, os.urandom(CHUNK + 5))
+        chunks = _chunks(sender, m)
+        receiver.receive(m, 0, chunks[0].data)
+        with pytest.raises(InvalidMessage) as info:
+            receiver.receive(m, 1, chunks[1].data + b"more")
+        assert info.value.reason == Reason.ATTACHMENT_SIZE_MISMATCH
+
+
+class TestRanges:
+    @pytest.mark.parametrize(
+        ("start", "end"),
+        [(0, 1), (CHUNK - 1, CHUNK + 1), (5, 3 * CHUNK + 50), (2 * CHUNK, 2 * CHUNK), (7, None)],
+    )
+    def test_range_reads_return_exactly_the_bytes_asked(
+        self, sender: AttachmentSpool, start: int, end: int | None
+    ) -> None:
+        """Any byte range reads back exactly that slice of the plaintext."""
+        data = os.urandom(3 * CHUNK + 50)
+        m = _stage(sender, data)
+        assert b"".join(sender.read(m, start=start, end=end)) == data[start:end]
+
+    def test_range_read_notices_an_altered_stored_chunk(self, sender: AttachmentSpool) -> None:
+        """A stored chunk altered on disk is refused on read, not returned."""
+        m = _stage(sender, os.urandom(2 * CHUNK))
+        path = sender.root / "outgoing" / f"{m.id}.sealed"
+        raw = bytearray(path.read_bytes())
+        raw[CHUNK + CHUNK_OVERHEAD + 50] ^= 1
+        path.write_bytes(bytes(raw))
+        assert len(b"".join(sender.read(m, end=CHUNK))) == CHUNK
+        with pytest.raises(InvalidMessage):
+            list(sender.read(m, start=CHUNK))
+
+
+class TestRecords:
+    def test_files_follow_their_message_erasure(self, tmp_path: Path) -> None:
+        """Once a message is in the erasure register, its files, records and keys are gone."""
+        import asyncio
+        from datetime import UTC, datetime
+
+        from broker.node.attachment_transfer import NodeAttachments
+        from broker.node.store import Store
+
+        store = Store(tmp_path / "node.sqlite")
+        files = NodeAttachments(store, AttachmentSpool(tmp_path / "node.attachments"))
+        now = datetime(2026, 12, 2, tzinfo=UTC)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield os.urandom(3 * CHUNK)
+
+        manifest = asyncio.run(
+            files.upload(pieces(), name="a.pdf", media_type="application/pdf", now=now)
+        )
+        message_id = str(uuid.uuid4())
+        files.bind(message_id, [manifest])
+        assert files.erase_erased() == 0
+        assert files.spool.staged(manifest.id)
+        with store.transaction() as db:
+            db.execute(
+                "INSERT INTO erasures (message_id, direction, at, why) VALUES (?, 'sent', ?, ?)",
+                (message_id, now.isoformat(), "retention: test"),
+            )
+        assert files.erase_erased() == 1
+        assert not files.spool.staged(manifest.id)
+        assert files.files(message_id) == []
+        store.close()
