@@ -32,7 +32,7 @@ RANGE_RE: Final = re.compile(r"bytes=(\d*)-(\d*)\Z")
 
 
 def _files(node: Node) -> NodeAttachments:
-    if node.attachments is None:
+    if not isinstance(node.attachments, NodeAttachments):
         raise NotFound("this node carries no attachments")
     return node.attachments
 

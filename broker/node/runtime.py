@@ -360,18 +360,15 @@ async def running_node(
                     name="publications",
                 )
             )
-        if node.attachments is not None and transport_factory is nats_transport:
+        files = node.attachments
+        if isinstance(files, NodeAttachments) and transport_factory is nats_transport:
             feed = NatsChunkFeed(settings)
             tasks += [
-                asyncio.create_task(run_uploads(node, node.attachments), name="attachments-out"),
-                asyncio.create_task(
-                    run_chunk_feed(node, node.attachments, feed), name="attachments-in"
-                ),
+                asyncio.create_task(run_uploads(node, files), name="attachments-out"),
+                asyncio.create_task(run_chunk_feed(node, files, feed), name="attachments-in"),
             ]
-            if node.attachments.scanner:
-                tasks.append(
-                    asyncio.create_task(run_scans(node.attachments), name="attachments-scan")
-                )
+            if files.scanner:
+                tasks.append(asyncio.create_task(run_scans(files), name="attachments-scan"))
         watch_loops(node, tasks)
         if registry is not None:
             registry.register(ClockCollector(clock))

@@ -57,15 +57,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 
-from broker.core.attachments import Descriptor
+from broker.core.attachments import Descriptor, Manifest
 from broker.core.audit import ActorKind, AuditEntry, Checkpoint, Operation, sign_checkpoint
 from broker.core.envelope import (
     DEFAULT_LIMITS,
     Limits,
+    OpenedMessage,
     RecipientIdentity,
     SenderIdentity,
 )
@@ -77,7 +78,6 @@ from broker.core.wire import submit_subject
 from broker.errors import CasebridgeError, InvalidMessage, LocalError, PolicyDenied, Reason
 from broker.logs import DistinctFaults, FaultLog
 from broker.node import audit_log, corrections
-from broker.node.attachment_transfer import NodeAttachments
 from broker.node.clock import Clock, IdSource, SaltSource, random_id, random_salt, system_clock
 from broker.node.core import (
     TRANSIENT_REASONS,
@@ -86,6 +86,7 @@ from broker.node.core import (
     EvidenceDropped,
     EvidenceNotSealed,
     EvidenceReceived,
+    FilesView,
     HoldDelivery,
     NodeCore,
     Outcome,
@@ -199,6 +200,19 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+class AttachmentFiles(FilesView, Protocol):
+    """The node's files of messages as the shell uses them
+    (:class:`broker.node.attachment_transfer.NodeAttachments`)."""
+
+    def staged_manifests(self, handles: Sequence[str]) -> tuple[Manifest, ...]: ...
+
+    def manifests_for(self, header: Header) -> tuple[Manifest, ...]: ...
+
+    def bind(self, message_id: str, manifests: Sequence[Manifest]) -> None: ...
+
+    def hold(self, opened: OpenedMessage, receipt: Receipt, wire: bytes, now: datetime) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Settled:
     """What one delivery of a batch came to (decided on the worker thread)."""
@@ -242,7 +256,7 @@ class Node:
         logger: Any = None,
         observer: NodeObserver | None = None,
         monotonic: Callable[[], float] | None = None,
-        attachments: NodeAttachments | None = None,
+        attachments: AttachmentFiles | None = None,
     ) -> None:
         # The decisions; this class only carries them out (module docstring).
         self.core = NodeCore(

@@ -20,9 +20,10 @@ import jsonschema_rs
 import yaml
 
 from broker.core.jose import b64url_encode
-from broker.core.policy.attachments import AttachmentRule, parse_attachment_rule
+from broker.core.policy.attachments import parse_attachment_rule
 from broker.core.policy.model import (
     DEFAULT_SMALL_CELL_K,
+    AttachmentRule,
     CategoryCondition,
     Direction,
     PatternSet,

@@ -11,11 +11,12 @@ This module never does I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
+from broker.core.attachments import Descriptor
 from broker.core.header import (
     DATA_CATEGORIES,
     HANDLING_CODES,
@@ -24,9 +25,6 @@ from broker.core.header import (
     agency_country,
 )
 from broker.errors import CasebridgeError, PolicyDenied, Reason
-
-if TYPE_CHECKING:  # the attachment module builds on this one
-    from broker.core.policy.attachments import AttachmentRule
 
 # The floor below which no policy can lower small-cell suppression (DESIGN.md section 3).
 DEFAULT_SMALL_CELL_K: Final = 11
@@ -256,6 +254,51 @@ class Rule:
     def names_recipient(self, agency_id: str) -> bool:
         """Whether the rule names this recipient agency exactly (no wildcard): the RED/H3 test."""
         return self.recipient_agency is not None and agency_id in self.recipient_agency.exact
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AttachmentRule:
+    """One entry of a policy's ``attachments`` list. ``None`` limits are not limits."""
+
+    id: str
+    reason: str
+    line: int | None
+    decision: Verdict
+    directions: frozenset[Direction]
+    peer: PeerSpec
+    types: PatternSet | None = None
+    max_count: int | None = None
+    max_size: int | None = None
+    max_total: int | None = None
+    media_types: tuple[str, ...] | None = None
+
+    def selects(self, unit: Unit) -> bool:
+        return (
+            unit.direction in self.directions
+            and self.peer.holds(unit.peer, unit.peer_eu)
+            and (self.types is None or self.types.holds(unit.type))
+        )
+
+    def media_allowed(self, media_type: str) -> bool:
+        if self.media_types is None:
+            return True
+        major = media_type.split("/", 1)[0]
+        return any(p in ("*", media_type, f"{major}/*") for p in self.media_types)
+
+    def violation(self, files: Sequence[Descriptor]) -> str | None:
+        """Which limit ``files`` break, in words; None when every limit holds."""
+        if self.max_count is not None and len(files) > self.max_count:
+            return f"{len(files)} files, at most {self.max_count} allowed"
+        total = 0
+        for n, f in enumerate(files, start=1):
+            total += f.size
+            if self.max_size is not None and f.size > self.max_size:
+                return f"file {n} has {f.size} bytes, at most {self.max_size} allowed"
+            if not self.media_allowed(f.media_type):
+                return f"file {n} is {f.media_type}, not one of {', '.join(self.media_types or ())}"
+        if self.max_total is not None and total > self.max_total:
+            return f"{total} bytes in all, at most {self.max_total} allowed"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

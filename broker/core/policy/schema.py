@@ -71,6 +71,17 @@ POLICY_SCHEMA: Final[dict[str, Any]] = {
             },
         },
         "rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}, "maxItems": 2000},
+        "attachments": {
+            "description": "Limits on attached files, tried in order for "
+            "each border unit a message with attachments "
+            "crosses after its rules allowed it; the first "
+            "matching entry decides; none: "
+            "builtin.attachments-default-deny. See "
+            "docs/policy.md section 13.",
+            "type": "array",
+            "items": {"$ref": "#/$defs/attachment_rule"},
+            "maxItems": 500,
+        },
     },
     "$defs": {
         "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
@@ -392,6 +403,75 @@ POLICY_SCHEMA: Final[dict[str, Any]] = {
             "dependentRequired": {"removes": ["redact"]},
             "if": {"properties": {"decision": {"const": "deny"}}},
             "then": {"not": {"anyOf": [{"required": ["redact"]}, {"required": ["removes"]}]}},
+        },
+        "attachment_rule": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "reason", "direction", "decision"],
+            "properties": {
+                "id": {
+                    "type": "string",
+                    "pattern": "^[a-z0-9][a-z0-9._-]{0,99}$",
+                    "not": {"pattern": "^builtin\\."},
+                },
+                "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+                "direction": {"enum": ["egress", "ingress", "any"]},
+                "peer": {
+                    "oneOf": [
+                        {"type": "string", "pattern": "^(?:[A-Z]{2}|[a-z][a-z0-9_]{0,31})$"},
+                        {
+                            "type": "array",
+                            "items": {
+                                "type": "string",
+                                "pattern": "^(?:[A-Z]{2}|[a-z][a-z0-9_]{0,31})$",
+                            },
+                            "minItems": 1,
+                            "uniqueItems": True,
+                        },
+                    ]
+                },
+                "type": {
+                    "oneOf": [
+                        {"$ref": "#/$defs/type_pattern"},
+                        {
+                            "type": "array",
+                            "items": {"$ref": "#/$defs/type_pattern"},
+                            "minItems": 1,
+                            "uniqueItems": True,
+                        },
+                    ]
+                },
+                "decision": {"enum": ["allow", "deny"]},
+                "max_count": {
+                    "description": "At most this many files in one message.",
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": 32,
+                },
+                "max_size": {
+                    "description": "No file larger than this many bytes.",
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 17179869184,
+                },
+                "max_total": {
+                    "description": "All files of a message together at most this many bytes.",
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 549755813888,
+                },
+                "media_types": {
+                    "description": "Declared media types allowed; type/* and * are wildcards.",
+                    "type": "array",
+                    "items": {
+                        "type": "string",
+                        "pattern": "^(?:\\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/"
+                        "(?:\\*|[a-z0-9][a-z0-9!#$&^_.+-]{0,126}))$",
+                    },
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+            },
         },
     },
 }
