@@ -28,7 +28,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from broker.console import present, queries, scorecard
+from broker.console import policies, present, queries, scorecard
 from broker.console.accounts import LANGUAGES, AccountError, Role, User, check_zone
 from broker.console.context import (
     CONSOLE_KEY,
@@ -586,13 +586,16 @@ async def _preview(
         original = await asyncio.to_thread(console.node.store.inbox_message, state["reply_to"])
         recipients = [original.sender] if original is not None else []
     out = []
+    own = agency_country(console.agency)
+    held = console.peer_policies()
     for agency in recipients:
         draft = _draft({**state, "task_force": ""}, body, (agency,))
         try:
             decision = await asyncio.to_thread(console.node.explain, draft)
         except CasebridgeError as exc:
             decision = {"allowed": False, "rule_id": exc.reason.value, "reason": exc.detail}
-        out.append({"agency": agency, **decision})
+        peer = held.get(agency_country(agency))
+        out.append(policies.preview_row(agency, decision, own_country=own, peer_policy=peer))
     return out
 
 
@@ -1049,11 +1052,18 @@ async def directory(request: web.Request) -> web.Response:
     resolver = console.node.resolver
     statuses = list(getattr(resolver, "statuses", lambda: ())())
     countries = list(getattr(resolver, "countries", lambda: ())())
+    titles = _helpers(console)["type_title"]
+    published = {
+        code: (p.version, policies.rules_in_words(p, type_title=titles))
+        for code, p in console.peer_policies().items()
+    }
     return await _render(
         request,
         "directory.html",
         statuses=statuses,
         countries=countries,
+        published=published,
+        own_country=agency_country(console.agency),
         task_forces=_task_forces(console),
         **_helpers(console),
     )
