@@ -395,6 +395,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX inbox_lookup ON inbox (type, received_at)
         WHERE type IN ('lookup.query', 'lookup.answer');
     """,
+    # 11: console e-mail notices sent once per message and kind (issue 16: overdue requests
+    # are noticed once, across restarts).
+    """
+    CREATE TABLE console_notices (
+        message_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sent_at TEXT NOT NULL,
+        PRIMARY KEY (message_id, kind)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
