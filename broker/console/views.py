@@ -247,7 +247,16 @@ async def awaiting(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/inbox?awaiting=1")
 
 
-async def _list(request: web.Request, box: str) -> web.Response:
+async def inbox_rows(request: web.Request) -> web.Response:
+    """The inbox list alone (no page around it): console.js swaps it in when counts change."""
+    return await _list(request, "inbox", fragment=True)
+
+
+async def outbox_rows(request: web.Request) -> web.Response:
+    return await _list(request, "outbox", fragment=True)
+
+
+async def _list(request: web.Request, box: str, *, fragment: bool = False) -> web.Response:
     console = _console(request)
     user = user_of(request)
     if user.role is Role.AUDITOR:
@@ -260,7 +269,8 @@ async def _list(request: web.Request, box: str) -> web.Response:
     pages = max(1, -(-total // queries.PAGE))
     return await _render(
         request,
-        "list.html",
+        "_list_body.html" if fragment else "list.html",
+        rows_link=f"/{box}/rows?" + urlencode(filters.query()),
         box=box,
         rows=rows,
         total=total,
@@ -1199,6 +1209,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/preferences", preferences)
     r.add_get("/inbox", inbox)
     r.add_get("/outbox", outbox)
+    r.add_get("/inbox/rows", inbox_rows)
+    r.add_get("/outbox/rows", outbox_rows)
     r.add_get("/awaiting", awaiting)
     r.add_get("/events", events)
     r.add_get("/messages/{id}", message)
