@@ -114,9 +114,15 @@ def _redaction(op: str, path: str, to: str | None) -> str:
 
 
 def rules_in_words(
-    policy: Policy, *, type_title: Callable[[str], str] = str
+    policy: Policy,
+    *,
+    type_title: Callable[[str], str] = str,
+    kind: Callable[[str], str] = str,
+    purpose: Callable[[str], str] = str,
 ) -> list[dict[str, str]]:
-    """Each rule of ``policy``, first to last: id, what it does in a sentence, and why."""
+    """Each rule of ``policy``, first to last: id, what it does in a sentence, and why.
+    ``type_title``, ``kind``, ``purpose``: plain words for message types, agency kinds and
+    purposes."""
     out = []
     for rule in policy.rules:
         verb = "allows" if rule.decision is Verdict.ALLOW else "refuses"
@@ -130,17 +136,17 @@ def rules_in_words(
         if rule.types is not None:
             conditions.append(f"of type {_list(rule.types.patterns, type_title)}")
         if rule.purpose is not None:
-            conditions.append(f"for {_list(rule.purpose)}")
+            conditions.append(f"for {_list(rule.purpose, purpose)}")
         if rule.handling is not None:
             conditions.append(f"handling {_list(rule.handling)}")
         if rule.tlp is not None:
             conditions.append(f"TLP {_list(rule.tlp)}")
         if rule.sender_kind is not None:
-            conditions.append(f"from {_list(rule.sender_kind)}")
+            conditions.append(f"from {_list(rule.sender_kind, kind)}")
         if rule.sender_agency is not None:
             conditions.append(f"from {_list(rule.sender_agency.patterns)}")
         if rule.recipient_kind is not None:
-            conditions.append(f"to {_list(rule.recipient_kind)}")
+            conditions.append(f"to {_list(rule.recipient_kind, kind)}")
         if rule.recipient_agency is not None:
             conditions.append(f"to {_list(rule.recipient_agency.patterns)}")
         cats = rule.categories

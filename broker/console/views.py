@@ -1064,7 +1064,15 @@ async def directory(request: web.Request) -> web.Response:
     countries = list(getattr(resolver, "countries", lambda: ())())
     titles = _helpers(console)["type_title"]
     published = {
-        code: (p.version, policies.rules_in_words(p, type_title=titles))
+        code: (
+            p.version,
+            policies.rules_in_words(
+                p,
+                type_title=titles,
+                kind=lambda k: present.KINDS.get(k, k),
+                purpose=lambda k: present.PURPOSES.get(k, k),
+            ),
+        )
         for code, p in console.peer_policies().items()
     }
     return await _render(
