@@ -18,7 +18,7 @@ from broker.core.policy import Federation, Policy, parse_policy
 from broker.node.policy_engine import EnginePolicy
 from broker.pki.dev import DevFederation
 
-from .node_world import REGISTRY, World, world_at
+from .node_world import REGISTRY, World, request_draft, world_at
 from .test_console import FAST, Client, people, sign_in
 
 DE_POLICY = b"""country: DE
@@ -189,3 +189,24 @@ class TestDirectoryRules:
 def row_of_rule(html: str, rule_id: str) -> str:
     start = html.index(f'data-rule="{rule_id}"')
     return html[start : html.index("</tr>", start)]
+
+
+def test_node_explain_returns_every_decision_on_a_peer_denial(world: World) -> None:
+    """explain denied by NL's published rule names it and still lists our allow and theirs."""
+    peers = {"NL": parse_policy(NL_POLICY)}
+    engine = EnginePolicy(
+        policy=lambda: parse_policy(DE_POLICY),
+        federation=lambda: Federation.from_directory(world.fed.directory),
+        schemas=REGISTRY,
+        original_onward=lambda _m: None,
+        peer_policies=lambda: peers,
+    )
+    de = world.node("de.lka-berlin", preflight=engine.preflight)
+    found = de.explain(request_draft(to=("nl.politie",)))
+    assert found["allowed"] is False
+    assert found["rule_id"] == "nl.in.test-no-assistance-to-police"
+    verdicts = {(d["rule_id"], d["verdict"], d["peer"]) for d in found["decisions"]}
+    assert verdicts == {
+        ("de.out.test-all", "allow", "NL"),
+        ("nl.in.test-no-assistance-to-police", "deny", "DE"),
+    }
