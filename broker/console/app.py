@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp_jinja2
 import jinja2
@@ -30,16 +30,22 @@ from broker.console.context import (
 )
 from broker.console.notify import run_notices
 from broker.console.settings import ConsoleSettings
+from broker.core.policy import Policy
 from broker.node.service import Node
 
 
 def create_console_app(
-    node: Node, settings: ConsoleSettings, *, hasher: PasswordHasher | None = None
+    node: Node,
+    settings: ConsoleSettings,
+    *,
+    hasher: PasswordHasher | None = None,
+    peer_policies: Callable[[], Mapping[str, Policy]] | None = None,
 ) -> web.Application:
     """The console application for ``node`` (routes in :mod:`broker.console.views`).
-    ``hasher``: argon2id parameters (tests use cheap ones; default: argon2-cffi's)."""
+    ``hasher``: argon2id parameters (tests use cheap ones; default: argon2-cffi's).
+    ``peer_policies``: the partner countries' published policies the node holds now."""
     app = web.Application(middlewares=[sessions_middleware], client_max_size=2 * 1024 * 1024)
-    app[CONSOLE_KEY] = console_state(node, settings, hasher=hasher)
+    app[CONSOLE_KEY] = console_state(node, settings, hasher=hasher, peer_policies=peer_policies)
     app.on_response_prepare.append(security_headers)
     aiohttp_jinja2.setup(
         app,
@@ -64,9 +70,14 @@ def _ssl_context(settings: ConsoleSettings) -> ssl.SSLContext | None:
 
 
 @contextlib.asynccontextmanager
-async def serving_console(node: Node, settings: ConsoleSettings) -> AsyncIterator[web.AppRunner]:
+async def serving_console(
+    node: Node,
+    settings: ConsoleSettings,
+    *,
+    peer_policies: Callable[[], Mapping[str, Policy]] | None = None,
+) -> AsyncIterator[web.AppRunner]:
     """The console listening on ``settings.host:port`` for as long as the context lasts."""
-    app = create_console_app(node, settings)
+    app = create_console_app(node, settings, peer_policies=peer_policies)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -86,6 +97,7 @@ async def serving_console(node: Node, settings: ConsoleSettings) -> AsyncIterato
                     agency=node.agency_id,
                     url=settings.url,
                     title_of=lambda t: type_title(console.registry, t),
+                    today=node.today,
                 ),
                 name="console-notices",
             )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -40,6 +40,7 @@ from broker.console.queries import Counts
 from broker.console.sessions import COOKIE, Session, Sessions
 from broker.console.settings import ConsoleSettings
 from broker.core.audit import Operation
+from broker.core.policy import Policy
 from broker.core.schemas import SchemaRegistry
 from broker.loaders import default_schema_dir, load_documents
 from broker.node.service import Node
@@ -73,6 +74,8 @@ class Console:
     registry: SchemaRegistry
     walker: SchemaWalker
     consulted: dict[str, set[str]] = field(default_factory=dict)  # session key -> message ids
+    # The peer countries' published policies the node holds now (hot-swapped: read per use).
+    peer_policies: Callable[[], Mapping[str, Policy]] = field(default=lambda: {})
     log: Any = field(default_factory=lambda: structlog.get_logger("casebridge.console"))
 
     @property
@@ -95,10 +98,15 @@ def _catalogue() -> tuple[SchemaRegistry, SchemaWalker]:
 
 
 def console_state(
-    node: Node, settings: ConsoleSettings, *, hasher: PasswordHasher | None = None
+    node: Node,
+    settings: ConsoleSettings,
+    *,
+    hasher: PasswordHasher | None = None,
+    peer_policies: Callable[[], Mapping[str, Policy]] | None = None,
 ) -> Console:
     registry, walker = _catalogue()
     return Console(
+        peer_policies=peer_policies if peer_policies is not None else dict,
         node=node,
         settings=settings,
         accounts=Accounts(

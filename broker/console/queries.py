@@ -25,6 +25,7 @@ _ANSWERED: Final = (
     "EXISTS (SELECT 1 FROM outbox o WHERE o.in_reply_to = inbox.id "
     "AND o.type NOT LIKE 'evidence.%')"
 )
+ANSWERED_SQL: Final = _ANSWERED  # for other console modules (notices): "answered" is defined once
 _MARK: Final = (
     "(SELECT group_concat(DISTINCT mark) FROM message_marks m WHERE m.message_id = {table}.id)"
 )

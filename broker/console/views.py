@@ -28,7 +28,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from broker.console import present, queries, scorecard
+from broker.console import policies, present, queries, scorecard
 from broker.console.accounts import LANGUAGES, AccountError, Role, User, check_zone
 from broker.console.context import (
     CONSOLE_KEY,
@@ -247,7 +247,16 @@ async def awaiting(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/inbox?awaiting=1")
 
 
-async def _list(request: web.Request, box: str) -> web.Response:
+async def inbox_rows(request: web.Request) -> web.Response:
+    """The inbox list alone (no page around it): console.js swaps it in when counts change."""
+    return await _list(request, "inbox", fragment=True)
+
+
+async def outbox_rows(request: web.Request) -> web.Response:
+    return await _list(request, "outbox", fragment=True)
+
+
+async def _list(request: web.Request, box: str, *, fragment: bool = False) -> web.Response:
     console = _console(request)
     user = user_of(request)
     if user.role is Role.AUDITOR:
@@ -260,7 +269,8 @@ async def _list(request: web.Request, box: str) -> web.Response:
     pages = max(1, -(-total // queries.PAGE))
     return await _render(
         request,
-        "list.html",
+        "_list_body.html" if fragment else "list.html",
+        rows_link=f"/{box}/rows?" + urlencode(filters.query()),
         box=box,
         rows=rows,
         total=total,
@@ -586,13 +596,16 @@ async def _preview(
         original = await asyncio.to_thread(console.node.store.inbox_message, state["reply_to"])
         recipients = [original.sender] if original is not None else []
     out = []
+    own = agency_country(console.agency)
+    held = console.peer_policies()
     for agency in recipients:
         draft = _draft({**state, "task_force": ""}, body, (agency,))
         try:
             decision = await asyncio.to_thread(console.node.explain, draft)
         except CasebridgeError as exc:
             decision = {"allowed": False, "rule_id": exc.reason.value, "reason": exc.detail}
-        out.append({"agency": agency, **decision})
+        peer = held.get(agency_country(agency))
+        out.append(policies.preview_row(agency, decision, own_country=own, peer_policy=peer))
     return out
 
 
@@ -1049,11 +1062,26 @@ async def directory(request: web.Request) -> web.Response:
     resolver = console.node.resolver
     statuses = list(getattr(resolver, "statuses", lambda: ())())
     countries = list(getattr(resolver, "countries", lambda: ())())
+    titles = _helpers(console)["type_title"]
+    published = {
+        code: (
+            p.version,
+            policies.rules_in_words(
+                p,
+                type_title=titles,
+                kind=lambda k: present.KINDS.get(k, k),
+                purpose=lambda k: present.PURPOSES.get(k, k),
+            ),
+        )
+        for code, p in console.peer_policies().items()
+    }
     return await _render(
         request,
         "directory.html",
         statuses=statuses,
         countries=countries,
+        published=published,
+        own_country=agency_country(console.agency),
         task_forces=_task_forces(console),
         **_helpers(console),
     )
@@ -1189,6 +1217,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/preferences", preferences)
     r.add_get("/inbox", inbox)
     r.add_get("/outbox", outbox)
+    r.add_get("/inbox/rows", inbox_rows)
+    r.add_get("/outbox/rows", outbox_rows)
     r.add_get("/awaiting", awaiting)
     r.add_get("/events", events)
     r.add_get("/messages/{id}", message)

@@ -40,6 +40,22 @@ class Clearance:
     details: tuple[Mapping[str, Any], ...] = ()  # per-unit decisions, for explain
 
 
+class PreflightDenied(PolicyDenied):
+    """Pre-flight refused the draft: the deciding rule, plus every unit's decision (ours at
+    egress, the destination's ingress where its policy is held), so explain can show both."""
+
+    def __init__(
+        self,
+        rule_id: str,
+        detail: str,
+        *,
+        reason: Reason = Reason.POLICY_DENIED,
+        details: tuple[Mapping[str, Any], ...] = (),
+    ) -> None:
+        super().__init__(rule_id, detail, reason=reason)
+        self.details = details
+
+
 class Preflight(Protocol):
     """Sender-side policy on a draft. Raises ``PolicyDenied`` to refuse."""
 

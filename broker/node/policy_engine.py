@@ -21,8 +21,8 @@ from broker.core.policy import (
     preflight,
 )
 from broker.core.schemas import SchemaRegistry
-from broker.errors import PolicyDenied
-from broker.node.policy import Clearance
+from broker.errors import PolicyDenied, Reason
+from broker.node.policy import Clearance, PreflightDenied
 
 NO_POLICY_IN_FORCE: Final = "node.no-policy-in-force"
 
@@ -77,7 +77,15 @@ class EnginePolicy:
 
 def _clearance(outcome: Outcome) -> Clearance:
     decision = outcome.decision
-    decision.raise_if_denied()
+    if not decision.allowed:
+        # Every unit's decision travels with the refusal: explain (and the console's preview)
+        # shows ours and the destination's side by side, not only the first denial.
+        raise PreflightDenied(
+            decision.rule_id,
+            decision.reason,
+            reason=decision.reason_code or Reason.POLICY_DENIED,
+            details=tuple(d.to_json() for d in outcome.decisions),
+        )
     if outcome.body is None or outcome.categories is None:
         raise PolicyDenied(decision.rule_id, "pre-flight returned no body to seal")
     return Clearance(

@@ -319,7 +319,9 @@ async def running_node(
         if settings.console is not None:
             from broker.console.app import serving_console  # noqa: PLC0415 - jinja2 on demand
 
-            await console.enter_async_context(serving_console(node, settings.console))
+            await console.enter_async_context(
+                serving_console(node, settings.console, peer_policies=lambda: live.peer_policies)
+            )
         tasks = [
             asyncio.create_task(node.run_receiver(), name="receiver"),
             asyncio.create_task(node.run_outbox(), name="outbox"),

@@ -122,6 +122,7 @@ from broker.node.observe import NodeObserver
 from broker.node.policy import (
     Clearance,
     Preflight,
+    PreflightDenied,
     RecipientCheck,
     SchemaOnlyPreflight,
 )
@@ -362,7 +363,10 @@ class Node:
         try:
             header, clearance = self.clear(draft)
         except PolicyDenied as exc:
-            return {"allowed": False, "rule_id": exc.rule_id, "reason": exc.detail}
+            found = {"allowed": False, "rule_id": exc.rule_id, "reason": exc.detail}
+            if isinstance(exc, PreflightDenied):  # every unit: ours and the destination's
+                found["decisions"] = [dict(d) for d in exc.details]
+            return found
         return {
             "allowed": True,
             "rule_id": clearance.rule_id,

@@ -423,6 +423,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         held_at TEXT NOT NULL
     );
     """,
+    # 12: console e-mail notices sent once per message and kind (issue 16: overdue requests
+    # are noticed once, across restarts).
+    """
+    CREATE TABLE console_notices (
+        message_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sent_at TEXT NOT NULL,
+        PRIMARY KEY (message_id, kind)
+    ) WITHOUT ROWID;
+    """,
 )
 
 

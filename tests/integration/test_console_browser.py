@@ -2,7 +2,8 @@
 nats-server processes, border gateways and DE/NL nodes each serving its console.
 
 DE officer composes a request.assistance through the generated form, sees the denied NGO with
-its rule, sends to the allowed NL police; the NL officer sees it with its due date and opens it
+its rule, sends to the allowed NL police; the NL officer, inbox open, sees it appear without
+reload (announced in the live region) with its due date and opens it
 with a purpose; DE sees the ``read`` step; NL replies; the DE scorecard shows the response
 time. axe-core runs on every page visited: no serious or critical violation.
 ``CASEBRIDGE_SCREENSHOTS=DIR`` saves screenshots of the main pages (docs/img/ was made so).
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,10 @@ from playwright.sync_api import sync_playwright
 
 from broker.console.accounts import Accounts, Role
 from broker.core.header import agency_country
+from broker.core.policy import sign_policy
 from broker.node.store import Store
-from tests.integration.e2e_helpers import Running, wait_until
+from broker.pki.store import PkiStore, country_stem
+from tests.integration.e2e_helpers import POLICIES, Running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +130,25 @@ def check_axe(page: Any, axe: Any, shots: Path | None, name: str) -> None:
         page.screenshot(path=str(shots / f"console-{name}.png"), full_page=True)
 
 
+def publish_nl_policy(running: Running) -> None:
+    """NL publishes its policy (a new version of docs/policies/nl.yaml) to the federation."""
+    text = (POLICIES / "nl.yaml").read_text(encoding="utf-8")
+    text = text.replace("\nversion: 12\n", "\nversion: 13\n", 1)
+    ca = PkiStore(running.fed.settings.pki_dir).read_certified(country_stem("NL", "ca"))
+    signed = running.fed.base / "nl-v13.policy.jws"
+    signed.write_bytes(sign_policy(text.encode(), ca_key=ca.key, ca_cert=ca.cert).encode())
+    command = [sys.executable, "-m", "broker.cli", "policy", "publish", str(signed)]
+    command += ["--country", "NL", "--federation", str(running.fed.base)]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def sign_in(page: Any, base: str, username: str = "officer") -> None:
     page.goto(f"{base}/login")
     page.fill("#username", username)
@@ -148,9 +172,32 @@ def test_request_read_reply_and_scorecard_in_chromium(
         try:
             de_page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
             nl_page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            # The NL officer signs in with the keyboard alone (skip link, user name, password,
+            # code, Enter) and keeps the inbox open while DE writes.
+            nl_page.goto(f"{nl}/login")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.type("officer")
+            nl_page.keyboard.press("Tab")
+            nl_page.keyboard.type(PASSWORD)
+            nl_page.keyboard.press("Enter")
+            nl_page.wait_for_url(f"{nl}/inbox")
+            assert nl_page.locator("#list[data-live]").count() == 1
             de_page.goto(f"{de}/login")
             check_axe(de_page, axe, shots, "login")
             sign_in(de_page, de)
+            # NL publishes its rules: the DE Directory shows them in words, and the preview
+            # below shows what NL's border will decide.
+            publish_nl_policy(running)
+            wait_until(
+                lambda: (
+                    de_page.goto(f"{de}/directory"),
+                    de_page.locator("tr[data-rule^='nl.in.']").count() > 0,
+                )[1],
+                60,
+                what="DE holds NL's published policy",
+            )
+            check_axe(de_page, axe, shots, "directory")
             de_page.goto(f"{de}/compose")
             check_axe(de_page, axe, shots, "pick-type")
             de_page.click("a[href='/compose?type=request.assistance']")
@@ -172,6 +219,8 @@ def test_request_read_reply_and_scorecard_in_chromium(
             denied.wait_for()
             assert "de." in denied.inner_text() or "builtin." in denied.inner_text()
             assert de_page.locator("tr.allowed[data-recipient='nl.politie']").count() == 1
+            theirs = de_page.inner_text("tr[data-recipient='nl.politie'] td.theirs")
+            assert "nl." in theirs, theirs  # NL's own rule id, from its published policy
             check_axe(de_page, axe, shots, "compose")
             de_page.click("button[name='op'][value='send']")
             assert de_page.locator("#cp-err").count() == 1  # denied ones need an explicit choice
@@ -180,20 +229,11 @@ def test_request_read_reply_and_scorecard_in_chromium(
             de_page.wait_for_url("**/messages/*")
             message_id = de_page.url.split("/messages/")[1].split("?")[0]
 
-            # The NL officer signs in with the keyboard alone: skip link, user name, password,
-            # code, Enter.
-            nl_page.goto(f"{nl}/login")
-            nl_page.keyboard.press("Tab")
-            nl_page.keyboard.press("Tab")
-            nl_page.keyboard.type("officer")
-            nl_page.keyboard.press("Tab")
-            nl_page.keyboard.type(PASSWORD)
-            nl_page.keyboard.press("Enter")
-            nl_page.wait_for_url(f"{nl}/inbox")
+            # The message appears in the open inbox without a reload, announced politely.
             row = nl_page.locator("table.messages tbody tr", has_text="Request for assistance")
-            wait_until(
-                lambda: (nl_page.reload(), row.count() == 1)[1], 60, what="NL inbox shows it"
-            )
+            wait_until(lambda: row.count() == 1, 60, what="NL inbox shows it without reload")
+            assert "fresh" in (row.get_attribute("class") or "")
+            assert "New in the list" in nl_page.inner_text("#live")
             assert running is not None
             check_axe(nl_page, axe, shots, "inbox")
             badge = row.locator(".badge").first
@@ -243,8 +283,6 @@ def test_request_read_reply_and_scorecard_in_chromium(
             de_page.click("a[href^='/threads/']")
             assert de_page.locator("ol.thread li").count() == 2
             check_axe(de_page, axe, shots, "thread")
-            de_page.goto(f"{de}/directory")
-            check_axe(de_page, axe, shots, "directory")
             de_page.goto(f"{de}/outbox")
             check_axe(de_page, axe, shots, "outbox")
         finally:
