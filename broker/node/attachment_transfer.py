@@ -72,7 +72,7 @@ SENT: Final = "sent"
 RECEIVING: Final = "receiving"
 VERIFIED: Final = "verified"
 REFUSED: Final = "refused"
-UPLOAD_WINDOW: Final = 8
+UPLOAD_WINDOW: Final = 4
 FEED_BATCH: Final = 8
 FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
