@@ -159,6 +159,11 @@ async def _settle(
         if agency not in idle:
             idle[agency] = await _lane_idle(js, agency)
         lane_idle = idle[agency]
+        if lane_idle:
+            # The lane may have settled the message since the batch's crossings were read:
+            # read them again before concluding that the message did not cross.
+            await crossings.prefetch([routing[0]])
+            found = crossings.crossings(routing[0])
     plan = plan_chunk(
         direction=direction,
         code=code,

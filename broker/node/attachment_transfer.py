@@ -648,6 +648,17 @@ async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
                 log.warning("holds_not_settled", error=repr(exc))
 
 
+async def run_hold_sweeps(node: Node, files: NodeAttachments, *, interval: float = 60.0) -> None:
+    """Refuse held messages whose files can no longer complete (expired), even when no chunk
+    arrives any more; and settle any hold a crash left settled but not released."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await settle_holds(node, files)
+        except Exception as exc:  # noqa: BLE001 - retried at the next sweep
+            log.warning("holds_not_settled", error=repr(exc))
+
+
 async def run_scans(files: NodeAttachments, *, interval: float = 1.0) -> None:
     """Hand every verified received file to the scanner once (approve or quarantine)."""
     while True:

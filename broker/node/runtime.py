@@ -31,6 +31,7 @@ from broker.node.attachment_transfer import (
     NatsChunkFeed,
     NodeAttachments,
     run_chunk_feed,
+    run_hold_sweeps,
     run_scans,
     run_uploads,
 )
@@ -274,6 +275,9 @@ async def running_node(
                 asyncio.create_task(run_uploads(node, node.attachments), name="attachments-out"),
                 asyncio.create_task(
                     run_chunk_feed(node, node.attachments, feed), name="attachments-in"
+                ),
+                asyncio.create_task(
+                    run_hold_sweeps(node, node.attachments), name="attachments-holds"
                 ),
             ]
             if node.attachments.scanner:
