@@ -66,7 +66,7 @@ class Reason(StrEnum):
     SCHEMA_INVALID = "schema_invalid"
     CATEGORY_UNDECLARED = "category_undeclared"
     POLICY_DENIED = "policy_denied"
-    # attachments (docs/protocol.md section 16)
+    # attachments (docs/protocol.md section 17)
     ATTACHMENT_CHUNK_INVALID = "attachment_chunk_invalid"
     ATTACHMENT_INCOMPLETE = "attachment_incomplete"
     ATTACHMENT_SIZE_MISMATCH = "attachment_size_mismatch"

@@ -1,4 +1,4 @@
-"""Attachments: the chunked AES-256-GCM file format and its manifests (docs/protocol.md section 16).
+"""Attachments: the chunked AES-256-GCM file format and its manifests (docs/protocol.md section 17).
 
 Each attachment is encrypted with its own random 256-bit key, one AES-GCM operation per chunk;
 the chunk's additional data binds the attachment id, the chunk index and a final-chunk flag, so

@@ -44,7 +44,9 @@ ACK_WAIT_SECONDS: Final = 15.0
 # A gateway waiting for a message's decision holds its chunks un-acked (nak with delay):
 # room for several large files in flight.
 GATEWAY_MAX_ACK_PENDING: Final = 20_000
-NODE_MAX_ACK_PENDING: Final = 64
+# Not a memory bound (a node fetches 8 at a time): chunks that arrived ahead of a missing one
+# wait un-acked, and must never fill the window that the missing one needs to get through.
+NODE_MAX_ACK_PENDING: Final = 20_000
 
 
 def _work_queue(name: str, subjects: str, description: str) -> StreamConfig:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,7 @@ PUBLISH_TIMEOUT: Final = 10.0
 MAX_CHUNK_BYTES: Final = max(CHUNK_SIZES) + CHUNK_OVERHEAD
 ORPHAN_SECONDS: Final = 3600.0
 MAX_WAIT_SECONDS: Final = 30.0
+HOLD_SECONDS: Final = 2.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -157,6 +159,11 @@ async def _settle(
         if agency not in idle:
             idle[agency] = await _lane_idle(js, agency)
         lane_idle = idle[agency]
+        if lane_idle:
+            # The lane may have settled the message since the batch's crossings were read:
+            # read them again before concluding that the message did not cross.
+            await crossings.prefetch([routing[0]])
+            found = crossings.crossings(routing[0])
     plan = plan_chunk(
         direction=direction,
         code=code,
@@ -221,6 +228,9 @@ async def run_chunk_relay(
         else (aw.ATT_INBOX_STREAM, aw.INGRESS_DURABLE)
     )
     sub = None
+    # Files with a chunk waiting (until when): their later chunks wait too, across batches,
+    # so that a file keeps its order (the recipient copes with reordering, at a cost).
+    held: dict[str, tuple[int, float]] = {}  # attachment -> (first waiting index, until)
     while not stop.is_set():
         try:
             if sub is None:
@@ -232,12 +242,17 @@ async def run_chunk_relay(
             ids = {r[0] for m in batch if (r := _routing(dict(m.headers or {}))) is not None}
             await crossings.prefetch(ids)
             idle: dict[str, bool] = {}
-            waiting: set[str] = set()
+            now = time.monotonic()
+            for attachment in [a for a, (_, until) in held.items() if until < now]:
+                del held[attachment]
             relays: list[Coroutine[Any, Any, None]] = []
             for msg in batch:
                 headers = dict(msg.headers or {})
                 attachment = headers.get(aw.ATTACHMENT_HEADER, "")
-                if attachment in waiting:
+                index_text = headers.get(aw.INDEX_HEADER, "")
+                index = int(index_text) if index_text.isdigit() else -1
+                first = held.get(attachment, (-1, 0.0))[0]
+                if 0 <= first < index:
                     # An earlier chunk of this file waits: this one waits too, so that the
                     # file keeps its order (the recipient also copes with reordering).
                     await _nak(msg, 1.0)
@@ -258,8 +273,11 @@ async def run_chunk_relay(
                     log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
                     outcome = "waiting"
                     await _nak(msg, 1.0)
-                if outcome == "waiting":
-                    waiting.add(attachment)
+                if outcome == "waiting" and index >= 0:
+                    earliest = min(index, held.get(attachment, (index, 0.0))[0])
+                    held[attachment] = (earliest, time.monotonic() + HOLD_SECONDS)
+                elif outcome == "relayed" and held.get(attachment, (-1, 0.0))[0] == index:
+                    del held[attachment]  # the chunk the file waited for is on its way
             # Tasks start in creation order: the chunks are published in the order fetched.
             await asyncio.gather(*(asyncio.ensure_future(r) for r in relays))
         except (NatsError, JetStreamError, RuntimeError) as exc:

@@ -4,7 +4,7 @@ What it is for
     - **Upload** (API, before sending): a file is sealed into the spool as it streams in
       (:class:`~broker.node.attachments.AttachmentSpool`) and recorded as ``staged``; the
       handle is its attachment id. A draft names handles; the node puts their descriptors in
-      the header and their manifests in the inner payload (docs/protocol.md section 16).
+      the header and their manifests in the inner payload (docs/protocol.md section 17).
     - **Send** (:func:`run_uploads`): once JetStream acknowledged the message, its files'
       chunks are published on ``cb.att.submit.<agency>`` from the spool, one window at a
       time, progress saved, so a restart resumes where it stopped (Nats-Msg-Id per chunk makes
@@ -73,7 +73,7 @@ SENT: Final = "sent"
 RECEIVING: Final = "receiving"
 VERIFIED: Final = "verified"
 REFUSED: Final = "refused"
-UPLOAD_WINDOW: Final = 8
+UPLOAD_WINDOW: Final = 4
 FEED_BATCH: Final = 8
 FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
@@ -647,6 +647,17 @@ async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
                 await settle_holds(node, files)
             except Exception as exc:  # noqa: BLE001 - retried at the next chunk or sweep
                 log.warning("holds_not_settled", error=repr(exc))
+
+
+async def run_hold_sweeps(node: Node, files: NodeAttachments, *, interval: float = 60.0) -> None:
+    """Refuse held messages whose files can no longer complete (expired), even when no chunk
+    arrives any more; and settle any hold a crash left settled but not released."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await settle_holds(node, files)
+        except Exception as exc:  # noqa: BLE001 - retried at the next sweep
+            log.warning("holds_not_settled", error=repr(exc))
 
 
 async def run_scans(files: NodeAttachments, *, interval: float = 1.0) -> None:

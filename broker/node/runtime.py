@@ -31,6 +31,7 @@ from broker.node.attachment_transfer import (
     NatsChunkFeed,
     NodeAttachments,
     run_chunk_feed,
+    run_hold_sweeps,
     run_scans,
     run_uploads,
 )
@@ -368,6 +369,7 @@ async def running_node(
             tasks += [
                 asyncio.create_task(run_uploads(node, files), name="attachments-out"),
                 asyncio.create_task(run_chunk_feed(node, files, feed), name="attachments-in"),
+                asyncio.create_task(run_hold_sweeps(node, files), name="attachments-holds"),
             ]
             if files.scanner:
                 tasks.append(asyncio.create_task(run_scans(files), name="attachments-scan"))
