@@ -60,7 +60,7 @@ def chunk_count(size: int, chunk_size: int) -> int:
 
 
 def chunk_aad(attachment_id: str, index: int, *, final: bool) -> bytes:
-    """The additional authenticated data of chunk ``index`` (docs/protocol.md 16.2)."""
+    """The additional authenticated data of chunk ``index`` (docs/protocol.md 17.2)."""
     return (
         FORMAT_TAG
         + bytes.fromhex(attachment_id.replace("-", ""))

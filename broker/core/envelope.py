@@ -36,7 +36,7 @@ JWE_TYP: Final = "casebridge-inner+jwe"
 WIRE_MEMBERS: Final = frozenset({"v", "outer", "jwe"})
 OUTER_MEMBERS: Final = frozenset({"header", "jwe_sha256", "commitment"})
 INNER_MEMBERS: Final = frozenset({"header", "body", "salt"})
-# Present exactly when the header declares attachments (docs/protocol.md 16.1).
+# Present exactly when the header declares attachments (docs/protocol.md 17.1).
 INNER_ATTACHMENTS: Final = "attachments"
 MIN_SALT_BYTES: Final = 16
 MAX_SALT_BYTES: Final = 64

@@ -94,7 +94,7 @@ _KEYS: Final = frozenset(
         "due",
     }
 )
-# Optional member, present only on a message that carries files (docs/protocol.md 16.1), so
+# Optional member, present only on a message that carries files (docs/protocol.md 17.1), so
 # that every header without attachments keeps the exact form of earlier versions.
 ATTACHMENTS_KEY: Final = "attachments"
 

@@ -1,4 +1,4 @@
-"""Writes the attachment test vectors (tests/vectors/attachments/, docs/protocol.md 16.5).
+"""Writes the attachment test vectors (tests/vectors/attachments/, docs/protocol.md 17.5).
 
 TEST-ONLY: the key and nonces are fixed so that anyone can reproduce every byte; a real sealer
 draws both from the operating system's random source. Run from the repository root:
