@@ -246,7 +246,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(node_lifecycle)
-    api_integrations.setup(app, NODE_KEY)
+    api_integrations.setup(app, NODE_KEY, metrics=metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/v1/messages", _submit)
