@@ -23,6 +23,9 @@ Rules
     the restarted adapter sends it again with the same key and the node answers with the
     first result, so nothing is sent twice and nothing is lost. Two files with the same bytes
     are one message: that is what the key means.
+    *Expired cursor*: on ``410 cursor_expired`` (stopped for longer than the node keeps
+    events) it goes on from the oldest retained event; ids already written are skipped, and
+    the event numbers it could not read are logged (``feed_resynchronised``).
     *Nothing stops the adapter*: a malformed, oversized, schema-invalid or policy-denied draft
     goes to ``failed/`` with its error; a node that cannot be reached (or says 401, 5xx, or
     that the client lacks the ``send`` scope) leaves the draft where it is, and the adapter
@@ -376,7 +379,14 @@ class FolderAdapter:
         written = 0
         while True:
             query = {"after": str(cursor), "limit": str(FEED_PAGE), "types": "message.received"}
-            page = self.client.call("GET", "/v1/events", query=query)
+            try:
+                page = self.client.call("GET", "/v1/events", query=query)
+            except NodeError as exc:
+                if exc.reason != "cursor_expired":
+                    raise
+                cursor = self._resynchronise(cursor)
+                write_atomically(cursor_file, str(cursor).encode("ascii"))
+                continue
             for event in page["events"]:
                 message_id = event["message_id"]
                 if message_id in known:
@@ -389,6 +399,33 @@ class FolderAdapter:
                 write_atomically(cursor_file, str(cursor).encode("ascii"))
             if len(page["events"]) < FEED_PAGE:
                 return written
+
+    def _resynchronise(self, expired: int) -> int:
+        """The cursor to go on from after ``410 cursor_expired``: just before the oldest
+        retained event (found by bisection: a cursor answers 410 exactly when it lies before
+        it; a cursor past the end never does). The retained events are read again; the ids
+        already written are skipped, so nothing is written twice."""
+        probe = {"limit": "1", "types": "message.received"}
+        last = int(
+            self.client.call("GET", "/v1/events", query={**probe, "after": str(2**62)})["last"]
+        )
+        low, high = expired, last  # low answers 410; high never does
+        while high - low > 1:
+            middle = (low + high) // 2
+            try:
+                self.client.call("GET", "/v1/events", query={**probe, "after": str(middle)})
+            except NodeError as exc:
+                if exc.reason != "cursor_expired":
+                    raise
+                low = middle
+            else:
+                high = middle
+        # Events (expired, high] were purged before this adapter read them: the messages are
+        # in the node's inbox, not in incoming/. Said loudly, with the numbers to look for.
+        log.warning(
+            "feed_resynchronised", expired_cursor=expired, cursor=high, skipped=high - expired
+        )
+        return high
 
     def _write_incoming(self, message_id: str) -> None:
         # A system client's fetch is a transfer to the case system (no read evidence); with

@@ -204,6 +204,29 @@ class NodeMetrics:
             "Records in the audit log at the last verification.",
             registry=registry,
         )
+        # Webhooks (broker.node.webhooks); pending and parked counts are scrape-time gauges
+        # (broker.node.webhooks.WebhookCollector).
+        self.webhook_deliveries = Counter(
+            "casebridge_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (2xx), retried (failed, due "
+            "again later) or parked (failed after the last attempt: replayable).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("delivered", "retried", "parked"):
+            self.webhook_deliveries.labels(outcome=outcome)
+        self.webhook_lag = Histogram(
+            "casebridge_webhook_delivery_lag_seconds",
+            "From an event's change (commit) to the 2xx of its webhook delivery.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.api_refusals_suppressed = Counter(
+            "casebridge_api_refusals_suppressed",
+            "401 refusals not audited one by one (per-source rate limit of the refusal audit; "
+            "each interval's are summarised in one audit entry).",
+            registry=registry,
+        )
 
 
 class GatewayMetrics:

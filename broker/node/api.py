@@ -79,6 +79,7 @@ IDEMPOTENCY_KEY_PATTERN: Final = re.compile(r"[\x20-\x7e]{1,255}")
 MAX_JUSTIFICATION: Final = 2000
 # C0 and C1 control characters (and DEL): never in a justification.
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_UUID: Final = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 log = structlog.get_logger("casebridge.node.api")
 _DRAFT_FIELDS: Final = frozenset(
     {
@@ -246,7 +247,7 @@ def create_app(
             yield
 
     app.cleanup_ctx.append(node_lifecycle)
-    api_integrations.setup(app, NODE_KEY)
+    api_integrations.setup(app, NODE_KEY, metrics=metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_post("/v1/messages", _submit)
@@ -348,8 +349,26 @@ def parse_draft(raw: Mapping[str, Any]) -> Draft:
     )
 
 
+_TRUE: Final = frozenset({"1", "true", "yes"})
+_FALSE: Final = frozenset({"0", "false", "no"})
+
+
 def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "").lower() in ("1", "true", "yes")
+    """A boolean query flag; absent is false. Anything else than these words is a 400, never
+    silently false (``unread=null`` must not list every message as if asked for all)."""
+    text = request.query.get(name)
+    if text is None:
+        return False
+    if text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    raise BadRequest(f"{name} must be true or false (or 1 or 0)")
+
+
+def _conversation(request: web.Request) -> str | None:
+    text = request.query.get("conversation")
+    if text is not None and not _UUID.fullmatch(text):
+        raise BadRequest("conversation must be a UUID")
+    return text
 
 
 def _limit(request: web.Request) -> int:
@@ -403,7 +422,7 @@ async def _inbox(request: web.Request) -> web.Response:
     messages = node.store.list_inbox(
         unread=_flag(request, "unread"),
         overdue_before=today if _flag(request, "overdue") else None,
-        conversation=request.query.get("conversation"),
+        conversation=_conversation(request),
         limit=_limit(request),
     )
     return web.json_response(

@@ -6,7 +6,9 @@ What it is for
     client's (:mod:`broker.node.clients`) holding the scope of the route
     (:func:`required_scope`). A refusal is ``401`` (unknown, expired or revoked) or ``403``
     (out of scope), and each is written to the audit log (``refusal``, with the route and the
-    secret id the token claimed, never the token). :func:`setup` adds the routes of the feed
+    secret id the token claimed, never the token); ``401``s are audited one by one up to a
+    per-source rate (:mod:`broker.node.refusal_limit`), the rest counted and summarised in
+    one audit entry per source and interval. :func:`setup` adds the routes of the feed
     (``/v1/events``, ``/v1/events/stream``), webhooks, clients, and a person's reading
     reported by a case system (``POST /v1/messages/{id}/read``).
 
@@ -29,16 +31,20 @@ import structlog
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from broker.core.audit import AuditEntry
 from broker.errors import CasebridgeError
+from broker.metrics import NodeMetrics
 from broker.node import clients, events, webhooks
 from broker.node.api_parsing import ACTOR_PATTERN, json_body, message_id
 from broker.node.clients import BUILTIN, Principal
 from broker.node.errors import BadRequest, NotFound, Unauthorized
 from broker.node.model import InboxMessage
+from broker.node.refusal_limit import RefusalLimiter, Suppressed
 from broker.node.service import Node
 
 PRINCIPAL: Final = web.RequestKey("principal", Principal)  # who made the request
 SIGNAL_KEY: Final = web.AppKey("event_signal", events.EventSignal)
+REFUSALS_KEY: Final = web.AppKey("refusal_limiter", RefusalLimiter)
 STREAM_PAGE: Final = 200
 STREAM_WAIT: Final = 15.0
 log = structlog.get_logger("casebridge.node.api")
@@ -94,24 +100,57 @@ async def authenticate(request: web.Request, *, node: Node, settings_token: str)
             who.require(required_scope(request.method, route))
     except CasebridgeError as exc:
         actor = f"client:{who.client_id}" if who is not None else f"secret:{claimed or 'none'}"
-        entry = clients.refusal(
-            agency=node.agency_id,
-            client=actor,
-            route=route,
-            method=request.method,
-            reason=f"{exc.reason.value}: {exc.detail}",
-        )
-        try:
-            await asyncio.to_thread(clients.record, node.store, [entry], now=node.now())
-        except CasebridgeError as audit_exc:  # the refusal stands; say the record is missing
-            log.warning("api_refusal_not_audited", error=audit_exc.reason.value)
+        limiter = request.app.get(REFUSALS_KEY)
+        entries: list[AuditEntry] = []
+        if limiter is not None:  # intervals over first: a new refusal starts a new one
+            entries.extend(_summary(node.agency_id, s) for s in limiter.ended())
+        source = request.remote or "unknown"
+        if limiter is None or not isinstance(exc, Unauthorized) or limiter.admit(source):
+            entries.append(
+                clients.refusal(
+                    agency=node.agency_id,
+                    client=actor,
+                    route=route,
+                    method=request.method,
+                    reason=f"{exc.reason.value}: {exc.detail}",
+                )
+            )
+        await _audit(node, entries)
         log.info("api_refused", route=route, status=exc.http_status, client=actor)
         raise
     request[PRINCIPAL] = who
 
 
-def setup(app: web.Application, node_key: web.AppKey[Node]) -> None:
-    """Add the routes of this module and the feed's wake-up signal to ``app``."""
+async def _audit(node: Node, entries: list[AuditEntry]) -> None:
+    if not entries:
+        return
+    try:
+        await asyncio.to_thread(clients.record, node.store, entries, now=node.now())
+    except CasebridgeError as audit_exc:  # the refusal stands; say the record is missing
+        log.warning("api_refusal_not_audited", error=audit_exc.reason.value)
+
+
+def _summary(agency: str, suppressed: Suppressed) -> AuditEntry:
+    """One audit entry for the refusals of a source not audited one by one."""
+    return clients.refusal(
+        agency=agency,
+        client=f"source:{suppressed.source}",
+        route="(any route)",
+        method="(any method)",
+        reason=(
+            f"unauthorized: {suppressed.count} further refusals from this source within "
+            f"{suppressed.interval_seconds:g} s, not audited one by one (rate limit)"
+        ),
+    )
+
+
+def setup(
+    app: web.Application, node_key: web.AppKey[Node], *, metrics: NodeMetrics | None = None
+) -> None:
+    """Add the routes of this module, the feed's wake-up signal and the refusal audit's rate
+    limit to ``app``."""
+    counter = metrics.api_refusals_suppressed if metrics is not None else None
+    app[REFUSALS_KEY] = RefusalLimiter(on_suppressed=counter.inc if counter else None)
 
     async def signal(app: web.Application) -> AsyncIterator[None]:
         wake = events.EventSignal()
@@ -119,6 +158,9 @@ def setup(app: web.Application, node_key: web.AppKey[Node]) -> None:
         app[SIGNAL_KEY] = wake
         yield
         wake.detach()
+        # What is still counted is summarised before the node closes its store.
+        ended = app[REFUSALS_KEY].ended(everything=True)
+        await _audit(app[node_key], [_summary(app[node_key].agency_id, s) for s in ended])
 
     app.cleanup_ctx.append(signal)
     handlers = _Handlers(node_key)

@@ -6,6 +6,12 @@ What it is for
     partner country (identifiers keyed before they leave this object), answer the queries it
     receives automatically (purpose and per-requester rate limit checked first, then the
     index), and log every lookup sent, received and answered in its own SQLite file.
+    It is event-driven: the store's commit listener wakes it and it reads the change feed
+    (``message.received`` events of ``lookup.*`` messages) from where it stopped, so an
+    answer leaves as soon as the query is stored; a scan of the inbox at start (and after a
+    gap in the feed) catches what arrived while it was not running. An answer whose send
+    fails is retried a bounded number of times (same Idempotency-Key, so never twice),
+    each failure logged; the last failure is logged as ``not_sent`` and not retried.
     The protocol, and what each side learns, is in docs/protocol.md ("Hit/no-hit lookup").
 
 What it must never do
@@ -36,7 +42,8 @@ from broker.core import lookup as core
 from broker.core.header import agency_country
 from broker.errors import CasebridgeError, ConfigError
 from broker.node.errors import BadRequest, NotFound
-from broker.node.model import Draft
+from broker.node.events import EventSignal
+from broker.node.model import Draft, InboxMessage
 from broker.node.service import Node
 
 DEFAULT_LEGAL_BASIS: Final = "Police cooperation: hit/no-hit lookup (bilateral agreement)"
@@ -56,8 +63,14 @@ CREATE INDEX IF NOT EXISTS log_recent ON log (event, at);
 EVENTS: Final = (
     "query_sent", "query_refused", "query_received", "answer_sent", "answer_received"
 )  # fmt: skip
-# Lookup messages looked at per round, newest first: more than arrive between two rounds.
+# Lookup messages looked at by the start-up scan, newest first (each of type).
 POLL_LIMIT: Final = 100
+# Change-feed events read per page while following it.
+FEED_PAGE: Final = 200
+# Pauses between attempts to send an answer (bounded: len + 1 attempts in all). Short, so
+# that a passing fault still leaves the answer within the 2 s the protocol promises.
+ANSWER_RETRY_DELAYS: Final = (0.05, 0.2, 0.5)
+LOOKUP_TYPES: Final = frozenset({core.QUERY_TYPE, core.ANSWER_TYPE})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,7 +83,9 @@ class LookupSettings:
     window: timedelta = timedelta(hours=1)
     contact_point: Mapping[str, Any] | None = None
     legal_basis: str = DEFAULT_LEGAL_BASIS
-    poll_seconds: float = 0.1
+    # The longest wait between two looks at the feed when no commit woke the loop (a safety
+    # net only: commits wake it at once).
+    rescan_seconds: float = 30.0
     index_path: Path | None = None
 
     @classmethod
@@ -82,7 +97,7 @@ class LookupSettings:
             raise ConfigError(f"{path}: unreadable lookup settings: {exc}") from None
         allowed = {
             "partners", "purposes", "rate_limit", "contact_point", "legal_basis",
-            "poll_seconds", "index",
+            "rescan_seconds", "index",
         }  # fmt: skip
         if not isinstance(raw, dict) or set(raw) - allowed:
             raise ConfigError(f"{path}: lookup settings: an object with {sorted(allowed)}")
@@ -112,7 +127,7 @@ class LookupSettings:
                 window=timedelta(seconds=float(limit.get("window_seconds", 3600))),
                 contact_point=raw.get("contact_point"),
                 legal_basis=str(raw.get("legal_basis", DEFAULT_LEGAL_BASIS)),
-                poll_seconds=float(raw.get("poll_seconds", 0.1)),
+                rescan_seconds=float(raw.get("rescan_seconds", 30.0)),
                 index_path=(base / str(raw["index"])) if raw.get("index") else None,
             )
         except (TypeError, ValueError) as exc:
@@ -242,6 +257,22 @@ class LookupStore:
         with self._lock:
             return int(self._db.execute(sql, params).fetchone()[0])
 
+    def result_of(self, event: str, message_id: str) -> str | None:
+        """The logged result of ``event`` for ``message_id`` (None: not logged)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT result FROM log WHERE event = ? AND message_id = ?", (event, message_id)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def answer_logged(self, query_id: str) -> bool:
+        """Whether an answer to ``query_id`` was sent, or given up on (``not_sent:...``)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM log WHERE event = 'answer_sent' AND query_id = ?", (query_id,)
+            ).fetchone()
+        return row is not None
+
     def logged(self, event: str, message_id: str) -> bool:
         with self._lock:
             row = self._db.execute(
@@ -294,6 +325,8 @@ class LookupService:
             for country, (key_id, secret) in settings.partners.items()
         }
         self._log = structlog.get_logger("casebridge.lookup").bind(agency=node.agency_id)
+        self._answering: dict[str, asyncio.Task[None]] = {}
+        self._deciding = asyncio.Lock()
 
     # --------------------------------------------------------------- register
 
@@ -419,18 +452,51 @@ class LookupService:
     # ---------------------------------------------------------------- answer
 
     async def run(self) -> None:
-        """Answer queries and log answers as they arrive (polls the inbox)."""
+        """Answer queries and log answers as their deliveries are committed: woken by the
+        store's commit listener, it reads the change feed from where it stopped (no polling;
+        ``rescan_seconds`` is only a safety net)."""
+        signal = EventSignal()
+        signal.attach(self.node.store)  # before reading the cursor: no commit slips between
+        try:
+            cursor = -1  # not known yet: scan the inbox first
+            while True:
+                try:
+                    cursor = await self.follow(cursor)
+                except CasebridgeError as exc:  # a store fault: try again on the next wake-up
+                    self._log.warning("lookup_follow_failed", reason=exc.reason.value)
+                await signal.wait(self.settings.rescan_seconds)
+        finally:
+            signal.detach()
+            for task in list(self._answering.values()):
+                task.cancel()
+            await asyncio.gather(*self._answering.values(), return_exceptions=True)
+
+    async def follow(self, cursor: int) -> int:
+        """Handle the lookup messages received since event ``cursor`` (-1: not known yet, or
+        events were purged since: scan the inbox); returns the cursor to go on from."""
+        store = self.node.store
+        _, first, last = await asyncio.to_thread(store.event_bounds)
+        if cursor < 0 or (first and cursor < first - 1) or (not first and cursor < last):
+            await self.poll_once()
+            return last  # read before the scan: later arrivals are events after it
         while True:
-            try:
-                await self.poll_once()
-            except CasebridgeError as exc:  # a store or transport fault: try again next round
-                self._log.warning("lookup_poll_failed", reason=exc.reason.value)
-            await asyncio.sleep(self.settings.poll_seconds)
+            page = await asyncio.to_thread(
+                store.events_after, cursor, limit=FEED_PAGE, types=("message.received",)
+            )
+            for event in page:
+                if event.data.get("type") in LOOKUP_TYPES and event.message_id:
+                    message = await asyncio.to_thread(store.inbox_message, event.message_id)
+                    if message is not None:
+                        await self._handle(message)
+                cursor = event.seq
+            if len(page) < FEED_PAGE:
+                return cursor
 
     async def poll_once(self) -> int:
-        """Handle every lookup message not handled yet; how many were handled."""
+        """Handle every lookup message in the inbox not handled yet (the scan at start);
+        how many were handled."""
 
-        def recent() -> list[Any]:
+        def recent() -> list[InboxMessage]:
             # Indexed by type (store migration "inbox_lookup"): cheap however full the inbox.
             store = self.node.store
             queries = store.list_inbox(message_type=core.QUERY_TYPE, limit=POLL_LIMIT)
@@ -438,30 +504,46 @@ class LookupService:
             # Oldest first; equal times keep the store's order (rowid), reversed to oldest first.
             return sorted([*reversed(queries), *reversed(answers)], key=lambda m: m.received_at)
 
-        inbox = await asyncio.to_thread(recent)
         handled = 0
-        for message in inbox:  # oldest first
-            if message.type == core.QUERY_TYPE and not message.answered:
-                await self._answer(message)
-                handled += 1
-            elif message.type == core.ANSWER_TYPE and not await asyncio.to_thread(
-                self.store.logged, "answer_received", message.message_id
-            ):
-                await asyncio.to_thread(
-                    self.store.log,
-                    {
-                        "at": _iso(self.node.now()), "event": "answer_received",
-                        "message_id": message.message_id,
-                        "query_id": message.in_reply_to or "", "counterpart": message.sender,
-                        "purpose": message.header.get("purpose"),
-                        "probes": len(message.body.get("hits", [])),
-                        "result": str(message.body.get("result")), "actor": None,
-                    },
-                )  # fmt: skip
-                handled += 1
+        for message in await asyncio.to_thread(recent):  # oldest first
+            if message.type == core.QUERY_TYPE and message.answered:
+                continue
+            handled += await self._handle(message)
+        await self.settle()
         return handled
 
-    def _decide(self, message: Any) -> tuple[str, list[core.Match]]:
+    async def settle(self) -> None:
+        """Wait until the answers being sent (with their retries) are done."""
+        while self._answering:
+            await asyncio.gather(*list(self._answering.values()), return_exceptions=True)
+
+    async def _handle(self, message: InboxMessage) -> int:
+        if message.type == core.QUERY_TYPE:
+            if message.message_id in self._answering:
+                return 0
+            # Its own task: the retries of one answer never hold up the others.
+            task = asyncio.create_task(self._answer(message), name="lookup-answer")
+            self._answering[message.message_id] = task
+            task.add_done_callback(lambda _t: self._answering.pop(message.message_id, None))
+            return 1
+        if message.type != core.ANSWER_TYPE or await asyncio.to_thread(
+            self.store.logged, "answer_received", message.message_id
+        ):
+            return 0
+        await asyncio.to_thread(
+            self.store.log,
+            {
+                "at": _iso(self.node.now()), "event": "answer_received",
+                "message_id": message.message_id,
+                "query_id": message.in_reply_to or "", "counterpart": message.sender,
+                "purpose": message.header.get("purpose"),
+                "probes": len(message.body.get("hits", [])),
+                "result": str(message.body.get("result")), "actor": None,
+            },
+        )  # fmt: skip
+        return 1
+
+    def _decide(self, message: InboxMessage) -> tuple[str, list[core.Match]]:
         sender = str(message.sender)
         partner = self._keys.get(agency_country(sender))
         body = message.body
@@ -481,51 +563,85 @@ class LookupService:
             >= self.settings.per_requester
         ):
             return "refused", []
+        return self._matches(message, partner)
 
+    def _matches(
+        self, message: InboxMessage, partner: core.PartnerKey
+    ) -> tuple[str, list[core.Match]]:
         def holders(digest: str) -> list[tuple[str, str]]:
             refs = self.store.holders(partner.country, partner.key_id, digest)
             return [(r, self.node.agency_id) for r in refs]
 
-        matches = core.match(body, holders)
+        matches = core.match(message.body, holders)
         return ("hit" if matches else "no_hit"), matches
 
-    async def _answer(self, message: Any) -> None:
-        if await asyncio.to_thread(self.store.logged, "query_received", message.message_id):
-            return  # answered before (an answer whose send was refused is not retried)
-        result, matches = await asyncio.to_thread(self._decide, message)
+    def _decided(self, message: InboxMessage) -> tuple[str, list[core.Match]] | None:
+        """The decision logged before a restart (None: not decided yet). Not taken again: the
+        query would count against its own rate limit; the index is looked up again."""
+        logged = self.store.result_of("query_received", message.message_id)
+        if logged is None:
+            return None
+        partner = self._keys.get(agency_country(str(message.sender)))
+        if logged == "refused" or partner is None:
+            return "refused", []
+        return self._matches(message, partner)
+
+    async def _answer(self, message: InboxMessage) -> None:
+        if await asyncio.to_thread(self.store.answer_logged, message.message_id):
+            return  # answered before, or given up on after the last attempt
         purpose = str(message.header.get("purpose"))
-        await asyncio.to_thread(
-            self.store.log,
-            {
-                "at": _iso(self.node.now()), "event": "query_received",
-                "message_id": message.message_id, "query_id": message.message_id,
-                "counterpart": message.sender, "purpose": purpose,
-                "probes": len(message.body.get("probes") or []), "result": result,
-                "actor": None,
-            },
-        )  # fmt: skip
+        # Decided and logged one query at a time: the rate limit counts the logged ones.
+        async with self._deciding:
+            decided = await asyncio.to_thread(self._decided, message)
+            if decided is None:
+                result, matches = await asyncio.to_thread(self._decide, message)
+                await asyncio.to_thread(
+                    self.store.log,
+                    {
+                        "at": _iso(self.node.now()), "event": "query_received",
+                        "message_id": message.message_id, "query_id": message.message_id,
+                        "counterpart": message.sender, "purpose": purpose,
+                        "probes": len(message.body.get("probes") or []), "result": result,
+                        "actor": None,
+                    },
+                )  # fmt: skip
+            else:
+                result, matches = decided
         body = core.answer_body(
             message.message_id, result, matches, contact=self.settings.contact_point
         )
-        try:
-            sent = await self.node.send(
-                Draft(
-                    type=core.ANSWER_TYPE,
-                    body=body,
-                    purpose=purpose,
-                    handling="H2",
-                    tlp="AMBER",
-                    legal_basis=self.settings.legal_basis,
-                    in_reply_to=message.message_id,
+        draft = Draft(
+            type=core.ANSWER_TYPE,
+            body=body,
+            purpose=purpose,
+            handling="H2",
+            tlp="AMBER",
+            legal_basis=self.settings.legal_basis,
+            in_reply_to=message.message_id,
+        )
+        # One key per query: a retry after a send that was stored but raised returns the
+        # first answer instead of sending a second one.
+        idempotency = (f"lookup-answer:{message.message_id}", message.message_id)
+        outcome, answer_id = "", ""
+        for attempt in range(1, len(ANSWER_RETRY_DELAYS) + 2):
+            try:
+                sent = await self.node.send(draft, idempotency=idempotency)
+            except CasebridgeError as exc:
+                last = attempt > len(ANSWER_RETRY_DELAYS)
+                self._log.warning(
+                    "lookup_answer_send_failed",
+                    query_id=message.message_id,
+                    reason=exc.reason.value,
+                    attempt=attempt,
+                    retried=not last,
                 )
-            )
-        except CasebridgeError as exc:
-            self._log.warning(
-                "lookup_answer_refused", query_id=message.message_id, reason=exc.reason.value
-            )
-            outcome, answer_id = f"not_sent:{exc.reason.value}", ""
-        else:
-            outcome, answer_id = result, sent.message_id
+                if last:
+                    outcome = f"not_sent:{exc.reason.value}"
+                    break
+                await asyncio.sleep(ANSWER_RETRY_DELAYS[attempt - 1])
+            else:
+                outcome, answer_id = result, sent.message_id
+                break
         await asyncio.to_thread(
             self.store.log,
             {

@@ -59,7 +59,7 @@ from broker.node.service import Node
 from broker.node.settings import Settings
 from broker.node.store import Store
 from broker.node.transport import Transport
-from broker.node.webhooks import Deliverer
+from broker.node.webhooks import Deliverer, WebhookCollector
 from broker.pki.keyfiles import read_certificate, read_private_key
 from broker.policy_store import PolicyStore
 
@@ -265,6 +265,7 @@ def _register_collectors(
     registry.register(OutboxCollector(store, destinations=destinations))
     registry.register(LaneCollector(store, lambda: node.lanes))
     registry.register(StoreCollector(store))
+    registry.register(WebhookCollector(store))
     registry.register(ExpiryCollector(expiries, clock=lambda: datetime.now(UTC)))
 
 
@@ -340,6 +341,7 @@ async def running_node(
                     settings.webhooks,
                     clock=clock.now,
                     retention_days=settings.events_retention_days,
+                    metrics=metrics,
                 ).run(),
                 name="webhooks",
             ),

@@ -17,6 +17,12 @@ Delivery semantics
     concurrently (bounded), each with its own timeout, so one slow endpoint never holds up the
     others; nothing here ever runs inside, or waits for, the receipt of a message.
 
+Metrics
+    ``casebridge_webhook_deliveries_total{outcome=delivered|retried|parked}`` and
+    ``casebridge_webhook_delivery_lag_seconds`` (event commit to 2xx) when the node has
+    metrics; :class:`WebhookCollector` adds the scrape-time gauges
+    ``casebridge_webhook_deliveries_pending`` and ``casebridge_webhook_deliveries_parked``.
+
 What it must never do
     Put a message body in a payload (events carry ids and header fields), follow a redirect,
     log a secret, or block the receive path.
@@ -31,16 +37,19 @@ import random
 import secrets
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiohttp
 import structlog
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from standardwebhooks.webhooks import Webhook
 
 from broker.errors import ConfigError
+from broker.metrics import NodeMetrics
 from broker.node import events
 from broker.node.errors import BadRequest, NotFound, StorageUnavailable
 from broker.node.model import iso
@@ -209,8 +218,10 @@ class Deliverer:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         post: Post | None = None,
         retention_days: int = events.DEFAULT_RETENTION_DAYS,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._settings = settings
         self._clock = clock
         self._post = post
@@ -308,10 +319,17 @@ class Deliverer:
         retry_at: float | None = None
         if error is None:
             self.delivered += 1
+            outcome = "delivered"
         else:
             self.failures += 1
             if attempt < self._settings.max_attempts:
                 retry_at = time.time() + self._settings.delay(attempt)
+            outcome = "parked" if retry_at is None else "retried"
+        if self._metrics is not None:
+            self._metrics.webhook_deliveries.labels(outcome=outcome).inc()
+            if error is None:
+                self._metrics.webhook_lag.observe(max(0.0, _lag(event.at, self._clock())))
+        if error is not None:
             log.info(
                 "webhook_failed",
                 subscription=item["subscription_id"],
@@ -322,6 +340,43 @@ class Deliverer:
             )
         self._outcomes.append((int(item["delivery_id"]), error, retry_at))
         self._signal.wake()
+
+
+def _lag(at: str, now: datetime) -> float:
+    """Seconds from an event's time (RFC 3339) to ``now``; 0 if the time is unreadable."""
+    try:
+        return (now - datetime.fromisoformat(at.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return 0.0
+
+
+class WebhookCollector(Collector):
+    """Scrape-time gauges of the delivery queue: ``casebridge_webhook_deliveries_pending``
+    (queued, not yet delivered) and ``casebridge_webhook_deliveries_parked`` (failed after
+    the last attempt, waiting for a replay)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        counts = dict(
+            self._store.query(
+                lambda db: db.execute(
+                    "SELECT state, COUNT(*) FROM webhook_deliveries "
+                    "WHERE state != 'delivered' GROUP BY state"
+                ).fetchall()
+            )
+        )
+        for state, name, text in (
+            ("pending", "pending", "Webhook deliveries queued and not yet delivered."),
+            ("failed", "parked", "Webhook deliveries parked as failed after the last attempt."),
+        ):
+            gauge = GaugeMetricFamily(f"casebridge_webhook_deliveries_{name}", text)
+            gauge.add_metric([], int(counts.get(state, 0)))
+            yield gauge
 
 
 def _aiohttp_post(session: aiohttp.ClientSession) -> Post:

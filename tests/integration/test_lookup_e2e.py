@@ -51,7 +51,7 @@ def lookup_files(base: Path) -> dict[str, dict[str, Any]]:
             "partners": {partner: {"key_id": "de-ua.2026", "secret_file": str(secret)}},
             "rate_limit": {"per_requester": 20, "window_seconds": 3600},
             "contact_point": {"unit": "Duty desk", "availability": "24/7"},
-            "poll_seconds": 0.05,
+            "rescan_seconds": 60,  # commits wake the loop: the 2 s bound owes nothing to it
         }
         path = base / f"{agency}.lookup.json"
         path.write_text(json.dumps(doc))

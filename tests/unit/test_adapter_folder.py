@@ -252,6 +252,34 @@ class TestReceiving:
         written.unlink()
         assert _adapter(served, POLITIE, tmp_path / "nl", token=token).receive() == 0
 
+    def test_expired_cursor_resynchronises_from_the_oldest_retained_event(
+        self, served: Served, tmp_path: Path
+    ) -> None:
+        """After `410 cursor_expired` the adapter goes on from the oldest retained event:
+        retained messages are written, those already written are not written again."""
+        first = served.client(LKA).send(request_draft())
+        served.pump()
+        adapter = _adapter(served, POLITIE, tmp_path / "nl")
+        assert adapter.receive() == 1
+        purged = served.client(LKA).send(request_draft())
+        served.pump()
+        kept = served.client(LKA).send(request_draft())
+        served.pump()
+        store = served.world.node(POLITIE).store
+        with store.transaction() as db:  # retention purged everything up to `purged`'s event
+            db.execute(
+                "DELETE FROM events WHERE seq <= (SELECT seq FROM events WHERE message_id = ? "
+                "AND type = 'message.received')",
+                (purged["message_id"],),
+            )
+        assert adapter.receive() == 1
+        incoming = {p.name for p in (adapter.root / INCOMING).iterdir()}
+        assert incoming == {f"{first['message_id']}.json", f"{kept['message_id']}.json"}
+        # A cursor from before the purge again (e.g. a restored backup): nothing written twice.
+        (adapter.root / ".casebridge" / "cursor").write_text("0", encoding="ascii")
+        assert adapter.receive() == 0
+        assert adapter.receive() == 0
+
 
 class TestSettingsAndLock:
     def test_settings_file_is_read_and_checked(self, tmp_path: Path) -> None:

@@ -323,3 +323,100 @@ class TestOwnPolicy:
             "analyst.b",
         )
         assert entry.counterpart == "de.lka-berlin"
+
+
+class PolicyLoadingFirst:
+    """A pre-flight whose country policy is not loaded yet for the first ``failures`` calls
+    (a local fault, as right after a node starts), then the schema-only pre-flight."""
+
+    def __init__(self, failures: int) -> None:
+        from broker.node.policy import SchemaOnlyPreflight
+        from tests.unit.node_world import REGISTRY
+
+        self.failures = failures
+        self.calls = 0
+        self._then = SchemaOnlyPreflight(REGISTRY)
+
+    def __call__(self, header: Any, body: Any) -> Any:
+        from broker.errors import ConfigError
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConfigError("country policy not loaded yet")
+        return self._then(header, body)
+
+
+class TestEventDriven:
+    def test_query_answered_when_stored_without_polling(self, world: World, tmp_path: Path) -> None:
+        """The holder answers as soon as the query is committed: its loop is woken by the
+        store, not by a timer (the safety-net rescan is 60 s, the answer comes in < 2 s)."""
+        de, ua = services(world, tmp_path, rescan_seconds=60)
+
+        async def run() -> tuple[str, float]:
+            await de.register("document_number", DOC, "LKA-2025-3307", actor=None)
+            loops = [asyncio.create_task(de.run()), asyncio.create_task(ua.run())]
+            await asyncio.sleep(0.05)  # both loops did their start-up scan
+            started = asyncio.get_running_loop().time()
+            query_id = (await ua.query("de.lka-berlin", [("document_number", DOC)]))["query_id"]
+            status = "pending"
+            while status == "pending" and asyncio.get_running_loop().time() - started < 5:
+                await world.pump()
+                await asyncio.sleep(0.01)
+                status = str(ua.answer_to(query_id)["status"])
+            took = asyncio.get_running_loop().time() - started
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            return status, took
+
+        status, took = asyncio.run(run())
+        assert status == "hit"
+        assert took < 2
+        assert ("answer_received", "hit") in [(e.event, e.result) for e in ua.store.entries()]
+
+    def test_answer_whose_send_fails_is_retried_then_sent_once(
+        self, world: World, tmp_path: Path
+    ) -> None:
+        """A send that fails twice (policy not loaded yet) is retried and sent once."""
+        preflight = PolicyLoadingFirst(failures=2)
+        node = world.node("de.lka-berlin", preflight=preflight)
+        de = LookupService(node, settings_for(tmp_path, "de", "UA"), LookupStore(tmp_path / "d.db"))
+        _, ua = services(world, tmp_path)
+
+        async def run() -> str:
+            query_id = (await ua.query("de.lka-berlin", [("phone_number", PHONE)]))["query_id"]
+            await world.pump()
+            assert await de.poll_once() == 1
+            await world.pump()
+            assert await de.poll_once() == 0  # answered: not again
+            return str(ua.answer_to(query_id)["status"])
+
+        assert asyncio.run(run()) == "no_hit"
+        assert preflight.calls == 3
+        answers = [m for m in node.store.list_outbox() if m.type == core.ANSWER_TYPE]
+        assert len(answers) == 1
+        assert [(e.event, e.result) for e in de.store.entries()] == [
+            ("answer_sent", "no_hit"),
+            ("query_received", "no_hit"),
+        ]
+
+    def test_retries_are_bounded_and_the_give_up_logged(self, world: World, tmp_path: Path) -> None:
+        """A send that keeps failing is tried four times, then logged not_sent, not again."""
+        preflight = PolicyLoadingFirst(failures=100)
+        node = world.node("de.lka-berlin", preflight=preflight)
+        de = LookupService(node, settings_for(tmp_path, "de", "UA"), LookupStore(tmp_path / "d.db"))
+        _, ua = services(world, tmp_path)
+
+        async def run() -> None:
+            await ua.query("de.lka-berlin", [("phone_number", PHONE)])
+            await world.pump()
+            await de.poll_once()
+            await de.poll_once()  # a later scan does not start over
+
+        asyncio.run(run())
+        assert preflight.calls == 4
+        assert node.store.list_outbox() == []
+        assert [(e.event, e.result) for e in de.store.entries()] == [
+            ("answer_sent", "not_sent:config_invalid"),
+            ("query_received", "no_hit"),
+        ]

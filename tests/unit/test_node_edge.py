@@ -331,3 +331,40 @@ class TestLimitsAndFaults:
             assert (status, document["error"]["reason"]) == (401, "unauthorized")
 
         serve(world, scenario)
+
+
+class TestQueryFlags:
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "/v1/inbox?unread=null",
+            "/v1/inbox?overdue=2",
+            "/v1/inbox?unread=",
+            "/v1/outbox?pending=maybe",
+            "/v1/outbox?evidence=None",
+            "/v1/inbox?conversation=null",
+        ],
+    )
+    def test_invalid_flag_value_is_400(self, world: World, query: str) -> None:
+        """A boolean query flag with a value that is not true/false/1/0/yes/no, or a
+        conversation that is not a UUID, is a 400 (never silently an empty or full list)."""
+
+        async def scenario(w: World, de: Raw, nl: Raw) -> None:
+            status, _, document = await de.send(get(query))
+            assert_bad_request(status, document)
+            name = query.partition("?")[2].partition("=")[0]
+            assert name in document["error"]["detail"]
+
+        serve(world, scenario)
+
+    def test_valid_flag_values_filter(self, world: World) -> None:
+        """unread=true lists the unread message, unread=0 and an absent flag list it too."""
+
+        async def scenario(w: World, de: Raw, nl: Raw) -> None:
+            message_id = await received_id(w, de)
+            for query in ("/v1/inbox?unread=true", "/v1/inbox?unread=0", "/v1/inbox"):
+                status, _, document = await nl.send(get(query))
+                assert status == 200, query
+                assert [m["message_id"] for m in document["messages"]] == [message_id]
+
+        serve(world, scenario)

@@ -377,3 +377,56 @@ class TestDerived:
                 assert (await refused.json())["error"]["rule_id"] == "builtin.onward-transfer"
 
         serve(world, scenario)
+
+
+class TestRefusalAuditLimit:
+    def test_flood_of_bad_tokens_is_audited_up_to_a_rate_then_summarised(
+        self, world: World
+    ) -> None:
+        """Beyond the per-source burst, 401s are counted, not audited one by one; one summary
+        audit entry per source and interval says how many; every request still gets 401."""
+        from prometheus_client import CollectorRegistry
+
+        from broker.metrics import NodeMetrics
+        from broker.node.api_integrations import REFUSALS_KEY
+        from broker.node.refusal_limit import RefusalLimiter
+
+        nl = world.node("nl.politie")
+        registry = CollectorRegistry()
+        metrics = NodeMetrics(registry, country="NL")
+        clock = {"now": 0.0}
+
+        @asynccontextmanager
+        async def lifecycle() -> AsyncIterator[Node]:
+            yield nl
+
+        app = create_app(lifecycle, token=TOKEN, registry=registry, metrics=metrics)
+        app[REFUSALS_KEY] = RefusalLimiter(
+            burst=3,
+            interval=60,
+            clock=lambda: clock["now"],
+            on_suppressed=metrics.api_refusals_suppressed.inc,
+        )
+        forged = {"Authorization": "Bearer cbc_0123456789abcdef_" + "A" * 43}
+
+        async def run() -> None:
+            async with TestClient(TestServer(app)) as client:
+                for _ in range(20):
+                    assert (await client.get("/v1/inbox", headers=forged)).status == 401
+                assert len(audit_rows(nl, "refusal")) == 3
+                clock["now"] = 61.0
+                assert (await client.get("/v1/inbox", headers=forged)).status == 401
+                rows = audit_rows(nl, "refusal")
+                assert len(rows) == 5  # 3 audited, the interval's summary, the new one
+                assert rows[3]["actor"] == "source:127.0.0.1"
+                assert "17 further refusals" in rows[3]["detail"]
+                assert rows[4]["actor"] == "secret:0123456789abcdef"
+                for _ in range(5):  # 2 more audited in the new interval, then 3 counted
+                    await client.get("/v1/inbox", headers=forged)
+            # Stopping the API summarises what was still only counted.
+            rows = audit_rows(nl, "refusal")
+            assert len(rows) == 8
+            assert "3 further refusals" in rows[7]["detail"]
+
+        asyncio.run(run())
+        assert registry.get_sample_value("casebridge_api_refusals_suppressed_total") == 20

@@ -267,3 +267,54 @@ class TestRetention:
             assert [e.seq for e in store.events_after(0, limit=10)] == [2, 3]
             remaining = store.list_deliveries(sub["subscription_id"], state=None, limit=9)
             assert sorted(d["seq"] for d in remaining) == [2, 3]
+
+
+class TestMetrics:
+    def test_outcomes_queue_gauges_and_lag_are_measured(self, tmp_path: Path) -> None:
+        """Attempts are counted by outcome (retried, parked, delivered), the queue's pending
+        and parked deliveries are gauges at scrape time, and the lag runs from the change."""
+        from datetime import timedelta
+
+        from prometheus_client import CollectorRegistry
+
+        from broker.metrics import NodeMetrics
+
+        state = {"status": 500}
+        receiver = Receiver(status=lambda: state["status"])
+        settings = WebhookSettings(
+            backoff_base_seconds=0.01, backoff_max_seconds=0.02, max_attempts=2
+        )
+        registry = CollectorRegistry()
+        metrics = NodeMetrics(registry, country="NL")
+
+        def sample(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, labels)
+
+        async def run() -> None:
+            with Store(tmp_path / "s.sqlite") as store:
+                registry.register(webhooks.WebhookCollector(store))
+                async with serving(receiver) as url:
+                    sub = webhooks.add(
+                        store, system="cms", url=url, event_types=[], after=None, now=NOW
+                    )
+                    mark(store, 1)  # its change is at NOW
+                    deliverer = Deliverer(
+                        store, settings, clock=lambda: NOW + timedelta(seconds=2), metrics=metrics
+                    )
+                    task = asyncio.create_task(deliverer.run())
+                    await until(lambda: sample("casebridge_webhook_deliveries_parked") == 1)
+                    assert sample("casebridge_webhook_deliveries_pending") == 0
+                    assert sample("casebridge_webhook_deliveries_total", outcome="retried") == 1
+                    assert sample("casebridge_webhook_deliveries_total", outcome="parked") == 1
+                    state["status"] = 200
+                    webhooks.replay(store, sub["subscription_id"], after=None, now=NOW)
+                    await until(lambda: len(receiver.got) == 1)
+                    await until(lambda: sample("casebridge_webhook_deliveries_parked") == 0)
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                assert sample("casebridge_webhook_deliveries_total", outcome="delivered") == 1
+                assert sample("casebridge_webhook_delivery_lag_seconds_count") == 1
+                assert sample("casebridge_webhook_delivery_lag_seconds_sum") == 2.0
+
+        asyncio.run(run())

@@ -1,9 +1,12 @@
 """The OpenAPI description (docs/openapi.yaml) checked against a running node with schemathesis:
-no 5xx, every status documented, every response conforms to its schema."""
+no 5xx, every status documented, every response conforms to its schema. The node has a lookup
+settings file, so the hit/no-hit routes (/v1/lookups*) are served and checked too."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -27,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from broker.node.api import create_app
+from broker.node.lookup_api import add_lookups
 from broker.node.service import Node
 from broker.pki.dev import DevFederation
 
@@ -59,9 +63,14 @@ schema = loaded.exclude(path="/v1/events/stream")
 def node_url(
     dev_federation: DevFederation, tmp_path_factory: pytest.TempPathFactory, fixed_now: datetime
 ) -> Iterator[str]:
-    """nl.politie, holding one received message, served on a loopback port."""
-    world = World(
-        fed=dev_federation, tmp=tmp_path_factory.mktemp("oas"), clock=ManualClock(fixed_now)
+    """nl.politie, holding one received message, served on a loopback port, with lookups
+    configured (a pairwise key with DE)."""
+    tmp = tmp_path_factory.mktemp("oas")
+    world = World(fed=dev_federation, tmp=tmp, clock=ManualClock(fixed_now))
+    (tmp / "nl-de.key").write_text(base64.urlsafe_b64encode(bytes(range(32))).decode())
+    lookup_file = tmp / "lookup.json"
+    lookup_file.write_text(
+        json.dumps({"partners": {"DE": {"key_id": "de-nl.2026", "secret_file": "nl-de.key"}}})
     )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -74,7 +83,9 @@ def node_url(
         async def lifecycle() -> AsyncIterator[Node]:
             yield nl
 
-        runner = web.AppRunner(create_app(lifecycle, token=TOKEN))
+        app = create_app(lifecycle, token=TOKEN)
+        add_lookups(app, lookup_file, store_path=tmp / "nl.politie.sqlite")
+        runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"

@@ -7,6 +7,7 @@ file's federation and policies), so the table and the focused tests share one vo
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ from broker.core.schemas import SchemaRegistry
 from broker.loaders import load_schema_registry
 
 CASES_FILE = Path(__file__).resolve().parents[1] / "policy_cases.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_POLICIES = ROOT / "docs" / "policies"
+EXAMPLE_BODIES = ROOT / "schemas" / "examples"
 MESSAGE_ID = "22222222-2222-4222-8222-222222222222"
 
 
@@ -50,6 +54,23 @@ def case_policies() -> dict[str, Policy]:
         cc: parse_policy(text.encode("utf-8"), source=f"policy_cases.yaml:{cc}")
         for cc, text in table()["policies"].items()
     }
+
+
+@functools.cache
+def example_policies() -> dict[str, Policy]:
+    """The example country policies (docs/policies/*.yaml), for cases with
+    ``policies: examples``."""
+    return {
+        path.stem.upper(): parse_policy(path.read_bytes(), source=str(path.name))
+        for path in sorted(EXAMPLE_POLICIES.glob("*.yaml"))
+    }
+
+
+def case_body(case: Mapping[str, Any]) -> Any:
+    """The case's ``body``, or the schema example named by ``body_example``."""
+    if "body_example" in case:
+        return json.loads((EXAMPLE_BODIES / f"{case['body_example']}.json").read_text())
+    return case["body"]
 
 
 def case_federation() -> Federation:
@@ -95,8 +116,9 @@ def _lookup(case: Mapping[str, Any]) -> Any:
 
 
 def run_case(case: Mapping[str, Any]) -> Outcome:
-    """Evaluate one table case at its point."""
-    policies = case_policies()
+    """Evaluate one table case at its point (with the table's policies, or the example
+    policies of docs/policies when the case says ``policies: examples``)."""
+    policies = example_policies() if case.get("policies") == "examples" else case_policies()
     federation = case_federation()
     header = make_header(**case.get("message", {}))
     country = case.get("country") or (
@@ -110,7 +132,7 @@ def run_case(case: Mapping[str, Any]) -> Outcome:
         return evaluate_ingress(policy, header, federation=federation)
     if point == "recipient":
         return evaluate_recipient(
-            policy, header, case["body"], federation=federation, schemas=registry()
+            policy, header, case_body(case), federation=federation, schemas=registry()
         )
     assert point == "preflight"
     peers = (
@@ -119,7 +141,7 @@ def run_case(case: Mapping[str, Any]) -> Outcome:
     return preflight(
         policy,
         header,
-        case["body"],
+        case_body(case),
         federation=federation,
         schemas=registry(),
         original_onward=_lookup(case) or (lambda _message_id: None),
@@ -168,6 +190,21 @@ class TestTable:
         # catch-alls of the destination policies are never the origin in this table.
         bait = {"de.out.red-wildcard", "de.out.h3-generic", "nl.out.all", "ua.out.eu"}
         assert unused <= bait, unused
+
+    def test_every_new_catalogue_type_has_example_policy_cases(self) -> None:
+        """Each type of the cooperation catalogue (issue 19) is decided by the example
+        policies in at least one allowing and, except the two lookup types' answers, one
+        refusing case."""
+        examples = [c for c in CASES if c.get("policies") == "examples"]
+        for kind in (
+            "brief.policy", "capacity.query", "capacity.update", "meeting.notice",
+            "meeting.minutes", "feedback.survivor", "review.partnership", "lookup.query",
+            "lookup.answer", "response.legal_remedy",
+        ):  # fmt: skip
+            verdicts = {c["expect"]["verdict"] for c in examples if c["message"]["type"] == kind}
+            assert "allow" in verdicts, kind
+        refused = {c["message"]["type"] for c in examples if c["expect"]["verdict"] == "deny"}
+        assert {"brief.policy", "feedback.survivor", "lookup.query", "meeting.notice"} <= refused
 
     def test_every_point_is_exercised(self) -> None:
         """Cases cover pre-flight, egress, ingress and recipient."""
