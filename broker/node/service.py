@@ -276,7 +276,6 @@ class Node:
         )
         self.agency_id = sender.agency_id
         self._sender = sender
-        self.resolver = resolver
         self.store = store
         self.transport = transport
         # Files of messages (broker/node/attachment_transfer.py); None: attachments refused.
@@ -303,6 +302,17 @@ class Node:
         self._ack_flush: asyncio.Task[None] | None = None  # referenced while it runs
 
     # --------------------------------------------------------------- readiness
+
+    @property
+    def resolver(self) -> KeyResolver:
+        """The directory every key is looked up in (the core's: one source of truth)."""
+        return self.core.resolver
+
+    @resolver.setter
+    def resolver(self, new: KeyResolver) -> None:
+        # A directory swapped in while running (broker/node/live.py) must reach the core,
+        # which opens and seals with it.
+        self.core.resolver = new
 
     def loop_stopped(self, name: str, error: BaseException | None) -> None:
         """A background loop (receiver, outbox...) ended: the node is no longer ready."""
