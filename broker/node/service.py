@@ -301,8 +301,6 @@ class Node:
         self._recording_acks = False
         self._ack_flush: asyncio.Task[None] | None = None  # referenced while it runs
 
-    # --------------------------------------------------------------- readiness
-
     @property
     def resolver(self) -> KeyResolver:
         """The directory every key is looked up in (the core's: one source of truth)."""
@@ -313,6 +311,8 @@ class Node:
         # A directory swapped in while running (broker/node/live.py) must reach the core,
         # which opens and seals with it.
         self.core.resolver = new
+
+    # --------------------------------------------------------------- readiness
 
     def loop_stopped(self, name: str, error: BaseException | None) -> None:
         """A background loop (receiver, outbox...) ended: the node is no longer ready."""
