@@ -231,10 +231,12 @@ def test_rendered_country_runs_and_becomes_ready(
         base = pki / "agencies" / agency
         for name in ("tls-chain.pem", "tls.key", "signing.key", "signing.pem"):
             shutil.copy(base / name, keys / name)
-        for name in ("agreement.key", "agreement.pem"):
-            shutil.copy(base / name, keys / name)
+        if agency != generated["gateway"]["id"]:
+            # Only a node's Secret holds these: a gateway has no agreement key, no API token.
+            for name in ("agreement.key", "agreement.pem"):
+                shutil.copy(base / name, keys / name)
+            shutil.copy(fed.base / "settings" / f"{agency}.token", keys / "api-token")
         shutil.copy(pki / "countries/de/ca.pem", keys / "ca.pem")
-        shutil.copy(fed.base / "settings" / f"{agency}.token", keys / "api-token")
         state = tmp_path / agency / "state"
         state.mkdir()
         port = free_port()
@@ -266,6 +268,17 @@ def test_rendered_country_runs_and_becomes_ready(
         check=False,
     )
     assert setup.returncode == 0, setup.stdout.decode() + setup.stderr.decode()
+    # The setup step made every stream, PUBLISHED too, in three copies (R3).
+    jsz_url = f"http://127.0.0.1:{servers[0]['http']}/jsz?accounts=true&streams=true&config=true"
+    with urllib.request.urlopen(jsz_url, timeout=5) as answer:
+        jsz = json.loads(answer.read())
+    replicas = {
+        stream["name"]: stream["config"]["num_replicas"]
+        for account in jsz.get("account_details") or []
+        for stream in account.get("stream_detail") or []
+    }
+    assert {"PUBLISHED", "SUBMIT", "INBOX", "DELIVER"} <= set(replicas), replicas
+    assert set(replicas.values()) == {3}, replicas
     gateway = container(objects, "Deployment", "cb-gateway", "gateway")["command"]
     processes.start("gateway", argv(gateway, gateway_settings))
 

@@ -17,6 +17,7 @@ import yaml
 from broker.cli import build_parser
 from broker.federation import chart, natsconf
 from broker.federation.spec import parse_description
+from broker.gateway.settings import gateway_settings_from_json
 from broker.ops import dashboards
 from tests.helm.charts import (
     COUNTRY,
@@ -255,6 +256,32 @@ class TestObjects:
             assert keys["secret"]["secretName"] == secret
             find(objects, "Service", f"cb-{slug}")
             find(objects, "Service", f"cb-{slug}-console")
+
+    @pytest.mark.parametrize("values", [None, example_country_values()], ids=["NL", "DE"])
+    def test_gateway_settings_hold_no_agreement_key_and_no_token(
+        self, values: dict[str, Any] | None
+    ) -> None:
+        """The gateway's rendered settings name no key-agreement key and no API token, load as
+        gateway settings, and every node's settings still name both."""
+        objects = render(COUNTRY, values)
+        text = find(objects, "ConfigMap", "cb-gateway")["data"]["settings.json"]
+        settings = json.loads(text)
+        assert set(settings["keys"]) == {"signing_key", "signing_cert"}
+        assert "token_file" not in settings["api"]
+        assert "agreement" not in text
+        assert "api-token" not in text
+        loaded = gateway_settings_from_json(settings, base=Path("/"))
+        assert loaded.agency.endswith(".gateway")
+        nodes = [
+            json.loads(o["data"]["settings.json"])
+            for o in objects
+            if o["kind"] == "ConfigMap"
+            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "node"
+        ]
+        assert nodes
+        for node in nodes:
+            assert node["keys"]["agreement_key"] == "/etc/casebridge/keys/agreement.key"
+            assert node["api"]["token_file"] == "/etc/casebridge/keys/api-token"  # noqa: S105 - a path
 
     def test_network_policies_confine_nats_clients_and_servers(self) -> None:
         """Nodes and gateways may reach only NATS (and DNS); NATS only the hub's leaf port and
