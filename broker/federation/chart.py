@@ -40,7 +40,9 @@ from broker.errors import ConfigError
 from broker.federation import natsconf
 from broker.federation.spec import GATEWAY_KIND, FederationDescription
 from broker.pki import store as pki_store
-from broker.pki.issuing import agency_subject, leaf_subject  # the one definition of each DN
+
+# The one definition of each DN.
+from broker.pki.issuing import agency_subject, leaf_subject, publisher_subject
 
 TLS_DIR: Final = PurePosixPath("/etc/nats/tls")
 CONFIG_DIR: Final = PurePosixPath("/etc/nats")
@@ -202,12 +204,20 @@ def country_values(
 def hub_values(
     description: FederationDescription, *, shape: ClusterShape, pki: Path | None = None
 ) -> dict[str, Any]:
-    """The ``generated`` value of ``helm/casebridge-hub``: relay only, one leaf user per country."""
+    """The ``generated`` value of ``helm/casebridge-hub``: a relay with one leaf user per
+    country, and JetStream domain ``hub`` holding only the ``DIRECTORY`` stream (on the
+    StatefulSet's volume at :data:`STORE_DIR`) that the secretariat's publisher user fills
+    (``casebridge directory publish``) and every country's ``PUBLISHED`` stream sources."""
 
     def dn(code: str) -> str:
         if pki is not None:
             return _cert_dn(pki, pki_store.country_stem(code, "leaf"))
         return leaf_subject(description.federation_id, code).rfc4514_string()
+
+    if pki is not None:
+        publisher_dn = _cert_dn(pki, pki_store.PUBLISHER)
+    else:
+        publisher_dn = publisher_subject(description.federation_id).rfc4514_string()
 
     conf = natsconf.HubConf(
         federation_id=description.federation_id,
@@ -215,6 +225,8 @@ def hub_values(
         leaf_port=LEAF_PORT,
         tls=_tls("server_chain", "server_key", "ca"),
         leaf_users=[natsconf.CertUser(name=c, dn=dn(c)) for c in description.codes],
+        store_dir=Path(str(STORE_DIR)),
+        publisher=natsconf.CertUser(name=natsconf.PUBLISHER_INBOX, dn=publisher_dn),
     )
     return {
         "federation": description.federation_id,
@@ -226,6 +238,7 @@ def hub_values(
             "monitorPort": HTTP_PORT,
             "clusterPort": CLUSTER_PORT,
             "leafPort": LEAF_PORT,
+            "storeDir": str(STORE_DIR),
             "config": {
                 COUNTRY_CONF: natsconf.render_hub(conf),
                 SERVER_CONF: server_wrapper(shape, domain="hub"),

@@ -46,7 +46,7 @@ from typing import Any, Final
 
 import nats
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from nats.aio.client import Client as NatsClient
 
 from broker.core import pki
@@ -555,14 +555,7 @@ def issue_publisher_tls(store: pki_store.PkiStore, *, now: datetime) -> None:
     (its subject DN is the identity the hub maps to the publisher user)."""
     secretariat = store.read_certified(pki_store.SECRETARIAT)
     key = issuing.generate_key()
-    fed = pki.federation_id_of(secretariat.cert)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, pki.federation_org(fed)),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, pki.SECRETARIAT_OU),
-            x509.NameAttribute(NameOID.COMMON_NAME, "directory publisher"),
-        ]
-    )
+    subject = issuing.publisher_subject(pki.federation_id_of(secretariat.cert))
     cert = issuing.sign_certificate(
         secretariat,
         subject=subject,

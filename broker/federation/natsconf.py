@@ -346,9 +346,13 @@ def render_hub(conf: HubConf) -> str:
         account_js = "    jetstream: enabled\n"
     if conf.publisher is not None:
         users += _user(conf.publisher, publisher_permissions(), "      ")
+    what = (
+        "hub (relay only, no JetStream)"
+        if conf.store_dir is None
+        else f"hub (relay; JetStream domain {pub.HUB_DOMAIN!r} for the directory only)"
+    )
     return (
-        _header("hub (relay only, no JetStream)", conf.federation_id)
-        + f"server_name: {_q('cb-hub')}\n"
+        _header(what, conf.federation_id) + f"server_name: {_q('cb-hub')}\n"
         f"listen: {_q(f'{listen.host}:{listen.client_port}')}\n"
         f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
         "# Clients too must present a secretariat-issued certificate that maps to a user.\n"

@@ -566,6 +566,18 @@ def leaf_subject(federation_id: str, country: str) -> x509.Name:
     )
 
 
+def publisher_subject(federation_id: str) -> x509.Name:
+    """Subject of the secretariat's directory-publisher client certificate; the hub maps this
+    DN to the one user that may publish directories (its ``DIRECTORY`` stream)."""
+    return x509.Name(
+        [
+            _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
+            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, SECRETARIAT_OU),
+            _attr(NameOID.COMMON_NAME, "directory publisher"),
+        ]
+    )
+
+
 def issue_leaf_tls(
     secretariat: CertifiedKey,
     *,

@@ -15,10 +15,12 @@ import pytest
 import yaml
 
 from broker.cli import build_parser
+from broker.core import publication
 from broker.federation import chart, natsconf
 from broker.federation.spec import parse_description
 from broker.gateway.settings import gateway_settings_from_json
 from broker.ops import dashboards
+from broker.pki import issuing
 from tests.helm.charts import (
     COUNTRY,
     CRD_KINDS,
@@ -214,6 +216,29 @@ class TestNatsConfigIsCasebridges:
                 f'"CN=leaf.{code.lower()},O=Casebridge federation demo,C={code}"'
                 in config[chart.COUNTRY_CONF]
             )
+
+    def test_hub_keeps_the_directory_stream_on_its_own_volume(self) -> None:
+        """The hub runs JetStream domain hub (store on each server's PersistentVolumeClaim) and
+        maps the secretariat's publisher certificate DN to the user with Casebridge's
+        publisher permissions; no other user may publish on the directory subject."""
+        values = example_hub_values()
+        objects = render(HUB, values)
+        config = nats_conf(objects, "casebridge-hub")[chart.COUNTRY_CONF]
+        store = values["generated"]["nats"]["storeDir"]
+        assert f'jetstream {{\n  store_dir: "{store}"\n  domain: "hub"\n' in config
+        hub = find(objects, "StatefulSet", "casebridge-hub")
+        (claim,) = hub["spec"]["volumeClaimTemplates"]
+        assert claim["metadata"]["name"] == "data"
+        assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+        (nats,) = hub["spec"]["template"]["spec"]["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in nats["volumeMounts"]}
+        assert store.startswith(mounts["data"] + "/")
+        publisher = issuing.publisher_subject("demo").rfc4514_string()
+        allowed = natsconf.publisher_permissions().publish
+        assert f'{{ user: "{publisher}", permissions: {{' in config
+        assert publication.DIRECTORY_SUBJECT in allowed
+        # The directory subject is allowed to the publisher only (one occurrence, its list).
+        assert config.count(f'"{publication.DIRECTORY_SUBJECT}"') == 1
 
     @pytest.mark.parametrize(("path", "kind"), [(COUNTRY, "--country"), (HUB, "--hub")])
     def test_default_values_hold_the_generator_output(self, path: Path, kind: str) -> None:

@@ -75,7 +75,7 @@ class TestRenderNats:
 
     def test_derived_dns_are_the_ones_the_pki_issues(self, tmp_path: Path) -> None:
         """User DNs derived from the description equal those read from a generated PKI, for
-        every country's agencies and gateway and for the hub's leaf users."""
+        every country's agencies and gateway, the hub's leaf users and its directory publisher."""
         description = load_description(EXAMPLE)
         fed = Federation.init(description, tmp_path / "fed", now=datetime.now(UTC))
         pki = fed.settings.pki_dir
