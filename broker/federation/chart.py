@@ -7,12 +7,19 @@ What it is for
     which ``casebridge federation render-nats`` prints (:func:`country_values`,
     :func:`hub_values`). The chart copies ``generated.nats`` into a ConfigMap verbatim.
 
-    Inside a pod every path and port is fixed (:data:`POD`): the certificates come from the
-    Secret the operator names (``existingSecret``) mounted at :data:`TLS_DIR`, JetStream stores
-    under :data:`STORE_DIR`. For a cluster of several servers a short wrapper
-    (``server.conf``) includes the country configuration, names each server after its pod
-    (``$POD_NAME``, a nats-server environment variable) and lists the routes between the
-    StatefulSet's pods; it is generated here too.
+    Inside a pod every path and port is fixed: the certificates come from the Secret the
+    operator names (``existingSecret``) mounted at :data:`TLS_DIR`, JetStream stores under
+    :data:`STORE_DIR`. A country's cluster of 3 servers is :mod:`natsconf`'s own cluster
+    block (the one ``casebridge federation up`` writes): routes to the StatefulSet's pods,
+    mutual TLS with the country's server certificate mapped to its DN, each server named
+    after its pod (``$POD_NAME``, expanded by nats-server); ``server.conf`` only includes the
+    country configuration. The hub's servers still form their cluster with the short
+    wrapper of :func:`server_wrapper` (the hub's routes carry only what the leaf users may
+    send, all of it signed and encrypted end to end).
+
+    The route identity (the server certificate's subject DN) is read from the certificate
+    with ``--pki``; derived, it assumes the certificate's first name (its CN) is the
+    headless Service name (docs/deploy-kubernetes.md).
 
     User names are certificate subject DNs (``verify_and_map``): read from the certificates
     when a PKI directory is given (``--pki``: what the country bundle holds, the truth), else
@@ -42,7 +49,7 @@ from broker.federation.spec import GATEWAY_KIND, FederationDescription
 from broker.pki import store as pki_store
 
 # The one definition of each DN.
-from broker.pki.issuing import agency_subject, leaf_subject, publisher_subject
+from broker.pki.issuing import agency_subject, leaf_subject, publisher_subject, server_subject
 
 TLS_DIR: Final = PurePosixPath("/etc/nats/tls")
 CONFIG_DIR: Final = PurePosixPath("/etc/nats")
@@ -156,6 +163,27 @@ def country_values(
         agency = spec[agency_id]
         return agency_subject(agency_id, country.code, agency.kind, agency.name).rfc4514_string()
 
+    cluster = None
+    if shape.replicas > 1:
+        if pki is not None:
+            route_dn = _cert_dn(pki, pki_store.country_stem(country.code, "server"))
+        else:
+            route_dn = server_subject(
+                description.federation_id, country.code, shape.service
+            ).rfc4514_string()
+        cluster = natsconf.ClusterConf(
+            name=f"cb-{country.domain}",
+            member=0,  # unused: the pod names the server
+            port=CLUSTER_PORT,
+            # Every pod, itself included (a server ignores a route to itself): one
+            # configuration for the whole StatefulSet.
+            routes=[
+                f"{shape.service}-{i}.{shape.service}:{CLUSTER_PORT}" for i in range(shape.replicas)
+            ],
+            tls=_tls("server_chain", "server_key", "ca"),
+            route_dn=route_dn,
+            server_name_env="POD_NAME",
+        )
     conf = natsconf.CountryConf(
         federation_id=description.federation_id,
         code=country.code,
@@ -169,6 +197,7 @@ def country_values(
             natsconf.CertUser(name=a.agency_id, dn=dn(a.agency_id)) for a in country.agencies
         ],
         gateway=natsconf.CertUser(name=country.gateway_id, dn=dn(country.gateway_id)),
+        cluster=cluster,
     )
     return {
         "federation": description.federation_id,
@@ -195,7 +224,8 @@ def country_values(
             "storeDir": str(STORE_DIR),
             "config": {
                 COUNTRY_CONF: natsconf.render_country(conf),
-                SERVER_CONF: server_wrapper(shape, domain=country.domain),
+                # The cluster is in the country configuration itself (natsconf).
+                SERVER_CONF: HEADER + f'include "./{COUNTRY_CONF}"\n',
             },
         },
     }

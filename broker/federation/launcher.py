@@ -162,6 +162,8 @@ class ServerSettings:
     # A clustered country (docs/federation.md, "Clustered country servers"): this entry is
     # member 1, ``members`` the others (names ``<CC>-2``, ``<CC>-3``), all with a cluster port.
     cluster_port: int | None = None
+    # Written by older launchers (routes then authenticated by password); never used: routes
+    # are mutual TLS mapped to the server certificate DN (natsconf.ClusterConf).
     route_password: str | None = None
     members: tuple[ServerSettings, ...] = ()
 
@@ -471,7 +473,6 @@ def _country_server(
             store_dir=base / "data" / domain,
             peers=peers,
         )
-    password = secrets.token_urlsafe(18)
     cluster = [
         ServerSettings(
             name=code if n == 1 else f"{code}-{n}",
@@ -482,7 +483,6 @@ def _country_server(
             store_dir=base / "data" / (domain if n == 1 else f"{domain}-{n}"),
             peers=peers,
             cluster_port=free_port(host),
-            route_password=password,
         )
         for n in range(1, servers + 1)
     ]
@@ -588,7 +588,11 @@ def party_dir(settings: FederationSettings, party: str) -> Path:
     return path if path.is_absolute() else settings.base / path
 
 
-def _cluster_conf(primary: ServerSettings, server: ServerSettings) -> natsconf.ClusterConf | None:
+def _cluster_conf(
+    primary: ServerSettings, server: ServerSettings, *, tls: natsconf.TlsFiles, route_dn: str
+) -> natsconf.ClusterConf | None:
+    # Routes: mutual TLS with the country's server certificate, mapped to its DN (the
+    # ``route_password`` of older settings files is no longer used).
     if server.cluster_port is None:
         return None
     members = primary.cluster
@@ -597,8 +601,8 @@ def _cluster_conf(primary: ServerSettings, server: ServerSettings) -> natsconf.C
         member=members.index(server) + 1,
         port=server.cluster_port,
         routes=[f"{m.host}:{m.cluster_port}" for m in members if m is not server],
-        route_user="route",
-        route_password=server.route_password or "",
+        tls=tls,
+        route_dn=route_dn,
     )
 
 
@@ -639,6 +643,7 @@ def render_configs(settings: FederationSettings) -> dict[Path, str]:
     for cc, primary in settings.countries.items():
         country = settings.description.country(cc)
         store = pki_store.PkiStore(party_dir(settings, cc))
+        server_tls = files(pki_store.country_stem(cc, "server"), pki_store.country_stem(cc, "ca"))
         for server in primary.cluster:
             out[server.config] = natsconf.render_country(
                 natsconf.CountryConf(
@@ -667,7 +672,12 @@ def render_configs(settings: FederationSettings) -> dict[Path, str]:
                         name=country.gateway_id,
                         dn=_dn(store, pki_store.agency_stem(country.gateway_id, "tls")),
                     ),
-                    cluster=_cluster_conf(primary, server),
+                    cluster=_cluster_conf(
+                        primary,
+                        server,
+                        tls=server_tls,
+                        route_dn=_dn(store, pki_store.country_stem(cc, "server")),
+                    ),
                 )
             )
     return out

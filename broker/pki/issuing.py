@@ -519,6 +519,19 @@ def issue_agency_tls(
     )
 
 
+def server_subject(federation_id: str, country: str, common: str) -> x509.Name:
+    """Subject of a country's nats-server certificate. Its DN is also the servers' route
+    identity in a cluster (``verify_and_map`` on routes: natsconf.ClusterConf)."""
+    return x509.Name(
+        [
+            _attr(NameOID.COUNTRY_NAME, country),
+            _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
+            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "nats-server"),
+            _attr(NameOID.COMMON_NAME, common),
+        ]
+    )
+
+
 def issue_server_tls(
     ca: CertifiedKey,
     *,
@@ -528,29 +541,28 @@ def issue_server_tls(
     lifetime: timedelta = TLS_LIFETIME,
     key: ec.EllipticCurvePrivateKey | None = None,
 ) -> CertifiedKey:
-    """A country's nats-server certificate (serverAuth), names checked against the CA's subtrees."""
+    """A country's nats-server certificate, names checked against the CA's subtrees.
+
+    EKU serverAuth for its clients, and clientAuth because in a 3-server cluster each server
+    dials the others' route port with it (mutual TLS; the accepting server maps the
+    certificate's DN to its only route user). clientAuth gives it no other door: on the
+    client port its DN is no user (``verify_and_map``), and the hub trusts only the
+    secretariat CA.
+    """
     country = _issuing_country(ca)
     fed = federation_id_of(ca.cert)
     san = _tls_names(ca.cert, host_names, ip_addresses)
     # An IP-only certificate gets a CN that is no DNS name: OpenSSL checks a host-like CN
     # against the CA's DNS subtrees ("permitted subtree violation" for CN=192.0.2.10).
     common = host_names[0] if host_names else f"NATS server {country}"
-    subject = x509.Name(
-        [
-            _attr(NameOID.COUNTRY_NAME, country),
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
-            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "nats-server"),
-            _attr(NameOID.COMMON_NAME, common),
-        ]
-    )
     return _leaf(
         ca,
-        subject=subject,
+        subject=server_subject(fed, country, common),
         key=key,
         now=now,
         lifetime=lifetime,
         usage=key_usage("digital_signature"),
-        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
+        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
         san=san,
     )
 

@@ -141,6 +141,7 @@ def test_rendered_country_runs_and_becomes_ready(
         "DE",
         hub_leaf_url=fed.settings.hub.leaf_url or "",
         shape=chart.ClusterShape(service="casebridge-nats", replicas=3),
+        pki=pki,  # the route identity: the DN of the server certificate in use
     )
     objects = render(COUNTRY, values)
     generated = values["generated"]
@@ -202,15 +203,15 @@ def test_rendered_country_runs_and_becomes_ready(
             .replace(f'"{chart.STORE_DIR}"', json.dumps(str(pod / "jetstream")))
             .replace(f'"0.0.0.0:{chart.CLIENT_PORT}"', f'"127.0.0.1:{ports["client"]}"')
             .replace(f'"0.0.0.0:{chart.HTTP_PORT}"', f'"127.0.0.1:{ports["http"]}"')
-        )
-        server_conf = config[chart.SERVER_CONF].replace(
-            f'"0.0.0.0:{chart.CLUSTER_PORT}"', f'"127.0.0.1:{ports["cluster"]}"'
+            .replace(f'"0.0.0.0:{chart.CLUSTER_PORT}"', f'"127.0.0.1:{ports["cluster"]}"')
         )
         for j, peer in enumerate(servers):
-            server_conf = server_conf.replace(
-                f"nats://casebridge-nats-{j}.casebridge-nats:{chart.CLUSTER_PORT}",
-                f"nats://127.0.0.1:{peer['cluster']}",
+            # Routes are mutual TLS: 127.0.0.1 is in the dev server certificate's names.
+            country_conf = country_conf.replace(
+                f"nats-route://casebridge-nats-{j}.casebridge-nats:{chart.CLUSTER_PORT}",
+                f"nats-route://127.0.0.1:{peer['cluster']}",
             )
+        server_conf = config[chart.SERVER_CONF]
         (pod / "etc" / chart.COUNTRY_CONF).write_text(country_conf, encoding="utf-8")
         (pod / "etc" / chart.SERVER_CONF).write_text(server_conf, encoding="utf-8")
         assert nats["command"] == ["nats-server", "--config", "/etc/nats/server.conf"]
@@ -223,6 +224,9 @@ def test_rendered_country_runs_and_becomes_ready(
             varz = json.loads(answer.read())
         assert varz["server_name"] == f"casebridge-nats-{i}"
         assert varz["cluster"]["name"] == "cb-de"
+        # Routes: mutual TLS (verified, mapped to the server certificate's DN).
+        assert varz["cluster"]["tls_required"] is True
+        assert varz["cluster"]["tls_verify"] is True
     nats_url = f"tls://127.0.0.1:{servers[0]['client']}"
 
     # --- Casebridge processes: settings from the chart's ConfigMaps, mounts mapped. ---

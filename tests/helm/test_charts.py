@@ -255,8 +255,8 @@ class TestNatsConfigIsCasebridges:
 
 class TestObjects:
     def test_example_country_runs_what_it_should(self) -> None:
-        """Three servers with the cluster wrapper, two gateways with a PDB, one node per agency
-        with its own volume, Secret, API and console Services."""
+        """Three servers (one configuration with natsconf's cluster block), two gateways with
+        a PDB, one node per agency with its own volume, Secret, API and console Services."""
         objects = render(COUNTRY, example_country_values())
         nats = find(objects, "StatefulSet", "casebridge-nats")
         assert nats["spec"]["replicas"] == 3

@@ -108,15 +108,43 @@ class TestNames:
         assert chart.agency_slug(first) != chart.agency_slug(second)
         assert chart.agency_slug("de.lka-berlin") == "de-lka-berlin"
 
-    def test_cluster_wrapper_routes_to_every_pod(self) -> None:
-        """The 3-server wrapper includes the configuration, names the server after its pod and
-        routes to the three pods of the StatefulSet; one server has no cluster block."""
-        three = chart.server_wrapper(chart.ClusterShape(service="nats", replicas=3), domain="de")
+    def test_country_cluster_is_natsconfs_with_tls_routes_to_every_pod(self) -> None:
+        """A 3-server country's configuration carries natsconf's cluster block: the pod's name,
+        TLS routes to the three pods, mapped to the server certificate DN; server.conf only
+        includes it; one server has no cluster block."""
+        three = chart.country_values(
+            load_description(EXAMPLE),
+            "DE",
+            hub_leaf_url=HUB_URL,
+            shape=chart.ClusterShape(service="nats", replicas=3),
+        )["nats"]["config"]
+        conf = three[chart.COUNTRY_CONF]
+        assert "server_name: $POD_NAME\n" in conf
+        cluster = conf[conf.index("cluster {") :]
+        assert '  tls {\n    cert_file: "/etc/nats/tls/server-chain.pem"' in cluster
+        assert "    verify_and_map: true\n" in cluster
+        assert '"CN=nats,OU=nats-server,O=Casebridge federation demo,C=DE" }' in cluster
+        for i in range(3):
+            assert f'"nats-route://nats-{i}.nats:6222"' in cluster
+        assert three[chart.SERVER_CONF] == chart.HEADER + 'include "./casebridge.conf"\n'
+        one = chart.country_values(
+            load_description(EXAMPLE),
+            "DE",
+            hub_leaf_url=HUB_URL,
+            shape=chart.ClusterShape(service="nats", replicas=1),
+        )["nats"]["config"]
+        assert "cluster {" not in one[chart.COUNTRY_CONF]
+        assert 'server_name: "cb-de"' in one[chart.COUNTRY_CONF]
+
+    def test_hub_wrapper_routes_to_every_pod(self) -> None:
+        """The hub's 3-server wrapper includes the configuration, names the server after its
+        pod and routes to the three pods of the StatefulSet; one server has no cluster block."""
+        three = chart.server_wrapper(chart.ClusterShape(service="nats", replicas=3), domain="hub")
         assert 'include "./casebridge.conf"' in three
         assert "server_name: $POD_NAME" in three
         for i in range(3):
             assert f'"nats://nats-{i}.nats:6222"' in three
-        one = chart.server_wrapper(chart.ClusterShape(service="nats", replicas=1), domain="de")
+        one = chart.server_wrapper(chart.ClusterShape(service="nats", replicas=1), domain="hub")
         assert "cluster" not in one
         assert "server_name" not in one
 
