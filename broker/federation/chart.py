@@ -13,13 +13,12 @@ What it is for
     block (the one ``casebridge federation up`` writes): routes to the StatefulSet's pods,
     mutual TLS with the country's server certificate mapped to its DN, each server named
     after its pod (``$POD_NAME``, expanded by nats-server); ``server.conf`` only includes the
-    country configuration. The hub's servers still form their cluster with the short
-    wrapper of :func:`server_wrapper` (the hub's routes carry only what the leaf users may
-    send, all of it signed and encrypted end to end).
+    country configuration. The hub's 3 servers are clustered the same way, with the hub's
+    certificate.
 
-    The route identity (the server certificate's subject DN) is read from the certificate
-    with ``--pki``; derived, it assumes the certificate's first name (its CN) is the
-    headless Service name (docs/deploy-kubernetes.md).
+    The route identity (the server or hub certificate's subject DN) is read from the
+    certificate with ``--pki``; derived, it assumes the certificate's first name (its CN) is
+    the headless Service name (docs/deploy-kubernetes.md).
 
     User names are certificate subject DNs (``verify_and_map``): read from the certificates
     when a PKI directory is given (``--pki``: what the country bundle holds, the truth), else
@@ -49,7 +48,13 @@ from broker.federation.spec import GATEWAY_KIND, FederationDescription
 from broker.pki import store as pki_store
 
 # The one definition of each DN.
-from broker.pki.issuing import agency_subject, leaf_subject, publisher_subject, server_subject
+from broker.pki.issuing import (
+    agency_subject,
+    hub_subject,
+    leaf_subject,
+    publisher_subject,
+    server_subject,
+)
 
 TLS_DIR: Final = PurePosixPath("/etc/nats/tls")
 CONFIG_DIR: Final = PurePosixPath("/etc/nats")
@@ -121,26 +126,28 @@ def _cert_dn(pki: Path, stem: str) -> str:
     return cert.subject.rfc4514_string()
 
 
-def server_wrapper(shape: ClusterShape, *, domain: str) -> str:
-    """``server.conf``: include the Casebridge configuration; in a cluster, name each server
-    after its pod and route to the StatefulSet's other pods (later keys win in nats-server)."""
-    text = HEADER + f'include "./{COUNTRY_CONF}"\n'
+def include_only() -> str:
+    """``server.conf``: only an include of the Casebridge configuration (which carries the
+    cluster block itself, when there is one)."""
+    return HEADER + f'include "./{COUNTRY_CONF}"\n'
+
+
+def pod_cluster(shape: ClusterShape, *, name: str, route_dn: str) -> natsconf.ClusterConf | None:
+    """natsconf's cluster block for a StatefulSet of 3: one configuration for every pod (named
+    by ``$POD_NAME``), routes to every pod (a server ignores the route to itself), mutual TLS
+    with the server certificate of the Secret, mapped to ``route_dn``. None for one server."""
     if shape.replicas == 1:
-        return text
-    routes = "".join(
-        f'    "nats://{shape.service}-{i}.{shape.service}:{CLUSTER_PORT}"\n'
-        for i in range(shape.replicas)
-    )
-    return (
-        text + "# One name per server: the pod name (a StatefulSet keeps it across restarts).\n"
-        "server_name: $POD_NAME\n"
-        "cluster {\n"
-        f'  name: "cb-{domain}"\n'
-        f'  listen: "{ANY_HOST}:{CLUSTER_PORT}"\n'
-        "  routes: [\n"
-        f"{routes}"
-        "  ]\n"
-        "}\n"
+        return None
+    return natsconf.ClusterConf(
+        name=name,
+        member=0,  # unused: the pod names the server
+        port=CLUSTER_PORT,
+        routes=[
+            f"{shape.service}-{i}.{shape.service}:{CLUSTER_PORT}" for i in range(shape.replicas)
+        ],
+        tls=_tls("server_chain", "server_key", "ca"),
+        route_dn=route_dn,
+        server_name_env="POD_NAME",
     )
 
 
@@ -163,27 +170,13 @@ def country_values(
         agency = spec[agency_id]
         return agency_subject(agency_id, country.code, agency.kind, agency.name).rfc4514_string()
 
-    cluster = None
-    if shape.replicas > 1:
-        if pki is not None:
-            route_dn = _cert_dn(pki, pki_store.country_stem(country.code, "server"))
-        else:
-            route_dn = server_subject(
-                description.federation_id, country.code, shape.service
-            ).rfc4514_string()
-        cluster = natsconf.ClusterConf(
-            name=f"cb-{country.domain}",
-            member=0,  # unused: the pod names the server
-            port=CLUSTER_PORT,
-            # Every pod, itself included (a server ignores a route to itself): one
-            # configuration for the whole StatefulSet.
-            routes=[
-                f"{shape.service}-{i}.{shape.service}:{CLUSTER_PORT}" for i in range(shape.replicas)
-            ],
-            tls=_tls("server_chain", "server_key", "ca"),
-            route_dn=route_dn,
-            server_name_env="POD_NAME",
-        )
+    if pki is not None:
+        route_dn = _cert_dn(pki, pki_store.country_stem(country.code, "server"))
+    else:
+        route_dn = server_subject(
+            description.federation_id, country.code, shape.service
+        ).rfc4514_string()
+    cluster = pod_cluster(shape, name=f"cb-{country.domain}", route_dn=route_dn)
     conf = natsconf.CountryConf(
         federation_id=description.federation_id,
         code=country.code,
@@ -224,8 +217,7 @@ def country_values(
             "storeDir": str(STORE_DIR),
             "config": {
                 COUNTRY_CONF: natsconf.render_country(conf),
-                # The cluster is in the country configuration itself (natsconf).
-                SERVER_CONF: HEADER + f'include "./{COUNTRY_CONF}"\n',
+                SERVER_CONF: include_only(),
             },
         },
     }
@@ -246,8 +238,10 @@ def hub_values(
 
     if pki is not None:
         publisher_dn = _cert_dn(pki, pki_store.PUBLISHER)
+        route_dn = _cert_dn(pki, pki_store.HUB)
     else:
         publisher_dn = publisher_subject(description.federation_id).rfc4514_string()
+        route_dn = hub_subject(description.federation_id, shape.service).rfc4514_string()
 
     conf = natsconf.HubConf(
         federation_id=description.federation_id,
@@ -257,6 +251,7 @@ def hub_values(
         leaf_users=[natsconf.CertUser(name=c, dn=dn(c)) for c in description.codes],
         store_dir=Path(str(STORE_DIR)),
         publisher=natsconf.CertUser(name=natsconf.PUBLISHER_INBOX, dn=publisher_dn),
+        cluster=pod_cluster(shape, name="cb-hub", route_dn=route_dn),
     )
     return {
         "federation": description.federation_id,
@@ -271,7 +266,7 @@ def hub_values(
             "storeDir": str(STORE_DIR),
             "config": {
                 COUNTRY_CONF: natsconf.render_hub(conf),
-                SERVER_CONF: server_wrapper(shape, domain="hub"),
+                SERVER_CONF: include_only(),
             },
         },
     }

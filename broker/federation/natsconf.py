@@ -68,24 +68,6 @@ class Listen:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class HubConf:
-    """Everything the hub configuration is made of. ``leaf_users``: one per country code.
-
-    ``store_dir`` (with ``publisher``): the hub keeps the signed directories the secretariat
-    publishes (JetStream domain ``hub``, stream ``DIRECTORY``, nothing else); ``publisher`` is
-    the secretariat's certificate user, the only one that may publish them. Without them the
-    hub is relay only, as before."""
-
-    federation_id: str
-    listen: Listen
-    leaf_port: int
-    tls: TlsFiles
-    leaf_users: Sequence[CertUser]
-    store_dir: Path | None = None
-    publisher: CertUser | None = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class ClusterConf:
     """One member of a country's NATS cluster: its number, cluster port and its peers' routes.
 
@@ -106,6 +88,25 @@ class ClusterConf:
     tls: TlsFiles
     route_dn: str
     server_name_env: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HubConf:
+    """Everything the hub configuration is made of. ``leaf_users``: one per country code.
+
+    ``store_dir`` (with ``publisher``): the hub keeps the signed directories the secretariat
+    publishes (JetStream domain ``hub``, stream ``DIRECTORY``, nothing else); ``publisher`` is
+    the secretariat's certificate user, the only one that may publish them. Without them the
+    hub is relay only, as before."""
+
+    federation_id: str
+    listen: Listen
+    leaf_port: int
+    tls: TlsFiles
+    leaf_users: Sequence[CertUser]
+    store_dir: Path | None = None
+    publisher: CertUser | None = None
+    cluster: ClusterConf | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -360,12 +361,13 @@ def render_hub(conf: HubConf) -> str:
         else f"hub (relay; JetStream domain {pub.HUB_DOMAIN!r} for the directory only)"
     )
     return (
-        _header(what, conf.federation_id) + f"server_name: {_q('cb-hub')}\n"
+        _header(what, conf.federation_id) + f"server_name: {_server_name('cb-hub', conf.cluster)}\n"
         f"listen: {_q(f'{listen.host}:{listen.client_port}')}\n"
         f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
         "# Clients too must present a secretariat-issued certificate that maps to a user.\n"
         f"tls {_tls_block(conf.tls, '', verify_and_map=True)}\n"
         f"{jetstream}"
+        f"{_cluster_block(conf.cluster, listen.host, 'the hub')}"
         "accounts {\n"
         f"  {s.SYSTEM_ACCOUNT} {{ }}\n"
         f"  {s.ACCOUNT} {{\n"
@@ -386,17 +388,16 @@ def render_hub(conf: HubConf) -> str:
     )
 
 
-def _cluster_block(conf: CountryConf) -> str:
-    cluster = conf.cluster
+def _cluster_block(cluster: ClusterConf | None, host: str, what: str) -> str:
     if cluster is None:
         return ""
     routes = [f"nats-route://{r}" for r in cluster.routes]
     return (
-        "# One of the country's clustered servers (R3 streams): routes to the other members,\n"
-        "# mutual TLS against the country CA; only the servers' certificate DN may route.\n"
+        f"# One of {what}'s clustered servers: routes to the other members, mutual TLS\n"
+        "# against its CA; only the servers' certificate DN may route.\n"
         "cluster {\n"
         f"  name: {_q(cluster.name)}\n"
-        f"  listen: {_q(f'{conf.listen.host}:{cluster.port}')}\n"
+        f"  listen: {_q(f'{host}:{cluster.port}')}\n"
         f"  tls {_tls_block(cluster.tls, '  ', verify_and_map=True)}\n"
         f"  authorization {{ user: {_q(cluster.route_dn)} }}\n"
         f"  routes: {_strings(routes, '  ')}\n"
@@ -404,17 +405,15 @@ def _cluster_block(conf: CountryConf) -> str:
     )
 
 
-def _server_name(conf: CountryConf) -> str:
-    dom = s.domain(conf.code)
-    cluster = conf.cluster
+def _server_name(single: str, cluster: ClusterConf | None) -> str:
     if cluster is None:
-        return _q(f"cb-{dom}")
+        return _q(single)
     if cluster.server_name_env is not None:
         if not cluster.server_name_env.isidentifier():
             raise ConfigError(f"{cluster.server_name_env!r} is not an environment variable name")
         # Unquoted: nats-server expands a $VARIABLE from the environment only outside quotes.
         return f"${cluster.server_name_env}"
-    return _q(f"cb-{dom}-{cluster.member}")
+    return _q(f"{single}-{cluster.member}")
 
 
 def render_country(conf: CountryConf) -> str:
@@ -427,13 +426,13 @@ def render_country(conf: CountryConf) -> str:
     remote_tls = _tls_block(conf.leaf_tls, "      ", verify_and_map=False)
     return (
         _header(f"country server {conf.code} (JetStream domain {dom!r})", conf.federation_id)
-        + f"server_name: {_server_name(conf)}\n"
+        + f"server_name: {_server_name(f'cb-{dom}', conf.cluster)}\n"
         f"listen: {_q(f'{listen.host}:{listen.client_port}')}\n"
         f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
         "# Agencies and the gateway: mTLS against this country's CA only (certs/README.md).\n"
         f"tls {_tls_block(conf.tls, '', verify_and_map=True)}\n"
         f"jetstream {{\n  store_dir: {_q(conf.store_dir)}\n  domain: {_q(dom)}\n}}\n"
-        + _cluster_block(conf)
+        + _cluster_block(conf.cluster, listen.host, f"country {conf.code}")
         + "accounts {\n"
         f"  {s.SYSTEM_ACCOUNT} {{ }}\n"
         f"  {s.ACCOUNT} {{\n"

@@ -628,26 +628,32 @@ def issue_hub_tls(
     lifetime: timedelta = TLS_LIFETIME,
     key: ec.EllipticCurvePrivateKey | None = None,
 ) -> CertifiedKey:
-    """The hub's leaf-node listener certificate (serverAuth), from the secretariat CA."""
+    """The hub's certificate, from the secretariat CA: serverAuth for its leaf and client
+    listeners, clientAuth for the routes between the servers of a 3-server hub (mapped to
+    its DN, as a country's: :func:`issue_server_tls`)."""
     fed = _check_secretariat(secretariat)
     san = _tls_names(secretariat.cert, host_names, ip_addresses)
     common = host_names[0] if host_names else "Casebridge hub"  # see issue_server_tls
-    subject = x509.Name(
-        [
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
-            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "hub"),
-            _attr(NameOID.COMMON_NAME, common),
-        ]
-    )
     return _leaf(
         secretariat,
-        subject=subject,
+        subject=hub_subject(fed, common),
         key=key,
         now=now,
         lifetime=lifetime,
         usage=key_usage("digital_signature"),
-        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
+        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
         san=san,
+    )
+
+
+def hub_subject(federation_id: str, common: str) -> x509.Name:
+    """Subject of the hub's certificate; also its servers' route identity in a cluster."""
+    return x509.Name(
+        [
+            _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
+            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "hub"),
+            _attr(NameOID.COMMON_NAME, common),
+        ]
     )
 
 

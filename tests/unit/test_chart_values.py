@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from broker.cli import main
@@ -86,10 +87,23 @@ class TestRenderNats:
                 description, code, hub_leaf_url=HUB_URL, shape=shape, pki=pki
             )
             assert derived == read
-        shape = chart.ClusterShape(service="casebridge-hub", replicas=3)
+        shape = chart.ClusterShape(service="casebridge-hub", replicas=1)
         assert chart.hub_values(description, shape=shape) == chart.hub_values(
             description, shape=shape, pki=pki
         )
+        # The route identity of a 3-server hub or country: the DN of the certificate in use.
+        hub_cert = x509.load_pem_x509_certificate((pki / "hub/hub.pem").read_bytes())
+        three = chart.ClusterShape(service="casebridge-hub", replicas=3)
+        config = chart.hub_values(description, shape=three, pki=pki)["nats"]["config"]
+        route_user = f'authorization {{ user: "{hub_cert.subject.rfc4514_string()}" }}'
+        assert route_user in config[chart.COUNTRY_CONF]
+        server_cert = x509.load_pem_x509_certificate((pki / "countries/de/server.pem").read_bytes())
+        three = chart.ClusterShape(service="casebridge-nats", replicas=3)
+        config = chart.country_values(
+            description, "DE", hub_leaf_url=HUB_URL, shape=three, pki=pki
+        )["nats"]["config"]
+        route_user = f'authorization {{ user: "{server_cert.subject.rfc4514_string()}" }}'
+        assert route_user in config[chart.COUNTRY_CONF]
 
 
 class TestNames:
@@ -136,17 +150,24 @@ class TestNames:
         assert "cluster {" not in one[chart.COUNTRY_CONF]
         assert 'server_name: "cb-de"' in one[chart.COUNTRY_CONF]
 
-    def test_hub_wrapper_routes_to_every_pod(self) -> None:
-        """The hub's 3-server wrapper includes the configuration, names the server after its
-        pod and routes to the three pods of the StatefulSet; one server has no cluster block."""
-        three = chart.server_wrapper(chart.ClusterShape(service="nats", replicas=3), domain="hub")
-        assert 'include "./casebridge.conf"' in three
-        assert "server_name: $POD_NAME" in three
+    def test_hub_cluster_has_tls_routes_mapped_to_the_hub_certificate(self) -> None:
+        """A 3-server hub carries natsconf's cluster block too: the pod's name, TLS routes to
+        the three pods mapped to the hub certificate's DN; one hub server has none."""
+        description = load_description(EXAMPLE)
+        three = chart.hub_values(description, shape=chart.ClusterShape(service="hub", replicas=3))[
+            "nats"
+        ]["config"]
+        conf = three[chart.COUNTRY_CONF]
+        assert "server_name: $POD_NAME\n" in conf
+        cluster = conf[conf.index("cluster {") : conf.index("accounts {")]
+        assert "    verify_and_map: true\n" in cluster
+        assert 'authorization { user: "CN=hub,OU=hub,O=Casebridge federation demo" }' in cluster
         for i in range(3):
-            assert f'"nats://nats-{i}.nats:6222"' in three
-        one = chart.server_wrapper(chart.ClusterShape(service="nats", replicas=1), domain="hub")
-        assert "cluster" not in one
-        assert "server_name" not in one
+            assert f'"nats-route://hub-{i}.hub:6222"' in cluster
+        assert three[chart.SERVER_CONF] == chart.include_only()
+        one = chart.hub_values(description, shape=chart.ClusterShape(service="hub", replicas=1))
+        assert "cluster {" not in one["nats"]["config"][chart.COUNTRY_CONF]
+        assert 'server_name: "cb-hub"' in one["nats"]["config"][chart.COUNTRY_CONF]
 
 
 class TestReadiness:
