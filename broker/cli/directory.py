@@ -2,8 +2,9 @@
 the federation (docs/operations.md, "Publishing a directory or a policy").
 
 - ``directory publish FILE``: the secretariat publishes a signed directory on the hub
-  (stream ``DIRECTORY``); every country's ``PUBLISHED`` stream sources it, and gateways and
-  nodes hot-swap it within seconds (broker/federation/distribution.py).
+  (stream ``DIRECTORY``, created on first use with ``--replicas`` copies); every country's
+  ``PUBLISHED`` stream sources it, and gateways and nodes hot-swap it within seconds
+  (broker/federation/distribution.py).
 - ``policy publish FILE --country CC``: a country publishes its signed policy into its own
   ``PUBLISHED`` stream; its gateway and nodes apply it, peers' nodes use it in pre-flight.
 
@@ -50,13 +51,21 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext:
     return context
 
 
-async def _publish(connect: Any, subject: str, signed: bytes) -> int:
+async def _publish(
+    connect: Any, subject: str, signed: bytes, *, hub_replicas: int | None = None
+) -> int:
     try:
         nc = await connect()
     except (NatsError, OSError, TimeoutError) as exc:
         raise ConfigError(f"cannot connect: {exc!r}") from None
     try:
-        return await distribution.publish_document(nc.jetstream(), subject, signed)
+        js = nc.jetstream()
+        if hub_replicas is not None:
+            # The hub's DIRECTORY stream is the secretariat's (its publisher user may create
+            # it): made on first publication, so a hub installed by its chart needs no
+            # setup step of its own; idempotent afterwards.
+            await distribution.ensure_hub_stream(js, replicas=hub_replicas)
+        return await distribution.publish_document(js, subject, signed)
     except (NatsError, TimeoutError) as exc:
         raise ConfigError(f"publish not acknowledged: {exc!r}") from None
     finally:
@@ -97,7 +106,7 @@ def _cmd_directory_publish(args: argparse.Namespace) -> int:
         connect = _explicit(args, "_INBOX.secretariat")
     else:
         raise ConfigError("give --federation DIR or --url/--cert/--key/--ca")
-    seq = asyncio.run(_publish(connect, pub.DIRECTORY_SUBJECT, signed))
+    seq = asyncio.run(_publish(connect, pub.DIRECTORY_SUBJECT, signed, hub_replicas=args.replicas))
     print(f"directory serial {directory.serial} published (hub DIRECTORY sequence {seq})")
     return 0
 
@@ -171,5 +180,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = parser.add_subparsers(dest="directory_command", metavar="COMMAND", required=True)
     p = sub.add_parser("publish", help="publish a signed directory on the hub")
     p.add_argument("file", type=Path, metavar="FILE", help="signed directory (directory.jws)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="copies of the hub's DIRECTORY stream if it is created now (3 on a 3-server hub)",
+    )
     _connection_options(p)
     p.set_defaults(func=_cmd_directory_publish)

@@ -122,6 +122,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     streams.add_argument("--settings", type=Path, required=True, help="gateway settings JSON")
     streams.add_argument(
+        "--replicas",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="copies of every stream: 3 on a clustered country (R3)",
+    )
+    streams.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to keep retrying the connection"
     )
     streams.set_defaults(func=_streams)
@@ -251,12 +258,16 @@ def _streams(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from broker.federation.setup import setup_from_settings  # noqa: PLC0415
+    from broker.gateway.settings import load_gateway_settings  # noqa: PLC0415
     from broker.logs import configure_logging  # noqa: PLC0415
-    from broker.node.settings import load_settings  # noqa: PLC0415
 
     configure_logging("json")
-    settings = load_settings(args.settings)
-    asyncio.run(setup_from_settings(settings, now=datetime.now(UTC), timeout=args.timeout))
+    settings = load_gateway_settings(args.settings)
+    asyncio.run(
+        setup_from_settings(
+            settings, now=datetime.now(UTC), timeout=args.timeout, replicas=args.replicas
+        )
+    )
     return 0
 
 

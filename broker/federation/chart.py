@@ -7,12 +7,18 @@ What it is for
     which ``casebridge federation render-nats`` prints (:func:`country_values`,
     :func:`hub_values`). The chart copies ``generated.nats`` into a ConfigMap verbatim.
 
-    Inside a pod every path and port is fixed (:data:`POD`): the certificates come from the
-    Secret the operator names (``existingSecret``) mounted at :data:`TLS_DIR`, JetStream stores
-    under :data:`STORE_DIR`. For a cluster of several servers a short wrapper
-    (``server.conf``) includes the country configuration, names each server after its pod
-    (``$POD_NAME``, a nats-server environment variable) and lists the routes between the
-    StatefulSet's pods; it is generated here too.
+    Inside a pod every path and port is fixed: the certificates come from the Secret the
+    operator names (``existingSecret``) mounted at :data:`TLS_DIR`, JetStream stores under
+    :data:`STORE_DIR`. A country's cluster of 3 servers is :mod:`natsconf`'s own cluster
+    block (the one ``casebridge federation up`` writes): routes to the StatefulSet's pods,
+    mutual TLS with the country's server certificate mapped to its DN, each server named
+    after its pod (``$POD_NAME``, expanded by nats-server); ``server.conf`` only includes the
+    country configuration. The hub's 3 servers are clustered the same way, with the hub's
+    certificate.
+
+    The route identity (the server or hub certificate's subject DN) is read from the
+    certificate with ``--pki``; derived, it assumes the certificate's first name (its CN) is
+    the headless Service name (docs/deploy-kubernetes.md).
 
     User names are certificate subject DNs (``verify_and_map``): read from the certificates
     when a PKI directory is given (``--pki``: what the country bundle holds, the truth), else
@@ -40,7 +46,15 @@ from broker.errors import ConfigError
 from broker.federation import natsconf
 from broker.federation.spec import GATEWAY_KIND, FederationDescription
 from broker.pki import store as pki_store
-from broker.pki.issuing import agency_subject, leaf_subject  # the one definition of each DN
+
+# The one definition of each DN.
+from broker.pki.issuing import (
+    agency_subject,
+    hub_subject,
+    leaf_subject,
+    publisher_subject,
+    server_subject,
+)
 
 TLS_DIR: Final = PurePosixPath("/etc/nats/tls")
 CONFIG_DIR: Final = PurePosixPath("/etc/nats")
@@ -112,26 +126,28 @@ def _cert_dn(pki: Path, stem: str) -> str:
     return cert.subject.rfc4514_string()
 
 
-def server_wrapper(shape: ClusterShape, *, domain: str) -> str:
-    """``server.conf``: include the Casebridge configuration; in a cluster, name each server
-    after its pod and route to the StatefulSet's other pods (later keys win in nats-server)."""
-    text = HEADER + f'include "./{COUNTRY_CONF}"\n'
+def include_only() -> str:
+    """``server.conf``: only an include of the Casebridge configuration (which carries the
+    cluster block itself, when there is one)."""
+    return HEADER + f'include "./{COUNTRY_CONF}"\n'
+
+
+def pod_cluster(shape: ClusterShape, *, name: str, route_dn: str) -> natsconf.ClusterConf | None:
+    """natsconf's cluster block for a StatefulSet of 3: one configuration for every pod (named
+    by ``$POD_NAME``), routes to every pod (a server ignores the route to itself), mutual TLS
+    with the server certificate of the Secret, mapped to ``route_dn``. None for one server."""
     if shape.replicas == 1:
-        return text
-    routes = "".join(
-        f'    "nats://{shape.service}-{i}.{shape.service}:{CLUSTER_PORT}"\n'
-        for i in range(shape.replicas)
-    )
-    return (
-        text + "# One name per server: the pod name (a StatefulSet keeps it across restarts).\n"
-        "server_name: $POD_NAME\n"
-        "cluster {\n"
-        f'  name: "cb-{domain}"\n'
-        f'  listen: "{ANY_HOST}:{CLUSTER_PORT}"\n'
-        "  routes: [\n"
-        f"{routes}"
-        "  ]\n"
-        "}\n"
+        return None
+    return natsconf.ClusterConf(
+        name=name,
+        member=0,  # unused: the pod names the server
+        port=CLUSTER_PORT,
+        routes=[
+            f"{shape.service}-{i}.{shape.service}:{CLUSTER_PORT}" for i in range(shape.replicas)
+        ],
+        tls=_tls("server_chain", "server_key", "ca"),
+        route_dn=route_dn,
+        server_name_env="POD_NAME",
     )
 
 
@@ -154,6 +170,13 @@ def country_values(
         agency = spec[agency_id]
         return agency_subject(agency_id, country.code, agency.kind, agency.name).rfc4514_string()
 
+    if pki is not None:
+        route_dn = _cert_dn(pki, pki_store.country_stem(country.code, "server"))
+    else:
+        route_dn = server_subject(
+            description.federation_id, country.code, shape.service
+        ).rfc4514_string()
+    cluster = pod_cluster(shape, name=f"cb-{country.domain}", route_dn=route_dn)
     conf = natsconf.CountryConf(
         federation_id=description.federation_id,
         code=country.code,
@@ -167,6 +190,7 @@ def country_values(
             natsconf.CertUser(name=a.agency_id, dn=dn(a.agency_id)) for a in country.agencies
         ],
         gateway=natsconf.CertUser(name=country.gateway_id, dn=dn(country.gateway_id)),
+        cluster=cluster,
     )
     return {
         "federation": description.federation_id,
@@ -193,7 +217,7 @@ def country_values(
             "storeDir": str(STORE_DIR),
             "config": {
                 COUNTRY_CONF: natsconf.render_country(conf),
-                SERVER_CONF: server_wrapper(shape, domain=country.domain),
+                SERVER_CONF: include_only(),
             },
         },
     }
@@ -202,12 +226,22 @@ def country_values(
 def hub_values(
     description: FederationDescription, *, shape: ClusterShape, pki: Path | None = None
 ) -> dict[str, Any]:
-    """The ``generated`` value of ``helm/casebridge-hub``: relay only, one leaf user per country."""
+    """The ``generated`` value of ``helm/casebridge-hub``: a relay with one leaf user per
+    country, and JetStream domain ``hub`` holding only the ``DIRECTORY`` stream (on the
+    StatefulSet's volume at :data:`STORE_DIR`) that the secretariat's publisher user fills
+    (``casebridge directory publish``) and every country's ``PUBLISHED`` stream sources."""
 
     def dn(code: str) -> str:
         if pki is not None:
             return _cert_dn(pki, pki_store.country_stem(code, "leaf"))
         return leaf_subject(description.federation_id, code).rfc4514_string()
+
+    if pki is not None:
+        publisher_dn = _cert_dn(pki, pki_store.PUBLISHER)
+        route_dn = _cert_dn(pki, pki_store.HUB)
+    else:
+        publisher_dn = publisher_subject(description.federation_id).rfc4514_string()
+        route_dn = hub_subject(description.federation_id, shape.service).rfc4514_string()
 
     conf = natsconf.HubConf(
         federation_id=description.federation_id,
@@ -215,6 +249,9 @@ def hub_values(
         leaf_port=LEAF_PORT,
         tls=_tls("server_chain", "server_key", "ca"),
         leaf_users=[natsconf.CertUser(name=c, dn=dn(c)) for c in description.codes],
+        store_dir=Path(str(STORE_DIR)),
+        publisher=natsconf.CertUser(name=natsconf.PUBLISHER_INBOX, dn=publisher_dn),
+        cluster=pod_cluster(shape, name="cb-hub", route_dn=route_dn),
     )
     return {
         "federation": description.federation_id,
@@ -226,9 +263,10 @@ def hub_values(
             "monitorPort": HTTP_PORT,
             "clusterPort": CLUSTER_PORT,
             "leafPort": LEAF_PORT,
+            "storeDir": str(STORE_DIR),
             "config": {
                 COUNTRY_CONF: natsconf.render_hub(conf),
-                SERVER_CONF: server_wrapper(shape, domain="hub"),
+                SERVER_CONF: include_only(),
             },
         },
     }

@@ -46,7 +46,7 @@ from typing import Any, Final
 
 import nats
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from nats.aio.client import Client as NatsClient
 
 from broker.core import pki
@@ -162,6 +162,8 @@ class ServerSettings:
     # A clustered country (docs/federation.md, "Clustered country servers"): this entry is
     # member 1, ``members`` the others (names ``<CC>-2``, ``<CC>-3``), all with a cluster port.
     cluster_port: int | None = None
+    # Written by older launchers (routes then authenticated by password); never used: routes
+    # are mutual TLS mapped to the server certificate DN (natsconf.ClusterConf).
     route_password: str | None = None
     members: tuple[ServerSettings, ...] = ()
 
@@ -471,7 +473,6 @@ def _country_server(
             store_dir=base / "data" / domain,
             peers=peers,
         )
-    password = secrets.token_urlsafe(18)
     cluster = [
         ServerSettings(
             name=code if n == 1 else f"{code}-{n}",
@@ -482,7 +483,6 @@ def _country_server(
             store_dir=base / "data" / (domain if n == 1 else f"{domain}-{n}"),
             peers=peers,
             cluster_port=free_port(host),
-            route_password=password,
         )
         for n in range(1, servers + 1)
     ]
@@ -555,14 +555,7 @@ def issue_publisher_tls(store: pki_store.PkiStore, *, now: datetime) -> None:
     (its subject DN is the identity the hub maps to the publisher user)."""
     secretariat = store.read_certified(pki_store.SECRETARIAT)
     key = issuing.generate_key()
-    fed = pki.federation_id_of(secretariat.cert)
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, pki.federation_org(fed)),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, pki.SECRETARIAT_OU),
-            x509.NameAttribute(NameOID.COMMON_NAME, "directory publisher"),
-        ]
-    )
+    subject = issuing.publisher_subject(pki.federation_id_of(secretariat.cert))
     cert = issuing.sign_certificate(
         secretariat,
         subject=subject,
@@ -595,7 +588,11 @@ def party_dir(settings: FederationSettings, party: str) -> Path:
     return path if path.is_absolute() else settings.base / path
 
 
-def _cluster_conf(primary: ServerSettings, server: ServerSettings) -> natsconf.ClusterConf | None:
+def _cluster_conf(
+    primary: ServerSettings, server: ServerSettings, *, tls: natsconf.TlsFiles, route_dn: str
+) -> natsconf.ClusterConf | None:
+    # Routes: mutual TLS with the country's server certificate, mapped to its DN (the
+    # ``route_password`` of older settings files is no longer used).
     if server.cluster_port is None:
         return None
     members = primary.cluster
@@ -604,8 +601,8 @@ def _cluster_conf(primary: ServerSettings, server: ServerSettings) -> natsconf.C
         member=members.index(server) + 1,
         port=server.cluster_port,
         routes=[f"{m.host}:{m.cluster_port}" for m in members if m is not server],
-        route_user="route",
-        route_password=server.route_password or "",
+        tls=tls,
+        route_dn=route_dn,
     )
 
 
@@ -646,6 +643,7 @@ def render_configs(settings: FederationSettings) -> dict[Path, str]:
     for cc, primary in settings.countries.items():
         country = settings.description.country(cc)
         store = pki_store.PkiStore(party_dir(settings, cc))
+        server_tls = files(pki_store.country_stem(cc, "server"), pki_store.country_stem(cc, "ca"))
         for server in primary.cluster:
             out[server.config] = natsconf.render_country(
                 natsconf.CountryConf(
@@ -674,7 +672,12 @@ def render_configs(settings: FederationSettings) -> dict[Path, str]:
                         name=country.gateway_id,
                         dn=_dn(store, pki_store.agency_stem(country.gateway_id, "tls")),
                     ),
-                    cluster=_cluster_conf(primary, server),
+                    cluster=_cluster_conf(
+                        primary,
+                        server,
+                        tls=server_tls,
+                        route_dn=_dn(store, pki_store.country_stem(cc, "server")),
+                    ),
                 )
             )
     return out

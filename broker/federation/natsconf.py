@@ -27,6 +27,7 @@ from typing import Final
 from broker.core import attachment_wire as aw
 from broker.core import publication as pub
 from broker.core import wire as s
+from broker.errors import ConfigError
 
 TLS_TIMEOUT_SECONDS: Final = 2
 # Inbox prefix of the secretariat's publishing client on the hub (``_INBOX.secretariat``).
@@ -76,6 +77,29 @@ class Listen:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterConf:
+    """One member of a country's NATS cluster: its number, cluster port and its peers' routes.
+
+    ``routes``: ``host:port`` of the other members (a list of every member is fine too: a
+    server ignores a route to itself). Routes are mutual TLS with ``tls`` (the country's
+    server certificate, verified against the country CA) and ``verify_and_map``: a route is
+    accepted only from a certificate whose identity is ``route_dn`` (the server certificate's
+    subject DN), so neither a stranger nor an agency's certificate of the same CA joins the
+    country's cluster (and its JetStream domain), and nothing crosses a route in clear.
+    ``server_name_env``: take the server's name from that environment variable (``POD_NAME``
+    in a StatefulSet, where every member shares one configuration); default
+    ``cb-<domain>-<member>``."""
+
+    name: str
+    member: int
+    port: int
+    routes: Sequence[str]
+    tls: TlsFiles
+    route_dn: str
+    server_name_env: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class HubConf:
     """Everything the hub configuration is made of. ``leaf_users``: one per country code.
 
@@ -91,22 +115,7 @@ class HubConf:
     leaf_users: Sequence[CertUser]
     store_dir: Path | None = None
     publisher: CertUser | None = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ClusterConf:
-    """One member of a country's NATS cluster: its number, cluster port and its peers' routes.
-
-    ``routes``: ``host:port`` of every other member's cluster listener. Routes authenticate
-    with ``route_user``/``route_password`` (generated per federation), so no stranger joins
-    the country's cluster (and its JetStream domain)."""
-
-    name: str
-    member: int
-    port: int
-    routes: Sequence[str]
-    route_user: str
-    route_password: str
+    cluster: ClusterConf | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -369,14 +378,19 @@ def render_hub(conf: HubConf) -> str:
         account_js = "    jetstream: enabled\n"
     if conf.publisher is not None:
         users += _user(conf.publisher, publisher_permissions(), "      ")
+    what = (
+        "hub (relay only, no JetStream)"
+        if conf.store_dir is None
+        else f"hub (relay; JetStream domain {pub.HUB_DOMAIN!r} for the directory only)"
+    )
     return (
-        _header("hub (relay only, no JetStream)", conf.federation_id)
-        + f"server_name: {_q('cb-hub')}\n"
+        _header(what, conf.federation_id) + f"server_name: {_server_name('cb-hub', conf.cluster)}\n"
         f"listen: {_q(f'{listen.host}:{listen.client_port}')}\n"
         f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
         "# Clients too must present a secretariat-issued certificate that maps to a user.\n"
         f"tls {_tls_block(conf.tls, '', verify_and_map=True)}\n"
         f"{jetstream}"
+        f"{_cluster_block(conf.cluster, listen.host, 'the hub')}"
         "accounts {\n"
         f"  {s.SYSTEM_ACCOUNT} {{ }}\n"
         f"  {s.ACCOUNT} {{\n"
@@ -397,22 +411,32 @@ def render_hub(conf: HubConf) -> str:
     )
 
 
-def _cluster_block(conf: CountryConf) -> str:
-    cluster = conf.cluster
+def _cluster_block(cluster: ClusterConf | None, host: str, what: str) -> str:
     if cluster is None:
         return ""
-    auth = f"{cluster.route_user}:{cluster.route_password}@"
-    routes = [f"nats-route://{auth}{r}" for r in cluster.routes]
+    routes = [f"nats-route://{r}" for r in cluster.routes]
     return (
-        "# One of the country's clustered servers (R3 streams): routes to the other members.\n"
+        f"# One of {what}'s clustered servers: routes to the other members, mutual TLS\n"
+        "# against its CA; only the servers' certificate DN may route.\n"
         "cluster {\n"
         f"  name: {_q(cluster.name)}\n"
-        f"  listen: {_q(f'{conf.listen.host}:{cluster.port}')}\n"
-        f"  authorization {{ user: {_q(cluster.route_user)}, "
-        f"password: {_q(cluster.route_password)} }}\n"
+        f"  listen: {_q(f'{host}:{cluster.port}')}\n"
+        f"  tls {_tls_block(cluster.tls, '  ', verify_and_map=True)}\n"
+        f"  authorization {{ user: {_q(cluster.route_dn)} }}\n"
         f"  routes: {_strings(routes, '  ')}\n"
         "}\n"
     )
+
+
+def _server_name(single: str, cluster: ClusterConf | None) -> str:
+    if cluster is None:
+        return _q(single)
+    if cluster.server_name_env is not None:
+        if not cluster.server_name_env.isidentifier():
+            raise ConfigError(f"{cluster.server_name_env!r} is not an environment variable name")
+        # Unquoted: nats-server expands a $VARIABLE from the environment only outside quotes.
+        return f"${cluster.server_name_env}"
+    return _q(f"{single}-{cluster.member}")
 
 
 def render_country(conf: CountryConf) -> str:
@@ -423,16 +447,15 @@ def render_country(conf: CountryConf) -> str:
         conf.gateway, None, "      "
     )
     remote_tls = _tls_block(conf.leaf_tls, "      ", verify_and_map=False)
-    server_name = f"cb-{dom}" if conf.cluster is None else f"cb-{dom}-{conf.cluster.member}"
     return (
         _header(f"country server {conf.code} (JetStream domain {dom!r})", conf.federation_id)
-        + f"server_name: {_q(server_name)}\n"
+        + f"server_name: {_server_name(f'cb-{dom}', conf.cluster)}\n"
         f"listen: {_q(f'{listen.host}:{listen.client_port}')}\n"
         f"http: {_q(f'{listen.host}:{listen.http_port}')}\n"
         "# Agencies and the gateway: mTLS against this country's CA only (certs/README.md).\n"
         f"tls {_tls_block(conf.tls, '', verify_and_map=True)}\n"
         f"jetstream {{\n  store_dir: {_q(conf.store_dir)}\n  domain: {_q(dom)}\n}}\n"
-        + _cluster_block(conf)
+        + _cluster_block(conf.cluster, listen.host, f"country {conf.code}")
         + "accounts {\n"
         f"  {s.SYSTEM_ACCOUNT} {{ }}\n"
         f"  {s.ACCOUNT} {{\n"

@@ -1,12 +1,18 @@
 """Set up one country's streams and consumers from a gateway's settings (a chart's init step).
 
 What it is for
-    ``casebridge federation streams --settings FILE`` runs this in the gateway pods of
-    ``helm/casebridge-country`` before the gateway starts: it verifies the gateway's directory
-    against the pinned root, takes the country's agencies and peer countries from it, connects
-    to the country's NATS with the gateway's certificate (the identity with the whole account)
-    and calls :func:`broker.federation.streams.ensure_country_streams` (idempotent), retrying
-    while the servers are still starting (a cluster elects its JetStream leader first).
+    ``casebridge federation streams --settings FILE [--replicas 3]`` runs this in the gateway
+    pods of ``helm/casebridge-country`` before the gateway starts: it reads the gateway's own
+    settings format (:mod:`broker.gateway.settings`: no key-agreement key, no API token),
+    verifies the gateway's directory against the pinned root, takes the country's agencies and
+    peer countries from it, connects to the country's NATS with the gateway's certificate (the
+    identity with the whole account) and calls
+    :func:`broker.federation.streams.ensure_country_streams` and
+    :func:`broker.federation.distribution.ensure_published_stream` (the ``PUBLISHED`` stream
+    that sources the hub's directory and the peers' policies; both idempotent), with
+    ``replicas`` copies of every stream (3 on a clustered country: R3), retrying while the
+    servers are still starting (a cluster elects its JetStream leader first). The same calls,
+    with the same replicas, as ``casebridge federation up`` (``Federation.ensure_streams``).
 
 What it must never do
     Delete or shrink anything the setup does not own, or take agencies from anywhere but a
@@ -28,17 +34,23 @@ from broker.core import wire as subjects
 from broker.core.directory import Directory
 from broker.core.header import agency_country
 from broker.errors import CasebridgeError, ConfigError
-from broker.federation.streams import CountryStreams, ensure_country_streams
+from broker.federation.distribution import ensure_published_stream
+from broker.federation.streams import CLUSTER_REPLICAS, CountryStreams, ensure_country_streams
+from broker.gateway.settings import GatewaySettings
 from broker.nats import connect, tls_context
-from broker.node.settings import Settings
 from broker.pki.keyfiles import read_bytes, read_certificate
 
 RETRY_SECONDS: Final = 2.0
 log = structlog.get_logger("casebridge.federation.setup")
 
 
-def country_streams(settings: Settings, *, now: datetime) -> CountryStreams:
-    """What to set up, from the verified directory: the country, its peers, its agencies."""
+def country_streams(
+    settings: GatewaySettings, *, now: datetime, replicas: int = 1
+) -> CountryStreams:
+    """What to set up, from the verified directory: the country, its peers, its agencies, and
+    how many copies of each stream (1, or 3 on a clustered country)."""
+    if replicas not in CLUSTER_REPLICAS:
+        raise ConfigError(f"streams are kept in 1 or 3 copies, not {replicas}")
     directory = Directory.load(
         read_bytes(settings.directory_file),
         root_cert=read_certificate(settings.root_cert),
@@ -51,12 +63,16 @@ def country_streams(settings: Settings, *, now: datetime) -> CountryStreams:
         code=code,
         peers=[c.code for c in directory.countries() if c.code != code],
         agencies=[a.agency_id for a in directory.agencies(code) if a.kind != "gateway"],
+        replicas=replicas,
     )
 
 
-async def setup_from_settings(settings: Settings, *, now: datetime, timeout: float) -> None:
-    """Create or update the streams of the gateway's country; retry until ``timeout`` seconds."""
-    country = country_streams(settings, now=now)
+async def setup_from_settings(
+    settings: GatewaySettings, *, now: datetime, timeout: float, replicas: int = 1
+) -> None:
+    """Create or update the streams of the gateway's country (its ``PUBLISHED`` stream too);
+    retry until ``timeout`` seconds."""
+    country = country_streams(settings, now=now, replicas=replicas)
     tls = tls_context(
         ca_file=settings.nats.ca_file,
         cert_file=settings.nats.cert_file,
@@ -72,7 +88,11 @@ async def setup_from_settings(settings: Settings, *, now: datetime, timeout: flo
                 name=f"setup {settings.agency}",
             )
             try:
-                await ensure_country_streams(nc.jetstream(), country)
+                js = nc.jetstream()
+                await ensure_country_streams(js, country)
+                await ensure_published_stream(
+                    js, country.code, country.peers, replicas=country.replicas
+                )
             finally:
                 await nc.close()
         except (CasebridgeError, NatsError, JetStreamError, OSError, TimeoutError) as exc:
@@ -86,5 +106,6 @@ async def setup_from_settings(settings: Settings, *, now: datetime, timeout: flo
             country=country.code,
             peers=list(country.peers),
             agencies=len(country.agencies),
+            replicas=country.replicas,
         )
         return

@@ -75,6 +75,10 @@ INBOX_PER_PEER: Final = 2_000_000
 AUDIT_PER_AGENCY: Final = 1_000_000
 
 
+# Copies of each stream: 1 on a single server, 3 on a clustered country (R3).
+CLUSTER_REPLICAS: Final = (1, 3)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CountryStreams:
     """What to set up in one country: its code, its peers and its agencies (gateway excluded)."""

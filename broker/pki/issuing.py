@@ -519,6 +519,19 @@ def issue_agency_tls(
     )
 
 
+def server_subject(federation_id: str, country: str, common: str) -> x509.Name:
+    """Subject of a country's nats-server certificate. Its DN is also the servers' route
+    identity in a cluster (``verify_and_map`` on routes: natsconf.ClusterConf)."""
+    return x509.Name(
+        [
+            _attr(NameOID.COUNTRY_NAME, country),
+            _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
+            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "nats-server"),
+            _attr(NameOID.COMMON_NAME, common),
+        ]
+    )
+
+
 def issue_server_tls(
     ca: CertifiedKey,
     *,
@@ -528,29 +541,28 @@ def issue_server_tls(
     lifetime: timedelta = TLS_LIFETIME,
     key: ec.EllipticCurvePrivateKey | None = None,
 ) -> CertifiedKey:
-    """A country's nats-server certificate (serverAuth), names checked against the CA's subtrees."""
+    """A country's nats-server certificate, names checked against the CA's subtrees.
+
+    EKU serverAuth for its clients, and clientAuth because in a 3-server cluster each server
+    dials the others' route port with it (mutual TLS; the accepting server maps the
+    certificate's DN to its only route user). clientAuth gives it no other door: on the
+    client port its DN is no user (``verify_and_map``), and the hub trusts only the
+    secretariat CA.
+    """
     country = _issuing_country(ca)
     fed = federation_id_of(ca.cert)
     san = _tls_names(ca.cert, host_names, ip_addresses)
     # An IP-only certificate gets a CN that is no DNS name: OpenSSL checks a host-like CN
     # against the CA's DNS subtrees ("permitted subtree violation" for CN=192.0.2.10).
     common = host_names[0] if host_names else f"NATS server {country}"
-    subject = x509.Name(
-        [
-            _attr(NameOID.COUNTRY_NAME, country),
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
-            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "nats-server"),
-            _attr(NameOID.COMMON_NAME, common),
-        ]
-    )
     return _leaf(
         ca,
-        subject=subject,
+        subject=server_subject(fed, country, common),
         key=key,
         now=now,
         lifetime=lifetime,
         usage=key_usage("digital_signature"),
-        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
+        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
         san=san,
     )
 
@@ -562,6 +574,18 @@ def leaf_subject(federation_id: str, country: str) -> x509.Name:
             _attr(NameOID.COUNTRY_NAME, country),
             _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
             _attr(NameOID.COMMON_NAME, f"leaf.{country.lower()}"),
+        ]
+    )
+
+
+def publisher_subject(federation_id: str) -> x509.Name:
+    """Subject of the secretariat's directory-publisher client certificate; the hub maps this
+    DN to the one user that may publish directories (its ``DIRECTORY`` stream)."""
+    return x509.Name(
+        [
+            _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
+            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, SECRETARIAT_OU),
+            _attr(NameOID.COMMON_NAME, "directory publisher"),
         ]
     )
 
@@ -604,26 +628,32 @@ def issue_hub_tls(
     lifetime: timedelta = TLS_LIFETIME,
     key: ec.EllipticCurvePrivateKey | None = None,
 ) -> CertifiedKey:
-    """The hub's leaf-node listener certificate (serverAuth), from the secretariat CA."""
+    """The hub's certificate, from the secretariat CA: serverAuth for its leaf and client
+    listeners, clientAuth for the routes between the servers of a 3-server hub (mapped to
+    its DN, as a country's: :func:`issue_server_tls`)."""
     fed = _check_secretariat(secretariat)
     san = _tls_names(secretariat.cert, host_names, ip_addresses)
     common = host_names[0] if host_names else "Casebridge hub"  # see issue_server_tls
-    subject = x509.Name(
-        [
-            _attr(NameOID.ORGANIZATION_NAME, federation_org(fed)),
-            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "hub"),
-            _attr(NameOID.COMMON_NAME, common),
-        ]
-    )
     return _leaf(
         secretariat,
-        subject=subject,
+        subject=hub_subject(fed, common),
         key=key,
         now=now,
         lifetime=lifetime,
         usage=key_usage("digital_signature"),
-        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH,),
+        extended_usage=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
         san=san,
+    )
+
+
+def hub_subject(federation_id: str, common: str) -> x509.Name:
+    """Subject of the hub's certificate; also its servers' route identity in a cluster."""
+    return x509.Name(
+        [
+            _attr(NameOID.ORGANIZATION_NAME, federation_org(federation_id)),
+            _attr(NameOID.ORGANIZATIONAL_UNIT_NAME, "hub"),
+            _attr(NameOID.COMMON_NAME, common),
+        ]
     )
 
 

@@ -112,6 +112,12 @@ def wait_ready(url: str, processes: Processes, name: str) -> dict[str, Any]:
     pytest.fail(f"{url} not ready after {READY_SECONDS} s ({last}):\n{processes.tail(name)}")
 
 
+def tls_args(where: Path, stem: str, ca: Path) -> list[str]:
+    """The TLS options of ``casebridge directory/policy publish``: client chain, key, CA."""
+    chain, key = where / f"{stem}-chain.pem", where / f"{stem}.key"
+    return ["--cert", str(chain), "--key", str(key), "--ca", str(ca)]
+
+
 def container(objects: list[dict[str, Any]], kind: str, name: str, which: str) -> dict[str, Any]:
     pod = find(objects, kind, name)["spec"]["template"]["spec"]
     found: dict[str, Any] = next(
@@ -135,6 +141,7 @@ def test_rendered_country_runs_and_becomes_ready(
         "DE",
         hub_leaf_url=fed.settings.hub.leaf_url or "",
         shape=chart.ClusterShape(service="casebridge-nats", replicas=3),
+        pki=pki,  # the route identity: the DN of the server certificate in use
     )
     objects = render(COUNTRY, values)
     generated = values["generated"]
@@ -156,10 +163,12 @@ def test_rendered_country_runs_and_becomes_ready(
         shutil.copy(pki / source, hub_dir / "tls" / key)
     hub = fed.settings.hub
     hub_http = free_port()
+    hub_client = free_port()
     (hub_dir / chart.COUNTRY_CONF).write_text(
         hub_files[chart.COUNTRY_CONF]
         .replace("/etc/nats/tls/", f"{hub_dir}/tls/")
-        .replace(f'"0.0.0.0:{chart.CLIENT_PORT}"', f'"127.0.0.1:{free_port()}"')
+        .replace(f'"{chart.STORE_DIR}"', json.dumps(str(hub_dir / "jetstream")))
+        .replace(f'"0.0.0.0:{chart.CLIENT_PORT}"', f'"127.0.0.1:{hub_client}"')
         .replace(f'"0.0.0.0:{chart.HTTP_PORT}"', f'"127.0.0.1:{hub_http}"')
         .replace(f'"0.0.0.0:{chart.LEAF_PORT}"', f'"{hub.host}:{hub.leaf_port}"'),
         encoding="utf-8",
@@ -194,15 +203,15 @@ def test_rendered_country_runs_and_becomes_ready(
             .replace(f'"{chart.STORE_DIR}"', json.dumps(str(pod / "jetstream")))
             .replace(f'"0.0.0.0:{chart.CLIENT_PORT}"', f'"127.0.0.1:{ports["client"]}"')
             .replace(f'"0.0.0.0:{chart.HTTP_PORT}"', f'"127.0.0.1:{ports["http"]}"')
-        )
-        server_conf = config[chart.SERVER_CONF].replace(
-            f'"0.0.0.0:{chart.CLUSTER_PORT}"', f'"127.0.0.1:{ports["cluster"]}"'
+            .replace(f'"0.0.0.0:{chart.CLUSTER_PORT}"', f'"127.0.0.1:{ports["cluster"]}"')
         )
         for j, peer in enumerate(servers):
-            server_conf = server_conf.replace(
-                f"nats://casebridge-nats-{j}.casebridge-nats:{chart.CLUSTER_PORT}",
-                f"nats://127.0.0.1:{peer['cluster']}",
+            # Routes are mutual TLS: 127.0.0.1 is in the dev server certificate's names.
+            country_conf = country_conf.replace(
+                f"nats-route://casebridge-nats-{j}.casebridge-nats:{chart.CLUSTER_PORT}",
+                f"nats-route://127.0.0.1:{peer['cluster']}",
             )
+        server_conf = config[chart.SERVER_CONF]
         (pod / "etc" / chart.COUNTRY_CONF).write_text(country_conf, encoding="utf-8")
         (pod / "etc" / chart.SERVER_CONF).write_text(server_conf, encoding="utf-8")
         assert nats["command"] == ["nats-server", "--config", "/etc/nats/server.conf"]
@@ -215,6 +224,9 @@ def test_rendered_country_runs_and_becomes_ready(
             varz = json.loads(answer.read())
         assert varz["server_name"] == f"casebridge-nats-{i}"
         assert varz["cluster"]["name"] == "cb-de"
+        # Routes: mutual TLS (verified, mapped to the server certificate's DN).
+        assert varz["cluster"]["tls_required"] is True
+        assert varz["cluster"]["tls_verify"] is True
     nats_url = f"tls://127.0.0.1:{servers[0]['client']}"
 
     # --- Casebridge processes: settings from the chart's ConfigMaps, mounts mapped. ---
@@ -231,10 +243,12 @@ def test_rendered_country_runs_and_becomes_ready(
         base = pki / "agencies" / agency
         for name in ("tls-chain.pem", "tls.key", "signing.key", "signing.pem"):
             shutil.copy(base / name, keys / name)
-        for name in ("agreement.key", "agreement.pem"):
-            shutil.copy(base / name, keys / name)
+        if agency != generated["gateway"]["id"]:
+            # Only a node's Secret holds these: a gateway has no agreement key, no API token.
+            for name in ("agreement.key", "agreement.pem"):
+                shutil.copy(base / name, keys / name)
+            shutil.copy(fed.base / "settings" / f"{agency}.token", keys / "api-token")
         shutil.copy(pki / "countries/de/ca.pem", keys / "ca.pem")
-        shutil.copy(fed.base / "settings" / f"{agency}.token", keys / "api-token")
         state = tmp_path / agency / "state"
         state.mkdir()
         port = free_port()
@@ -266,6 +280,55 @@ def test_rendered_country_runs_and_becomes_ready(
         check=False,
     )
     assert setup.returncode == 0, setup.stdout.decode() + setup.stderr.decode()
+    # The setup step made every stream, PUBLISHED too, in three copies (R3).
+    jsz_url = f"http://127.0.0.1:{servers[0]['http']}/jsz?accounts=true&streams=true&config=true"
+    with urllib.request.urlopen(jsz_url, timeout=5) as answer:
+        jsz = json.loads(answer.read())
+    replicas = {
+        stream["name"]: stream["config"]["num_replicas"]
+        for account in jsz.get("account_details") or []
+        for stream in account.get("stream_detail") or []
+    }
+    assert {"PUBLISHED", "SUBMIT", "INBOX", "DELIVER"} <= set(replicas), replicas
+    assert set(replicas.values()) == {3}, replicas
+
+    # The documented publication flow (docs/deploy-kubernetes.md): the secretariat publishes
+    # the signed directory on the hub (creating its DIRECTORY stream), the country its signed
+    # policy into PUBLISHED; DE's PUBLISHED holds both (the directory sourced from the hub).
+    hub_url = f"tls://127.0.0.1:{hub_client}"
+    de_url = f"tls://127.0.0.1:{servers[1]['client']}"
+    root = str(fed.settings.root_cert)
+    secretariat = tls_args(pki / "secretariat", "publisher", pki / "secretariat/ca.pem")
+    gateway = tls_args(pki / "agencies/de.gateway", "tls", pki / "countries/de/ca.pem")
+    gateway += ["--directory", str(fed.settings.directory), "--inbox-prefix", "_INBOX.de.gateway"]
+    directory = str(fed.settings.directory)
+    policy = str(fed.base / "policies/de.policy.jws")
+    publications = [
+        ["directory", "publish", directory, "--url", hub_url, "--root", root, *secretariat],
+        ["policy", "publish", policy, "--country", "DE", "--url", de_url, "--root", root, *gateway],
+    ]
+    for command in publications:
+        published = subprocess.run(
+            script_argv(["casebridge", *command]),
+            env={**os.environ, "PYTHONPATH": str(WORKTREE)},
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert published.returncode == 0, published.stdout.decode() + published.stderr.decode()
+    deadline = time.monotonic() + READY_SECONDS
+    while True:
+        with urllib.request.urlopen(jsz_url, timeout=5) as answer:
+            jsz = json.loads(answer.read())
+        held = {
+            stream["name"]: stream["state"]["messages"]
+            for account in jsz.get("account_details") or []
+            for stream in account.get("stream_detail") or []
+        }
+        if held.get("PUBLISHED", 0) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert held["PUBLISHED"] == 2, held
     gateway = container(objects, "Deployment", "cb-gateway", "gateway")["command"]
     processes.start("gateway", argv(gateway, gateway_settings))
 

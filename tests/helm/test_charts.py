@@ -15,9 +15,12 @@ import pytest
 import yaml
 
 from broker.cli import build_parser
+from broker.core import publication
 from broker.federation import chart, natsconf
 from broker.federation.spec import parse_description
+from broker.gateway.settings import gateway_settings_from_json
 from broker.ops import dashboards
+from broker.pki import issuing
 from tests.helm.charts import (
     COUNTRY,
     CRD_KINDS,
@@ -214,6 +217,29 @@ class TestNatsConfigIsCasebridges:
                 in config[chart.COUNTRY_CONF]
             )
 
+    def test_hub_keeps_the_directory_stream_on_its_own_volume(self) -> None:
+        """The hub runs JetStream domain hub (store on each server's PersistentVolumeClaim) and
+        maps the secretariat's publisher certificate DN to the user with Casebridge's
+        publisher permissions; no other user may publish on the directory subject."""
+        values = example_hub_values()
+        objects = render(HUB, values)
+        config = nats_conf(objects, "casebridge-hub")[chart.COUNTRY_CONF]
+        store = values["generated"]["nats"]["storeDir"]
+        assert f'jetstream {{\n  store_dir: "{store}"\n  domain: "hub"\n' in config
+        hub = find(objects, "StatefulSet", "casebridge-hub")
+        (claim,) = hub["spec"]["volumeClaimTemplates"]
+        assert claim["metadata"]["name"] == "data"
+        assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+        (nats,) = hub["spec"]["template"]["spec"]["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in nats["volumeMounts"]}
+        assert store.startswith(mounts["data"] + "/")
+        publisher = issuing.publisher_subject("demo").rfc4514_string()
+        allowed = natsconf.publisher_permissions().publish
+        assert f'{{ user: "{publisher}", permissions: {{' in config
+        assert publication.DIRECTORY_SUBJECT in allowed
+        # The directory subject is allowed to the publisher only (one occurrence, its list).
+        assert config.count(f'"{publication.DIRECTORY_SUBJECT}"') == 1
+
     @pytest.mark.parametrize(("path", "kind"), [(COUNTRY, "--country"), (HUB, "--hub")])
     def test_default_values_hold_the_generator_output(self, path: Path, kind: str) -> None:
         """values.yaml's ``generated`` is what render-nats prints for the example (NL, hub)."""
@@ -229,8 +255,8 @@ class TestNatsConfigIsCasebridges:
 
 class TestObjects:
     def test_example_country_runs_what_it_should(self) -> None:
-        """Three servers with the cluster wrapper, two gateways with a PDB, one node per agency
-        with its own volume, Secret, API and console Services."""
+        """Three servers (one configuration with natsconf's cluster block), two gateways with
+        a PDB, one node per agency with its own volume, Secret, API and console Services."""
         objects = render(COUNTRY, example_country_values())
         nats = find(objects, "StatefulSet", "casebridge-nats")
         assert nats["spec"]["replicas"] == 3
@@ -255,6 +281,32 @@ class TestObjects:
             assert keys["secret"]["secretName"] == secret
             find(objects, "Service", f"cb-{slug}")
             find(objects, "Service", f"cb-{slug}-console")
+
+    @pytest.mark.parametrize("values", [None, example_country_values()], ids=["NL", "DE"])
+    def test_gateway_settings_hold_no_agreement_key_and_no_token(
+        self, values: dict[str, Any] | None
+    ) -> None:
+        """The gateway's rendered settings name no key-agreement key and no API token, load as
+        gateway settings, and every node's settings still name both."""
+        objects = render(COUNTRY, values)
+        text = find(objects, "ConfigMap", "cb-gateway")["data"]["settings.json"]
+        settings = json.loads(text)
+        assert set(settings["keys"]) == {"signing_key", "signing_cert"}
+        assert "token_file" not in settings["api"]
+        assert "agreement" not in text
+        assert "api-token" not in text
+        loaded = gateway_settings_from_json(settings, base=Path("/"))
+        assert loaded.agency.endswith(".gateway")
+        nodes = [
+            json.loads(o["data"]["settings.json"])
+            for o in objects
+            if o["kind"] == "ConfigMap"
+            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "node"
+        ]
+        assert nodes
+        for node in nodes:
+            assert node["keys"]["agreement_key"] == "/etc/casebridge/keys/agreement.key"
+            assert node["api"]["token_file"] == "/etc/casebridge/keys/api-token"  # noqa: S105 - a path
 
     def test_network_policies_confine_nats_clients_and_servers(self) -> None:
         """Nodes and gateways may reach only NATS (and DNS); NATS only the hub's leaf port and

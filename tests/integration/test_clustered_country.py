@@ -8,7 +8,9 @@ that everything the sender's node accepted arrives exactly once.
 
 from __future__ import annotations
 
+import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -81,6 +83,13 @@ class TestClusteredCountry:
                 await nc.close()
 
         assert set(run(replicas()).values()) == {3}
+        for server in clustered.fed.settings.country("DE").cluster:
+            # Every route is mutual TLS, verified and mapped; each server routes to the others.
+            with urllib.request.urlopen(f"{server.monitor_url}/varz", timeout=5) as answer:  # noqa: S310 - loopback
+                cluster = json.loads(answer.read())["cluster"]
+            assert (cluster["tls_required"], cluster["tls_verify"]) == (True, True)
+            with urllib.request.urlopen(f"{server.monitor_url}/routez", timeout=5) as answer:  # noqa: S310 - loopback
+                assert json.loads(answer.read())["num_routes"] >= 2
         ids, errors = _send_many(clustered, 30, tag="smoke")
         assert errors == []
         _arrived_once(clustered, ids, 60.0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from broker.cli import main
@@ -75,7 +76,7 @@ class TestRenderNats:
 
     def test_derived_dns_are_the_ones_the_pki_issues(self, tmp_path: Path) -> None:
         """User DNs derived from the description equal those read from a generated PKI, for
-        every country's agencies and gateway and for the hub's leaf users."""
+        every country's agencies and gateway, the hub's leaf users and its directory publisher."""
         description = load_description(EXAMPLE)
         fed = Federation.init(description, tmp_path / "fed", now=datetime.now(UTC))
         pki = fed.settings.pki_dir
@@ -86,10 +87,23 @@ class TestRenderNats:
                 description, code, hub_leaf_url=HUB_URL, shape=shape, pki=pki
             )
             assert derived == read
-        shape = chart.ClusterShape(service="casebridge-hub", replicas=3)
+        shape = chart.ClusterShape(service="casebridge-hub", replicas=1)
         assert chart.hub_values(description, shape=shape) == chart.hub_values(
             description, shape=shape, pki=pki
         )
+        # The route identity of a 3-server hub or country: the DN of the certificate in use.
+        hub_cert = x509.load_pem_x509_certificate((pki / "hub/hub.pem").read_bytes())
+        three = chart.ClusterShape(service="casebridge-hub", replicas=3)
+        config = chart.hub_values(description, shape=three, pki=pki)["nats"]["config"]
+        route_user = f'authorization {{ user: "{hub_cert.subject.rfc4514_string()}" }}'
+        assert route_user in config[chart.COUNTRY_CONF]
+        server_cert = x509.load_pem_x509_certificate((pki / "countries/de/server.pem").read_bytes())
+        three = chart.ClusterShape(service="casebridge-nats", replicas=3)
+        config = chart.country_values(
+            description, "DE", hub_leaf_url=HUB_URL, shape=three, pki=pki
+        )["nats"]["config"]
+        route_user = f'authorization {{ user: "{server_cert.subject.rfc4514_string()}" }}'
+        assert route_user in config[chart.COUNTRY_CONF]
 
 
 class TestNames:
@@ -108,17 +122,52 @@ class TestNames:
         assert chart.agency_slug(first) != chart.agency_slug(second)
         assert chart.agency_slug("de.lka-berlin") == "de-lka-berlin"
 
-    def test_cluster_wrapper_routes_to_every_pod(self) -> None:
-        """The 3-server wrapper includes the configuration, names the server after its pod and
-        routes to the three pods of the StatefulSet; one server has no cluster block."""
-        three = chart.server_wrapper(chart.ClusterShape(service="nats", replicas=3), domain="de")
-        assert 'include "./casebridge.conf"' in three
-        assert "server_name: $POD_NAME" in three
+    def test_country_cluster_is_natsconfs_with_tls_routes_to_every_pod(self) -> None:
+        """A 3-server country's configuration carries natsconf's cluster block: the pod's name,
+        TLS routes to the three pods, mapped to the server certificate DN; server.conf only
+        includes it; one server has no cluster block."""
+        three = chart.country_values(
+            load_description(EXAMPLE),
+            "DE",
+            hub_leaf_url=HUB_URL,
+            shape=chart.ClusterShape(service="nats", replicas=3),
+        )["nats"]["config"]
+        conf = three[chart.COUNTRY_CONF]
+        assert "server_name: $POD_NAME\n" in conf
+        cluster = conf[conf.index("cluster {") :]
+        assert '  tls {\n    cert_file: "/etc/nats/tls/server-chain.pem"' in cluster
+        assert "    verify_and_map: true\n" in cluster
+        assert '"CN=nats,OU=nats-server,O=Casebridge federation demo,C=DE" }' in cluster
         for i in range(3):
-            assert f'"nats://nats-{i}.nats:6222"' in three
-        one = chart.server_wrapper(chart.ClusterShape(service="nats", replicas=1), domain="de")
-        assert "cluster" not in one
-        assert "server_name" not in one
+            assert f'"nats-route://nats-{i}.nats:6222"' in cluster
+        assert three[chart.SERVER_CONF] == chart.HEADER + 'include "./casebridge.conf"\n'
+        one = chart.country_values(
+            load_description(EXAMPLE),
+            "DE",
+            hub_leaf_url=HUB_URL,
+            shape=chart.ClusterShape(service="nats", replicas=1),
+        )["nats"]["config"]
+        assert "cluster {" not in one[chart.COUNTRY_CONF]
+        assert 'server_name: "cb-de"' in one[chart.COUNTRY_CONF]
+
+    def test_hub_cluster_has_tls_routes_mapped_to_the_hub_certificate(self) -> None:
+        """A 3-server hub carries natsconf's cluster block too: the pod's name, TLS routes to
+        the three pods mapped to the hub certificate's DN; one hub server has none."""
+        description = load_description(EXAMPLE)
+        three = chart.hub_values(description, shape=chart.ClusterShape(service="hub", replicas=3))[
+            "nats"
+        ]["config"]
+        conf = three[chart.COUNTRY_CONF]
+        assert "server_name: $POD_NAME\n" in conf
+        cluster = conf[conf.index("cluster {") : conf.index("accounts {")]
+        assert "    verify_and_map: true\n" in cluster
+        assert 'authorization { user: "CN=hub,OU=hub,O=Casebridge federation demo" }' in cluster
+        for i in range(3):
+            assert f'"nats-route://hub-{i}.hub:6222"' in cluster
+        assert three[chart.SERVER_CONF] == chart.include_only()
+        one = chart.hub_values(description, shape=chart.ClusterShape(service="hub", replicas=1))
+        assert "cluster {" not in one["nats"]["config"][chart.COUNTRY_CONF]
+        assert 'server_name: "cb-hub"' in one["nats"]["config"][chart.COUNTRY_CONF]
 
 
 class TestReadiness:

@@ -640,6 +640,19 @@ class TestTLS:
             )
         assert err.value.reason is Reason.CERT_INVALID
 
+    def test_server_and_hub_certs_can_authenticate_routes(
+        self, dev_federation: DevFederation
+    ) -> None:
+        """Country server and hub certificates carry serverAuth and clientAuth (a clustered
+        server dials its peers' routes with them); a leaf-node certificate clientAuth only."""
+        both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        de = dev_federation.country("DE")
+        for cert in (de.server_tls.cert, dev_federation.hub_tls.cert):
+            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            assert list(usage) == both
+        usage = de.leaf_tls.cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+
     def test_hub_and_leaf_certs_chain_through_secretariat(
         self, dev_federation: DevFederation, fixed_now: datetime
     ) -> None:

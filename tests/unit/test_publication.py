@@ -254,8 +254,9 @@ class TestClusteredCountry:
         with pytest.raises(ConfigError, match="servers"):
             parse_description(bad)
 
-    def test_cluster_block_rendered_with_route_auth(self, tmp_path: Path) -> None:
-        """A member's configuration names its cluster, its routes with credentials, its name."""
+    def test_cluster_block_rendered_with_tls_route_auth(self, tmp_path: Path) -> None:
+        """A member's configuration names its cluster, its name, and its routes with TLS
+        verified against the CA and mapped to the servers' certificate DN (no password)."""
         tls = natsconf.TlsFiles(
             cert_file=tmp_path / "c", key_file=tmp_path / "k", ca_file=tmp_path / "a"
         )
@@ -276,14 +277,21 @@ class TestClusteredCountry:
                     member=2,
                     port=4,
                     routes=["127.0.0.1:5", "127.0.0.1:6"],
-                    route_user="route",
-                    route_password="pw",  # noqa: S106 - a test value
+                    tls=tls,
+                    route_dn="CN=localhost,OU=nats-server,C=DE",
                 ),
             )
         )
         assert 'server_name: "cb-de-2"' in text
-        assert '"nats-route://route:pw@127.0.0.1:5"' in text
-        assert 'password: "pw"' in text
+        cluster = text[text.index("cluster {") : text.index("accounts {")]
+        # Routes: mutual TLS, verified against the CA and mapped to the servers' DN only.
+        tls_block = cluster[cluster.index("  tls {") : cluster.index("  }\n") + 4]
+        assert f'    cert_file: "{tls.cert_file}"\n' in tls_block
+        assert f'    ca_file: "{tls.ca_file}"\n' in tls_block
+        assert "    verify_and_map: true\n" in tls_block
+        assert 'authorization { user: "CN=localhost,OU=nats-server,C=DE" }' in cluster
+        assert '"nats-route://127.0.0.1:5"' in cluster
+        assert "password" not in cluster
 
 
 class TestStartupDirectory:

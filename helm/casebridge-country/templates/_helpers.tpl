@@ -113,9 +113,20 @@ readinessProbe:
       optional: true
 {{- end -}}
 
-{{/* Settings of a node or gateway (docs/node-api.md), paths inside the pod. */}}
+{{/* Settings of a node or gateway (docs/node-api.md, broker/gateway/settings.py), paths inside
+the pod. A gateway (.gateway true) holds no key-agreement key and no API token: it reads no
+case content and serves no API; only a node's settings name them. */}}
 {{- define "cb.settings" -}}
 {{- $root := .root -}}
+{{- $keys := dict
+  "signing_key" "/etc/casebridge/keys/signing.key"
+  "signing_cert" "/etc/casebridge/keys/signing.pem" -}}
+{{- $api := dict "host" "0.0.0.0" "port" .port -}}
+{{- if not .gateway -}}
+{{- $_ := set $keys "agreement_key" "/etc/casebridge/keys/agreement.key" -}}
+{{- $_ := set $keys "agreement_cert" "/etc/casebridge/keys/agreement.pem" -}}
+{{- $_ := set $api "token_file" "/etc/casebridge/keys/api-token" -}}
+{{- end -}}
 {{- $s := dict
   "agency" .agency
   "nats" (dict
@@ -123,16 +134,12 @@ readinessProbe:
     "ca_file" "/etc/casebridge/keys/ca.pem"
     "cert_file" "/etc/casebridge/keys/tls-chain.pem"
     "key_file" "/etc/casebridge/keys/tls.key")
-  "keys" (dict
-    "signing_key" "/etc/casebridge/keys/signing.key"
-    "signing_cert" "/etc/casebridge/keys/signing.pem"
-    "agreement_key" "/etc/casebridge/keys/agreement.key"
-    "agreement_cert" "/etc/casebridge/keys/agreement.pem")
+  "keys" $keys
   "directory" (dict
     "file" "/etc/casebridge/federation/directory.jws"
     "root_cert" "/etc/casebridge/federation/root.pem")
   "store" .store
-  "api" (dict "host" "0.0.0.0" "port" .port "token_file" "/etc/casebridge/keys/api-token")
+  "api" $api
 -}}
 {{- if .policy -}}
 {{- $_ := set $s "policy" (dict "file" "/etc/casebridge/federation/policy.jws" "ca_cert" "/etc/casebridge/federation/country-ca.pem") -}}
