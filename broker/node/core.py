@@ -59,6 +59,7 @@ from broker.node.model import (
     Receipt,
     Rejection,
     SealedRecord,
+    SentSubject,
     is_evidence_type,
     iso,
 )
@@ -91,6 +92,8 @@ class NodeView(Protocol):
     def accepted_evidence(self, message_id: str) -> bool: ...
 
     def outbox_message(self, message_id: str) -> OutboxMessage | None: ...
+
+    def sent_subject(self, message_id: str) -> SentSubject | None: ...
 
     def inbox_message(self, message_id: str) -> InboxMessage | None: ...
 
@@ -249,12 +252,20 @@ class _PendingReplay:
     def __init__(self, view: NodeView) -> None:
         self._view = view
         self.expires_at: int | None = None
+        # The answer of the one store read, for the same id and time: open_message asks
+        # ``seen`` first and ``remember`` last, with nothing written in between (the write
+        # comes later, in the delivery's transaction, which re-checks the id itself).
+        self._answered: tuple[str, datetime, bool] | None = None
 
     def seen(self, message_id: str, *, now: datetime) -> bool:
-        return self._view.seen(message_id, now=now)
+        if self._answered is not None and self._answered[:2] == (message_id, now):
+            return self._answered[2]
+        seen = self._view.seen(message_id, now=now)
+        self._answered = (message_id, now, seen)
+        return seen
 
     def remember(self, message_id: str, *, expires_at: int, now: datetime) -> bool:
-        if self._view.seen(message_id, now=now):
+        if self.seen(message_id, now=now):
             return False
         self.expires_at = expires_at
         return True
@@ -618,7 +629,7 @@ class NodeCore:
         header, body = opened.header, opened.body
         kind = EvidenceKind(header.type.removeprefix("evidence."))
         subject_id = str(body["subject_message_id"])
-        subject = self._view.outbox_message(subject_id)
+        subject = self._view.sent_subject(subject_id)
         record: EvidenceRecord | None = None
         event: Event
         if subject is None or is_evidence_type(subject.type):
@@ -660,7 +671,7 @@ class NodeCore:
         )
 
     @staticmethod
-    def may_attest(opened: OpenedMessage, subject: OutboxMessage) -> bool:
+    def may_attest(opened: OpenedMessage, subject: OutboxMessage | SentSubject) -> bool:
         """Evidence about our message comes from one of its recipients, or from a border
         gateway of a country it passes through."""
         producer = opened.header.sender
