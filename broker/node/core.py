@@ -85,6 +85,8 @@ class NodeView(Protocol):
 
     def quarantined(self, receipt: Receipt) -> bool: ...
 
+    def settled_or_held(self, receipt: Receipt, *, held_counts: bool = True) -> bool: ...
+
     def seen(self, message_id: str, *, now: datetime) -> bool: ...
 
     def accepted_copy(self, digest: str) -> bool: ...
@@ -454,7 +456,7 @@ class NodeCore:
         in the quarantine (in an operator's hands: a lost ack brought it back), is settled
         already. ``retry``: an operator's retry of a quarantined delivery (its quarantine
         entry does not count). Raises our own and transient faults."""
-        if self._view.processed(receipt) or (not retry and self._view.quarantined(receipt)):
+        if self._view.settled_or_held(receipt, held_counts=not retry):
             return Settlement(outcome=Outcome.SETTLED_BEFORE)
         pending = _PendingReplay(self._view)
         try:

@@ -1004,6 +1004,18 @@ class Store:
             ).fetchone()
             return int(row[0])
 
+    def settled_or_held(self, receipt: Receipt, *, held_counts: bool = True) -> bool:
+        """:meth:`processed` or (with ``held_counts``) :meth:`quarantined`, in one statement:
+        the first question about every delivery."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT EXISTS (SELECT 1 FROM receipts WHERE digest = ?1 AND sequence = ?2) "
+                "OR (?3 AND EXISTS (SELECT 1 FROM quarantine WHERE digest = ?1 AND sequence = ?2))",
+                (receipt.digest, receipt.sequence, int(held_counts)),
+            ).fetchone()
+        )
+        return bool(row[0])
+
     def quarantined(self, receipt: Receipt) -> bool:
         """True if this exact delivery is in the quarantine (an operator decides, not us)."""
         row = self._read(
