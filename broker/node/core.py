@@ -60,6 +60,7 @@ from broker.node.model import (
     Receipt,
     Rejection,
     SealedRecord,
+    SentSubject,
     is_evidence_type,
     iso,
 )
@@ -85,6 +86,8 @@ class NodeView(Protocol):
 
     def quarantined(self, receipt: Receipt) -> bool: ...
 
+    def settled_or_held(self, receipt: Receipt, *, held_counts: bool = True) -> bool: ...
+
     def seen(self, message_id: str, *, now: datetime) -> bool: ...
 
     def accepted_copy(self, digest: str) -> bool: ...
@@ -92,6 +95,8 @@ class NodeView(Protocol):
     def accepted_evidence(self, message_id: str) -> bool: ...
 
     def outbox_message(self, message_id: str) -> OutboxMessage | None: ...
+
+    def sent_subject(self, message_id: str) -> SentSubject | None: ...
 
     def inbox_message(self, message_id: str) -> InboxMessage | None: ...
 
@@ -269,12 +274,20 @@ class _PendingReplay:
     def __init__(self, view: NodeView) -> None:
         self._view = view
         self.expires_at: int | None = None
+        # The answer of the one store read, for the same id and time: open_message asks
+        # ``seen`` first and ``remember`` last, with nothing written in between (the write
+        # comes later, in the delivery's transaction, which re-checks the id itself).
+        self._answered: tuple[str, datetime, bool] | None = None
 
     def seen(self, message_id: str, *, now: datetime) -> bool:
-        return self._view.seen(message_id, now=now)
+        if self._answered is not None and self._answered[:2] == (message_id, now):
+            return self._answered[2]
+        seen = self._view.seen(message_id, now=now)
+        self._answered = (message_id, now, seen)
+        return seen
 
     def remember(self, message_id: str, *, expires_at: int, now: datetime) -> bool:
-        if self._view.seen(message_id, now=now):
+        if self.seen(message_id, now=now):
             return False
         self.expires_at = expires_at
         return True
@@ -482,7 +495,7 @@ class NodeCore:
         in the quarantine (in an operator's hands: a lost ack brought it back), is settled
         already. ``retry``: an operator's retry of a quarantined delivery (its quarantine
         entry does not count). Raises our own and transient faults."""
-        if self._view.processed(receipt) or (not retry and self._view.quarantined(receipt)):
+        if self._view.settled_or_held(receipt, held_counts=not retry):
             return Settlement(outcome=Outcome.SETTLED_BEFORE)
         pending = _PendingReplay(self._view)
         try:
@@ -668,7 +681,7 @@ class NodeCore:
         header, body = opened.header, opened.body
         kind = EvidenceKind(header.type.removeprefix("evidence."))
         subject_id = str(body["subject_message_id"])
-        subject = self._view.outbox_message(subject_id)
+        subject = self._view.sent_subject(subject_id)
         record: EvidenceRecord | None = None
         event: Event
         if subject is None or is_evidence_type(subject.type):
@@ -710,7 +723,7 @@ class NodeCore:
         )
 
     @staticmethod
-    def may_attest(opened: OpenedMessage, subject: OutboxMessage) -> bool:
+    def may_attest(opened: OpenedMessage, subject: OutboxMessage | SentSubject) -> bool:
         """Evidence about our message comes from one of its recipients, or from a border
         gateway of a country it passes through."""
         producer = opened.header.sender

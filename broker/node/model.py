@@ -285,6 +285,21 @@ class SealedRecord:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SentSubject:
+    """What incoming evidence is checked against about a message we sent: its header, digest
+    and creation time (read without its body and bytes: evidence never needs them)."""
+
+    message_id: str
+    header: Mapping[str, Any]
+    digest: str
+    created_at: str
+
+    @property
+    def type(self) -> str:
+        return str(self.header["type"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Receipt:
     """Where a delivery came from: its stream sequence and the digest of its bytes."""
 

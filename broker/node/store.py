@@ -56,6 +56,7 @@ from broker.node.model import (
     Receipt,
     Rejection,
     SealedRecord,
+    SentSubject,
     iso,
 )
 
@@ -797,6 +798,23 @@ class Store:
         )
         return _outbox(row) if row is not None else None
 
+    def sent_subject(self, message_id: str) -> SentSubject | None:
+        """The header, digest and creation time of an outbox message (what incoming evidence
+        about it is checked against): neither its body is parsed nor its bytes read."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT header, digest, created_at FROM outbox WHERE id = ?", (message_id,)
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return SentSubject(
+            message_id=message_id,
+            header=json.loads(row[0]),
+            digest=str(row[1]),
+            created_at=str(row[2]),
+        )
+
     def list_outbox(
         self, *, include_evidence: bool = False, pending_only: bool = False, limit: int = 100
     ) -> list[OutboxMessage]:
@@ -1023,6 +1041,18 @@ class Store:
                 ),
             ).fetchone()
             return int(row[0])
+
+    def settled_or_held(self, receipt: Receipt, *, held_counts: bool = True) -> bool:
+        """:meth:`processed` or (with ``held_counts``) :meth:`quarantined`, in one statement:
+        the first question about every delivery."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT EXISTS (SELECT 1 FROM receipts WHERE digest = ?1 AND sequence = ?2) "
+                "OR (?3 AND EXISTS (SELECT 1 FROM quarantine WHERE digest = ?1 AND sequence = ?2))",
+                (receipt.digest, receipt.sequence, int(held_counts)),
+            ).fetchone()
+        )
+        return bool(row[0])
 
     def quarantined(self, receipt: Receipt) -> bool:
         """True if this exact delivery is in the quarantine (an operator decides, not us)."""
@@ -1684,14 +1714,14 @@ def _record_deliveries(
 
 
 def _remember(db: sqlite3.Connection, message_id: str, expires_at: int, now: datetime) -> bool:
-    db.execute(
-        "DELETE FROM replay WHERE id = ? AND expires_at < ?", (message_id, int(now.timestamp()))
-    )
-    inserted = db.execute(
-        "INSERT INTO replay (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
-        (message_id, expires_at),
+    # One statement: a new id is inserted; an id whose entry has expired is taken over (the
+    # conditional upsert changes that row); a live entry is left alone and changes nothing.
+    changed = db.execute(
+        "INSERT INTO replay (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO UPDATE "
+        "SET expires_at = excluded.expires_at WHERE replay.expires_at < ?",
+        (message_id, expires_at, int(now.timestamp())),
     ).rowcount
-    return inserted == 1
+    return changed == 1
 
 
 def _insert_receipt(

@@ -113,6 +113,30 @@ class TestDelivery:
         assert not store.processed(Receipt(digest=f"d-{ID}", sequence=2))
         assert len(store.evidence_for(ID)) == 1
 
+    def test_settled_or_held_answers_processed_and_quarantined_in_one(self, store: Store) -> None:
+        """A settled delivery counts; a quarantined one counts unless an operator retries it."""
+        deliver(store)
+        settled = Receipt(digest=f"d-{ID}", sequence=1)
+        held = Receipt(digest="d-held", sequence=7)
+        store.quarantine(
+            receipt=held,
+            lane="messages",
+            wire=b"{}",
+            message_id=None,
+            sender=None,
+            type_=None,
+            error="LocalError",
+            detail="synthetic",
+            attempts=3,
+            first_at="2026-11-28T12:00:00Z",
+            now=NOW,
+        )
+        assert store.settled_or_held(settled)
+        assert store.settled_or_held(settled, held_counts=False)
+        assert store.settled_or_held(held)
+        assert not store.settled_or_held(held, held_counts=False)
+        assert not store.settled_or_held(Receipt(digest="d-other", sequence=1))
+
     def test_filters_unread_overdue_and_conversation(self, store: Store) -> None:
         """Inbox filters select by read state, due date and conversation."""
         deliver(store)
