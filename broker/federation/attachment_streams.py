@@ -169,10 +169,17 @@ def attachment_consumer_configs(agencies: Sequence[str]) -> list[tuple[str, Cons
 
 
 async def ensure_attachment_streams(
-    js: JetStreamContext, *, code: str, peers: Sequence[str], agencies: Sequence[str]
+    js: JetStreamContext,
+    *,
+    code: str,
+    peers: Sequence[str],
+    agencies: Sequence[str],
+    replicas: int = 1,
 ) -> None:
-    """Create or update the chunk streams of country ``code`` and their missing consumers."""
+    """Create or update the chunk streams of country ``code`` and their missing consumers
+    (``replicas``: as the country's message streams, 3 on a clustered country)."""
     for config in attachment_stream_configs(code, peers):
+        config.num_replicas = replicas
         try:
             await js.stream_info(config.name or "")
         except NotFoundError:

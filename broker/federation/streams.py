@@ -340,5 +340,9 @@ async def ensure_country_streams(js: JetStreamContext, country: CountryStreams) 
         await ensure_consumer(js, stream, consumer)
     # Attachment chunks: streams of their own, same shape (attachment_streams.py).
     await ensure_attachment_streams(
-        js, code=country.code, peers=country.peers, agencies=country.agencies
+        js,
+        code=country.code,
+        peers=country.peers,
+        agencies=country.agencies,
+        replicas=country.replicas,
     )

@@ -40,6 +40,8 @@ FBS: Final = "de.fbs-berlin"
 NPU: Final = "ua.npu"
 # "Within seconds": watchers poll every second; the rest is one trip through the federation.
 SWAP: Final = 15.0
+# A message crossing two borders on a loaded machine, on top of the swap itself.
+TRANSIT: Final = 45.0
 SERIAL_1: Final = "directory-serial-1.jws"
 
 
@@ -253,7 +255,7 @@ class TestLiveUpdates:
                 for e in _events(live, "gateway-ua", "border_decision")
                 if e.get("message_id") == forged.message_id and e.get("verdict") == "deny"
             ],
-            SWAP,
+            TRANSIT,
             what="the UA border's decision",
         )
         assert decided[0]["rule_id"] == "ua.in.no-bulletins"
