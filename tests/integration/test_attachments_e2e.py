@@ -59,6 +59,9 @@ attachments:
     media_types: [application/pdf, "image/*", application/octet-stream]
 """
 DELIVERY_TIMEOUT: Final = 90.0
+# A missing chunk is waited for about 165 s before the file is refused (GAP_ATTEMPTS in
+# broker/node/attachment_transfer.py), so its refusal needs a longer wait than a delivery.
+GAP_REFUSAL_TIMEOUT: Final = 300.0
 MARKER: Final = b"SYNTHETIC-MALWARE-MARKER"
 # The NL node's scanner: quarantines a file holding MARKER, approves anything else.
 SCANNER: Final = [
@@ -334,14 +337,14 @@ def _hostile_send(fed: Running, manifest: Manifest, chunks: list[tuple[int, byte
     return header.id
 
 
-def _refusal(fed: Running, message_id: str) -> str:
+def _refusal(fed: Running, message_id: str, timeout: float = DELIVERY_TIMEOUT) -> str:
     def found() -> str | None:
         for r in fed.rejections(NL):
             if r["claimed_message_id"] == message_id:
                 return str(r["reason"])
         return None
 
-    return str(wait_until(found, DELIVERY_TIMEOUT, what=f"refusal of {message_id}"))
+    return str(wait_until(found, timeout, what=f"refusal of {message_id}"))
 
 
 class TestRefusals:
@@ -374,7 +377,8 @@ class TestRefusals:
         elif case == "larger":
             sent[-1] = (sent[-1][0], sent[-1][1] + b"x" * 10)
         message_id = _hostile_send(fed, manifest, sent)
-        assert _refusal(fed, message_id) == reason, fed.rejections(NL)[:1]
+        timeout = GAP_REFUSAL_TIMEOUT if case == "missing" else DELIVERY_TIMEOUT
+        assert _refusal(fed, message_id, timeout) == reason, fed.rejections(NL)[:1]
         assert not _delivered(fed, message_id)
 
     def test_reordered_chunks_still_make_a_verified_file(self, fed: Running) -> None:

@@ -16,6 +16,7 @@ goes through the cases of issue 14 in order, without restarting any gateway or n
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import urllib.request
@@ -95,9 +96,21 @@ def _refused_at_gateway(fed: Running, gateway: str, message_id: str) -> dict[str
     return found[0]
 
 
+def _ua_version() -> int:
+    """The version of the example UA policy every country starts with."""
+    found = re.search(r"^version: (\d+)$", (POLICIES / "ua.yaml").read_text("utf-8"), re.M)
+    assert found is not None
+    return int(found.group(1))
+
+
+# The versions the tests publish: one newer than the example policy, then one newer still.
+NEWER: Final = _ua_version() + 1
+NEWEST: Final = NEWER + 1
+
+
 def _ua_policy(version: int, *, deny_bulletins: bool) -> bytes:
     text = (POLICIES / "ua.yaml").read_text(encoding="utf-8")
-    text = text.replace("\nversion: 4\n", f"\nversion: {version}\n", 1)
+    text = text.replace(f"\nversion: {_ua_version()}\n", f"\nversion: {version}\n", 1)
     if deny_bulletins:
         marker = "  # ---------------------------------------------------------------- outgoing"
         rule = (
@@ -221,24 +234,26 @@ class TestLiveUpdates:
     def test_policy_denying_a_type(self, live: Running) -> None:
         """UA publishes a policy denying bulletins: the next one is refused with its rule id."""
         signed = live.fed.base / "ua-v5.policy.jws"
-        signed.write_bytes(_sign_ua(live, _ua_policy(5, deny_bulletins=True)))
+        signed.write_bytes(_sign_ua(live, _ua_policy(NEWER, deny_bulletins=True)))
         out = _cli(
             "policy", "publish", str(signed), "--country", "UA", "--federation", str(live.fed.base)
         )
-        assert "version 5 published" in out
+        assert f"version {NEWER} published" in out
         wait_until(
-            lambda: [e for e in _events(live, "gateway-ua", "policy_loaded") if e["version"] == 5],
+            lambda: [
+                e for e in _events(live, "gateway-ua", "policy_loaded") if e["version"] == NEWER
+            ],
             SWAP,
-            what="the UA gateway on policy version 5",
+            what=f"the UA gateway on policy version {NEWER}",
         )
         wait_until(
             lambda: [
                 e
                 for e in _events(live, f"node-{LKA}", "peer_policy_loaded")
-                if e["country"] == "UA" and e["version"] == 5
+                if e["country"] == "UA" and e["version"] == NEWER
             ],
             SWAP,
-            what="the LKA node holding UA's version 5",
+            what=f"the LKA node holding UA's version {NEWER}",
         )
         # Pre-flight at the sending node shows what the destination will do.
         with pytest.raises(NodeCallError, match="policy_denied") as caught:
@@ -262,10 +277,10 @@ class TestLiveUpdates:
         assert forged.message_id not in live.inbox_ids(NPU)
 
     def test_policy_with_bad_signature_keeps_the_old(self, live: Running) -> None:
-        """A UA policy with a bad signature is refused; version 5 (denying bulletins) stays."""
+        """A UA policy with a bad signature is refused; the version denying bulletins stays."""
         before = _metric(live, "UA", "casebridge_policy_load_failures_total", 'reason="signature"')
         offset = live.fed.log_file("gateway-ua").stat().st_size
-        foreign = _bad_signature(_sign_ua(live, _ua_policy(6, deny_bulletins=False)))
+        foreign = _bad_signature(_sign_ua(live, _ua_policy(NEWEST, deny_bulletins=False)))
 
         async def publish() -> None:
             nc = await live.fed.connect_gateway("UA", allow_reconnect=False)
@@ -289,13 +304,13 @@ class TestLiveUpdates:
             what="the UA gateway refusing the badly signed policy",
         )
         assert refused[0]["reason"] == "signature"
-        assert refused[0]["keeping_version"] == 5
+        assert refused[0]["keeping_version"] == NEWER
         assert (
             _metric(live, "UA", "casebridge_policy_load_failures_total", 'reason="signature"')
             == before + 1
         )
         assert _metric(live, "UA", "casebridge_policy_last_load_ok") == 0
-        assert _metric(live, "UA", "casebridge_policy_version_loaded") == 5
+        assert _metric(live, "UA", "casebridge_policy_version_loaded") == NEWER
         with pytest.raises(NodeCallError) as caught:
             live.client(LKA).call("POST", "/v1/messages", body=bulletin([NPU]))
         assert caught.value.rule_id == "ua.in.no-bulletins"
