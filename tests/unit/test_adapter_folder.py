@@ -79,8 +79,12 @@ def _adapter(
 
 
 def _drop(root: Path, name: str, draft: Any) -> Path:
+    """Drop a draft the way the adapter's docs ask a writer to: ``name.part``, then rename, so a
+    running adapter (``stable_seconds=0`` trusts the writer) never sees it half-written."""
     path = root / OUTGOING / name
-    path.write_bytes(draft if isinstance(draft, bytes) else json.dumps(draft).encode("utf-8"))
+    part = path.with_name(name + ".part")
+    part.write_bytes(draft if isinstance(draft, bytes) else json.dumps(draft).encode("utf-8"))
+    part.rename(path)
     return path
 
 
