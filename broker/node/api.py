@@ -492,18 +492,23 @@ async def _attachment_list(request: web.Request) -> web.Response:
 
 
 async def _attachment_get(request: web.Request) -> web.StreamResponse:
-    """A file of a message; for a received one, opening it is reading the message (audited)."""
+    """A file of a message. For a received one, a person opening it reads the message
+    (audited, ``read`` evidence); a case system fetching it is a transfer to that system."""
     node = request.app[NODE_KEY]
     message_id = _id(request)
+    attachment = request.match_info["attachment"]
     received = node.store.outbox_message(message_id) is None
+    if received and node.store.inbox_message(message_id) is None:
+        raise NotFound(f"no message {message_id}")
+    match = await attachment_api.servable(node, message_id, attachment, received=received)
     if received:
-        if node.store.inbox_message(message_id) is None:
-            raise NotFound(f"no message {message_id}")
-        actor = _actor(request) or DEFAULT_ACTOR
-        await node.read(message_id, actor=actor, justification=_justification(request))
-    return await attachment_api.download(
-        request, node, message_id, request.match_info["attachment"], received=received
-    )
+        who = api_integrations.principal(request)
+        if who.builtin:
+            actor = _actor(request) or DEFAULT_ACTOR
+            await node.read(message_id, actor=actor, justification=_justification(request))
+        else:
+            await api_integrations.system_fetch(node, message_id, who, attachment=attachment)
+    return await attachment_api.download(request, node, match)
 
 
 async def _evidence(request: web.Request) -> web.Response:

@@ -64,6 +64,13 @@ _SCOPES: Final[dict[tuple[str, str], str]] = {
     ("POST", "/v1/messages/{id}/read"): "read",
     ("GET", "/v1/events"): "events",
     ("GET", "/v1/events/stream"): "events",
+    ("POST", "/v1/attachments"): "send",
+    ("GET", "/v1/messages/{id}/attachments"): "read",
+    ("GET", "/v1/messages/{id}/attachments/{attachment}"): "read",
+    ("POST", "/v1/lookups"): "lookup",
+    ("GET", "/v1/lookups/{id}"): "lookup",
+    ("POST", "/v1/lookups/index"): "lookup-index",
+    ("DELETE", "/v1/lookups/index/{reference}"): "lookup-index",
 }
 
 
@@ -178,9 +185,12 @@ def setup(
     app.router.add_post("/v1/clients/{id}/revoke", handlers.client_revoke)
 
 
-async def system_fetch(node: Node, message_id: str, who: Principal) -> InboxMessage:
-    """A received message's body handed to a case system: audited as a transfer to that
-    system with the client's purpose; the message is not marked read, no evidence is sent."""
+async def system_fetch(
+    node: Node, message_id: str, who: Principal, *, attachment: str | None = None
+) -> InboxMessage:
+    """A received message's body (or, with ``attachment``, that file of it) handed to a case
+    system: audited as a transfer to that system with the client's purpose; the message is
+    not marked read, no evidence is sent."""
     message = await asyncio.to_thread(node.store.inbox_message, message_id)
     if message is None:
         raise NotFound(f"no received message {message_id}")
@@ -190,6 +200,14 @@ async def system_fetch(node: Node, message_id: str, who: Principal) -> InboxMess
         message_id=message_id,
         message_type=message.type,
         digest_=message.digest,
+        **(
+            {}
+            if attachment is None
+            else {
+                "detail": f"file {attachment} fetched by a case system over the API "
+                "(no read evidence)"
+            }
+        ),
     )
     await asyncio.to_thread(clients.record, node.store, [entry], now=node.now())
     return message

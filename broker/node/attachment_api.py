@@ -87,9 +87,9 @@ def _range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-async def download(
-    request: web.Request, node: Node, message_id: str, attachment_id: str, *, received: bool
-) -> web.StreamResponse:
+async def servable(node: Node, message_id: str, attachment_id: str, *, received: bool) -> FileState:
+    """The file ``attachment_id`` of ``message_id`` if it may be served: a received file only
+    once it verified and (with a scanner) was approved; otherwise the reason it may not."""
     files = _files(node)
     found = await asyncio.to_thread(files.files, message_id)
     match = next((f for f in found if f.manifest.id == attachment_id), None)
@@ -108,6 +108,12 @@ async def download(
             + (f", scan {match.scan}" if match.scan else "")
             + (f" ({why})" if why else "")
         )
+    return match
+
+
+async def download(request: web.Request, node: Node, match: FileState) -> web.StreamResponse:
+    """Stream a file found by :func:`servable` (a ``Range`` of it answers 206)."""
+    files = _files(node)
     d = match.manifest.descriptor
     span = _range(request.headers.get("Range"), d.size)
     start, end = span or (0, d.size)
@@ -115,6 +121,7 @@ async def download(
     response.content_type = d.media_type
     response.content_length = end - start
     response.headers["Accept-Ranges"] = "bytes"
+    response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Disposition"] = f'attachment; filename="{match.manifest.id}"'
     if span:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{d.size}"

@@ -46,7 +46,7 @@ from broker.node.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from broker.node.model import iso
 from broker.node.store import Store
 
-SCOPES: Final = ("send", "read", "events", "admin")
+SCOPES: Final = ("send", "read", "events", "lookup", "lookup-index", "admin")
 BUILTIN_CLIENT: Final = "node"
 TOKEN_PREFIX: Final = "cbc_"  # noqa: S105 - a format prefix, not a secret
 CLIENT_ID_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -244,8 +244,10 @@ def transfer(
     message_id: str,
     message_type: str,
     digest_: str,
+    detail: str = "body fetched by a case system over the API (no read evidence)",
 ) -> AuditEntry:
-    """A received message's body handed to a case system (not a person's consultation)."""
+    """A received message's body (or one of its files) handed to a case system, not a
+    person's consultation."""
     return AuditEntry(
         operation=Operation.TRANSFER,
         actor=principal.client_id,
@@ -256,7 +258,7 @@ def transfer(
         message_type=message_type,
         peer=f"system:{principal.system}",
         digest=digest_,
-        detail="body fetched by a case system over the API (no read evidence)",
+        detail=detail,
     )
 
 

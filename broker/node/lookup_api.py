@@ -23,6 +23,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from broker.node import api_integrations
 from broker.node.api import NODE_KEY
 from broker.node.api_parsing import actor as _actor
 from broker.node.api_parsing import json_body as _json_body
@@ -83,9 +84,19 @@ async def _query(request: web.Request) -> web.Response:
         purpose=_text(raw, "purpose", required=False) or "investigation",
         case_ref=_text(raw, "case_ref", required=False),
         purpose_note=_text(raw, "purpose_note", required=False),
-        actor=_actor(request),
+        actor=_requester(request),
     )
     return web.json_response(result, status=201)
+
+
+def _requester(request: web.Request) -> str | None:
+    """Who asks or registers: with the settings token the person in ``X-Actor``; with an API
+    client the client itself (``client:<id>``): a case system is logged and rate-limited as
+    one requester, whatever name it puts in ``X-Actor``."""
+    who = api_integrations.principal(request)
+    if who.builtin:
+        return _actor(request)
+    return f"client:{who.client_id}"
 
 
 async def _answer(request: web.Request) -> web.Response:
@@ -102,7 +113,7 @@ async def _register(request: web.Request) -> web.Response:
         str(_text(raw, "kind")),
         str(_text(raw, "value")),
         str(_text(raw, "reference")),
-        actor=_actor(request),
+        actor=_requester(request),
     )
     return web.json_response(result, status=201)
 

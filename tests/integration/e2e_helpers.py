@@ -192,6 +192,8 @@ class Running:
 
     def close(self) -> None:
         """Kill every process (state is thrown away with the directory; no clean stop needed)."""
+        for client in self.clients.values():
+            client.close()
         for row in self.fed.status():
             if row.alive:
                 self.fed.stop(row.name, kill=True)

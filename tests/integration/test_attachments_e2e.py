@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from broker.core.envelope import SenderIdentity, seal
 from broker.core.header import Header
 from broker.core.trust import cert_kid
 from broker.pki.keyfiles import read_certificate, read_private_key
-from broker.sdk import NodeError
+from broker.sdk import NodeClient, NodeError
 from tests.integration.conftest import run
 from tests.integration.e2e_helpers import POLICIES, Running, bulletin, wait_until
 
@@ -193,6 +194,48 @@ class TestDelivery:
             what="delivered evidence",
         )
         assert kinds
+
+    def test_case_systems_send_and_import_files_with_their_own_scopes(
+        self, fed: Running, tmp_path: Path
+    ) -> None:
+        """A DE case system with only ``send`` uploads a file and sends it; an NL one with only
+        ``read`` imports it: audited as a transfer to that system, no ``read`` evidence."""
+        statement = tmp_path / "statement.pdf"
+        want = _file(statement, 200_000, b"%PDF-1.7\n")
+        sender_token = fed.client(DE).add_client(
+            "cms-out", system="CMS Synthetic DE", purpose="case export", scopes=["send"]
+        )["token"]
+        importer_token = fed.client(NL).add_client(
+            "cms-in", system="CMS Synthetic NL", purpose="case import", scopes=["read"]
+        )["token"]
+        with (
+            NodeClient(fed.client(DE).base_url, sender_token) as sender,
+            NodeClient(fed.client(NL).base_url, importer_token) as importer,
+        ):
+            with pytest.raises(NodeError) as refused:  # listing files needs the read scope
+                sender.attachments(str(uuid.uuid4()))
+            assert refused.value.reason == "forbidden"
+            handle = sender.upload_attachment(statement, media_type="application/pdf")
+            draft = bulletin([NL], attachments=[handle["attachment"]])
+            message_id = str(sender.send(draft)["message_id"])
+            wait_until(lambda: _delivered(fed, message_id), DELIVERY_TIMEOUT, what="delivery")
+            (found,) = _approved(fed, message_id)
+            assert importer.download_attachment(message_id, found["id"], tmp_path / "got") > 0
+        assert _sha(tmp_path / "got") == want
+        con = sqlite3.connect(f"file:{fed.store_path(NL)}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = con.execute(
+                "SELECT operation, actor, peer, justification, detail FROM audit "
+                "WHERE message_id = ? ORDER BY seq",
+                (message_id,),
+            ).fetchall()
+        finally:
+            con.close()
+        transfers = [r for r in rows if r[0] == "transfer"]
+        assert [r[1:4] for r in transfers] == [("cms-in", "system:CMS Synthetic NL", "case import")]
+        assert found["id"] in transfers[0][4]
+        assert not [r for r in rows if r[0] == "consultation"]
+        assert "read" not in {e["kind"] for e in fed.evidence(DE, message_id)}
 
     def test_cli_send_attach_sends_each_file_with_its_sniffed_type(
         self, fed: Running, tmp_path: Path

@@ -25,6 +25,7 @@ import pytest
 from broker.cli import main
 from broker.core import wire as s
 from broker.core.lookup import normalise
+from broker.sdk import NodeClient, NodeError
 from tests.integration.e2e_helpers import Running, bulletin, wait_until
 
 LKA: Final = "de.lka-berlin"
@@ -253,3 +254,36 @@ class TestLookupAcrossTheFederation:
         assert b'INSERT INTO "entries"' not in dump(
             fed.store_path(NPU).with_suffix(".lookup.sqlite")
         )
+
+    def test_case_systems_ask_and_register_with_their_own_scopes(self, fed: Running) -> None:
+        """A UA system with only ``lookup`` asks (logged as the system, whatever X-Actor says)
+        but reads no log and registers nothing; a DE system with ``lookup-index`` registers."""
+        lka, npu = fed.client(LKA), fed.client(NPU)
+        ask_token = npu.add_client(
+            "cms-ask", system="CMS Synthetic UA", purpose="case checks", scopes=["lookup"]
+        )["token"]
+        index_token = lka.add_client(
+            "cms-index", system="CMS Synthetic DE", purpose="index", scopes=["lookup-index"]
+        )["token"]
+        passport = "GQ 7730 115"  # synthetic
+        with (
+            NodeClient(npu.base_url, ask_token) as asker,
+            NodeClient(lka.base_url, index_token) as indexer,
+        ):
+            indexer.lookup_register("document_number", passport, "LKA-2026-0042")
+            for refused in (
+                asker.lookup_log,
+                lambda: asker.lookup_register("document_number", "X1", "REF-1"),
+                lambda: indexer.lookup_query(NPU, [("document_number", "X1")]),
+            ):
+                with pytest.raises(NodeError) as caught:
+                    refused()
+                assert caught.value.reason == "forbidden"
+            query_id = asker.lookup_query(
+                LKA, [("document_number", passport)], actor="someone.else"
+            )
+            answer = asker.lookup_wait(query_id, timeout=20.0, interval=0.05)
+        assert answer["status"] == "hit"
+        assert [h["reference"] for h in answer["hits"]] == ["LKA-2026-0042"]
+        sent = [e for e in npu.lookup_log() if e["query_id"] == query_id]
+        assert {e["actor"] for e in sent if e["event"] == "query_sent"} == {"client:cms-ask"}
