@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry
 from broker.core import canonical
 from broker.errors import CasebridgeError, PolicyDenied, Reason, SchemaInvalid
 from broker.metrics import REGISTRY_KEY, NodeMetrics, metrics_response
-from broker.node import api_integrations, attachment_api, corrections
+from broker.node import api_integrations, api_parsing, attachment_api, corrections
 from broker.node.api_parsing import (
     BODY_TIMEOUT_KEY,
     DEFAULT_BODY_TIMEOUT,
@@ -193,6 +193,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         await api_integrations.authenticate(
             request, node=request.app[NODE_KEY], settings_token=request.app[TOKEN_KEY]
         )
+    if request.match_info.route.resource is not None:
+        api_parsing.check_query(request, _route(request))
     return await handler(request)
 
 
