@@ -23,6 +23,7 @@ from broker.console.files import (
     rows,
     type_mismatch,
 )
+from broker.console.i18n import translations
 from broker.console.settings import ConsoleSettings
 from broker.core import attachment_wire as aw
 from broker.core.attachments import Manifest, parse_manifest
@@ -437,7 +438,5 @@ class TestLanguage:
     @pytest.mark.parametrize("language", ["de", "uk"])
     def test_every_shipped_language_translates_the_file_texts(self, language: str) -> None:
         """German and Ukrainian translate what the console says about files."""
-        from broker.console.i18n import translations  # noqa: PLC0415
-
         gettext = translations(language).gettext
         assert [t for t in self.TEXTS if gettext(t) == t] == []
