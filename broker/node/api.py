@@ -492,15 +492,21 @@ async def _attachment_list(request: web.Request) -> web.Response:
 
 
 async def _attachment_get(request: web.Request) -> web.StreamResponse:
-    """A file of a message; for a received one, opening it is reading the message (audited)."""
+    """A file of a message; for a received one, opening it is reading the message (audited;
+    a case system's client fetching it is a transfer to that system, as for the body)."""
     node = request.app[NODE_KEY]
     message_id = _id(request)
     received = node.store.outbox_message(message_id) is None
     if received:
         if node.store.inbox_message(message_id) is None:
             raise NotFound(f"no message {message_id}")
-        actor = _actor(request) or DEFAULT_ACTOR
-        await node.read(message_id, actor=actor, justification=_justification(request))
+        who = api_integrations.principal(request)
+        if who.builtin:
+            actor = _actor(request) or DEFAULT_ACTOR
+            await node.read(message_id, actor=actor, justification=_justification(request))
+        else:
+            # A case system importing the file: a transfer to it, as for the message's body.
+            await api_integrations.system_fetch(node, message_id, who)
     return await attachment_api.download(
         request, node, message_id, request.match_info["attachment"], received=received
     )

@@ -62,6 +62,9 @@ _SCOPES: Final[dict[tuple[str, str], str]] = {
     ("GET", "/v1/messages/{id}/evidence"): "read",
     ("GET", "/v1/threads/{conversation}"): "read",
     ("POST", "/v1/messages/{id}/read"): "read",
+    ("POST", "/v1/attachments"): "send",
+    ("GET", "/v1/messages/{id}/attachments"): "read",
+    ("GET", "/v1/messages/{id}/attachments/{attachment}"): "read",
     ("GET", "/v1/events"): "events",
     ("GET", "/v1/events/stream"): "events",
 }
