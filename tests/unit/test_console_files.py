@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from broker.console.files import (
     type_mismatch,
 )
 from broker.console.i18n import translations
-from broker.console.settings import ConsoleSettings
+from broker.console.settings import ConsoleSettings, FourEyes
 from broker.core import attachment_wire as aw
 from broker.core.attachments import Manifest, parse_manifest
 from broker.core.policy import Federation, parse_policy
@@ -122,10 +123,14 @@ async def upload(client: Client, token: str | None, data: bytes, name: str, medi
     )  # fmt: skip
 
 
-def serve(world: World, scenario: Any, *nodes: Node) -> None:
+def serve(
+    world: World, scenario: Any, *nodes: Node, settings: ConsoleSettings | None = None
+) -> None:
     async def run() -> None:
         clients = [
-            TestClient(TestServer(create_console_app(n, ConsoleSettings(), hasher=FAST)))
+            TestClient(
+                TestServer(create_console_app(n, settings or ConsoleSettings(), hasher=FAST))
+            )
             for n in nodes
         ]
         for c in clients:
@@ -342,6 +347,54 @@ class TestCompose:
             assert not stored.header.get("attachments")
 
         serve(world, scenario, de)
+
+
+class TestDraftsAndRelease:
+    def test_files_stay_with_a_saved_draft_and_a_four_eyes_release(self, world: World) -> None:
+        """A saved draft keeps its files; Remove (without script) takes one off; a request
+        that waits for four eyes waits with its file and the supervisor's release sends it."""
+        de, _files = node_with_files(world, DE, preflight=de_policy(world).preflight)
+
+        async def scenario(client: Client) -> None:
+            token = await sign_in(client, "olga")
+            pdf = (await (await upload(client, token, PDF, "a.pdf", "application/pdf")).json())[
+                "attachment"
+            ]
+            png = (await (await upload(client, token, PNG, "b.png", "image/png")).json())[
+                "attachment"
+            ]
+            saved = await client.post("/compose", data=compose_form(token, pdf, png, op="save"))
+            draft_id = re.search(r'name="draft_id" value="([0-9a-f]+)"', await saved.text())
+            assert draft_id is not None
+            again = await (await client.get(f"/compose?draft={draft_id.group(1)}")).text()
+            assert "a.pdf" in again
+            assert "b.png" in again
+            removed = await client.post(
+                "/compose", data=compose_form(token, pdf, png, op=f"detach:{png}")
+            )
+            page = await removed.text()
+            assert f'value="{pdf}"' in page
+            assert f'value="{png}"' not in page
+            held = await client.post(
+                "/compose", data=compose_form(token, pdf, op="send"), allow_redirects=False
+            )
+            assert held.status == 303
+            assert held.headers["Location"].startswith("/releases?held=")
+            release_id = held.headers["Location"].split("=")[1]
+            assert de.store.list_outbox() == []
+            await client.post("/logout", data={"csrf": token})
+            sven = await sign_in(client, "sven")
+            done = await client.post(
+                f"/releases/{release_id}/release", data={"csrf": sven}, allow_redirects=False
+            )
+            assert done.status == 303
+            message_id = done.headers["Location"].split("/")[2]
+            stored = de.store.outbox_message(message_id)
+            assert stored is not None
+            assert [a["id"] for a in stored.header["attachments"]] == [pdf]
+
+        four_eyes = FourEyes(types=("request.assistance",))
+        serve(world, scenario, de, settings=ConsoleSettings(four_eyes=four_eyes))
 
 
 class TestReceived:
