@@ -4,9 +4,11 @@ policy preview with their rule, listed on the message page, downloaded as a cons
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -345,6 +347,67 @@ class TestCompose:
             stored = de.store.outbox_message(message_id)
             assert stored is not None
             assert not stored.header.get("attachments")
+
+        serve(world, scenario, de)
+
+
+class TestStreaming:
+    def test_upload_and_download_never_hold_the_file_in_memory(self, world: World) -> None:
+        """32 MiB up through the console and back down peak far below the file size
+        (tracemalloc over client and server, both in this process)."""
+        de, _files = node_with_files(world, DE)
+        size = 32 * 1024 * 1024
+        piece = os.urandom(64 * 1024)
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(size // len(piece)):
+                yield piece
+
+        async def scenario(client: Client) -> None:
+            token = await sign_in(client, "olga")
+            tracemalloc.start()
+            try:
+                answer = await client.post(
+                    "/compose/files", params={"name": "big.bin", "media_type": "video/mp4"},
+                    data=body(), headers={"X-CSRF-Token": token},
+                )  # fmt: skip
+                handle = (await answer.json())["attachment"]
+                _, up_peak = tracemalloc.get_traced_memory()
+                assert answer.status == 201
+                sent = await de.send(request_draft(attachments=(handle,)))
+                tracemalloc.reset_peak()
+                got = await client.post(
+                    f"/messages/{sent.message_id}/files/{handle}",
+                    data={"csrf": token, "purpose": "Checking the case file"},
+                )
+                received = hashlib.sha256()
+                async for chunk in got.content.iter_chunked(256 * 1024):
+                    received.update(chunk)
+                _, down_peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            expected = hashlib.sha256()
+            for _ in range(size // len(piece)):
+                expected.update(piece)
+            assert received.hexdigest() == expected.hexdigest()
+            assert up_peak < 8 * 1024 * 1024, up_peak
+            assert down_peak < 8 * 1024 * 1024, down_peak
+
+        serve(world, scenario, de)
+
+    def test_a_file_over_the_node_limit_is_refused_with_the_limit(self, world: World) -> None:
+        """Over the node's attachments.max_size: 413 and the limit in words, nothing staged."""
+        store = Store(world.tmp / "de-small.sqlite")
+        files = NodeAttachments(store, AttachmentSpool(world.tmp / "small"), max_size=100_000)
+        de = world.node(DE, store=store, attachments=files)
+        people(de, world)
+
+        async def scenario(client: Client) -> None:
+            token = await sign_in(client, "olga")
+            answer = await upload(client, token, PDF, "statement.pdf", "application/pdf")
+            assert answer.status == 413
+            assert "100.0 kB" in (await answer.json())["error"]
+            assert list((files.spool.root / "outgoing").iterdir()) == []
 
         serve(world, scenario, de)
 
