@@ -1,5 +1,6 @@
 """The console's pages: sign-in, lists, reading with a purpose, compose, release, directory,
-scorecard, audit, live counts.
+scorecard, audit, live counts; files of messages (upload while composing, download with a
+purpose: the streaming and the file list are in :mod:`broker.console.files`).
 
 What it is for
     Thin handlers: read the request, call the node's public methods (``send``, ``explain``,
