@@ -34,6 +34,7 @@ from aiohttp import web
 from argon2 import PasswordHasher
 
 from broker.console.accounts import Accounts, Role, User
+from broker.console.files import Uploads
 from broker.console.forms import SchemaWalker
 from broker.console.i18n import LANGUAGE_NAMES, local_time, translations
 from broker.console.queries import Counts
@@ -74,6 +75,7 @@ class Console:
     registry: SchemaRegistry
     walker: SchemaWalker
     consulted: dict[str, set[str]] = field(default_factory=dict)  # session key -> message ids
+    uploads: Uploads = field(default_factory=Uploads)  # file handles -> who uploaded them
     # The peer countries' published policies the node holds now (hot-swapped: read per use).
     peer_policies: Callable[[], Mapping[str, Policy]] = field(default=lambda: {})
     log: Any = field(default_factory=lambda: structlog.get_logger("casebridge.console"))

@@ -1,5 +1,6 @@
 """The console's pages: sign-in, lists, reading with a purpose, compose, release, directory,
-scorecard, audit, live counts.
+scorecard, audit, live counts; files of messages (upload while composing, download with a
+purpose: the streaming and the file list are in :mod:`broker.console.files`).
 
 What it is for
     Thin handlers: read the request, call the node's public methods (``send``, ``explain``,
@@ -28,6 +29,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from broker.console import files as console_files
 from broker.console import policies, present, queries, scorecard
 from broker.console.accounts import LANGUAGES, AccountError, Role, User, check_zone
 from broker.console.context import (
@@ -344,6 +346,9 @@ async def message(request: web.Request) -> web.Response:
         doc = []
     trail = await asyncio.to_thread(store.evidence_for, message_id)
     consultations = await asyncio.to_thread(store.consultations, message_id) if received else []
+    node_files = console_files.files_of(console.node)
+    found = await asyncio.to_thread(node_files.files, message_id) if node_files else []
+    files = console_files.rows(found, received=received is not None, opened=opened)
     return await _render(
         request,
         "message.html",
@@ -359,7 +364,88 @@ async def message(request: web.Request) -> web.Response:
         consultation_purposes=present.CONSULTATION_PURPOSES,
         today=console.node.today(),
         error=None,
+        files=files,
+        file_error=request.query.get("file_error", "")[:64],
         **_helpers(console),
+    )
+
+
+def _justification(form: MultiDictProxy[Any]) -> str:
+    """A consultation's purpose from the form (a listed purpose, a detail, or both)."""
+    purpose = str(form.get("purpose", "")).strip()[:200]
+    detail = str(form.get("detail", "")).strip()[:500]
+    if purpose not in present.CONSULTATION_PURPOSES and not detail:
+        return ""
+    return f"{purpose}: {detail}" if purpose and detail else (purpose or detail)
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    """Download a file of a message with a purpose: for a received message this is a
+    consultation of it (logged by the node, ``read`` evidence the first time); for a sent
+    one an audit record. Refused while the file is not verified or is quarantined."""
+    console = _console(request)
+    user = user_of(request)
+    message_id = request.match_info["id"][:64]
+    attachment_id = request.match_info["attachment"][:64]
+    if user.role is Role.AUDITOR:
+        return await forbid(request, f"open a file of message {message_id}")
+    node_files = console_files.files_of(console.node)
+    if node_files is None:
+        raise web.HTTPNotFound(text="this node carries no files")
+    store = console.node.store
+    received = await asyncio.to_thread(store.inbox_message, message_id)
+    sent = (
+        None if received is not None else await asyncio.to_thread(store.outbox_message, message_id)
+    )
+    if received is None and sent is None:
+        raise web.HTTPNotFound(text="no such message")
+    found = await asyncio.to_thread(node_files.files, message_id)
+    match = next((f for f in found if f.manifest.id == attachment_id), None)
+    if match is None:
+        raise web.HTTPNotFound(text="no such file in this message")
+    form = await request.post()
+    justification = _justification(form)
+    back = f"/messages/{message_id}"
+    if not justification:
+        raise web.HTTPSeeOther(f"{back}?file_error=purpose#file-{attachment_id}")
+    if received is not None and not match.openable:
+        await _audit(
+            request,
+            Operation.ACCESS,
+            f"refused: open file {attachment_id} ({match.state}, scan {match.scan})",
+            message_id=message_id,
+            message_type=received.type,
+        )
+        raise web.HTTPSeeOther(f"{back}?file_error=blocked#file-{attachment_id}")
+    if received is not None:
+        try:
+            await console.node.read(
+                message_id,
+                actor=user.username,
+                justification=f"{justification} (file {attachment_id})",
+            )
+        except CasebridgeError as exc:
+            raise web.HTTPNotFound(text=exc.detail) from None
+    else:
+        await _audit(
+            request,
+            Operation.ACCESS,
+            f"opened sent file {attachment_id}",
+            justification=justification,
+            message_id=message_id,
+            message_type=sent.type if sent is not None else None,
+        )
+    return await console_files.stream(request, node_files, match)
+
+
+async def upload_file(request: web.Request) -> web.StreamResponse:
+    """A file added while composing, streamed into the node's upload (console.js)."""
+    console = _console(request)
+    user = user_of(request)
+    if user.role is Role.AUDITOR:
+        return await forbid(request, "upload a file")
+    return await console_files.upload(
+        request, console.node, username=user.username, uploads=console.uploads
     )
 
 
@@ -523,6 +609,7 @@ async def compose(request: web.Request) -> web.Response:
         "confirm_partial": False,
         "draft_id": "",
         "derived_from": "",
+        "attachments": [],
     }
     return await _compose_page(request, root, state, preview=None, errors={})
 
@@ -540,9 +627,12 @@ async def _compose_page(
     console = _console(request)
     mtype = state["type"]
     schema = console.registry.schema(mtype, console.registry.versions(mtype)[-1])
+    files = await asyncio.to_thread(console_files.staged, console.node, state["attachments"])
     return await _render(
         request,
         "compose.html",
+        files=files,
+        carries_files=console_files.files_of(console.node) is not None,
         status=status,
         ok=status < 400,
         root=root,
@@ -578,6 +668,7 @@ def _draft(state: Mapping[str, Any], body: Mapping[str, Any], to: tuple[str, ...
         in_reply_to=state["reply_to"] or None,
         onward_allowed=state["onward"],
         derived_from=state.get("derived_from") or None,
+        attachments=tuple(state.get("attachments", ())),
     )
 
 
@@ -628,7 +719,16 @@ def _state_from(form: MultiDictProxy[Any], mtype: str) -> dict[str, Any]:
         "confirm_partial": form.get("confirm_partial") == "yes",
         "draft_id": one("draft_id", limit=32),
         "derived_from": one("derived_from", limit=64),
+        "attachments": [str(v)[:64] for v in form.getall("attachment", []) if isinstance(v, str)][
+            :64
+        ],
     }
+
+
+def _own_files(console: Console, user: User, state: dict[str, Any]) -> dict[str, Any]:
+    """Keep only the file handles this person uploaded (a form can carry any string)."""
+    state["attachments"] = console.uploads.owned(user.username, state["attachments"])
+    return state
 
 
 async def compose_post(request: web.Request) -> web.Response:
@@ -642,8 +742,11 @@ async def compose_post(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="unknown message type")
     op = str(form.get("op", "preview"))
     schema = console.registry.schema(mtype, console.registry.versions(mtype)[-1])
-    state = _state_from(form, mtype)
+    state = _own_files(console, user, _state_from(form, mtype))
     root = build_form(console.walker, schema, _form_lists(form), ops=[op])
+    if op.startswith("detach:"):
+        state["attachments"] = [h for h in state["attachments"] if h != op[len("detach:") :]]
+        return await _compose_page(request, root, state, preview=None, errors={})
     if op.startswith(("add:", "remove:")):
         return await _compose_page(request, root, state, preview=None, errors={})
     if op == "save":
@@ -717,6 +820,7 @@ async def compose_post(request: web.Request) -> web.Response:
         handling=draft.handling, tlp=draft.tlp, message_type=mtype
     ):
         release_id = await asyncio.to_thread(_hold_for_release, console, user, draft)
+        console.uploads.forget(draft.attachments)
         raise web.HTTPSeeOther(f"/releases?held={release_id}")
     try:
         result = await console.node.send(draft, actor=user.username)
@@ -728,6 +832,7 @@ async def compose_post(request: web.Request) -> web.Response:
         return await _compose_page(
             request, root, state, preview=preview, status=422, errors={"send": exc.detail}
         )
+    console.uploads.forget(draft.attachments)
     raise web.HTTPSeeOther(f"/messages/{result.message_id}?sent=1")
 
 
@@ -742,7 +847,7 @@ async def compose_preview(request: web.Request) -> web.Response:
     if mtype not in console.registry.types() or is_evidence_type(mtype):
         raise web.HTTPBadRequest(text="unknown message type")
     schema = console.registry.schema(mtype, console.registry.versions(mtype)[-1])
-    state = _state_from(form, mtype)
+    state = _own_files(console, user, _state_from(form, mtype))
     root = build_form(console.walker, schema, _form_lists(form))
     body = parse_body(root, console.walker, schema)
     preview = await _preview(console, state, body)
@@ -793,6 +898,7 @@ async def _forward(request: web.Request, message_id: str) -> web.Response:
         "confirm_partial": False,
         "draft_id": "",
         "derived_from": message_id,
+        "attachments": [],
     }
     root = build_form(console.walker, schema, values)
     return await _compose_page(request, root, state, preview=None, errors={})
@@ -811,6 +917,7 @@ _STATE_KEYS: Final = (
     "due",
     "onward",
     "derived_from",
+    "attachments",
 )
 
 
@@ -846,10 +953,14 @@ def _load_draft(
     document = json.loads(row[1])
     state = {
         "derived_from": "",
+        "attachments": [],
         **document["state"],
         "type": row[0],
         "confirm_partial": False,
     }
+    # The author's own uploads, saved with the draft: theirs again after a restart.
+    for handle in state["attachments"]:
+        console.uploads.add(user.username, str(handle))
     return row[0], document["values"], state
 
 
@@ -891,6 +1002,7 @@ def _hold_for_release(console: Console, user: User, draft: Draft) -> str:
         "in_reply_to": draft.in_reply_to,
         "onward_allowed": draft.onward_allowed,
         "derived_from": draft.derived_from,
+        "attachments": list(draft.attachments),
     }
     summary = f"{draft.type} {draft.handling} TLP:{draft.tlp} to {', '.join(draft.to)}"
     entry = console.accounts.audit_entry(
@@ -1013,6 +1125,7 @@ async def decide_release(request: web.Request) -> web.Response:
             in_reply_to=raw["in_reply_to"],
             onward_allowed=raw["onward_allowed"],
             derived_from=raw.get("derived_from"),
+            attachments=tuple(raw.get("attachments", ())),
         )
         try:
             result = await console.node.send(draft, actor=item["author"])
@@ -1223,6 +1336,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/events", events)
     r.add_get("/messages/{id}", message)
     r.add_post("/messages/{id}/open", open_message)
+    r.add_post("/messages/{id}/files/{attachment}", download_file)
+    r.add_post("/compose/files", upload_file)
     r.add_get("/threads/{conversation}", thread)
     r.add_get("/compose", compose)
     r.add_post("/compose", compose_post)

@@ -151,13 +151,30 @@ def _system_client(fed: Running, agency: str, name: str, scopes: list[str]) -> s
     return str(issued["token"])
 
 
+FILES_EVERY: Final = 20  # every 20th draft carries files (b-NNNN.files/)
+
+
+def _files_for(i: int) -> dict[str, bytes]:
+    """The synthetic files of draft ``i``: a PDF of about 300 kB and a small PNG."""
+    pdf = b"%PDF-1.4\n" + f"synthetic statement {i}\n".encode() * 12_000
+    png = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + i.to_bytes(4, "big") * 2_000
+    return {"statement.pdf": pdf, "photo.png": png}
+
+
 def _drop_bulletins(root: Path, count: int, tag: str) -> None:
-    """``count`` distinct bulletins, each written as ``.part`` and renamed (the convention)."""
+    """``count`` distinct bulletins, each written as ``.part`` and renamed (the convention);
+    every :data:`FILES_EVERY`-th with files beside it, written first."""
     outgoing = root / "outgoing"
     outgoing.mkdir(parents=True, exist_ok=True)
     body = example("bulletin")
     for i in range(count):
         draft = bulletin([POLITIE], body=body | {"title": f"Adapter bulletin {tag} {i:04d}"})
+        if i % FILES_EVERY == 0:
+            files = outgoing / f"b-{i:04d}.files"
+            files.mkdir()
+            for name, data in _files_for(i).items():
+                (files / f"{name}.part").write_bytes(data)
+                (files / f"{name}.part").rename(files / name)
         part = outgoing / f"b-{i:04d}.json.part"
         part.write_text(json.dumps(draft))
         part.rename(outgoing / f"b-{i:04d}.json")
@@ -211,6 +228,24 @@ def _folder_exactly_once(fed: Running, tmp_path: Path, count: int) -> None:
         # Imported by a system client: a transfer to the case system, no `read` evidence.
         sample = json.loads((nl.root / "incoming" / f"{sent_ids[0]}.json").read_text())
         assert [e["kind"] for e in sample["evidence"]] == ["delivered"]
+        # Drafts with files: each file uploaded once, sent with its draft, moved with it, and
+        # written verified beside the message in NL.
+        with_files = [r for r in results if "attachments" in r]
+        assert len(with_files) == len(range(0, count, FILES_EVERY))
+        for result in with_files:
+            i = int(result["file"].removeprefix("b-").removesuffix(".json"))
+            message_id = result["result"]["message_id"]
+            assert (de.root / "sent" / result["files_dir"] / "photo.png").exists()
+            written_files = nl.root / "incoming" / f"{message_id}.files"
+            for name, data in _files_for(i).items():
+                assert (written_files / name).read_bytes() == data, (message_id, name)
+        bound = fed._query(
+            LKA, "SELECT COUNT(*) FROM attachments WHERE direction = 'out' AND message_id != ''"
+        )
+        assert bound == [str(2 * len(with_files))]  # each file sent once, with its draft
+        staged = fed._query(LKA, "SELECT COUNT(*) FROM attachments WHERE direction = 'out'")
+        # An upload whose handle the kill kept from being recorded stays staged, never sent.
+        print(f"{staged[0]} files uploaded for {bound[0]} sent")
         print(f"{count} drafts through kill -9 in {time.monotonic() - started:.1f} s")
     finally:
         de.stop()

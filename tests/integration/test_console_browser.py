@@ -5,7 +5,9 @@ DE officer composes a request.assistance through the generated form, sees the de
 its rule, sends to the allowed NL police; the NL officer, inbox open, sees it appear without
 reload (announced in the live region) with its due date and opens it
 with a purpose; DE sees the ``read`` step; NL replies; the DE scorecard shows the response
-time. axe-core runs on every page visited: no serious or critical violation.
+time. axe-core runs on every page visited: no serious or critical violation. Files: DE adds
+three with progress bars (a forbidden ZIP shows its rule and is removed), NL sees types, the
+sniffed-type mismatch and the scanner's quarantine, and downloads one with a purpose.
 ``CASEBRIDGE_SCREENSHOTS=DIR`` saves screenshots of the main pages (docs/img/ was made so).
 """
 
@@ -54,6 +56,15 @@ DESCRIPTION: dict[str, Any] = {
         },
     ],
 }
+MARKER = b"SYNTHETIC-MALWARE-MARKER"
+# The NL node's scanner: quarantines a file holding MARKER, approves anything else.
+SCANNER = [
+    sys.executable,
+    "-c",
+    "import sys; data = open(sys.argv[1], 'rb').read(); "
+    f"sys.exit(print('marker found: synthetic test signature') or 1) if {MARKER!r} in data "
+    "else sys.exit(0)",
+]
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -83,7 +94,9 @@ def federation(nats_binary: Path, tmp_path: Path) -> Iterator[tuple[Running, dic
         nodes=ports,
         description=DESCRIPTION,
         settings={
-            a: {"console": {"port": p, "time_zone": "Europe/Berlin"}} for a, p in ports.items()
+            a: {"console": {"port": p, "time_zone": "Europe/Berlin"}}
+            | ({"attachments": {"scanner": SCANNER}} if a == "nl.politie" else {})
+            for a, p in ports.items()
         },
     )
     try:
@@ -371,5 +384,108 @@ def test_four_eyes_xss_csrf_roles_and_lockout_in_chromium(
             guest.click("button[type=submit]")
             assert "locked" in guest.inner_text("#login-error")
             assert running is not None
+        finally:
+            browser.close()
+
+
+def _fill_request(page: Any) -> None:
+    page.fill("[name='b/title']", "Workers at a vegetable farm")
+    page.check("[name='b/offences'][value='forced_labour']")
+    page.fill("[name='b/facts']", "Seasonal workers report withheld passports and unpaid wages.")
+    page.select_option("[name='b/requested_measures/0/measure']", "identify_person")
+    page.fill("[name='b/requested_measures/0/description']", "Identify the farm manager.")
+    page.select_option("[name='b/urgency']", "routine")
+    page.fill("#legal_basis", "Council Framework Decision 2006/960/JHA")
+
+
+def test_files_uploaded_with_progress_and_downloaded_as_a_consultation_in_chromium(
+    federation: tuple[Running, dict[str, str]], tmp_path: Path
+) -> None:
+    """DE adds files (progress, size and type shown; a ZIP refused by rule and removed) and
+    sends; NL sees declared and sniffed types, the quarantine and why, and downloads the
+    verified PDF with a purpose (logged as a consultation)."""
+    running, url = federation
+    de, nl = url["de.lka-berlin"], url["nl.politie"]
+    pdf = b"%PDF-1.4\n" + b"synthetic bank statement line\n" * 200_000  # ~6 MB
+    (tmp_path / "statement.pdf").write_bytes(pdf)
+    png = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + os.urandom(20_000)
+    (tmp_path / "photo.png").write_bytes(png + MARKER)
+    (tmp_path / "scan.pdf").write_bytes(png)  # a PNG under a PDF's name: a type mismatch
+    (tmp_path / "bundle.zip").write_bytes(b"PK\x03\x04" + os.urandom(2_000))
+    axe = Axe()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_context().new_page()
+            sign_in(page, de)
+            page.goto(f"{de}/compose?type=request.assistance")
+            _fill_request(page)
+            page.check("input[name='to'][value='nl.politie']")
+            page.set_input_files(
+                "#file-input",
+                [str(tmp_path / n) for n in ("statement.pdf", "photo.png", "scan.pdf")],
+            )
+            done = page.locator("#file-list li input[name='attachment']")
+            wait_until(lambda: done.count() == 3, 60, what="three uploads finished")
+            item = page.locator("#file-list li", has_text="statement.pdf")
+            assert "application/pdf" in item.inner_text()
+            assert "MB" in item.inner_text()
+            bar = item.locator("progress")
+            assert bar.get_attribute("max") == bar.evaluate("p => String(p.value)")
+            page.set_input_files("#file-input", str(tmp_path / "bundle.zip"))
+            wait_until(lambda: done.count() == 4, 60, what="the ZIP uploaded")
+            denied = page.locator("#preview tr.denied[data-recipient='nl.politie']")
+            denied.wait_for(timeout=30_000)
+            assert "de.att.case-files" in denied.inner_text()
+            check_axe(page, axe, None, "compose-files")
+            page.locator("#file-list li", has_text="bundle.zip").locator("[data-detach]").click()
+            assert page.locator("#file-list li").count() == 3
+            page.locator("#preview tr.allowed[data-recipient='nl.politie']").wait_for(
+                timeout=30_000
+            )
+            page.click("button[name='op'][value='send']")
+            page.wait_for_url("**/messages/*")
+            message_id = page.url.split("/messages/")[1].split("?")[0]
+            assert page.locator("table.files tbody tr").count() == 3
+
+            reader = browser.new_context().new_page()
+            sign_in(reader, nl)
+            wait_until(
+                lambda: message_id in running.inbox_ids("nl.politie"),
+                120,
+                what="NL holds the message with its verified files",
+            )
+            reader.goto(f"{nl}/messages/{message_id}")
+            assert "statement.pdf" not in reader.inner_text("table.files")  # not opened yet
+            reader.fill("#detail", "case NL-2026-18")
+            reader.click("form[action$='/open'] button[type=submit]")
+            reader.locator("article.document").wait_for()
+            wait_until(
+                lambda: (
+                    reader.reload(),
+                    "waiting for the scanner" not in reader.inner_text("table.files"),
+                )[1],
+                60,
+                what="the scanner decided on every file",
+            )
+            files = reader.locator("table.files")
+            held = files.locator("tr", has_text="photo.png")
+            assert "quarantined" in held.inner_text()
+            assert "marker found: synthetic test signature" in held.inner_text()
+            assert held.locator("form").count() == 0
+            mismatch = files.locator("tr", has_text="scan.pdf")
+            assert "image/png" in mismatch.inner_text()
+            assert mismatch.locator(".mismatch").count() == 1
+            check_axe(reader, axe, None, "message-files")
+            good = files.locator("tr", has_text="statement.pdf")
+            good.locator("input[name='detail']").fill("case NL-2026-18 statement")
+            with reader.expect_download() as info:
+                good.locator("button[type=submit]").click()
+            download = info.value
+            assert download.suggested_filename == "statement.pdf"
+            assert Path(download.path()).read_bytes() == pdf
+            reader.goto(f"{nl}/messages/{message_id}")
+            timeline = reader.inner_text("ol.timeline")
+            assert "case NL-2026-18 statement (file " in timeline
         finally:
             browser.close()

@@ -12,6 +12,7 @@ from typing import Any
 from broker.core.directory import Directory
 from broker.core.envelope import RecipientIdentity, SenderIdentity
 from broker.loaders import load_schema_registry
+from broker.node.attachment_transfer import NodeAttachments
 from broker.node.model import Draft
 from broker.node.policy import Preflight, RecipientCheck
 from broker.node.service import Node, RetryPolicy
@@ -76,6 +77,7 @@ class World:
         recipient_check: RecipientCheck | None = None,
         store: Store | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        attachments: NodeAttachments | None = None,
     ) -> Node:
         agency = self.fed.agency(agency_id)
         node = Node(
@@ -99,6 +101,7 @@ class World:
             new_id=self.ids,
             retry=RetryPolicy(inline_attempts=3),
             sleep=sleep or self._sleep,
+            attachments=attachments,
         )
         self.nodes[agency_id] = node
         return node

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -21,10 +22,15 @@ from adapters.folder import (
     FolderAdapter,
     FolderSettings,
     Stability,
+    files_dir_name,
     idempotency_key,
     is_draft_name,
+    safe_file_name,
 )
+from broker.core import attachment_wire as aw
+from broker.core.attachments import parse_manifest
 from broker.errors import ConfigError
+from broker.node.attachment_transfer import NodeAttachments, receive_chunk, settle_holds
 from broker.pki.dev import DevFederation
 from broker.sdk import NO_RETRIES, NodeClient
 
@@ -327,3 +333,264 @@ class TestSettingsAndLock:
             stop.set()
             runner.join(timeout=10)
         assert not runner.is_alive()
+
+
+# ------------------------------------------------------------------------ files
+
+PDF = b"%PDF-1.4\n" + b"synthetic statement line\n" * 30_000  # ~750 kB: several chunks
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + b"synthetic pixels" * 500
+
+
+@pytest.fixture
+def served_files(
+    dev_federation: DevFederation, tmp_path: Path, fixed_now: datetime
+) -> Iterator[Served]:
+    """de.lka-berlin and nl.politie carrying files (each with its spool), behind their APIs."""
+    for world in world_at(dev_federation, tmp_path, fixed_now):
+        running = Served(world, files=True, max_file=1_000_000)
+        running.start()
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
+def _drop_files(root: Path, draft_name: str, files: dict[str, bytes]) -> Path:
+    """Files first (each ``.part`` then renamed), as the adapter's docs ask."""
+    directory = root / OUTGOING / files_dir_name(draft_name)
+    directory.mkdir()
+    for name, data in files.items():
+        part = directory / (name + ".part")
+        part.write_bytes(data)
+        part.rename(directory / name)
+    return directory
+
+
+def _files(served: Served, agency: str) -> NodeAttachments:
+    files = served.world.nodes[agency].attachments
+    assert isinstance(files, NodeAttachments)
+    return files
+
+
+def _carry(served: Served) -> None:
+    """Deliver messages, then carry DE's sent chunks to NL (what the NATS chunk streams do)
+    and settle NL's held messages."""
+    served.pump()
+    de, nl = _files(served, LKA), _files(served, POLITIE)
+
+    async def carry() -> None:
+        rows = de.store.query(
+            lambda db: db.execute(
+                "SELECT message_id, manifest FROM attachments WHERE direction = 'out' "
+                "AND message_id IS NOT NULL"
+            ).fetchall()
+        )
+        for message_id, raw in rows:
+            manifest = parse_manifest(json.loads(raw))
+            for chunk in de.spool.sealed_chunks(manifest.descriptor):
+                headers = {
+                    aw.MESSAGE_HEADER: message_id,
+                    aw.ATTACHMENT_HEADER: manifest.id,
+                    aw.INDEX_HEADER: str(chunk.index),
+                }
+                receive_chunk(nl, headers, chunk.data)
+        await settle_holds(served.world.nodes[POLITIE], nl)
+
+    asyncio.run_coroutine_threadsafe(carry(), served.loop).result(timeout=20)
+    served.pump()
+
+
+def _staged_count(served: Served) -> int:
+    return int(
+        _files(served, LKA).store.query(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM attachments WHERE direction = 'out'"
+            ).fetchone()[0]
+        )
+    )
+
+
+class Crash(BaseException):
+    """A process dying at a chosen point (not an error the adapter handles)."""
+
+
+class TestFiles:
+    def test_files_beside_the_draft_travel_with_it_and_move_with_it(
+        self, served_files: Served, tmp_path: Path
+    ) -> None:
+        """NAME.files/ is uploaded and sent with NAME.json (types from the content); both
+        move to sent/, the result lists each file's digest and handle; NL receives them."""
+        adapter = _adapter(served_files, LKA, tmp_path / "drop")
+        _drop_files(adapter.root, "r.json", {"statement.pdf": PDF, "photo": PNG})
+        _drop(adapter.root, "r.json", request_draft())
+        (outcome,) = adapter.tick()
+        assert outcome.fate == "sent", outcome
+        assert list((adapter.root / OUTGOING).iterdir()) == []
+        assert (adapter.root / SENT / "r.files" / "statement.pdf").read_bytes() == PDF
+        result = json.loads((adapter.root / SENT / "r.json.result.json").read_text())
+        assert result["files_dir"] == "r.files"
+        assert [f["file"] for f in result["attachments"]] == ["photo", "statement.pdf"]
+        stored = served_files.world.nodes[LKA].store.outbox_message(str(outcome.message_id))
+        assert stored is not None
+        assert [a["media_type"] for a in stored.header["attachments"]] == [
+            "image/png",
+            "application/pdf",
+        ]
+        _carry(served_files)
+        listed = served_files.client(POLITIE).attachments(str(outcome.message_id))
+        assert [(f["name"], f["state"]) for f in listed] == [
+            ("photo", "verified"),
+            ("statement.pdf", "verified"),
+        ]
+
+    def test_a_draft_whose_files_are_being_written_waits(
+        self, served_files: Served, tmp_path: Path
+    ) -> None:
+        """A `.part` in NAME.files/ holds the draft back; a file added later restarts the
+        stability wait; once all is still the draft goes with every file."""
+        clock = Ticks()
+        adapter = _adapter(served_files, LKA, tmp_path / "drop", stable=1.0, clock=clock)
+        directory = _drop_files(adapter.root, "r.json", {"a.pdf": PDF})
+        (directory / "b.png.part").write_bytes(PNG)
+        _drop(adapter.root, "r.json", request_draft())
+        assert adapter.tick() == []
+        clock.now += 5
+        assert adapter.tick() == []  # still a .part: never complete
+        (directory / "b.png.part").rename(directory / "b.png")
+        assert adapter.tick() == []
+        clock.now += 0.6
+        (directory / "c.png").write_bytes(PNG)  # another file arrives: the wait restarts
+        assert adapter.tick() == []
+        clock.now += 0.6
+        assert adapter.tick() == []
+        clock.now += 0.5
+        (outcome,) = adapter.tick()
+        assert outcome.fate == "sent"
+        result = json.loads((adapter.root / SENT / "r.json.result.json").read_text())
+        assert [f["file"] for f in result["attachments"]] == ["a.pdf", "b.png", "c.png"]
+
+    def test_crash_after_uploads_reuses_them_and_sends_once(
+        self, served_files: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Killed after uploading, then after sending, then while moving the files: each
+        restart goes on from there; one message, each file uploaded once, nothing lost."""
+        adapter = _adapter(served_files, LKA, tmp_path / "drop")
+        _drop_files(adapter.root, "r.json", {"a.pdf": PDF, "b.png": PNG})
+        _drop(adapter.root, "r.json", request_draft())
+        real_call = NodeClient.call
+
+        def dies_on_send(self: NodeClient, method: str, path: str, **kw: Any) -> Any:
+            if method == "POST" and path == "/v1/messages":
+                raise Crash
+            return real_call(self, method, path, **kw)
+
+        with monkeypatch.context() as m:
+            m.setattr(NodeClient, "call", dies_on_send)
+            with pytest.raises(Crash):
+                adapter.tick()
+        assert _staged_count(served_files) == 2
+        restarted = _adapter(served_files, LKA, tmp_path / "drop")
+        with monkeypatch.context() as m:
+            m.setattr(FolderAdapter, "_move", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+            with pytest.raises(Crash):
+                restarted.tick()  # sent, then killed before the draft moved
+        assert _staged_count(served_files) == 2  # the recorded handles were reused
+        assert len(served_files.client(LKA).outbox()) == 1
+        again = _adapter(served_files, LKA, tmp_path / "drop")
+        with monkeypatch.context() as m:
+            m.setattr(FolderAdapter, "_finish_move", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+            with pytest.raises(Crash):
+                again.tick()  # the draft moved, killed before its files did
+        assert (adapter.root / SENT / "r.json").exists()
+        assert (adapter.root / OUTGOING / "r.files").is_dir()
+        last = _adapter(served_files, LKA, tmp_path / "drop")
+        assert last.tick() == []  # the move is finished; nothing is sent again
+        assert list((adapter.root / OUTGOING).iterdir()) == []
+        assert (adapter.root / SENT / "r.files" / "b.png").read_bytes() == PNG
+        assert len(served_files.client(LKA).outbox()) == 1
+        assert _staged_count(served_files) == 2
+
+    def test_refused_files_fail_the_draft_with_the_reason(
+        self, served_files: Served, tmp_path: Path
+    ) -> None:
+        """A file the node refuses (over its size limit), a sub-directory, or handles named
+        in the draft: the draft and its files go to failed/ with the reason."""
+        adapter = _adapter(served_files, LKA, tmp_path / "drop")
+        _drop_files(adapter.root, "big.json", {"huge.pdf": b"%PDF" + b"x" * 1_200_000})
+        _drop(adapter.root, "big.json", request_draft())
+        nested = _drop_files(adapter.root, "nested.json", {"a.pdf": PDF})
+        (nested / "inner").mkdir()
+        _drop(adapter.root, "nested.json", request_draft())
+        _drop(adapter.root, "named.json", request_draft() | {"attachments": ["x"]})
+        outcomes = {o.name: o for o in adapter.tick()}
+        assert {n: o.fate for n, o in outcomes.items()} == {
+            "big.json": "failed",
+            "named.json": "failed",
+            "nested.json": "failed",
+        }
+        big = json.loads((adapter.root / FAILED / "big.json.error.json").read_text())
+        assert big["error"]["file"] == "huge.pdf"
+        assert big["error"]["status"] == 400
+        assert (adapter.root / FAILED / "big.files" / "huge.pdf").exists()
+        nested_error = json.loads((adapter.root / FAILED / "nested.json.error.json").read_text())
+        assert "inner" in nested_error["error"]["detail"]
+        assert list((adapter.root / OUTGOING).iterdir()) == []
+        assert served_files.client(LKA).outbox() == []
+
+    def test_received_files_written_beside_the_message_quarantined_withheld(
+        self, served_files: Served, tmp_path: Path
+    ) -> None:
+        """NL writes a message once the scanner decided: the approved file verified into
+        incoming/<id>.files/, the quarantined one withheld with the scanner's reason; the
+        import (scoped client) is a transfer, the message stays unread."""
+        sender = _adapter(served_files, LKA, tmp_path / "de")
+        _drop_files(sender.root, "r.json", {"statement.pdf": PDF, "photo.png": PNG})
+        _drop(sender.root, "r.json", request_draft())
+        (outcome,) = sender.tick()
+        nl = _files(served_files, POLITIE)
+        nl.scanner = ("synthetic-scanner",)  # decisions recorded by hand below
+        _carry(served_files)
+        message_id = str(outcome.message_id)
+        system = {
+            "client_id": "folder",
+            "system": "Synthetic file-based case system",
+            "purpose": "import received messages",
+            "scopes": ["read", "events", "send"],
+        }
+        token = served_files.client(POLITIE).call("POST", "/v1/clients", body=system)["token"]
+        adapter = _adapter(served_files, POLITIE, tmp_path / "nl", token=token)
+        assert adapter.receive() == 0  # the scanner has not decided: the message waits
+        assert not (adapter.root / INCOMING / f"{message_id}.json").exists()
+        by_name = {f.manifest.name: f.manifest.id for f in nl.files(message_id)}
+        nl.set_scan(by_name["statement.pdf"], "approved", "approved by the scanner")
+        nl.set_scan(by_name["photo.png"], "quarantined", "marker found: synthetic signature")
+        assert adapter.receive() == 1
+        document = json.loads((adapter.root / INCOMING / f"{message_id}.json").read_text())
+        files = {f["name"]: f for f in document["attachments"]}
+        assert files["statement.pdf"]["written"] == f"{message_id}.files/statement.pdf"
+        assert files["photo.png"]["withheld"] == "quarantined: marker found: synthetic signature"
+        assert "written" not in files["photo.png"]
+        written = adapter.root / INCOMING / f"{message_id}.files"
+        assert [p.name for p in written.iterdir()] == ["statement.pdf"]
+        assert (written / "statement.pdf").read_bytes() == PDF
+        assert adapter.receive() == 0
+        # A case system's import is a transfer, not a person reading: no `read` evidence.
+        received = served_files.world.nodes[POLITIE].store.inbox_message(message_id)
+        assert received is not None
+        assert received.read_at is None
+
+    def test_idempotency_key_covers_the_files(self) -> None:
+        """The same draft with other files is another request; without files the key is the
+        draft's bytes alone, as before."""
+        data = b'{"x": 1}'
+        assert idempotency_key(data) == idempotency_key(data, ())
+        one = idempotency_key(data, [("a.pdf", 3, "00" * 32)])
+        assert one != idempotency_key(data)
+        assert one != idempotency_key(data, [("a.pdf", 3, "11" * 32)])
+
+    def test_received_names_cannot_escape_the_folder(self) -> None:
+        """A peer's file name loses any path, reserved or hidden part."""
+        assert safe_file_name("../../x.pdf", "id") == "x.pdf"
+        assert safe_file_name("a:b*?.pdf", "id") == "a_b__.pdf"
+        assert safe_file_name("...", "id") == "id"
+        assert safe_file_name("x.part", "id") == "id"

@@ -15,7 +15,10 @@ import pytest
 from aiohttp import web
 
 from broker.node.api import create_app
+from broker.node.attachment_transfer import NodeAttachments
+from broker.node.attachments import AttachmentSpool
 from broker.node.service import Node
+from broker.node.store import Store
 from broker.pki.dev import DevFederation
 from broker.sdk import NO_RETRIES, Draft, NodeClient, NodeError, Retries
 
@@ -28,8 +31,10 @@ TOKEN = "s" * 32
 class Served:
     """Two nodes (de.lka-berlin, nl.politie) on one in-memory bus, each behind its HTTP API."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, *, files: bool = False, max_file: int = 1 << 32) -> None:
         self.world = world
+        self.files = files  # nodes that carry attachments (spool next to each store)
+        self.max_file = max_file
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.runners: list[web.AppRunner] = []
@@ -38,7 +43,16 @@ class Served:
     def start(self) -> None:
         self.thread.start()
         for agency in ("de.lka-berlin", "nl.politie"):
-            node = self.world.node(agency)
+            if self.files:
+                store = Store(self.world.tmp / f"{agency}.sqlite")
+                spool = AttachmentSpool(self.world.tmp / f"{agency}.attachments")
+                node = self.world.node(
+                    agency,
+                    store=store,
+                    attachments=NodeAttachments(store, spool, max_size=self.max_file),
+                )
+            else:
+                node = self.world.node(agency)
             self.urls[agency] = self._run(self._serve(node))
 
     def _run(self, coro: Coroutine[Any, Any, str]) -> str:
