@@ -26,6 +26,7 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -73,7 +74,10 @@ SENT: Final = "sent"
 RECEIVING: Final = "receiving"
 VERIFIED: Final = "verified"
 REFUSED: Final = "refused"
-UPLOAD_WINDOW: Final = 4
+# Chunk publishes in flight per file (x 256 KiB: what the sender holds), and how many
+# acknowledged chunks between two saves of its progress (a restart resends at most these).
+UPLOAD_WINDOW: Final = 16
+SAVE_EVERY: Final = 64
 FEED_BATCH: Final = 8
 FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
@@ -479,28 +483,56 @@ async def send_files(node: Node, files: NodeAttachments) -> int:
     """Publish the chunks of every acknowledged message's unsent files; chunks published."""
     published = 0
     for message_id, manifest, sent in await asyncio.to_thread(files.to_send):
-        d = manifest.descriptor
-        headers = {aw.MESSAGE_HEADER: message_id, aw.ATTACHMENT_HEADER: d.id}
-        subject = aw.att_submit_subject(node.agency_id)
-        chunks = files.spool.sealed_chunks(d, start=sent)
-        done = sent
-        while done < d.chunks:
-            window = await asyncio.to_thread(_take, chunks, UPLOAD_WINDOW)
-            await asyncio.gather(
-                *(
-                    node.transport.submit(
-                        subject,
-                        c.data,
-                        aw.chunk_msg_id(d.id, c.index),
-                        headers={**headers, aw.INDEX_HEADER: str(c.index)},
-                    )
-                    for c in window
-                )
-            )
-            done += len(window)
-            published += len(window)
-            await asyncio.to_thread(files.mark_sent, d.id, done, done=done >= d.chunks)
+        published += await _send_file(node, files, message_id, manifest, sent)
     return published
+
+
+async def _send_file(
+    node: Node, files: NodeAttachments, message_id: str, manifest: Manifest, sent: int
+) -> int:
+    """Publish one file's chunks from ``sent`` on: a sliding window of :data:`UPLOAD_WINDOW`
+    publishes in flight, their acknowledgements taken in order, progress saved every
+    :data:`SAVE_EVERY` acknowledged chunks and at the end. A fault raises after the chunks in
+    flight settled; the next attempt resumes from the last saved point (the chunks after it
+    are published again: the recipient takes a chunk it has as a duplicate)."""
+    d = manifest.descriptor
+    headers = {aw.MESSAGE_HEADER: message_id, aw.ATTACHMENT_HEADER: d.id}
+    subject = aw.att_submit_subject(node.agency_id)
+    chunks = files.spool.sealed_chunks(d, start=sent)
+    in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
+    done = saved = sent
+    try:
+        while done < d.chunks:
+            batch = await asyncio.to_thread(_take, chunks, UPLOAD_WINDOW)
+            for c in batch:
+                if len(in_flight) >= UPLOAD_WINDOW:
+                    await in_flight.popleft()
+                    done += 1
+                # Tasks start in creation order: the chunks are published in index order.
+                in_flight.append(
+                    asyncio.ensure_future(
+                        node.transport.submit(
+                            subject,
+                            c.data,
+                            aw.chunk_msg_id(d.id, c.index),
+                            headers={**headers, aw.INDEX_HEADER: str(c.index)},
+                        )
+                    )
+                )
+            if not batch:
+                while in_flight:
+                    await in_flight.popleft()
+                    done += 1
+            if done - saved >= SAVE_EVERY or done >= d.chunks:
+                await asyncio.to_thread(files.mark_sent, d.id, done, done=done >= d.chunks)
+                saved = done
+    finally:
+        # A fault (or cancellation) leaves nothing publishing behind the caller's back.
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        chunks.close()
+    return done - sent
 
 
 def _take(chunks: Iterator[SealedChunk], n: int) -> list[SealedChunk]:
