@@ -331,14 +331,20 @@ async def run_chunk_relay(
     # Files with a chunk waiting (until when): their later chunks wait too, across batches,
     # so that a file keeps its order (the recipient copes with reordering, at a cost).
     held: dict[str, tuple[int, float]] = {}  # attachment -> (first waiting index, until)
+    # The next batch is fetched while this one is relayed: at most two batches held.
+    ahead: asyncio.Task[list[Msg]] | None = None
     while not stop.is_set():
         try:
             if sub is None:
                 sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+            if ahead is None:
+                ahead = asyncio.ensure_future(sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT))
             try:
-                batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
+                batch = await ahead
             except TimeoutError:
+                ahead = None
                 continue
+            ahead = asyncio.ensure_future(sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT))
             ids = {r[0] for m in batch if (r := _routing(dict(m.headers or {}))) is not None}
             await crossings.prefetch(ids)
             idle: dict[str, bool] = {}
@@ -384,5 +390,16 @@ async def run_chunk_relay(
         except (NatsError, JetStreamError, RuntimeError) as exc:
             # Unsettled chunks come back after ack_wait; nothing is lost.
             log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
+            _cancel(ahead)
+            ahead = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
+    _cancel(ahead)
+
+
+def _cancel(task: asyncio.Task[Any] | None) -> None:
+    """Drop a fetch in flight (its chunks, if any, come back after ack_wait)."""
+    if task is not None:
+        task.cancel()
+        # Its outcome is not wanted; retrieving it keeps asyncio from logging it.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())

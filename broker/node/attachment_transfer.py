@@ -76,7 +76,7 @@ VERIFIED: Final = "verified"
 REFUSED: Final = "refused"
 # Chunk publishes in flight per file (x 256 KiB: what the sender holds), and how many
 # acknowledged chunks between two saves of its progress (a restart resends at most these).
-UPLOAD_WINDOW: Final = 16
+UPLOAD_WINDOW: Final = 4
 SAVE_EVERY: Final = 64
 FEED_BATCH: Final = 8
 FEED_TIMEOUT: Final = 1.0
@@ -733,21 +733,35 @@ class NatsChunkFeed:
         )
         js = self._nc.jetstream()
         sub = None
-        while True:
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(
-                        durable=aw.att_node_durable(self._settings.agency),
-                        stream=aw.ATT_DELIVER_STREAM,
-                    )
-                batch = await sub.fetch(FEED_BATCH, timeout=FEED_TIMEOUT)
-            except TimeoutError:
-                continue
-            except Exception as exc:  # noqa: BLE001 - NATS faults: retried forever
-                log.warning("chunk_fetch_failed", error=repr(exc))
-                await asyncio.sleep(0.5)
-                continue
-            yield batch
+        ahead: asyncio.Task[list[Any]] | None = None
+        try:
+            while True:
+                try:
+                    if sub is None:
+                        sub = await js.pull_subscribe_bind(
+                            durable=aw.att_node_durable(self._settings.agency),
+                            stream=aw.ATT_DELIVER_STREAM,
+                        )
+                    if ahead is None:
+                        ahead = asyncio.ensure_future(sub.fetch(FEED_BATCH, timeout=FEED_TIMEOUT))
+                    batch = await ahead
+                except TimeoutError:
+                    ahead = None
+                    continue
+                except Exception as exc:  # noqa: BLE001 - NATS faults: retried forever
+                    ahead = None
+                    log.warning("chunk_fetch_failed", error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                # The next batch is fetched while this one is verified and written: at most
+                # two batches held (2 x FEED_BATCH chunks).
+                ahead = asyncio.ensure_future(sub.fetch(FEED_BATCH, timeout=FEED_TIMEOUT))
+                yield batch
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
 
     async def close(self) -> None:
         if self._nc is not None:

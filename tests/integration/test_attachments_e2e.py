@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,6 +25,8 @@ from broker.core.attachments import ChunkSealer, Manifest, SealedChunk
 from broker.core.envelope import SenderIdentity, seal
 from broker.core.header import Header
 from broker.core.trust import cert_kid
+from broker.federation import processes
+from broker.node import audit_log
 from broker.pki.keyfiles import read_certificate, read_private_key
 from broker.sdk import NodeError
 from tests.integration.conftest import run
@@ -347,6 +350,21 @@ def _refusal(fed: Running, message_id: str, timeout: float = DELIVERY_TIMEOUT) -
     return str(wait_until(found, timeout, what=f"refusal of {message_id}"))
 
 
+def _border_refusals(fed: Running, country: str, message_id: str) -> list[str]:
+    """The justifications of the refusals a country's gateway logged about ``message_id``."""
+    path = fed.fed.base / processes.STORE_DIR / f"{country.lower()}.gateway.sqlite"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        found = audit_log.records_about(db, message_id)
+    finally:
+        db.close()
+    return [
+        str(r.record.entry.justification)
+        for r in found
+        if r.record.entry.operation.value == "refusal"
+    ]
+
+
 class TestRefusals:
     DATA: Final = bytes(range(256)) * 200  # 51,200 bytes: 4 chunks of 16 KiB
 
@@ -357,7 +375,6 @@ class TestRefusals:
             # A missing chunk is waited for (~165 s: a reordering in transit must heal).
             pytest.param("missing", "attachment_chunk_invalid", marks=pytest.mark.slow),
             ("digest", "attachment_digest_mismatch"),
-            ("larger", "attachment_size_mismatch"),
         ],
     )
     def test_bad_file_refuses_the_message_with_its_code(
@@ -374,11 +391,44 @@ class TestRefusals:
             del sent[1]
         elif case == "digest":
             manifest = replace(manifest, sha256=hashlib.sha256(b"other").digest())
-        elif case == "larger":
-            sent[-1] = (sent[-1][0], sent[-1][1] + b"x" * 10)
         message_id = _hostile_send(fed, manifest, sent)
         timeout = GAP_REFUSAL_TIMEOUT if case == "missing" else DELIVERY_TIMEOUT
         assert _refusal(fed, message_id, timeout) == reason, fed.rejections(NL)[:1]
+        assert not _delivered(fed, message_id)
+
+    def test_a_chunk_beyond_the_declared_count_is_refused_at_the_border(self, fed: Running) -> None:
+        """An extra chunk (index past the declared count) never leaves DE: the DE gateway logs
+        a refusal with its code; the declared chunks still make a verified file at NL."""
+        chunks, manifest = _sealed_file(self.DATA)
+        sent = [(c.index, c.data) for c in chunks]
+        sent.append((len(chunks), chunks[0].data))
+        message_id = _hostile_send(fed, manifest, sent)
+        wait_until(lambda: _delivered(fed, message_id), DELIVERY_TIMEOUT, what="delivery")
+        files = fed.client(NL).attachments(message_id)
+        assert [f["state"] for f in files] == ["verified"]
+        refusals = wait_until(
+            lambda: _border_refusals(fed, "DE", message_id), DELIVERY_TIMEOUT, what="audit"
+        )
+        assert refusals == ["egress: attachment chunk attachment_size_mismatch"]
+
+    def test_a_file_larger_than_declared_never_crosses(self, fed: Running) -> None:
+        """A last chunk longer than its descriptor says is refused at the sending border (one
+        audit entry with the code); NL never shows the message as delivered."""
+        chunks, manifest = _sealed_file(self.DATA)
+        sent = [(c.index, c.data) for c in chunks]
+        sent[-1] = (sent[-1][0], sent[-1][1] + b"x" * 10)
+        message_id = _hostile_send(fed, manifest, sent)
+        refusals = wait_until(
+            lambda: _border_refusals(fed, "DE", message_id), DELIVERY_TIMEOUT, what="audit"
+        )
+        assert refusals == ["egress: attachment chunk attachment_size_mismatch"]
+        part = fed.store_path(NL).with_suffix(".attachments") / "incoming" / f"{manifest.id}.part"
+        # The three good chunks may have arrived; the bad one never did.
+        wait_until(
+            lambda: part.exists() and part.stat().st_size == 3 * (16384 + 28),
+            DELIVERY_TIMEOUT,
+            what="the declared chunks at NL",
+        )
         assert not _delivered(fed, message_id)
 
     def test_reordered_chunks_still_make_a_verified_file(self, fed: Running) -> None:
