@@ -30,7 +30,7 @@ from pathlib import Path
 from nats.js.api import StorageType, StreamConfig
 
 from broker.core.attachments import CHUNK_OVERHEAD, DEFAULT_CHUNK_SIZE
-from broker.node.attachment_transfer import FEED_BATCH, UPLOAD_WINDOW
+from broker.node.attachment_transfer import FEED_BATCH, upload_window
 from tests.integration.e2e_helpers import Running, bulletin, wait_until
 from tests.integration.test_attachments_e2e import DE, DESCRIPTION, NL, MemoryWatch, _policies
 
@@ -56,8 +56,9 @@ async def _floor(fed: Running, size: int) -> float:
         payload = os.urandom(DEFAULT_CHUNK_SIZE + CHUNK_OVERHEAD)
         count = -(-size // DEFAULT_CHUNK_SIZE)
         started = time.perf_counter()
-        for at in range(0, count, UPLOAD_WINDOW):
-            n = min(UPLOAD_WINDOW, count - at)
+        window = upload_window(DEFAULT_CHUNK_SIZE)
+        for at in range(0, count, window):
+            n = min(window, count - at)
             await asyncio.gather(*(js.publish("bench.floor", payload) for _ in range(n)))
         sub = await js.pull_subscribe("bench.floor", durable="floor", stream=name)
         got = 0

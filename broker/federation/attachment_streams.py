@@ -35,8 +35,9 @@ from broker.errors import ConfigError
 DAY: Final = 24 * 3600.0
 MAX_AGE_SECONDS: Final = 90 * DAY  # as the message streams: a file lives as long as its message
 DUPLICATE_WINDOW_SECONDS: Final = 1 * DAY
-# Counted per subject (per agency in, per peer abroad, per agency out). At 256 KiB a chunk,
-# 200,000 chunks are 50 GiB: the server's max_file_store is the real bound of a country.
+# Counted per subject (per agency in, per peer abroad, per agency out). At 512 KiB a chunk
+# (the node's default), 200,000 chunks are 100 GiB: the server's max_file_store is the real
+# bound of a country.
 CHUNKS_PER_SUBJECT: Final = 200_000
 # Short: a chunk whose relay failed while a server was away (the nak could not be sent) is
 # offered again this soon; relaying one chunk takes milliseconds.

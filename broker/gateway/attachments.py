@@ -49,7 +49,9 @@ from broker.gateway.crossings import SharedCrossings
 
 log = structlog.get_logger("casebridge.gateway.attachments")
 
-FETCH_BATCH: Final = 8  # x 512 KiB at most: the most chunk bytes the relay holds at once
+# x 512 KiB at most; the next batch is fetched while one is relayed, so 4 MiB at most is the
+# most chunk bytes the relay holds at once.
+FETCH_BATCH: Final = 4
 FETCH_TIMEOUT: Final = 1.0
 PUBLISH_TIMEOUT: Final = 10.0
 MAX_CHUNK_BYTES: Final = max(CHUNK_SIZES) + CHUNK_OVERHEAD

@@ -74,11 +74,19 @@ SENT: Final = "sent"
 RECEIVING: Final = "receiving"
 VERIFIED: Final = "verified"
 REFUSED: Final = "refused"
-# Chunk publishes in flight per file (x 256 KiB: what the sender holds), and how many
-# acknowledged chunks between two saves of its progress (a restart resends at most these).
-UPLOAD_WINDOW: Final = 4
+# Chunk bytes in flight per file (publishes not yet acknowledged: what the sender holds; 2
+# chunks of 512 KiB, 4 of 256 KiB), and how many acknowledged chunks between two saves of
+# its progress (a restart resends at most these).
+UPLOAD_WINDOW_BYTES: Final = 1 << 20
 SAVE_EVERY: Final = 64
-FEED_BATCH: Final = 8
+
+
+def upload_window(chunk_size: int) -> int:
+    """Chunk publishes in flight for a file of ``chunk_size`` chunks."""
+    return max(1, UPLOAD_WINDOW_BYTES // chunk_size)
+
+
+FEED_BATCH: Final = 4
 FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
 # only covers the two consumers' lag.
@@ -490,7 +498,7 @@ async def send_files(node: Node, files: NodeAttachments) -> int:
 async def _send_file(
     node: Node, files: NodeAttachments, message_id: str, manifest: Manifest, sent: int
 ) -> int:
-    """Publish one file's chunks from ``sent`` on: a sliding window of :data:`UPLOAD_WINDOW`
+    """Publish one file's chunks from ``sent`` on: a sliding window of :func:`upload_window`
     publishes in flight, their acknowledgements taken in order, progress saved every
     :data:`SAVE_EVERY` acknowledged chunks and at the end. A fault raises after the chunks in
     flight settled; the next attempt resumes from the last saved point (the chunks after it
@@ -500,12 +508,13 @@ async def _send_file(
     subject = aw.att_submit_subject(node.agency_id)
     chunks = files.spool.sealed_chunks(d, start=sent)
     in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
+    window = upload_window(d.chunk_size)
     done = saved = sent
     try:
         while done < d.chunks:
-            batch = await asyncio.to_thread(_take, chunks, UPLOAD_WINDOW)
+            batch = await asyncio.to_thread(_take, chunks, window)
             for c in batch:
-                if len(in_flight) >= UPLOAD_WINDOW:
+                if len(in_flight) >= window:
                     await in_flight.popleft()
                     done += 1
                 # Tasks start in creation order: the chunks are published in index order.
@@ -589,6 +598,13 @@ async def settle_holds(node: Node, files: NodeAttachments) -> int:
     return count
 
 
+def wait_delay(attempts: int) -> float:
+    """How long a chunk whose message is not held here yet waits before it is offered again:
+    short at first (the message is usually a few hundred milliseconds behind, on the node's
+    message lane), then longer, up to :data:`WAIT_FOR_MESSAGE`."""
+    return float(min(0.1 * 2 ** max(attempts - 1, 0), WAIT_FOR_MESSAGE))
+
+
 def gap_delay(attempts: int) -> float:
     """How long a chunk that arrived ahead of a missing one waits before it is offered again."""
     return float(min(0.5 * 2 ** max(attempts - 1, 0), 10.0))
@@ -666,7 +682,7 @@ async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
                 log.warning("chunk_not_settled", error=repr(result))
             try:
                 if outcome == "wait":
-                    await msg.nak(delay=WAIT_FOR_MESSAGE)
+                    await msg.nak(delay=wait_delay(attempts))
                 elif outcome == "gap":
                     await msg.nak(delay=gap_delay(attempts))
                 else:

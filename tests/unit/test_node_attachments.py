@@ -312,14 +312,14 @@ class TestSending:
     ) -> None:
         """All chunks go out in index order, never more than the window in flight, and the
         progress saves end with the whole file marked sent."""
-        from broker.node.attachment_transfer import SAVE_EVERY, UPLOAD_WINDOW
+        from broker.node.attachment_transfer import SAVE_EVERY, upload_window
 
         m = _stage(sender, os.urandom(self.CHUNKS * CHUNK - 10))
         transport, files = _Transport(), _Files(sender)
         assert self._send(sender, transport, files, 0, m) == self.CHUNKS
         assert [i for _, i in transport.published] == list(range(self.CHUNKS))
         assert [msg_id for msg_id, _ in transport.published][3] == f"{m.id}.3"
-        assert 1 < transport.most_in_flight <= UPLOAD_WINDOW
+        assert 1 < transport.most_in_flight <= upload_window(CHUNK)
         assert files.saves[-1] == (self.CHUNKS, True)
         assert all(not done for _, done in files.saves[:-1])
         assert len(files.saves) <= self.CHUNKS // SAVE_EVERY + 1
@@ -341,3 +341,15 @@ class TestSending:
         assert self._send(sender, transport, files, saved, m) == self.CHUNKS - saved
         assert {i for _, i in transport.published} == set(range(self.CHUNKS))
         assert files.saves[-1] == (self.CHUNKS, True)
+
+
+class TestWaiting:
+    def test_a_chunk_ahead_of_its_message_is_offered_again_soon_then_less_often(self) -> None:
+        """The first waits are short (the message is usually just behind), growing to the
+        bound: a small file is not held up by a fixed two-second wait."""
+        from broker.node.attachment_transfer import WAIT_FOR_MESSAGE, wait_delay
+
+        delays = [wait_delay(n) for n in range(1, 12)]
+        assert delays[0] <= 0.1
+        assert delays == sorted(delays)
+        assert delays[-1] == WAIT_FOR_MESSAGE
