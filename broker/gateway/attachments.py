@@ -17,7 +17,9 @@ What it is for
 
 What it must never do
     Read or hold content (chunks are AES-GCM ciphertext under keys it never has), relay a
-    chunk whose message it did not let through, or hold more than one fetch batch in memory.
+    chunk whose message it did not let through or that its message did not declare (file,
+    index, exact size: :func:`count_chunk`), or hold more than two fetch batches in memory
+    (one relayed, the next being fetched).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ What it is for
       handle is its attachment id. A draft names handles; the node puts their descriptors in
       the header and their manifests in the inner payload (docs/protocol.md section 17).
     - **Send** (:func:`run_uploads`): once JetStream acknowledged the message, its files'
-      chunks are published on ``cb.att.submit.<agency>`` from the spool, one window at a
-      time, progress saved, so a restart resumes where it stopped (Nats-Msg-Id per chunk makes
-      a republished chunk a duplicate).
+      chunks are published on ``cb.att.submit.<agency>`` from the spool, a sliding window of
+      1 MiB in flight, progress saved every 64 chunks, so a restart resumes from the last saved
+      point (Nats-Msg-Id per chunk makes a republished chunk a duplicate; the recipient takes
+      a chunk it has with the same bytes as one).
     - **Receive**: a message with files that passed every check is *held* (no inbox entry, no
       evidence) and acknowledged; chunks arriving on the node's own consumer
       (:func:`run_chunk_feed`) are verified into the spool. When every file verified, the held
@@ -776,7 +777,7 @@ class NatsChunkFeed:
         finally:
             if ahead is not None:
                 ahead.cancel()
-                with contextlib.suppress(BaseException):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await ahead
 
     async def close(self) -> None:
