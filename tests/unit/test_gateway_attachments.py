@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from broker.core import attachment_wire as aw
 from broker.core.attachments import CHUNK_OVERHEAD, Descriptor
@@ -229,3 +233,96 @@ class TestRefusalAudit:
         ]
         assert entries[0].peer == "de.lka-berlin"
         assert entries[0].detail == "chunk 4"
+
+
+class _Msg:
+    """The parts of a fetched JetStream message the relay uses, recording its settlement."""
+
+    def __init__(self, index: int, size: int) -> None:
+        self.subject = aw.att_submit_subject("de.lka-berlin")
+        self.headers = HEADERS | {aw.INDEX_HEADER: str(index)}
+        self.data = bytes(size)
+        self.metadata = SimpleNamespace(timestamp=NOW, num_delivered=1)
+        self.settled: list[str] = []
+
+    async def term(self) -> None:
+        self.settled.append("term")
+
+    async def nak(self, delay: float) -> None:
+        self.settled.append("nak")
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+
+
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+class TestRelayRefusal:
+    def _settle(self, msg: _Msg, refused: Any) -> str:
+        from broker.gateway.attachments import _settle
+        from broker.gateway.crossings import SharedCrossings
+
+        crossings = SharedCrossings()
+        crossings._keep([_crossing("egress", "de.lka-berlin", "nl.politie", attachments=(FILE,))])
+        relays: list[Any] = []
+
+        async def go() -> str:
+            # No JetStream: the lane is not asked, the message's record is held.
+            outcome = await _settle(
+                None,  # type: ignore[arg-type]
+                msg,  # type: ignore[arg-type]
+                direction="egress",
+                code="DE",
+                crossings=crossings,
+                now=NOW,
+                idle={},
+                relays=relays,
+                refused=refused,
+            )
+            for r in relays:
+                r.close()  # not published here
+            return outcome
+
+        return asyncio.run(go())
+
+    def test_a_refused_chunk_is_logged_before_it_is_let_go(self) -> None:
+        """The refusal reaches the audit callback (code, chunk, peer, exp) before the chunk
+        is terminated."""
+        logged: list[ChunkRefusal] = []
+        msg = _Msg(4, 100 + CHUNK_OVERHEAD)
+
+        async def refused(r: ChunkRefusal) -> None:
+            assert msg.settled == []
+            logged.append(r)
+
+        assert self._settle(msg, refused) == "dropped"
+        assert msg.settled == ["term"]
+        (r,) = logged
+        assert (r.reason, r.index, r.peer, r.exp) == (
+            Reason.ATTACHMENT_SIZE_MISMATCH,
+            4,
+            "de.lka-berlin",
+            0,
+        )
+
+    def test_a_refusal_that_cannot_be_logged_is_not_let_go(self) -> None:
+        """If the audit log cannot be written the chunk is not terminated (the relay loop
+        offers it again): nothing is refused unlogged."""
+        msg = _Msg(4, 100 + CHUNK_OVERHEAD)
+
+        async def refused(r: ChunkRefusal) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        with pytest.raises(sqlite3.OperationalError):
+            self._settle(msg, refused)
+        assert msg.settled == []
+
+    def test_a_declared_chunk_is_relayed_not_logged(self) -> None:
+        """A chunk within its declared file is queued for relay; the callback is not called."""
+        msg = _Msg(1, 16384 + CHUNK_OVERHEAD)
+
+        async def refused(r: ChunkRefusal) -> None:
+            raise AssertionError(r)
+
+        assert self._settle(msg, refused) == "relayed"
