@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,7 +22,13 @@ from typing import Any, Final
 import pytest
 
 from broker.core import attachment_wire as aw
-from broker.core.attachments import ChunkSealer, Manifest, SealedChunk
+from broker.core.attachments import (
+    DEFAULT_CHUNK_SIZE,
+    ChunkSealer,
+    Manifest,
+    SealedChunk,
+    chunk_count,
+)
 from broker.core.envelope import SenderIdentity, seal
 from broker.core.header import Header
 from broker.core.trust import cert_kid
@@ -577,6 +584,62 @@ def _outage_transfer(base: Path, size: int) -> None:
         assert over == {}, f"resident memory over 100 MB: {over} (all: {watch.peak})"
     finally:
         _close(running)
+
+
+def _inbox_state(running: Running, code: str) -> tuple[int, int]:
+    """(chunks held, last sequence) of a country's ATT_INBOX."""
+
+    async def read() -> tuple[int, int]:
+        nc = await running.fed.connect_gateway(code)
+        try:
+            info = await nc.jetstream().stream_info(aw.ATT_INBOX_STREAM)
+        finally:
+            await nc.close()
+        return info.state.messages, info.state.last_seq
+
+    return run(read())
+
+
+class TestChunkInbox:
+    def test_emptied_chunk_inbox_does_not_source_again_after_a_restart(
+        self, nats_binary: Path, tmp_path: Path
+    ) -> None:
+        """ATT_INBOX is a work queue: once a file crossed it holds nothing, and after the NL
+        server restarts it goes on from where it was in DE's outbox (the next file's chunks
+        arrive; the first file's are not sourced again)."""
+        del nats_binary
+        running = Running.start(
+            tmp_path / "fed",
+            nodes=[DE, NL],
+            description=DESCRIPTION,
+            policy_dir=_policies(tmp_path),
+        )
+        try:
+            sourced = 0
+            for n, size in enumerate((3 * 1024 * 1024, 1024 * 1024)):
+                if n == 1:
+                    running.fed.stop_country("NL")
+                    running.fed.start_country("NL")
+                path = tmp_path / f"file-{n}"
+                _file(path, size)
+                handle = running.client(DE).upload_attachment(
+                    path, media_type="application/octet-stream"
+                )
+                message_id = _send_with(running, [handle["attachment"]])
+                wait_until(
+                    functools.partial(_delivered, running, message_id),
+                    DELIVERY_TIMEOUT,
+                    what="delivery",
+                )
+                sourced += chunk_count(size, DEFAULT_CHUNK_SIZE)
+                wait_until(
+                    lambda: _inbox_state(running, "NL")[0] == 0,
+                    DELIVERY_TIMEOUT,
+                    what="an empty chunk inbox",
+                )
+                assert _inbox_state(running, "NL") == (0, sourced)
+        finally:
+            _close(running)
 
 
 class TestOutage:
