@@ -502,6 +502,37 @@ class TestFaults:
         assert _sha(out) == want
         shutil.rmtree(tmp_path, ignore_errors=True)
 
+    def test_sending_node_killed_mid_file_resumes_and_delivers_it_verified(
+        self, fed: Running, tmp_path: Path
+    ) -> None:
+        """kill -9 of the DE node while it publishes a file (after a saved point, before the
+        end): restarted, it publishes again from that point (chunks sent since come again, as
+        duplicates) and NL ends with the delivered, verified file."""
+        big = tmp_path / "recording.bin"
+        want = _file(big, 96 * 1024 * 1024)
+        handle = fed.client(DE).upload_attachment(big, media_type="application/octet-stream")
+        attachment = handle["attachment"]
+        message_id = _send_with(fed, [attachment])
+
+        def publishing() -> bool:
+            rows = fed._query(
+                DE, "SELECT sent || ' ' || state FROM attachments WHERE id = ?", attachment
+            )
+            sent, state = rows[0].split() if rows else ("0", "")
+            return int(sent) > 0 and state == "bound"
+
+        wait_until(publishing, DELIVERY_TIMEOUT, what="DE node past a saved point")
+        fed.fed.stop(f"node-{DE}", kill=True)
+        fed.restart(f"node-{DE}", country="DE")
+        wait_until(lambda: _delivered(fed, message_id), DELIVERY_TIMEOUT, what="delivery")
+        _approved(fed, message_id)
+        out = tmp_path / "got"
+        fed.client(NL).download_attachment(
+            message_id, handle["attachment"], out, justification=JUSTIFICATION
+        )
+        assert _sha(out) == want
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
 
 # ------------------------------------------------------------- big file, outage ---
 
