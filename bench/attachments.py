@@ -11,8 +11,12 @@ files cross) in a temporary directory and, for each ``--sizes`` (MB, default 10 
   and read back with a pull consumer fetching batches of the node's size (one store and one
   read: what any JetStream design must do).
 
-Prints a table, never asserts. Targets (issue 18): >= 30 MB/s end to end and >= 1/3 of the
-floor. On a shared machine the figures move with the load: report them with it.
+Prints a table, the CPU-seconds each process spent during each transfer and its peak resident
+memory (both from /proc); never asserts. Targets (issue 18): >= 30 MB/s end to end and >= 1/3
+of the floor. On a shared machine the figures move with the load: report them with it. The
+processes get the launcher's memory settings unless the environment sets them (e.g.
+``GOMEMLIMIT=off`` shows the country servers without their 64 MiB heap goal: faster, and
+several times the memory; docs/federation.md, "Attachments").
 Run: ``PYTHONPATH=$PWD .venv/bin/python bench/attachments.py [--sizes 10 500]``.
 """
 
