@@ -5,7 +5,8 @@ Chunks get streams of their own rather than extra subjects on the message stream
 sourcing across the hub is ordered per stream, so 200 MB of chunks in ``OUT_<P>`` would stand
 in front of every message behind them; separate streams also carry their own limits. The shape
 is the messages' one (docs/federation.md): a work queue in, one outbox per peer sourced by the
-peer's inbox through ``$JS.<cc>.API``, a work queue out with one consumer per agency.
+peer's inbox through ``$JS.<cc>.API``, a work queue out with one consumer per agency; unlike the
+messages' INBOX, the chunk inbox is a work queue too (see :func:`att_inbox_config`).
 
 Idempotent like the message streams. Never creates anything outside these streams.
 """
@@ -35,8 +36,9 @@ from broker.errors import ConfigError
 DAY: Final = 24 * 3600.0
 MAX_AGE_SECONDS: Final = 90 * DAY  # as the message streams: a file lives as long as its message
 DUPLICATE_WINDOW_SECONDS: Final = 1 * DAY
-# Counted per subject (per agency in, per peer abroad, per agency out). At 256 KiB a chunk,
-# 200,000 chunks are 50 GiB: the server's max_file_store is the real bound of a country.
+# Counted per subject (per agency in, per peer abroad, per agency out). At 512 KiB a chunk
+# (the node's default), 200,000 chunks are 100 GiB: the server's max_file_store is the real
+# bound of a country.
 CHUNKS_PER_SUBJECT: Final = 200_000
 # Short: a chunk whose relay failed while a server was away (the nak could not be sent) is
 # offered again this soon; relaying one chunk takes milliseconds.
@@ -95,6 +97,11 @@ def att_out_config(code: str, peer: str) -> StreamConfig:
 
 
 def att_inbox_config(code: str, peers: Sequence[str]) -> StreamConfig:
+    """A work queue: a chunk is removed once the ingress gateway relayed it, so its file-store
+    block is freed instead of staying cached (nats-server keeps a block's buffer 10 s after its
+    last use, so a limits inbox holds 10 s of the traffic in memory). The position in each
+    peer's outbox survives the queue being emptied and a restart (nats-server keeps the
+    sources' state; checked with the bundled server, clean stop and kill -9)."""
     sources = [
         StreamSource(
             name=aw.att_out_stream(code),
@@ -108,7 +115,7 @@ def att_inbox_config(code: str, peers: Sequence[str]) -> StreamConfig:
         name=aw.ATT_INBOX_STREAM,
         description=f"attachment chunks from abroad for {code.upper()}",
         sources=sources,
-        retention=RetentionPolicy.LIMITS,
+        retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
         discard_new_per_subject=True,
@@ -181,10 +188,16 @@ async def ensure_attachment_streams(
     for config in attachment_stream_configs(code, peers):
         config.num_replicas = replicas
         try:
-            await js.stream_info(config.name or "")
+            info = await js.stream_info(config.name or "")
         except NotFoundError:
             await js.add_stream(config)
             continue
+        if info.config.retention != config.retention:
+            # Retention cannot change in place (nats-server refuses it), and recreating a
+            # sourcing stream would source every peer's outbox again from its start. An
+            # ATT_INBOX made before it became a work queue keeps limits retention: still
+            # correct, its server only holds more memory (docs/federation.md, "Attachments").
+            config.retention = info.config.retention
         try:
             await js.update_stream(config)
         except APIError as exc:

@@ -699,7 +699,7 @@ def client_ssl_context(client: ClientSettings) -> ssl.SSLContext:
 
 # Resident memory stays bounded while files stream through (docs/federation.md,
 # "Attachments"), unless the operator's environment says otherwise: nats-server's Go heap is
-# collected towards 64 MiB; glibc returns chunk-sized buffers (256 KiB) to the system at once
+# collected towards 64 MiB; glibc returns chunk-sized buffers (512 KiB) to the system at once
 # instead of keeping them on a heap that only grows, in two arenas rather than one per thread.
 MEMORY_ENV: Final = {
     "GOMEMLIMIT": "64MiB",

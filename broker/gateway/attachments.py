@@ -17,18 +17,21 @@ What it is for
 
 What it must never do
     Read or hold content (chunks are AES-GCM ciphertext under keys it never has), relay a
-    chunk whose message it did not let through, or hold more than one fetch batch in memory.
+    chunk whose message it did not let through or that its message did not declare (file,
+    index, exact size: :func:`count_chunk`), or hold more than two fetch batches in memory
+    (one relayed, the next being fetched).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import structlog
 from nats.aio.msg import Msg
@@ -42,12 +45,15 @@ from broker.core import wire as subjects
 from broker.core.attachments import CHUNK_OVERHEAD, CHUNK_SIZES
 from broker.core.header import agency_country
 from broker.core.ids import is_uuid, is_uuid4
+from broker.errors import Reason
 from broker.gateway.border import Crossing
 from broker.gateway.crossings import SharedCrossings
 
 log = structlog.get_logger("casebridge.gateway.attachments")
 
-FETCH_BATCH: Final = 8  # x 512 KiB at most: the most chunk bytes the relay holds at once
+# x 512 KiB at most; the next batch is fetched while one is relayed, so 4 MiB at most is the
+# most chunk bytes the relay holds at once.
+FETCH_BATCH: Final = 4
 FETCH_TIMEOUT: Final = 1.0
 PUBLISH_TIMEOUT: Final = 10.0
 MAX_CHUNK_BYTES: Final = max(CHUNK_SIZES) + CHUNK_OVERHEAD
@@ -58,11 +64,71 @@ HOLD_SECONDS: Final = 2.0
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ChunkPlan:
-    """What to do with one chunk: publish to ``to`` (then ack), wait ``delay`` s, or drop."""
+    """What to do with one chunk: publish to ``to`` (then ack), wait ``delay`` s, or drop.
+
+    A dropped chunk that contradicts what its message declared also carries ``refused``, the
+    reason code of the refusal (logged in the gateway's audit log, once per file and reason).
+    """
 
     to: tuple[str, ...] = ()
     delay: float | None = None
     drop: str | None = None  # why, for the log
+    refused: Reason | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChunkRefusal:
+    """A chunk refused for contradicting its message's declared files (for the audit log).
+
+    ``peer``: the sending agency (egress) or the country the chunk came from (ingress);
+    ``exp``: the message's expiry where the border knows it (how long to remember the
+    refusal, so that the same file's other bad chunks are logged once)."""
+
+    direction: str
+    message_id: str
+    attachment_id: str
+    index: int
+    reason: Reason
+    detail: str
+    peer: str
+    exp: int | None
+
+
+# Records a refusal in the gateway's audit log (broker/gateway/audit.py).
+Refused: TypeAlias = Callable[[ChunkRefusal], Awaitable[None]]
+
+
+def count_chunk(
+    crossings: Sequence[Crossing], attachment_id: str, index: int, size: int
+) -> tuple[Reason, str] | None:
+    """Check one chunk against the files its message's signed header declared (what the
+    border can see: ids, sizes, chunk counts); the refusal ``(reason, why)``, or None.
+
+    Counting needs no state: every chunk of a file has an index below the declared count and
+    exactly the sealed length the descriptor gives that index, and one ``Nats-Msg-Id`` per
+    index (a chunk offered again is a duplicate downstream, not one more). So no more chunks
+    and no more bytes than declared can cross, whichever gateway instance relays them.
+    Records that do not know the descriptors (``attachments`` None) are not counted.
+    """
+    known = [c.attachments for c in crossings if c.attachments is not None]
+    if not known:
+        return None
+    declared = {d.id: d for files in known for d in files}
+    d = declared.get(attachment_id)
+    if d is None:
+        return Reason.ATTACHMENT_CHUNK_INVALID, f"attachment {attachment_id} is not declared"
+    if index >= d.chunks:
+        return (
+            Reason.ATTACHMENT_SIZE_MISMATCH,
+            f"attachment {attachment_id}: chunk {index} beyond the {d.chunks} declared",
+        )
+    want = d.chunk_plain_size(index) + CHUNK_OVERHEAD
+    if size != want:
+        return (
+            Reason.ATTACHMENT_SIZE_MISMATCH,
+            f"attachment {attachment_id}: chunk {index} has {size} bytes, {want} declared",
+        )
+    return None
 
 
 def _routing(headers: Mapping[str, str]) -> tuple[str, str, int] | None:
@@ -92,8 +158,11 @@ def plan_chunk(
     if routing is None:
         return ChunkPlan(drop="chunk headers missing or malformed")
     if size > MAX_CHUNK_BYTES:
-        return ChunkPlan(drop=f"chunk of {size} bytes is over {MAX_CHUNK_BYTES}")
-    message_id = routing[0]
+        return ChunkPlan(
+            drop=f"chunk of {size} bytes is over {MAX_CHUNK_BYTES}",
+            refused=Reason.ATTACHMENT_SIZE_MISMATCH,
+        )
+    message_id, attachment_id, index = routing
     me = code.upper()
     if direction == "egress":
         sender = subject.removeprefix(aw.att_submit_subject(""))
@@ -117,6 +186,9 @@ def plan_chunk(
             }
         )
     if found and to:
+        refusal = count_chunk(found, attachment_id, index, size)
+        if refusal is not None:
+            return ChunkPlan(drop=refusal[1], refused=refusal[0])
         return ChunkPlan(to=tuple(to))
     if found:
         return ChunkPlan(drop=f"message {message_id} went nowhere chunks can follow")
@@ -146,6 +218,7 @@ async def _settle(
     now: datetime,
     idle: dict[str, bool],
     relays: list[Coroutine[Any, Any, None]],
+    refused: Refused | None = None,
 ) -> str:
     """Decide one chunk; a relayed one is queued in ``relays`` (published in order, then
     acknowledged, by the caller: a batch's publishes are in flight together)."""
@@ -176,7 +249,28 @@ async def _settle(
         lane_idle=lane_idle,
     )
     if plan.drop is not None:
-        log.warning("chunk_dropped", direction=direction, why=plan.drop, subject=msg.subject)
+        if plan.refused is not None and routing is not None and refused is not None:
+            # Logged before the chunk is let go: if the log cannot be written, the chunk is
+            # offered again (nak by the caller) rather than refused unlogged.
+            await refused(
+                ChunkRefusal(
+                    direction=direction,
+                    message_id=routing[0],
+                    attachment_id=routing[1],
+                    index=routing[2],
+                    reason=plan.refused,
+                    detail=plan.drop,
+                    peer=_peer(direction, msg.subject),
+                    exp=max((c.exp for c in found), default=None),
+                )
+            )
+        log.warning(
+            "chunk_dropped",
+            direction=direction,
+            why=plan.drop,
+            reason=plan.refused.value if plan.refused is not None else None,
+            subject=msg.subject,
+        )
         await msg.term()
         return "dropped"
     if plan.delay is not None:
@@ -187,6 +281,15 @@ async def _settle(
     msg_id = aw.chunk_msg_id(routing[1], routing[2])
     relays.append(_relay(js, msg, plan.to, {**forward, "Nats-Msg-Id": msg_id}))
     return "relayed"
+
+
+def _peer(direction: str, subject: str) -> str:
+    """Who a chunk came from: the agency of its submission subject (egress) or the country
+    of its outbox subject ``cb.att.out.<from>.<to>`` (ingress)."""
+    if direction == "egress":
+        return subject.removeprefix(aw.att_submit_subject(""))
+    parts = subject.split(".")
+    return parts[3].upper() if len(parts) == 5 else subject
 
 
 async def _relay(
@@ -219,6 +322,7 @@ async def run_chunk_relay(
     crossings: SharedCrossings,
     stop: asyncio.Event,
     clock: Callable[[], datetime],
+    refused: Refused | None = None,
 ) -> None:
     """Relay chunks in one direction until ``stop`` (egress: ATT_SUBMIT -> ATT_OUT_*;
     ingress: ATT_INBOX -> ATT_DELIVER). NATS faults are retried; nothing is acked unrelayed."""
@@ -231,14 +335,20 @@ async def run_chunk_relay(
     # Files with a chunk waiting (until when): their later chunks wait too, across batches,
     # so that a file keeps its order (the recipient copes with reordering, at a cost).
     held: dict[str, tuple[int, float]] = {}  # attachment -> (first waiting index, until)
+    # The next batch is fetched while this one is relayed: at most two batches held.
+    ahead: asyncio.Task[list[Msg]] | None = None
     while not stop.is_set():
         try:
             if sub is None:
                 sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+            if ahead is None:
+                ahead = asyncio.ensure_future(sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT))
             try:
-                batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT)
+                batch = await ahead
             except TimeoutError:
+                ahead = None
                 continue
+            ahead = asyncio.ensure_future(sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT))
             ids = {r[0] for m in batch if (r := _routing(dict(m.headers or {}))) is not None}
             await crossings.prefetch(ids)
             idle: dict[str, bool] = {}
@@ -267,8 +377,9 @@ async def run_chunk_relay(
                         now=clock(),
                         idle=idle,
                         relays=relays,
+                        refused=refused,
                     )
-                except (NatsError, JetStreamError, TimeoutError) as exc:
+                except (NatsError, JetStreamError, TimeoutError, sqlite3.Error) as exc:
                     # Offered again soon (not after ack_wait): the recipient is waiting for it.
                     log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
                     outcome = "waiting"
@@ -283,5 +394,16 @@ async def run_chunk_relay(
         except (NatsError, JetStreamError, RuntimeError) as exc:
             # Unsettled chunks come back after ack_wait; nothing is lost.
             log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
+            _cancel(ahead)
+            ahead = None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
+    _cancel(ahead)
+
+
+def _cancel(task: asyncio.Task[Any] | None) -> None:
+    """Drop a fetch in flight (its chunks, if any, come back after ack_wait)."""
+    if task is not None:
+        task.cancel()
+        # Its outcome is not wanted; retrieving it keeps asyncio from logging it.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())

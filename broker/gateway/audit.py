@@ -36,7 +36,7 @@ import threading
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from broker.core import audit
 from broker.core.audit import ActorKind, AuditEntry, Checkpoint, Operation
@@ -45,6 +45,9 @@ from broker.core.header import Onward
 from broker.errors import InvalidMessage, Reason
 from broker.gateway.border import CLOCK_SKEW_SECONDS, Crossing, Outcome
 from broker.node import audit_log
+
+if TYPE_CHECKING:  # the relay's value object; this module stays free of the NATS edge
+    from broker.gateway.attachments import ChunkRefusal
 
 # The highest directory serial this gateway accepted: a restart with an older (still unexpired)
 # directory file must not undo a revocation (docs/threat-model.md).
@@ -194,6 +197,48 @@ class GatewayLedger:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def record_chunk_refusal(self, refusal: ChunkRefusal, *, now: datetime) -> bool:
+        """Log a refused attachment chunk (``refusal`` entry: reason code and why), once per
+        file and reason: a file's further bad chunks add nothing to the chain. Whether it
+        was logged now."""
+        t = int(now.timestamp())
+        expires = (
+            refusal.exp + CLOCK_SKEW_SECONDS
+            if refusal.exp is not None
+            else t + UNVERIFIED_KEEP_SECONDS
+        )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                first = self._db.execute(
+                    "INSERT OR IGNORE INTO decided (message_id, direction, digest, expires) "
+                    "VALUES (?, ?, ?, ?)",
+                    (
+                        refusal.message_id,
+                        refusal.direction,
+                        f"chunk:{refusal.attachment_id}:{refusal.reason.value}",
+                        expires,
+                    ),
+                ).rowcount
+                if first == 1:
+                    entry = AuditEntry(
+                        operation=Operation.REFUSAL,
+                        actor=self.agency,
+                        actor_kind=ActorKind.SYSTEM,
+                        agency=self.agency,
+                        message_id=refusal.message_id,
+                        peer=refusal.peer,
+                        justification=f"{refusal.direction}: attachment chunk "
+                        f"{refusal.reason.value}",
+                        detail=refusal.detail,
+                    )
+                    audit_log.append(self._db, [entry], now=now)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return first == 1
 
     def _first_decision(self, direction: str, outcome: Outcome, t: int) -> bool:
         expires = (

@@ -35,6 +35,7 @@ from typing import Final, Protocol
 
 from broker.core import jose
 from broker.core import wire as subjects
+from broker.core.attachments import Descriptor
 from broker.core.directory import Directory
 from broker.core.envelope import (
     DEFAULT_LIMITS,
@@ -98,7 +99,11 @@ class Crossing:
     ``direction`` is ``egress`` (submitted in this country) or ``ingress`` (came from abroad);
     ``recipients`` the agencies it went to: delivered here, or (egress) relayed to their
     country's gateway. Kept until ``exp`` + clock skew (:attr:`expires`), after which no valid
-    message can refer to it at this border any more.
+    message can refer to it at this border any more. ``attachments``: the files its signed
+    header declared (public descriptors: id, type, sizes, chunk count), against which the
+    chunk relay counts the chunks that follow the message; None where they are not known (a
+    record written before descriptors were kept, or read back from the SQLite ledger, which
+    does not keep them): such chunks are not counted.
     """
 
     message_id: str
@@ -108,6 +113,7 @@ class Crossing:
     recipients: tuple[str, ...]
     onward: Onward
     exp: int
+    attachments: tuple[Descriptor, ...] | None = None
 
     @property
     def expires(self) -> int:
@@ -343,6 +349,7 @@ class Border:
             recipients=went,
             onward=header.onward,
             exp=header.exp,
+            attachments=header.attachments,
         )
 
     def _is_gateway(self, agency: str) -> bool:

@@ -44,6 +44,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from broker.core import wire as s
+from broker.core.attachments import parse_descriptor
 from broker.core.evidence import is_evidence
 from broker.core.header import Onward
 from broker.core.ids import is_uuid
@@ -70,6 +71,11 @@ def _to_json(c: Crossing) -> dict[str, Any]:
         "recipients": list(c.recipients),
         "onward": c.onward.to_json(),
         "exp": c.exp,
+        **(
+            {"attachments": [d.to_json() for d in c.attachments]}
+            if c.attachments is not None
+            else {}
+        ),
     }
 
 
@@ -85,6 +91,10 @@ def _from_json(raw: dict[str, Any]) -> Crossing:
             exclude=tuple(str(c) for c in raw["onward"]["exclude"]),
         ),
         exp=int(raw["exp"]),
+        # Absent on records written before descriptors were kept: not counted.
+        attachments=(
+            tuple(parse_descriptor(d) for d in raw["attachments"]) if "attachments" in raw else None
+        ),
     )
 
 

@@ -43,7 +43,7 @@ from broker.errors import CasebridgeError
 from broker.federation.directory_cache import directory_cache, startup_directory
 from broker.federation.distribution import watcher_for
 from broker.federation.streams import ensure_consumer, submit_consumer
-from broker.gateway.attachments import run_chunk_relay
+from broker.gateway.attachments import ChunkRefusal, run_chunk_relay
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
 from broker.gateway.crossings import SharedCrossings, open_bucket, wanted
@@ -721,6 +721,13 @@ async def run_gateway(
     quarantine = GatewayQuarantine(settings.store_path)
     setback = Setback(quarantine, metrics=metrics, clock=clock)
 
+    async def chunk_refused(refusal: ChunkRefusal) -> None:
+        try:
+            await asyncio.to_thread(ledger.record_chunk_refusal, refusal, now=clock())
+        except sqlite3.Error:
+            metrics.store_write_failures.inc()  # the chunk is offered again
+            raise
+
     def record(direction: str, outcomes: Sequence[Outcome]) -> None:
         try:
             ledger.record(direction, outcomes, now=clock())
@@ -797,7 +804,13 @@ async def run_gateway(
         *(
             asyncio.create_task(
                 run_chunk_relay(
-                    js, direction=d, code=country, crossings=shared, stop=stop, clock=clock
+                    js,
+                    direction=d,
+                    code=country,
+                    crossings=shared,
+                    stop=stop,
+                    clock=clock,
+                    refused=chunk_refused,
                 )
             )
             for d in ("egress", "ingress")

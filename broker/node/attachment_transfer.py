@@ -6,9 +6,10 @@ What it is for
       handle is its attachment id. A draft names handles; the node puts their descriptors in
       the header and their manifests in the inner payload (docs/protocol.md section 17).
     - **Send** (:func:`run_uploads`): once JetStream acknowledged the message, its files'
-      chunks are published on ``cb.att.submit.<agency>`` from the spool, one window at a
-      time, progress saved, so a restart resumes where it stopped (Nats-Msg-Id per chunk makes
-      a republished chunk a duplicate).
+      chunks are published on ``cb.att.submit.<agency>`` from the spool, a sliding window of
+      1 MiB in flight, progress saved every 64 chunks, so a restart resumes from the last saved
+      point (Nats-Msg-Id per chunk makes a republished chunk a duplicate; the recipient takes
+      a chunk it has with the same bytes as one).
     - **Receive**: a message with files that passed every check is *held* (no inbox entry, no
       evidence) and acknowledged; chunks arriving on the node's own consumer
       (:func:`run_chunk_feed`) are verified into the spool. When every file verified, the held
@@ -26,6 +27,7 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -73,8 +75,19 @@ SENT: Final = "sent"
 RECEIVING: Final = "receiving"
 VERIFIED: Final = "verified"
 REFUSED: Final = "refused"
-UPLOAD_WINDOW: Final = 4
-FEED_BATCH: Final = 8
+# Chunk bytes in flight per file (publishes not yet acknowledged: what the sender holds; 2
+# chunks of 512 KiB, 4 of 256 KiB), and how many acknowledged chunks between two saves of
+# its progress (a restart resends at most these).
+UPLOAD_WINDOW_BYTES: Final = 1 << 20
+SAVE_EVERY: Final = 64
+
+
+def upload_window(chunk_size: int) -> int:
+    """Chunk publishes in flight for a file of ``chunk_size`` chunks."""
+    return max(1, UPLOAD_WINDOW_BYTES // chunk_size)
+
+
+FEED_BATCH: Final = 4
 FEED_TIMEOUT: Final = 1.0
 # A chunk whose message is not here yet waits; chunks travel behind their message, so this
 # only covers the two consumers' lag.
@@ -479,28 +492,57 @@ async def send_files(node: Node, files: NodeAttachments) -> int:
     """Publish the chunks of every acknowledged message's unsent files; chunks published."""
     published = 0
     for message_id, manifest, sent in await asyncio.to_thread(files.to_send):
-        d = manifest.descriptor
-        headers = {aw.MESSAGE_HEADER: message_id, aw.ATTACHMENT_HEADER: d.id}
-        subject = aw.att_submit_subject(node.agency_id)
-        chunks = files.spool.sealed_chunks(d, start=sent)
-        done = sent
-        while done < d.chunks:
-            window = await asyncio.to_thread(_take, chunks, UPLOAD_WINDOW)
-            await asyncio.gather(
-                *(
-                    node.transport.submit(
-                        subject,
-                        c.data,
-                        aw.chunk_msg_id(d.id, c.index),
-                        headers={**headers, aw.INDEX_HEADER: str(c.index)},
-                    )
-                    for c in window
-                )
-            )
-            done += len(window)
-            published += len(window)
-            await asyncio.to_thread(files.mark_sent, d.id, done, done=done >= d.chunks)
+        published += await _send_file(node, files, message_id, manifest, sent)
     return published
+
+
+async def _send_file(
+    node: Node, files: NodeAttachments, message_id: str, manifest: Manifest, sent: int
+) -> int:
+    """Publish one file's chunks from ``sent`` on: a sliding window of :func:`upload_window`
+    publishes in flight, their acknowledgements taken in order, progress saved every
+    :data:`SAVE_EVERY` acknowledged chunks and at the end. A fault raises after the chunks in
+    flight settled; the next attempt resumes from the last saved point (the chunks after it
+    are published again: the recipient takes a chunk it has as a duplicate)."""
+    d = manifest.descriptor
+    headers = {aw.MESSAGE_HEADER: message_id, aw.ATTACHMENT_HEADER: d.id}
+    subject = aw.att_submit_subject(node.agency_id)
+    chunks = files.spool.sealed_chunks(d, start=sent)
+    in_flight: collections.deque[asyncio.Task[None]] = collections.deque()
+    window = upload_window(d.chunk_size)
+    done = saved = sent
+    try:
+        while done < d.chunks:
+            batch = await asyncio.to_thread(_take, chunks, window)
+            for c in batch:
+                if len(in_flight) >= window:
+                    await in_flight.popleft()
+                    done += 1
+                # Tasks start in creation order: the chunks are published in index order.
+                in_flight.append(
+                    asyncio.ensure_future(
+                        node.transport.submit(
+                            subject,
+                            c.data,
+                            aw.chunk_msg_id(d.id, c.index),
+                            headers={**headers, aw.INDEX_HEADER: str(c.index)},
+                        )
+                    )
+                )
+            if not batch:
+                while in_flight:
+                    await in_flight.popleft()
+                    done += 1
+            if done - saved >= SAVE_EVERY or done >= d.chunks:
+                await asyncio.to_thread(files.mark_sent, d.id, done, done=done >= d.chunks)
+                saved = done
+    finally:
+        # A fault (or cancellation) leaves nothing publishing behind the caller's back.
+        for task in in_flight:
+            task.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        chunks.close()
+    return done - sent
 
 
 def _take(chunks: Iterator[SealedChunk], n: int) -> list[SealedChunk]:
@@ -555,6 +597,13 @@ async def settle_holds(node: Node, files: NodeAttachments) -> int:
             await asyncio.to_thread(files.release, message_id)
             count += 1
     return count
+
+
+def wait_delay(attempts: int) -> float:
+    """How long a chunk whose message is not held here yet waits before it is offered again:
+    short at first (the message is usually a few hundred milliseconds behind, on the node's
+    message lane), then longer, up to :data:`WAIT_FOR_MESSAGE`."""
+    return float(min(0.1 * 2 ** max(attempts - 1, 0), WAIT_FOR_MESSAGE))
 
 
 def gap_delay(attempts: int) -> float:
@@ -634,7 +683,7 @@ async def run_chunk_feed(node: Node, files: NodeAttachments, feed: Any) -> None:
                 log.warning("chunk_not_settled", error=repr(result))
             try:
                 if outcome == "wait":
-                    await msg.nak(delay=WAIT_FOR_MESSAGE)
+                    await msg.nak(delay=wait_delay(attempts))
                 elif outcome == "gap":
                     await msg.nak(delay=gap_delay(attempts))
                 else:
@@ -701,21 +750,35 @@ class NatsChunkFeed:
         )
         js = self._nc.jetstream()
         sub = None
-        while True:
-            try:
-                if sub is None:
-                    sub = await js.pull_subscribe_bind(
-                        durable=aw.att_node_durable(self._settings.agency),
-                        stream=aw.ATT_DELIVER_STREAM,
-                    )
-                batch = await sub.fetch(FEED_BATCH, timeout=FEED_TIMEOUT)
-            except TimeoutError:
-                continue
-            except Exception as exc:  # noqa: BLE001 - NATS faults: retried forever
-                log.warning("chunk_fetch_failed", error=repr(exc))
-                await asyncio.sleep(0.5)
-                continue
-            yield batch
+        ahead: asyncio.Task[list[Any]] | None = None
+        try:
+            while True:
+                try:
+                    if sub is None:
+                        sub = await js.pull_subscribe_bind(
+                            durable=aw.att_node_durable(self._settings.agency),
+                            stream=aw.ATT_DELIVER_STREAM,
+                        )
+                    if ahead is None:
+                        ahead = asyncio.ensure_future(sub.fetch(FEED_BATCH, timeout=FEED_TIMEOUT))
+                    batch = await ahead
+                except TimeoutError:
+                    ahead = None
+                    continue
+                except Exception as exc:  # noqa: BLE001 - NATS faults: retried forever
+                    ahead = None
+                    log.warning("chunk_fetch_failed", error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                # The next batch is fetched while this one is verified and written: at most
+                # two batches held (2 x FEED_BATCH chunks).
+                ahead = asyncio.ensure_future(sub.fetch(FEED_BATCH, timeout=FEED_TIMEOUT))
+                yield batch
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
 
     async def close(self) -> None:
         if self._nc is not None:

@@ -24,7 +24,7 @@ What it must never do
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -177,7 +177,9 @@ class AttachmentSpool:
     def staged(self, attachment_id: str) -> bool:
         return self._outgoing(attachment_id).exists()
 
-    def sealed_chunks(self, descriptor: Descriptor, *, start: int = 0) -> Iterator[SealedChunk]:
+    def sealed_chunks(
+        self, descriptor: Descriptor, *, start: int = 0
+    ) -> Generator[SealedChunk, None, None]:
         """The staged file's chunks from ``start`` on, read one at a time."""
         with self._outgoing(descriptor.id).open("rb") as f:
             f.seek(sealed_offset(descriptor, start))

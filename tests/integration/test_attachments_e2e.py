@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,10 +22,18 @@ from typing import Any, Final
 import pytest
 
 from broker.core import attachment_wire as aw
-from broker.core.attachments import ChunkSealer, Manifest, SealedChunk
+from broker.core.attachments import (
+    DEFAULT_CHUNK_SIZE,
+    ChunkSealer,
+    Manifest,
+    SealedChunk,
+    chunk_count,
+)
 from broker.core.envelope import SenderIdentity, seal
 from broker.core.header import Header
 from broker.core.trust import cert_kid
+from broker.federation import processes
+from broker.node import audit_log
 from broker.pki.keyfiles import read_certificate, read_private_key
 from broker.sdk import NodeClient, NodeError
 from tests.integration.conftest import run
@@ -390,6 +399,21 @@ def _refusal(fed: Running, message_id: str, timeout: float = DELIVERY_TIMEOUT) -
     return str(wait_until(found, timeout, what=f"refusal of {message_id}"))
 
 
+def _border_refusals(fed: Running, country: str, message_id: str) -> list[str]:
+    """The justifications of the refusals a country's gateway logged about ``message_id``."""
+    path = fed.fed.base / processes.STORE_DIR / f"{country.lower()}.gateway.sqlite"
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        found = audit_log.records_about(db, message_id)
+    finally:
+        db.close()
+    return [
+        str(r.record.entry.justification)
+        for r in found
+        if r.record.entry.operation.value == "refusal"
+    ]
+
+
 class TestRefusals:
     DATA: Final = bytes(range(256)) * 200  # 51,200 bytes: 4 chunks of 16 KiB
 
@@ -400,7 +424,6 @@ class TestRefusals:
             # A missing chunk is waited for (~165 s: a reordering in transit must heal).
             pytest.param("missing", "attachment_chunk_invalid", marks=pytest.mark.slow),
             ("digest", "attachment_digest_mismatch"),
-            ("larger", "attachment_size_mismatch"),
         ],
     )
     def test_bad_file_refuses_the_message_with_its_code(
@@ -417,11 +440,44 @@ class TestRefusals:
             del sent[1]
         elif case == "digest":
             manifest = replace(manifest, sha256=hashlib.sha256(b"other").digest())
-        elif case == "larger":
-            sent[-1] = (sent[-1][0], sent[-1][1] + b"x" * 10)
         message_id = _hostile_send(fed, manifest, sent)
         timeout = GAP_REFUSAL_TIMEOUT if case == "missing" else DELIVERY_TIMEOUT
         assert _refusal(fed, message_id, timeout) == reason, fed.rejections(NL)[:1]
+        assert not _delivered(fed, message_id)
+
+    def test_a_chunk_beyond_the_declared_count_is_refused_at_the_border(self, fed: Running) -> None:
+        """An extra chunk (index past the declared count) never leaves DE: the DE gateway logs
+        a refusal with its code; the declared chunks still make a verified file at NL."""
+        chunks, manifest = _sealed_file(self.DATA)
+        sent = [(c.index, c.data) for c in chunks]
+        sent.append((len(chunks), chunks[0].data))
+        message_id = _hostile_send(fed, manifest, sent)
+        wait_until(lambda: _delivered(fed, message_id), DELIVERY_TIMEOUT, what="delivery")
+        files = fed.client(NL).attachments(message_id)
+        assert [f["state"] for f in files] == ["verified"]
+        refusals = wait_until(
+            lambda: _border_refusals(fed, "DE", message_id), DELIVERY_TIMEOUT, what="audit"
+        )
+        assert refusals == ["egress: attachment chunk attachment_size_mismatch"]
+
+    def test_a_file_larger_than_declared_never_crosses(self, fed: Running) -> None:
+        """A last chunk longer than its descriptor says is refused at the sending border (one
+        audit entry with the code); NL never shows the message as delivered."""
+        chunks, manifest = _sealed_file(self.DATA)
+        sent = [(c.index, c.data) for c in chunks]
+        sent[-1] = (sent[-1][0], sent[-1][1] + b"x" * 10)
+        message_id = _hostile_send(fed, manifest, sent)
+        refusals = wait_until(
+            lambda: _border_refusals(fed, "DE", message_id), DELIVERY_TIMEOUT, what="audit"
+        )
+        assert refusals == ["egress: attachment chunk attachment_size_mismatch"]
+        part = fed.store_path(NL).with_suffix(".attachments") / "incoming" / f"{manifest.id}.part"
+        # The three good chunks may have arrived; the bad one never did.
+        wait_until(
+            lambda: part.exists() and part.stat().st_size == 3 * (16384 + 28),
+            DELIVERY_TIMEOUT,
+            what="the declared chunks at NL",
+        )
         assert not _delivered(fed, message_id)
 
     def test_reordered_chunks_still_make_a_verified_file(self, fed: Running) -> None:
@@ -479,6 +535,37 @@ class TestFaults:
         fed.fed.stop(f"node-{NL}", kill=True)
         assert not _delivered(fed, message_id)
         fed.restart(f"node-{NL}", country="NL")
+        wait_until(lambda: _delivered(fed, message_id), DELIVERY_TIMEOUT, what="delivery")
+        _approved(fed, message_id)
+        out = tmp_path / "got"
+        fed.client(NL).download_attachment(
+            message_id, handle["attachment"], out, justification=JUSTIFICATION
+        )
+        assert _sha(out) == want
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+    def test_sending_node_killed_mid_file_resumes_and_delivers_it_verified(
+        self, fed: Running, tmp_path: Path
+    ) -> None:
+        """kill -9 of the DE node while it publishes a file (after a saved point, before the
+        end): restarted, it publishes again from that point (chunks sent since come again, as
+        duplicates) and NL ends with the delivered, verified file."""
+        big = tmp_path / "recording.bin"
+        want = _file(big, 96 * 1024 * 1024)
+        handle = fed.client(DE).upload_attachment(big, media_type="application/octet-stream")
+        attachment = handle["attachment"]
+        message_id = _send_with(fed, [attachment])
+
+        def publishing() -> bool:
+            rows = fed._query(
+                DE, "SELECT sent || ' ' || state FROM attachments WHERE id = ?", attachment
+            )
+            sent, state = rows[0].split() if rows else ("0", "")
+            return int(sent) > 0 and state == "bound"
+
+        wait_until(publishing, DELIVERY_TIMEOUT, what="DE node past a saved point")
+        fed.fed.stop(f"node-{DE}", kill=True)
+        fed.restart(f"node-{DE}", country="DE")
         wait_until(lambda: _delivered(fed, message_id), DELIVERY_TIMEOUT, what="delivery")
         _approved(fed, message_id)
         out = tmp_path / "got"
@@ -572,6 +659,62 @@ def _outage_transfer(base: Path, size: int) -> None:
         _close(running)
 
 
+def _inbox_state(running: Running, code: str) -> tuple[int, int]:
+    """(chunks held, last sequence) of a country's ATT_INBOX."""
+
+    async def read() -> tuple[int, int]:
+        nc = await running.fed.connect_gateway(code)
+        try:
+            info = await nc.jetstream().stream_info(aw.ATT_INBOX_STREAM)
+        finally:
+            await nc.close()
+        return info.state.messages, info.state.last_seq
+
+    return run(read())
+
+
+class TestChunkInbox:
+    def test_emptied_chunk_inbox_does_not_source_again_after_a_restart(
+        self, nats_binary: Path, tmp_path: Path
+    ) -> None:
+        """ATT_INBOX is a work queue: once a file crossed it holds nothing, and after the NL
+        server restarts it goes on from where it was in DE's outbox (the next file's chunks
+        arrive; the first file's are not sourced again)."""
+        del nats_binary
+        running = Running.start(
+            tmp_path / "fed",
+            nodes=[DE, NL],
+            description=DESCRIPTION,
+            policy_dir=_policies(tmp_path),
+        )
+        try:
+            sourced = 0
+            for n, size in enumerate((3 * 1024 * 1024, 1024 * 1024)):
+                if n == 1:
+                    running.fed.stop_country("NL")
+                    running.fed.start_country("NL")
+                path = tmp_path / f"file-{n}"
+                _file(path, size)
+                handle = running.client(DE).upload_attachment(
+                    path, media_type="application/octet-stream"
+                )
+                message_id = _send_with(running, [handle["attachment"]])
+                wait_until(
+                    functools.partial(_delivered, running, message_id),
+                    DELIVERY_TIMEOUT,
+                    what="delivery",
+                )
+                sourced += chunk_count(size, DEFAULT_CHUNK_SIZE)
+                wait_until(
+                    lambda: _inbox_state(running, "NL")[0] == 0,
+                    DELIVERY_TIMEOUT,
+                    what="an empty chunk inbox",
+                )
+                assert _inbox_state(running, "NL") == (0, sourced)
+        finally:
+            _close(running)
+
+
 class TestOutage:
     def test_nl_server_down_mid_transfer_resumes_and_memory_stays_low(
         self, nats_binary: Path, tmp_path: Path
@@ -583,8 +726,10 @@ class TestOutage:
 
     @pytest.mark.slow
     @pytest.mark.xfail(
-        reason="issue 18, open: in the last 200 MB run the sending country's nats-server peaked "
-        "at 115 MiB (bound 100 MB); the file itself was delivered with a matching digest",
+        reason="issue 18, open: nats-server keeps every file-store block written or read in the "
+        "last 10 s, so a country server's heap grows with the transfer rate (docs/federation.md, "
+        "Attachments, Memory); last runs: DE 121-247 MiB, NL 72-187 MiB (bound 100 MiB), every "
+        "Python process under it; the file was delivered with a matching digest",
         strict=False,
     )
     def test_200mb_with_nl_server_down_mid_transfer(

@@ -116,7 +116,8 @@ def received_from_ua(world: GatewayWorld, onward: Onward) -> Header:
 
 class TestCrossingRecords:
     def test_ingress_records_what_was_delivered_with_its_marking(self, world: GatewayWorld) -> None:
-        """The receiving gateway records id, digest, sender, recipients, onward and exp."""
+        """The receiving gateway records id, digest, sender, recipients, onward, exp and the
+        declared files."""
         header = received_from_ua(world, Onward(allowed=True, exclude=("NL",)))
         (crossing,) = world.crossings["DE"].crossings(header.id)
         assert crossing == Crossing(
@@ -127,6 +128,7 @@ class TestCrossingRecords:
             recipients=(LKA,),
             onward=Onward(allowed=True, exclude=("NL",)),
             exp=header.exp,
+            attachments=(),  # the files its header declared: none
         )
 
     def test_egress_records_domestic_and_relayed_recipients(self, world: GatewayWorld) -> None:

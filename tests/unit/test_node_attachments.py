@@ -249,3 +249,107 @@ class TestRecords:
         assert not files.spool.staged(manifest.id)
         assert files.files(message_id) == []
         store.close()
+
+
+class _Transport:
+    """Records publishes; fails the ``fail_at``-th one (once); tracks publishes in flight."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.published: list[tuple[str, int]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self._fail_at = fail_at
+        self._calls = 0
+
+    async def submit(
+        self, subject: str, data: bytes, msg_id: str, *, headers: dict[str, str]
+    ) -> None:
+        import asyncio
+
+        from broker.core import attachment_wire as aw
+
+        self._calls += 1
+        call = self._calls
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)  # an acknowledgement comes back later
+            if call == self._fail_at:
+                raise ConnectionError("publish not acknowledged")
+            self.published.append((msg_id, int(headers[aw.INDEX_HEADER])))
+        finally:
+            self.in_flight -= 1
+
+
+class _Files:
+    """The two things the sender uses of NodeAttachments: the spool and progress saves."""
+
+    def __init__(self, spool: AttachmentSpool) -> None:
+        self.spool = spool
+        self.saves: list[tuple[int, bool]] = []
+
+    def mark_sent(self, attachment_id: str, sent: int, *, done: bool) -> None:
+        del attachment_id
+        self.saves.append((sent, done))
+
+
+class TestSending:
+    CHUNKS = 150  # more than SAVE_EVERY, not a multiple of the window
+
+    def _send(
+        self, sender: AttachmentSpool, transport: _Transport, files: _Files, start: int, m: Manifest
+    ) -> int:
+        import asyncio
+        from types import SimpleNamespace
+
+        from broker.node.attachment_transfer import _send_file
+
+        node = SimpleNamespace(agency_id="de.lka-berlin", transport=transport)
+        return asyncio.run(_send_file(node, files, str(uuid.uuid4()), m, start))  # type: ignore[arg-type]
+
+    def test_every_chunk_is_published_once_in_order_within_the_window(
+        self, sender: AttachmentSpool
+    ) -> None:
+        """All chunks go out in index order, never more than the window in flight, and the
+        progress saves end with the whole file marked sent."""
+        from broker.node.attachment_transfer import SAVE_EVERY, upload_window
+
+        m = _stage(sender, os.urandom(self.CHUNKS * CHUNK - 10))
+        transport, files = _Transport(), _Files(sender)
+        assert self._send(sender, transport, files, 0, m) == self.CHUNKS
+        assert [i for _, i in transport.published] == list(range(self.CHUNKS))
+        assert [msg_id for msg_id, _ in transport.published][3] == f"{m.id}.3"
+        assert 1 < transport.most_in_flight <= upload_window(CHUNK)
+        assert files.saves[-1] == (self.CHUNKS, True)
+        assert all(not done for _, done in files.saves[:-1])
+        assert len(files.saves) <= self.CHUNKS // SAVE_EVERY + 1
+
+    def test_a_fault_resumes_from_the_last_saved_point_and_loses_nothing(
+        self, sender: AttachmentSpool
+    ) -> None:
+        """A publish that fails part-way raises; what was saved was acknowledged, and
+        resuming from it publishes the rest (a few chunks again, never one missing)."""
+        m = _stage(sender, os.urandom(self.CHUNKS * CHUNK - 10))
+        transport, files = _Transport(fail_at=100), _Files(sender)
+        with pytest.raises(ConnectionError):
+            self._send(sender, transport, files, 0, m)
+        saved = files.saves[-1][0] if files.saves else 0
+        acknowledged = {i for _, i in transport.published}
+        assert set(range(saved)) <= acknowledged
+        assert 99 not in acknowledged  # the 100th publish failed
+        assert saved <= 99
+        assert self._send(sender, transport, files, saved, m) == self.CHUNKS - saved
+        assert {i for _, i in transport.published} == set(range(self.CHUNKS))
+        assert files.saves[-1] == (self.CHUNKS, True)
+
+
+class TestWaiting:
+    def test_a_chunk_ahead_of_its_message_is_offered_again_soon_then_less_often(self) -> None:
+        """The first waits are short (the message is usually just behind), growing to the
+        bound: a small file is not held up by a fixed two-second wait."""
+        from broker.node.attachment_transfer import WAIT_FOR_MESSAGE, wait_delay
+
+        delays = [wait_delay(n) for n in range(1, 12)]
+        assert delays[0] <= 0.1
+        assert delays == sorted(delays)
+        assert delays[-1] == WAIT_FOR_MESSAGE
