@@ -28,6 +28,7 @@ from broker.node.attachments import AttachmentSpool
 
 DEFAULT_MAX_SIZE: Final = 1 << 32  # 4 GiB per file; the country's policy usually says less
 DEFAULT_SCAN_TIMEOUT: Final = 120.0
+DEFAULT_STAGED_HOURS: Final = 24.0
 APPROVED: Final = "approved"
 QUARANTINED: Final = "quarantined"
 PENDING: Final = "pending"
@@ -35,18 +36,20 @@ PENDING: Final = "pending"
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AttachmentSettings:
-    """``attachments`` member of the node settings: upload size limit and scanner hook."""
+    """``attachments`` member of the node settings: upload size limit, scanner hook and how
+    long an upload may wait to be sent with a message (``staged_hours``)."""
 
     max_size: int = DEFAULT_MAX_SIZE
     scanner: tuple[str, ...] = ()
     scan_timeout_seconds: float = DEFAULT_SCAN_TIMEOUT
+    staged_hours: float = DEFAULT_STAGED_HOURS
 
     @classmethod
     def from_json(cls, raw: Any) -> AttachmentSettings:
         """From the settings member (None: defaults); unknown members are refused."""
         if raw is None:
             return cls()
-        allowed = {"max_size", "scanner", "scan_timeout_seconds"}
+        allowed = {"max_size", "scanner", "scan_timeout_seconds", "staged_hours"}
         if not isinstance(raw, dict) or set(raw) - allowed:
             raise ConfigError(f"settings: attachments must be an object with {sorted(allowed)}")
         size = raw.get("max_size", DEFAULT_MAX_SIZE)
@@ -58,7 +61,15 @@ class AttachmentSettings:
         timeout = raw.get("scan_timeout_seconds", DEFAULT_SCAN_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise ConfigError("settings: attachments.scan_timeout_seconds must be positive")
-        return cls(max_size=size, scanner=tuple(scanner), scan_timeout_seconds=float(timeout))
+        staged = raw.get("staged_hours", DEFAULT_STAGED_HOURS)
+        if isinstance(staged, bool) or not isinstance(staged, int | float) or staged <= 0:
+            raise ConfigError("settings: attachments.staged_hours must be positive")
+        return cls(
+            max_size=size,
+            scanner=tuple(scanner),
+            scan_timeout_seconds=float(timeout),
+            staged_hours=float(staged),
+        )
 
 
 def scan(

@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -75,6 +75,8 @@ SENT: Final = "sent"
 RECEIVING: Final = "receiving"
 VERIFIED: Final = "verified"
 REFUSED: Final = "refused"
+# An upload not sent with a message within this time is removed by the hold sweeps.
+DEFAULT_STAGED_TTL: Final = timedelta(hours=24)
 # Chunk bytes in flight per file (publishes not yet acknowledged: what the sender holds; 2
 # chunks of 512 KiB, 4 of 256 KiB), and how many acknowledged chunks between two saves of
 # its progress (a restart resends at most these).
@@ -150,10 +152,12 @@ class NodeAttachments:
         max_size: int = 1 << 32,
         scanner: Sequence[str] = (),
         scan_timeout: float = 120.0,
+        staged_ttl: timedelta = DEFAULT_STAGED_TTL,
     ) -> None:
         self.store = store
         self.spool = spool
         self.max_size = max_size
+        self.staged_ttl = staged_ttl
         self.scanner = tuple(scanner)
         self.scan_timeout = scan_timeout
         # When files were last bound to a message being sent: the upload loop then looks for
@@ -244,12 +248,37 @@ class NodeAttachments:
         """Mark uploads as the files of ``message_id`` (to send once it is acknowledged)."""
         with self.store.transaction() as db:
             for position, m in enumerate(manifests):
-                db.execute(
+                bound = db.execute(
                     "UPDATE attachments SET message_id = ?, position = ?, state = ? "
                     "WHERE id = ? AND direction = 'out' AND state = ?",
                     (message_id, position, BOUND, m.id, STAGED),
-                )
+                ).rowcount
+                if bound != 1:  # expired (or taken by another send) since it was checked
+                    raise NotFound(f"no uploaded attachment {m.id} (expired or already sent)")
         self.bound_at = time.monotonic()
+
+    def expire_staged(self, now: datetime) -> list[str]:
+        """Uploads never sent within :attr:`staged_ttl` (a draft refused or abandoned, a
+        client that never sent): their records and sealed files removed; their ids."""
+        cutoff = iso(now - self.staged_ttl)
+        rows = self.store.query(
+            lambda db: db.execute(
+                "SELECT id FROM attachments WHERE direction = 'out' AND state = ? "
+                "AND message_id IS NULL AND created_at < ?",
+                (STAGED, cutoff),
+            ).fetchall()
+        )
+        expired: list[str] = []
+        for (attachment_id,) in rows:
+            with self.store.transaction() as db:
+                gone = db.execute(
+                    "DELETE FROM attachments WHERE id = ? AND state = ? AND message_id IS NULL",
+                    (attachment_id, STAGED),
+                ).rowcount
+            if gone:  # the record first: a file without a record is never sent
+                self.spool.erase(attachment_id)
+                expired.append(attachment_id)
+        return expired
 
     # --------------------------------------------------------------- sending ---
 
@@ -707,6 +736,12 @@ async def run_hold_sweeps(node: Node, files: NodeAttachments, *, interval: float
             await settle_holds(node, files)
         except Exception as exc:  # noqa: BLE001 - retried at the next sweep
             log.warning("holds_not_settled", error=repr(exc))
+        try:
+            expired = await asyncio.to_thread(files.expire_staged, node.now())
+            if expired:
+                log.info("staged_uploads_expired", count=len(expired))
+        except Exception as exc:  # noqa: BLE001 - retried at the next sweep
+            log.warning("staged_uploads_not_expired", error=repr(exc))
 
 
 async def run_scans(files: NodeAttachments, *, interval: float = 1.0) -> None:

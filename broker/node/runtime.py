@@ -192,6 +192,7 @@ def build_live_node(
             max_size=settings.attachments.max_size,
             scanner=settings.attachments.scanner,
             scan_timeout=settings.attachments.scan_timeout_seconds,
+            staged_ttl=timedelta(hours=settings.attachments.staged_hours),
         ),
     )
 

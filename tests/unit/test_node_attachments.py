@@ -250,6 +250,44 @@ class TestRecords:
         assert files.files(message_id) == []
         store.close()
 
+    def test_uploads_never_sent_expire_and_bound_ones_stay(self, tmp_path: Path) -> None:
+        """An upload not bound to a message within the staged time is removed (record and
+        file); a bound one is kept; binding an expired upload is refused, never silent."""
+        import asyncio
+        from datetime import UTC, datetime, timedelta
+
+        from broker.node.attachment_transfer import NodeAttachments
+        from broker.node.errors import NotFound
+        from broker.node.store import Store
+
+        store = Store(tmp_path / "node.sqlite")
+        files = NodeAttachments(
+            store, AttachmentSpool(tmp_path / "node.attachments"), staged_ttl=timedelta(hours=2)
+        )
+        start = datetime(2026, 12, 2, 8, tzinfo=UTC)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield os.urandom(CHUNK + 7)
+
+        def upload(at: datetime) -> Manifest:
+            return asyncio.run(
+                files.upload(pieces(), name="scan.pdf", media_type="application/pdf", now=at)
+            )
+
+        abandoned, sent, recent = upload(start), upload(start), upload(start + timedelta(hours=1))
+        files.bind(str(uuid.uuid4()), [sent])
+        assert files.expire_staged(start + timedelta(hours=1, minutes=59)) == []
+        assert files.expire_staged(start + timedelta(hours=2, seconds=1)) == [abandoned.id]
+        assert not files.spool.staged(abandoned.id)
+        assert files.spool.staged(sent.id)
+        assert files.spool.staged(recent.id)
+        with pytest.raises(NotFound, match="expired or already sent"):
+            files.bind(str(uuid.uuid4()), [recent, abandoned])
+        # The failed bind changed nothing: the recent upload is still staged and can be sent.
+        assert [m.id for m in files.staged_manifests([recent.id])] == [recent.id]
+        assert files.expire_staged(start + timedelta(hours=3, seconds=1)) == [recent.id]
+        store.close()
+
 
 class _Transport:
     """Records publishes; fails the ``fail_at``-th one (once); tracks publishes in flight."""
@@ -353,3 +391,24 @@ class TestWaiting:
         assert delays[0] <= 0.1
         assert delays == sorted(delays)
         assert delays[-1] == WAIT_FOR_MESSAGE
+
+
+class TestSettings:
+    @pytest.mark.parametrize("bad", [0, -1, True, "24", None])
+    def test_staged_hours_must_be_a_positive_number(self, bad: object) -> None:
+        """``attachments.staged_hours``: a positive number of hours, nothing else."""
+        from broker.errors import ConfigError
+        from broker.node.attachment_scan import AttachmentSettings
+
+        with pytest.raises(ConfigError, match="staged_hours"):
+            AttachmentSettings.from_json({"staged_hours": bad})
+
+    def test_staged_hours_default_and_given(self) -> None:
+        """24 hours unless the settings say otherwise; unknown members are still refused."""
+        from broker.errors import ConfigError
+        from broker.node.attachment_scan import AttachmentSettings
+
+        assert AttachmentSettings.from_json(None).staged_hours == 24.0
+        assert AttachmentSettings.from_json({"staged_hours": 1.5}).staged_hours == 1.5
+        with pytest.raises(ConfigError):
+            AttachmentSettings.from_json({"staged_hour": 2})
