@@ -69,7 +69,7 @@ from broker.process_memory import release_free_memory
 from broker.tracing import TRACEPARENT, from_headers
 
 FETCH_BATCH: Final = 32
-FETCH_TIMEOUT: Final = 1.0
+FETCH_TIMEOUT: Final = 5.0
 DIRECTORY_CHECK_SECONDS: Final = 30.0
 
 log = structlog.get_logger("casebridge.gateway")

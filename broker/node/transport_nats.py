@@ -39,7 +39,7 @@ _TS: Final = re.compile(
 log = structlog.get_logger("casebridge.transport")
 
 FETCH_BATCH: Final = 64
-FETCH_TIMEOUT: Final = 1.0
+FETCH_TIMEOUT: Final = 5.0
 
 
 @dataclass(slots=True)
