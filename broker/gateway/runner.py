@@ -4,7 +4,8 @@ One loop per agency of the country takes its submissions from ``SUBMIT`` (durabl
 ``submit-<agency>``, with that agency's token bucket: ``broker/gateway/fairness.py``), one loop
 per peer country takes its messages from ``INBOX`` (durable ``inbox-<peer>``), one loop keeps
 the nodes' audit checkpoints. For each fetched batch: decide every message (``Border``), record
-the decisions in the audit ledger (one commit), publish every output with its ``Nats-Msg-Id``
+the decisions in the audit ledger (one commit, shared with the batches other loops record at
+the same time: :class:`GroupRecorder`), publish every output with its ``Nats-Msg-Id``
 and wait for the JetStream acks (all publishes of the batch concurrently, written in order on
 one connection), then ack each input. A failed publish naks its input for redelivery, so nothing
 is dropped; the deterministic ids make the redelivery's outputs duplicates that JetStream
@@ -248,6 +249,80 @@ async def _publish_batch(
     return failed
 
 
+class GroupRecorder:
+    """The decisions of the loops that settle a batch at the same time, recorded in ONE commit
+    and one worker-thread hop (a group commit): the first caller starts a flush, those that
+    arrive meanwhile join the next one; nothing waits to fill a group. Each caller returns
+    only once its own decisions are committed. If a group's commit fails, each caller's
+    decisions are recorded again on their own, so one loop's fault fails no other loop."""
+
+    def __init__(
+        self, record_many: Callable[[Sequence[tuple[str, Sequence[Outcome]]]], None]
+    ) -> None:
+        self._record_many = record_many
+        self._waiting: list[tuple[tuple[str, Sequence[Outcome]], asyncio.Future[None]]] = []
+        self._flushing = False
+        self._flush: asyncio.Task[None] | None = None  # referenced while it runs
+
+    async def record(self, direction: str, outcomes: Sequence[Outcome]) -> None:
+        """Record ``outcomes`` (decided in ``direction``); raises what the ledger raised."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(((direction, outcomes), done))
+        if not self._flushing:
+            self._flushing = True
+            self._flush = asyncio.get_running_loop().create_task(self._flush_all())
+        await done
+
+    async def _flush_all(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    await asyncio.to_thread(self._record_many, [item for item, _ in group])
+                except Exception as exc:  # noqa: BLE001 - handed to the caller(s)
+                    if len(group) == 1:
+                        _answer(group[0][1], exc)
+                        continue
+                    for item, done in group:  # one by one: whose decisions fail?
+                        try:
+                            await asyncio.to_thread(self._record_many, [item])
+                        except Exception as alone:  # noqa: BLE001 - that caller's answer
+                            _answer(done, alone)
+                        else:
+                            _answer(done, None)
+                    continue
+                except BaseException:
+                    for _, done in group:  # cancelled (the gateway stops): nobody waits
+                        done.cancel()
+                    raise
+                for _, done in group:
+                    _answer(done, None)
+        finally:
+            self._flushing = False
+
+
+def _answer(done: asyncio.Future[None], error: Exception | None) -> None:
+    if done.done():  # the caller went away (cancelled)
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+async def _recorded(
+    record: Callable[[str, Sequence[Outcome]], None] | GroupRecorder,
+    direction: str,
+    outcomes: Sequence[Outcome],
+) -> None:
+    # In a worker thread: a locked or slow store must not stop the event loop (the other
+    # lanes, the metrics endpoint).
+    if isinstance(record, GroupRecorder):
+        await record.record(direction, outcomes)
+    else:
+        await asyncio.to_thread(record, direction, outcomes)
+
+
 async def _pull_loop(
     js: JetStreamContext,
     *,
@@ -256,7 +331,7 @@ async def _pull_loop(
     decide: Callable[[bytes, str], Outcome],
     direction: str,
     stop: asyncio.Event,
-    record: Callable[[str, Sequence[Outcome]], None] | None = None,
+    record: Callable[[str, Sequence[Outcome]], None] | GroupRecorder | None = None,
     metrics: GatewayMetrics | None = None,
     bucket: TokenBucket | None = None,
     sender: str | None = None,
@@ -398,7 +473,7 @@ async def _run_lanes(
     bucket: Callable[[], TokenBucket | None],
     decide: Callable[[bytes, str], Outcome],
     stop: asyncio.Event,
-    record: Callable[[str, Sequence[Outcome]], None] | None = None,
+    record: Callable[[str, Sequence[Outcome]], None] | GroupRecorder | None = None,
     metrics: GatewayMetrics | None = None,
     setback: Setback | None = None,
     crossings: SharedCrossings | None = None,
@@ -462,7 +537,7 @@ async def _settle_batch(
     stream: str,
     decide: Callable[[bytes, str], Outcome],
     direction: str,
-    record: Callable[[str, Sequence[Outcome]], None] | None,
+    record: Callable[[str, Sequence[Outcome]], None] | GroupRecorder | None,
     metrics: GatewayMetrics | None,
     setback: Setback | None = None,
     crossings: SharedCrossings | None = None,
@@ -510,10 +585,9 @@ async def _settle_batch(
         return
     if record is not None:
         # Recorded before anything is published: no border crossing without its record.
-        # In a worker thread: a locked or slow store must not stop the event loop (the other
-        # lanes, the metrics endpoint). The ledger serialises its own writes.
+        # The ledger serialises its own writes; a GroupRecorder shares commits between loops.
         try:
-            await asyncio.to_thread(record, direction, [outcome for _, outcome, _ in decided])
+            await _recorded(record, direction, [outcome for _, outcome, _ in decided])
         except Exception as batch_exc:  # noqa: BLE001 - find the input(s) at fault, one each
             if store_unavailable(batch_exc):
                 # Not about any one input: all wait and come again, none is blamed.
@@ -530,7 +604,7 @@ async def _settle_batch(
             kept: list[tuple[Msg, Outcome, str | None]] = []
             for item in decided:
                 try:
-                    await asyncio.to_thread(record, direction, [item[1]])
+                    await _recorded(record, direction, [item[1]])
                 except Exception as exc:  # noqa: BLE001 - settled by setback
                     await setback.failed(
                         item[0],
@@ -721,12 +795,18 @@ async def run_gateway(
     quarantine = GatewayQuarantine(settings.store_path)
     setback = Setback(quarantine, metrics=metrics, clock=clock)
 
-    def record(direction: str, outcomes: Sequence[Outcome]) -> None:
+    def record_many(batches: Sequence[tuple[str, Sequence[Outcome]]]) -> None:
         try:
-            ledger.record(direction, outcomes, now=clock())
+            ledger.record_many(batches, now=clock())
         except sqlite3.Error:
             metrics.store_write_failures.inc()  # the inputs are retried (Setback)
             raise
+
+    def record(direction: str, outcomes: Sequence[Outcome]) -> None:
+        record_many([(direction, outcomes)])
+
+    # The loops' decisions: concurrent batches of several lanes share a commit.
+    recorder = GroupRecorder(record_many)
 
     nc = await connect(
         settings.nats.url,
@@ -815,7 +895,7 @@ async def run_gateway(
                 ),
                 decide=egress,
                 stop=stop,
-                record=record,
+                record=recorder,
                 metrics=metrics,
                 setback=setback,
                 crossings=shared,
@@ -832,7 +912,7 @@ async def run_gateway(
                 bucket=lambda: None,
                 decide=ingress,
                 stop=stop,
-                record=record,
+                record=recorder,
                 metrics=metrics,
                 setback=setback,
                 crossings=shared,

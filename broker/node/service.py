@@ -37,7 +37,8 @@ Receiving in batches
 Sending in groups
     A request's draft is pre-flighted, sealed and committed to the outbox on the worker
     thread together with the drafts of the requests that arrived meanwhile, and with the
-    JetStream acknowledgements waiting to be recorded: one thread hop and one commit per group
+    submission outcomes waiting to be recorded (JetStream's acknowledgements of requests, the
+    outcomes of published evidence): one thread hop and one commit per group
     (each draft in its own savepoint), nothing held back to fill a group. Each request then
     submits its own message and answers only after its commit.
 
@@ -228,6 +229,15 @@ Prepared = tuple[Header, Clearance, SealedRecord, bool] | OutboxMessage
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Outcomes:
+    """Submission outcomes to record: ``(message_id, error)`` rows (None: acknowledged, else
+    back to queued with the error); ``attempted``: count the attempt when recording."""
+
+    rows: tuple[tuple[str, str | None], ...]
+    attempted: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class _Staged:
     """A draft cleared and sealed on the worker thread, its outbox row not yet committed."""
 
@@ -330,11 +340,11 @@ class Node:
         self._faults = DistinctFaults(self._log, "delivery_failed")
         self._failing: OrderedDict[tuple[str, int], str] = OrderedDict()  # first failure time
         # The send path's group commit (_flush_sends): drafts waiting to be prepared and
-        # acknowledgements waiting to be recorded, each with the future its request awaits.
+        # submission outcomes waiting to be recorded, each with the future its caller awaits.
         self._to_prepare: list[
             tuple[tuple[Draft, tuple[str, str] | None, str | None], asyncio.Future[Prepared]]
         ] = []
-        self._acks_to_record: list[tuple[str, asyncio.Future[None]]] = []
+        self._outcomes_to_record: list[tuple[Outcomes, asyncio.Future[None]]] = []
         self._flushing_sends = False
         self._send_flush: asyncio.Task[None] | None = None  # referenced while it runs
 
@@ -503,7 +513,7 @@ class Node:
     ) -> Prepared:
         """:meth:`_prepare_group` for this draft and those of the requests that arrived
         while the previous group was being prepared: one worker-thread hop and one commit for
-        all of them (and for the acknowledgements waiting to be recorded). An idle node
+        all of them (and for the submission outcomes waiting to be recorded). An idle node
         prepares a lone request at once: a group never waits to fill."""
         done: asyncio.Future[Prepared] = asyncio.get_running_loop().create_future()
         self._to_prepare.append(((draft, idempotency, actor), done))
@@ -516,18 +526,18 @@ class Node:
             self._send_flush = asyncio.get_running_loop().create_task(self._flush_sends())
 
     async def _flush_sends(self) -> None:
-        """Prepare the waiting drafts and record the waiting acknowledgements, group by group,
+        """Prepare the waiting drafts and record the waiting submission outcomes, group by group,
         until none is left. Each request's future gets its own result or error."""
         try:
-            while self._to_prepare or self._acks_to_record:
+            while self._to_prepare or self._outcomes_to_record:
                 drafts = self._to_prepare[:SEND_GROUP]
                 del self._to_prepare[:SEND_GROUP]
-                acks, self._acks_to_record = self._acks_to_record, []
+                acks, self._outcomes_to_record = self._outcomes_to_record, []
                 try:
                     results, ack_error = await asyncio.to_thread(
                         self._prepare_group,
                         [args for args, _ in drafts],
-                        [message_id for message_id, _ in acks],
+                        [outcomes for outcomes, _ in acks],
                     )
                 except BaseException:
                     # Cancelled (the node stops), or a bug: nobody may wait forever.
@@ -559,14 +569,14 @@ class Node:
     def _prepare_group(
         self,
         drafts: Sequence[tuple[Draft, tuple[str, str] | None, str | None]],
-        acknowledged: Sequence[str],
+        submitted: Sequence[Outcomes],
     ) -> tuple[list[Prepared | Exception], Exception | None]:
         """On the worker thread: pre-flight and seal every draft (no store lock held), then
         commit their outbox rows, each in its own savepoint (one that fails spoils no other),
-        and mark ``acknowledged`` outbox messages acknowledged, in ONE transaction. Returns
-        each draft's outcome (or error) and the acknowledgements' error (None: recorded).
+        and record the ``submitted`` outcomes, in ONE transaction. Returns each draft's
+        outcome (or error) and the outcomes' error (None: recorded).
         If the commit itself fails, nothing of the group is stored: every draft and the
-        acknowledgements get that error, as each would have with a commit of its own."""
+        outcomes get that error, as each would have with a commit of its own."""
         results: list[_Staged | OutboxMessage | Exception] = []
         for draft, idempotency, actor in drafts:
             try:
@@ -577,17 +587,21 @@ class Node:
             (index, result) for index, result in enumerate(results) if isinstance(result, _Staged)
         ]
         ack_error: Exception | None = None
-        if not staged and not acknowledged:
+        if not staged and not submitted:
             return [_prepared(r) for r in results], None
-        if len(staged) == 1 and not acknowledged:
-            # A lone draft (an idle node): its own transaction, no savepoint around it.
-            index, item = staged[0]
+        if not staged or (len(staged) == 1 and not submitted):
+            # A lone draft, or outcomes only (an idle node): their own transaction.
+            for index, item in staged:
+                try:
+                    self._store_staged(item)
+                except Exception as exc:  # noqa: BLE001 - that request's answer
+                    self._in_flight.discard(item.sealed.message_id)
+                    results[index] = exc
             try:
-                self._store_staged(item)
-            except Exception as exc:  # noqa: BLE001 - that request's answer
-                self._in_flight.discard(item.sealed.message_id)
-                results[index] = exc
-            return [_prepared(r) for r in results], None
+                self._record_outcomes(submitted)
+            except Exception as exc:  # noqa: BLE001 - the waiting submitters see it
+                ack_error = exc
+            return [_prepared(r) for r in results], ack_error
         try:
             with self.store.batch() as scope:
                 for index, item in staged:
@@ -597,15 +611,11 @@ class Node:
                     except Exception as exc:  # noqa: BLE001 - that request's answer
                         self._in_flight.discard(item.sealed.message_id)
                         results[index] = exc
-                if acknowledged:
+                if submitted:
                     try:
                         with scope():
-                            self.store.mark_outbox_many(
-                                [(message_id, None) for message_id in acknowledged],
-                                now=self._clock(),
-                                attempted=False,
-                            )
-                    except Exception as exc:  # noqa: BLE001 - the waiting requests see it
+                            self._record_outcomes(submitted)
+                    except Exception as exc:  # noqa: BLE001 - the waiting submitters see it
                         ack_error = exc
         except Exception as exc:  # noqa: BLE001 - the commit failed: nothing was stored
             for index, item in staged:
@@ -614,6 +624,19 @@ class Node:
                     results[index] = exc
             return [_prepared(r) for r in results], exc
         return [_prepared(r) for r in results], ack_error
+
+    def _record_outcomes(self, submitted: Sequence[Outcomes]) -> None:
+        """Record submission outcomes (in the caller's transaction, if any): one statement
+        batch for those whose attempt is counted here, one for those counted already."""
+        for attempted in (False, True):
+            rows = [
+                row
+                for outcomes in submitted
+                if outcomes.attempted is attempted
+                for row in outcomes.rows
+            ]
+            if rows:
+                self.store.mark_outbox_many(rows, now=self._clock(), attempted=attempted)
 
     def _store_staged(self, item: _Staged) -> None:
         self.store.add_outbox(
@@ -776,8 +799,14 @@ class Node:
         time share one commit and one thread hop (a group commit, with the drafts being
         prepared meanwhile): the first starts a flush, the others join the next one. Raises
         what the store raised."""
+        await self._record_submitted(Outcomes(rows=((message_id, None),), attempted=False))
+
+    async def _record_submitted(self, outcomes: Outcomes) -> None:
+        """Record submission outcomes in the send path's next group commit (with the drafts
+        being prepared and the other outcomes waiting meanwhile). Raises what the store
+        raised."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._acks_to_record.append((message_id, done))
+        self._outcomes_to_record.append((outcomes, done))
         self._start_send_flush()
         await done
 
@@ -858,11 +887,11 @@ class Node:
                 self.observe.submit_failed()
                 self._log.warning("submit_failed", message_id=message_id, error=error)
         try:
-            await asyncio.to_thread(
-                self.store.mark_outbox_many,
-                list(zip((m for m, _, _ in messages), errors, strict=True)),
-                now=self._clock(),
-                attempted=attempted,
+            await self._record_submitted(
+                Outcomes(
+                    rows=tuple(zip((m for m, _, _ in messages), errors, strict=True)),
+                    attempted=attempted,
+                )
             )
         except StorageUnavailable as exc:
             # JetStream holds what it acknowledged; the store still says pending, so the
