@@ -62,7 +62,7 @@ from broker.gateway.settings import GatewaySettings
 from broker.loaders import load_schema_registry
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
-from broker.nats import PUBLISH_TIMEOUT, connect, tls_context
+from broker.nats import PUBLISH_TIMEOUT, connect, lean_fetch, tls_context
 from broker.node.store import store_unavailable
 from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.policy_store import PolicyStore
@@ -341,7 +341,7 @@ async def _pull_loop(
     """Fetch and settle batches from one durable until ``stop``. With a ``bucket`` (fair
     share), take only as many messages as the sender's tokens allow: the rest wait in the
     stream, delayed, never dropped."""
-    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    sub = lean_fetch(await js.pull_subscribe_bind(durable=durable, stream=stream))
     faults = FaultLog(log, "fetch", stream=stream, durable=durable)
     throttle = _Throttle(direction=direction, sender=sender, metrics=metrics)
     while not stop.is_set():

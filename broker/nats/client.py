@@ -16,7 +16,9 @@ from typing import Any, Final
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 
 from broker.errors import TransportError
@@ -113,3 +115,34 @@ async def connect(
         )
     except (*NATS_ERRORS, OSError) as exc:
         raise into(f"cannot connect to {url}: {exc}") from exc
+
+
+def lean_fetch(sub: JetStreamContext.PullSubscription) -> JetStreamContext.PullSubscription:
+    """Make ``sub.fetch`` take the messages already received without a task each.
+
+    nats-py's fetch reads every message of a batch through ``Subscription.next_msg``, which
+    starts two tasks, a timer and a ``uuid4()`` per call even when the message is already in
+    the subscription's queue (measured against the bundled nats-server: 61 us of client CPU
+    per message in a batch of 64, 20 us with this). Here ``next_msg`` hands over a queued
+    message at once, with the same bookkeeping nats-py does (pending bytes, ``task_done``);
+    when the queue is empty, or the connection closed, nats-py's own ``next_msg`` runs
+    (timeouts, cancellation on close and every status message are its, unchanged). Written
+    against nats-py 2.16's ``Subscription``; a subscription without that queue is left as it
+    is. Returns ``sub``."""
+    inner = getattr(sub, "_sub", None)
+    queue = getattr(inner, "_pending_queue", None)
+    if inner is None or queue is None or not hasattr(inner, "_pending_size"):
+        return sub
+    original = inner.next_msg
+
+    async def next_msg(timeout: float | None = 1.0) -> Msg:
+        if queue.empty() or inner._conn.is_closed:
+            waited: Msg = await original(timeout)
+            return waited
+        msg: Msg = queue.get_nowait()
+        inner._pending_size -= len(msg.data)
+        queue.task_done()
+        return msg
+
+    inner.next_msg = next_msg
+    return sub
