@@ -62,7 +62,7 @@ from broker.gateway.settings import GatewaySettings
 from broker.loaders import load_schema_registry
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
-from broker.nats import PUBLISH_TIMEOUT, connect, lean_fetch, tls_context
+from broker.nats import PUBLISH_TIMEOUT, BatchPublisher, connect, lean_fetch, tls_context
 from broker.node.store import store_unavailable
 from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.policy_store import PolicyStore
@@ -218,12 +218,16 @@ def _log_outcome(direction: str, outcome: Outcome, trace: str | None = None) -> 
     )
 
 
-def _publication(js: JetStreamContext, p: Publish, trace: str | None) -> Awaitable[object]:
+def _headers(p: Publish, trace: str | None) -> dict[str, str]:
     # The input's traceparent goes on every output (the message relayed, and our evidence).
     headers = {"Nats-Msg-Id": p.msg_id}
     if trace is not None:
         headers[TRACEPARENT] = trace
-    return js.publish(p.subject, p.data, timeout=PUBLISH_TIMEOUT, headers=headers)
+    return headers
+
+
+def _publication(js: JetStreamContext, p: Publish, trace: str | None) -> Awaitable[object]:
+    return js.publish(p.subject, p.data, timeout=PUBLISH_TIMEOUT, headers=_headers(p, trace))
 
 
 async def _publish_all(
@@ -233,15 +237,29 @@ async def _publish_all(
 
 
 async def _publish_batch(
-    js: JetStreamContext, outputs: Sequence[tuple[tuple[Publish, ...], str | None]]
+    js: JetStreamContext,
+    outputs: Sequence[tuple[tuple[Publish, ...], str | None]],
+    publisher: BatchPublisher | None = None,
 ) -> list[BaseException | None]:
-    """Publish the outputs of every input of a batch concurrently (one gather, one task per
-    publication); per input, the first failure of its publications, or None."""
+    """Publish the outputs of every input of a batch concurrently (with a ``publisher``: all
+    written, then all acks awaited together; without: one gather, one task per publication);
+    per input, the first failure of its publications, or None."""
     owners = [n for n, (publishes, _) in enumerate(outputs) for _ in publishes]
-    results = await asyncio.gather(
-        *(_publication(js, p, trace) for publishes, trace in outputs for p in publishes),
-        return_exceptions=True,
-    )
+    results: Sequence[object]
+    if publisher is not None:
+        results = await publisher.publish_all(
+            [
+                (p.subject, p.data, _headers(p, trace))
+                for publishes, trace in outputs
+                for p in publishes
+            ],
+            timeout=PUBLISH_TIMEOUT,
+        )
+    else:
+        results = await asyncio.gather(
+            *(_publication(js, p, trace) for publishes, trace in outputs for p in publishes),
+            return_exceptions=True,
+        )
     failed: list[BaseException | None] = [None] * len(outputs)
     for owner, result in zip(owners, results, strict=True):
         if isinstance(result, BaseException) and failed[owner] is None:
@@ -337,6 +355,7 @@ async def _pull_loop(
     sender: str | None = None,
     setback: Setback | None = None,
     crossings: SharedCrossings | None = None,
+    publisher: BatchPublisher | None = None,
 ) -> None:
     """Fetch and settle batches from one durable until ``stop``. With a ``bucket`` (fair
     share), take only as many messages as the sender's tokens allow: the rest wait in the
@@ -379,6 +398,7 @@ async def _pull_loop(
             metrics=metrics,
             setback=setback,
             crossings=crossings,
+            publisher=publisher,
         )
 
 
@@ -477,6 +497,7 @@ async def _run_lanes(
     metrics: GatewayMetrics | None = None,
     setback: Setback | None = None,
     crossings: SharedCrossings | None = None,
+    publisher: BatchPublisher | None = None,
 ) -> None:
     """One pull loop per lane (consumer) of ``stream``, each with its own token bucket (if
     any), so one sender's backlog or flood never delays another sender. Lanes that appear
@@ -509,6 +530,7 @@ async def _run_lanes(
                         sender=lane.sender,
                         setback=setback,
                         crossings=crossings,
+                        publisher=publisher,
                     ),
                     name=f"{stream}-{lane.durable}",
                 )
@@ -541,6 +563,7 @@ async def _settle_batch(
     metrics: GatewayMetrics | None,
     setback: Setback | None = None,
     crossings: SharedCrossings | None = None,
+    publisher: BatchPublisher | None = None,
 ) -> None:
     """Decide every message of one fetch, record the decisions (one audit commit), publish
     all their outputs concurrently, then ack each input whose outputs were all acknowledged.
@@ -630,7 +653,7 @@ async def _settle_batch(
                 )
             return
     results = await _publish_batch(
-        js, [(outcome.publishes, trace) for _, outcome, trace in decided]
+        js, [(outcome.publishes, trace) for _, outcome, trace in decided], publisher
     )
     for (msg, _, _), result in zip(decided, results, strict=True):
         if result is not None:
@@ -820,6 +843,8 @@ async def run_gateway(
     )
     js = nc.jetstream()
     shared.attach(await open_bucket(js))
+    # The loops' outputs: a batch's publications written at once, their acks awaited together.
+    publisher = BatchPublisher(nc)
 
     def swap_directory(directory: Directory) -> None:
         if directory.serial <= holder.directory.serial:
@@ -899,6 +924,7 @@ async def run_gateway(
                 metrics=metrics,
                 setback=setback,
                 crossings=shared,
+                publisher=publisher,
             )
         ),
         asyncio.create_task(
@@ -916,6 +942,7 @@ async def run_gateway(
                 metrics=metrics,
                 setback=setback,
                 crossings=shared,
+                publisher=publisher,
             )
         ),
         asyncio.create_task(

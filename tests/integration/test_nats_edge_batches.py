@@ -1,5 +1,7 @@
-"""``broker.nats.lean_fetch`` against a real nats-server: the same batches nats-py's fetch
-gives (every message once, in order, nothing left pending), only without a task per message."""
+"""The NATS edge's batch helpers against a real nats-server: ``lean_fetch`` gives the same
+batches nats-py's fetch gives (every message once, in order, nothing left pending), only
+without a task per message; ``BatchPublisher`` reports per publication what ``js.publish``
+would have raised."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from broker.nats import lean_fetch
+from broker.nats import BatchPublisher, lean_fetch
 
 from .conftest import run
 
@@ -85,3 +88,40 @@ class TestLeanFetch:
         assert got == [str(i).encode() for i in range(120)]
         assert max(sizes) <= 16
         assert pending == 0
+
+
+class TestBatchPublisher:
+    def test_each_publication_gets_its_own_outcome(self, server: str) -> None:
+        """Stored (and a de-duplicated copy) is None; a subject no stream takes is
+        NoStreamResponseError; a subject NATS refuses is its error; the others of the batch
+        are stored all the same, each once."""
+
+        async def scenario() -> tuple[list[BaseException | None], list[bytes]]:
+            nc = await nats.connect(server)
+            try:
+                js = nc.jetstream()
+                await js.add_stream(name="PUB", subjects=["pub.>"])
+                publisher = BatchPublisher(nc)
+                outcomes = await publisher.publish_all(
+                    [
+                        ("pub.a", b"one", {"Nats-Msg-Id": "1"}),
+                        ("nostream.a", b"lost", {"Nats-Msg-Id": "2"}),
+                        ("pub.a", b"one again", {"Nats-Msg-Id": "1"}),
+                        ("", b"bad subject", {"Nats-Msg-Id": "3"}),
+                        ("pub.b", b"two", {"Nats-Msg-Id": "4"}),
+                    ],
+                    timeout=5,
+                )
+                sub = await js.pull_subscribe("pub.>", durable="check")
+                stored = [m.data for m in await sub.fetch(10, timeout=1)]
+                return outcomes, stored
+            finally:
+                await nc.close()
+
+        outcomes, stored = run(scenario())
+        assert outcomes[0] is None
+        assert isinstance(outcomes[1], nats.js.errors.NoStreamResponseError)
+        assert outcomes[2] is None  # the duplicate window: stored once, acknowledged again
+        assert isinstance(outcomes[3], nats.errors.BadSubjectError)
+        assert outcomes[4] is None
+        assert stored == [b"one", b"two"]
