@@ -672,8 +672,7 @@ class Node:
                 self.observe.metrics.validation_seconds.observe(elapsed())
         now = self._clock()
         sealed = self._seal(header, clearance.body, now)
-        self._in_flight.add(sealed.message_id)
-        return _Staged(
+        staged = _Staged(
             header=header,
             clearance=clearance,
             sealed=sealed,
@@ -688,6 +687,8 @@ class Node:
             # with that attempt counted (no separate commit before the publish).
             submitting=self.transport.connected,
         )
+        self._in_flight.add(sealed.message_id)  # last: no in-flight id left behind by a fault
+        return staged
 
     async def submit(
         self, message_id: str, *, attempts: int | None, sealed: SealedRecord | None = None
