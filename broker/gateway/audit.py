@@ -177,6 +177,13 @@ class GatewayLedger:
         """Log border decisions and record crossings (before the outputs are published), in
         one commit. A decision already logged (same id, direction, digest) is not logged
         again; its crossing, if any, is kept once."""
+        self.record_many([(direction, outcomes)], now=now)
+
+    def record_many(
+        self, batches: Sequence[tuple[str, Sequence[Outcome]]], *, now: datetime
+    ) -> None:
+        """:meth:`record` for the ``(direction, outcomes)`` of several loops, in ONE commit
+        (a group commit: nothing of it is kept if any of it fails)."""
         t = int(now.timestamp())
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -186,11 +193,12 @@ class GatewayLedger:
                     self._purge(t)
                     self._purged_at = t
                 entries = []
-                for outcome in outcomes:
-                    if self._first_decision(direction, outcome, t):
-                        entries.extend(self._entries(direction, outcome))
-                    if outcome.crossing is not None:
-                        self._insert_crossing(outcome.crossing)
+                for direction, outcomes in batches:
+                    for outcome in outcomes:
+                        if self._first_decision(direction, outcome, t):
+                            entries.extend(self._entries(direction, outcome))
+                        if outcome.crossing is not None:
+                            self._insert_crossing(outcome.crossing)
                 if entries:
                     audit_log.append(self._db, entries, now=now)
             except BaseException:

@@ -4,7 +4,8 @@ One loop per agency of the country takes its submissions from ``SUBMIT`` (durabl
 ``submit-<agency>``, with that agency's token bucket: ``broker/gateway/fairness.py``), one loop
 per peer country takes its messages from ``INBOX`` (durable ``inbox-<peer>``), one loop keeps
 the nodes' audit checkpoints. For each fetched batch: decide every message (``Border``), record
-the decisions in the audit ledger (one commit), publish every output with its ``Nats-Msg-Id``
+the decisions in the audit ledger (one commit, shared with the batches other loops record at
+the same time: :class:`GroupRecorder`), publish every output with its ``Nats-Msg-Id``
 and wait for the JetStream acks (all publishes of the batch concurrently, written in order on
 one connection), then ack each input. A failed publish naks its input for redelivery, so nothing
 is dropped; the deterministic ids make the redelivery's outputs duplicates that JetStream
@@ -61,7 +62,7 @@ from broker.gateway.settings import GatewaySettings
 from broker.loaders import load_schema_registry
 from broker.logs import FaultLog
 from broker.metrics import ExpiryCollector, GatewayMetrics, MetricsServer, build_info
-from broker.nats import PUBLISH_TIMEOUT, connect, tls_context
+from broker.nats import PUBLISH_TIMEOUT, BatchPublisher, connect, lean_fetch, tls_context
 from broker.node.store import store_unavailable
 from broker.pki.keyfiles import read_bytes, read_certificate, read_private_key
 from broker.policy_store import PolicyStore
@@ -69,7 +70,7 @@ from broker.process_memory import release_free_memory
 from broker.tracing import TRACEPARENT, from_headers
 
 FETCH_BATCH: Final = 32
-FETCH_TIMEOUT: Final = 1.0
+FETCH_TIMEOUT: Final = 5.0
 DIRECTORY_CHECK_SECONDS: Final = 30.0
 
 log = structlog.get_logger("casebridge.gateway")
@@ -217,12 +218,16 @@ def _log_outcome(direction: str, outcome: Outcome, trace: str | None = None) -> 
     )
 
 
-def _publication(js: JetStreamContext, p: Publish, trace: str | None) -> Awaitable[object]:
+def _headers(p: Publish, trace: str | None) -> dict[str, str]:
     # The input's traceparent goes on every output (the message relayed, and our evidence).
     headers = {"Nats-Msg-Id": p.msg_id}
     if trace is not None:
         headers[TRACEPARENT] = trace
-    return js.publish(p.subject, p.data, timeout=PUBLISH_TIMEOUT, headers=headers)
+    return headers
+
+
+def _publication(js: JetStreamContext, p: Publish, trace: str | None) -> Awaitable[object]:
+    return js.publish(p.subject, p.data, timeout=PUBLISH_TIMEOUT, headers=_headers(p, trace))
 
 
 async def _publish_all(
@@ -232,20 +237,108 @@ async def _publish_all(
 
 
 async def _publish_batch(
-    js: JetStreamContext, outputs: Sequence[tuple[tuple[Publish, ...], str | None]]
+    js: JetStreamContext,
+    outputs: Sequence[tuple[tuple[Publish, ...], str | None]],
+    publisher: BatchPublisher | None = None,
 ) -> list[BaseException | None]:
-    """Publish the outputs of every input of a batch concurrently (one gather, one task per
-    publication); per input, the first failure of its publications, or None."""
+    """Publish the outputs of every input of a batch concurrently (with a ``publisher``: all
+    written, then all acks awaited together; without: one gather, one task per publication);
+    per input, the first failure of its publications, or None."""
     owners = [n for n, (publishes, _) in enumerate(outputs) for _ in publishes]
-    results = await asyncio.gather(
-        *(_publication(js, p, trace) for publishes, trace in outputs for p in publishes),
-        return_exceptions=True,
-    )
+    results: Sequence[object]
+    if publisher is not None:
+        results = await publisher.publish_all(
+            [
+                (p.subject, p.data, _headers(p, trace))
+                for publishes, trace in outputs
+                for p in publishes
+            ],
+            timeout=PUBLISH_TIMEOUT,
+        )
+    else:
+        results = await asyncio.gather(
+            *(_publication(js, p, trace) for publishes, trace in outputs for p in publishes),
+            return_exceptions=True,
+        )
     failed: list[BaseException | None] = [None] * len(outputs)
     for owner, result in zip(owners, results, strict=True):
         if isinstance(result, BaseException) and failed[owner] is None:
             failed[owner] = result
     return failed
+
+
+class GroupRecorder:
+    """The decisions of the loops that settle a batch at the same time, recorded in ONE commit
+    and one worker-thread hop (a group commit): the first caller starts a flush, those that
+    arrive meanwhile join the next one; nothing waits to fill a group. Each caller returns
+    only once its own decisions are committed. If a group's commit fails, each caller's
+    decisions are recorded again on their own, so one loop's fault fails no other loop."""
+
+    def __init__(
+        self, record_many: Callable[[Sequence[tuple[str, Sequence[Outcome]]]], None]
+    ) -> None:
+        self._record_many = record_many
+        self._waiting: list[tuple[tuple[str, Sequence[Outcome]], asyncio.Future[None]]] = []
+        self._flushing = False
+        self._flush: asyncio.Task[None] | None = None  # referenced while it runs
+
+    async def record(self, direction: str, outcomes: Sequence[Outcome]) -> None:
+        """Record ``outcomes`` (decided in ``direction``); raises what the ledger raised."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(((direction, outcomes), done))
+        if not self._flushing:
+            self._flushing = True
+            self._flush = asyncio.get_running_loop().create_task(self._flush_all())
+        await done
+
+    async def _flush_all(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    await asyncio.to_thread(self._record_many, [item for item, _ in group])
+                except Exception as exc:  # noqa: BLE001 - handed to the caller(s)
+                    if len(group) == 1:
+                        _answer(group[0][1], exc)
+                        continue
+                    for item, done in group:  # one by one: whose decisions fail?
+                        try:
+                            await asyncio.to_thread(self._record_many, [item])
+                        except Exception as alone:  # noqa: BLE001 - that caller's answer
+                            _answer(done, alone)
+                        else:
+                            _answer(done, None)
+                    continue
+                except BaseException:
+                    for _, done in group:  # cancelled (the gateway stops): nobody waits
+                        done.cancel()
+                    raise
+                for _, done in group:
+                    _answer(done, None)
+        finally:
+            self._flushing = False
+
+
+def _answer(done: asyncio.Future[None], error: Exception | None) -> None:
+    if done.done():  # the caller went away (cancelled)
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+async def _recorded(
+    record: Callable[[str, Sequence[Outcome]], None] | GroupRecorder,
+    direction: str,
+    outcomes: Sequence[Outcome],
+) -> None:
+    # In a worker thread: a locked or slow store must not stop the event loop (the other
+    # lanes, the metrics endpoint).
+    if isinstance(record, GroupRecorder):
+        await record.record(direction, outcomes)
+    else:
+        await asyncio.to_thread(record, direction, outcomes)
 
 
 async def _pull_loop(
@@ -256,17 +349,18 @@ async def _pull_loop(
     decide: Callable[[bytes, str], Outcome],
     direction: str,
     stop: asyncio.Event,
-    record: Callable[[str, Sequence[Outcome]], None] | None = None,
+    record: Callable[[str, Sequence[Outcome]], None] | GroupRecorder | None = None,
     metrics: GatewayMetrics | None = None,
     bucket: TokenBucket | None = None,
     sender: str | None = None,
     setback: Setback | None = None,
     crossings: SharedCrossings | None = None,
+    publisher: BatchPublisher | None = None,
 ) -> None:
     """Fetch and settle batches from one durable until ``stop``. With a ``bucket`` (fair
     share), take only as many messages as the sender's tokens allow: the rest wait in the
     stream, delayed, never dropped."""
-    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    sub = lean_fetch(await js.pull_subscribe_bind(durable=durable, stream=stream))
     faults = FaultLog(log, "fetch", stream=stream, durable=durable)
     throttle = _Throttle(direction=direction, sender=sender, metrics=metrics)
     while not stop.is_set():
@@ -304,6 +398,7 @@ async def _pull_loop(
             metrics=metrics,
             setback=setback,
             crossings=crossings,
+            publisher=publisher,
         )
 
 
@@ -398,10 +493,11 @@ async def _run_lanes(
     bucket: Callable[[], TokenBucket | None],
     decide: Callable[[bytes, str], Outcome],
     stop: asyncio.Event,
-    record: Callable[[str, Sequence[Outcome]], None] | None = None,
+    record: Callable[[str, Sequence[Outcome]], None] | GroupRecorder | None = None,
     metrics: GatewayMetrics | None = None,
     setback: Setback | None = None,
     crossings: SharedCrossings | None = None,
+    publisher: BatchPublisher | None = None,
 ) -> None:
     """One pull loop per lane (consumer) of ``stream``, each with its own token bucket (if
     any), so one sender's backlog or flood never delays another sender. Lanes that appear
@@ -434,6 +530,7 @@ async def _run_lanes(
                         sender=lane.sender,
                         setback=setback,
                         crossings=crossings,
+                        publisher=publisher,
                     ),
                     name=f"{stream}-{lane.durable}",
                 )
@@ -462,10 +559,11 @@ async def _settle_batch(
     stream: str,
     decide: Callable[[bytes, str], Outcome],
     direction: str,
-    record: Callable[[str, Sequence[Outcome]], None] | None,
+    record: Callable[[str, Sequence[Outcome]], None] | GroupRecorder | None,
     metrics: GatewayMetrics | None,
     setback: Setback | None = None,
     crossings: SharedCrossings | None = None,
+    publisher: BatchPublisher | None = None,
 ) -> None:
     """Decide every message of one fetch, record the decisions (one audit commit), publish
     all their outputs concurrently, then ack each input whose outputs were all acknowledged.
@@ -510,10 +608,9 @@ async def _settle_batch(
         return
     if record is not None:
         # Recorded before anything is published: no border crossing without its record.
-        # In a worker thread: a locked or slow store must not stop the event loop (the other
-        # lanes, the metrics endpoint). The ledger serialises its own writes.
+        # The ledger serialises its own writes; a GroupRecorder shares commits between loops.
         try:
-            await asyncio.to_thread(record, direction, [outcome for _, outcome, _ in decided])
+            await _recorded(record, direction, [outcome for _, outcome, _ in decided])
         except Exception as batch_exc:  # noqa: BLE001 - find the input(s) at fault, one each
             if store_unavailable(batch_exc):
                 # Not about any one input: all wait and come again, none is blamed.
@@ -530,7 +627,7 @@ async def _settle_batch(
             kept: list[tuple[Msg, Outcome, str | None]] = []
             for item in decided:
                 try:
-                    await asyncio.to_thread(record, direction, [item[1]])
+                    await _recorded(record, direction, [item[1]])
                 except Exception as exc:  # noqa: BLE001 - settled by setback
                     await setback.failed(
                         item[0],
@@ -556,7 +653,7 @@ async def _settle_batch(
                 )
             return
     results = await _publish_batch(
-        js, [(outcome.publishes, trace) for _, outcome, trace in decided]
+        js, [(outcome.publishes, trace) for _, outcome, trace in decided], publisher
     )
     for (msg, _, _), result in zip(decided, results, strict=True):
         if result is not None:
@@ -728,12 +825,18 @@ async def run_gateway(
             metrics.store_write_failures.inc()  # the chunk is offered again
             raise
 
-    def record(direction: str, outcomes: Sequence[Outcome]) -> None:
+    def record_many(batches: Sequence[tuple[str, Sequence[Outcome]]]) -> None:
         try:
-            ledger.record(direction, outcomes, now=clock())
+            ledger.record_many(batches, now=clock())
         except sqlite3.Error:
             metrics.store_write_failures.inc()  # the inputs are retried (Setback)
             raise
+
+    def record(direction: str, outcomes: Sequence[Outcome]) -> None:
+        record_many([(direction, outcomes)])
+
+    # The loops' decisions: concurrent batches of several lanes share a commit.
+    recorder = GroupRecorder(record_many)
 
     nc = await connect(
         settings.nats.url,
@@ -747,6 +850,8 @@ async def run_gateway(
     )
     js = nc.jetstream()
     shared.attach(await open_bucket(js))
+    # The loops' outputs: a batch's publications written at once, their acks awaited together.
+    publisher = BatchPublisher(nc)
 
     def swap_directory(directory: Directory) -> None:
         if directory.serial <= holder.directory.serial:
@@ -828,10 +933,11 @@ async def run_gateway(
                 ),
                 decide=egress,
                 stop=stop,
-                record=record,
+                record=recorder,
                 metrics=metrics,
                 setback=setback,
                 crossings=shared,
+                publisher=publisher,
             )
         ),
         asyncio.create_task(
@@ -845,10 +951,11 @@ async def run_gateway(
                 bucket=lambda: None,
                 decide=ingress,
                 stop=stop,
-                record=record,
+                record=recorder,
                 metrics=metrics,
                 setback=setback,
                 crossings=shared,
+                publisher=publisher,
             )
         ),
         asyncio.create_task(

@@ -7,16 +7,22 @@ connections and maps exceptions.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.errors import Error as JetStreamError
 
 from broker.errors import TransportError
@@ -113,3 +119,122 @@ async def connect(
         )
     except (*NATS_ERRORS, OSError) as exc:
         raise into(f"cannot connect to {url}: {exc}") from exc
+
+
+def lean_fetch(sub: JetStreamContext.PullSubscription) -> JetStreamContext.PullSubscription:
+    """Make ``sub.fetch`` take the messages already received without a task each.
+
+    nats-py's fetch reads every message of a batch through ``Subscription.next_msg``, which
+    starts two tasks, a timer and a ``uuid4()`` per call even when the message is already in
+    the subscription's queue (measured against the bundled nats-server: 61 us of client CPU
+    per message in a batch of 64, 20 us with this). Here ``next_msg`` hands over a queued
+    message at once, with the same bookkeeping nats-py does (pending bytes, ``task_done``);
+    when the queue is empty, or the connection closed, nats-py's own ``next_msg`` runs
+    (timeouts, cancellation on close and every status message are its, unchanged). Written
+    against nats-py 2.16's ``Subscription``; a subscription without that queue is left as it
+    is. Returns ``sub``."""
+    inner = getattr(sub, "_sub", None)
+    queue = getattr(inner, "_pending_queue", None)
+    if inner is None or queue is None or not hasattr(inner, "_pending_size"):
+        return sub
+    original = inner.next_msg
+
+    async def next_msg(timeout: float | None = 1.0) -> Msg:
+        if queue.empty() or inner._conn.is_closed:
+            waited: Msg = await original(timeout)
+            return waited
+        msg: Msg = queue.get_nowait()
+        inner._pending_size -= len(msg.data)
+        queue.task_done()
+        return msg
+
+    inner.next_msg = next_msg
+    return sub
+
+
+_NO_RESPONDERS: Final = "503"  # the status a publication to no stream is answered with
+
+
+class BatchPublisher:
+    """Publish a batch to JetStream and wait for all its acks together, on one connection.
+
+    ``js.publish`` waits for each ack on its own: a task (under ``gather``), a timer and an
+    ack parsed into a ``PubAck`` object per publication. Here one reply subscription (made
+    on first use, under the connection's inbox prefix, which the server permissions allow)
+    receives every ack, a publication costs one future, and a batch one timer. The outcome
+    of each publication is what ``js.publish`` raises: ``None`` when JetStream stored it (a
+    duplicate too), :class:`nats.js.errors.NoStreamResponseError` when no stream takes the
+    subject, the :class:`nats.js.errors.APIError` JetStream answered, the error publishing
+    raised, or :class:`nats.errors.TimeoutError` when no ack came in time."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix: str | None = None
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._counter = 0
+
+    async def _reply_prefix(self) -> str:
+        if self._prefix is None:
+            prefix = self._nc.new_inbox() + "."
+            await self._nc.subscribe(prefix + "*", cb=self._acked)
+            self._prefix = prefix
+        return self._prefix
+
+    async def _acked(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix or "") :], None)
+        if future is None or future.done():
+            return  # late (timed out already) or not ours
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            answer = json.loads(msg.data)
+            if isinstance(answer, dict) and "error" in answer:
+                APIError.from_error(answer["error"])  # raises the matching APIError
+        except (APIError, ValueError, TypeError, KeyError) as exc:
+            future.set_exception(
+                exc if isinstance(exc, APIError) else APIError(description=str(exc))
+            )
+            return
+        future.set_result(None)
+
+    async def publish_all(
+        self,
+        items: Sequence[tuple[str, bytes, Mapping[str, str]]],
+        *,
+        timeout: float,
+    ) -> list[BaseException | None]:
+        """Publish every ``(subject, data, headers)`` in order, then wait at most ``timeout``
+        seconds for all the acks; the outcome of each (see the class docstring)."""
+        prefix = await self._reply_prefix()
+        loop = asyncio.get_running_loop()
+        mine: list[tuple[str, asyncio.Future[None]]] = []
+        try:
+            for subject, data, headers in items:
+                self._counter += 1
+                token = str(self._counter)
+                future: asyncio.Future[None] = loop.create_future()
+                self._waiting[token] = future
+                mine.append((token, future))
+                try:
+                    await self._nc.publish(
+                        subject, data, reply=prefix + token, headers=dict(headers)
+                    )
+                except Exception as exc:  # noqa: BLE001 - that publication's outcome
+                    self._waiting.pop(token, None)
+                    future.set_exception(exc)
+            pending = [f for _, f in mine if not f.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=timeout)
+            outcomes: list[BaseException | None] = []
+            for _, future in mine:
+                if future.done() and not future.cancelled():
+                    outcomes.append(future.exception())
+                else:
+                    outcomes.append(NatsTimeoutError())
+            return outcomes
+        finally:
+            for token, future in mine:
+                self._waiting.pop(token, None)
+                if not future.done():
+                    future.cancel()

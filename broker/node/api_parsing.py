@@ -10,7 +10,6 @@ it does not know (a misspelt ``unraed=1`` would answer as if nothing had been as
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from typing import Any, Final
 
@@ -81,14 +80,11 @@ async def read_body(request: web.Request) -> bytes:
 async def json_body(request: web.Request) -> dict[str, Any]:
     raw = await read_body(request)
     try:
+        # Also refuses a lone surrogate escape ("\ud800"), which would parse into a str that
+        # is not Unicode text (loads_strict checks the decoded value when one is escaped).
         value = canonical.loads_strict(raw, what="request")
-        # A lone surrogate escape ("\ud800") parses into a str that is not Unicode text:
-        # refused here, whatever the parser lets through.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except InvalidMessage as exc:
         raise BadRequest(f"request body is not valid JSON: {exc.detail}") from None
-    except UnicodeError:
-        raise BadRequest("request body holds a lone surrogate escape (not Unicode)") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object")
     return value

@@ -34,6 +34,14 @@ Receiving in batches
     delivery is settled again with its own commit. Then step 5 for the batch: acks, and the
     evidence published concurrently (a bounded window) with one commit of the outcomes.
 
+Sending in groups
+    A request's draft is pre-flighted, sealed and committed to the outbox on the worker
+    thread together with the drafts of the requests that arrived meanwhile, and with the
+    submission outcomes waiting to be recorded (JetStream's acknowledgements of requests, the
+    outcomes of published evidence): one thread hop and one commit per group
+    (each draft in its own savepoint), nothing held back to fill a group. Each request then
+    submits its own message and answers only after its commit.
+
 When handling fails (poison handling, docs/node-api.md#quarantine)
     Our own faults and anything unexpected (a bug) never reach the peer as evidence. The
     delivery is nak'ed with a delay growing with its attempt count (``RetryPolicy``), so the
@@ -133,6 +141,7 @@ from broker.tracing import TRACEPARENT, from_headers
 
 MAX_FAILING_TRACKED: Final = 10_000  # first-failure times of deliveries being retried
 SUBMIT_WINDOW: Final = 64  # publishes awaiting JetStream's acknowledgement at once
+SEND_GROUP: Final = 32  # drafts prepared and committed together at most (the send path)
 
 
 def retried_only(exc: BaseException) -> bool:
@@ -212,6 +221,39 @@ class AttachmentFiles(FilesView, Protocol):
     def bind(self, message_id: str, manifests: Sequence[Manifest]) -> None: ...
 
     def hold(self, opened: OpenedMessage, receipt: Receipt, wire: bytes, now: datetime) -> None: ...
+
+
+# What preparing a draft comes to: the message stored earlier under its Idempotency-Key, or
+# its header, pre-flight clearance, sealed record and whether it was stored as submitted.
+Prepared = tuple[Header, Clearance, SealedRecord, bool] | OutboxMessage
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outcomes:
+    """Submission outcomes to record: ``(message_id, error)`` rows (None: acknowledged, else
+    back to queued with the error); ``attempted``: count the attempt when recording."""
+
+    rows: tuple[tuple[str, str | None], ...]
+    attempted: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Staged:
+    """A draft cleared and sealed on the worker thread, its outbox row not yet committed."""
+
+    header: Header
+    clearance: Clearance
+    sealed: SealedRecord
+    disclosed: tuple[AuditEntry, ...]
+    now: datetime
+    idempotency: tuple[str, str] | None
+    submitting: bool
+
+
+def _prepared(result: _Staged | OutboxMessage | Exception) -> Prepared | Exception:
+    if isinstance(result, _Staged):
+        return result.header, result.clearance, result.sealed, result.submitting
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,9 +339,14 @@ class Node:
         }
         self._faults = DistinctFaults(self._log, "delivery_failed")
         self._failing: OrderedDict[tuple[str, int], str] = OrderedDict()  # first failure time
-        self._acks_to_record: list[tuple[str, asyncio.Future[None]]] = []
-        self._recording_acks = False
-        self._ack_flush: asyncio.Task[None] | None = None  # referenced while it runs
+        # The send path's group commit (_flush_sends): drafts waiting to be prepared and
+        # submission outcomes waiting to be recorded, each with the future its caller awaits.
+        self._to_prepare: list[
+            tuple[tuple[Draft, tuple[str, str] | None, str | None], asyncio.Future[Prepared]]
+        ] = []
+        self._outcomes_to_record: list[tuple[Outcomes, asyncio.Future[None]]] = []
+        self._flushing_sends = False
+        self._send_flush: asyncio.Task[None] | None = None  # referenced while it runs
 
     @property
     def resolver(self) -> KeyResolver:
@@ -440,9 +487,10 @@ class Node:
         first attempt counted already. With ``idempotency``: the message stored earlier under
         that key instead, if there is one (looked up in the same thread hop)."""
         try:
-            # One thread hop: pre-flight, seal and the outbox commit (with its disclosure
-            # records) belong together and are all blocking work.
-            prepared = await asyncio.to_thread(self._prepare, draft, idempotency, actor)
+            # Pre-flight, seal and the outbox commit (with its disclosure records) belong
+            # together and are all blocking work: done on the worker thread, together with
+            # those of the requests that arrived meanwhile (a group commit, module docstring).
+            prepared = await self._prepare_grouped(draft, idempotency, actor)
         except PolicyDenied as exc:
             self.observe.preflight_refused(sender=self.agency_id, rule_id=exc.rule_id)
             self._log.info("preflight_refused", rule_id=exc.rule_id, reason=exc.reason.value)
@@ -460,9 +508,152 @@ class Node:
         self._log.info("message_queued", message_id=header.id, type=header.type, traceparent=trace)
         return header, clearance, sealed, recorded
 
-    def _prepare(
+    async def _prepare_grouped(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
-    ) -> tuple[Header, Clearance, SealedRecord, bool] | OutboxMessage:
+    ) -> Prepared:
+        """:meth:`_prepare_group` for this draft and those of the requests that arrived
+        while the previous group was being prepared: one worker-thread hop and one commit for
+        all of them (and for the submission outcomes waiting to be recorded). An idle node
+        prepares a lone request at once: a group never waits to fill."""
+        done: asyncio.Future[Prepared] = asyncio.get_running_loop().create_future()
+        self._to_prepare.append(((draft, idempotency, actor), done))
+        self._start_send_flush()
+        return await done
+
+    def _start_send_flush(self) -> None:
+        if not self._flushing_sends:
+            self._flushing_sends = True
+            self._send_flush = asyncio.get_running_loop().create_task(self._flush_sends())
+
+    async def _flush_sends(self) -> None:
+        """Prepare the waiting drafts and record the waiting submission outcomes, group by group,
+        until none is left. Each request's future gets its own result or error."""
+        try:
+            while self._to_prepare or self._outcomes_to_record:
+                drafts = self._to_prepare[:SEND_GROUP]
+                del self._to_prepare[:SEND_GROUP]
+                acks, self._outcomes_to_record = self._outcomes_to_record, []
+                try:
+                    results, ack_error = await asyncio.to_thread(
+                        self._prepare_group,
+                        [args for args, _ in drafts],
+                        [outcomes for outcomes, _ in acks],
+                    )
+                except BaseException:
+                    # Cancelled (the node stops), or a bug: nobody may wait forever.
+                    for _, draft_waiting in drafts:
+                        draft_waiting.cancel()
+                    for _, ack_waiting in acks:
+                        ack_waiting.cancel()
+                    raise
+                for (_, waiting), result in zip(drafts, results, strict=True):
+                    if waiting.done():
+                        # The request went away (cancelled): the stored message is the
+                        # outbox loop's to submit, not held in flight by nobody.
+                        if isinstance(result, tuple):
+                            self._in_flight.discard(result[2].message_id)
+                    elif isinstance(result, BaseException):
+                        waiting.set_exception(result)
+                    else:
+                        waiting.set_result(result)
+                for _, recorded in acks:
+                    if recorded.done():
+                        continue
+                    if ack_error is None:
+                        recorded.set_result(None)
+                    else:
+                        recorded.set_exception(ack_error)
+        finally:
+            self._flushing_sends = False
+
+    def _prepare_group(
+        self,
+        drafts: Sequence[tuple[Draft, tuple[str, str] | None, str | None]],
+        submitted: Sequence[Outcomes],
+    ) -> tuple[list[Prepared | Exception], Exception | None]:
+        """On the worker thread: pre-flight and seal every draft (no store lock held), then
+        commit their outbox rows, each in its own savepoint (one that fails spoils no other),
+        and record the ``submitted`` outcomes, in ONE transaction. Returns each draft's
+        outcome (or error) and the outcomes' error (None: recorded).
+        If the commit itself fails, nothing of the group is stored: every draft and the
+        outcomes get that error, as each would have with a commit of its own."""
+        results: list[_Staged | OutboxMessage | Exception] = []
+        for draft, idempotency, actor in drafts:
+            try:
+                results.append(self._seal_draft(draft, idempotency, actor))
+            except Exception as exc:  # noqa: BLE001 - that request's answer
+                results.append(exc)
+        staged = [
+            (index, result) for index, result in enumerate(results) if isinstance(result, _Staged)
+        ]
+        ack_error: Exception | None = None
+        if not staged and not submitted:
+            return [_prepared(r) for r in results], None
+        if not staged or (len(staged) == 1 and not submitted):
+            # A lone draft, or outcomes only (an idle node): their own transaction.
+            for index, item in staged:
+                try:
+                    self._store_staged(item)
+                except Exception as exc:  # noqa: BLE001 - that request's answer
+                    self._in_flight.discard(item.sealed.message_id)
+                    results[index] = exc
+            try:
+                self._record_outcomes(submitted)
+            except Exception as exc:  # noqa: BLE001 - the waiting submitters see it
+                ack_error = exc
+            return [_prepared(r) for r in results], ack_error
+        try:
+            with self.store.batch() as scope:
+                for index, item in staged:
+                    try:
+                        with scope():
+                            self._store_staged(item)
+                    except Exception as exc:  # noqa: BLE001 - that request's answer
+                        self._in_flight.discard(item.sealed.message_id)
+                        results[index] = exc
+                if submitted:
+                    try:
+                        with scope():
+                            self._record_outcomes(submitted)
+                    except Exception as exc:  # noqa: BLE001 - the waiting submitters see it
+                        ack_error = exc
+        except Exception as exc:  # noqa: BLE001 - the commit failed: nothing was stored
+            for index, item in staged:
+                if results[index] is item:
+                    self._in_flight.discard(item.sealed.message_id)
+                    results[index] = exc
+            return [_prepared(r) for r in results], exc
+        return [_prepared(r) for r in results], ack_error
+
+    def _record_outcomes(self, submitted: Sequence[Outcomes]) -> None:
+        """Record submission outcomes (in the caller's transaction, if any): one statement
+        batch for those whose attempt is counted here, one for those counted already."""
+        for attempted in (False, True):
+            rows = [
+                row
+                for outcomes in submitted
+                if outcomes.attempted is attempted
+                for row in outcomes.rows
+            ]
+            if rows:
+                self.store.mark_outbox_many(rows, now=self._clock(), attempted=attempted)
+
+    def _store_staged(self, item: _Staged) -> None:
+        self.store.add_outbox(
+            item.sealed,
+            now=item.now,
+            idempotency=item.idempotency,
+            within=audit_log.log(item.disclosed, now=item.now),
+            submitting=item.submitting,
+        )
+
+    def _seal_draft(
+        self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
+    ) -> _Staged | OutboxMessage:
+        """Pre-flight and seal one draft (nothing stored yet); with ``idempotency``: the
+        message stored earlier under that key instead, if there is one. The sealed message
+        is in flight from here: the outbox loop may list its row as soon as it is committed,
+        and must leave it to the request that is about to submit it."""
         if idempotency is not None:
             found = self.store.idempotent(idempotency[0])
             if found is not None:
@@ -481,27 +672,23 @@ class Node:
                 self.observe.metrics.validation_seconds.observe(elapsed())
         now = self._clock()
         sealed = self._seal(header, clearance.body, now)
-        disclosed = audit_log.disclosures(
-            sealed.header, sealed.digest, actor=actor, agency=self.agency_id
+        staged = _Staged(
+            header=header,
+            clearance=clearance,
+            sealed=sealed,
+            disclosed=tuple(
+                audit_log.disclosures(
+                    sealed.header, sealed.digest, actor=actor, agency=self.agency_id
+                )
+            ),
+            now=now,
+            idempotency=idempotency,
+            # Connected: the request submits it at once, so the row is stored as submitted
+            # with that attempt counted (no separate commit before the publish).
+            submitting=self.transport.connected,
         )
-        # In flight before the commit: the outbox loop may list the row as soon as it is
-        # committed, and must leave it to the request that is about to submit it.
-        self._in_flight.add(sealed.message_id)
-        # Connected: the request submits it at once, so the row is stored as submitted with
-        # that attempt counted (no separate commit before the publish).
-        submitting = self.transport.connected
-        try:
-            self.store.add_outbox(
-                sealed,
-                now=now,
-                idempotency=idempotency,
-                within=audit_log.log(disclosed, now=now),
-                submitting=submitting,
-            )
-        except BaseException:
-            self._in_flight.discard(sealed.message_id)
-            raise
-        return header, clearance, sealed, submitting
+        self._in_flight.add(sealed.message_id)  # last: no in-flight id left behind by a fault
+        return staged
 
     async def submit(
         self, message_id: str, *, attempts: int | None, sealed: SealedRecord | None = None
@@ -610,36 +797,19 @@ class Node:
 
     async def _record_acknowledged(self, message_id: str) -> None:
         """Record that JetStream acknowledged ``message_id``. Requests finishing at the same
-        time share one commit and one thread hop (a group commit): the first starts a flush,
-        the others join the next one. Raises what the store raised."""
-        done = asyncio.get_running_loop().create_future()
-        self._acks_to_record.append((message_id, done))
-        if not self._recording_acks:
-            self._recording_acks = True
-            self._ack_flush = asyncio.get_running_loop().create_task(self._flush_acknowledged())
-        await done
+        time share one commit and one thread hop (a group commit, with the drafts being
+        prepared meanwhile): the first starts a flush, the others join the next one. Raises
+        what the store raised."""
+        await self._record_submitted(Outcomes(rows=((message_id, None),), attempted=False))
 
-    async def _flush_acknowledged(self) -> None:
-        try:
-            while self._acks_to_record:
-                group, self._acks_to_record = self._acks_to_record, []
-                try:
-                    await asyncio.to_thread(
-                        self.store.mark_outbox_many,
-                        [(message_id, None) for message_id, _ in group],
-                        now=self._clock(),
-                        attempted=False,
-                    )
-                except Exception as exc:  # noqa: BLE001 - each waiting request sees it
-                    for _, done in group:
-                        if not done.done():
-                            done.set_exception(exc)
-                else:
-                    for _, done in group:
-                        if not done.done():
-                            done.set_result(None)
-        finally:
-            self._recording_acks = False
+    async def _record_submitted(self, outcomes: Outcomes) -> None:
+        """Record submission outcomes in the send path's next group commit (with the drafts
+        being prepared and the other outcomes waiting meanwhile). Raises what the store
+        raised."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outcomes_to_record.append((outcomes, done))
+        self._start_send_flush()
+        await done
 
     async def flush_outbox(self) -> int:
         """One attempt for every unacknowledged outbox message (oldest first). Returns how
@@ -718,11 +888,11 @@ class Node:
                 self.observe.submit_failed()
                 self._log.warning("submit_failed", message_id=message_id, error=error)
         try:
-            await asyncio.to_thread(
-                self.store.mark_outbox_many,
-                list(zip((m for m, _, _ in messages), errors, strict=True)),
-                now=self._clock(),
-                attempted=attempted,
+            await self._record_submitted(
+                Outcomes(
+                    rows=tuple(zip((m for m, _, _ in messages), errors, strict=True)),
+                    attempted=attempted,
+                )
             )
         except StorageUnavailable as exc:
             # JetStream holds what it acknowledged; the store still says pending, so the

@@ -28,7 +28,7 @@ from nats.js.errors import Error as JetStreamError
 
 from broker.core import wire as subjects
 from broker.logs import FaultLog
-from broker.nats import MSG_ID, PUBLISH_TIMEOUT, connect, map_exceptions, tls_context
+from broker.nats import MSG_ID, PUBLISH_TIMEOUT, connect, lean_fetch, map_exceptions, tls_context
 from broker.node.errors import TransportUnavailable
 from broker.node.settings import Settings
 
@@ -39,7 +39,7 @@ _TS: Final = re.compile(
 log = structlog.get_logger("casebridge.transport")
 
 FETCH_BATCH: Final = 64
-FETCH_TIMEOUT: Final = 1.0
+FETCH_TIMEOUT: Final = 5.0
 
 
 @dataclass(slots=True)
@@ -135,7 +135,9 @@ class NatsTransport:
         js = await self._client()
         durable = subjects.node_durable(self._settings.agency, evidence=evidence)
         with map_exceptions(f"cannot bind to {durable}", into=TransportUnavailable):
-            sub = await js.pull_subscribe_bind(durable=durable, stream=subjects.DELIVER_STREAM)
+            sub = lean_fetch(
+                await js.pull_subscribe_bind(durable=durable, stream=subjects.DELIVER_STREAM)
+            )
         faults = FaultLog(log, "fetch", durable=durable)
         while not self._closed:
             try:

@@ -244,8 +244,9 @@ class Deliverer:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 post = self._post or _aiohttp_post(session)
                 while True:
+                    idle = 0.0
                     try:
-                        await self.step(post)
+                        idle = await self.step(post)
                     except StorageUnavailable as exc:
                         # Nothing lost: what was not recorded is due again. Back off.
                         log.warning("webhook_store_unavailable", error=exc.detail)
@@ -258,46 +259,48 @@ class Deliverer:
                             now=self._clock(),
                             retention_days=self._retention_days,
                         )
-                    await self._signal.wait(await self._idle_for())
+                    await self._signal.wait(idle)
         finally:
             self._signal.detach()
             for task in self._tasks:
                 task.cancel()
 
-    async def _idle_for(self) -> float:
-        if self._outcomes:
-            return 0.0
-        due = await asyncio.to_thread(self._store.next_delivery_at)
-        if due is None:
-            return 5.0
-        return min(5.0, max(0.0, due - time.time()))
-
-    async def step(self, post: Post) -> None:
-        """One round: record finished attempts, fan out new events, start what is due."""
+    async def step(self, post: Post) -> float:
+        """One round: record finished attempts, fan out new events, start what is due. The
+        store work of a round is one worker-thread hop (the loop wakes after every commit of
+        the node: a hop per query would cost more than the queries). Returns how long to idle
+        at most before the next round."""
         done, self._outcomes = self._outcomes, []
+        finished = {d for d, _, _ in done}
+        # What stays in flight once this round's outcomes are recorded.
+        skip = tuple(self._in_flight - finished)
         try:
-            # One commit: the finished attempts and the new events' deliveries.
-            await asyncio.to_thread(
-                self._store.fan_out,
-                limit=self._settings.batch,
-                now=time.time(),
-                at=iso(self._clock()),
-                outcomes=done,
-            )
+            due, next_at = await asyncio.to_thread(self._store_round, done, skip)
         finally:
             # Only now (recorded, or not: then due again) may they be picked up again.
-            self._in_flight.difference_update(d for d, _, _ in done)
-        room = self._settings.concurrency - len(self._in_flight)
-        if room <= 0:
-            return
-        due = await asyncio.to_thread(
-            self._store.due_deliveries, now=time.time(), limit=room, skip=tuple(self._in_flight)
-        )
+            self._in_flight.difference_update(finished)
         for item in due:
             self._in_flight.add(item["delivery_id"])
             task = asyncio.get_running_loop().create_task(self._deliver(post, item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self._outcomes:
+            return 0.0
+        if next_at is None:
+            return 5.0
+        return min(5.0, max(0.0, next_at - time.time()))
+
+    def _store_round(
+        self, done: Sequence[tuple[int, str | None, float | None]], skip: tuple[int, ...]
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """On the worker thread: one commit for the finished attempts and the new events'
+        deliveries, then what is due now (room permitting) and when the next one falls due."""
+        self._store.fan_out(
+            limit=self._settings.batch, now=time.time(), at=iso(self._clock()), outcomes=done
+        )
+        room = self._settings.concurrency - len(skip)
+        due = self._store.due_deliveries(now=time.time(), limit=room, skip=skip) if room > 0 else []
+        return due, self._store.next_delivery_at()
 
     async def _deliver(self, post: Post, item: dict[str, Any]) -> None:
         event: StoredEvent = item["event"]

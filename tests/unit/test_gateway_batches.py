@@ -102,3 +102,56 @@ def test_a_decision_bug_naks_that_message_and_the_rest_go_on() -> None:
     events = settle(msgs, FakeJetStream([]))
     assert events == ["record egress ['m2']", "publish m2"]
     assert [m.settled for m in msgs] == [["nak"], ["ack"]]
+
+
+class TestGroupRecorder:
+    """Batches that several loops settle at the same time share the ledger's commit."""
+
+    def test_concurrent_records_share_one_commit_and_each_returns_after_it(self) -> None:
+        """Three loops record at once: one commit holds the decisions of all three, and no
+        caller returns before it."""
+        commits: list[list[tuple[str, list[str | None]]]] = []
+
+        def record_many(batches: Sequence[tuple[str, Sequence[Outcome]]]) -> None:
+            commits.append([(d, [o.message_id for o in outcomes]) for d, outcomes in batches])
+
+        recorder = runner.GroupRecorder(record_many)
+
+        async def scenario() -> tuple[int, int, int]:
+            async def loop(direction: str, name: str) -> int:
+                await recorder.record(direction, [outcome(name)])
+                return len(commits)  # commits made when this caller returned
+
+            return await asyncio.gather(
+                loop("egress", "m1"), loop("ingress", "m2"), loop("egress", "m3")
+            )
+
+        assert list(asyncio.run(scenario())) == [1, 1, 1]
+        assert commits == [[("egress", ["m1"]), ("ingress", ["m2"]), ("egress", ["m3"])]]
+
+    def test_a_failing_group_is_recorded_again_caller_by_caller(self) -> None:
+        """One loop's decisions cannot be written: the group's commit fails, then each
+        caller's decisions are recorded alone; only that loop sees the error."""
+        kept: list[str] = []
+
+        def record_many(batches: Sequence[tuple[str, Sequence[Outcome]]]) -> None:
+            names = [o.message_id for _, outcomes in batches for o in outcomes]
+            if "bad" in names:
+                raise OSError("disk hiccup")  # the whole transaction is rolled back
+            kept.extend(str(n) for n in names)
+
+        recorder = runner.GroupRecorder(record_many)
+
+        async def scenario() -> tuple[BaseException | None, ...]:
+            return await asyncio.gather(
+                recorder.record("egress", [outcome("m1")]),
+                recorder.record("egress", [outcome("bad")]),
+                recorder.record("ingress", [outcome("m2")]),
+                return_exceptions=True,
+            )
+
+        first, failed, third = asyncio.run(scenario())
+        assert first is None
+        assert third is None
+        assert isinstance(failed, OSError)
+        assert kept == ["m1", "m2"]

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from broker.errors import CasebridgeError
 from broker.node.core import wire_digest
 from broker.node.errors import StorageUnavailable
-from broker.node.model import OutboxState, Receipt
+from broker.node.model import OutboxState, Receipt, SendResult
 from broker.node.service import Node
 from broker.node.transport import MemoryDelivery
 from broker.pki.dev import DevFederation
@@ -166,11 +167,12 @@ class TestFailuresInABatch:
 
 
 class TestSendCommits:
-    def test_a_send_costs_two_commits_and_concurrent_acks_share_one(
+    def test_a_send_costs_two_commits_and_concurrent_sends_share_them(
         self, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """One send: the outbox row (with its first attempt) and the acknowledgement, two
-        commits. Five sends acknowledged together: five rows and ONE acknowledgement commit."""
+        commits. Five sends at once: their five rows in ONE commit (a group), their five
+        acknowledgements in ONE more."""
         de = world.node(DE)
         world.node(NL)
         before = de.store.commits
@@ -202,5 +204,55 @@ class TestSendCommits:
 
         before = de.store.commits
         assert asyncio.run(scenario()) == [OutboxState.ACKNOWLEDGED] * 5
-        assert de.store.commits - before == 6
+        assert de.store.commits - before == 2
         assert de.store.list_outbox(pending_only=True) == []
+
+    def test_a_refused_draft_spoils_no_other_of_its_group(self, world: World) -> None:
+        """Three sends at once, the middle one's body invalid: it is refused with nothing
+        stored for it, the other two are stored in the group's one commit and acknowledged."""
+        de = world.node(DE)
+        world.node(NL)
+
+        async def scenario() -> list[object]:
+            drafts = [request_draft(), request_draft(body={}), request_draft()]
+            sends = [asyncio.create_task(de.send(d)) for d in drafts]
+            return await asyncio.gather(*sends, return_exceptions=True)
+
+        before = de.store.commits
+        first, refused, third = asyncio.run(scenario())
+        assert isinstance(refused, CasebridgeError)
+        assert isinstance(first, SendResult)
+        assert isinstance(third, SendResult)
+        assert de.store.commits - before == 2
+        stored = {m.message_id for m in de.store.list_outbox()}
+        assert stored == {first.message_id, third.message_id}
+        assert de.store.list_outbox(pending_only=True) == []
+
+    def test_a_failed_group_commit_fails_every_send_of_it(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The group's commit fails (store full): every send of the group answers the
+        storage fault, nothing of it is stored or held in flight, and the next send works."""
+        de = world.node(DE)
+        world.node(NL)
+        original = de.store.batch
+
+        @contextmanager
+        def failing_batch() -> Iterator[Any]:
+            with original() as scope:
+                yield scope
+                raise StorageUnavailable("database or disk is full", outcome="not_stored")
+
+        monkeypatch.setattr(de.store, "batch", failing_batch)
+
+        async def scenario() -> list[object]:
+            sends = [asyncio.create_task(de.send(request_draft())) for _ in range(3)]
+            return await asyncio.gather(*sends, return_exceptions=True)
+
+        outcomes = asyncio.run(scenario())
+        assert all(isinstance(o, StorageUnavailable) for o in outcomes)
+        assert de.store.list_outbox(include_evidence=True) == []
+        assert de._in_flight == set()
+        assert world.bus.submissions == []
+        monkeypatch.setattr(de.store, "batch", original)
+        assert asyncio.run(de.send(request_draft())).state is OutboxState.ACKNOWLEDGED
