@@ -39,6 +39,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from broker.core.attachments import MEDIA_TYPE_RE
+from broker.node.attachment_api import stream_plaintext
 from broker.node.attachment_transfer import REFUSED, VERIFIED, FileState, NodeAttachments
 from broker.node.errors import BadRequest, NotFound
 from broker.node.service import Node
@@ -229,12 +230,4 @@ async def stream(request: web.Request, files: NodeAttachments, f: FileState) -> 
     response.headers["Content-Disposition"] = content_disposition(f.manifest.name)
     response.headers["Content-Security-Policy"] = DOWNLOAD_CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
-    await response.prepare(request)
-    pieces = files.spool.read(f.manifest)
-    while True:
-        piece = await asyncio.to_thread(next, pieces, None)
-        if piece is None:
-            break
-        await response.write(piece)
-    await response.write_eof()
-    return response
+    return await stream_plaintext(request, response, files, f.manifest)

@@ -22,7 +22,7 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.core.attachments import MEDIA_TYPE_RE
+from broker.core.attachments import MEDIA_TYPE_RE, Manifest
 from broker.node.attachment_transfer import FileState, NodeAttachments
 from broker.node.errors import BadRequest, NotFound
 from broker.node.service import Node
@@ -125,8 +125,22 @@ async def download(request: web.Request, node: Node, match: FileState) -> web.St
     response.headers["Content-Disposition"] = f'attachment; filename="{match.manifest.id}"'
     if span:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{d.size}"
+    return await stream_plaintext(request, response, files, match.manifest, start=start, end=end)
+
+
+async def stream_plaintext(
+    request: web.Request,
+    response: web.StreamResponse,
+    files: NodeAttachments,
+    manifest: Manifest,
+    *,
+    start: int = 0,
+    end: int | None = None,
+) -> web.StreamResponse:
+    """Send ``response`` (headers set) with the file's plaintext bytes ``[start, end)``,
+    decrypted one chunk at a time off the event loop (never the whole file in memory)."""
     await response.prepare(request)
-    pieces = files.spool.read(match.manifest, start=start, end=end)
+    pieces = files.spool.read(manifest, start=start, end=end)
     while True:
         piece = await asyncio.to_thread(next, pieces, None)
         if piece is None:
