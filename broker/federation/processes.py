@@ -143,7 +143,9 @@ def prepare(fed: Federation, *, policy_dir: Path | None) -> list[NodeEndpoint]:
     for agency_id, node in sorted(fed.settings.nodes.items()):
         code = node.country
         ca_cert = party_dir(fed.settings, code) / f"{country_stem(code, 'ca')}.pem"
-        token = secrets.token_urlsafe(24)
+        # Prefixed: a URL-safe token may start with "-", which a command line such as
+        # `casebridge inbox --token $TOKEN` would read as an option (1 token in 64).
+        token = "cbn_" + secrets.token_urlsafe(24)
         token_file = base / SETTINGS_DIR / f"{agency_id}.token"
         _write_private(token_file, token)
         path = base / SETTINGS_DIR / f"{agency_id}.json"
