@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote
@@ -39,12 +39,11 @@ from urllib.parse import quote
 from aiohttp import web
 
 from broker.core.attachments import MEDIA_TYPE_RE
-from broker.node.attachment_api import stream_plaintext
+from broker.node.attachment_api import body_pieces, stream_plaintext
 from broker.node.attachment_transfer import REFUSED, VERIFIED, FileState, NodeAttachments
 from broker.node.errors import BadRequest, NotFound
 from broker.node.service import Node
 
-READ_PIECE: Final = 256 * 1024
 FALLBACK_TYPE: Final = "application/octet-stream"
 # A download is never a page: nothing in it may run, load or be framed.
 DOWNLOAD_CSP: Final = "default-src 'none'; sandbox; frame-ancestors 'none'"
@@ -148,14 +147,6 @@ def rows(found: Sequence[FileState], *, received: bool, opened: bool) -> list[di
     return out
 
 
-async def _pieces(request: web.Request) -> AsyncIterator[bytes]:
-    while True:
-        piece = await request.content.read(READ_PIECE)
-        if not piece:
-            return
-        yield piece
-
-
 async def upload(
     request: web.Request, node: Node, *, username: str, uploads: Uploads
 ) -> web.Response:
@@ -176,7 +167,7 @@ async def upload(
         )
     try:
         manifest = await files.upload(
-            _pieces(request), name=name, media_type=media_type, now=node.now()
+            body_pieces(request), name=name, media_type=media_type, now=node.now()
         )
     except BadRequest as exc:
         return web.json_response({"error": exc.detail}, status=400)

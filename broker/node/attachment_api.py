@@ -37,7 +37,8 @@ def _files(node: Node) -> NodeAttachments:
     return node.attachments
 
 
-async def _pieces(request: web.Request) -> AsyncIterator[bytes]:
+async def body_pieces(request: web.Request) -> AsyncIterator[bytes]:
+    """A request body in pieces of :data:`READ_PIECE` bytes, as they arrive (never whole)."""
     while True:
         piece = await request.content.read(READ_PIECE)
         if not piece:
@@ -54,7 +55,7 @@ async def upload(request: web.Request, node: Node) -> web.Response:
     if request.content_length is not None and request.content_length > files.max_size:
         raise BadRequest(f"file larger than {files.max_size} bytes")
     manifest = await files.upload(
-        _pieces(request), name=name, media_type=media_type, now=node.now()
+        body_pieces(request), name=name, media_type=media_type, now=node.now()
     )
     if request.content_length is not None and manifest.descriptor.size != request.content_length:
         # The client said more than it sent: an upload cut off is never a file.
