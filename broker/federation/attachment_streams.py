@@ -6,13 +6,16 @@ sourcing across the hub is ordered per stream, so 200 MB of chunks in ``OUT_<P>`
 in front of every message behind them; separate streams also carry their own limits. The shape
 is the messages' one (docs/federation.md): a work queue in, one outbox per peer sourced by the
 peer's inbox through ``$JS.<cc>.API``, a work queue out with one consumer per agency; unlike the
-messages' INBOX, the chunk inbox is a work queue too (see :func:`att_inbox_config`).
+messages' INBOX, the chunk inbox is a work queue too (see :func:`att_inbox_config`). The
+gateway reads them as it reads messages: one consumer per agency in, one per peer country from
+abroad, so one sender's chunks waiting for their message (or junk) never fill another's window.
 
 Idempotent like the message streams. Never creates anything outside these streams.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Final
 
@@ -20,6 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     ExternalStream,
     RetentionPolicy,
@@ -128,7 +132,12 @@ def att_inbox_config(code: str, peers: Sequence[str]) -> StreamConfig:
 
 
 def _pull(
-    durable: str, filter_subject: str | None, description: str, pending: int
+    durable: str,
+    filter_subject: str | None,
+    description: str,
+    pending: int,
+    *,
+    start_seq: int | None = None,
 ) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=durable,
@@ -138,6 +147,8 @@ def _pull(
         ack_wait=ACK_WAIT_SECONDS,
         max_deliver=-1,
         max_ack_pending=pending,
+        deliver_policy=DeliverPolicy.ALL if start_seq is None else DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start_seq,
     )
 
 
@@ -147,6 +158,28 @@ def att_node_consumer(agency_id: str) -> ConsumerConfig:
         aw.att_deliver_subject(agency_id),
         f"adapter node of {agency_id}: attachment chunks",
         NODE_MAX_ACK_PENDING,
+    )
+
+
+def att_egress_consumer(agency_id: str) -> ConsumerConfig:
+    """The gateway's consumer of one agency's chunks: its own window of pending chunks."""
+    return _pull(
+        aw.att_egress_durable(agency_id),
+        aw.att_submit_subject(agency_id),
+        f"border gateway: chunks out of {agency_id}",
+        GATEWAY_MAX_ACK_PENDING,
+    )
+
+
+def att_ingress_consumer(code: str, peer: str, *, start_seq: int | None = None) -> ConsumerConfig:
+    """The gateway's consumer of the chunks peer country ``peer`` sends to ``code`` (sourced
+    chunks keep the subject they were published on in the peer's outbox)."""
+    return _pull(
+        aw.att_ingress_durable(peer),
+        aw.att_out_subject(peer, code),
+        f"border gateway: chunks in from {peer.upper()}",
+        GATEWAY_MAX_ACK_PENDING,
+        start_seq=start_seq,
     )
 
 
@@ -160,19 +193,41 @@ def attachment_stream_configs(code: str, peers: Sequence[str]) -> list[StreamCon
     ]
 
 
-def attachment_consumer_configs(agencies: Sequence[str]) -> list[tuple[str, ConsumerConfig]]:
-    wanted = [
-        (
-            aw.ATT_SUBMIT_STREAM,
-            _pull(aw.EGRESS_DURABLE, None, "border gateway: chunks out", GATEWAY_MAX_ACK_PENDING),
-        ),
-        (
-            aw.ATT_INBOX_STREAM,
-            _pull(aw.INGRESS_DURABLE, None, "border gateway: chunks in", GATEWAY_MAX_ACK_PENDING),
-        ),
-    ]
+def attachment_consumer_configs(
+    code: str, peers: Sequence[str], agencies: Sequence[str]
+) -> list[tuple[str, ConsumerConfig]]:
+    wanted = [(aw.ATT_SUBMIT_STREAM, att_egress_consumer(a)) for a in sorted(agencies)]
+    wanted += [(aw.ATT_INBOX_STREAM, att_ingress_consumer(code, p)) for p in sorted(peers)]
     wanted += [(aw.ATT_DELIVER_STREAM, att_node_consumer(a)) for a in sorted(agencies)]
     return wanted
+
+
+async def _replace_legacy_consumers(
+    js: JetStreamContext, *, code: str, peers: Sequence[str]
+) -> None:
+    """Replace the single unfiltered gateway consumers of earlier versions by the per-lane
+    ones (a work-queue stream refuses overlapping consumers). Nothing is lost: on a work queue
+    a chunk leaves only when acknowledged, so what the old consumer held unacknowledged goes to
+    the new ones; an ``ATT_INBOX`` still on limits retention keeps what was relayed, so its
+    per-peer consumers start just after the old consumer's ack floor (the few acknowledged out
+    of order above it are relayed again: duplicates downstream, same ids)."""
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(aw.ATT_SUBMIT_STREAM, aw.LEGACY_EGRESS_DURABLE)
+    try:
+        legacy = await js.consumer_info(aw.ATT_INBOX_STREAM, aw.LEGACY_INGRESS_DURABLE)
+    except NotFoundError:
+        return
+    inbox = await js.stream_info(aw.ATT_INBOX_STREAM)
+    start = None  # a work queue: consumers must deliver all (what is left is unrelayed)
+    if inbox.config.retention != RetentionPolicy.WORK_QUEUE:
+        start = int(legacy.ack_floor.stream_seq if legacy.ack_floor else 0) + 1
+    await js.delete_consumer(aw.ATT_INBOX_STREAM, aw.LEGACY_INGRESS_DURABLE)
+    for peer in sorted(peers):
+        config = att_ingress_consumer(code, peer, start_seq=start)
+        try:
+            await js.consumer_info(aw.ATT_INBOX_STREAM, config.durable_name or "")
+        except NotFoundError:
+            await js.add_consumer(aw.ATT_INBOX_STREAM, config)
 
 
 async def ensure_attachment_streams(
@@ -204,7 +259,8 @@ async def ensure_attachment_streams(
             raise ConfigError(
                 f"stream {config.name} cannot be updated in place: {exc.description}"
             ) from None
-    for stream, consumer in attachment_consumer_configs(agencies):
+    await _replace_legacy_consumers(js, code=code, peers=peers)
+    for stream, consumer in attachment_consumer_configs(code, peers, agencies):
         try:
             await js.consumer_info(stream, consumer.durable_name or "")
         except NotFoundError:

@@ -15,11 +15,16 @@ What it is for
     idle (its node publishes chunks only after the message was acknowledged, so the message
     was decided already), and in any case after :data:`ORPHAN_SECONDS`.
 
+    Chunks are read through one consumer per lane (an agency on egress, a peer country on
+    ingress), each in its own loop: a chunk waiting for its message stays pending on its own
+    lane's consumer, so one sender's waiting chunks (or a flood of junk ones) can fill only its
+    own window, never the one every other sender's files need (:func:`run_chunk_lanes`).
+
 What it must never do
     Read or hold content (chunks are AES-GCM ciphertext under keys it never has), relay a
     chunk whose message it did not let through or that its message did not declare (file,
-    index, exact size: :func:`count_chunk`), or hold more than two fetch batches in memory
-    (one relayed, the next being fetched).
+    index, exact size: :func:`count_chunk`), or hold more than two fetch batches in memory per
+    lane moving chunks (one relayed, the next being fetched; an idle lane holds none).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any, Final, TypeAlias
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
@@ -46,6 +52,7 @@ from broker.core.attachments import CHUNK_OVERHEAD, CHUNK_SIZES
 from broker.core.header import agency_country
 from broker.core.ids import is_uuid, is_uuid4
 from broker.errors import Reason
+from broker.federation.attachment_streams import att_egress_consumer
 from broker.gateway.border import Crossing
 from broker.gateway.crossings import SharedCrossings
 
@@ -194,8 +201,13 @@ def plan_chunk(
         return ChunkPlan(drop=f"message {message_id} went nowhere chunks can follow")
     if age_seconds > ORPHAN_SECONDS or (direction == "egress" and lane_idle):
         return ChunkPlan(drop=f"message {message_id} did not cross this border")
-    # Usually the message is a few hundred milliseconds ahead: start short, back off.
-    return ChunkPlan(delay=min(0.25 * 2.0 ** min(deliveries - 1, 8), MAX_WAIT_SECONDS))
+    return ChunkPlan(delay=wait_delay(deliveries))
+
+
+def wait_delay(deliveries: int) -> float:
+    """How long a chunk whose message is not recorded yet waits before it is offered again:
+    the message is usually a few hundred milliseconds ahead, so start short and back off."""
+    return float(min(0.25 * 2.0 ** min(max(deliveries, 1) - 1, 8), MAX_WAIT_SECONDS))
 
 
 async def _lane_idle(js: JetStreamContext, agency: str) -> bool:
@@ -323,18 +335,21 @@ async def run_chunk_relay(
     stop: asyncio.Event,
     clock: Callable[[], datetime],
     refused: Refused | None = None,
+    durable: str | None = None,
 ) -> None:
-    """Relay chunks in one direction until ``stop`` (egress: ATT_SUBMIT -> ATT_OUT_*;
-    ingress: ATT_INBOX -> ATT_DELIVER). NATS faults are retried; nothing is acked unrelayed."""
-    stream, durable = (
-        (aw.ATT_SUBMIT_STREAM, aw.EGRESS_DURABLE)
-        if direction == "egress"
-        else (aw.ATT_INBOX_STREAM, aw.INGRESS_DURABLE)
-    )
+    """Relay chunks of one lane (``durable``; default: the single consumer of earlier
+    versions) in one direction until ``stop`` (egress: ATT_SUBMIT -> ATT_OUT_*; ingress:
+    ATT_INBOX -> ATT_DELIVER). NATS faults are retried; nothing is acked unrelayed."""
+    if direction == "egress":
+        stream, durable = aw.ATT_SUBMIT_STREAM, durable or aw.LEGACY_EGRESS_DURABLE
+    else:
+        stream, durable = aw.ATT_INBOX_STREAM, durable or aw.LEGACY_INGRESS_DURABLE
     sub = None
-    # Files with a chunk waiting (until when): their later chunks wait too, across batches,
-    # so that a file keeps its order (the recipient copes with reordering, at a cost).
-    held: dict[str, tuple[int, float]] = {}  # attachment -> (first waiting index, until)
+    # Files with a chunk waiting: (first waiting index, until, its delay). Later chunks of the
+    # file wait as long as it does, across batches, so that the file keeps its order (the
+    # recipient copes with reordering, at a cost) without every later chunk of a large file
+    # coming back each second while its message is held up.
+    held: dict[str, tuple[int, float, float]] = {}
     # The next batch is fetched while this one is relayed: at most two batches held.
     ahead: asyncio.Task[list[Msg]] | None = None
     while not stop.is_set():
@@ -353,7 +368,7 @@ async def run_chunk_relay(
             await crossings.prefetch(ids)
             idle: dict[str, bool] = {}
             now = time.monotonic()
-            for attachment in [a for a, (_, until) in held.items() if until < now]:
+            for attachment in [a for a, (_, until, _d) in held.items() if until < now]:
                 del held[attachment]
             relays: list[Coroutine[Any, Any, None]] = []
             for msg in batch:
@@ -361,12 +376,13 @@ async def run_chunk_relay(
                 attachment = headers.get(aw.ATTACHMENT_HEADER, "")
                 index_text = headers.get(aw.INDEX_HEADER, "")
                 index = int(index_text) if index_text.isdigit() else -1
-                first = held.get(attachment, (-1, 0.0))[0]
+                first, _until, waited = held.get(attachment, (-1, 0.0, 0.0))
                 if 0 <= first < index:
-                    # An earlier chunk of this file waits: this one waits too, so that the
+                    # An earlier chunk of this file waits: this one waits as long, so that the
                     # file keeps its order (the recipient also copes with reordering).
-                    await _nak(msg, 1.0)
+                    await _nak(msg, waited)
                     continue
+                delay = 1.0
                 try:
                     outcome = await _settle(
                         js,
@@ -379,15 +395,17 @@ async def run_chunk_relay(
                         relays=relays,
                         refused=refused,
                     )
+                    delay = wait_delay(_deliveries(msg))
                 except (NatsError, JetStreamError, TimeoutError, sqlite3.Error) as exc:
                     # Offered again soon (not after ack_wait): the recipient is waiting for it.
                     log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
                     outcome = "waiting"
-                    await _nak(msg, 1.0)
+                    await _nak(msg, delay)
                 if outcome == "waiting" and index >= 0:
-                    earliest = min(index, held.get(attachment, (index, 0.0))[0])
-                    held[attachment] = (earliest, time.monotonic() + HOLD_SECONDS)
-                elif outcome == "relayed" and held.get(attachment, (-1, 0.0))[0] == index:
+                    earliest = min(index, held.get(attachment, (index, 0.0, 0.0))[0])
+                    until = time.monotonic() + max(HOLD_SECONDS, delay)
+                    held[attachment] = (earliest, until, delay)
+                elif outcome == "relayed" and held.get(attachment, (-1, 0.0, 0.0))[0] == index:
                     del held[attachment]  # the chunk the file waited for is on its way
             # Tasks start in creation order: the chunks are published in the order fetched.
             await asyncio.gather(*(asyncio.ensure_future(r) for r in relays))
@@ -399,6 +417,106 @@ async def run_chunk_relay(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     _cancel(ahead)
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except (ValueError, TypeError, AttributeError):
+        return 1
+
+
+# How often the lanes are listed again (an agency that joined the directory gets its lane).
+LANE_CHECK_SECONDS: Final = 30.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChunkLane:
+    """One consumer of chunks read in its own loop, and its config when it must be created."""
+
+    durable: str
+    create: ConsumerConfig | None = None
+
+
+async def chunk_lanes(
+    js: JetStreamContext, *, direction: str, agencies: Sequence[str]
+) -> list[ChunkLane]:
+    """The lanes of one direction: every per-lane consumer found (a revoked agency's chunks
+    must still be taken and dropped), one for every local agency of the directory on egress
+    (created if it joined later), and the unfiltered consumer of earlier versions while it
+    still exists (the stream setup replaces it)."""
+    stream = aw.ATT_SUBMIT_STREAM if direction == "egress" else aw.ATT_INBOX_STREAM
+    prefix = aw.EGRESS_DURABLE_PREFIX if direction == "egress" else aw.INGRESS_DURABLE_PREFIX
+    legacy = aw.LEGACY_EGRESS_DURABLE if direction == "egress" else aw.LEGACY_INGRESS_DURABLE
+    try:
+        found = {info.config.durable_name or "" for info in await js.consumers_info(stream)}
+    except (NatsError, JetStreamError) as exc:
+        log.warning("consumers_unlisted", stream=stream, error=repr(exc))
+        return []
+    lanes = [ChunkLane(durable=d) for d in sorted(found) if d.startswith(prefix) or d == legacy]
+    if direction == "egress" and legacy not in found:
+        lanes += [
+            ChunkLane(durable=aw.att_egress_durable(a), create=att_egress_consumer(a))
+            for a in sorted(agencies)
+            if aw.att_egress_durable(a) not in found
+        ]
+    return lanes
+
+
+async def run_chunk_lanes(
+    js: JetStreamContext,
+    *,
+    direction: str,
+    code: str,
+    agencies: Callable[[], Sequence[str]],
+    crossings: SharedCrossings,
+    stop: asyncio.Event,
+    clock: Callable[[], datetime],
+    refused: Refused | None = None,
+) -> None:
+    """One :func:`run_chunk_relay` loop per lane of ``direction``, started as lanes appear
+    (``agencies``: the local agencies the directory lists now). A loop that fails ends this
+    task with its error (the gateway then fails fast)."""
+    running: dict[str, asyncio.Task[None]] = {}
+    try:
+        while not stop.is_set():
+            for lane in await chunk_lanes(js, direction=direction, agencies=agencies()):
+                if lane.durable in running:
+                    continue
+                if lane.create is not None:
+                    try:
+                        await js.add_consumer(aw.ATT_SUBMIT_STREAM, lane.create)
+                    except (NatsError, JetStreamError) as exc:
+                        # The server may be restarting: try again at the next check.
+                        log.warning("consumer_not_created", lane=lane.durable, error=repr(exc))
+                        continue
+                running[lane.durable] = asyncio.create_task(
+                    run_chunk_relay(
+                        js,
+                        direction=direction,
+                        code=code,
+                        crossings=crossings,
+                        stop=stop,
+                        clock=clock,
+                        refused=refused,
+                        durable=lane.durable,
+                    ),
+                    name=f"chunks-{lane.durable}",
+                )
+            watch = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                {watch, *running.values()},
+                timeout=LANE_CHECK_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            watch.cancel()
+            for task in done:
+                if task is not watch and not stop.is_set():
+                    raise task.exception() or RuntimeError(f"lane {task.get_name()} ended")
+    finally:
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
 
 
 def _cancel(task: asyncio.Task[Any] | None) -> None:

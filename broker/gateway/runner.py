@@ -44,7 +44,7 @@ from broker.errors import CasebridgeError
 from broker.federation.directory_cache import directory_cache, startup_directory
 from broker.federation.distribution import watcher_for
 from broker.federation.streams import ensure_consumer, submit_consumer
-from broker.gateway.attachments import ChunkRefusal, run_chunk_relay
+from broker.gateway.attachments import ChunkRefusal, run_chunk_lanes
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Border, CrossingLog, Outcome, Publish
 from broker.gateway.crossings import SharedCrossings, open_bucket, wanted
@@ -908,10 +908,11 @@ async def run_gateway(
         # Attachment chunks follow their messages (broker/gateway/attachments.py).
         *(
             asyncio.create_task(
-                run_chunk_relay(
+                run_chunk_lanes(
                     js,
                     direction=d,
                     code=country,
+                    agencies=lambda: local_agencies(holder.directory, country),
                     crossings=shared,
                     stop=stop,
                     clock=clock,

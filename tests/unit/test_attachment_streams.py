@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from nats.js.api import RetentionPolicy, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
 from broker.core import attachment_wire as aw
@@ -17,7 +17,8 @@ from broker.federation.attachment_streams import (
 
 
 class _JetStream:
-    """Streams by name; records creations and updates; every consumer exists."""
+    """Streams by name; records creations and updates; every consumer exists but those of
+    earlier versions."""
 
     def __init__(self, existing: dict[str, StreamConfig]) -> None:
         self.streams = dict(existing)
@@ -37,7 +38,11 @@ class _JetStream:
         self.updated.append(config)
 
     async def consumer_info(self, stream: str, durable: str) -> None:
-        return None
+        if durable in (aw.LEGACY_EGRESS_DURABLE, aw.LEGACY_INGRESS_DURABLE):
+            raise NotFoundError
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        raise NotFoundError
 
 
 class TestChunkStreams:
@@ -71,3 +76,90 @@ class TestChunkStreams:
         )
         (made,) = [c for c in fresh.added if c.name == aw.ATT_INBOX_STREAM]
         assert made.retention is RetentionPolicy.WORK_QUEUE
+
+
+class _WithLegacy(_JetStream):
+    """Streams as given, and the single unfiltered chunk consumers of earlier versions."""
+
+    def __init__(self, existing: dict[str, StreamConfig], ack_floor: int) -> None:
+        super().__init__(existing)
+        self.legacy = {
+            (aw.ATT_SUBMIT_STREAM, aw.LEGACY_EGRESS_DURABLE),
+            (aw.ATT_INBOX_STREAM, aw.LEGACY_INGRESS_DURABLE),
+        }
+        self.ack_floor = ack_floor
+        self.consumers: dict[str, ConsumerConfig] = {}
+        self.deleted: list[tuple[str, str]] = []
+
+    async def consumer_info(self, stream: str, durable: str) -> Any:
+        if (stream, durable) in self.legacy:
+            return SimpleNamespace(ack_floor=SimpleNamespace(stream_seq=self.ack_floor))
+        if durable in self.consumers:
+            return SimpleNamespace(config=self.consumers[durable])
+        raise NotFoundError
+
+    async def delete_consumer(self, stream: str, durable: str) -> None:
+        if (stream, durable) not in self.legacy:
+            raise NotFoundError
+        self.legacy.discard((stream, durable))
+        self.deleted.append((stream, durable))
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig) -> None:
+        # A work queue refuses overlapping consumers: the legacy one must be gone first.
+        assert not any(s == stream for s, _ in self.legacy), f"{stream}: overlapping consumers"
+        self.consumers[config.durable_name or ""] = config
+
+
+def _set_up(retention: RetentionPolicy) -> _WithLegacy:
+    configs = {c.name or "": c for c in attachment_stream_configs("DE", ["NL", "UA"])}
+    configs[aw.ATT_INBOX_STREAM].retention = retention
+    js = _WithLegacy(configs, ack_floor=41)
+    asyncio.run(
+        ensure_attachment_streams(
+            js,  # type: ignore[arg-type]
+            code="DE",
+            peers=["NL", "UA"],
+            agencies=["de.lka-berlin", "de.sta-berlin"],
+        )
+    )
+    return js
+
+
+class TestLegacyConsumers:
+    def test_replaced_by_one_consumer_per_agency_and_per_peer(self) -> None:
+        js = _set_up(RetentionPolicy.WORK_QUEUE)
+        assert sorted(js.deleted) == sorted(
+            [
+                (aw.ATT_SUBMIT_STREAM, aw.LEGACY_EGRESS_DURABLE),
+                (aw.ATT_INBOX_STREAM, aw.LEGACY_INGRESS_DURABLE),
+            ]
+        )
+        filters = {
+            name: c.filter_subject for name, c in js.consumers.items() if name.startswith("att-")
+        }
+        assert filters == {
+            "att-egress-de_lka-berlin": "cb.att.submit.de.lka-berlin",
+            "att-egress-de_sta-berlin": "cb.att.submit.de.sta-berlin",
+            "att-ingress-nl": "cb.att.out.nl.de",
+            "att-ingress-ua": "cb.att.out.ua.de",
+            "att-de_lka-berlin": "cb.att.deliver.de.lka-berlin",
+            "att-de_sta-berlin": "cb.att.deliver.de.sta-berlin",
+        }
+
+    def test_a_work_queue_inbox_delivers_all_that_is_left(self) -> None:
+        """Everything still in a work-queue inbox is unrelayed (JetStream also refuses any
+        other start on a work queue)."""
+        js = _set_up(RetentionPolicy.WORK_QUEUE)
+        for peer in ("nl", "ua"):
+            config = js.consumers[f"att-ingress-{peer}"]
+            assert config.deliver_policy is DeliverPolicy.ALL
+            assert config.opt_start_seq is None
+
+    def test_a_limits_inbox_starts_after_the_old_ack_floor(self) -> None:
+        """A limits inbox keeps what was relayed: starting from its first chunk would relay
+        all of it again."""
+        js = _set_up(RetentionPolicy.LIMITS)
+        for peer in ("nl", "ua"):
+            config = js.consumers[f"att-ingress-{peer}"]
+            assert config.deliver_policy is DeliverPolicy.BY_START_SEQUENCE
+            assert config.opt_start_seq == 42

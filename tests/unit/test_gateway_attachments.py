@@ -21,8 +21,10 @@ from broker.gateway.attachments import (
     MAX_CHUNK_BYTES,
     ORPHAN_SECONDS,
     ChunkRefusal,
+    chunk_lanes,
     count_chunk,
     plan_chunk,
+    wait_delay,
 )
 from broker.gateway.audit import GatewayLedger
 from broker.gateway.border import Crossing
@@ -326,3 +328,56 @@ class TestRelayRefusal:
             raise AssertionError(r)
 
         assert self._settle(msg, refused) == "relayed"
+
+
+class _Consumers:
+    """A JetStream double that lists consumers of a stream by name."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    async def consumers_info(self, stream: str) -> list[Any]:
+        return [SimpleNamespace(config=SimpleNamespace(durable_name=n)) for n in self.names]
+
+
+def _lanes(names: list[str], direction: str, agencies: list[str]) -> list[tuple[str, bool]]:
+    found = asyncio.run(
+        chunk_lanes(_Consumers(names), direction=direction, agencies=agencies)  # type: ignore[arg-type]
+    )
+    return [(lane.durable, lane.create is not None) for lane in found]
+
+
+class TestLanes:
+    """One consumer (and loop) per sender: one agency's waiting chunks never fill another's."""
+
+    def test_every_agency_gets_its_own_egress_lane_created_when_missing(self) -> None:
+        lanes = _lanes(["att-egress-de_lka-berlin"], "egress", ["de.lka-berlin", "de.sta-berlin"])
+        assert lanes == [("att-egress-de_lka-berlin", False), ("att-egress-de_sta-berlin", True)]
+
+    def test_a_lane_no_longer_in_the_directory_is_still_read(self) -> None:
+        """A revoked agency's chunks must still be taken and dropped, not left to pile up."""
+        lanes = _lanes(["att-egress-de_gone"], "egress", ["de.lka-berlin"])
+        assert lanes == [("att-egress-de_gone", False), ("att-egress-de_lka-berlin", True)]
+
+    def test_the_single_consumer_of_earlier_versions_is_read_until_replaced(self) -> None:
+        # No per-agency consumer can be made beside it (a work queue refuses overlaps).
+        assert _lanes(["att-egress"], "egress", ["de.lka-berlin"]) == [("att-egress", False)]
+        assert _lanes(["att-ingress"], "ingress", []) == [("att-ingress", False)]
+
+    def test_ingress_lanes_are_the_per_peer_consumers(self) -> None:
+        lanes = _lanes(["att-ingress-nl", "att-ingress-ua", "other"], "ingress", ["de.x"])
+        assert lanes == [("att-ingress-nl", False), ("att-ingress-ua", False)]
+
+    def test_names_cannot_collide(self) -> None:
+        assert aw.att_egress_durable("de.lka-berlin") == "att-egress-de_lka-berlin"
+        assert aw.att_ingress_durable("NL") == "att-ingress-nl"
+        assert aw.att_egress_durable("de.x") != aw.LEGACY_EGRESS_DURABLE
+
+
+class TestWaitDelay:
+    def test_starts_short_and_backs_off_to_a_bound(self) -> None:
+        delays = [wait_delay(n) for n in range(1, 16)]
+        assert delays[0] == 0.25
+        assert delays == sorted(delays)
+        assert max(delays) == 30.0
+        assert wait_delay(0) == 0.25  # a missing delivery count reads as the first

@@ -1,0 +1,243 @@
+"""One agency's chunks waiting for their message never stall another agency's files.
+
+A chunk whose message has not crossed yet waits on the gateway's consumer (nak with a delay)
+until its message is decided. With one consumer for every agency's chunks, an agency that
+publishes chunks for a message it never sends while keeping its submission lane busy (so the
+gateway cannot conclude the message will not come) filled that consumer's window of pending
+chunks, and every other agency's files stopped crossing for as long as it kept that up. The
+gateway now reads chunks through one consumer per agency (and per peer country abroad).
+Real servers, real gateways and nodes; the hostile agency uses its own credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from broker.core import attachment_wire as aw
+from broker.federation.attachment_streams import GATEWAY_MAX_ACK_PENDING
+from tests.integration.conftest import run
+from tests.integration.e2e_helpers import Running, bulletin, wait_until
+from tests.integration.test_attachments_e2e import DE, NL, _policies
+
+HOSTILE: Final = "de.fbs-berlin"
+DESCRIPTION: Final[dict[str, Any]] = {
+    "federation": "e2e-att-lanes",
+    "countries": [
+        {
+            "code": "DE",
+            "name": "Germany",
+            "eu": True,
+            "agencies": [
+                {"id": DE, "kind": "law_enforcement", "name": "LKA Berlin"},
+                {"id": HOSTILE, "kind": "ngo", "name": "FBS Berlin"},
+            ],
+        },
+        {
+            "code": "NL",
+            "name": "Netherlands",
+            "eu": True,
+            "agencies": [{"id": NL, "kind": "law_enforcement", "name": "Politie"}],
+        },
+    ],
+}
+# More junk chunks than a gateway consumer lets be pending at once.
+JUNK_CHUNKS: Final = GATEWAY_MAX_ACK_PENDING + 500
+# Junk submissions that keep the hostile agency's lane busy (throttled at 2/s: ~50 s).
+BUSY_SUBMISSIONS: Final = 100
+DELIVERY_TIMEOUT: Final = 30.0
+
+
+def _flood(fed: Running) -> None:
+    """As HOSTILE: keep its submission lane busy, then publish chunks of a message that is
+    never sent."""
+
+    async def go() -> None:
+        nc = await fed.fed.connect_as(HOSTILE, allow_reconnect=False)
+        try:
+            js = nc.jetstream()
+            for n in range(BUSY_SUBMISSIONS):
+                await js.publish(
+                    f"cb.submit.{HOSTILE}", b"not a message", headers={"Nats-Msg-Id": f"j{n}"}
+                )
+            message, attachment = str(uuid.uuid4()), str(uuid.uuid4())
+            window = 500
+            for start in range(0, JUNK_CHUNKS, window):
+                await asyncio.gather(
+                    *(
+                        js.publish(
+                            aw.att_submit_subject(HOSTILE),
+                            b"junk",
+                            timeout=10,
+                            headers={
+                                aw.MESSAGE_HEADER: message,
+                                aw.ATTACHMENT_HEADER: attachment,
+                                aw.INDEX_HEADER: str(i),
+                                "Nats-Msg-Id": aw.chunk_msg_id(attachment, i),
+                            },
+                        )
+                        for i in range(start, min(start + window, JUNK_CHUNKS))
+                    )
+                )
+        finally:
+            await nc.close()
+
+    run(go())
+
+
+def _hostile_backlog(fed: Running) -> tuple[int, int]:
+    """(chunks pending on the hostile agency's consumer, submissions still in its lane)."""
+
+    async def go() -> tuple[int, int]:
+        nc = await fed.fed.connect_gateway("DE")
+        try:
+            js = nc.jetstream()
+            chunks = await js.consumer_info(aw.ATT_SUBMIT_STREAM, aw.att_egress_durable(HOSTILE))
+            lane = await js.consumer_info("SUBMIT", f"submit-{HOSTILE.replace('.', '_')}")
+            return (
+                int(chunks.num_ack_pending + chunks.num_pending),
+                int(lane.num_ack_pending + lane.num_pending),
+            )
+        finally:
+            await nc.close()
+
+    return run(go())
+
+
+def test_junk_chunks_of_one_agency_do_not_stall_another_agencys_file(
+    nats_binary: Path, tmp_path: Path
+) -> None:
+    del nats_binary
+    fed = Running.start(
+        tmp_path / "fed",
+        nodes=[DE, NL],
+        description=DESCRIPTION,
+        policy_dir=_policies(tmp_path),
+        settings={"de.gateway": {"fair_share": {"sender_rate": 2, "sender_burst": 1}}},
+    )
+    try:
+        _flood(fed)
+        # The gateway took the junk and holds it waiting (more than one window's worth).
+        wait_until(
+            lambda: _hostile_backlog(fed)[0] >= JUNK_CHUNKS - 10,
+            DELIVERY_TIMEOUT,
+            what="the junk chunks waiting",
+        )
+        path = tmp_path / "evidence.bin"
+        path.write_bytes(os.urandom(1024 * 1024))
+        handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
+        started = time.monotonic()
+        sent = fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))
+        message_id = str(sent["message_id"])
+        wait_until(
+            functools.partial(lambda m: m in fed.inbox_ids(NL), message_id),
+            DELIVERY_TIMEOUT,
+            what="the honest file's delivery",
+        )
+        took = time.monotonic() - started
+        junk, lane = _hostile_backlog(fed)
+        print(f"\nhonest 1 MB file delivered in {took:.2f} s; junk waiting {junk}, lane {lane}")
+        # The conditions that stalled every file before held throughout: the junk still
+        # waits (the window is full) and the hostile lane is still busy.
+        assert junk >= GATEWAY_MAX_ACK_PENDING
+        assert lane > 0
+        files = fed.client(NL).attachments(message_id)
+        assert [f["state"] for f in files] == ["verified"]
+    finally:
+        for client in fed.clients.values():
+            client.close()
+        fed.close()
+
+
+def _to_legacy_consumers(fed: Running) -> None:
+    """Put DE's and NL's chunk consumers back to what earlier versions made: one unfiltered
+    consumer per direction."""
+
+    async def go(code: str, stream: str, lanes: list[str], legacy: str) -> None:
+        nc = await fed.fed.connect_gateway(code)
+        try:
+            js = nc.jetstream()
+            for durable in lanes:
+                await js.delete_consumer(stream, durable)
+            await js.add_consumer(
+                stream,
+                ConsumerConfig(
+                    durable_name=legacy,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=15,
+                    max_deliver=-1,
+                    max_ack_pending=GATEWAY_MAX_ACK_PENDING,
+                ),
+            )
+        finally:
+            await nc.close()
+
+    run(
+        go(
+            "DE",
+            aw.ATT_SUBMIT_STREAM,
+            [aw.att_egress_durable(DE), aw.att_egress_durable(HOSTILE)],
+            aw.LEGACY_EGRESS_DURABLE,
+        )
+    )
+    run(go("NL", aw.ATT_INBOX_STREAM, [aw.att_ingress_durable("DE")], aw.LEGACY_INGRESS_DURABLE))
+
+
+def _consumer_names(fed: Running, code: str, stream: str) -> list[str]:
+    async def go() -> list[str]:
+        nc = await fed.fed.connect_gateway(code)
+        try:
+            return sorted(
+                info.config.durable_name or ""
+                for info in await nc.jetstream().consumers_info(stream)
+            )
+        finally:
+            await nc.close()
+
+    return run(go())
+
+
+def test_the_consumers_of_earlier_versions_are_replaced_and_nothing_is_lost(
+    nats_binary: Path, tmp_path: Path
+) -> None:
+    """A country set up by an earlier version (one unfiltered chunk consumer per direction)
+    with a file waiting in it: the stream setup replaces them by the per-lane consumers, and
+    the file still crosses, verified."""
+    del nats_binary
+    fed = Running.start(
+        tmp_path / "fed", nodes=[DE, NL], description=DESCRIPTION, policy_dir=_policies(tmp_path)
+    )
+    try:
+        fed.fed.stop("gateway-de")
+        fed.fed.stop("gateway-nl")
+        _to_legacy_consumers(fed)
+        path = tmp_path / "waiting.bin"
+        path.write_bytes(os.urandom(2 * 1024 * 1024 + 17))
+        handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
+        message_id = str(
+            fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))["message_id"]
+        )
+        # Starting a country's gateway again runs its stream setup first.
+        fed.restart("gateway-de", country="DE")
+        fed.restart("gateway-nl", country="NL")
+        assert _consumer_names(fed, "DE", aw.ATT_SUBMIT_STREAM) == sorted(
+            [aw.att_egress_durable(DE), aw.att_egress_durable(HOSTILE)]
+        )
+        assert _consumer_names(fed, "NL", aw.ATT_INBOX_STREAM) == [aw.att_ingress_durable("DE")]
+        wait_until(
+            functools.partial(lambda m: m in fed.inbox_ids(NL), message_id),
+            90,
+            what="the waiting file's delivery",
+        )
+        assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
+    finally:
+        for client in fed.clients.values():
+            client.close()
+        fed.close()
