@@ -35,7 +35,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -163,6 +163,9 @@ class NodeAttachments:
         # When files were last bound to a message being sent: the upload loop then looks for
         # the message's acknowledgement often, so that the files follow it at once.
         self.bound_at = -BUSY_SECONDS
+        # Called (from whichever thread binds) when files were bound: wakes the upload loop
+        # out of its idle wait (set by :func:`run_uploads`).
+        self.on_bound: Callable[[], None] = lambda: None
         # Files being received (only this node's chunk loop changes their state): no store
         # read per chunk.
         self._receiving: dict[str, tuple[str, Manifest]] = {}
@@ -256,6 +259,7 @@ class NodeAttachments:
                 if bound != 1:  # expired (or taken by another send) since it was checked
                     raise NotFound(f"no uploaded attachment {m.id} (expired or already sent)")
         self.bound_at = time.monotonic()
+        self.on_bound()
 
     def expire_staged(self, now: datetime) -> list[str]:
         """Uploads never sent within :attr:`staged_ttl` (a draft refused or abandoned, a
@@ -581,12 +585,27 @@ def _take(chunks: Iterator[SealedChunk], n: int) -> list[SealedChunk]:
 async def run_uploads(node: Node, files: NodeAttachments, *, interval: float = 1.0) -> None:
     """Send files behind their acknowledged messages, and remove the files of erased
     messages, forever; faults retry."""
+    # Idle, the loop looks every ``interval``; files bound to a message wake it at once, and
+    # for BUSY_SECONDS after that it looks every BUSY_POLL for the message's acknowledgement
+    # (the first file of a quiet node would otherwise wait up to ``interval`` to leave).
+    bound = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def wake() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed (the node is stopping)
+            loop.call_soon_threadsafe(bound.set)
+
+    files.on_bound = wake
     while True:
         try:
             if await send_files(node, files) == 0:
                 await asyncio.to_thread(files.erase_erased)
-                busy = time.monotonic() - files.bound_at < BUSY_SECONDS
-                await asyncio.sleep(BUSY_POLL if busy else interval)
+                if time.monotonic() - files.bound_at < BUSY_SECONDS:
+                    await asyncio.sleep(BUSY_POLL)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(bound.wait(), timeout=interval)
+                bound.clear()
         except Exception as exc:  # noqa: BLE001 - transport or store fault: retried
             log.warning("attachment_send_failed", error=repr(exc))
             await asyncio.sleep(interval)

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -379,6 +380,59 @@ class TestSending:
         assert self._send(sender, transport, files, saved, m) == self.CHUNKS - saved
         assert {i for _, i in transport.published} == set(range(self.CHUNKS))
         assert files.saves[-1] == (self.CHUNKS, True)
+
+
+class _Quiet:
+    """What the upload loop uses of NodeAttachments, with nothing to send: counts its looks."""
+
+    def __init__(self) -> None:
+        from broker.node.attachment_transfer import BUSY_SECONDS
+
+        self.bound_at = -BUSY_SECONDS
+        self.on_bound: Any = lambda: None
+        self.looks = 0
+
+    def to_send(self) -> list[Any]:
+        self.looks += 1
+        return []
+
+    def erase_erased(self) -> None:
+        return
+
+
+class TestUploadLoop:
+    def test_files_bound_on_a_quiet_node_wake_the_loop_at_once(self) -> None:
+        """Idle, the loop looks every ``interval``; binding files (from the send path's worker
+        thread) wakes it at once instead of leaving the first file of a quiet node waiting up
+        to ``interval`` behind its message."""
+        import asyncio
+        import threading
+        import time
+        from types import SimpleNamespace
+
+        from broker.node.attachment_transfer import run_uploads
+
+        files = _Quiet()
+
+        async def go() -> float:
+            loop = asyncio.create_task(run_uploads(SimpleNamespace(), files, interval=30.0))  # type: ignore[arg-type]
+            while files.looks < 1:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the loop is in its idle wait now
+            started = time.monotonic()
+
+            def bind() -> None:
+                files.bound_at = time.monotonic()
+                files.on_bound()
+
+            threading.Thread(target=bind).start()
+            while files.looks < 2 and time.monotonic() - started < 5:
+                await asyncio.sleep(0.01)
+            loop.cancel()
+            return time.monotonic() - started
+
+        assert asyncio.run(go()) < 1.0
+        assert files.looks >= 2
 
 
 class TestWaiting:
