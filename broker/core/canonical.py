@@ -71,12 +71,14 @@ _STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_const
 
 
 def _too_deep(value: Any, budget: int) -> bool:
+    """Whether ``value`` (a parse result: exact dicts and lists) nests below ``budget`` more
+    containers. Exact type checks and plain loops: this walk runs on every received layer."""
     if budget < 0:
         return True
-    if isinstance(value, dict):
-        return any(_too_deep(v, budget - 1) for v in value.values() if isinstance(v, dict | list))
-    if isinstance(value, list):
-        return any(_too_deep(v, budget - 1) for v in value if isinstance(v, dict | list))
+    for item in value.values() if isinstance(value, dict) else value:
+        kind = type(item)
+        if (kind is dict or kind is list) and _too_deep(item, budget - 1):
+            return True
     return False
 
 
