@@ -24,8 +24,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from broker.core import attachment_wire as aw
 from broker.federation.attachment_streams import GATEWAY_MAX_ACK_PENDING
 from tests.integration.conftest import run
-from tests.integration.e2e_helpers import Running, bulletin, wait_until
-from tests.integration.test_attachments_e2e import DE, NL, _policies
+from tests.integration.e2e_helpers import POLICIES, Running, bulletin, wait_until
+from tests.integration.test_attachments_e2e import DE, LIMITS, NL, _policies
 
 HOSTILE: Final = "de.fbs-berlin"
 DESCRIPTION: Final[dict[str, Any]] = {
@@ -236,6 +236,119 @@ def test_the_consumers_of_earlier_versions_are_replaced_and_nothing_is_lost(
             90,
             what="the waiting file's delivery",
         )
+        assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
+    finally:
+        for client in fed.clients.values():
+            client.close()
+        fed.close()
+
+
+UA: Final = "ua.npu"
+THREE: Final[dict[str, Any]] = {
+    "federation": "e2e-att-lanes-3",
+    "countries": [
+        *DESCRIPTION["countries"],
+        {
+            "code": "UA",
+            "name": "Ukraine",
+            "eu": False,
+            "agencies": [{"id": UA, "kind": "law_enforcement", "name": "NPU"}],
+        },
+    ],
+}
+
+
+def _three_policies(base: Path) -> Path:
+    out = base / "policies"
+    out.mkdir()
+    for cc in ("de", "nl", "ua"):
+        text = (POLICIES / f"{cc}.yaml").read_text(encoding="utf-8").split("\nattachments:")[0]
+        (out / f"{cc}.yaml").write_text(
+            text + LIMITS.format(cc=cc, max_size=256 * 1024 * 1024), encoding="utf-8"
+        )
+    return out
+
+
+def _flood_from_abroad(fed: Running) -> None:
+    """As UA's border gateway: chunks of a message that never crosses, into UA's outbox to
+    NL (sourced into NL's chunk inbox like any chunk UA lets out)."""
+
+    async def go() -> None:
+        nc = await fed.fed.connect_gateway("UA", allow_reconnect=False)
+        try:
+            js = nc.jetstream()
+            message, attachment = str(uuid.uuid4()), str(uuid.uuid4())
+            window = 500
+            for start in range(0, JUNK_CHUNKS, window):
+                await asyncio.gather(
+                    *(
+                        js.publish(
+                            aw.att_out_subject("UA", "NL"),
+                            b"junk",
+                            timeout=10,
+                            headers={
+                                aw.MESSAGE_HEADER: message,
+                                aw.ATTACHMENT_HEADER: attachment,
+                                aw.INDEX_HEADER: str(i),
+                                "Nats-Msg-Id": aw.chunk_msg_id(attachment, i),
+                            },
+                        )
+                        for i in range(start, min(start + window, JUNK_CHUNKS))
+                    )
+                )
+        finally:
+            await nc.close()
+
+    run(go())
+
+
+def _waiting_from(fed: Running, peer: str) -> int:
+    async def go() -> int:
+        nc = await fed.fed.connect_gateway("NL")
+        try:
+            info = await nc.jetstream().consumer_info(
+                aw.ATT_INBOX_STREAM, aw.att_ingress_durable(peer)
+            )
+            return int(info.num_ack_pending + info.num_pending)
+        finally:
+            await nc.close()
+
+    return run(go())
+
+
+def test_junk_chunks_from_one_country_do_not_stall_another_countrys_file(
+    nats_binary: Path, tmp_path: Path
+) -> None:
+    """A peer country whose chunks never have a message (a hostile or broken border) fills
+    only its own lane into NL: DE's file to NL still crosses at once."""
+    del nats_binary
+    fed = Running.start(
+        tmp_path / "fed", nodes=[DE, NL], description=THREE, policy_dir=_three_policies(tmp_path)
+    )
+    try:
+        _flood_from_abroad(fed)
+        wait_until(
+            lambda: _waiting_from(fed, "UA") >= JUNK_CHUNKS - 10,
+            DELIVERY_TIMEOUT,
+            what="UA's junk chunks waiting at NL",
+        )
+        path = tmp_path / "evidence.bin"
+        path.write_bytes(os.urandom(1024 * 1024))
+        handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
+        started = time.monotonic()
+        message_id = str(
+            fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))["message_id"]
+        )
+        wait_until(
+            functools.partial(lambda m: m in fed.inbox_ids(NL), message_id),
+            DELIVERY_TIMEOUT,
+            what="DE's file at NL",
+        )
+        waiting = _waiting_from(fed, "UA")
+        print(
+            f"\nDE's 1 MB file delivered in {time.monotonic() - started:.2f} s; UA junk {waiting}"
+        )
+        assert waiting >= GATEWAY_MAX_ACK_PENDING
         assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
     finally:
         for client in fed.clients.values():
