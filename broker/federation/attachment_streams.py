@@ -47,9 +47,13 @@ CHUNKS_PER_SUBJECT: Final = 200_000
 # Short: a chunk whose relay failed while a server was away (the nak could not be sent) is
 # offered again this soon; relaying one chunk takes milliseconds.
 ACK_WAIT_SECONDS: Final = 15.0
-# A gateway waiting for a message's decision holds its chunks un-acked (nak with delay):
-# room for several large files in flight.
-GATEWAY_MAX_ACK_PENDING: Final = 20_000
+# Per lane (one agency, one peer country). Chunks the gateway is relaying are at most two
+# fetch batches per instance; the rest of a lane's pending chunks are waiting for their message
+# (nak with a delay up to 30 s, then offered again). Beyond this window a lane's further chunks
+# simply stay in the stream until its waiting ones move, so a large window buys nothing but
+# churn: a lane flooded with chunks whose message never comes (junk, or a hostile peer's)
+# costs at most this many redeliveries per 30 s, and only its own lane waits.
+GATEWAY_MAX_ACK_PENDING: Final = 1024
 # Not a memory bound (a node fetches 8 at a time): chunks that arrived ahead of a missing one
 # wait un-acked, and must never fill the window that the missing one needs to get through.
 NODE_MAX_ACK_PENDING: Final = 20_000
