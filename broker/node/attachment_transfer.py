@@ -250,14 +250,25 @@ class NodeAttachments:
     def bind(self, message_id: str, manifests: Sequence[Manifest]) -> None:
         """Mark uploads as the files of ``message_id`` (to send once it is acknowledged)."""
         with self.store.transaction() as db:
-            for position, m in enumerate(manifests):
-                bound = db.execute(
-                    "UPDATE attachments SET message_id = ?, position = ?, state = ? "
-                    "WHERE id = ? AND direction = 'out' AND state = ?",
-                    (message_id, position, BOUND, m.id, STAGED),
-                ).rowcount
-                if bound != 1:  # expired (or taken by another send) since it was checked
-                    raise NotFound(f"no uploaded attachment {m.id} (expired or already sent)")
+            self.bind_within(db, message_id, manifests)
+        self.bound()
+
+    def bind_within(
+        self, db: sqlite3.Connection, message_id: str, manifests: Sequence[Manifest]
+    ) -> None:
+        """:meth:`bind` inside the caller's transaction (the node's outbox commit: the files
+        are bound exactly when the message is stored); call :meth:`bound` after the commit."""
+        for position, m in enumerate(manifests):
+            bound = db.execute(
+                "UPDATE attachments SET message_id = ?, position = ?, state = ? "
+                "WHERE id = ? AND direction = 'out' AND state = ?",
+                (message_id, position, BOUND, m.id, STAGED),
+            ).rowcount
+            if bound != 1:  # expired (or taken by another send) since it was checked
+                raise NotFound(f"no uploaded attachment {m.id} (expired or already sent)")
+
+    def bound(self) -> None:
+        """Files were bound (committed): the upload loop looks for their message at once."""
         self.bound_at = time.monotonic()
         self.on_bound()
 

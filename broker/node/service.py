@@ -60,6 +60,7 @@ What it must never do
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -218,7 +219,11 @@ class AttachmentFiles(FilesView, Protocol):
 
     def manifests_for(self, header: Header) -> tuple[Manifest, ...]: ...
 
-    def bind(self, message_id: str, manifests: Sequence[Manifest]) -> None: ...
+    def bind_within(
+        self, db: sqlite3.Connection, message_id: str, manifests: Sequence[Manifest]
+    ) -> None: ...
+
+    def bound(self) -> None: ...
 
     def hold(self, opened: OpenedMessage, receipt: Receipt, wire: bytes, now: datetime) -> None: ...
 
@@ -248,6 +253,7 @@ class _Staged:
     now: datetime
     idempotency: tuple[str, str] | None
     submitting: bool
+    files: tuple[Manifest, ...] = ()
 
 
 def _prepared(result: _Staged | OutboxMessage | Exception) -> Prepared | Exception:
@@ -393,15 +399,16 @@ class Node:
 
     # -------------------------------------------------------------------- send
 
-    def _seal(self, header: Header, body: Mapping[str, Any], now: datetime) -> SealedRecord:
+    def _seal(
+        self, header: Header, body: Mapping[str, Any], now: datetime
+    ) -> tuple[SealedRecord, tuple[Manifest, ...]]:
+        """Seal a cleared message with its files (bound to it later, in its outbox commit)."""
         elapsed = self.observe.timer()
-        files = self.attachments.manifests_for(header) if self.attachments else ()
+        files = tuple(self.attachments.manifests_for(header)) if self.attachments else ()
         sealed = self.core.seal(header, body, now, attachments=files)
-        if files and self.attachments is not None:
-            self.attachments.bind(header.id, files)
         if self.observe.metrics is not None:
             self.observe.metrics.seal_seconds.observe(elapsed())
-        return sealed
+        return sealed, files
 
     def clear(self, draft: Draft) -> tuple[Header, Clearance]:
         """Build the header of a draft and run pre-flight on it (raises ``PolicyDenied``)."""
@@ -597,6 +604,8 @@ class Node:
                 except Exception as exc:  # noqa: BLE001 - that request's answer
                     self._in_flight.discard(item.sealed.message_id)
                     results[index] = exc
+                else:
+                    self._files_bound([item])
             try:
                 self._record_outcomes(submitted)
             except Exception as exc:  # noqa: BLE001 - the waiting submitters see it
@@ -623,6 +632,7 @@ class Node:
                     self._in_flight.discard(item.sealed.message_id)
                     results[index] = exc
             return [_prepared(r) for r in results], exc
+        self._files_bound([item for index, item in staged if results[index] is item])
         return [_prepared(r) for r in results], ack_error
 
     def _record_outcomes(self, submitted: Sequence[Outcomes]) -> None:
@@ -639,13 +649,29 @@ class Node:
                 self.store.mark_outbox_many(rows, now=self._clock(), attempted=attempted)
 
     def _store_staged(self, item: _Staged) -> None:
+        """Commit a sealed draft's outbox row, its disclosure records and the binding of its
+        files together (a failed commit leaves the uploads staged, to be sent again), unless
+        the caller's batch commits it (then :meth:`_files_bound` after that commit)."""
+        disclose = audit_log.log(item.disclosed, now=item.now)
+        files, attachments = item.files, self.attachments
+
+        def within(db: sqlite3.Connection) -> None:
+            disclose(db)
+            if files and attachments is not None:
+                attachments.bind_within(db, item.sealed.message_id, files)
+
         self.store.add_outbox(
             item.sealed,
             now=item.now,
             idempotency=item.idempotency,
-            within=audit_log.log(item.disclosed, now=item.now),
+            within=within,
             submitting=item.submitting,
         )
+
+    def _files_bound(self, items: Sequence[_Staged]) -> None:
+        """After the commit that stored ``items``: wake the upload loop if any had files."""
+        if self.attachments is not None and any(item.files for item in items):
+            self.attachments.bound()
 
     def _seal_draft(
         self, draft: Draft, idempotency: tuple[str, str] | None, actor: str | None
@@ -671,7 +697,7 @@ class Node:
             if self.observe.metrics is not None:
                 self.observe.metrics.validation_seconds.observe(elapsed())
         now = self._clock()
-        sealed = self._seal(header, clearance.body, now)
+        sealed, files = self._seal(header, clearance.body, now)
         staged = _Staged(
             header=header,
             clearance=clearance,
@@ -686,6 +712,7 @@ class Node:
             # Connected: the request submits it at once, so the row is stored as submitted
             # with that attempt counted (no separate commit before the publish).
             submitting=self.transport.connected,
+            files=files,
         )
         self._in_flight.add(sealed.message_id)  # last: no in-flight id left behind by a fault
         return staged

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 from broker.node import lawful_jobs
 from broker.node.api import create_app
-from broker.node.errors import StorageUnavailable
+from broker.node.errors import BadRequest, StorageUnavailable
 from broker.node.model import OutboxState
 from broker.node.observe import StoreCollector
 from broker.node.retention import RetentionPolicy
@@ -359,3 +359,63 @@ class TestStoreMetrics:
         last_failure = max(i for i, e in enumerate(logs) if e["event"] == "retention_purge_failed")
         assert last_purge > last_failure
         assert world.bus.audit  # a checkpoint was published once writes worked again
+
+
+class _FailingOutboxCommit:
+    """The store's connection, except that the COMMIT of the next transaction that stores an
+    outbox row fails with SQLITE_FULL (whatever other transactions commit around it)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outbox = False
+        self.failed = False
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql.startswith("BEGIN"):
+            self._outbox = False
+        elif sql.lstrip().startswith("INSERT INTO outbox"):
+            self._outbox = True
+        elif sql == "COMMIT" and self._outbox and not self.failed:
+            self.failed = True
+            exc = sqlite3.OperationalError("database or disk is full")
+            exc.sqlite_errorcode = 13
+            raise exc
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+class TestFilesUnderStorageFaults:
+    def test_a_send_that_cannot_be_stored_leaves_its_files_to_send_again(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The files of a draft are bound to its message in the message's own outbox commit:
+        a send refused for a storage fault leaves them uploaded, and the next send of the same
+        draft takes them (not 'expired or already sent')."""
+        from broker.node.attachment_transfer import NodeAttachments
+        from broker.node.attachments import AttachmentSpool
+
+        store = fresh_store(world)
+        files = NodeAttachments(store, AttachmentSpool(world.tmp / f"{DE}.attachments"))
+        de = world.node(DE, store=store, attachments=files)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield b"%PDF-1.7 synthetic scan of a case file\n" * 50
+
+        manifest = asyncio.run(
+            files.upload(pieces(), name="scan.pdf", media_type="application/pdf", now=de.now())
+        )
+        draft = request_draft(attachments=(manifest.id,))
+        failing = _FailingOutboxCommit(store._db)
+        monkeypatch.setattr(store, "_db", failing)
+        with pytest.raises(StorageUnavailable):
+            asyncio.run(de.send(draft))
+        assert failing.failed
+        assert store.list_outbox(include_evidence=True) == []
+        assert [m.id for m in files.staged_manifests([manifest.id])] == [manifest.id]
+
+        result = asyncio.run(de.send(draft))
+        assert result.state is OutboxState.ACKNOWLEDGED
+        with pytest.raises(BadRequest, match="already sent"):
+            files.staged_manifests([manifest.id])
