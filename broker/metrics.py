@@ -44,6 +44,10 @@ OTHER: Final = "other"
 # Seconds; from a loopback federation (well under a second) to a peer that was away for hours.
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600)
 CRYPTO_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+# What a gateway does with an attachment chunk (casebridge_gateway_chunks_total).
+CHUNK_OUTCOMES: Final = ("relayed", "waiting", "dropped", "refused")
+# How a node's file ends (casebridge_node_files_total).
+FILE_OUTCOMES: Final = (("out", "sent"), ("in", "verified"), ("in", "refused"))
 
 
 def country_label(value: str | None) -> str:
@@ -189,6 +193,22 @@ class NodeMetrics:
         )
         for lane in ("messages", "evidence"):
             self.quarantined.labels(lane=lane)
+        # Files of messages (broker/node/attachment_transfer.py): no file or agency label.
+        self.files = Counter(
+            "casebridge_node_files",
+            "Files of messages that ended here, by direction and outcome: out sent (every "
+            "chunk acknowledged), in verified (every chunk and the whole-file digest) or refused.",
+            ["direction", "outcome"],
+            registry=registry,
+        )
+        self.file_bytes = Counter(
+            "casebridge_node_file_bytes",
+            "Plaintext bytes of the files sent (out) and verified (in).",
+            ["direction"],
+            registry=registry,
+        )
+        for direction, outcome in FILE_OUTCOMES:
+            self.files.labels(direction, outcome)
         self.audit_ok = Gauge(
             "casebridge_audit_chain_ok",
             "1 if the last verification of the audit hash chain and checkpoints passed, else 0.",
@@ -227,6 +247,12 @@ class NodeMetrics:
             "each interval's are summarised in one audit entry).",
             registry=registry,
         )
+
+    def file_count(self, direction: str, outcome: str, size: int) -> None:
+        """Count a file that ended (NodeAttachments.on_file)."""
+        self.files.labels(direction, outcome).inc()
+        if outcome != "refused":
+            self.file_bytes.labels(direction).inc(size)
 
 
 class GatewayMetrics:
@@ -277,6 +303,21 @@ class GatewayMetrics:
             ["result"],
             registry=registry,
         )
+        # Attachment chunks (broker/gateway/attachments.py): no agency or file label.
+        self.chunks = Counter(
+            "casebridge_gateway_chunks",
+            "Attachment chunks a gateway settled, by direction and outcome: relayed, waiting "
+            "(its message has not crossed yet: offered again later), dropped (no message of "
+            "it crossed here, or malformed), refused (beyond what its message declared).",
+            ["direction", "outcome"],
+            registry=registry,
+        )
+        self.chunk_bytes = Counter(
+            "casebridge_gateway_chunk_bytes",
+            "Bytes of attachment chunks a gateway relayed (sealed: ciphertext and tags).",
+            ["direction"],
+            registry=registry,
+        )
         # Fair share (broker/gateway/fairness.py): no agency label (bounded labels); the
         # ``sender_throttled`` log event names the agency.
         self.throttled = Counter(
@@ -311,6 +352,18 @@ class GatewayMetrics:
             self.quarantined.labels(direction=direction)
         for result in ("kept", "refused"):
             self.audit_checkpoints.labels(result=result)
+
+    def chunk_counter(self, direction: str) -> Callable[[str, int], None]:
+        """Counts the chunks one direction settles: (outcome, bytes)."""
+        chunks = {o: self.chunks.labels(direction, o) for o in CHUNK_OUTCOMES}
+        relayed_bytes = self.chunk_bytes.labels(direction)
+
+        def count(outcome: str, size: int) -> None:
+            chunks[outcome].inc()
+            if outcome == "relayed":
+                relayed_bytes.inc(size)
+
+        return count
 
 
 # ------------------------------------------------------------------ expiry ---

@@ -103,6 +103,8 @@ class ChunkRefusal:
 
 # Records a refusal in the gateway's audit log (broker/gateway/audit.py).
 Refused: TypeAlias = Callable[[ChunkRefusal], Awaitable[None]]
+# Counts a settled chunk: (outcome, bytes) — the gateway's metrics.
+ChunkCount: TypeAlias = Callable[[str, int], None]
 
 
 def count_chunk(
@@ -231,9 +233,11 @@ async def _settle(
     idle: dict[str, bool],
     relays: list[Coroutine[Any, Any, None]],
     refused: Refused | None = None,
+    count: ChunkCount | None = None,
 ) -> str:
     """Decide one chunk; a relayed one is queued in ``relays`` (published in order, then
-    acknowledged, by the caller: a batch's publishes are in flight together)."""
+    acknowledged, by the caller: a batch's publishes are in flight together). The outcome:
+    ``relayed``, ``waiting``, ``dropped`` or ``refused`` (beyond what its message declared)."""
     headers = dict(msg.headers or {})
     meta = msg.metadata
     routing = _routing(headers)
@@ -284,14 +288,14 @@ async def _settle(
             subject=msg.subject,
         )
         await msg.term()
-        return "dropped"
+        return "refused" if plan.refused is not None else "dropped"
     if plan.delay is not None:
         await msg.nak(delay=plan.delay)
         return "waiting"
     assert routing is not None  # noqa: S101 - a relayed plan has valid routing
     forward = {k: headers[k] for k in (aw.MESSAGE_HEADER, aw.ATTACHMENT_HEADER, aw.INDEX_HEADER)}
     msg_id = aw.chunk_msg_id(routing[1], routing[2])
-    relays.append(_relay(js, msg, plan.to, {**forward, "Nats-Msg-Id": msg_id}))
+    relays.append(_relay(js, msg, plan.to, {**forward, "Nats-Msg-Id": msg_id}, count))
     return "relayed"
 
 
@@ -305,7 +309,11 @@ def _peer(direction: str, subject: str) -> str:
 
 
 async def _relay(
-    js: JetStreamContext, msg: Msg, to: Sequence[str], headers: Mapping[str, str]
+    js: JetStreamContext,
+    msg: Msg,
+    to: Sequence[str],
+    headers: Mapping[str, str],
+    count: ChunkCount | None = None,
 ) -> None:
     try:
         await asyncio.gather(
@@ -315,6 +323,8 @@ async def _relay(
             )
         )
         await msg.ack()
+        if count is not None:
+            count("relayed", len(msg.data))
     except (NatsError, JetStreamError, TimeoutError) as exc:
         # Offered again soon (not after ack_wait): the recipient is waiting for it.
         log.warning("chunk_relay_fault", error=repr(exc))
@@ -336,6 +346,7 @@ async def run_chunk_relay(
     clock: Callable[[], datetime],
     refused: Refused | None = None,
     durable: str | None = None,
+    count: ChunkCount | None = None,
 ) -> None:
     """Relay chunks of one lane (``durable``; default: the single consumer of earlier
     versions) in one direction until ``stop`` (egress: ATT_SUBMIT -> ATT_OUT_*; ingress:
@@ -381,6 +392,8 @@ async def run_chunk_relay(
                     # An earlier chunk of this file waits: this one waits as long, so that the
                     # file keeps its order (the recipient also copes with reordering).
                     await _nak(msg, waited)
+                    if count is not None:
+                        count("waiting", len(msg.data))
                     continue
                 delay = 1.0
                 try:
@@ -394,6 +407,7 @@ async def run_chunk_relay(
                         idle=idle,
                         relays=relays,
                         refused=refused,
+                        count=count,
                     )
                     delay = wait_delay(_deliveries(msg))
                 except (NatsError, JetStreamError, TimeoutError, sqlite3.Error) as exc:
@@ -401,6 +415,8 @@ async def run_chunk_relay(
                     log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
                     outcome = "waiting"
                     await _nak(msg, delay)
+                if count is not None and outcome != "relayed":  # relayed: counted once acked
+                    count(outcome, len(msg.data))
                 if outcome == "waiting" and index >= 0:
                     earliest = min(index, held.get(attachment, (index, 0.0, 0.0))[0])
                     until = time.monotonic() + max(HOLD_SECONDS, delay)
@@ -473,6 +489,7 @@ async def run_chunk_lanes(
     stop: asyncio.Event,
     clock: Callable[[], datetime],
     refused: Refused | None = None,
+    count: ChunkCount | None = None,
 ) -> None:
     """One :func:`run_chunk_relay` loop per lane of ``direction``, started as lanes appear
     (``agencies``: the local agencies the directory lists now). A loop that fails ends this
@@ -500,6 +517,7 @@ async def run_chunk_lanes(
                         clock=clock,
                         refused=refused,
                         durable=lane.durable,
+                        count=count,
                     ),
                     name=f"chunks-{lane.durable}",
                 )

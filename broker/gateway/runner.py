@@ -917,6 +917,7 @@ async def run_gateway(
                     stop=stop,
                     clock=clock,
                     refused=chunk_refused,
+                    count=metrics.chunk_counter(d),
                 )
             )
             for d in ("egress", "ingress")

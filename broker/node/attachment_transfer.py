@@ -166,6 +166,9 @@ class NodeAttachments:
         # Called (from whichever thread binds) when files were bound: wakes the upload loop
         # out of its idle wait (set by :func:`run_uploads`).
         self.on_bound: Callable[[], None] = lambda: None
+        # Counts a file that ended one way: (direction ``in``/``out``, outcome ``sent``,
+        # ``verified`` or ``refused``, plaintext bytes; 0 when refused) — the node's metrics.
+        self.on_file: Callable[[str, str, int], None] = lambda _d, _o, _n: None
         # Files being received (only this node's chunk loop changes their state): no store
         # read per chunk.
         self._receiving: dict[str, tuple[str, Manifest]] = {}
@@ -311,12 +314,16 @@ class NodeAttachments:
         )
         return [(r[0], _manifest(r, 1), int(r[2])) for r in rows]
 
-    def mark_sent(self, attachment_id: str, sent: int, *, done: bool) -> None:
+    def mark_sent(self, attachment_id: str, sent: int, *, done: bool, size: int = 0) -> None:
+        """Save how many chunks of a file were acknowledged (``done``: all; ``size``: its
+        plaintext bytes, counted then)."""
         with self.store.transaction() as db:
             db.execute(
                 "UPDATE attachments SET sent = ?, state = ? WHERE id = ?",
                 (sent, SENT if done else BOUND, attachment_id),
             )
+        if done:
+            self.on_file("out", "sent", size)
 
     # ------------------------------------------------------------- receiving ---
 
@@ -389,10 +396,13 @@ class NodeAttachments:
     ) -> None:
         self._receiving.pop(attachment_id, None)
         with self.store.transaction() as db:
-            db.execute(
-                "UPDATE attachments SET state = ?, reason = ?, detail = ? WHERE id = ?",
-                (state, reason, detail or None, attachment_id),
-            )
+            changed = db.execute(
+                "UPDATE attachments SET state = ?, reason = ?, detail = ? WHERE id = ? "
+                "AND state != ?",
+                (state, reason, detail or None, attachment_id, state),
+            ).rowcount
+        if changed and state == REFUSED:
+            self.on_file("in", "refused", 0)
 
     def verified(self, manifest: Manifest) -> None:
         """A received file verified whole: record its sniffed type; queue it for the scanner."""
@@ -403,6 +413,7 @@ class NodeAttachments:
                 "UPDATE attachments SET state = ?, sniffed = ?, scan = ? WHERE id = ?",
                 (VERIFIED, sniff_bytes(head), PENDING if self.scanner else None, manifest.id),
             )
+        self.on_file("in", "verified", manifest.descriptor.size)
 
     def to_scan(self) -> list[Manifest]:
         rows = self.store.query(
@@ -454,7 +465,7 @@ class NodeAttachments:
         )
         for (message_id,) in rows:
             with self.store.transaction() as db:
-                db.execute(
+                incomplete = db.execute(
                     "UPDATE attachments SET state = ?, reason = ?, detail = ? "
                     "WHERE message_id = ? AND direction = 'in' AND state = ?",
                     (
@@ -464,7 +475,9 @@ class NodeAttachments:
                         message_id,
                         RECEIVING,
                     ),
-                )
+                ).rowcount
+            for _ in range(incomplete):
+                self.on_file("in", "refused", 0)
         if rows:
             self._receiving.clear()  # their states changed in the store
         return [r[0] for r in rows]
@@ -578,7 +591,11 @@ async def _send_file(
                     await in_flight.popleft()
                     done += 1
             if done - saved >= SAVE_EVERY or done >= d.chunks:
-                await asyncio.to_thread(files.mark_sent, d.id, done, done=done >= d.chunks)
+                await asyncio.to_thread(
+                    functools.partial(
+                        files.mark_sent, d.id, done, done=done >= d.chunks, size=d.size
+                    )
+                )
                 saved = done
     finally:
         # A fault (or cancellation) leaves nothing publishing behind the caller's back.

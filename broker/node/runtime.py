@@ -163,6 +163,17 @@ def build_live_node(
         preflight, recipient_check = engine.preflight, engine.recipient_check
     signing_cert = read_certificate(settings.keys.signing_cert)
     agreement_cert = read_certificate(settings.keys.agreement_cert)
+    # Files sealed at rest next to the store (broker/node/attachments.py).
+    files = NodeAttachments(
+        store,
+        AttachmentSpool(settings.store_path.with_suffix(".attachments")),
+        max_size=settings.attachments.max_size,
+        scanner=settings.attachments.scanner,
+        scan_timeout=settings.attachments.scan_timeout_seconds,
+        staged_ttl=timedelta(hours=settings.attachments.staged_hours),
+    )
+    if metrics is not None:
+        files.on_file = metrics.file_count
     node = Node(
         sender=SenderIdentity(
             agency_id=agency,
@@ -185,15 +196,7 @@ def build_live_node(
         observer=NodeObserver(metrics),
         clock=clock.now,
         time_problem=clock.problem,
-        # Files sealed at rest next to the store (broker/node/attachments.py).
-        attachments=NodeAttachments(
-            store,
-            AttachmentSpool(settings.store_path.with_suffix(".attachments")),
-            max_size=settings.attachments.max_size,
-            scanner=settings.attachments.scanner,
-            scan_timeout=settings.attachments.scan_timeout_seconds,
-            staged_ttl=timedelta(hours=settings.attachments.staged_hours),
-        ),
+        attachments=files,
     )
 
     def resolve_with(new: Directory) -> None:

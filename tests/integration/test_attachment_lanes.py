@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Final
@@ -22,6 +24,7 @@ from typing import Any, Final
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from broker.core import attachment_wire as aw
+from broker.federation import processes
 from broker.federation.attachment_streams import GATEWAY_MAX_ACK_PENDING
 from tests.integration.conftest import run
 from tests.integration.e2e_helpers import POLICIES, Running, bulletin, wait_until
@@ -111,6 +114,20 @@ def _hostile_backlog(fed: Running) -> tuple[int, int]:
     return run(go())
 
 
+def _metrics(fed: Running, process: str) -> dict[str, float]:
+    """A node's or a gateway's metrics (Prometheus text from its loopback API), by sample."""
+    doc = json.loads((fed.fed.base / processes.SETTINGS_DIR / f"{process}.json").read_text())
+    url = f"http://127.0.0.1:{doc['api']['port']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
 def test_junk_chunks_of_one_agency_do_not_stall_another_agencys_file(
     nats_binary: Path, tmp_path: Path
 ) -> None:
@@ -150,6 +167,25 @@ def test_junk_chunks_of_one_agency_do_not_stall_another_agencys_file(
         assert lane > 0
         files = fed.client(NL).attachments(message_id)
         assert [f["state"] for f in files] == ["verified"]
+        # What operators see: the junk waiting at DE's border, the honest file relayed and
+        # verified (chunk bytes are sealed: larger than the file).
+        de = _metrics(fed, "de.gateway")
+        assert de['casebridge_gateway_chunks_total{direction="egress",outcome="waiting"}'] > 0
+        assert de['casebridge_gateway_chunks_total{direction="egress",outcome="relayed"}'] >= 2
+        assert de['casebridge_gateway_chunk_bytes_total{direction="egress"}'] > 1024 * 1024
+        nl = _metrics(fed, "nl.gateway")
+        assert nl['casebridge_gateway_chunks_total{direction="ingress",outcome="waiting"}'] == 0
+        received = _metrics(fed, NL)
+        assert received['casebridge_node_files_total{direction="in",outcome="verified"}'] == 1
+        assert received['casebridge_node_file_bytes_total{direction="in"}'] == 1024 * 1024
+        wait_until(
+            lambda: (
+                _metrics(fed, DE).get('casebridge_node_files_total{direction="out",outcome="sent"}')
+                == 1
+            ),
+            DELIVERY_TIMEOUT,
+            what="the sent file counted",
+        )
     finally:
         for client in fed.clients.values():
             client.close()

@@ -298,7 +298,7 @@ class TestRelayRefusal:
             assert msg.settled == []
             logged.append(r)
 
-        assert self._settle(msg, refused) == "dropped"
+        assert self._settle(msg, refused) == "refused"
         assert msg.settled == ["term"]
         (r,) = logged
         assert (r.reason, r.index, r.peer, r.exp) == (

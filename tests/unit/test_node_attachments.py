@@ -327,8 +327,8 @@ class _Files:
         self.spool = spool
         self.saves: list[tuple[int, bool]] = []
 
-    def mark_sent(self, attachment_id: str, sent: int, *, done: bool) -> None:
-        del attachment_id
+    def mark_sent(self, attachment_id: str, sent: int, *, done: bool, size: int = 0) -> None:
+        del attachment_id, size
         self.saves.append((sent, done))
 
 
