@@ -369,6 +369,33 @@ BORDER: Final = Dashboard(
             traffic=True,
         ),
         Panel(
+            title="Attachment chunks by outcome",
+            description="Chunks of files the gateways settled: relayed, waiting (their message "
+            "has not crossed yet), dropped (no message of theirs crossed), refused (beyond "
+            "what their message declared). Which sender waits: jetstream_consumer_num_pending "
+            "of the att-egress-* and att-ingress-* consumers.",
+            queries=(
+                Query(
+                    expr=_rate("casebridge_gateway_chunks_total", "name, direction, outcome"),
+                    legend="{{name}} {{direction}} {{outcome}}",
+                ),
+            ),
+            unit="reqps",
+            traffic=True,
+        ),
+        Panel(
+            title="Attachment bytes relayed",
+            description="Bytes of file chunks the gateways relayed (sealed), per direction.",
+            queries=(
+                Query(
+                    expr=_rate("casebridge_gateway_chunk_bytes_total", "name, direction"),
+                    legend="{{name}} {{direction}}",
+                ),
+            ),
+            unit="Bps",
+            traffic=True,
+        ),
+        Panel(
             title="Decision time p95",
             description="Outer-layer verification plus policy evaluation per message.",
             queries=(
@@ -480,6 +507,20 @@ NODE: Final = Dashboard(
                 Query(
                     expr="sum by (name) (rate(casebridge_submit_failures_total[$__rate_interval]))",
                     legend="submit failed {{name}}",
+                ),
+            ),
+            unit="reqps",
+            traffic=True,
+        ),
+        Panel(
+            title="Files sent, verified, refused",
+            description="Files of messages: sent (every chunk acknowledged), verified (every "
+            "chunk and the whole-file digest), refused (a bad chunk, or incomplete when the "
+            "message expired).",
+            queries=(
+                Query(
+                    expr=_rate("casebridge_node_files_total", "name, direction, outcome"),
+                    legend="{{name}} {{direction}} {{outcome}}",
                 ),
             ),
             unit="reqps",
