@@ -430,9 +430,25 @@ async def run_chunk_relay(
             log.warning("chunk_relay_fault", direction=direction, error=repr(exc))
             _cancel(ahead)
             ahead = None
+            if await _consumer_gone(js, stream, durable):
+                # Replaced by the stream setup (the single consumer of earlier versions) or
+                # removed by an operator: this lane ends; the lanes are listed again.
+                log.info("chunk_lane_gone", direction=direction, lane=durable)
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     _cancel(ahead)
+
+
+async def _consumer_gone(js: JetStreamContext, stream: str, durable: str) -> bool:
+    """Whether the lane's consumer no longer exists (False when that cannot be told)."""
+    try:
+        await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return True
+    except (NatsError, JetStreamError, TimeoutError):
+        return False
+    return False
 
 
 def _deliveries(msg: Msg) -> int:
@@ -529,8 +545,13 @@ async def run_chunk_lanes(
             )
             watch.cancel()
             for task in done:
-                if task is not watch and not stop.is_set():
-                    raise task.exception() or RuntimeError(f"lane {task.get_name()} ended")
+                if task is watch or stop.is_set():
+                    continue
+                error = task.exception()
+                if error is not None:
+                    raise error
+                # Its consumer is gone (replaced or removed): listed again at the next check.
+                running = {d: t for d, t in running.items() if t is not task}
     finally:
         for task in running.values():
             task.cancel()

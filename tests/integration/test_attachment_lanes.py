@@ -26,6 +26,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from broker.core import attachment_wire as aw
 from broker.federation import processes
 from broker.federation.attachment_streams import GATEWAY_MAX_ACK_PENDING
+from broker.gateway.attachments import LANE_CHECK_SECONDS
 from tests.integration.conftest import run
 from tests.integration.e2e_helpers import POLICIES, Running, bulletin, wait_until
 from tests.integration.test_attachments_e2e import DE, LIMITS, NL, _policies
@@ -385,6 +386,51 @@ def test_junk_chunks_from_one_country_do_not_stall_another_countrys_file(
             f"\nDE's 1 MB file delivered in {time.monotonic() - started:.2f} s; UA junk {waiting}"
         )
         assert waiting >= GATEWAY_MAX_ACK_PENDING
+        assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
+    finally:
+        for client in fed.clients.values():
+            client.close()
+        fed.close()
+
+
+def test_a_running_gateway_takes_up_the_lanes_the_setup_puts_in_place(
+    nats_binary: Path, tmp_path: Path
+) -> None:
+    """Upgrading in place: DE's gateway runs on the single consumer of earlier versions when
+    the stream setup replaces it by per-agency lanes; the running gateway starts reading them
+    (lanes are listed again every LANE_CHECK_SECONDS) and a file sent afterwards crosses."""
+    del nats_binary
+    fed = Running.start(
+        tmp_path / "fed", nodes=[DE, NL], description=DESCRIPTION, policy_dir=_policies(tmp_path)
+    )
+    try:
+        fed.fed.stop("gateway-de")
+        _to_legacy_consumers(fed)
+        # Started without the setup (Running.restart would run it first).
+        log = fed.fed.log_file("gateway-de")
+        offset = log.stat().st_size
+        (spec,) = [p for p in fed.fed.settings.processes if p.name == "gateway-de"]
+        fed.fed._spawn(spec.name, fed.fed._argv(spec))
+        wait_until(
+            lambda: "gateway_started" in fed.log_text("gateway-de", offset=offset),
+            60,
+            what="DE's gateway on the old consumer",
+        )
+        run(fed.fed.ensure_streams("DE"))  # the setup of the new version, gateway running
+        assert _consumer_names(fed, "DE", aw.ATT_SUBMIT_STREAM) == sorted(
+            [aw.att_egress_durable(DE), aw.att_egress_durable(HOSTILE)]
+        )
+        path = tmp_path / "after-upgrade.bin"
+        path.write_bytes(os.urandom(1024 * 1024 + 3))
+        handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
+        message_id = str(
+            fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))["message_id"]
+        )
+        wait_until(
+            functools.partial(lambda m: m in fed.inbox_ids(NL), message_id),
+            LANE_CHECK_SECONDS + DELIVERY_TIMEOUT,
+            what="the file sent after the upgrade",
+        )
         assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
     finally:
         for client in fed.clients.values():
