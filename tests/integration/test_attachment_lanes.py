@@ -129,73 +129,9 @@ def _metrics(fed: Running, process: str) -> dict[str, float]:
     return samples
 
 
-def test_junk_chunks_of_one_agency_do_not_stall_another_agencys_file(
-    nats_binary: Path, tmp_path: Path
-) -> None:
-    del nats_binary
-    fed = Running.start(
-        tmp_path / "fed",
-        nodes=[DE, NL],
-        description=DESCRIPTION,
-        policy_dir=_policies(tmp_path),
-        settings={"de.gateway": {"fair_share": {"sender_rate": 2, "sender_burst": 1}}},
-    )
-    try:
-        _flood(fed)
-        # The gateway took the junk and holds it waiting (more than one window's worth).
-        wait_until(
-            lambda: _hostile_backlog(fed)[0] >= JUNK_CHUNKS - 10,
-            DELIVERY_TIMEOUT,
-            what="the junk chunks waiting",
-        )
-        path = tmp_path / "evidence.bin"
-        path.write_bytes(os.urandom(1024 * 1024))
-        handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
-        started = time.monotonic()
-        sent = fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))
-        message_id = str(sent["message_id"])
-        wait_until(
-            functools.partial(lambda m: m in fed.inbox_ids(NL), message_id),
-            DELIVERY_TIMEOUT,
-            what="the honest file's delivery",
-        )
-        took = time.monotonic() - started
-        junk, lane = _hostile_backlog(fed)
-        print(f"\nhonest 1 MB file delivered in {took:.2f} s; junk waiting {junk}, lane {lane}")
-        # The conditions that stalled every file before held throughout: the junk still
-        # waits (the window is full) and the hostile lane is still busy.
-        assert junk >= GATEWAY_MAX_ACK_PENDING
-        assert lane > 0
-        files = fed.client(NL).attachments(message_id)
-        assert [f["state"] for f in files] == ["verified"]
-        # What operators see: the junk waiting at DE's border, the honest file relayed and
-        # verified (chunk bytes are sealed: larger than the file).
-        de = _metrics(fed, "de.gateway")
-        assert de['casebridge_gateway_chunks_total{direction="egress",outcome="waiting"}'] > 0
-        assert de['casebridge_gateway_chunks_total{direction="egress",outcome="relayed"}'] >= 2
-        assert de['casebridge_gateway_chunk_bytes_total{direction="egress"}'] > 1024 * 1024
-        nl = _metrics(fed, "nl.gateway")
-        assert nl['casebridge_gateway_chunks_total{direction="ingress",outcome="waiting"}'] == 0
-        received = _metrics(fed, NL)
-        assert received['casebridge_node_files_total{direction="in",outcome="verified"}'] == 1
-        assert received['casebridge_node_file_bytes_total{direction="in"}'] == 1024 * 1024
-        wait_until(
-            lambda: (
-                _metrics(fed, DE).get('casebridge_node_files_total{direction="out",outcome="sent"}')
-                == 1
-            ),
-            DELIVERY_TIMEOUT,
-            what="the sent file counted",
-        )
-    finally:
-        for client in fed.clients.values():
-            client.close()
-        fed.close()
-
-
-def _to_legacy_consumers(fed: Running) -> None:
-    """Put DE's and NL's chunk consumers back to what earlier versions made: one unfiltered
-    consumer per direction."""
+def _to_legacy_consumers(fed: Running, *, ingress: bool = True) -> None:
+    """Put DE's (and NL's, with ``ingress``) chunk consumers back to what earlier versions
+    made: one unfiltered consumer per direction."""
 
     async def go(code: str, stream: str, lanes: list[str], legacy: str) -> None:
         nc = await fed.fed.connect_gateway(code)
@@ -224,7 +160,10 @@ def _to_legacy_consumers(fed: Running) -> None:
             aw.LEGACY_EGRESS_DURABLE,
         )
     )
-    run(go("NL", aw.ATT_INBOX_STREAM, [aw.att_ingress_durable("DE")], aw.LEGACY_INGRESS_DURABLE))
+    if ingress:
+        run(
+            go("NL", aw.ATT_INBOX_STREAM, [aw.att_ingress_durable("DE")], aw.LEGACY_INGRESS_DURABLE)
+        )
 
 
 def _consumer_names(fed: Running, code: str, stream: str) -> list[str]:
@@ -241,39 +180,58 @@ def _consumer_names(fed: Running, code: str, stream: str) -> list[str]:
     return run(go())
 
 
+def _send_file(fed: Running, path: Path, size: int) -> str:
+    path.write_bytes(os.urandom(size))
+    handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
+    sent = fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))
+    return str(sent["message_id"])
+
+
+def _arrives(fed: Running, message_id: str, timeout: float, what: str) -> None:
+    wait_until(functools.partial(lambda m: m in fed.inbox_ids(NL), message_id), timeout, what=what)
+    assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
+
+
 def test_the_consumers_of_earlier_versions_are_replaced_and_nothing_is_lost(
     nats_binary: Path, tmp_path: Path
 ) -> None:
-    """A country set up by an earlier version (one unfiltered chunk consumer per direction)
-    with a file waiting in it: the stream setup replaces them by the per-lane consumers, and
-    the file still crosses, verified."""
+    """Upgrading a country set up by an earlier version (one unfiltered chunk consumer per
+    direction): (1) gateways stopped, a file waiting in the old consumers: the stream setup
+    replaces them by the per-lane consumers and the file still crosses, verified; (2) DE's
+    gateway running on the old consumer when the setup replaces it: the running gateway
+    takes up the new lanes and a file sent afterwards crosses."""
     del nats_binary
     fed = Running.start(
         tmp_path / "fed", nodes=[DE, NL], description=DESCRIPTION, policy_dir=_policies(tmp_path)
     )
+    lanes = sorted([aw.att_egress_durable(DE), aw.att_egress_durable(HOSTILE)])
     try:
         fed.fed.stop("gateway-de")
         fed.fed.stop("gateway-nl")
         _to_legacy_consumers(fed)
-        path = tmp_path / "waiting.bin"
-        path.write_bytes(os.urandom(2 * 1024 * 1024 + 17))
-        handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
-        message_id = str(
-            fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))["message_id"]
-        )
+        waiting = _send_file(fed, tmp_path / "waiting.bin", 2 * 1024 * 1024 + 17)
         # Starting a country's gateway again runs its stream setup first.
         fed.restart("gateway-de", country="DE")
         fed.restart("gateway-nl", country="NL")
-        assert _consumer_names(fed, "DE", aw.ATT_SUBMIT_STREAM) == sorted(
-            [aw.att_egress_durable(DE), aw.att_egress_durable(HOSTILE)]
-        )
+        assert _consumer_names(fed, "DE", aw.ATT_SUBMIT_STREAM) == lanes
         assert _consumer_names(fed, "NL", aw.ATT_INBOX_STREAM) == [aw.att_ingress_durable("DE")]
+        _arrives(fed, waiting, 90, "the waiting file's delivery")
+
+        fed.fed.stop("gateway-de")
+        _to_legacy_consumers(fed, ingress=False)
+        # Started without the setup (Running.restart would run it first).
+        offset = fed.fed.log_file("gateway-de").stat().st_size
+        (spec,) = [p for p in fed.fed.settings.processes if p.name == "gateway-de"]
+        fed.fed._spawn(spec.name, fed.fed._argv(spec))
         wait_until(
-            functools.partial(lambda m: m in fed.inbox_ids(NL), message_id),
-            90,
-            what="the waiting file's delivery",
+            lambda: "gateway_started" in fed.log_text("gateway-de", offset=offset),
+            60,
+            what="DE's gateway on the old consumer",
         )
-        assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
+        run(fed.fed.ensure_streams("DE"))  # the setup of the new version, gateway running
+        assert _consumer_names(fed, "DE", aw.ATT_SUBMIT_STREAM) == lanes
+        after = _send_file(fed, tmp_path / "after-upgrade.bin", 1024 * 1024 + 3)
+        _arrives(fed, after, LANE_CHECK_SECONDS + DELIVERY_TIMEOUT, "the file sent after")
     finally:
         for client in fed.clients.values():
             client.close()
@@ -353,17 +311,29 @@ def _waiting_from(fed: Running, peer: str) -> int:
     return run(go())
 
 
-def test_junk_chunks_from_one_country_do_not_stall_another_countrys_file(
+def test_junk_chunks_of_one_agency_or_country_stall_no_one_else(
     nats_binary: Path, tmp_path: Path
 ) -> None:
-    """A peer country whose chunks never have a message (a hostile or broken border) fills
-    only its own lane into NL: DE's file to NL still crosses at once."""
+    """An agency of DE publishes chunks of a message it never sends while keeping its own
+    lane busy, and UA's border lets chunks of a message that never crosses out to NL: both
+    only fill their own lanes (each a full window), and DE's file to NL crosses at once."""
     del nats_binary
     fed = Running.start(
-        tmp_path / "fed", nodes=[DE, NL], description=THREE, policy_dir=_three_policies(tmp_path)
+        tmp_path / "fed",
+        nodes=[DE, NL],
+        description=THREE,
+        policy_dir=_three_policies(tmp_path),
+        settings={"de.gateway": {"fair_share": {"sender_rate": 2, "sender_burst": 1}}},
     )
     try:
+        _flood(fed)
         _flood_from_abroad(fed)
+        # The gateways took the junk and hold it waiting (more than one window's worth).
+        wait_until(
+            lambda: _hostile_backlog(fed)[0] >= JUNK_CHUNKS - 10,
+            DELIVERY_TIMEOUT,
+            what="the agency's junk chunks waiting at DE",
+        )
         wait_until(
             lambda: _waiting_from(fed, "UA") >= JUNK_CHUNKS - 10,
             DELIVERY_TIMEOUT,
@@ -373,65 +343,47 @@ def test_junk_chunks_from_one_country_do_not_stall_another_countrys_file(
         path.write_bytes(os.urandom(1024 * 1024))
         handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
         started = time.monotonic()
-        message_id = str(
-            fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))["message_id"]
-        )
+        sent = fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))
+        message_id = str(sent["message_id"])
         wait_until(
             functools.partial(lambda m: m in fed.inbox_ids(NL), message_id),
             DELIVERY_TIMEOUT,
-            what="DE's file at NL",
+            what="the honest file's delivery",
         )
-        waiting = _waiting_from(fed, "UA")
+        took = time.monotonic() - started
+        junk, lane = _hostile_backlog(fed)
+        from_ua = _waiting_from(fed, "UA")
         print(
-            f"\nDE's 1 MB file delivered in {time.monotonic() - started:.2f} s; UA junk {waiting}"
+            f"\nhonest 1 MB file delivered in {took:.2f} s; junk waiting at DE {junk} "
+            f"(lane {lane}), from UA at NL {from_ua}"
         )
-        assert waiting >= GATEWAY_MAX_ACK_PENDING
-        assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
-    finally:
-        for client in fed.clients.values():
-            client.close()
-        fed.close()
-
-
-def test_a_running_gateway_takes_up_the_lanes_the_setup_puts_in_place(
-    nats_binary: Path, tmp_path: Path
-) -> None:
-    """Upgrading in place: DE's gateway runs on the single consumer of earlier versions when
-    the stream setup replaces it by per-agency lanes; the running gateway starts reading them
-    (lanes are listed again every LANE_CHECK_SECONDS) and a file sent afterwards crosses."""
-    del nats_binary
-    fed = Running.start(
-        tmp_path / "fed", nodes=[DE, NL], description=DESCRIPTION, policy_dir=_policies(tmp_path)
-    )
-    try:
-        fed.fed.stop("gateway-de")
-        _to_legacy_consumers(fed)
-        # Started without the setup (Running.restart would run it first).
-        log = fed.fed.log_file("gateway-de")
-        offset = log.stat().st_size
-        (spec,) = [p for p in fed.fed.settings.processes if p.name == "gateway-de"]
-        fed.fed._spawn(spec.name, fed.fed._argv(spec))
+        # The conditions that stalled every file before held throughout: the junk still
+        # waits (each window full) and the hostile agency's lane is still busy.
+        assert junk >= GATEWAY_MAX_ACK_PENDING
+        assert from_ua >= GATEWAY_MAX_ACK_PENDING
+        assert lane > 0
+        files = fed.client(NL).attachments(message_id)
+        assert [f["state"] for f in files] == ["verified"]
+        # What operators see: the junk waiting at both borders, the honest file relayed and
+        # verified (chunk bytes are sealed: larger than the file).
+        de = _metrics(fed, "de.gateway")
+        assert de['casebridge_gateway_chunks_total{direction="egress",outcome="waiting"}'] > 0
+        assert de['casebridge_gateway_chunks_total{direction="egress",outcome="relayed"}'] >= 2
+        assert de['casebridge_gateway_chunk_bytes_total{direction="egress"}'] > 1024 * 1024
+        nl = _metrics(fed, "nl.gateway")
+        assert nl['casebridge_gateway_chunks_total{direction="ingress",outcome="waiting"}'] > 0
+        assert nl['casebridge_gateway_chunks_total{direction="ingress",outcome="relayed"}'] >= 2
+        received = _metrics(fed, NL)
+        assert received['casebridge_node_files_total{direction="in",outcome="verified"}'] == 1
+        assert received['casebridge_node_file_bytes_total{direction="in"}'] == 1024 * 1024
         wait_until(
-            lambda: "gateway_started" in fed.log_text("gateway-de", offset=offset),
-            60,
-            what="DE's gateway on the old consumer",
+            lambda: (
+                _metrics(fed, DE).get('casebridge_node_files_total{direction="out",outcome="sent"}')
+                == 1
+            ),
+            DELIVERY_TIMEOUT,
+            what="the sent file counted",
         )
-        run(fed.fed.ensure_streams("DE"))  # the setup of the new version, gateway running
-        assert _consumer_names(fed, "DE", aw.ATT_SUBMIT_STREAM) == sorted(
-            [aw.att_egress_durable(DE), aw.att_egress_durable(HOSTILE)]
-        )
-        path = tmp_path / "after-upgrade.bin"
-        path.write_bytes(os.urandom(1024 * 1024 + 3))
-        handle = fed.client(DE).upload_attachment(path, media_type="application/octet-stream")
-        message_id = str(
-            fed.client(DE).send(bulletin([NL], attachments=[handle["attachment"]]))["message_id"]
-        )
-        wait_until(
-            functools.partial(lambda m: m in fed.inbox_ids(NL), message_id),
-            LANE_CHECK_SECONDS + DELIVERY_TIMEOUT,
-            what="the file sent after the upgrade",
-        )
-        assert [f["state"] for f in fed.client(NL).attachments(message_id)] == ["verified"]
     finally:
         for client in fed.clients.values():
             client.close()
