@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.client import JetStreamContext
 
 from broker.core import attachment_wire as aw
 from broker.federation import processes
@@ -59,6 +60,29 @@ BUSY_SUBMISSIONS: Final = 100
 DELIVERY_TIMEOUT: Final = 30.0
 
 
+async def _junk(js: JetStreamContext, subject: str) -> None:
+    """Publish JUNK_CHUNKS chunks of a message that never crosses (500 in flight at a time)."""
+    message, attachment = str(uuid.uuid4()), str(uuid.uuid4())
+    window = 500
+    for start in range(0, JUNK_CHUNKS, window):
+        await asyncio.gather(
+            *(
+                js.publish(
+                    subject,
+                    b"junk",
+                    timeout=10,
+                    headers={
+                        aw.MESSAGE_HEADER: message,
+                        aw.ATTACHMENT_HEADER: attachment,
+                        aw.INDEX_HEADER: str(i),
+                        "Nats-Msg-Id": aw.chunk_msg_id(attachment, i),
+                    },
+                )
+                for i in range(start, min(start + window, JUNK_CHUNKS))
+            )
+        )
+
+
 def _flood(fed: Running) -> None:
     """As HOSTILE: keep its submission lane busy, then publish chunks of a message that is
     never sent."""
@@ -71,25 +95,7 @@ def _flood(fed: Running) -> None:
                 await js.publish(
                     f"cb.submit.{HOSTILE}", b"not a message", headers={"Nats-Msg-Id": f"j{n}"}
                 )
-            message, attachment = str(uuid.uuid4()), str(uuid.uuid4())
-            window = 500
-            for start in range(0, JUNK_CHUNKS, window):
-                await asyncio.gather(
-                    *(
-                        js.publish(
-                            aw.att_submit_subject(HOSTILE),
-                            b"junk",
-                            timeout=10,
-                            headers={
-                                aw.MESSAGE_HEADER: message,
-                                aw.ATTACHMENT_HEADER: attachment,
-                                aw.INDEX_HEADER: str(i),
-                                "Nats-Msg-Id": aw.chunk_msg_id(attachment, i),
-                            },
-                        )
-                        for i in range(start, min(start + window, JUNK_CHUNKS))
-                    )
-                )
+            await _junk(js, aw.att_submit_subject(HOSTILE))
         finally:
             await nc.close()
 
@@ -272,25 +278,7 @@ def _flood_from_abroad(fed: Running) -> None:
         nc = await fed.fed.connect_gateway("UA", allow_reconnect=False)
         try:
             js = nc.jetstream()
-            message, attachment = str(uuid.uuid4()), str(uuid.uuid4())
-            window = 500
-            for start in range(0, JUNK_CHUNKS, window):
-                await asyncio.gather(
-                    *(
-                        js.publish(
-                            aw.att_out_subject("UA", "NL"),
-                            b"junk",
-                            timeout=10,
-                            headers={
-                                aw.MESSAGE_HEADER: message,
-                                aw.ATTACHMENT_HEADER: attachment,
-                                aw.INDEX_HEADER: str(i),
-                                "Nats-Msg-Id": aw.chunk_msg_id(attachment, i),
-                            },
-                        )
-                        for i in range(start, min(start + window, JUNK_CHUNKS))
-                    )
-                )
+            await _junk(js, aw.att_out_subject("UA", "NL"))
         finally:
             await nc.close()
 
